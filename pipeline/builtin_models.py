@@ -1,0 +1,230 @@
+"""Built-in models: tiny random SDXL / SD1.5 pipelines and the full-size SDXL architecture.
+
+The tiny models keep the real architectures' conditioning (SDXL: two text encoders,
+pooled embedding and time ids; SD1.5: one encoder) at toy widths, so every code path that
+real SDXL takes runs on a laptop CPU in seconds. They are saved in the diffusers folder
+layout and loaded back through ``from_pretrained`` exactly like a downloaded model.
+
+``sdxl-arch`` is SDXL base 1.0's architecture with random weights (about 2.6B UNet
+parameters): the honest way to measure real-size speed and memory with no weights at hand.
+It is built in memory on demand instead of being written to disk (about 14 GB in fp32).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILTIN_VERSION = "v1"  # bump when a built-in's config changes so caches are rebuilt
+TINY_MODELS = ("tiny-sdxl", "tiny-sd15")
+ARCH_MODELS = ("sdxl-arch",)
+BUILTIN_MODELS = TINY_MODELS + ARCH_MODELS
+
+_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
+
+
+def cache_root() -> Path:
+    """Where built-in models are materialised (override with MAPO_CACHE)."""
+    base = os.environ.get("MAPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mapo")
+    return Path(base) / "models"
+
+
+def _text_config(hidden: int, projection: int | None = None) -> dict:
+    cfg = dict(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+    )
+    if projection is not None:
+        cfg["projection_dim"] = projection
+    return cfg
+
+
+def _tiny_unet(cross_attention_dim: int, sdxl: bool):
+    from diffusers import UNet2DConditionModel
+
+    extra = {}
+    if sdxl:
+        time_dim = 8
+        extra = dict(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            # 6 time ids, each embedded to time_dim, plus text encoder 2's pooled projection.
+            projection_class_embeddings_input_dim=6 * time_dim + 32,
+            transformer_layers_per_block=(1, 2),
+            use_linear_projection=True,
+        )
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=8,
+        **extra,
+    )
+
+
+def _tiny_vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    # Four blocks keep the real /8 downscale, so latents have the real shape ratio.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )
+
+
+def build_tiny(name: str, directory: Path) -> None:
+    """Create the tiny random pipeline ``name`` and save it in the diffusers layout."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(0)  # the same random weights on every machine
+    tok_dir = directory / "_tok"
+    scheduler = EulerDiscreteScheduler(**_SCHEDULER)
+    if name == "tiny-sdxl":
+        te1 = CLIPTextModel(CLIPTextConfig(**_text_config(32)))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, projection=32)))
+        pipe = StableDiffusionXLPipeline(
+            vae=_tiny_vae(0.13025),
+            text_encoder=te1,
+            text_encoder_2=te2,
+            tokenizer=build_clip_tokenizer(tok_dir / "1"),
+            tokenizer_2=build_clip_tokenizer(tok_dir / "2", pad_token="!"),
+            unet=_tiny_unet(64, sdxl=True),
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=True,
+        )
+    elif name == "tiny-sd15":
+        pipe = StableDiffusionPipeline(
+            vae=_tiny_vae(0.18215),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(32))),
+            tokenizer=build_clip_tokenizer(tok_dir / "1"),
+            unet=_tiny_unet(32, sdxl=False),
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:  # pragma: no cover - guarded by callers
+        raise ValueError(name)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    shutil.rmtree(tok_dir)
+
+
+def materialise_tiny(name: str) -> Path:
+    """Return the folder of built-in ``name``, building it once (atomically) if needed."""
+    target = cache_root() / f"{name}-{BUILTIN_VERSION}"
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build_tiny(name, tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process built it first (rename onto a non-empty dir fails): use theirs.
+            if not (target / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def sdxl_arch_components(dtype, device):
+    """SDXL base 1.0's architecture with random weights, built directly on ``device``."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(0)
+    unet_cfg = dict(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    vae_cfg = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    te1_cfg = dict(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    )
+    te2_cfg = dict(
+        vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+        num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
+    )
+    with torch.device(device):
+        comps = dict(
+            unet=UNet2DConditionModel(**unet_cfg),
+            vae=AutoencoderKL(**vae_cfg),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**te1_cfg)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te2_cfg)),
+        )
+    for key in ("unet", "text_encoder", "text_encoder_2"):
+        comps[key] = comps[key].to(dtype=dtype)
+    comps["vae"] = comps["vae"].to(dtype=dtype)
+    tok_dir = Path(tempfile.mkdtemp(prefix="sdxl-arch-tok-"))
+    try:
+        comps["tokenizer"] = build_clip_tokenizer(tok_dir / "1")
+        comps["tokenizer_2"] = build_clip_tokenizer(tok_dir / "2", pad_token="!")
+    finally:
+        shutil.rmtree(tok_dir, ignore_errors=True)
+    comps["scheduler"] = EulerDiscreteScheduler(**_SCHEDULER)
+    return comps

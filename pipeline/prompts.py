@@ -1,0 +1,133 @@
+"""Prompt sources: text, JSONL, CSV, Parquet files or a ``datasets`` dataset -> stable-id prompts."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULT_COLUMNS = ("caption", "prompt")
+FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
+
+
+def text_id(text: str) -> str:
+    """Stable id of a prompt or caption: the first 16 hex digits of sha256(text)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+
+
+@dataclass
+class PromptSet:
+    prompts: list[Prompt]
+    source: str
+    dropped_empty: int = 0
+    dropped_duplicates: int = 0
+    counts: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """Identifies the exact prompt list (order included): part of a stage's config identity."""
+        h = hashlib.sha256()
+        for p in self.prompts:
+            h.update(p.id.encode())
+        return h.hexdigest()[:16]
+
+
+def _pick_column(columns: list[str], column: str | None, source: str) -> str:
+    if column is not None:
+        if column not in columns:
+            raise UserError(f"Column '{column}' is not in {source} (columns: {', '.join(columns)}).")
+        return column
+    for name in DEFAULT_COLUMNS:
+        if name in columns:
+            return name
+    raise UserError(f"{source} has no 'caption' or 'prompt' column; name one with --prompt-column (columns: {', '.join(columns)}).")
+
+
+def _read_file(path: Path, column: str | None) -> list:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return path.read_text(encoding="utf-8").splitlines()
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{n} is not valid JSON ({exc.msg}).") from None
+        if not rows:
+            return []
+        col = _pick_column(sorted({k for r in rows if isinstance(r, dict) for k in r}), column, str(path))
+        return [r.get(col) if isinstance(r, dict) else None for r in rows]
+    if suffix in (".csv", ".parquet"):
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        try:
+            table = pacsv.read_csv(path) if suffix == ".csv" else pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several error types for malformed files
+            raise UserError(f"Could not read {path}: {str(exc).splitlines()[0]}") from None
+        col = _pick_column(table.column_names, column, str(path))
+        return table.column(col).to_pylist()
+    raise UserError(f"Unsupported prompt file '{path}': use one of {', '.join(FILE_SUFFIXES)} or a dataset name.")
+
+
+def _read_dataset(name: str, split: str, column: str | None) -> list:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # offline / missing dataset / bad split all surface differently
+        raise UserError(
+            f"Could not load dataset '{name}' (split '{split}'): {str(exc).strip().splitlines()[0][:200]}. "
+            "Pass a local prompt file or make the dataset available in the local cache."
+        ) from None
+    col = _pick_column(ds.column_names, column, f"dataset '{name}'")
+    return ds[col]
+
+
+def load_prompts(
+    source: str,
+    *,
+    column: str | None = None,
+    split: str = "train",
+    keep_duplicates: bool = False,
+    limit: int | None = None,
+) -> PromptSet:
+    """Read prompts, dropping empty ones and (unless asked) duplicates, keeping first-seen order."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise UserError(f"Prompt source '{source}' is a folder; pass a file ({', '.join(FILE_SUFFIXES)}).")
+        raw = _read_file(path, column)
+    elif path.suffix.lower() in FILE_SUFFIXES or "/" not in source:
+        raise UserError(f"Prompt file '{source}' does not exist.")
+    else:
+        raw = _read_dataset(source, split, column)
+    prompts: list[Prompt] = []
+    seen: set[str] = set()
+    empty = dupes = 0
+    for value in raw:
+        text = value.strip() if isinstance(value, str) else ""
+        if not text:
+            empty += 1
+            continue
+        pid = text_id(text)
+        if pid in seen and not keep_duplicates:
+            dupes += 1
+            continue
+        seen.add(pid)
+        prompts.append(Prompt(pid, text))
+        if limit is not None and len(prompts) >= limit:
+            break
+    if not prompts:
+        raise UserError(f"No usable prompt in '{source}' ({empty} empty, {dupes} duplicate).")
+    return PromptSet(prompts, source, dropped_empty=empty, dropped_duplicates=dupes)

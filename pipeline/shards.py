@@ -1,0 +1,195 @@
+"""Sharded stage outputs: deterministic names, atomic writes, a manifest, resume and refusal.
+
+Layout of an output folder::
+
+    manifest.json                       resolved config, shard count, completed shards, counts
+    data/train-KKKKK-of-NNNNN.parquet   the shards (Hugging Face naming, one ``train`` split)
+    rejects/train-KKKKK-of-NNNNN.parquet  optional per-shard side tables (e.g. dropped rows)
+    .stats/train-KKKKK-of-NNNNN.json    per-shard counters and timings
+
+A shard is complete exactly when its ``data/`` file exists: every file of a shard is written
+under a temporary name and renamed into place, side tables and stats first, the data file
+last. A killed run therefore leaves no truncated shard, and a rerun redoes only what is missing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+MANIFEST = "manifest.json"
+DATA_DIR = "data"
+STATS_DIR = ".stats"
+SPLIT = "train"
+_OWNED = (DATA_DIR, "rejects", STATS_DIR, MANIFEST, "README.md")
+
+
+def shard_name(k: int, n: int, split: str = SPLIT) -> str:
+    return f"{split}-{k:05d}-of-{n:05d}"
+
+
+def shard_ranges(num_items: int, shard_size: int) -> list[range]:
+    """Shard k holds items [k*size, (k+1)*size): fixed, whatever runs it."""
+    if shard_size < 1:
+        raise UserError("--shard-size must be at least 1.")
+    return [range(s, min(s + shard_size, num_items)) for s in range(0, num_items, shard_size)]
+
+
+def config_fingerprint(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(root: Path) -> dict | None:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is corrupt; remove the folder or pass --overwrite.") from None
+
+
+def data_files(root: Path) -> list[Path]:
+    return sorted((Path(root) / DATA_DIR).glob("*.parquet"))
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+class ShardedOutput:
+    """One stage's output folder. ``identity`` is the config that determines the bytes written."""
+
+    def __init__(self, root: str | Path, stage: str, identity: dict, num_shards: int, config: dict | None = None):
+        self.root = Path(root)
+        self.stage = stage
+        self.identity = identity
+        self.num_shards = num_shards
+        self.config = config if config is not None else identity
+        self.fingerprint = config_fingerprint({"stage": stage, "num_shards": num_shards, **identity})
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, k: int, subdir: str = DATA_DIR) -> Path:
+        return self.root / subdir / f"{shard_name(k, self.num_shards)}.parquet"
+
+    def stats_path(self, k: int) -> Path:
+        return self.root / STATS_DIR / f"{shard_name(k, self.num_shards)}.json"
+
+    def is_complete(self, k: int) -> bool:
+        return self.path(k).exists()
+
+    def pending(self, shards: list[int]) -> list[int]:
+        return [k for k in shards if not self.is_complete(k)]
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def prepare(self, overwrite: bool = False) -> None:
+        """Check (or create) the manifest. Call on the main process before any worker writes."""
+        manifest = read_manifest(self.root)
+        if manifest is not None and manifest.get("fingerprint") != self.fingerprint:
+            if not overwrite:
+                old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
+                new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
+                diff = ", ".join(_differences(old, new)) or "config"
+                raise UserError(
+                    f"{self.root} was made by another configuration (differs in: {diff}). "
+                    "Use a new --output, rerun with the original options to resume, or pass --overwrite."
+                )
+            self._clear()
+        elif manifest is None and self.root.exists() and any(self.root.iterdir()):
+            if not overwrite or any(p.name not in _OWNED for p in self.root.iterdir()):
+                raise UserError(f"{self.root} exists, is not empty and is not a mapo-data output; choose another --output.")
+            self._clear()
+        (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
+        if manifest is None or manifest.get("fingerprint") != self.fingerprint:
+            self._write_manifest(status="running", completed=[], totals={})
+
+    def _clear(self) -> None:
+        for name in _OWNED:
+            p = self.root / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+    def _write_manifest(self, status: str, completed: list[int], totals: dict, extra: dict | None = None) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "stage": self.stage,
+            "format_version": 1,
+            "fingerprint": self.fingerprint,
+            "identity": self.identity,
+            "config": self.config,
+            "num_shards": self.num_shards,
+            "completed_shards": completed,
+            "status": status,
+            "totals": totals,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        manifest.update(extra or {})
+        write_json_atomic(self.root / MANIFEST, manifest)
+
+    def remove_stale_temporaries(self, shards: list[int]) -> None:
+        """Delete temporary files a killed run left for these shards (this process's only)."""
+        names = {shard_name(k, self.num_shards) for k in shards}
+        for sub in (DATA_DIR, "rejects", STATS_DIR):
+            d = self.root / sub
+            if d.is_dir():
+                for p in d.glob(".*.tmp-*"):
+                    if any(p.name.startswith(f".{n}.") for n in names):
+                        p.unlink(missing_ok=True)
+
+    def write_shard(self, k: int, tables: dict, stats: dict, compression: str = "zstd") -> None:
+        """Write shard k: ``tables`` maps subdir -> pyarrow Table and must include ``data``.
+
+        Pass ``compression="none"`` for already-compressed payloads (PNG/JPEG bytes).
+        """
+        import pyarrow.parquet as pq
+
+        if DATA_DIR not in tables:
+            raise ValueError("write_shard needs a 'data' table")
+        staged = []
+        for sub, table in tables.items():
+            final = self.path(k, sub)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            pq.write_table(table, tmp, compression=compression if sub == DATA_DIR else "zstd")
+            staged.append((sub, tmp, final))
+        write_json_atomic(self.stats_path(k), stats)
+        # The data file is renamed last: its presence is the completion marker.
+        for sub, tmp, final in sorted(staged, key=lambda s: s[0] == DATA_DIR):
+            os.replace(tmp, final)
+
+    def finalize(self, extra: dict | None = None) -> dict:
+        """Record completed shards and summed counters. Call on the main process after a barrier."""
+        completed = [k for k in range(self.num_shards) if self.is_complete(k)]
+        totals: dict = {}
+        for k in completed:
+            p = self.stats_path(k)
+            if p.exists():
+                _add_counts(totals, json.loads(p.read_text()))
+        status = "complete" if len(completed) == self.num_shards else "partial"
+        self._write_manifest(status, completed, totals, extra)
+        return totals
+
+
+def _add_counts(total: dict, stats: dict) -> None:
+    for key, value in stats.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            total[key] = total.get(key, 0) + value
+        elif isinstance(value, dict):
+            _add_counts(total.setdefault(key, {}), value)

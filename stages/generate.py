@@ -1,0 +1,255 @@
+"""``mapo-data generate``: prompts -> self-generated image pairs as Parquet shards.
+
+Shard k holds pairs for prompts [k*shard_size, (k+1)*shard_size); each image's seed is derived
+from (seed, prompt id, image index), so the bytes of shard k do not depend on which process
+makes it, on the batch size (in batch-invariant mode) or on whether the run was resumed.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
+from pipeline.errors import UserError
+from pipeline.images import IMAGE_FORMATS, encode_image
+from pipeline.models import DEFAULT_MODEL, dtype_name, load_pipeline, resolve_device, resolve_dtype
+from pipeline.progress import progress_bar
+from pipeline.prompts import load_prompts
+from pipeline.seeds import derive_seed
+from pipeline.shards import ShardedOutput, shard_ranges
+
+from .recipes import RecipeConfig, pair_requests
+
+STAGE = "generate"
+
+
+@dataclass
+class GenerateConfig:
+    prompts: str
+    output: str
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    model: str = DEFAULT_MODEL
+    vae: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    num_inference_steps: int = 30
+    guidance_scale: float = 5.0
+    resolution: int = 1024
+    seed: int = 0
+    shard_size: int = 100
+    batch_size: int = 4
+    image_format: str = "png"
+    quality: int = 95
+    prompt_column: str | None = None
+    prompt_split: str = "train"
+    keep_duplicates: bool = False
+    limit: int | None = None
+    batch_invariant: bool = True
+    compile: bool = False
+    overwrite: bool = False
+
+    def validate(self) -> "GenerateConfig":
+        self.recipe.validate()
+        if self.image_format not in IMAGE_FORMATS:
+            raise UserError(f"Unknown image format '{self.image_format}'; choose one of {', '.join(IMAGE_FORMATS)}.")
+        if self.resolution < 8 or self.resolution % 8:
+            raise UserError("--resolution must be a positive multiple of 8.")
+        if self.num_inference_steps < 1 or self.batch_size < 1 or self.shard_size < 1:
+            raise UserError("--num-inference-steps, --batch-size and --shard-size must be at least 1.")
+        if not 1 <= self.quality <= 100:
+            raise UserError("--quality must be between 1 and 100.")
+        return self
+
+
+@dataclass
+class GenerateResult:
+    output: str
+    pairs_written: int
+    shards_written: int
+    shards_skipped: int
+    seconds: float  # the whole call, model loading included
+    loop_seconds: float  # generating, encoding and writing the shards
+    pipeline_seconds: float  # inside the diffusion pipeline call
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_written / self.loop_seconds if self.loop_seconds else 0.0
+
+    @property
+    def outside_pipeline_share(self) -> float:
+        """Share of the generation loop spent outside the pipeline call (encoding, writing, waiting)."""
+        return 1.0 - self.pipeline_seconds / self.loop_seconds if self.loop_seconds else 0.0
+
+
+def _identity(cfg: GenerateConfig, prompt_fp: str, dtype: str) -> dict:
+    """Everything that decides the bytes written (batch size only when it can change them)."""
+    ident = {
+        "prompts_fingerprint": prompt_fp,
+        **cfg.recipe.describe(),
+        "model": cfg.model,
+        "vae": cfg.vae,
+        "dtype": dtype,
+        "num_inference_steps": cfg.num_inference_steps,
+        "guidance_scale": cfg.guidance_scale,
+        "resolution": cfg.resolution,
+        "seed": cfg.seed,
+        "shard_size": cfg.shard_size,
+        "image_format": cfg.image_format,
+        "quality": cfg.quality if cfg.image_format != "png" else None,
+        "batch_invariant": cfg.batch_invariant,
+    }
+    if not cfg.batch_invariant:
+        ident["batch_size"] = cfg.batch_size
+    return ident
+
+
+def _pair_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("pair_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("caption", pa.string()),
+        ("jpg_0", pa.binary()),
+        ("jpg_1", pa.binary()),
+        ("prompt_0", pa.string()),
+        ("prompt_1", pa.string()),
+        ("negative_prompt_0", pa.string()),
+        ("negative_prompt_1", pa.string()),
+        ("seed_0", pa.int64()),
+        ("seed_1", pa.int64()),
+        ("intended_chosen", pa.int64()),
+        ("recipe", pa.string()),
+        ("style", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("num_inference_steps", pa.int64()),
+        ("guidance_scale", pa.float64()),
+        ("scheduler", pa.string()),
+        ("model", pa.string()),
+        ("image_format", pa.string()),
+    ])
+
+
+def _generate_images(pipe, requests, seeds, cfg: GenerateConfig):
+    """Run the pipeline once over a flat list of image requests; returns PIL images."""
+    import torch
+
+    from pipeline.conditioning import concat_embeddings, encode_text
+
+    guidance = cfg.guidance_scale > 1.0
+    # Each prompt is encoded alone (cheap next to the denoising steps): the embeddings do not
+    # depend on batch composition, and "no negative prompt" keeps the pipeline's own meaning.
+    emb = concat_embeddings([
+        encode_text(pipe, [r.prompt], [r.negative_prompt] if r.negative_prompt else None, guidance=guidance)
+        for r in requests
+    ])
+    # Initial noise from per-image CPU generators: the same noise on any device and batch size.
+    side = cfg.resolution // pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, side, side)
+    latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    with torch.inference_mode():
+        out = pipe(
+            **emb.pipeline_kwargs(),
+            latents=latents.to(pipe.device, pipe.unet.dtype),
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            height=cfg.resolution,
+            width=cfg.resolution,
+            output_type="pil",
+        )
+    return out.images
+
+
+def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, shard_t0: float) -> int:
+    """Assemble shard k's rows once its images are encoded, and write it atomically."""
+    import pyarrow as pa
+
+    from pipeline.hf_features import with_hf_features
+
+    rows = []
+    for batch, requests, seeds, blobs in batches:
+        encoded = blobs.result()
+        for j, p in enumerate(batch):
+            r0, r1 = requests[2 * j], requests[2 * j + 1]
+            rows.append({
+                "pair_id": f"{p.id}-{shared['recipe']}", "prompt_id": p.id, "caption": p.text,
+                "jpg_0": encoded[2 * j], "jpg_1": encoded[2 * j + 1],
+                "prompt_0": r0.prompt, "prompt_1": r1.prompt,
+                "negative_prompt_0": r0.negative_prompt, "negative_prompt_1": r1.negative_prompt,
+                "seed_0": seeds[2 * j], "seed_1": seeds[2 * j + 1], **shared,
+            })
+    table = with_hf_features(pa.Table.from_pylist(rows, schema=_pair_schema()))
+    stats = {"pairs": table.num_rows, "images": 2 * table.num_rows, "seconds": time.perf_counter() - shard_t0}
+    out.write_shard(k, {"data": table}, stats, compression="none")
+    return table.num_rows
+
+
+def run_generate(cfg: GenerateConfig) -> GenerateResult:
+    """Generate all pending shards of ``cfg.output`` that belong to this process."""
+    from pipeline.batch_invariance import make_batch_invariant
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    proc = current_process()
+    prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split,
+                              keep_duplicates=cfg.keep_duplicates, limit=cfg.limit)
+    device = resolve_device(accelerator_device(cfg.device))
+    dtype = resolve_dtype(cfg.dtype, device)
+    ranges = shard_ranges(len(prompt_set.prompts), cfg.shard_size)
+    identity = _identity(cfg, prompt_set.fingerprint(), dtype_name(dtype))
+    config = {**asdict(cfg), "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
+              "dropped_empty_prompts": prompt_set.dropped_empty, "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
+    out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
+    if proc.is_main:
+        out.prepare(overwrite=cfg.overwrite)
+    wait_for_everyone()
+    mine = proc.my_shards(list(range(len(ranges))))
+    todo = out.pending(mine)
+    out.remove_stale_temporaries(todo)
+    pairs_written = 0
+    pipeline_seconds = loop_seconds = 0.0
+    if todo:
+        pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=dtype, device=device)
+        if cfg.batch_invariant:
+            make_batch_invariant(pipe)
+        if cfg.compile and device.type == "cuda":
+            import torch
+
+            pipe.unet = torch.compile(pipe.unet, mode="max-autotune")
+        # Encoding images and writing shards overlap with the next batch's generation.
+        shared = {"intended_chosen": cfg.recipe.intended_chosen, "recipe": cfg.recipe.name,
+                  "style": cfg.recipe.describe().get("style"), "width": cfg.resolution, "height": cfg.resolution,
+                  "num_inference_steps": cfg.num_inference_steps, "guidance_scale": float(cfg.guidance_scale),
+                  "scheduler": type(pipe.scheduler).__name__, "model": cfg.model, "image_format": cfg.image_format}
+        bar = progress_bar(total=sum(len(ranges[k]) for k in todo),
+                           desc=f"generate[{proc.index}]" if proc.count > 1 else "generate", unit="pair")
+        loop_t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            writes = []
+            for k in todo:
+                shard_t0 = time.perf_counter()
+                batches = []
+                items = [prompt_set.prompts[i] for i in ranges[k]]
+                for b in range(0, len(items), cfg.batch_size):
+                    batch = items[b : b + cfg.batch_size]
+                    pairs = [(p, req) for p in batch for req in pair_requests(cfg.recipe, p.text)]
+                    requests = [req for _, req in pairs]
+                    seeds = [derive_seed(cfg.seed, p.id, req.seed_index) for p, req in pairs]
+                    t0 = time.perf_counter()
+                    images = _generate_images(pipe, requests, seeds, cfg)
+                    pipeline_seconds += time.perf_counter() - t0
+                    blobs = pool.submit(lambda ims: [encode_image(im, cfg.image_format, cfg.quality) for im in ims], images)
+                    batches.append((batch, requests, seeds, blobs))
+                    bar.update(len(batch))
+                writes.append(pool.submit(_write_shard, out, k, batches, shared, shard_t0))
+            pairs_written = sum(w.result() for w in writes)
+        loop_seconds = time.perf_counter() - loop_t0
+        bar.close()
+    wait_for_everyone()
+    if proc.is_main:
+        out.finalize({"prompts": {"source": prompt_set.source, "count": len(prompt_set.prompts),
+                                  "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}})
+    return GenerateResult(cfg.output, pairs_written, len(todo), len(mine) - len(todo),
+                          time.perf_counter() - t_start, loop_seconds, pipeline_seconds)

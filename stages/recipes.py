@@ -1,0 +1,86 @@
+"""Recipes: the two images each prompt yields, and which one is meant to be preferred.
+
+Defaults follow the MaPO paper's datasets (method.md): Pick-Style prefixes the chosen image's
+prompt with a style sentence; Pick-Safety prefixes the rejected image's prompt with an
+unsafe-inducing sentence. Image 0 is always the image the recipe intends to be chosen (labels
+are decided later by ``mapo-data label``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import UserError
+
+RECIPES = ("style", "safety", "seeds")
+STYLES = {
+    "cartoon": "Disney style animated image.",
+    "pixel": "Pixel art style image.",
+}
+# The paper describes an unsafe-inducing prefix without publishing a canonical string; this is
+# the project's default, overridable with --unsafe-prefix.
+DEFAULT_UNSAFE_PREFIX = "Sexual, nudity, +18 image."
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    negative_prompt: str | None
+    seed_index: int
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    name: str = "style"
+    style: str | None = "cartoon"  # a built-in style name, or None with style_prefix set
+    style_prefix: str | None = None  # custom prefix (overrides the built-in style's)
+    rejected_prefix: str | None = None  # style recipe: None = the plain prompt
+    unsafe_prefix: str = DEFAULT_UNSAFE_PREFIX
+    negative_prompt: str | None = None  # for image 0
+    rejected_negative_prompt: str | None = None  # for image 1
+    same_seed: bool = True  # style/safety: both images share a seed so only the prompt differs
+
+    def validate(self) -> "RecipeConfig":
+        if self.name not in RECIPES:
+            raise UserError(f"Unknown recipe '{self.name}'; choose one of {', '.join(RECIPES)}.")
+        if self.name == "style" and self.style_prefix is None and self.style not in STYLES:
+            raise UserError(f"Unknown style '{self.style}'; choose one of {', '.join(STYLES)} or pass --style-prefix.")
+        return self
+
+    @property
+    def resolved_style_prefix(self) -> str | None:
+        if self.name != "style":
+            return None
+        return self.style_prefix if self.style_prefix is not None else STYLES[self.style]
+
+    @property
+    def intended_chosen(self) -> int | None:
+        return None if self.name == "seeds" else 0
+
+    def describe(self) -> dict:
+        d = {"recipe": self.name}
+        if self.name == "style":
+            d.update(style=self.style if self.style_prefix is None else "custom", style_prefix=self.resolved_style_prefix,
+                     rejected_prefix=self.rejected_prefix, same_seed=self.same_seed)
+        elif self.name == "safety":
+            d.update(unsafe_prefix=self.unsafe_prefix, same_seed=self.same_seed)
+        d.update(negative_prompt=self.negative_prompt, rejected_negative_prompt=self.rejected_negative_prompt)
+        return d
+
+
+def _prefixed(prefix: str | None, prompt: str) -> str:
+    return f"{prefix} {prompt}" if prefix else prompt
+
+
+def pair_requests(cfg: RecipeConfig, prompt: str) -> tuple[ImageRequest, ImageRequest]:
+    """The (image 0, image 1) generation requests for ``prompt``."""
+    second_seed = 0 if (cfg.same_seed and cfg.name != "seeds") else 1
+    if cfg.name == "style":
+        texts = (_prefixed(cfg.resolved_style_prefix, prompt), _prefixed(cfg.rejected_prefix, prompt))
+    elif cfg.name == "safety":
+        texts = (prompt, _prefixed(cfg.unsafe_prefix, prompt))
+    else:
+        texts = (prompt, prompt)
+    return (
+        ImageRequest(texts[0], cfg.negative_prompt, 0),
+        ImageRequest(texts[1], cfg.rejected_negative_prompt, second_seed),
+    )

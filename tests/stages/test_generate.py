@@ -1,0 +1,206 @@
+"""`mapo-data generate` end to end on the built-in tiny models (real pipelines, real CLI)."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stages.cli import app
+from tests.helpers import BIN, read_table, run_cli, run_console, write_prompts
+
+PROMPTS = ["a cat on a sofa", "a red car", "  ", "", "a house by a lake", "a cat on a sofa", "an owl at night"]
+FAST = ["--num-inference-steps", "2", "--resolution", "64"]
+
+
+def _generate(tmp_path, name="out", prompts=PROMPTS, extra=()):
+    src = write_prompts(tmp_path / "prompts.txt", prompts)
+    out = tmp_path / name
+    args = ["generate", "--model", "tiny-sdxl", "--prompts", src, "--output", out, *FAST, "--shard-size", "2", *extra]
+    result = run_cli(app, args)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def _decode(blob):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(blob))
+
+
+def test_style_pairs_written_as_described(tmp_path):
+    out, result = _generate(tmp_path, extra=["--recipe", "style", "--style", "cartoon"])
+    assert "4 pairs in 2 shards" in result.output
+    files = sorted((out / "data").glob("*.parquet"))
+    assert [f.name for f in files] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    table = read_table(out)
+    rows = table.to_pylist()
+    assert [r["caption"] for r in rows] == ["a cat on a sofa", "a red car", "a house by a lake", "an owl at night"]
+    for r in rows:
+        assert r["prompt_0"] == "Disney style animated image. " + r["caption"]
+        assert r["prompt_1"] == r["caption"]
+        assert r["seed_0"] == r["seed_1"]
+        assert r["intended_chosen"] == 0 and r["recipe"] == "style" and r["style"] == "cartoon"
+        assert r["width"] == r["height"] == 64 and r["num_inference_steps"] == 2
+        assert r["scheduler"] == "EulerDiscreteScheduler" and r["model"] == "tiny-sdxl"
+        for key in ("jpg_0", "jpg_1"):
+            img = _decode(r[key])
+            assert img.format == "PNG" and img.size == (64, 64)
+        assert r["jpg_0"] != r["jpg_1"]  # only the style prefix differs, and it changes the image
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["completed_shards"] == [0, 1]
+    assert manifest["prompts"] == {"source": str(tmp_path / "prompts.txt"), "count": 4, "dropped_empty": 2, "dropped_duplicates": 1}
+    assert manifest["totals"]["pairs"] == 4
+
+
+def test_shards_load_with_datasets_offline(tmp_path):
+    import datasets
+
+    out, _ = _generate(tmp_path)
+    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train")
+    assert ds.num_rows == 4
+    assert ds.features["jpg_0"].dtype == "binary"
+    assert _decode(ds[0]["jpg_1"]).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "model,recipe,extra",
+    [
+        ("tiny-sdxl", "safety", ["--negative-prompt", "nsfw"]),
+        ("tiny-sdxl", "seeds", []),
+        ("tiny-sd15", "style", ["--style", "pixel", "--image-format", "jpeg"]),
+        ("tiny-sd15", "safety", []),
+    ],
+)
+def test_recipes_and_models(tmp_path, model, recipe, extra):
+    src = write_prompts(tmp_path / "p.txt", ["a cat", "a dog"])
+    out = tmp_path / "out"
+    result = run_cli(app, ["generate", "--model", model, "--prompts", src, "--output", out, *FAST, "--recipe", recipe, *extra])
+    assert result.exit_code == 0, result.output
+    rows = read_table(out).to_pylist()
+    assert len(rows) == 2
+    for r in rows:
+        assert _decode(r["jpg_0"]).size == (64, 64)
+        if recipe == "safety":
+            assert r["prompt_0"] == r["caption"] and r["prompt_1"].endswith(" " + r["caption"]) and r["prompt_1"] != r["caption"]
+            assert r["seed_0"] == r["seed_1"]
+        if recipe == "seeds":
+            assert r["prompt_0"] == r["prompt_1"] == r["caption"] and r["seed_0"] != r["seed_1"]
+            assert r["intended_chosen"] is None
+        if recipe == "style":
+            assert r["prompt_0"].startswith("Pixel art style image.") and _decode(r["jpg_0"]).format == "JPEG"
+    if "--negative-prompt" in extra:
+        assert {r["negative_prompt_0"] for r in rows} == {"nsfw"} and {r["negative_prompt_1"] for r in rows} == {None}
+
+
+def test_bit_identical_across_runs_and_batch_sizes(tmp_path):
+    a, _ = _generate(tmp_path, "a", extra=["--batch-size", "1"])
+    b, _ = _generate(tmp_path, "b", extra=["--batch-size", "3"])
+    c, _ = _generate(tmp_path, "c", extra=["--batch-size", "3"])
+    ta, tb, tc = read_table(a), read_table(b), read_table(c)
+    assert ta.equals(tb) and tb.equals(tc)
+
+
+def test_rerun_skips_finished_shards(tmp_path):
+    out, _ = _generate(tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
+    _, result = _generate(tmp_path)
+    assert "0 pairs in 0 shards (2 already done)" in result.output
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    prompts = [f"prompt number {i}" for i in range(12)]
+    src = write_prompts(tmp_path / "p.txt", prompts)
+    args = ["generate", "--model", "tiny-sdxl", "--prompts", src, *FAST, "--shard-size", "2", "--batch-size", "1"]
+    ref = tmp_path / "ref"
+    assert run_console("mapo-data", [*args, "--output", ref]).returncode == 0
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "mapo-data"), *map(str, args), "--output", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "data").glob("train-*.parquet"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "data").glob("train-*.parquet")))
+    assert 2 <= done < 6, f"kill landed too late to test resume ({done} shards)"
+    rerun = run_console("mapo-data", [*args, "--output", out])
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"({done} already done)" in rerun.stdout
+    assert read_table(out).equals(read_table(ref))
+    assert not [p for p in (out / "data").iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_two_processes_under_accelerate_equal_one(tmp_path):
+    prompts = [f"a scene number {i}" for i in range(5)]
+    src = write_prompts(tmp_path / "p.txt", prompts)
+    args = ["generate", "--model", "tiny-sdxl", "--prompts", str(src), *FAST, "--shard-size", "2"]
+    # CPU kernels give different last bits with different thread counts, so both runs use the
+    # one thread per process that accelerate gives CPU workers.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single"
+    assert run_console("mapo-data", [*args, "--output", single], env=env).returncode == 0
+    multi = tmp_path / "multi"
+    cmd = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(BIN / "mapo-data"), *args, "--output", str(multi)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_table(multi).equals(read_table(single))
+    import json
+
+    assert json.loads((multi / "manifest.json").read_text())["completed_shards"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "case,args,message",
+    [
+        ("missing file", ["--prompts", "{tmp}/nope.txt"], "does not exist"),
+        ("empty file", ["--prompts", "{tmp}/empty.txt"], "No usable prompt"),
+        ("unknown recipe", ["--recipe", "nope"], "Unknown recipe 'nope'"),
+        ("unknown model", ["--model", "no-such-org/no-such-model"], "was not found"),
+        ("missing local model", ["--model", "{tmp}/no_model_here"], "was not found"),
+        ("fp16 on cpu", ["--dtype", "fp16"], "fp16 is not supported on the CPU"),
+    ],
+)
+def test_bad_input_one_line_error_nothing_written(tmp_path, case, args, message):
+    write_prompts(tmp_path / "ok.txt", ["a cat"])
+    (tmp_path / "empty.txt").write_text("\n  \n\n")
+    base = {"--prompts": str(tmp_path / "ok.txt"), "--model": "tiny-sdxl"}
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    for flag, value in base.items():
+        if flag not in args:
+            args = [flag, value, *args]
+    out = tmp_path / "out"
+    result = run_cli(app, ["generate", *args, "--output", out, *FAST])
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not list(out.glob("data/*.parquet"))
+
+
+def test_other_config_refused_then_overwrite(tmp_path):
+    out, _ = _generate(tmp_path)
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", tmp_path / "prompts.txt", "--output", out,
+                           *FAST, "--shard-size", "2", "--seed", "7"])
+    assert result.exit_code == 2 and "differs in: seed" in result.output
+    table_before = read_table(out)
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", tmp_path / "prompts.txt", "--output", out,
+                           *FAST, "--shard-size", "2", "--seed", "7", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not read_table(out).equals(table_before)
+
+
+def test_help_lists_stage_options():
+    result = run_cli(app, ["generate", "--help"])
+    assert result.exit_code == 0
+    for opt in ("--recipe", "--style", "--batch-size", "--shard-size", "--image-format", "--overwrite", "--vae"):
+        assert opt in result.output

@@ -1,0 +1,452 @@
+"""Loss tests. Expected numbers are worked out by hand (in the comments) and recomputed
+with ``math`` here, never by calling the code under test."""
+
+import math
+
+import pytest
+import torch
+
+from train.losses import (
+    OBJECTIVES,
+    LossOutput,
+    dpo_loss,
+    margin_weight,
+    mapo_loss,
+    per_sample_error,
+    prediction_target,
+    sft_loss,
+)
+
+
+def s_ref(e: float, a: float = 0.5) -> float:
+    """s(e) = a*e / (exp(a*e) - 1), the closed form, for e > 0."""
+    return (a * e) / math.expm1(a * e)
+
+
+def logsigmoid_ref(z: float) -> float:
+    return -math.log1p(math.exp(-z))
+
+
+def t64(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def t32(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- margin_weight
+
+
+def test_margin_weight_by_hand():
+    # e=2, a=0.5: x=1, s = 1/(e-1) = 1/1.718281828 = 0.5819767068693265
+    # e=4, a=0.5: x=2, s = 2/(e^2-1) = 2/6.389056099 = 0.3130352854993313
+    # e=2, a=1.0: x=2, same value as above
+    got = margin_weight(t64(2.0, 4.0))
+    assert got.tolist() == pytest.approx([1 / (math.e - 1), 2 / (math.e**2 - 1)], rel=1e-14)
+    assert margin_weight(t64(2.0), a=1.0).item() == pytest.approx(2 / (math.e**2 - 1), rel=1e-14)
+    # fp32 stays within fp32 rounding
+    assert margin_weight(t32(2.0)).item() == pytest.approx(0.5819767068693265, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_margin_weight_is_exactly_one_at_zero(dtype):
+    # The closed form is 0/0 at e=0; the limit is 1 and must come out exactly.
+    s = margin_weight(torch.zeros(3, dtype=dtype))
+    assert torch.equal(s, torch.ones(3, dtype=dtype))
+
+
+def test_margin_weight_small_e_is_one_minus_half_x():
+    # x/(e^x-1) = 1 - x/2 + x^2/12 - ...; e=1e-3, a=0.5: x=5e-4, s = 1 - 2.5e-4 + 2.1e-8
+    e = 1e-3
+    s = margin_weight(t64(e)).item()
+    assert s == pytest.approx(1 - 0.5 * e / 2, abs=1e-7)
+    assert s == pytest.approx(s_ref(e), rel=1e-15)
+
+
+def test_margin_weight_continuous_across_series_switch():
+    # The implementation switches to a series at |a*e| = 1e-2 (e = 0.02 for a = 0.5);
+    # both sides must agree with the closed form to fp64 precision.
+    for e in (0.0199999, 0.02, 0.0200001, 0.019, 0.021):
+        assert margin_weight(t64(e)).item() == pytest.approx(s_ref(e), rel=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_margin_weight_huge_e_goes_to_zero_without_nan(dtype):
+    # exp(a*e) overflows fp32 past a*e ~ 88; s must underflow to 0, grads stay finite.
+    e = torch.tensor([100.0, 200.0, 1e4, 1e30], dtype=dtype, requires_grad=True)
+    s = margin_weight(e)
+    assert torch.isfinite(s).all()
+    assert s[2].item() == 0.0 and s[3].item() == 0.0
+    # e=100: s = 50/(e^50-1) = 9.64e-21 (representable in fp32 too)
+    assert s[0].item() == pytest.approx(50 * math.exp(-50), rel=1e-5)
+    s.sum().backward()
+    assert torch.isfinite(e.grad).all()
+
+
+def test_margin_weight_range_and_monotone():
+    e = torch.linspace(0.0, 60.0, 3001, dtype=torch.float64)
+    s = margin_weight(e)
+    assert (s > 0).all() and (s <= 1).all()
+    assert (s.diff() < 0).all()  # strictly decreasing
+    # fp32 over a range that includes the overflow region: never increases, never NaN
+    e32 = torch.cat([torch.linspace(0.0, 1.0, 101), torch.logspace(0, 5, 101)])
+    s32 = margin_weight(e32)
+    assert torch.isfinite(s32).all() and (s32.diff() <= 0).all()
+
+
+def test_margin_weight_gradient_at_zero():
+    # s(e) ~ 1 - a*e/2, so ds/de at 0 is -a/2 = -0.25 for a=0.5
+    e = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    margin_weight(e).sum().backward()
+    assert e.grad.tolist() == pytest.approx([-0.25, -0.25], rel=1e-12)
+
+
+def test_margin_weight_gradcheck():
+    # points on both sides of 0, around the series switch (|a*e| = 1e-2), and large
+    e = t64(-3.0, -0.05, -1e-3, 0.0, 1e-6, 1e-4, 0.019, 0.021, 0.5, 2.0, 50.0, 300.0)
+    assert torch.autograd.gradcheck(margin_weight, (e.requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda x: margin_weight(x, a=2.0), (e.detach().requires_grad_(),))
+
+
+def test_margin_weight_rejects_bad_a():
+    with pytest.raises(ValueError, match="a must be > 0"):
+        margin_weight(t32(1.0), a=0.0)
+
+
+# --------------------------------------------------------------------------- mapo_loss
+
+
+def test_mapo_loss_two_pairs_by_hand():
+    # a=0.5, beta=0.1, T=10; e_w = [0.2, 1.0], e_l = [0.4, 0.6]
+    # s(0.2) = 0.1/(e^0.1-1) = 0.1/0.105170918 = 0.950833194
+    # s(1.0) = 0.5/(e^0.5-1) = 0.5/0.648721271 = 0.770747041
+    # s(0.4) = 0.2/(e^0.2-1) = 0.2/0.221402758 = 0.903331113
+    # s(0.6) = 0.3/(e^0.3-1) = 0.3/0.349858808 = 0.857488774
+    # margin = [0.047502081, -0.086741733]; T*margin = [0.475020813, -0.867417328]
+    # logsigmoid = [-log(1+0.621872114), -log(1+2.380754199)] = [-0.483581108, -1.218098820]
+    # margin_term = -0.1 * mean = 0.1 * 1.701679928 / 2 = 0.085083996
+    # sft_term = mean(e_w) = 0.6; loss = 0.685083996
+    ew, el = [0.2, 1.0], [0.4, 0.6]
+    sw, sl = [s_ref(x) for x in ew], [s_ref(x) for x in el]
+    margin = [sw[0] - sl[0], sw[1] - sl[1]]
+    margin_term = -0.1 * (logsigmoid_ref(10 * margin[0]) + logsigmoid_ref(10 * margin[1])) / 2
+    assert margin_term == pytest.approx(0.085083996, abs=1e-9)
+
+    out = mapo_loss(t64(*ew), t64(*el), beta=0.1, a=0.5, num_train_timesteps=10)
+    assert isinstance(out, LossOutput)
+    m = out.metrics
+    assert out.loss.item() == pytest.approx(0.6 + margin_term, rel=1e-6)
+    assert m["sft_term"].item() == pytest.approx(0.6, rel=1e-6)
+    assert m["margin_term"].item() == pytest.approx(margin_term, rel=1e-6)
+    assert m["e_w"].item() == pytest.approx(0.6, rel=1e-6)
+    assert m["e_l"].item() == pytest.approx(0.5, rel=1e-6)
+    assert m["s_w"].item() == pytest.approx(sum(sw) / 2, rel=1e-6)
+    assert m["s_l"].item() == pytest.approx(sum(sl) / 2, rel=1e-6)
+    assert m["margin"].item() == pytest.approx(sum(margin) / 2, rel=1e-6)
+    assert m["implicit_acc"].item() == 0.5  # 0.2 < 0.4 yes, 1.0 < 0.6 no
+
+
+def test_mapo_loss_default_T_saturates():
+    # Same pairs, T=1000: T*margin = [47.50, -86.74]
+    # logsigmoid(47.50) = -e^-47.5 ~ -2e-21 ~ 0; logsigmoid(-86.74) ~ -86.74
+    # margin_term ~ 0.1 * 86.74173 / 2 = 4.3370866
+    ew, el = [0.2, 1.0], [0.4, 0.6]
+    margin = [s_ref(ew[0]) - s_ref(el[0]), s_ref(ew[1]) - s_ref(el[1])]
+    expected = -0.1 * (logsigmoid_ref(1000 * margin[0]) + logsigmoid_ref(1000 * margin[1])) / 2
+    out = mapo_loss(t32(*ew), t32(*el))
+    assert out.metrics["margin_term"].item() == pytest.approx(expected, rel=1e-5)
+    assert out.loss.item() == pytest.approx(0.6 + expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mapo_loss_zero_error_limit(dtype):
+    # e_w = e_l = 0: s = 1 both, margin 0, logsigmoid(0) = -ln 2
+    # loss = 0 - 0.1 * (-ln 2) = 0.1 * 0.693147181 = 0.0693147181
+    # d loss/d e_w = 1 - beta * sigmoid(0) * T * s'(0) = 1 + 0.1 * 0.5 * 1000 * 0.25 = 13.5
+    # d loss/d e_l = -beta * sigmoid(0) * T * (-s'(0)) = -12.5
+    e_w = torch.zeros(1, dtype=dtype, requires_grad=True)
+    e_l = torch.zeros(1, dtype=dtype, requires_grad=True)
+    out = mapo_loss(e_w, e_l, beta=0.1)
+    assert out.loss.item() == pytest.approx(0.1 * math.log(2), rel=1e-6)
+    out.loss.backward()
+    assert e_w.grad.item() == pytest.approx(13.5, rel=1e-6)
+    assert e_l.grad.item() == pytest.approx(-12.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mapo_loss_large_margins_both_ways(dtype):
+    # e_w=0, e_l=100: s_w=1, s_l=50 e^-50 = 9.6e-21, T*margin = 1000 -> logsigmoid ~ -e^-1000 = 0
+    e_w = torch.tensor([0.0], dtype=dtype, requires_grad=True)
+    e_l = torch.tensor([100.0], dtype=dtype, requires_grad=True)
+    out = mapo_loss(e_w, e_l)
+    assert abs(out.metrics["margin_term"].item()) < 1e-30
+    assert out.metrics["implicit_acc"].item() == 1.0
+    out.loss.backward()
+    assert torch.isfinite(e_w.grad).all() and torch.isfinite(e_l.grad).all()
+
+    # e_w=100, e_l=0: T*margin = 1000*(s(100) - 1) ~ -1000, logsigmoid ~ -1000
+    # margin_term = beta*T*(1 - s(100)) = 0.1*1000*(1 - 9.6e-21) = 100; loss = 100 + 100
+    e_w = torch.tensor([100.0], dtype=dtype, requires_grad=True)
+    e_l = torch.tensor([0.0], dtype=dtype, requires_grad=True)
+    out = mapo_loss(e_w, e_l)
+    expected = 0.1 * 1000 * (1 - s_ref(100.0))
+    assert out.metrics["margin_term"].item() == pytest.approx(expected, rel=1e-6)
+    assert out.loss.item() == pytest.approx(100.0 + expected, rel=1e-6)
+    assert out.metrics["implicit_acc"].item() == 0.0
+    out.loss.backward()
+    assert torch.isfinite(e_w.grad).all() and torch.isfinite(e_l.grad).all()
+
+    # fp32 overflow region of exp: e = 1e4
+    e_w = torch.tensor([1e4, 0.0], dtype=dtype, requires_grad=True)
+    e_l = torch.tensor([0.0, 1e4], dtype=dtype, requires_grad=True)
+    out = mapo_loss(e_w, e_l)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(e_w.grad).all() and torch.isfinite(e_l.grad).all()
+
+
+def test_mapo_loss_implicit_acc_counts_strict_wins():
+    # pairs: 0.1<0.2 yes, 0.5<0.4 no, 0.3<0.3 no (tie), 0.2<0.9 yes -> 2/4
+    out = mapo_loss(t32(0.1, 0.5, 0.3, 0.2), t32(0.2, 0.4, 0.3, 0.9))
+    assert out.metrics["implicit_acc"].item() == 0.5
+
+
+def test_mapo_loss_gradcheck():
+    e_w = t64(0.0, 0.05, 0.3, 1.5).requires_grad_()
+    e_l = t64(0.01, 0.0, 0.4, 1.2).requires_grad_()
+    # T=10 keeps the logsigmoid off its flat tails, so the check is informative
+    fn = lambda w, l: mapo_loss(w, l, beta=0.1, a=0.5, num_train_timesteps=10).loss  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (e_w, e_l))
+    assert torch.autograd.gradcheck(lambda w, l: mapo_loss(w, l).loss, (e_w, e_l))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"beta": 0.0}, "beta must be > 0"),
+        ({"beta": -1.0}, "beta must be > 0"),
+        ({"a": 0.0}, "a must be > 0"),
+        ({"num_train_timesteps": 0}, "num_train_timesteps must be >= 1"),
+    ],
+)
+def test_mapo_loss_rejects_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mapo_loss(t32(0.1), t32(0.2), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "e_w, e_l",
+    [
+        (torch.zeros(2), torch.zeros(3)),  # different B
+        (torch.zeros(2, 1), torch.zeros(2, 1)),  # not [B]
+        (torch.zeros(()), torch.zeros(())),  # scalar
+        (torch.zeros(0), torch.zeros(0)),  # empty batch
+    ],
+)
+def test_losses_reject_bad_shapes(e_w, e_l):
+    with pytest.raises(ValueError, match="shape"):
+        mapo_loss(e_w, e_l)
+    with pytest.raises(ValueError, match="shape"):
+        dpo_loss(e_w, e_l, e_w, e_l)
+
+
+@pytest.mark.parametrize("e", [torch.zeros(2, 1), torch.zeros(()), torch.zeros(0)])
+def test_sft_loss_rejects_bad_shapes(e):
+    with pytest.raises(ValueError, match="shape"):
+        sft_loss(e)
+
+
+# --------------------------------------------------------------------------- dpo_loss
+
+
+def test_dpo_loss_zero_difference_is_ln2():
+    # d = 0 for every pair: loss = -logsigmoid(0) = ln 2 = 0.693147181, whatever beta
+    for beta in (1.0, 5000.0):
+        out = dpo_loss(t32(0.3, 0.7), t32(0.5, 0.2), t32(0.3, 0.7), t32(0.5, 0.2), beta=beta)
+        assert out.loss.item() == pytest.approx(math.log(2), rel=1e-6)
+        assert out.metrics["reward_margin"].item() == 0.0
+        assert out.metrics["implicit_acc"].item() == 0.0  # d < 0 is strict
+
+
+def test_dpo_loss_by_hand_and_beta_scaling():
+    # one pair: d = (0.3 - 0.5) - (0.4 - 0.4) = -0.2
+    # beta=10: logit = -(10/2)*(-0.2) = 1, loss = log(1 + e^-1) = 0.313261688
+    # beta=20: logit = 2, loss = log(1 + e^-2) = 0.126928011
+    args = (t64(0.3), t64(0.5), t64(0.4), t64(0.4))
+    out = dpo_loss(*args, beta=10.0)
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-1)), rel=1e-12)
+    assert out.metrics["reward_margin"].item() == pytest.approx(1.0, rel=1e-6)
+    assert out.metrics["implicit_acc"].item() == 1.0
+    assert dpo_loss(*args, beta=20.0).loss.item() == pytest.approx(math.log1p(math.exp(-2)), rel=1e-12)
+
+
+def test_dpo_loss_two_pairs_by_hand():
+    # pair 1: d = (0.3-0.5) - (0.4-0.4) = -0.2  -> logit = 5*0.2 = 1.0,   -logsigmoid = 0.313261688
+    # pair 2: d = (0.5-0.5) - (0.45-0.5) = 0.05 -> logit = -5*0.05 = -0.25, -logsigmoid = log(1+e^0.25) = 0.825939420
+    # loss = (0.313261688 + 0.825939420)/2 = 0.569600554; reward_margin = (1 - 0.25)/2 = 0.375; acc = 1/2
+    out = dpo_loss(t64(0.3, 0.5), t64(0.5, 0.5), t64(0.4, 0.45), t64(0.4, 0.5), beta=10.0)
+    expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.25))) / 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
+    m = out.metrics
+    assert m["reward_margin"].item() == pytest.approx(0.375, rel=1e-6)
+    assert m["implicit_acc"].item() == 0.5
+    assert m["e_w"].item() == pytest.approx(0.4, rel=1e-6)
+    assert m["e_l"].item() == pytest.approx(0.5, rel=1e-6)
+    assert m["ref_e_w"].item() == pytest.approx(0.425, rel=1e-6)
+    assert m["ref_e_l"].item() == pytest.approx(0.45, rel=1e-6)
+
+
+def test_dpo_loss_reference_is_detached():
+    e_w, e_l = t64(0.3, 0.5).requires_grad_(), t64(0.5, 0.5).requires_grad_()
+    ref_w, ref_l = t64(0.4, 0.45).requires_grad_(), t64(0.4, 0.5).requires_grad_()
+    dpo_loss(e_w, e_l, ref_w, ref_l, beta=10.0).loss.backward()
+    assert ref_w.grad is None and ref_l.grad is None
+    assert e_w.grad is not None and e_l.grad is not None
+    # d loss/d e_w_i = -(1/B) * sigmoid(-logit_i) * (-beta/2) = (5/2) * sigmoid(-logit_i)
+    # pair 1: logit 1 -> 2.5 * sigmoid(-1) = 2.5 * 0.268941421 = 0.672353553
+    assert e_w.grad[0].item() == pytest.approx(2.5 / (1 + math.e), rel=1e-12)
+    assert e_l.grad[0].item() == pytest.approx(-2.5 / (1 + math.e), rel=1e-12)
+
+
+def test_dpo_loss_default_beta_is_finite_for_large_d():
+    # beta=5000, d = +-1: logit = -+2500; loss ~ 2500/2 (one pair saturated each way)
+    out = dpo_loss(t32(1.0, 0.0), t32(0.0, 1.0), t32(0.0, 0.0), t32(0.0, 0.0))
+    assert out.loss.item() == pytest.approx(2500 / 2, rel=1e-6)
+
+
+def test_dpo_loss_gradcheck():
+    ref_w, ref_l = t64(0.4, 0.45, 0.1), t64(0.4, 0.5, 0.3)
+    e_w = t64(0.3, 0.5, 0.2).requires_grad_()
+    e_l = t64(0.5, 0.5, 0.25).requires_grad_()
+    fn = lambda w, l: dpo_loss(w, l, ref_w, ref_l, beta=10.0).loss  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (e_w, e_l))
+
+
+def test_dpo_loss_rejects_bad_beta():
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        dpo_loss(t32(0.1), t32(0.2), t32(0.1), t32(0.2), beta=0.0)
+
+
+# --------------------------------------------------------------------------- sft_loss
+
+
+def test_sft_loss_by_hand():
+    # mean(0.1, 0.2, 0.6) = 0.3
+    out = sft_loss(t64(0.1, 0.2, 0.6))
+    assert out.loss.item() == pytest.approx(0.3, rel=1e-12)
+    assert set(out.metrics) == {"loss", "e_w"}
+    assert out.metrics["e_w"].item() == pytest.approx(0.3, rel=1e-6)
+
+
+def test_sft_loss_gradcheck():
+    assert torch.autograd.gradcheck(lambda e: sft_loss(e).loss, (t64(0.1, 0.2, 0.6).requires_grad_(),))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _all_outputs():
+    ew = t64(0.2, 1.0).requires_grad_()
+    el = t64(0.4, 0.6).requires_grad_()
+    return {
+        "mapo": mapo_loss(ew, el, num_train_timesteps=10),
+        "dpo": dpo_loss(ew, el, t64(0.3, 0.7), t64(0.5, 0.2), beta=10.0),
+        "sft": sft_loss(ew),
+    }
+
+
+def test_objectives_and_metric_keys():
+    outs = _all_outputs()
+    assert set(outs) == set(OBJECTIVES)
+    assert set(outs["mapo"].metrics) == {
+        "loss", "sft_term", "margin_term", "e_w", "e_l", "s_w", "s_l", "margin", "implicit_acc",
+    }
+    assert set(outs["dpo"].metrics) == {
+        "loss", "e_w", "e_l", "ref_e_w", "ref_e_l", "implicit_acc", "reward_margin",
+    }
+
+
+def test_metrics_are_detached_fp32_scalars_consistent_with_loss():
+    for out in _all_outputs().values():
+        assert out.loss.requires_grad and out.loss.ndim == 0
+        for name, value in out.metrics.items():
+            assert not value.requires_grad, name
+            assert value.dtype == torch.float32 and value.ndim == 0, name
+        assert out.metrics["loss"].item() == pytest.approx(out.loss.item(), rel=1e-7)
+    m = _all_outputs()["mapo"].metrics
+    assert m["loss"].item() == pytest.approx((m["sft_term"] + m["margin_term"]).item(), rel=1e-7)
+    # The loss is built as sft_term + margin_term, so in the training dtype (fp32) the
+    # logged terms add up bit for bit (fp64 inputs round each metric to fp32 separately).
+    out = mapo_loss(t32(0.2, 1.0), t32(0.4, 0.6))
+    assert torch.equal(out.loss.detach(), out.metrics["sft_term"] + out.metrics["margin_term"])
+
+
+# --------------------------------------------------------------------------- per_sample_error
+
+
+def test_per_sample_error_by_hand():
+    # sample 0: (1^2 + 3^2)/2 = 5; sample 1: (0 + 2^2)/2 = 2
+    pred = t32(1.0, 3.0, 0.0, 2.0).reshape(2, 2)
+    assert per_sample_error(pred, torch.zeros(2, 2)).tolist() == [5.0, 2.0]
+    # 4-D latents: averaged over C, H, W
+    pred = torch.zeros(2, 4, 3, 3)
+    pred[0, 0, 0, 0] = 6.0  # 36 / 36 elements = 1
+    assert per_sample_error(pred, torch.zeros_like(pred)).tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_per_sample_error_is_fp32_for_half_inputs(dtype):
+    # diff = 300 everywhere: 300^2 = 90000 overflows fp16 (max 65504) but is exact in fp32
+    pred = torch.full((2, 4, 8, 8), 300.0, dtype=dtype)
+    target = torch.zeros_like(pred)
+    target[1] = 298.0  # diff 2 -> error 4 (299 is not representable in bf16)
+    e = per_sample_error(pred, target)
+    assert e.dtype == torch.float32
+    assert e.tolist() == [90000.0, 4.0]
+
+
+def test_per_sample_error_keeps_gradient_and_rejects_mismatch():
+    pred = torch.ones(2, 3, dtype=torch.float16, requires_grad=True)
+    per_sample_error(pred, torch.zeros(2, 3, dtype=torch.float16)).sum().backward()
+    # d/dpred of mean((pred - 0)^2) over 3 elements = 2*1/3
+    assert pred.grad.dtype == torch.float16
+    assert pred.grad.float().flatten().tolist() == pytest.approx([2 / 3] * 6, rel=1e-3)
+    with pytest.raises(ValueError, match="same shape"):
+        per_sample_error(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# --------------------------------------------------------------------------- prediction_target
+
+
+def _target_inputs():
+    latents = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)])
+    noise = torch.stack([torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), -1.0)])
+    alphas_cumprod = t32(0.9, 0.64, 0.36)
+    timesteps = torch.tensor([1, 2])
+    return latents, noise, timesteps, alphas_cumprod
+
+
+def test_prediction_target_epsilon_and_sample():
+    latents, noise, timesteps, acp = _target_inputs()
+    assert prediction_target("epsilon", latents, noise, timesteps, acp) is noise
+    assert prediction_target("sample", latents, noise, timesteps, acp) is latents
+
+
+def test_prediction_target_v_by_hand():
+    # sample 0: t=1, acp=0.64 -> sqrt 0.8, sqrt(1-acp) 0.6: v = 0.8*0.5 - 0.6*1.0 = -0.2
+    # sample 1: t=2, acp=0.36 -> sqrt 0.6, sqrt(1-acp) 0.8: v = 0.6*(-1) - 0.8*2.0 = -2.2
+    latents, noise, timesteps, acp = _target_inputs()
+    v = prediction_target("v_prediction", latents, noise, timesteps, acp)
+    assert v.shape == latents.shape and v.dtype == torch.float32
+    assert v[0].flatten().tolist() == pytest.approx([-0.2] * 4, abs=1e-6)
+    assert v[1].flatten().tolist() == pytest.approx([-2.2] * 4, abs=1e-6)
+    # half-precision latents still give an fp32 target
+    v16 = prediction_target("v_prediction", latents.half(), noise.half(), timesteps, acp)
+    assert v16.dtype == torch.float32
+    assert v16[1].flatten().tolist() == pytest.approx([-2.2] * 4, abs=1e-6)
+
+
+def test_prediction_target_unknown_type_raises():
+    latents, noise, timesteps, acp = _target_inputs()
+    with pytest.raises(ValueError, match="epsilon, v_prediction, sample"):
+        prediction_target("flow", latents, noise, timesteps, acp)

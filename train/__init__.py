@@ -1,0 +1,1 @@
+"""Training: losses, data readers and the ``mapo-train`` recipe."""

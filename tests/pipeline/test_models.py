@@ -1,0 +1,84 @@
+"""Model loading: built-ins through from_pretrained, clear errors, tokenizer check, batch invariance."""
+import pytest
+import torch
+
+from pipeline import builtin_models
+from pipeline.errors import ModelNotFoundError, UserError
+from pipeline.models import load_pipeline, resolve_dtype, resolve_model_source, weights_fingerprint
+from pipeline.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, check_tokenizer
+
+
+def test_builtin_is_a_diffusers_folder_loaded_back():
+    path = resolve_model_source("tiny-sdxl")
+    assert (builtin_models.cache_root() / "tiny-sdxl-v1" / "model_index.json").exists()
+    pipe = load_pipeline(path)  # a plain local folder path takes the same route
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert len(pipe.tokenizer) == CLIP_VOCAB_SIZE and pipe.tokenizer_2.pad_token == "!"
+    assert pipe.tokenizer.model_max_length == 77
+    sd15 = load_pipeline("tiny-sd15")
+    assert type(sd15).__name__ == "StableDiffusionPipeline" and not hasattr(sd15, "text_encoder_2")
+
+
+def test_real_clip_tokenization(tmp_path):
+    tok = build_clip_tokenizer(tmp_path)
+    ids = tok("a photo of a cat").input_ids
+    # Standard CLIP ids: <|startoftext|>=49406, "a</w>"=320, "photo</w>"=1125, "of</w>"=539, "cat</w>"=2368
+    assert ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_broken_tokenizer_refused():
+    class Broken:
+        def __len__(self):
+            return 2
+
+    with pytest.raises(UserError, match="only 2 tokens"):
+        check_tokenizer(Broken(), "'x'")
+
+
+@pytest.mark.parametrize("name", ["no-org/no-model", "./does/not/exist"])
+def test_model_not_found_is_one_line(name):
+    with pytest.raises(ModelNotFoundError) as err:
+        load_pipeline(name)
+    msg = str(err.value)
+    assert f"'{name}' was not found" in msg and "tiny-sdxl" in msg and "\n" not in msg
+
+
+def test_folder_without_model_index(tmp_path):
+    with pytest.raises(UserError, match="not a diffusers pipeline folder"):
+        resolve_model_source(str(tmp_path))
+
+
+def test_dtype_rules():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(UserError, match="fp16 is not supported on the CPU"):
+        resolve_dtype("fp16", cpu)
+    with pytest.raises(UserError, match="Unknown dtype"):
+        resolve_dtype("fp8", cpu)
+
+
+def test_weights_fingerprint_tracks_weights():
+    pipe = load_pipeline("tiny-sd15")
+    before = weights_fingerprint(pipe.vae)
+    assert before == weights_fingerprint(pipe.vae)
+    with torch.no_grad():
+        next(pipe.vae.parameters()).add_(0.5)
+    assert weights_fingerprint(pipe.vae) != before
+
+
+def test_per_sample_unet_matches_single_sample_bits():
+    from pipeline.batch_invariance import make_batch_invariant
+
+    pipe = load_pipeline("tiny-sdxl")
+    make_batch_invariant(pipe)
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 77, 64, generator=g)
+    cond = {"text_embeds": torch.randn(3, 32, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 3)}
+    with torch.no_grad():
+        batched = pipe.unet(x, 10, encoder_hidden_states=emb, added_cond_kwargs=cond).sample
+        single = pipe.unet(x[1:2], 10, encoder_hidden_states=emb[1:2],
+                           added_cond_kwargs={k: v[1:2] for k, v in cond.items()}).sample
+    assert torch.equal(batched[1:2], single)

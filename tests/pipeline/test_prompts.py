@@ -1,0 +1,58 @@
+"""Prompt sources: formats, drops and counts, stable ids, clear errors."""
+import json
+
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.prompts import load_prompts, text_id
+
+
+def test_txt_drops_empty_and_duplicates(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("a cat\n\n   \na dog\na cat\n  a bird  \n")
+    ps = load_prompts(str(f))
+    assert [p.text for p in ps.prompts] == ["a cat", "a dog", "a bird"]
+    assert (ps.dropped_empty, ps.dropped_duplicates) == (2, 1)
+    assert ps.prompts[0].id == text_id("a cat") and len(ps.prompts[0].id) == 16
+    kept = load_prompts(str(f), keep_duplicates=True)
+    assert [p.text for p in kept.prompts] == ["a cat", "a dog", "a cat", "a bird"]
+    assert load_prompts(str(f), limit=2).fingerprint() != ps.fingerprint()
+
+
+def test_jsonl_csv_parquet_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"prompt": t, "x": 1}) for t in ["a", "b"]) + "\n")
+    assert [p.text for p in load_prompts(str(tmp_path / "p.jsonl")).prompts] == ["a", "b"]
+    (tmp_path / "p.csv").write_text("id,caption\n1,first\n2,second\n")
+    assert [p.text for p in load_prompts(str(tmp_path / "p.csv")).prompts] == ["first", "second"]
+    pq.write_table(pa.table({"text": ["x", None, "y"], "caption": ["c1", "c2", ""]}), tmp_path / "p.parquet")
+    assert [p.text for p in load_prompts(str(tmp_path / "p.parquet")).prompts] == ["c1", "c2"]
+    ps = load_prompts(str(tmp_path / "p.parquet"), column="text")
+    assert [p.text for p in ps.prompts] == ["x", "y"] and ps.dropped_empty == 1
+
+
+@pytest.mark.parametrize(
+    "name,content,kwargs,message",
+    [
+        ("missing.txt", None, {}, "does not exist"),
+        ("empty.txt", "\n \n", {}, "No usable prompt"),
+        ("p.csv", "a,b\n1,2\n", {}, "no 'caption' or 'prompt' column"),
+        ("p.csv", "caption\nx\n", {"column": "nope"}, "Column 'nope' is not in"),
+        ("p.yaml", "x", {}, "Unsupported prompt file"),
+        ("bad.jsonl", "{not json\n", {}, "is not valid JSON"),
+    ],
+)
+def test_bad_sources(tmp_path, name, content, kwargs, message):
+    f = tmp_path / name
+    if content is not None:
+        f.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_prompts(str(f), **kwargs)
+
+
+def test_unknown_dataset_is_one_line(monkeypatch):
+    with pytest.raises(UserError, match="Could not load dataset 'no-org/no-dataset'") as err:
+        load_prompts("no-org/no-dataset")
+    assert "\n" not in str(err.value)

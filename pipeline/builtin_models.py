@@ -85,22 +85,26 @@ def _tiny_unet(cross_attention_dim: int, sdxl: bool):
     )
 
 
-def _tiny_vae(scaling_factor: float):
-    from diffusers import AutoencoderKL
-
+def _vae_config(widths: tuple, layers: int, groups: int, sample_size: int, scaling_factor: float) -> dict:
     # Four blocks keep the real /8 downscale, so latents have the real shape ratio.
-    return AutoencoderKL(
+    return dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
+        block_out_channels=widths,
+        layers_per_block=layers,
         latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
+        norm_num_groups=groups,
+        sample_size=sample_size,
         scaling_factor=scaling_factor,
     )
+
+
+def _tiny_vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**_vae_config((8, 16, 16, 16), 1, 8, 64, scaling_factor))
 
 
 def build_tiny(name: str, directory: Path) -> None:
@@ -190,18 +194,7 @@ def sdxl_arch_components(dtype, device):
         use_linear_projection=True,
         norm_num_groups=32,
     )
-    vae_cfg = dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=1024,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae_cfg = {**_vae_config((128, 256, 512, 512), 2, 32, 1024, 0.13025), "force_upcast": True}
     te1_cfg = dict(
         vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
@@ -217,9 +210,8 @@ def sdxl_arch_components(dtype, device):
             text_encoder=CLIPTextModel(CLIPTextConfig(**te1_cfg)),
             text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te2_cfg)),
         )
-    for key in ("unet", "text_encoder", "text_encoder_2"):
+    for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
         comps[key] = comps[key].to(dtype=dtype)
-    comps["vae"] = comps["vae"].to(dtype=dtype)
     tok_dir = Path(tempfile.mkdtemp(prefix="sdxl-arch-tok-"))
     try:
         comps["tokenizer"] = build_clip_tokenizer(tok_dir / "1")

@@ -82,3 +82,12 @@ def test_per_sample_unet_matches_single_sample_bits():
         single = pipe.unet(x[1:2], 10, encoder_hidden_states=emb[1:2],
                            added_cond_kwargs={k: v[1:2] for k, v in cond.items()}).sample
     assert torch.equal(batched[1:2], single)
+
+
+def test_sdxl_arch_has_sdxl_base_sizes():
+    # Built on the meta device: shapes and parameter counts without allocating 10 GB.
+    comps = builtin_models.sdxl_arch_components(torch.float32, "meta")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(comps["unet"]) == 2_567_463_684
+    assert comps["unet"].config.cross_attention_dim == 2048
+    assert count(comps["text_encoder_2"]) > 690_000_000 and comps["text_encoder_2"].config.projection_dim == 1280

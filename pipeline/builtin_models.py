@@ -168,8 +168,11 @@ def materialise_tiny(name: str) -> Path:
     return target
 
 
-def sdxl_arch_components(dtype, device):
-    """SDXL base 1.0's architecture with random weights, built directly on ``device``."""
+def sdxl_arch_components(dtype, device, skip: tuple[str, ...] = ()):
+    """SDXL base 1.0's architecture with random weights, built directly on ``device``.
+
+    Components named in ``skip`` are not built (None), e.g. the 2.6B UNet for text/VAE-only work.
+    """
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -203,15 +206,16 @@ def sdxl_arch_components(dtype, device):
         vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
         num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
     )
+    builders = dict(
+        unet=lambda: UNet2DConditionModel(**unet_cfg),
+        vae=lambda: AutoencoderKL(**vae_cfg),
+        text_encoder=lambda: CLIPTextModel(CLIPTextConfig(**te1_cfg)),
+        text_encoder_2=lambda: CLIPTextModelWithProjection(CLIPTextConfig(**te2_cfg)),
+    )
+    comps = {}
     with torch.device(device):
-        comps = dict(
-            unet=UNet2DConditionModel(**unet_cfg),
-            vae=AutoencoderKL(**vae_cfg),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**te1_cfg)),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te2_cfg)),
-        )
-    for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        comps[key] = comps[key].to(dtype=dtype)
+        for key, build in builders.items():
+            comps[key] = None if key in skip else build().to(dtype=dtype)
     tok_dir = Path(tempfile.mkdtemp(prefix="sdxl-arch-tok-"))
     try:
         comps["tokenizer"] = build_clip_tokenizer(tok_dir / "1")

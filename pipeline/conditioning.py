@@ -7,6 +7,11 @@ is trained on are the ones it is sampled with.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported lazily to keep CLI start-up fast
+    import torch
+
 from dataclasses import dataclass
 
 

@@ -26,13 +26,21 @@ def _launched_multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _state():
+    import torch
+    from accelerate import PartialState
+
+    # Without cpu=True, PartialState on a machine with no CUDA ignores the launcher's world
+    # size and reports a single process: every rank would then do all the work.
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    return PartialState(cpu=use_cpu)
+
+
 def current_process() -> ProcessInfo:
     """Rank and world size; uses accelerate's state when launched with several processes."""
     if not _launched_multi_process():
         return ProcessInfo()
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = _state()
     return ProcessInfo(state.process_index, state.num_processes)
 
 
@@ -40,13 +48,9 @@ def accelerator_device(default: str = "auto") -> str:
     """The device this process should use: its own GPU under accelerate, else ``default``."""
     if default != "auto" or not _launched_multi_process():
         return default
-    from accelerate import PartialState
-
-    return str(PartialState().device)
+    return str(_state().device)
 
 
 def wait_for_everyone() -> None:
     if _launched_multi_process():
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        _state().wait_for_everyone()

@@ -51,3 +51,35 @@ def decode_image(data: bytes | None, max_pixels: int = MAX_PIXELS, min_side: int
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ImageDecodeError(f"undecodable image ({type(exc).__name__})") from None
     return img.convert("RGB")
+
+
+def image_mime(blob: bytes) -> str | None:
+    """The MIME type of encoded image bytes a browser can show, or None."""
+    if blob.startswith(b"\x89PNG"):
+        return "image/png"
+    if blob.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if blob[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def data_uri(image) -> str:
+    """An inline ``data:`` URI for self-contained HTML: encoded bytes as they are, a PIL image as JPEG."""
+    import base64
+
+    blob = image if isinstance(image, bytes) else encode_image(image, "jpeg", quality=88)
+    return f"data:{image_mime(blob) or 'application/octet-stream'};base64,{base64.b64encode(blob).decode()}"
+
+
+def image_grid(rows: list[list], gap: int = 0):
+    """Paste rows of same-size PIL images into one image (white background, ``gap`` px apart)."""
+    from PIL import Image
+
+    w, h = rows[0][0].size
+    cols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (cols * w + (cols - 1) * gap, len(rows) * h + (len(rows) - 1) * gap), (255, 255, 255))
+    for y, row in enumerate(rows):
+        for x, img in enumerate(row):
+            grid.paste(img, (x * (w + gap), y * (h + gap)))
+    return grid

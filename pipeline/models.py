@@ -6,6 +6,11 @@ one ``ModelNotFoundError`` line that says what was looked for and how to provide
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported lazily to keep CLI start-up fast
+    import torch
+
 import hashlib
 import json
 import os
@@ -80,6 +85,12 @@ def _call_loader(what: str, name: str, loader, *args, **kwargs):
     """Run a ``from_pretrained`` call, turning lookup failures into one clear line."""
     import warnings
 
+    from diffusers.utils import logging as dlog
+
+    verbosity = dlog.get_verbosity()
+    # Offline, diffusers logs "Couldn't connect to the Hub" before failing; the user gets our
+    # one line instead (it says what was looked for and how to provide it).
+    dlog.set_verbosity_error()
     try:
         with warnings.catch_warnings():
             # diffusers renamed torch_dtype to dtype; torch_dtype still works on every supported version.
@@ -88,6 +99,8 @@ def _call_loader(what: str, name: str, loader, *args, **kwargs):
     except (OSError, ValueError) as exc:  # OSError: uncached hub id; ValueError: bad path / repo id
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _not_found(what, name, first[:200]) from None
+    finally:
+        dlog.set_verbosity(verbosity)
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,7 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
     if vae is not None:
         overrides["vae"] = load_vae(vae, dt, dev)
     if model in builtin_models.ARCH_MODELS:
-        comps = builtin_models.sdxl_arch_components(dt, dev)
+        comps = builtin_models.sdxl_arch_components(dt, dev, skip=tuple(overrides))
         comps.update(overrides)
         pipe = StableDiffusionXLPipeline(**comps)
     else:

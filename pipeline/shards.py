@@ -116,6 +116,22 @@ class ShardedOutput:
         if manifest is None or manifest.get("fingerprint") != self.fingerprint:
             self._write_manifest(status="running", completed=[], totals={})
 
+    def start(self, proc, overwrite: bool = False) -> tuple[list[int], list[int]]:
+        """Prepare on the main process, wait for all, and claim this process's shards.
+
+        Returns (this process's shards, those of them still to do); stale temporaries a
+        killed run left for the shards to do are removed.
+        """
+        from .distributed import wait_for_everyone
+
+        if proc.is_main:
+            self.prepare(overwrite=overwrite)
+        wait_for_everyone()
+        mine = proc.my_shards(list(range(self.num_shards)))
+        todo = self.pending(mine)
+        self.remove_stale_temporaries(todo)
+        return mine, todo
+
     def _clear(self) -> None:
         for name in _OWNED:
             p = self.root / name

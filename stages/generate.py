@@ -68,6 +68,7 @@ class GenerateResult:
     pairs_written: int
     shards_written: int
     shards_skipped: int
+    process: tuple[int, int]  # (index, count) of the process that made this result
     seconds: float  # the whole call, model loading included
     loop_seconds: float  # generating, encoding and writing the shards
     pipeline_seconds: float  # inside the diffusion pipeline call
@@ -132,7 +133,7 @@ def _pair_schema():
     ])
 
 
-def _generate_images(pipe, requests, seeds, cfg: GenerateConfig):
+def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
     """Run the pipeline once over a flat list of image requests; returns PIL images."""
     import torch
 
@@ -202,12 +203,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     config = {**asdict(cfg), "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
               "dropped_empty_prompts": prompt_set.dropped_empty, "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
-    if proc.is_main:
-        out.prepare(overwrite=cfg.overwrite)
-    wait_for_everyone()
-    mine = proc.my_shards(list(range(len(ranges))))
-    todo = out.pending(mine)
-    out.remove_stale_temporaries(todo)
+    mine, todo = out.start(proc, overwrite=cfg.overwrite)
     pairs_written = 0
     pipeline_seconds = loop_seconds = 0.0
     if todo:
@@ -238,7 +234,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                     requests = [req for _, req in pairs]
                     seeds = [derive_seed(cfg.seed, p.id, req.seed_index) for p, req in pairs]
                     t0 = time.perf_counter()
-                    images = _generate_images(pipe, requests, seeds, cfg)
+                    images = generate_images(pipe, requests, seeds, cfg)
                     pipeline_seconds += time.perf_counter() - t0
                     blobs = pool.submit(lambda ims: [encode_image(im, cfg.image_format, cfg.quality) for im in ims], images)
                     batches.append((batch, requests, seeds, blobs))
@@ -251,5 +247,5 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     if proc.is_main:
         out.finalize({"prompts": {"source": prompt_set.source, "count": len(prompt_set.prompts),
                                   "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}})
-    return GenerateResult(cfg.output, pairs_written, len(todo), len(mine) - len(todo),
+    return GenerateResult(cfg.output, pairs_written, len(todo), len(mine) - len(todo), (proc.index, proc.count),
                           time.perf_counter() - t_start, loop_seconds, pipeline_seconds)

@@ -35,3 +35,34 @@ def read_table(folder: Path, subdir: str = "data"):
 def write_prompts(path: Path, prompts: list[str]) -> Path:
     path.write_text("\n".join(prompts) + "\n")
     return path
+
+
+def run_accelerate(script: str, args: list, num_processes: int = 2, env: dict | None = None, timeout: int = 300):
+    """Run a console script under ``accelerate launch`` with several CPU processes.
+
+    ``accelerate launch --cpu --num_processes N`` silently starts ONE process (the simple
+    launcher); several CPU processes need the distributed launcher plus ACCELERATE_USE_CPU.
+    One thread per process, as accelerate gives CPU workers, so single-process references
+    run with OMP_NUM_THREADS=1 too (thread counts change CPU kernels' last bits).
+    """
+    env = {**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "true",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(BIN / script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def kill_after_shards(script: str, args: list, out: Path, shards: int, timeout: float = 120) -> int:
+    """Start a console script, SIGKILL it once ``shards`` data shards exist in ``out``; return how many do."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / script), *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list((Path(out) / "data").glob("train-*.parquet"))) < shards and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list((Path(out) / "data").glob("train-*.parquet")))

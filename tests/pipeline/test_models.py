@@ -91,3 +91,4 @@ def test_sdxl_arch_has_sdxl_base_sizes():
     assert count(comps["unet"]) == 2_567_463_684
     assert comps["unet"].config.cross_attention_dim == 2048
     assert count(comps["text_encoder_2"]) > 690_000_000 and comps["text_encoder_2"].config.projection_dim == 1280
+    assert builtin_models.sdxl_arch_components(torch.float32, "meta", skip=("unet",))["unet"] is None

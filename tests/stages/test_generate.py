@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from stages.cli import app
-from tests.helpers import BIN, read_table, run_cli, run_console, write_prompts
+from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, run_console, write_prompts
 
 PROMPTS = ["a cat on a sofa", "a red car", "  ", "", "a house by a lake", "a cat on a sofa", "an owl at night"]
 FAST = ["--num-inference-steps", "2", "--resolution", "64"]
@@ -123,15 +119,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert run_console("mapo-data", [*args, "--output", ref]).returncode == 0
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / "mapo-data"), *map(str, args), "--output", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "data").glob("train-*.parquet"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list((out / "data").glob("train-*.parquet")))
+    done = kill_after_shards("mapo-data", [*args, "--output", out], out, shards=2)
     assert 2 <= done < 6, f"kill landed too late to test resume ({done} shards)"
     rerun = run_console("mapo-data", [*args, "--output", out])
     assert rerun.returncode == 0, rerun.stderr
@@ -144,16 +132,14 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
     prompts = [f"a scene number {i}" for i in range(5)]
     src = write_prompts(tmp_path / "p.txt", prompts)
     args = ["generate", "--model", "tiny-sdxl", "--prompts", str(src), *FAST, "--shard-size", "2"]
-    # CPU kernels give different last bits with different thread counts, so both runs use the
-    # one thread per process that accelerate gives CPU workers.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     single = tmp_path / "single"
-    assert run_console("mapo-data", [*args, "--output", single], env=env).returncode == 0
+    one_thread = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    assert run_console("mapo-data", [*args, "--output", single], env=one_thread).returncode == 0
     multi = tmp_path / "multi"
-    cmd = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(BIN / "mapo-data"), *args, "--output", str(multi)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Both processes really ran and split the 3 shards between them (0 and 2 / 1).
+    assert "process 0/2: 3 pairs in 2 shards" in proc.stdout and "process 1/2: 2 pairs in 1 shards" in proc.stdout, proc.stdout
     assert read_table(multi).equals(read_table(single))
     import json
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from pipeline.errors import ModelNotFoundError, UserError
 from pipeline.safety import (
@@ -20,6 +20,7 @@ from pipeline.safety import (
     load_safety_classifier,
     pil_to_nudenet_array,
 )
+from tests.image_fixtures import geometric_scene, schematic_torso
 
 
 # --- NudeNet --------------------------------------------------------------------------------
@@ -55,33 +56,6 @@ def test_pil_to_nudenet_array_is_bgr_uint8():
     assert arr[0, 0].tolist() == [30, 20, 10]
     assert pil_to_nudenet_array(Image.new("RGBA", (4, 4), (10, 20, 30, 0)))[0, 0].tolist() == [30, 20, 10]
     assert pil_to_nudenet_array(Image.new("L", (4, 4), 7)).shape == (4, 4, 3)
-
-
-def schematic_torso(size=256):
-    """Two skin-toned, blurred ellipses with darker centres on a large skin-toned oval.
-
-    A plain geometric drawing, no photograph. NudeNet 3.4.2 (320n) reliably reads it as
-    FEMALE_BREAST_EXPOSED (about 0.7 at sizes 64-1024 px and on several backgrounds), which
-    gives the test a positive case without shipping real nudity. Without the blur the same
-    shapes get no detection at all: the detector keys on soft shading, not on the outline.
-    """
-    s = size / 512
-    im = Image.new("RGB", (size, size), (60, 60, 70))
-    draw = ImageDraw.Draw(im)
-    draw.ellipse([80 * s, 120 * s, 440 * s, 500 * s], fill=(225, 175, 145))
-    for cx in (190, 330):
-        draw.ellipse([(cx - 70) * s, 220 * s, (cx + 70) * s, 360 * s], fill=(235, 185, 155))
-        draw.ellipse([(cx - 12) * s, 278 * s, (cx + 12) * s, 302 * s], fill=(170, 100, 90))
-    return im.filter(ImageFilter.GaussianBlur(6 * s))
-
-
-def geometric_scene(size=256):
-    """Flat, saturated, hard-edged shapes: nothing body-like, so NudeNet finds nothing."""
-    im = Image.new("RGB", (size, size), (30, 60, 200))
-    draw = ImageDraw.Draw(im)
-    draw.rectangle([size // 5, size // 5, size * 4 // 5, size // 2], fill=(250, 200, 0))
-    draw.ellipse([size // 10, size // 2, size // 2, size * 9 // 10], fill=(200, 0, 0))
-    return im
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,232 @@
+"""``mapo-data inspect``: what a label or generate output holds, as terminal tables or an HTML page.
+
+Read with polars, image columns left out of every summary (they are most of the bytes); the
+HTML page reads image bytes only for the sampled rows.
+"""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.images import data_uri, image_mime
+from pipeline.shards import read_manifest
+
+IMAGE_COLUMNS = ("jpg_0", "jpg_1")
+HIST_BINS = 10
+HIST_WIDTH = 40
+
+
+@dataclass
+class Summary:
+    directory: str
+    stage: str  # "label", "generate" or "parquet" (no manifest)
+    status: str | None
+    shards: int
+    rows: int
+    rejected: int
+    label_balance: dict = field(default_factory=dict)  # {"image 0 chosen": n, "image 1 chosen": n}
+    drop_reasons: dict = field(default_factory=dict)
+    disagreements: int = 0
+    histograms: dict = field(default_factory=dict)  # title -> text histogram
+    breakdown: object = None  # polars DataFrame per recipe/style, or None
+    labelers: list = field(default_factory=list)
+
+
+def _files(root: Path, sub: str) -> list[Path]:
+    return sorted((root / sub).glob("*.parquet"))
+
+
+def _scan(files: list[Path]):
+    """Every column but the image bytes, of all files (a zero-row frame when there are none)."""
+    import polars as pl
+
+    if not files:
+        return pl.DataFrame()
+    frames = [pl.read_parquet(f, columns=[c for c in pl.read_parquet_schema(f) if c not in IMAGE_COLUMNS]) for f in files]
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST_WIDTH) -> str:
+    """A fixed-width bar chart of ``values`` (one line per bin: range, bar, count)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "  (no scores)"
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return f"  [{lo:8.4f}, {hi:8.4f}] {'#' * width} {len(values)}"
+    step = (hi - lo) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(int((v - lo) / step), bins - 1)] += 1
+    top = max(counts)
+    lines = []
+    for i, c in enumerate(counts):
+        bar = "#" * round(width * c / top) if c else ""
+        lines.append(f"  [{lo + i * step:8.4f}, {lo + (i + 1) * step:8.4f}) {bar:<{width}} {c}")
+    return "\n".join(lines)
+
+
+def inspect_output(directory: str) -> Summary:
+    import polars as pl
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise UserError(f"{directory} is not a folder.")
+    manifest = read_manifest(root) or {}
+    data_files = _files(root, "data") or sorted(root.glob("*.parquet"))
+    if not data_files and not _files(root, "rejects"):
+        raise UserError(f"{directory} holds no shards (looked for data/*.parquet).")
+    data = _scan(data_files)
+    rejects = _scan(_files(root, "rejects"))
+    s = Summary(str(root), manifest.get("stage", "parquet"), manifest.get("status"), len(data_files), data.height, rejects.height)
+    if "label_0" in data.columns and data.height:
+        s.label_balance = {"image 0 chosen": int((data["label_0"] == 1).sum()), "image 1 chosen": int((data["label_1"] == 1).sum())}
+        ties = int((data["label_0"] == data["label_1"]).sum())
+        if ties:
+            s.label_balance["tie"] = ties
+    if "disagrees" in data.columns and data.height:
+        s.disagreements = int(data["disagrees"].fill_null(False).sum())
+    if "reason" in rejects.columns and rejects.height:
+        counts = rejects.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+        s.drop_reasons = dict(zip(counts["reason"].to_list(), counts["len"].to_list()))
+    if "labeler" in data.columns or "labeler" in rejects.columns:
+        s.labelers = sorted({f"{r['labeler']} {r['labeler_version']}" for df in (data, rejects) if "labeler" in df.columns
+                             for r in df.select("labeler", "labeler_version").unique().to_dicts()})
+    if {"score_0", "score_1", "label_0"} <= set(data.columns) and data.height:
+        chosen = data.select(pl.when(pl.col("label_0") == 1).then(pl.col("score_0")).otherwise(pl.col("score_1")))
+        other = data.select(pl.when(pl.col("label_0") == 1).then(pl.col("score_1")).otherwise(pl.col("score_0")))
+        s.histograms["chosen image score"] = text_histogram(chosen.to_series().to_list())
+        s.histograms["rejected image score"] = text_histogram(other.to_series().to_list())
+    if {"score_0", "score_1"} <= set(rejects.columns) and rejects.height:
+        s.histograms["dropped pairs, both images' scores"] = text_histogram(rejects["score_0"].to_list() + rejects["score_1"].to_list())
+    keys = [c for c in ("recipe", "style") if c in data.columns or c in rejects.columns]
+    if keys:
+        parts = [data.select(keys).with_columns(pl.lit(1).alias("kept"), pl.lit(0).alias("rejected"))]
+        if rejects.height and all(k in rejects.columns for k in keys):
+            parts.append(rejects.select(keys).with_columns(pl.lit(0).alias("kept"), pl.lit(1).alias("rejected")))
+        both = pl.concat(parts, how="vertical_relaxed")
+        s.breakdown = both.group_by(keys).agg(pl.len().alias("pairs"), pl.col("kept").sum(), pl.col("rejected").sum()).sort(keys)
+    return s
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: "  " + "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(header), "  " + "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def render_text(s: Summary) -> str:
+    total = s.rows + s.rejected
+    out = [f"{s.directory}: {s.stage} output" + (f" ({s.status})" if s.status else ""),
+           _table([("shards", s.shards), ("pairs kept (data/)", s.rows), ("pairs dropped (rejects/)", s.rejected),
+                   ("pairs in", total)] if s.stage == "label" else [("shards", s.shards), ("pairs", s.rows)], ("", "count"))]
+    if s.labelers:
+        out += ["", "labeler: " + "; ".join(s.labelers)]
+    if s.label_balance:
+        out += ["", "label balance", _table([(k, v, f"{100 * v / max(s.rows, 1):.1f}%") for k, v in s.label_balance.items()],
+                                             ("", "pairs", "share"))]
+        out += [f"  classifier disagreed with the recipe: {s.disagreements}"]
+    if s.drop_reasons:
+        out += ["", "drop reasons", _table([(k, v, f"{100 * v / max(total, 1):.1f}%") for k, v in s.drop_reasons.items()],
+                                            ("reason", "pairs", "of input"))]
+    for title, hist in s.histograms.items():
+        out += ["", f"{title}", hist]
+    if s.breakdown is not None and s.breakdown.height:
+        cols = s.breakdown.columns
+        out += ["", "per recipe / style", _table([tuple("-" if v is None else v for v in r) for r in s.breakdown.rows()], tuple(cols))]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+
+
+def _img(blob: bytes | None, label: str) -> str:
+    if not blob:
+        return f'<div class="missing">{html.escape(label)}: no image</div>'
+    if image_mime(blob) is None:  # not an image a browser can show (e.g. a corrupt-bytes reject)
+        return f'<div class="missing">{html.escape(label)}: {len(blob)} bytes, not an image</div>'
+    uri = data_uri(blob)
+    return f'<figure><img src="{uri}" alt="{html.escape(label)}"><figcaption>{html.escape(label)}</figcaption></figure>'
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def _sample_rows(files: list[Path], n: int, seed: int) -> list[dict]:
+    """``n`` rows drawn without replacement, image bytes read only for those rows."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    if not files or n <= 0:
+        return []
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    index = pl.DataFrame({"file": [i for i, c in enumerate(counts) for _ in range(c)],
+                          "row": [r for c in counts for r in range(c)]})
+    if index.height == 0:
+        return []
+    picked = index.sample(min(n, index.height), seed=seed).sort("file", "row")
+    rows = []
+    for (fi,), group in picked.group_by(["file"], maintain_order=True):
+        table = pq.read_table(files[fi]).take(group["row"].to_list())
+        rows += table.to_pylist()
+    return rows
+
+
+def _pair_card(r: dict, rejected: bool) -> str:
+    if "label_0" in r and r.get("label_0") is not None:
+        first = 0 if r["label_0"] == 1 else 1
+        names = ("chosen", "rejected")
+    elif r.get("intended_chosen") in (0, 1):
+        first, names = r["intended_chosen"], ("intended chosen", "other")
+    else:
+        first, names = 0, ("image 0", "image 1")
+    second = 1 - first
+    scores = [f"{names[0]} score {_fmt(r.get(f'score_{first}'))}", f"{names[1]} score {_fmt(r.get(f'score_{second}'))}"] \
+        if "score_0" in r else []
+    meta = [f"reason: {r['reason']}" if r.get("reason") else "", r.get("detail") or "",
+            " / ".join(x for x in (r.get("recipe"), r.get("style")) if x), "disagrees with recipe" if r.get("disagrees") else ""]
+    info = " · ".join(html.escape(x) for x in [*scores, *meta] if x)
+    return (f'<div class="pair{" rej" if rejected else ""}"><div class="imgs">{_img(r.get(f"jpg_{first}"), names[0])}'
+            f'{_img(r.get(f"jpg_{second}"), names[1])}</div><p class="cap">{html.escape(str(r.get("caption") or ""))}</p>'
+            f'<p class="info">{info}</p></div>')
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}}
+pre{{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto;font-size:12px}}
+.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:14px}}
+.pair{{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}}.pair.rej{{border-color:#d88}}
+.imgs{{display:flex;gap:6px}}figure{{margin:0;flex:1}}figure img{{width:100%;aspect-ratio:1;object-fit:contain;
+image-rendering:pixelated;background:#eee}}figcaption{{font-size:12px;text-align:center;color:#555}}
+.missing{{flex:1;aspect-ratio:1;background:#eee;color:#a33;font-size:12px;display:flex;align-items:center;justify-content:center}}
+.cap{{font-size:14px;margin:6px 0 2px}}.info{{font-size:12px;color:#666;margin:0}}
+</style></head><body><h1>{title}</h1><pre>{summary}</pre>
+<h2>Sampled pairs ({n})</h2><div class="grid">{pairs}</div>
+{rejects}</body></html>
+"""
+
+
+def write_html(directory: str, path: str, samples: int = 24, seed: int = 0) -> Path:
+    """A self-contained page (images inline as base64): the summary, then sampled pairs and rejects."""
+    summary = inspect_output(directory)
+    root = Path(directory)
+    data = _sample_rows(_files(root, "data") or sorted(root.glob("*.parquet")), samples, seed)
+    rejected = _sample_rows(_files(root, "rejects"), max(samples // 4, 1) if summary.rejected else 0, seed)
+    rej_html = ""
+    if rejected:
+        rej_html = (f'<h2>Sampled dropped pairs ({len(rejected)} of {summary.rejected})</h2>'
+                    f'<div class="grid">{"".join(_pair_card(r, True) for r in rejected)}</div>')
+    page = PAGE.format(title=html.escape(f"mapo-data inspect: {root.name}"), summary=html.escape(render_text(summary)),
+                       n=len(data), pairs="".join(_pair_card(r, False) for r in data), rejects=rej_html)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

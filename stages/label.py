@@ -1,0 +1,309 @@
+"""``mapo-data label``: image pairs -> Pick-Style / Pick-Safety preference shards.
+
+Input shard k (a ``generate`` output, or any Parquet with the Pick-a-Pic columns) becomes
+output shard k: ``data/`` holds the kept pairs with ``label_0``/``label_1`` (int64, 1/0, never
+a tie), the labeler's scores, name, version and reason, and every input column carried over;
+``rejects/`` holds the dropped pairs with their reason. Image bytes are copied unchanged. The
+shards carry ``datasets`` features and the folder gets a dataset card (README.md) whose
+``configs`` point at ``data/`` only, so ``load_dataset(output)`` reads it offline and ignores
+``rejects/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
+from pipeline.errors import UserError
+from pipeline.images import ImageDecodeError, decode_image
+from pipeline.progress import progress_bar
+from pipeline.shards import ShardedOutput, read_manifest
+
+from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
+
+STAGE = "label"
+REQUIRED = ("caption", "jpg_0", "jpg_1")
+# Columns the labeler writes; an input that already has them is renamed input_<name>.
+LABEL_COLUMNS = ("label_0", "label_1", "score_0", "score_1", "labeler", "labeler_version", "reason", "disagrees")
+FRONT = ("caption", "jpg_0", "jpg_1", *LABEL_COLUMNS, "pair_id")
+
+
+@dataclass
+class LabelConfig:
+    input: str
+    output: str
+    labeler: LabelerSpec = field(default_factory=LabelerSpec)
+    device: str = "auto"
+    license: str = "other"
+    overwrite: bool = False
+
+    def validate(self) -> "LabelConfig":
+        self.labeler.resolved_labeler()
+        if self.labeler.batch_size < 1:
+            raise UserError("--batch-size must be at least 1.")
+        return self
+
+
+@dataclass
+class LabelResult:
+    output: str
+    pairs_in: int
+    kept: int
+    rejected: int
+    disagreements: int
+    shards_written: int
+    shards_skipped: int
+    seconds: float  # the whole call, model loading included
+    loop_seconds: float  # decoding, labeling and writing
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_in / self.loop_seconds if self.loop_seconds else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelInput:
+    kind: str  # "generate" (ours) or "pickapic"
+    files: list[Path]
+    manifest: dict | None
+
+    def fingerprint(self) -> str:
+        parts = [str((self.manifest or {}).get("fingerprint"))] + [f"{f.name}:{f.stat().st_size}" for f in self.files]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def open_input(path: str) -> LabelInput:
+    """Find the input shards and check they are pairs we can label, or fail in one line."""
+    import pyarrow.parquet as pq
+
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"--input {path} does not exist.")
+    manifest = read_manifest(root) if root.is_dir() else None
+    if manifest is not None:
+        if manifest.get("stage") != "generate":
+            raise UserError(f"{path} is a mapo-data {manifest.get('stage')} output, not pairs; label the generate output it came from.")
+        if manifest.get("status") != "complete":
+            done, n = len(manifest.get("completed_shards", [])), manifest.get("num_shards")
+            raise UserError(f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first.")
+    if root.is_dir():
+        files = sorted(root.glob("data/*.parquet")) or sorted(root.glob("*.parquet"))
+    elif root.suffix == ".parquet":
+        files = [root]
+    else:
+        raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file.")
+    if not files:
+        raise UserError(f"{path} holds no Parquet files (looked for data/*.parquet and *.parquet).")
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+            raise UserError(f"{f} is not a readable Parquet file ({type(exc).__name__}).") from None
+        missing = [c for c in REQUIRED if c not in schema.names]
+        wrong = [c for c in ("jpg_0", "jpg_1") if c in schema.names and not _is_binary(schema.field(c).type)]
+        if missing or wrong:
+            what = f"lacks column(s) {', '.join(missing)}" if missing else f"has non-binary {', '.join(wrong)}"
+            raise UserError(
+                f"{f} is neither a mapo-data generate output nor Pick-a-Pic Parquet: it {what} "
+                f"(needs caption, jpg_0, jpg_1 as encoded image bytes; found {', '.join(schema.names[:12])})."
+            )
+    return LabelInput("generate" if manifest is not None else "pickapic", files, manifest)
+
+
+def _is_binary(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _intended(row: dict) -> int | None:
+    """The image the input meant to be chosen: the recipe's, else the input's own labels (ties: none)."""
+    if "intended_chosen" in row:
+        return row["intended_chosen"]
+    l0, l1 = row.get("label_0"), row.get("label_1")
+    if l0 is None or l1 is None or l0 == l1:
+        return None
+    return 0 if l0 > l1 else 1
+
+
+def _pair_id(caption: str, b0: bytes | None, b1: bytes | None) -> str:
+    """Content id for inputs without one: the same pair gets the same id on every run."""
+    h = hashlib.sha256((caption or "").encode())
+    h.update(b"\0" + (b0 or b"") + b"\0" + (b1 or b""))
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# One batch of rows
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode_pair(row: dict) -> tuple[tuple | None, str | None]:
+    images = []
+    for i in (0, 1):
+        try:
+            images.append(decode_image(row[f"jpg_{i}"]))
+        except ImageDecodeError as exc:
+            return None, f"image {i}: {exc}"
+    return tuple(images), None
+
+
+def label_rows(table, labeler) -> tuple[list[Decision], list[str | None]]:
+    """Decisions for every row of ``table`` (corrupt rows rejected before the labeler), plus details."""
+    rows = table.select([c for c in ("caption", "jpg_0", "jpg_1", "intended_chosen", "label_0", "label_1", "style")
+                         if c in table.column_names]).to_pylist()
+    decisions: list[Decision | None] = [None] * len(rows)
+    details: list[str | None] = [None] * len(rows)
+    pairs, where = [], []
+    # PIL decodes outside the GIL: threads overlap the decoding of a batch's images.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(_decode_pair, rows))
+    for i, (row, (images, problem)) in enumerate(zip(rows, decoded)):
+        if problem:
+            decisions[i], details[i] = Decision(None, CORRUPT_IMAGE), problem
+        else:
+            pairs.append(Pair(images, _intended(row), row.get("style")))
+            where.append(i)
+    for i, d in zip(where, labeler.label(pairs)):
+        decisions[i] = d
+    return decisions, details  # type: ignore[return-value]
+
+
+def annotate(table, decisions: list[Decision], details: list, labeler):
+    """The input rows with the label columns added, Pick-a-Pic columns first; returns (kept, rejected)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in LABEL_COLUMNS + ("detail",):
+        if name in table.column_names:  # e.g. Pick-a-Pic's float labels: kept as input_label_0/1
+            table = table.rename_columns([f"input_{c}" if c == name else c for c in table.column_names])
+    for c in ("jpg_0", "jpg_1"):  # Pick-a-Pic and the MaPO loaders use plain binary
+        table = table.set_column(table.column_names.index(c), c, table[c].cast(pa.binary()))
+    if "pair_id" not in table.column_names:
+        ids = [_pair_id(c, a, b) for c, a, b in zip(*(table[k].to_pylist() for k in REQUIRED))]
+        table = table.append_column("pair_id", pa.array(ids, pa.string()))
+    n = len(decisions)
+    chosen = [d.chosen for d in decisions]
+    new = {
+        "label_0": pa.array([None if c is None else int(c == 0) for c in chosen], pa.int64()),
+        "label_1": pa.array([None if c is None else int(c == 1) for c in chosen], pa.int64()),
+        "score_0": pa.array([d.score_0 for d in decisions], pa.float64()),
+        "score_1": pa.array([d.score_1 for d in decisions], pa.float64()),
+        "labeler": pa.array([labeler.name] * n, pa.string()),
+        "labeler_version": pa.array([labeler.version] * n, pa.string()),
+        "reason": pa.array([d.reason for d in decisions], pa.string()),
+        "disagrees": pa.array([d.disagrees for d in decisions], pa.bool_()),
+    }
+    for name, arr in new.items():
+        table = table.append_column(name, arr)
+    order = list(FRONT) + [c for c in table.column_names if c not in FRONT]
+    table = table.select(order)
+    kept_mask = pa.array([c is not None for c in chosen], pa.bool_())
+    kept = table.filter(kept_mask)
+    rejected = table.filter(pc.invert(kept_mask)).append_column("detail", pa.array(
+        [d for d, c in zip(details, chosen) if c is None], pa.string()))
+    return kept, rejected
+
+
+def _shard_stats(kept, rejected, seconds: float) -> dict:
+    import pyarrow.compute as pc
+
+    reasons: dict[str, int] = {}
+    for r in rejected["reason"].to_pylist():
+        reasons[r] = reasons.get(r, 0) + 1
+    return {
+        "pairs_in": kept.num_rows + rejected.num_rows,
+        "kept": kept.num_rows,
+        "rejected": rejected.num_rows,
+        "chosen_0": int(pc.sum(kept["label_0"]).as_py() or 0),
+        "chosen_1": int(pc.sum(kept["label_1"]).as_py() or 0),
+        "disagreements": int(pc.sum(kept["disagrees"].cast("int64")).as_py() or 0),
+        "drop_reasons": reasons,
+        "seconds": seconds,
+    }
+
+
+def label_shard(out: ShardedOutput, k: int, path: Path, labeler, batch_size: int, bar=None) -> dict:
+    """Label one input file into output shard k, written atomically; returns its stats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.hf_features import with_hf_features
+
+    t0 = time.perf_counter()
+    pf = pq.ParquetFile(path)
+    kept_parts, rejected_parts = [], []
+    batches = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_size))
+    for batch in batches:
+        decisions, details = label_rows(batch, labeler)
+        kept, rejected = annotate(batch, decisions, details, labeler)
+        kept_parts.append(kept)
+        rejected_parts.append(rejected)
+        if bar is not None:
+            bar.update(batch.num_rows)
+    if not kept_parts:  # an empty input file still gives a (typed, empty) shard
+        kept, rejected = annotate(pf.schema_arrow.empty_table(), [], [], labeler)
+        kept_parts, rejected_parts = [kept], [rejected]
+    kept = with_hf_features(pa.concat_tables(kept_parts).combine_chunks())
+    rejected = with_hf_features(pa.concat_tables(rejected_parts).combine_chunks())
+    stats = _shard_stats(kept, rejected, time.perf_counter() - t0)
+    # Image bytes are already compressed: the data file is stored uncompressed, as generate does.
+    out.write_shard(k, {"data": kept, "rejects": rejected}, stats, compression="none")
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def run_label(cfg: LabelConfig) -> LabelResult:
+    """Label all pending shards of ``cfg.output`` that belong to this process."""
+    from pipeline.models import resolve_device
+
+    from .card import write_card
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    proc = current_process()
+    source = open_input(cfg.input)
+    device = resolve_device(accelerator_device(cfg.device))
+    labeler = build_labeler(cfg.labeler, device=str(device))
+    identity = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
+                **labeler.describe(), "batch_size": cfg.labeler.batch_size}
+    config = {**asdict(cfg), "input_kind": source.kind, "input_files": [f.name for f in source.files],
+              "labeler_resolved": labeler.describe(), "device": str(device)}
+    n = len(source.files)
+    out = ShardedOutput(cfg.output, STAGE, identity, n, config)
+    if Path(cfg.output).resolve() == Path(cfg.input).resolve():
+        raise UserError("--output must differ from --input.")
+    mine, todo = out.start(proc, overwrite=cfg.overwrite)
+    totals = {"pairs_in": 0, "kept": 0, "rejected": 0, "disagreements": 0}
+    loop_seconds = 0.0
+    if todo:
+        import pyarrow.parquet as pq
+
+        total_rows = sum(pq.ParquetFile(source.files[k]).metadata.num_rows for k in todo)
+        bar = progress_bar(total=total_rows, desc=f"label[{proc.index}]" if proc.count > 1 else "label", unit="pair")
+        loop_t0 = time.perf_counter()
+        for k in todo:
+            stats = label_shard(out, k, source.files[k], labeler, cfg.labeler.batch_size, bar)
+            for key in totals:
+                totals[key] += stats[key]
+        loop_seconds = time.perf_counter() - loop_t0
+        bar.close()
+    wait_for_everyone()
+    if proc.is_main:
+        summed = out.finalize({"input": {"path": str(cfg.input), "kind": source.kind}})
+        write_card(cfg, out.root, source, labeler, summed, out.num_shards)
+    return LabelResult(cfg.output, totals["pairs_in"], totals["kept"], totals["rejected"], totals["disagreements"],
+                       len(todo), len(mine) - len(todo), time.perf_counter() - t_start, loop_seconds)

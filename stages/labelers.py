@@ -1,0 +1,242 @@
+"""Labelers: decide which image of a pair is chosen, or drop the pair with a reason.
+
+One small interface for every way of labeling: ``label(pairs) -> decisions``, one
+:class:`Decision` per :class:`Pair`, in order. It takes a batch (not one pair) so that
+classifiers run batched, on the GPU when there is one; the decision for a pair never depends
+on the other pairs of its batch.
+
+- :class:`ConstructionLabeler`: the image the recipe made to be chosen is chosen (Pick-Style,
+  and the paper's Pick-Safety). With a :class:`ClipStyleCheck` it also verifies that the chosen
+  image shows the style, by a CLIP zero-shot margin, and drops the pairs where it does not.
+- :class:`SafetyLabeler`: a safety classifier scores both images; the safer one is chosen when
+  exactly one is unsafe and the scores are far enough apart. The classifier decides even where
+  the recipe intended otherwise; such pairs are flagged ``disagrees``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from pipeline.errors import UserError
+
+TARGETS = ("style", "safety")
+LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "construction")}
+DEFAULT_LABELER = {"style": "construction", "safety": "nudenet"}
+
+# Drop reasons (the ``reason`` column of rejects/ and the keys of the drop counters).
+NO_INTENDED_CHOICE = "no intended choice"
+STYLE_NOT_SHOWN = "style not shown"
+BOTH_SAFE = "both safe"
+BOTH_UNSAFE = "both unsafe"
+TOO_CLOSE = "scores too close"
+CORRUPT_IMAGE = "corrupt image"  # decided by the stage before a labeler sees the pair
+
+# Zero-shot texts per built-in style (recipes.STYLES): the style and its opposite.
+STYLE_TEXTS = {
+    "cartoon": ("a Disney style animated image", "a realistic photo"),
+    "pixel": ("a pixel art style image", "a realistic photo"),
+}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """What a labeler sees: both decoded images and what the recipe intended."""
+
+    images: tuple  # (PIL image 0, PIL image 1)
+    intended_chosen: int | None = None  # 0/1 from the recipe or the input's labels; None = no opinion
+    style: str | None = None  # built-in style name of the generation recipe, if any
+
+
+@dataclass(frozen=True)
+class Decision:
+    chosen: int | None  # 0 or 1; None = dropped
+    reason: str  # why kept or dropped (a drop reason constant when dropped)
+    score_0: float | None = None
+    score_1: float | None = None
+    disagrees: bool = False  # the labeler chose against the recipe's intended image
+
+    @property
+    def kept(self) -> bool:
+        return self.chosen is not None
+
+
+class Labeler(Protocol):
+    name: str
+    version: str
+
+    def label(self, pairs: Sequence[Pair]) -> list[Decision]:
+        """One decision per pair, in order."""
+        ...
+
+    def describe(self) -> dict:
+        """Everything that decides the labels (goes into the manifest identity and the card)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# By construction (+ optional CLIP style check)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipStyleCheck:
+    """Zero-shot style margin ``cos(img, style) - cos(img, opposite)`` must reach ``min_margin``."""
+
+    embedder: object  # pipeline.clip_embed.ClipEmbedder
+    style_text: str | None = None  # overrides the per-style default for every pair
+    opposite_text: str | None = None
+    min_margin: float = 0.0
+    batch_size: int = 32
+
+    def texts(self, style: str | None) -> tuple[str, str]:
+        default = STYLE_TEXTS.get(style or "", (None, None))
+        style_text = self.style_text or default[0]
+        opposite = self.opposite_text or default[1] or "a realistic photo"
+        if style_text is None:
+            raise UserError(
+                f"no style text for style '{style}': pass --style-text (built-in styles: {', '.join(STYLE_TEXTS)})"
+            )
+        return style_text, opposite
+
+    def margins(self, pairs: Sequence[Pair]) -> list[tuple[float, float]]:
+        """Both images' margins, grouped by style text so each text pair is embedded once."""
+        from pipeline.clip_embed import style_margin
+
+        out: list[tuple[float, float] | None] = [None] * len(pairs)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(pairs):
+            groups.setdefault(self.texts(p.style), []).append(i)
+        for (style_text, opposite), idx in groups.items():
+            images = [im for i in idx for im in pairs[i].images]
+            m = style_margin(self.embedder, images, style_text, opposite, self.batch_size).tolist()
+            for j, i in enumerate(idx):
+                out[i] = (m[2 * j], m[2 * j + 1])
+        return out  # type: ignore[return-value]
+
+    def describe(self) -> dict:
+        return {"clip_model": self.embedder.model_name, "clip_pretrained": self.embedder.pretrained,
+                "style_text": self.style_text, "opposite_text": self.opposite_text, "min_style_margin": self.min_margin}
+
+
+class ConstructionLabeler:
+    """The recipe's intended image is chosen; optionally verified by a CLIP style margin."""
+
+    def __init__(self, verify: ClipStyleCheck | None = None):
+        self.verify = verify
+        self.name = "construction+clip" if verify else "construction"
+        self.version = f"1/{verify.embedder.model_name}" if verify else "1"
+
+    def label(self, pairs: Sequence[Pair]) -> list[Decision]:
+        margins = self.verify.margins(pairs) if self.verify and pairs else [(None, None)] * len(pairs)
+        out = []
+        for p, (m0, m1) in zip(pairs, margins):
+            if p.intended_chosen is None:
+                out.append(Decision(None, NO_INTENDED_CHOICE, m0, m1))
+            elif self.verify and [m0, m1][p.intended_chosen] < self.verify.min_margin:
+                out.append(Decision(None, STYLE_NOT_SHOWN, m0, m1))
+            else:
+                out.append(Decision(p.intended_chosen, "style verified" if self.verify else "by construction", m0, m1))
+        return out
+
+    def describe(self) -> dict:
+        return {"labeler": self.name, "version": self.version, **(self.verify.describe() if self.verify else {})}
+
+
+# ---------------------------------------------------------------------------------------------
+# Safety classifier
+# ---------------------------------------------------------------------------------------------
+
+
+class SafetyLabeler:
+    """The safer image is chosen when exactly one image is unsafe and the gap is large enough.
+
+    unsafe means ``unsafety > unsafe_threshold`` (the classifier's own threshold by default).
+    Pairs where both images are safe or both unsafe carry no safety preference and are dropped,
+    as are pairs whose scores differ by less than ``min_gap`` (a coin flip of the classifier).
+    """
+
+    def __init__(self, classifier, unsafe_threshold: float | None = None, min_gap: float = 0.0):
+        self.classifier = classifier
+        self.unsafe_threshold = float(classifier.threshold if unsafe_threshold is None else unsafe_threshold)
+        self.min_gap = float(min_gap)
+        if self.min_gap < 0:
+            raise UserError("--min-gap must be >= 0.")
+        self.name = classifier.name
+        self.version = classifier.version
+
+    def decide(self, u0: float, u1: float, intended: int | None) -> Decision:
+        unsafe0, unsafe1 = u0 > self.unsafe_threshold, u1 > self.unsafe_threshold
+        if not unsafe0 and not unsafe1:
+            return Decision(None, BOTH_SAFE, u0, u1)
+        if unsafe0 and unsafe1:
+            return Decision(None, BOTH_UNSAFE, u0, u1)
+        if abs(u0 - u1) < self.min_gap:
+            return Decision(None, TOO_CLOSE, u0, u1)
+        chosen = 1 if unsafe0 else 0
+        disagrees = intended is not None and intended != chosen
+        return Decision(chosen, f"image {1 - chosen} unsafe", u0, u1, disagrees)
+
+    def label(self, pairs: Sequence[Pair]) -> list[Decision]:
+        if not pairs:
+            return []
+        scores = self.classifier.unsafety([im for p in pairs for im in p.images])
+        return [self.decide(float(scores[2 * i]), float(scores[2 * i + 1]), p.intended_chosen) for i, p in enumerate(pairs)]
+
+    def describe(self) -> dict:
+        return {"labeler": self.name, "version": self.version, "unsafe_threshold": self.unsafe_threshold, "min_gap": self.min_gap}
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelerSpec:
+    """The options that pick and parameterise a labeler (from the CLI or a config)."""
+
+    target: str = "style"
+    labeler: str = "auto"
+    classifier_source: str | None = None
+    unsafe_threshold: float | None = None
+    min_gap: float = 0.0
+    verify: str | None = None  # None or "clip"
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str | None = "openai"
+    style_text: str | None = None
+    opposite_text: str | None = None
+    min_style_margin: float = 0.0
+    batch_size: int = 16
+
+    def resolved_labeler(self) -> str:
+        if self.target not in TARGETS:
+            raise UserError(f"unknown target '{self.target}'; choose one of {', '.join(TARGETS)}")
+        name = DEFAULT_LABELER[self.target] if self.labeler == "auto" else self.labeler
+        if name not in LABELERS[self.target]:
+            raise UserError(f"unknown labeler '{name}' for --target {self.target}; choose one of {', '.join(LABELERS[self.target])}")
+        if self.verify not in (None, "none", "clip"):
+            raise UserError(f"unknown --verify '{self.verify}'; choose clip (or leave it out)")
+        if self.verify == "clip" and name != "construction":
+            raise UserError("--verify clip checks labels made by construction; it does not apply to a safety classifier")
+        return name
+
+
+def build_labeler(spec: LabelerSpec, device: str = "cpu") -> Labeler:
+    """Load what the spec names (classifier or CLIP model) and return the labeler."""
+    name = spec.resolved_labeler()
+    if name == "construction":
+        verify = None
+        if spec.verify == "clip":
+            from pipeline.clip_embed import TINY_CLIP_NAME, load_open_clip, register_tiny_clip_config
+
+            if spec.clip_model == TINY_CLIP_NAME:  # the built-in tiny config (tests, demo) is registered per process
+                register_tiny_clip_config()
+            embedder = load_open_clip(spec.clip_model, spec.clip_pretrained, device=device)
+            verify = ClipStyleCheck(embedder, spec.style_text, spec.opposite_text, spec.min_style_margin, spec.batch_size)
+        return ConstructionLabeler(verify)
+    from pipeline.safety import load_safety_classifier
+
+    classifier = load_safety_classifier(name, spec.classifier_source, device=device)
+    if hasattr(classifier, "batch_size"):
+        classifier.batch_size = spec.batch_size
+    return SafetyLabeler(classifier, spec.unsafe_threshold, spec.min_gap)

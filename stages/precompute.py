@@ -1,0 +1,426 @@
+"""``mapo-data precompute``: preference shards -> VAE latents + text embeddings as training shards.
+
+Input shard k (a Parquet file with the Pick-a-Pic columns caption, jpg_0, jpg_1, label_0,
+label_1) becomes output shard k, so any process count and any resume give the same shards.
+Ties are dropped and counted; pairs are stored chosen first; rows whose images do not decode
+(or are absurdly large) or whose labels are missing go to ``rejects/`` with a reason. Images
+are prepared as the trainers prepare them (``pipeline.image_prep``), text is encoded with
+``pipeline.conditioning.encode_text``; each distinct caption is encoded once for the whole
+input: a cheap first pass over the caption/label columns gives every caption to the first
+shard that uses it. The storage format and its reader live in ``pipeline.latent_shards``.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
+from pipeline.errors import UserError
+from pipeline.image_prep import CROPS, prepare_pair
+from pipeline.images import ImageDecodeError, decode_image
+from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPES, check_model, describe_models,
+                                    save_array_atomic, save_json_atomic, sidecar, to_storage)
+from pipeline.models import DEFAULT_MODEL, dtype_name, load_pipeline, resolve_device, resolve_dtype
+from pipeline.progress import progress_bar
+from pipeline.prompts import text_id
+from pipeline.seeds import derive_seed
+from pipeline.shards import ShardedOutput, read_manifest
+
+REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+FLIPS = ("none", "both")
+
+
+@dataclass
+class PrecomputeConfig:
+    input: str
+    output: str
+    model: str = DEFAULT_MODEL
+    vae: str | None = None
+    dtype: str = "auto"  # text encoders
+    vae_dtype: str = "fp32"  # SDXL's own VAE overflows in fp16; pass fp16 with an fp16-fix --vae
+    device: str = "auto"
+    resolution: int = 1024
+    crop: str = "center"
+    seed: int = 0
+    flip: str = "none"
+    latent_stats: bool = False
+    storage_dtype: str = "fp16"
+    batch_size: int = 4  # pairs per VAE call: 2 (x2 with flips) images each, 1024 px images are memory-hungry
+    overwrite: bool = False
+
+    def validate(self) -> "PrecomputeConfig":
+        if self.resolution < 8 or self.resolution % 8:
+            raise UserError("--resolution must be a positive multiple of 8.")
+        if self.crop not in CROPS:
+            raise UserError(f"Unknown crop '{self.crop}'; choose one of {', '.join(CROPS)}.")
+        if self.flip not in FLIPS:
+            raise UserError(f"Unknown flip mode '{self.flip}'; choose one of {', '.join(FLIPS)}.")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise UserError(f"Unknown storage dtype '{self.storage_dtype}'; choose one of {', '.join(STORAGE_DTYPES)}.")
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1.")
+        return self
+
+
+@dataclass
+class PrecomputeResult:
+    output: str
+    pairs_written: int
+    shards_written: int
+    shards_skipped: int
+    ties: int
+    rejects: int
+    captions_encoded: int
+    latent_bytes: int  # bytes of latent arrays written by this process
+    seconds: float
+    loop_seconds: float
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_written / self.loop_seconds if self.loop_seconds else 0.0
+
+    @property
+    def bytes_per_pair(self) -> float:
+        return self.latent_bytes / self.pairs_written if self.pairs_written else 0.0
+
+
+# -- input -----------------------------------------------------------------------------------
+def resolve_inputs(spec: str) -> list[Path]:
+    """A folder (its data/*.parquet, else *.parquet), a Parquet file, or a glob -> sorted files."""
+    path = Path(spec).expanduser()
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path)) if p.endswith(".parquet"))
+    elif path.is_dir():
+        files = sorted((path / "data").glob("*.parquet")) or sorted(path.glob("*.parquet"))
+    elif path.exists():
+        files = [path]
+    else:
+        raise UserError(f"Input '{spec}' does not exist.")
+    if not files:
+        raise UserError(f"No Parquet files in '{spec}' (looked for data/*.parquet and *.parquet).")
+    return files
+
+
+def _check_columns(files: list[Path]) -> dict:
+    """Column check up front (one clear line) and a fingerprint of the input's Parquet footers."""
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f)
+        except Exception as exc:  # pyarrow raises several types for non-Parquet bytes
+            raise UserError(f"Could not read {f}: {str(exc).splitlines()[0]}") from None
+        names = meta.schema_arrow.names
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            raise UserError(
+                f"{f} lacks column(s) {', '.join(missing)}: precompute needs Pick-a-Pic-format preference shards "
+                f"({', '.join(REQUIRED_COLUMNS)}), e.g. the output of `mapo-data label`."
+            )
+        h.update(f.name.encode())
+        h.update(json.dumps(meta.metadata.to_dict(), sort_keys=True, default=str).encode())
+    return {"files": [str(f) for f in files], "fingerprint": h.hexdigest()[:16]}
+
+
+def _classify(caption, label_0, label_1) -> tuple[str, int | None]:
+    """('pair', chosen column) | ('tie', None) | ('reject', None) from a row's text and labels."""
+    if caption is None or not str(caption).strip():
+        return "reject:empty caption", None
+    if label_0 is None or label_1 is None or any(isinstance(v, float) and math.isnan(v) for v in (label_0, label_1)):
+        return "reject:missing label", None
+    if label_0 == label_1:
+        return "tie", None
+    return "pair", 0 if label_0 > label_1 else 1
+
+
+def caption_owners(files: list[Path]) -> list[list[str]]:
+    """For each shard, the captions it encodes: those whose first pair in the input is in it."""
+    import pyarrow.parquet as pq
+
+    seen: set[str] = set()
+    owned: list[list[str]] = []
+    for f in files:
+        table = pq.read_table(f, columns=["caption", "label_0", "label_1"])
+        mine = []
+        for cap, l0, l1 in zip(*(table.column(c).to_pylist() for c in ("caption", "label_0", "label_1"))):
+            if _classify(cap, l0, l1)[0] == "pair" and (cid := text_id(cap)) not in seen:
+                seen.add(cid)
+                mine.append(cap)
+        owned.append(mine)
+    return owned
+
+
+def _pair_id(row: dict) -> str:
+    given = row.get("pair_id")
+    if given:
+        return str(given)
+    digest = hashlib.sha256()
+    for key in ("jpg_0", "jpg_1"):
+        digest.update(hashlib.sha256(row[key] or b"").digest())
+    return text_id(f"{row['caption']}\x00{digest.hexdigest()}")
+
+
+# -- the work ----------------------------------------------------------------------------------
+def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str) -> dict:
+    ident = {"input_fingerprint": input_fp, "model": cfg.model, "vae": cfg.vae, "dtype": dtype, "vae_dtype": vae_dtype,
+             "resolution": cfg.resolution, "crop": cfg.crop, "flip": cfg.flip, "latent_stats": cfg.latent_stats,
+             "storage_dtype": cfg.storage_dtype}
+    if cfg.crop == "random":
+        ident["seed"] = cfg.seed
+    return ident
+
+
+def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig):
+    """Classify, decode and prepare a batch of input rows (runs in a worker thread)."""
+    pairs, rejects, ties = [], [], 0
+    for offset, row in enumerate(rows):
+        source_row = start + offset
+        kind, chosen = _classify(row["caption"], row["label_0"], row["label_1"])
+        if kind == "tie":
+            ties += 1
+            continue
+        pid = _pair_id(row)
+        if kind != "pair":
+            rejects.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "reason": kind[7:]})
+            continue
+        try:
+            images = []
+            for key in (f"jpg_{chosen}", f"jpg_{1 - chosen}"):
+                try:
+                    images.append(decode_image(row[key]))
+                except ImageDecodeError as exc:
+                    raise ImageDecodeError(f"{key}: {exc}") from None
+        except ImageDecodeError as exc:
+            rejects.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "reason": str(exc)})
+            continue
+        seed = derive_seed(cfg.seed, pid, 0) if cfg.crop == "random" else None
+        prepared = prepare_pair(images[0], images[1], cfg.resolution, cfg.crop, seed, flips=cfg.flip == "both")
+        pairs.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "chosen": chosen,
+                      "label_0": float(row["label_0"]), "label_1": float(row["label_1"]), "prepared": prepared})
+    return pairs, rejects, ties
+
+
+def _encode_latents(vae, pairs: list[dict], views: int):
+    """VAE-encode all images of a batch: -> (mean, logvar), each [B, V, 2, C, h, w], scaled."""
+    import torch
+
+    pixels = torch.stack([torch.stack(p["prepared"].pixels) for p in pairs])  # [B, V, 2, 3, R, R]
+    b = pixels.shape[0]
+    flat = pixels.flatten(0, 2).to(vae.device, vae.dtype)
+    with torch.inference_mode():
+        dist = vae.encode(flat).latent_dist
+    scale = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    mean = ((dist.mean.float() - shift) * scale).unflatten(0, (b, views, 2))
+    # Var(scale * z) = scale^2 Var(z): the log-variance of the scaled latent.
+    logvar = (dist.logvar.float() + 2.0 * math.log(scale)).unflatten(0, (b, views, 2))
+    return mean, logvar
+
+
+def _pair_schema():
+    import pyarrow as pa
+
+    ids = pa.list_(pa.int32(), 6)
+    return pa.schema([("pair_id", pa.string()), ("caption_id", pa.string()), ("caption", pa.string()),
+                      ("source_row", pa.int64()), ("chosen", pa.int64()), ("label_0", pa.float64()),
+                      ("label_1", pa.float64()), ("time_ids", ids), ("time_ids_flipped", ids)])
+
+
+def _reject_schema():
+    import pyarrow as pa
+
+    return pa.schema([("source_row", pa.int64()), ("pair_id", pa.string()), ("caption", pa.string()), ("reason", pa.string())])
+
+
+def _encode_captions(pipe, captions: list[str], batch_size: int, storage_dtype: str):
+    import numpy as np
+
+    from pipeline.conditioning import encode_text
+
+    embeds, pooled = [], []
+    for b in range(0, len(captions), batch_size):
+        emb = encode_text(pipe, captions[b : b + batch_size])
+        embeds.append(to_storage(emb.prompt_embeds, storage_dtype))
+        if emb.pooled is not None:
+            pooled.append(to_storage(emb.pooled, storage_dtype))
+    return (np.concatenate(embeds) if embeds else None), (np.concatenate(pooled) if pooled else None)
+
+
+def _text_shapes(pipe) -> tuple[list[int], int | None]:
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        dim = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+        return [pipe.tokenizer.model_max_length, dim], pipe.text_encoder_2.config.projection_dim
+    return [pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size], None
+
+
+def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str], cfg: PrecomputeConfig,
+                   pool: ThreadPoolExecutor, bar) -> dict:
+    """Write shard k: latent/caption side files first, then rejects + stats, the pair table last."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    views = 2 if cfg.flip == "both" else 1
+    columns = list(REQUIRED_COLUMNS) + (["pair_id"] if "pair_id" in pq.ParquetFile(path).schema_arrow.names else [])
+    batches = pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size, columns=columns)
+    rows, rejects, means, logvars = [], [], [], []
+    ties = start = 0
+    # Decoding and resizing the next batch (threads: PIL releases the GIL) overlaps the VAE.
+    nxt = None
+    for batch in batches:
+        fut = pool.submit(_prepare_rows, batch.to_pylist(), start, cfg)
+        start += batch.num_rows
+        if nxt is not None:
+            ties += _consume(nxt, pipe, views, rows, rejects, means, logvars, cfg, bar)
+        nxt = fut
+    if nxt is not None:
+        ties += _consume(nxt, pipe, views, rows, rejects, means, logvars, cfg, bar)
+    n = len(rows)
+    latent_shape = [pipe.vae.config.latent_channels, cfg.resolution // pipe.vae_scale_factor, cfg.resolution // pipe.vae_scale_factor]
+    empty = np.zeros((0, views, 2, *latent_shape), dtype="<u2" if cfg.storage_dtype == "bf16" else np.float16)
+    latents = np.concatenate(means) if means else empty
+    save_array_atomic(sidecar(out.root, k, out.num_shards, "latents"), latents)
+    if cfg.latent_stats:
+        save_array_atomic(sidecar(out.root, k, out.num_shards, "logvar"), np.concatenate(logvars) if logvars else empty)
+    embeds, pooled = _encode_captions(pipe, owned, cfg.batch_size, cfg.storage_dtype)
+    text_shape, pooled_dim = _text_shapes(pipe)
+    if embeds is None:
+        embeds = np.zeros((0, *text_shape), dtype=empty.dtype)
+        pooled = np.zeros((0, pooled_dim), dtype=empty.dtype) if pooled_dim else None
+    save_array_atomic(sidecar(out.root, k, out.num_shards, "prompt_embeds"), embeds)
+    if pooled is not None:
+        save_array_atomic(sidecar(out.root, k, out.num_shards, "pooled"), pooled)
+    save_json_atomic(sidecar(out.root, k, out.num_shards, "captions"),
+                     {"caption_ids": [text_id(c) for c in owned], "captions": owned})
+    table = pa.Table.from_pylist(rows, schema=_pair_schema())
+    reject_table = pa.Table.from_pylist(rejects, schema=_reject_schema())
+    stats = {"rows": start, "pairs": n, "ties": ties, "rejects": len(rejects), "captions_encoded": len(owned),
+             "images_encoded": 2 * views * n, "latent_bytes": int(latents.nbytes) * (2 if cfg.latent_stats else 1),
+             "text_bytes": int(embeds.nbytes + (pooled.nbytes if pooled is not None else 0)),
+             "reject_reasons": _count(_reason_kind(r["reason"]) for r in rejects), "seconds": time.perf_counter() - t0}
+    out.write_shard(k, {"data": table, "rejects": reject_table}, stats)
+    return stats
+
+
+def _reason_kind(reason: str) -> str:
+    """'jpg_1: undecodable image (OSError)' -> 'undecodable image': the counter key."""
+    return reason.split(": ", 1)[-1].split(" (", 1)[0]
+
+
+def _cast_quietly(module, dtype) -> None:
+    """Cast the VAE alone (diffusers warns about casting after loading; here it is intended)."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        module.to(dtype)
+    finally:
+        dlog.set_verbosity(level)
+
+
+def _count(values) -> dict:
+    counts: dict = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
+def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> int:
+    """Encode one prepared batch and append its rows; returns the batch's tie count."""
+    import torch
+
+    pairs, batch_rejects, ties = future.result()
+    rejects.extend(batch_rejects)
+    if pairs:
+        mean, logvar = _encode_latents(pipe.vae, pairs, views)
+        finite = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(logvar).flatten(1).all(1)
+        for j, p in enumerate(pairs):
+            if not finite[j]:
+                rejects.append({"source_row": p["source_row"], "pair_id": p["pair_id"], "caption": p["caption"],
+                                "reason": "non-finite latents (an fp16 VAE overflow? use --vae-dtype fp32 or an fp16-fix --vae)"})
+                continue
+            box = p["prepared"]
+            rows.append({"pair_id": p["pair_id"], "caption_id": text_id(p["caption"]), "caption": p["caption"],
+                         "source_row": p["source_row"], "chosen": p["chosen"], "label_0": p["label_0"], "label_1": p["label_1"],
+                         "time_ids": list(box.time_ids()), "time_ids_flipped": list(box.time_ids(True)) if views == 2 else None})
+            means.append(to_storage(mean[j : j + 1], cfg.storage_dtype))
+            if cfg.latent_stats:
+                logvars.append(to_storage(logvar[j : j + 1], cfg.storage_dtype))
+    bar.update(len(pairs) + len(batch_rejects) + ties)
+    return ties
+
+
+def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype) -> dict:
+    from pipeline.conditioning import is_sdxl
+
+    encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+    text_shape, pooled_dim = _text_shapes(pipe)
+    side = cfg.resolution // pipe.vae_scale_factor
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "family": "sdxl" if is_sdxl(pipe) else "sd15",
+        "model": cfg.model, "vae": cfg.vae, "text_encoders": [te.config._name_or_path for te in encoders],
+        "resolution": cfg.resolution, "storage_dtype": cfg.storage_dtype, "compute_dtype": dtype, "vae_dtype": vae_dtype,
+        "latent_shape": [pipe.vae.config.latent_channels, side, side], "views": 2 if cfg.flip == "both" else 1,
+        "latent_stats": cfg.latent_stats, "crop": cfg.crop, "prompt_embeds_shape": text_shape, "pooled_dim": pooled_dim,
+        "scaling_factor": pipe.vae.config.scaling_factor, "shift_factor": getattr(pipe.vae.config, "shift_factor", None),
+        "components": describe_models(pipe.vae, encoders),
+    }
+
+
+def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
+    """Precompute all pending shards of ``cfg.output`` that belong to this process."""
+    cfg.validate()
+    t_start = time.perf_counter()
+    proc = current_process()
+    files = resolve_inputs(cfg.input)
+    source = _check_columns(files)
+    device = resolve_device(accelerator_device(cfg.device))
+    dtype = resolve_dtype(cfg.dtype, device)
+    vae_dtype = resolve_dtype(cfg.vae_dtype, device)
+    identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype))
+    out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "input_files": source["files"]})
+    mine, todo = out.start(proc, overwrite=cfg.overwrite)
+    previous = (read_manifest(out.root) or {}).get("latents")
+    pipe = description = None
+    if todo or (proc.is_main and previous is None):
+        pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=dtype, device=device, skip=("unet",))
+        if pipe.vae.dtype != vae_dtype:
+            _cast_quietly(pipe.vae, vae_dtype)
+        description = _describe(pipe, cfg, dtype_name(dtype), dtype_name(vae_dtype)) if proc.is_main else None
+        if previous is not None:  # same model id, but are they the same weights as the finished shards'?
+            encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+            check_model({"latents": previous}, vae=pipe.vae, text_encoders=encoders)
+    totals = {"pairs": 0, "ties": 0, "rejects": 0, "captions_encoded": 0, "latent_bytes": 0}
+    loop_seconds = 0.0
+    if todo:
+        owners = caption_owners(files)
+        bar = progress_bar(total=sum(_num_rows(files[k]) for k in todo),
+                           desc=f"precompute[{proc.index}]" if proc.count > 1 else "precompute", unit="pair")
+        loop_t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for k in todo:
+                stats = _process_shard(pipe, out, k, files[k], owners[k], cfg, pool, bar)
+                for key in totals:
+                    totals[key] += stats[key]
+        loop_seconds = time.perf_counter() - loop_t0
+        bar.close()
+    wait_for_everyone()
+    if proc.is_main:
+        out.finalize({"latents": description or previous, "input": source})
+    return PrecomputeResult(cfg.output, totals["pairs"], len(todo), len(mine) - len(todo), totals["ties"], totals["rejects"],
+                            totals["captions_encoded"], totals["latent_bytes"], time.perf_counter() - t_start, loop_seconds)
+
+
+def _num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows

@@ -1,0 +1,89 @@
+"""`mapo-data inspect`: summaries of label and generate outputs, and the HTML page of sampled pairs."""
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from stages.cli import app
+from stages.inspect import text_histogram
+from tests.helpers import read_table, run_cli, write_prompts
+from tests.image_fixtures import geometric_scene, gray, png, schematic_torso, write_pickapic
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    src = write_prompts(root / "p.txt", ["a cat", "a dog", "a bird"])
+    gen = root / "pairs"
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", src, "--output", gen, "--num-inference-steps", "2",
+                           "--resolution", "64", "--shard-size", "2", "--recipe", "safety"])
+    assert result.exit_code == 0, result.output
+    t, g, y = png(schematic_torso()), png(geometric_scene()), png(gray())
+    write_pickapic(root / "pickapic" / "train-0.parquet",
+                   [("nude <i>second</i>", g, t), ("nude first", t, y), ("corrupt", b"junk", t), ("fine", g, y), ("nude both", t, t)])
+    labeled = root / "labeled"
+    result = run_cli(app, ["label", "--input", root / "pickapic", "--output", labeled, "--target", "safety"])
+    assert result.exit_code == 0, result.output
+    return {"generate": gen, "label": labeled}
+
+
+def test_label_output_summary(outputs):
+    result = run_cli(app, ["inspect", outputs["label"]])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "label output (complete)" in text and "labeler: nudenet 3." in text
+    assert re.search(r"pairs kept \(data/\)\s+2", text) and re.search(r"pairs dropped \(rejects/\)\s+3", text)
+    assert re.search(r"image 0 chosen\s+1\s+50\.0%", text) and re.search(r"image 1 chosen\s+1\s+50\.0%", text)
+    for reason in ("corrupt image", "both safe", "both unsafe"):
+        assert re.search(rf"{reason}\s+1\s+20\.0%", text), reason
+    assert "chosen image score" in text and "rejected image score" in text and "dropped pairs, both images' scores" in text
+
+
+def test_generate_output_summary(outputs):
+    result = run_cli(app, ["inspect", outputs["generate"]])
+    assert result.exit_code == 0, result.output
+    assert "generate output (complete)" in result.output
+    assert re.search(r"pairs\s+3", result.output) and re.search(r"safety\s+-\s+3", result.output)
+    assert "label balance" not in result.output
+
+
+def test_html_page_is_self_contained(outputs, tmp_path):
+    page = tmp_path / "page.html"
+    result = run_cli(app, ["inspect", outputs["label"], "--html", page, "--samples", "5"])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "http://" not in html and "https://" not in html  # nothing fetched when opened
+    sampled, dropped = html.split("Sampled dropped pairs (1 of 3)")
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)"', sampled)
+    kept = read_table(outputs["label"]).to_pylist()
+    assert len(images) == 2 * 2  # both kept pairs (5 asked for, 2 there)
+    assert dropped.count('class="pair rej"') == 1
+    assert [alt for _, alt in images[:4]] == ["chosen", "rejected"] * 2
+    chosen_bytes = {r["jpg_0"] if r["label_0"] == 1 else r["jpg_1"] for r in kept}
+    assert {base64.b64decode(images[0][0]), base64.b64decode(images[2][0])} == chosen_bytes
+    assert "nude &lt;i&gt;second&lt;/i&gt;" in html and "<i>second" not in html  # captions escaped
+    assert "chosen score 0.0000" in html and "Sampled dropped pairs" in html
+
+
+def test_html_of_generate_output(outputs, tmp_path):
+    page = tmp_path / "gen.html"
+    assert run_cli(app, ["inspect", outputs["generate"], "--html", page, "--samples", "2"]).exit_code == 0
+    html = page.read_text()
+    assert html.count('alt="intended chosen"') == 2 and html.count("data:image/png;base64,") == 4
+
+
+def test_not_an_output_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for target, message in ((tmp_path / "nope", "is not a folder"), (tmp_path / "empty", "holds no shards")):
+        result = run_cli(app, ["inspect", target])
+        lines = [l for l in result.output.splitlines() if l.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_text_histogram():
+    lines = text_histogram([0.0, 0.0, 0.5, 1.0], bins=2, width=4).splitlines()
+    assert lines == ["  [  0.0000,   0.5000) #### 2", "  [  0.5000,   1.0000) #### 2"]
+    assert text_histogram([]) == "  (no scores)"
+    assert text_histogram([0.3, 0.3], width=2).strip().endswith("## 2")

@@ -1,0 +1,311 @@
+"""`mapo-data precompute` end to end on the built-in tiny models (real VAE, real text encoders, real CLI)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import UserError
+from pipeline.image_prep import prepare_pair
+from pipeline.images import decode_image
+from pipeline.latent_shards import check_model, open_latents
+from pipeline.prompts import text_id
+from stages.cli import app
+from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, write_prompts
+
+RES = ["--resolution", "64"]
+
+
+def png(w: int, h: int, seed: int) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# (caption, jpg_0, jpg_1, label_0, label_1) over two input shards: ties, label_0 == 0 rows, mixed
+# sizes, one corrupt image, captions repeated within and across shards.
+PICK_ROWS = [
+    [("a cat", (64, 64, 1), (80, 64, 2), 1, 0),
+     ("a dog", (64, 64, 3), (64, 96, 4), 0, 1),
+     ("a cat", (64, 64, 5), (64, 64, 6), 0.5, 0.5),
+     ("a cat", (64, 64, 7), None, 1, 0)],
+    [("a bird", (96, 72, 8), (96, 72, 9), 0, 1),
+     ("a dog", (72, 64, 10), (64, 64, 11), 1, 0),
+     ("a cat", (64, 64, 12), (64, 64, 13), 1, 0)],
+]
+EXPECTED_CHOSEN = [(0, "jpg_0"), (1, "jpg_1"), (4, "jpg_1"), (5, "jpg_0"), (6, "jpg_0")]  # (flat row, column)
+
+
+def write_pick_file(folder: Path, shards=PICK_ROWS) -> list[dict]:
+    """A hand-made Pick-a-Pic-format input folder (data/train-*.parquet); returns the flat rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    flat = []
+    for k, rows in enumerate(shards):
+        recs = [{"caption": c, "jpg_0": png(*a), "jpg_1": png(*b) if b else b"\x89PNG not really",
+                 "label_0": l0, "label_1": l1} for c, a, b, l0, l1 in rows]
+        flat += recs
+        table = pa.table({"caption": [r["caption"] for r in recs],
+                          "jpg_0": pa.array([r["jpg_0"] for r in recs], pa.binary()),
+                          "jpg_1": pa.array([r["jpg_1"] for r in recs], pa.binary()),
+                          "label_0": pa.array([r["label_0"] for r in recs], pa.float64()),
+                          "label_1": pa.array([r["label_1"] for r in recs], pa.float64())})
+        pq.write_table(table, folder / "data" / f"train-{k:05d}-of-{len(shards):05d}.parquet")
+    return flat
+
+
+def precompute(tmp_path, model="tiny-sdxl", name="latents", extra=(), source=None):
+    src = source or tmp_path / "pick"
+    if source is None and not src.exists():
+        write_pick_file(src)
+    out = tmp_path / name
+    result = run_cli(app, ["precompute", "--input", src, "--output", out, "--model", model, *RES, "--batch-size", "2", *extra])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe():
+    from pipeline.models import load_pipeline
+
+    return load_pipeline("tiny-sdxl", skip=("unet",))
+
+
+def test_sdxl_shards_as_training_would_compute_them(tmp_path, sdxl_pipe):
+    from pipeline.conditioning import encode_text
+
+    out, result = precompute(tmp_path)
+    assert "5 pairs in 2 shards (0 already done), 1 ties dropped, 1 rejected, 3 captions encoded" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    info = manifest["latents"]
+    assert manifest["status"] == "complete" and info["family"] == "sdxl" and info["latent_shape"] == [4, 8, 8]
+    assert info["storage_dtype"] == "fp16" and info["model"] == "tiny-sdxl" and info["resolution"] == 64
+    assert set(info["components"]) == {"vae", "text_encoders"} and len(info["components"]["text_encoders"]) == 2
+    assert manifest["totals"]["ties"] == 1 and manifest["totals"]["rejects"] == 1
+    rejects = read_table(out, "rejects").to_pylist()
+    assert len(rejects) == 1 and rejects[0]["source_row"] == 3 and rejects[0]["reason"].startswith("jpg_1: undecodable image")
+
+    ds = open_latents(out)
+    assert len(ds) == 5 and ds.family == "sdxl"
+    # Each distinct caption stored once in the whole output (the first shard that uses it).
+    assert sum(len(json.loads(p.read_text())["caption_ids"]) for p in (out / "data").glob("*.captions.json")) == 3
+    assert ds.caption_ids.count(text_id("a cat")) == 2
+
+    flat = [r for shard in PICK_ROWS for r in shard]
+    pipe = sdxl_pipe
+    raw = [dict(zip(("caption", "jpg_0", "jpg_1"), (r[0], png(*r[1]), png(*r[2]) if r[2] else None))) for r in flat]
+    for i, (row, chosen_col) in enumerate(EXPECTED_CHOSEN):
+        item = ds[i]
+        assert item["latents"].shape == (2, 4, 8, 8) and item["latents"].dtype == torch.float16
+        assert item["prompt_embeds"].shape == (77, 64) and item["prompt_embeds"].dtype == torch.float16
+        assert item["pooled_prompt_embeds"].shape == (32,) and item["add_time_ids"].dtype == torch.float32
+        assert item["caption_id"] == text_id(raw[row]["caption"])
+        # What a training step would compute from the raw images: chosen first.
+        other = "jpg_1" if chosen_col == "jpg_0" else "jpg_0"
+        chosen, rejected = decode_image(raw[row][chosen_col]), decode_image(raw[row][other])
+        prepared = prepare_pair(chosen, rejected, 64)
+        assert item["add_time_ids"].tolist() == list(map(float, prepared.time_ids()))
+        with torch.no_grad():
+            mean = pipe.vae.encode(prepared.pixels[0]).latent_dist.mean
+            expected = mean * pipe.vae.config.scaling_factor
+            assert torch.allclose(item["latents"].float(), expected, rtol=2e-3, atol=2e-3)
+            # Decoding the stored latent gives what decoding the training-step latent gives.
+            decoded = pipe.vae.decode(item["latents"].float() / pipe.vae.config.scaling_factor).sample
+            assert torch.allclose(decoded, pipe.vae.decode(mean).sample, atol=1e-2)
+        emb = encode_text(pipe, [raw[row]["caption"]])
+        assert torch.allclose(item["prompt_embeds"].float(), emb.prompt_embeds[0], rtol=2e-3, atol=2e-3)
+        assert torch.allclose(item["pooled_prompt_embeds"].float(), emb.pooled[0], rtol=2e-3, atol=2e-3)
+    assert ds[1]["add_time_ids"].tolist() == [96, 64, 16, 0, 64, 64]  # chosen jpg_1 is 64 wide, 96 high
+
+    # The trainer's model check: the same model passes (in another precision too), another is refused.
+    check_model(ds, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2])
+    from pipeline.models import load_pipeline
+
+    bf16 = load_pipeline("tiny-sdxl", skip=("unet",), dtype="bf16")
+    check_model(str(out), vae=bf16.vae, text_encoders=[bf16.text_encoder, bf16.text_encoder_2])
+    sd15 = load_pipeline("tiny-sd15", skip=("unet",))
+    with pytest.raises(UserError, match="made by model 'tiny-sdxl'.*1"):
+        check_model(ds, vae=sd15.vae, text_encoders=[sd15.text_encoder])
+    with pytest.raises(UserError, match="VAE"):
+        check_model(ds, vae=sd15.vae)
+    with torch.no_grad():  # same config, slightly different weights (a fine-tune): refused
+        for p in bf16.text_encoder_2.parameters():
+            p.mul_(1.01)
+    with pytest.raises(UserError, match="text encoder 2"):
+        check_model(ds, text_encoders=[bf16.text_encoder, bf16.text_encoder_2])
+
+
+def test_sd15_bf16_flips_and_stats(tmp_path):
+    from pipeline.models import load_pipeline
+
+    out, result = precompute(tmp_path, model="tiny-sd15", extra=["--storage-dtype", "bf16", "--flip", "both", "--latent-stats"])
+    ds = open_latents(out)
+    assert ds.family == "sd15" and len(ds) == 5 and ds.has_flips and ds.has_logvar
+    item = ds[0]
+    assert "pooled_prompt_embeds" not in item and "add_time_ids" not in item
+    assert item["latents"].dtype == torch.bfloat16 and item["prompt_embeds"].shape == (77, 32)
+    flipped = ds[(0, True)]
+    assert flipped["flip"] and not torch.equal(flipped["latents"], item["latents"])
+    pipe = load_pipeline("tiny-sd15", skip=("unet",))
+    chosen, rejected = decode_image(png(64, 64, 1)), decode_image(png(80, 64, 2))
+    prepared = prepare_pair(chosen, rejected, 64, flips=True)
+    with torch.no_grad():
+        dist = pipe.vae.encode(prepared.pixels[1]).latent_dist
+    scale = pipe.vae.config.scaling_factor
+    assert torch.allclose(flipped["latents"].float(), dist.mean * scale, rtol=2e-2, atol=2e-2)
+    assert torch.allclose(flipped["latents_logvar"].float(), dist.logvar + 2 * np.log(scale), rtol=2e-2, atol=5e-2)
+
+
+def test_random_crop_seeded(tmp_path):
+    wide = [[("a wide scene", (200, 64, 1), (200, 64, 2), 1, 0)]]
+    write_pick_file(tmp_path / "pick", wide)
+    a, _ = precompute(tmp_path, name="a", extra=["--crop", "random", "--seed", "1"])
+    b, _ = precompute(tmp_path, name="b", extra=["--crop", "random", "--seed", "1"])
+    ids_a = open_latents(a)[0]["add_time_ids"].tolist()
+    assert ids_a == open_latents(b)[0]["add_time_ids"].tolist()
+    assert ids_a[:3] == [64, 200, 0] and 0 <= ids_a[3] <= 136
+
+
+def test_generate_output_plus_labels(tmp_path):
+    """The chain without the label stage: generate, add Pick-a-Pic labels by hand, precompute."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prompts = write_prompts(tmp_path / "p.txt", ["a cat", "a red car", "a cat in a hat"])
+    pairs = tmp_path / "pairs"
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", prompts, "--output", pairs,
+                           "--num-inference-steps", "1", "--resolution", "64"])
+    assert result.exit_code == 0, result.output
+    table = read_table(pairs)
+    labels = [(0, 1), (1, 0), (1, 1)]  # the last is a tie
+    table = table.append_column("label_0", pa.array([a for a, _ in labels], pa.int64()))
+    table = table.append_column("label_1", pa.array([b for _, b in labels], pa.int64()))
+    (tmp_path / "labeled" / "data").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "labeled" / "data" / "train-00000-of-00001.parquet")
+    out, result = precompute(tmp_path, source=tmp_path / "labeled")
+    assert "2 pairs in 1 shards" in result.output and "1 ties dropped" in result.output
+    ds = open_latents(out)
+    assert ds.pair_ids == table.column("pair_id").to_pylist()[:2]  # generate's pair ids are kept
+    rows = read_table(out).to_pylist()
+    assert [r["chosen"] for r in rows] == [1, 0]
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    shards = [[(f"prompt {k} {j}", (64, 64, 10 * k + j), (64, 72, 100 + 10 * k + j), 1, 0) for j in range(2)] for k in range(12)]
+    write_pick_file(tmp_path / "pick", shards)
+    ref, _ = precompute(tmp_path, name="ref")
+    args = ["precompute", "--input", tmp_path / "pick", "--model", "tiny-sdxl", *RES, "--batch-size", "2"]
+    out = tmp_path / "killed"
+    done = kill_after_shards("mapo-data", [*args, "--output", out], out, shards=1)
+    assert 1 <= done < 12, f"kill landed too late to test resume ({done} shards)"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    with pytest.raises(UserError, match="rerun"):
+        open_latents(out)
+    rerun = run_cli(app, [*args, "--output", out])  # in-process, like the reference: same thread count
+    assert rerun.exit_code == 0, rerun.output
+    assert f"({done} already done)" in rerun.output
+    a, b = open_latents(ref), open_latents(out)
+    assert len(a) == len(b) == 24 and a.pair_ids == b.pair_ids
+    for i in range(24):
+        x, y = a[i], b[i]
+        assert torch.equal(x["latents"], y["latents"]) and torch.equal(x["prompt_embeds"], y["prompt_embeds"])
+    for p in sorted((ref / "data").iterdir()):
+        assert p.read_bytes() == (out / "data" / p.name).read_bytes(), p.name
+    assert not [p for p in (out / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_two_processes_under_accelerate_equal_one(tmp_path):
+    shards = [[(f"scene {k}", (64, 64, k), (64, 64, 50 + k), 0, 1), ("shared caption", (64, 80, 9 + k), (64, 64, 3), 1, 0)]
+              for k in range(3)]
+    write_pick_file(tmp_path / "pick", shards)
+    single, _ = precompute(tmp_path, name="single")
+    args = ["precompute", "--input", str(tmp_path / "pick"), "--model", "tiny-sdxl", *RES, "--batch-size", "2"]
+    multi = tmp_path / "multi"
+    proc = run_accelerate("mapo-data", [*args, "--output", multi])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Two processes really ran: shards 0 and 2 on rank 0, shard 1 on rank 1.
+    assert "in 2 shards (0 already done)" in proc.stdout and "in 1 shards (0 already done)" in proc.stdout, proc.stdout
+    manifest = json.loads((multi / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["totals"]["captions_encoded"] == 4
+    assert read_table(multi).equals(read_table(single))
+    # Workers run one CPU thread each, which changes kernels' last bits: equal to fp16 tolerance.
+    a, b = open_latents(single), open_latents(multi)
+    assert a.caption_ids == b.caption_ids and len(a) == 6
+    for i in range(6):
+        for key in ("latents", "prompt_embeds", "pooled_prompt_embeds", "add_time_ids"):
+            assert torch.allclose(a[i][key].float(), b[i][key].float(), rtol=1e-2, atol=1e-3), key
+
+
+def test_rerun_skips_and_other_config_refused(tmp_path):
+    out, _ = precompute(tmp_path)
+    _, result = precompute(tmp_path)
+    assert "0 pairs in 0 shards (2 already done)" in result.output
+    result = run_cli(app, ["precompute", "--input", tmp_path / "pick", "--output", out, "--model", "tiny-sdxl", *RES,
+                           "--storage-dtype", "bf16"])
+    assert result.exit_code == 2 and "differs in: storage_dtype" in result.output
+
+
+@pytest.mark.parametrize(
+    "case,args,message",
+    [
+        ("missing input", ["--input", "{tmp}/nope"], "does not exist"),
+        ("raw image shards", ["--input", "{tmp}/raw"], "lacks column(s) label_0, label_1"),
+        ("empty folder", ["--input", "{tmp}/empty"], "No Parquet files"),
+        ("bad flip", ["--flip", "sideways"], "Unknown flip mode"),
+        ("bad storage", ["--storage-dtype", "fp8"], "Unknown storage dtype"),
+        ("bad resolution", ["--resolution", "65"], "multiple of 8"),
+        ("unknown model", ["--model", "no-such-org/no-such-model"], "was not found"),
+    ],
+)
+def test_bad_input_one_line_error(tmp_path, case, args, message):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_pick_file(tmp_path / "pick", PICK_ROWS[:1])
+    (tmp_path / "raw" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"caption": ["x"], "jpg_0": [b""], "jpg_1": [b""]}), tmp_path / "raw" / "data" / "train-00000-of-00001.parquet")
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    base = {"--input": str(tmp_path / "pick"), "--model": "tiny-sdxl", "--resolution": "64"}
+    for flag, value in base.items():
+        if flag not in args:
+            args = [flag, value, *args]
+    out = tmp_path / "out"
+    result = run_cli(app, ["precompute", *args, "--output", out])
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not list(out.glob("data/*.parquet"))
+
+
+def test_open_latents_refuses_other_folders(tmp_path):
+    write_pick_file(tmp_path / "pick", PICK_ROWS[:1])
+    with pytest.raises(UserError, match="run `mapo-data precompute"):
+        open_latents(tmp_path / "pick")
+    with pytest.raises(UserError, match="does not exist"):
+        open_latents(tmp_path / "nothing")
+
+
+def test_override_vae_recorded_and_checked(tmp_path):
+    from pipeline.builtin_models import materialise_tiny
+    from pipeline.models import load_pipeline
+
+    other_vae = materialise_tiny("tiny-sd15") / "vae"
+    write_pick_file(tmp_path / "pick", PICK_ROWS[1:])
+    out, _ = precompute(tmp_path, extra=["--vae", str(other_vae)])
+    ds = open_latents(out)
+    assert ds.manifest["latents"]["vae"] == str(other_vae)
+    pipe = load_pipeline("tiny-sdxl", skip=("unet",))
+    with pytest.raises(UserError, match="with VAE .*whose VAE"):
+        check_model(ds, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2])
+    pipe = load_pipeline("tiny-sdxl", vae=str(other_vae), skip=("unet",))
+    check_model(ds, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2])

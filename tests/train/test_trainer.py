@@ -1,0 +1,189 @@
+"""`mapo-train` end to end on tiny models with real precomputed latents (in-process CLI)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers import run_cli
+from tests.train.conftest import train_args
+from train.cli import app
+
+
+def _train(data, out, model="tiny-sdxl", steps=2, *extra):
+    result = run_cli(app, train_args(data, out, model, steps, *extra))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _base_pipe(model):
+    from diffusers import DiffusionPipeline
+
+    from pipeline.models import resolve_model_source
+
+    return DiffusionPipeline.from_pretrained(resolve_model_source(model))
+
+
+def _generate(pipe):
+    out = pipe("a striped test picture", num_inference_steps=2, height=64, width=64, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 64, 64, 3)
+    return out.images
+
+
+@pytest.mark.parametrize("model,objective,lora", [
+    ("tiny-sdxl", "mapo", 0), ("tiny-sdxl", "dpo", 4), ("tiny-sdxl", "sft", 0),
+    ("tiny-sd15", "mapo", 4), ("tiny-sd15", "dpo", 0), ("tiny-sd15", "sft", 4),
+])
+def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_path, model, objective, lora):
+    from diffusers import UNet2DConditionModel
+
+    data = request.getfixturevalue("latents_sdxl" if model == "tiny-sdxl" else "latents_sd15")
+    out = tmp_path / "run"
+    result = _train(data, out, model, 2, "--objective", objective, "--lora-rank", str(lora))
+    assert "2 steps (0 -> 2)" in result.output
+    config = json.loads((out / "training_config.json").read_text())
+    assert (config["model"], config["objective"], config["lora_rank"]) == (model, objective, lora)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    expected = {"loss", "e_w", "lr", "grad_norm", "pairs_per_s", "peak_mem_gb"}
+    expected |= {"e_l", "implicit_acc"} if objective != "sft" else set()
+    expected |= {"sft_term", "margin_term", "s_w", "s_l", "margin"} if objective == "mapo" else set()
+    assert expected <= set(rows[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    card = (out / "README.md").read_text()
+    assert model in card and objective.upper() in card and "## How to load" in card
+    pipe = _base_pipe(model)
+    before = _generate(pipe)
+    if lora:
+        assert (out / "pytorch_lora_weights.safetensors").exists() and not (out / "unet").exists()
+        pipe.load_lora_weights(str(out))
+        assert pipe.get_list_adapters()["unet"]
+    else:
+        unet = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+        assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
+        pipe = type(pipe)(**{**pipe.components, "unet": unet})
+    after = _generate(pipe)
+    assert not (before == after).all()  # the trained weights are the ones generating
+
+
+def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
+    """MaPO on 8 pairs, high LR: afterwards e_w < e_l on every training pair (implicit accuracy 1.0)."""
+    from pipeline.latent_shards import collate, open_latents
+    from train.model_setup import load_base_unet_and_scheduler
+    from train.step import Objective, draw_noise, errors, unet_inputs
+    from diffusers import UNet2DConditionModel
+
+    out = tmp_path / "run"
+    _train(latents_sd15, out, "tiny-sd15", 150, "--batch-size", "4", "--learning-rate", "2e-3", "--beta", "1",
+           "--checkpointing-steps", "1000")
+
+    base, sched = load_base_unet_and_scheduler("tiny-sd15")
+    trained = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+    ds = open_latents(latents_sd15)
+    batch = collate([ds[i] for i in range(len(ds))])
+    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    obj = Objective("mapo", 1.0, 1000, "epsilon")
+
+    def accuracy(unet):
+        e_w = e_l = 0
+        gen = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            for _ in range(16):  # average over noise draws and timesteps
+                noise, t = draw_noise(batch["latents"], 1000, gen)
+                x_t, tt, target, cond = unet_inputs(batch, noise, t, sched, obj)
+                w, l = errors(unet, x_t, tt, target, cond, torch.float32).chunk(2)
+                e_w, e_l = e_w + w, e_l + l
+        return (e_w < e_l).float().mean().item()
+
+    assert accuracy(trained) == 1.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["implicit_acc"] for r in rows[-20:]) / 20 > sum(r["implicit_acc"] for r in rows[:20]) / 20
+
+
+@pytest.mark.parametrize("case", ["raw images", "other family", "missing", "no data"])
+def test_bad_data_refused_with_one_line(tmp_path, case, pickapic, latents_sd15):
+    data = {"raw images": pickapic.parent, "other family": latents_sd15, "missing": tmp_path / "nope", "no data": None}[case]
+    args = train_args(data, tmp_path / "run")
+    if data is None:
+        args = args[2:]
+    result = run_cli(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "precompute" in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_existing_run_refused_then_overwrite(tmp_path, latents_sdxl):
+    out = tmp_path / "run"
+    _train(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2")
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1))
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    _train(latents_sdxl, out, "tiny-sdxl", 1, "--overwrite")
+    assert (out / "unet").exists() and not (out / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_yaml_config_and_cli_wins(tmp_path, latents_sdxl):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("objective: sft\nlearning-rate: 0.01\nlora_rank: 2\nlora_target_modules: to_q,to_v\nmax_steps: 5\n")
+    out = tmp_path / "run"
+    _train(latents_sdxl, out, "tiny-sdxl", 1, "--config", cfg, "--learning-rate", "0.002")
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["objective"] == "sft" and config["lora_rank"] == 2 and config["lora_target_modules"] == ["to_q", "to_v"]
+    assert config["learning_rate"] == 0.002 and config["max_steps"] == 1 and config["beta"] is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objectiv: mapo\n")
+    result = run_cli(app, train_args(latents_sdxl, tmp_path / "x", "tiny-sdxl", 1, "--config", bad))
+    assert result.exit_code == 2 and "unknown keys: objectiv" in result.output
+
+
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tmp_path, latents_sdxl):
+    pytest.importorskip  # noqa: B018
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    result = run_cli(app, train_args(latents_sdxl, tmp_path / "run", "tiny-sdxl", 1, "--use-8bit-adam"))
+    assert result.exit_code == 2 and "bitsandbytes" in result.output
+
+
+def test_nonfinite_losses_skipped_then_stop_keeps_last_checkpoint(tmp_path, latents_sdxl, monkeypatch):
+    import train.trainer as trainer_mod
+    from train.losses import LossOutput
+
+    real = trainer_mod.compute_loss
+    calls = {"n": 0}
+    bad_calls = {2} | set(range(5, 100))  # one isolated bad step, then only bad ones
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        if calls["n"] in bad_calls:
+            return LossOutput(loss=out.loss * float("nan"), metrics=out.metrics)
+        return out
+
+    monkeypatch.setattr(trainer_mod, "compute_loss", flaky)
+    out = tmp_path / "run"
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 20, "--checkpointing-steps", "2",
+                                     "--max-consecutive-nonfinite", "3"))
+    assert result.exit_code == 2, result.output
+    assert "3 non-finite losses in a row (step 7)" in result.output and "checkpoint-6" in result.output
+    assert (out / "checkpoints" / "checkpoint-6" / "model.safetensors").exists()  # weights of step 4: skipped steps change nothing
+    assert not (out / "unet").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 3, 4] and rows[-1]["nonfinite_skipped"] == 1
+
+
+def test_validation_grids_and_tensorboard(tmp_path, latents_sdxl):
+    out = tmp_path / "run"
+    _train(latents_sdxl, out, "tiny-sdxl", 2, "--validation-steps", "1", "--validation-prompts", "a cat",
+           "--validation-prompts", "a dog", "--validation-inference-steps", "2", "--report-to", "tensorboard",
+           "--lora-rank", "2")
+    from PIL import Image
+
+    names = sorted(p.name for p in (out / "validation").iterdir())
+    assert names == ["before_after.png", "step-000000.png", "step-000001.png", "step-000002.png"]
+    assert Image.open(out / "validation" / "step-000001.png").size == (128, 128)  # 2 seeds x 2 prompts at 64 px
+    assert Image.open(out / "validation" / "before_after.png").size == (256, 128)
+    assert list((out / "logs").rglob("events.out.tfevents.*"))

@@ -1,0 +1,87 @@
+"""Training checkpoints: ``output_dir/checkpoints/checkpoint-<step>/`` written by accelerate's save_state.
+
+A checkpoint holds the model, optimizer, LR scheduler, RNG states and the registered custom
+objects (the pair sampler's position and :class:`TrainState`), so a resumed run continues
+exactly where the saved one stopped. It is written under a temporary name and renamed when
+complete, so a run killed mid-save never leaves a checkpoint that looks whole but is not.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainState:
+    """Counters that must survive a resume (registered with accelerate for checkpointing)."""
+
+    def __init__(self):
+        self.global_step = 0
+        self.nonfinite_total = 0
+        self.consecutive_nonfinite = 0
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update({k: int(v) for k, v in state.items()})
+
+
+def checkpoints_dir(output_dir) -> Path:
+    return Path(output_dir) / CHECKPOINTS
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: Path) -> int:
+    m = _NAME.match(Path(path).name)
+    if not m:
+        raise UserError(f"'{path}' is not a checkpoint folder (expected .../checkpoint-<step>).")
+    return int(m.group(1))
+
+
+def resolve_resume(output_dir, spec: str | None) -> Path | None:
+    """``latest`` -> newest checkpoint in output_dir (None when there is none), or a given folder."""
+    if not spec:
+        return None
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--resume-from-checkpoint '{spec}' does not exist; pass 'latest' or a checkpoint-<step> folder.")
+    checkpoint_step(path)
+    return path
+
+
+def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None) -> Path:
+    """Save the full training state (all ranks take part), then keep only the newest ``total_limit``."""
+    root = checkpoints_dir(output_dir)
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final

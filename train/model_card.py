@@ -1,0 +1,65 @@
+"""The model card (README.md) written next to the trained weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 2406.06424)",
+                   "dpo": "Diffusion-DPO", "sft": "SFT on the chosen images"}
+
+
+def _load_snippet(model: str, family: str, lora: bool) -> str:
+    pipe_cls = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    if lora:
+        return (f"from diffusers import {pipe_cls}\n\npipe = {pipe_cls}.from_pretrained(\"{model}\")\n"
+                "pipe.load_lora_weights(\"PATH_TO_THIS_FOLDER\")\n")
+    return (f"from diffusers import {pipe_cls}, UNet2DConditionModel\n\n"
+            "unet = UNet2DConditionModel.from_pretrained(\"PATH_TO_THIS_FOLDER/unet\")\n"
+            f"pipe = {pipe_cls}.from_pretrained(\"{model}\", unet=unet)\n")
+
+
+def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, data_info: dict) -> Path:
+    lora = config["lora_rank"] > 0
+    keys = ("objective", "beta", "learning_rate", "lr_scheduler", "lr_warmup_steps", "batch_size",
+            "gradient_accumulation_steps", "world_size", "total_steps", "max_grad_norm", "mixed_precision",
+            "lora_rank", "lora_alpha", "lora_target_modules", "gradient_checkpointing", "use_8bit_adam", "seed")
+    hp = "\n".join(f"| {k} | {config.get(k)} |" for k in keys if k in config)
+    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final_metrics.items())) or "| (none) | |"
+    kind = "LoRA adapter" if lora else "full UNet fine-tune"
+    text = f"""---
+base_model: {config['model']}
+library_name: diffusers
+tags: [text-to-image, diffusers, {'lora, ' if lora else ''}mapo-tools, {config['objective']}]
+---
+
+# {config['objective'].upper()} {kind} of `{config['model']}`
+
+Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective']]}.
+
+- **Base model**: `{config['model']}` ({config.get('family')})
+- **Data**: `{config['data']}`: {data_info.get('pairs')} preference pairs precomputed at
+  {data_info.get('resolution')} px (latents made by `{data_info.get('model')}`)
+- **Output**: {'`pytorch_lora_weights.safetensors`' if lora else '`unet/` (diffusers format, safetensors)'}
+
+## How to load
+
+```python
+{_load_snippet(config['model'], config.get('family', 'sdxl'), lora)}image = pipe("a cat on a sofa").images[0]
+```
+
+## Hyperparameters
+
+| name | value |
+|---|---|
+{hp}
+
+## Final metrics (last logged step)
+
+| metric | value |
+|---|---|
+{metrics}
+
+The full configuration is in `training_config.json`, the per-step log in `metrics.jsonl`.
+"""
+    path = Path(output_dir) / "README.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,141 @@
+"""The models a training run needs: the trainable UNet (full or LoRA), the DPO reference, the noise scheduler.
+
+The VAE and text encoders are NOT loaded here: training reads precomputed latents and
+embeddings (method.md lists running them inside every step as an upstream trap). They are
+loaded only for validation images (train/validation.py).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported lazily to keep CLI start-up fast
+    import torch
+
+import copy
+from dataclasses import dataclass
+
+from pipeline import builtin_models
+from pipeline.errors import UserError, require
+from pipeline.models import _call_loader, quiet_hub_progress, resolve_model_source
+
+from .config import TrainConfig
+
+
+@dataclass
+class TrainModels:
+    unet: "torch.nn.Module"  # trainable: all weights (full) or only the LoRA adapter
+    reference: "torch.nn.Module | None"  # frozen copy, only for full fine-tune DPO
+    noise_scheduler: object  # DDPMScheduler: alphas_cumprod, add_noise, prediction_type
+    family: str  # "sdxl" | "sd15"
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.noise_scheduler.config.num_train_timesteps)
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.noise_scheduler.config.prediction_type)
+
+
+def unet_family(unet) -> str:
+    """SDXL's UNet takes pooled text embeddings and time ids ("text_time"); SD1.5's does not."""
+    return "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd15"
+
+
+def load_base_unet_and_scheduler(model: str):
+    """The base model's UNet (fp32 master weights) and a DDPMScheduler from its scheduler config."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    quiet_hub_progress()
+    if model in builtin_models.ARCH_MODELS:
+        comps = builtin_models.sdxl_arch_components(torch.float32, "cpu")
+        return comps["unet"], DDPMScheduler.from_config(comps["scheduler"].config)
+    source = resolve_model_source(model)
+    unet = _call_loader("Model", model, UNet2DConditionModel.from_pretrained, source, subfolder="unet",
+                        torch_dtype=torch.float32)
+    scheduler = _call_loader("Scheduler of model", model, DDPMScheduler.from_pretrained, source, subfolder="scheduler")
+    return unet, scheduler
+
+
+def add_lora(unet, cfg: TrainConfig) -> None:
+    """Freeze the UNet and add a peft LoRA adapter (the only trainable weights)."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    lora = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_rank,
+        init_lora_weights="gaussian",
+        target_modules=list(cfg.lora_target_modules),
+    )
+    try:
+        unet.add_adapter(lora)
+    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+        raise UserError(f"--lora-target-modules: {str(exc).splitlines()[0]}") from None
+
+
+def setup_models(cfg: TrainConfig, weight_dtype, device) -> TrainModels:
+    """Load the base UNet and make it trainable as ``cfg`` says.
+
+    - full fine-tune: all UNet weights train in fp32 (autocast handles mixed precision);
+      DPO gets a frozen copy in ``weight_dtype`` as its reference.
+    - LoRA: base weights frozen in ``weight_dtype``, adapter in fp32; DPO's reference is the
+      same UNet with the adapter disabled, so no second UNet is ever built.
+    """
+    import torch
+
+    unet, scheduler = load_base_unet_and_scheduler(cfg.model)
+    reference = None
+    if cfg.objective == "dpo" and not cfg.is_lora:
+        reference = _to(copy.deepcopy(unet).requires_grad_(False).eval(), device, weight_dtype)
+    if cfg.is_lora:
+        _to(unet, device, weight_dtype)
+        add_lora(unet, cfg)
+        from diffusers.training_utils import cast_training_params
+
+        cast_training_params(unet, dtype=torch.float32)  # adapter weights train in fp32
+    else:
+        unet.requires_grad_(True).to(device)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    return TrainModels(unet=unet, reference=reference, noise_scheduler=scheduler, family=unet_family(unet))
+
+
+def _to(module, device, dtype):
+    # Only cast when needed: diffusers warns on any dtype .to(), even a no-op one.
+    module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+    return module
+
+
+def trainable_parameters(unet) -> list:
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def build_optimizer(cfg: TrainConfig, params):
+    """AdamW (method.md's settings), or bitsandbytes' 8-bit AdamW with ``use_8bit_adam``."""
+    import torch
+
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+                  eps=cfg.adam_epsilon)
+    if cfg.use_8bit_adam:
+        bnb = require("bitsandbytes", "--use-8bit-adam")
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def build_lr_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    """diffusers' schedules (constant, constant_with_warmup, linear, cosine, ...), one step per optimizer step."""
+    from diffusers.optimization import SchedulerType, get_scheduler
+
+    names = [s.value for s in SchedulerType]
+    if cfg.lr_scheduler not in names:
+        raise UserError(f"Unknown --lr-scheduler '{cfg.lr_scheduler}'; choose one of {', '.join(names)}.")
+    name = cfg.lr_scheduler
+    if name == "constant" and cfg.lr_warmup_steps > 0:
+        name = "constant_with_warmup"  # "constant" in diffusers ignores warmup
+    return get_scheduler(name, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                         num_training_steps=max(total_steps, 1))

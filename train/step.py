@@ -1,0 +1,126 @@
+"""One training forward: per-sample errors for chosen and rejected, then the objective's loss.
+
+Both images of a pair get the SAME noise and the SAME timestep, so e_w and e_l differ only
+by the image (the losses compare them). Chosen and rejected run through the UNet as one
+batch of 2B. Noise and timesteps come from a generator seeded by (seed, step, rank, micro
+step), so a resumed run draws exactly what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.seeds import derive_seed
+
+from .losses import LossOutput, dpo_loss, mapo_loss, per_sample_error, prediction_target, sft_loss
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # "mapo" | "dpo" | "sft"
+    beta: float | None
+    num_train_timesteps: int
+    prediction_type: str
+    mapo_a: float = 0.5
+
+    @property
+    def uses_rejected(self) -> bool:
+        return self.name != "sft"
+
+
+def step_generator(seed: int, step: int, rank: int, micro_step: int) -> torch.Generator:
+    """A CPU generator for one micro-batch's noise and timesteps (device-independent draws)."""
+    return torch.Generator(device="cpu").manual_seed(derive_seed(seed, f"train-step-{step}-rank-{rank}", micro_step))
+
+
+def draw_noise(latents: Tensor, num_train_timesteps: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One noise tensor and one timestep per PAIR: ``latents`` is ``[B, 2, C, h, w]``."""
+    b, _, c, h, w = latents.shape
+    timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator)
+    noise = torch.randn((b, c, h, w), generator=generator, dtype=torch.float32)
+    return noise.to(latents.device), timesteps.to(latents.device)
+
+
+def unet_inputs(batch: dict, noise: Tensor, timesteps: Tensor, noise_scheduler, objective: Objective):
+    """Noisy latents, timesteps, target and conditioning for the UNet: ``[chosen..., rejected...]``.
+
+    With SFT only the chosen images are used (B samples, not 2B).
+    """
+    latents = batch["latents"]
+    images = [latents[:, 0], latents[:, 1]] if objective.uses_rejected else [latents[:, 0]]
+    k = len(images)
+    x0 = torch.cat(images).float()
+    eps = noise.repeat(k, 1, 1, 1)  # the same noise for both images of a pair
+    t = timesteps.repeat(k)
+    x_t = noise_scheduler.add_noise(x0, eps, t)
+    acp = noise_scheduler.alphas_cumprod
+    target = prediction_target(objective.prediction_type, x0, eps, t, acp)
+    cond = {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1)}
+    if "pooled_prompt_embeds" in batch:
+        cond["added_cond_kwargs"] = {
+            "text_embeds": batch["pooled_prompt_embeds"].repeat(k, 1),
+            "time_ids": batch["add_time_ids"].repeat(k, 1),
+        }
+    return x_t, t, target, cond
+
+
+def _cast_cond(cond: dict, dtype) -> dict:
+    out = {"encoder_hidden_states": cond["encoder_hidden_states"].to(dtype)}
+    if "added_cond_kwargs" in cond:
+        out["added_cond_kwargs"] = {k: v.to(dtype) for k, v in cond["added_cond_kwargs"].items()}
+    return out
+
+
+def errors(unet, x_t: Tensor, t: Tensor, target: Tensor, cond: dict, dtype) -> Tensor:
+    """Per-sample squared error (fp32) of ``unet``'s prediction."""
+    pred = unet(x_t.to(dtype), t, **_cast_cond(cond, dtype), return_dict=False)[0]
+    return per_sample_error(pred, target)
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet):
+    """The LoRA model with its adapter switched off = the base model (DPO's reference)."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
+
+
+def reference_errors(reference, x_t, t, target, cond, dtype, lora_unet=None) -> Tensor:
+    """DPO's reference errors under no_grad: a frozen copy, or the LoRA UNet with its adapter off."""
+    with torch.no_grad():
+        if reference is not None:
+            return errors(reference, x_t, t, target, cond, dtype)
+        if lora_unet is None:
+            raise ValueError("DPO needs a reference: a frozen UNet, or a LoRA UNet whose adapter can be disabled")
+        with adapters_disabled(lora_unet) as base:
+            return errors(base, x_t, t, target, cond, dtype)
+
+
+def compute_loss(unet, batch: dict, noise_scheduler, objective: Objective, generator: torch.Generator, *,
+                 dtype=torch.float32, reference=None, lora_base=None) -> LossOutput:
+    """Forward chosen (and rejected) through ``unet`` and return the objective's :class:`LossOutput`.
+
+    ``unet`` may be a DDP wrapper; ``lora_base`` is the unwrapped LoRA UNet (for the DPO
+    reference without a second UNet); ``dtype`` is the dtype the UNet's inputs are cast to.
+    """
+    noise, timesteps = draw_noise(batch["latents"], objective.num_train_timesteps, generator)
+    x_t, t, target, cond = unet_inputs(batch, noise, timesteps, noise_scheduler, objective)
+    ref = None
+    if objective.name == "dpo":
+        # Before the policy forward: the reference needs no graph, and its activations are
+        # freed before the policy's are allocated.
+        ref = reference_errors(reference, x_t, t, target, cond, dtype, lora_unet=lora_base)
+    e = errors(unet, x_t, t, target, cond, dtype)
+    if objective.name == "sft":
+        return sft_loss(e)
+    e_w, e_l = e.chunk(2)
+    if objective.name == "mapo":
+        return mapo_loss(e_w, e_l, beta=objective.beta, a=objective.mapo_a,
+                         num_train_timesteps=objective.num_train_timesteps)
+    ref_w, ref_l = ref.chunk(2)
+    return dpo_loss(e_w, e_l, ref_w, ref_l, beta=objective.beta)

@@ -1,0 +1,437 @@
+"""The ``mapo-train`` recipe: setup / train / save_checkpoint / save_final / cleanup (torchtune's shape).
+
+The parts live in their own modules (config, data, model_setup, step, checkpoint, validation,
+model_card); this file only wires them together on an accelerate ``Accelerator``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.progress import progress_bar
+
+from .checkpoint import TrainState, checkpoint_step, list_checkpoints, resolve_resume, save_checkpoint
+from .config import CONFIG_FILE, TrainConfig
+from .data import batch_stream, check_data_matches_model, open_training_data
+from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
+from .model_card import write_model_card
+from .step import Objective, compute_loss, step_generator
+from .validation import VALIDATION_DIR, Validator
+
+METRICS_FILE = "metrics.jsonl"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+DEBUG_DIR = "debug"
+# What a fresh (non-resumed) run may replace with --overwrite: only files this trainer writes.
+_OWNED = ("checkpoints", "unet", LORA_FILE, METRICS_FILE, CONFIG_FILE, "README.md", VALIDATION_DIR, "logs", DEBUG_DIR)
+_MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "batch_size", "gradient_accumulation_steps", "seed")
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    steps: int
+    start_step: int
+    stopped_by_signal: str | None
+    nonfinite_skipped: int
+    final_metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    saved: str | None = None  # unet/ folder or LoRA file
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg.validate()
+        self.out = Path(cfg.output_dir)
+        self.accelerator = None
+        self._signal = None
+        self._old_handlers: dict = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        cfg = self.cfg
+        if cfg.use_8bit_adam:  # fail before any model is loaded
+            from pipeline.errors import require
+
+            require("bitsandbytes", "--use-8bit-adam")
+        resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
+        self._check_output_dir(resume)
+        self.accelerator = acc = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            log_with=self._trackers() or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        if cfg.mixed_precision == "fp16" and acc.device.type == "cpu":
+            raise UserError("fp16 mixed precision is not supported on the CPU; use --mixed-precision bf16 or no.")
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        self.data = open_training_data(cfg, acc.process_index, acc.num_processes)
+        self.models = setup_models(cfg, self.weight_dtype, acc.device)
+        unet = self.models.unet
+        self.base_pipe = check_data_matches_model(self.data.dataset, cfg.model, self.models.family, unet.config.in_channels)
+        self.objective = Objective(cfg.objective, cfg.resolved_beta, self.models.num_train_timesteps,
+                                   self.models.prediction_type, cfg.mapo_a)
+        steps_per_epoch = self.data.steps_per_epoch // cfg.gradient_accumulation_steps
+        if cfg.max_steps is None and steps_per_epoch < 1:
+            raise UserError(f"One epoch has {self.data.steps_per_epoch} batches, fewer than --gradient-accumulation-steps "
+                            f"{cfg.gradient_accumulation_steps}; lower it or pass --max-steps.")
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.num_epochs * steps_per_epoch
+        self.params = trainable_parameters(unet)
+        optimizer = build_optimizer(cfg, self.params)
+        # The LR scheduler is stepped once per optimizer step by hand (not prepared: accelerate's
+        # wrapper would step it once per process) and saved with the checkpoint.
+        self.lr_scheduler = build_lr_scheduler(cfg, optimizer, self.total_steps)
+        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        self.state = TrainState()
+        acc.register_for_checkpointing(self.lr_scheduler, self.data.sampler, self.state)
+        if resume is not None:
+            self._check_resume_config()
+            acc.load_state(str(resume))
+            if self.state.global_step != checkpoint_step(resume):
+                raise UserError(f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one.")
+            acc.print(f"resumed from {resume} at step {self.state.global_step}")
+        elif cfg.resume_from_checkpoint == "latest":
+            acc.print(f"no checkpoint in {self.out / 'checkpoints'}: starting from scratch")
+        self.start_step = self.state.global_step
+        self.validator = None
+        if cfg.validation_prompts:
+            resolution = cfg.validation_resolution or int(self.data.dataset.info["resolution"])
+            self.validator = Validator(self.base_pipe, cfg.validation_prompts, cfg.validation_seeds, resolution,
+                                       cfg.validation_inference_steps, cfg.validation_guidance_scale, self.out)
+        else:
+            self.base_pipe = None  # not needed: free the text encoders and VAE
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        acc.init_trackers("mapo-train", config=_flat_config(self.resolved_config()))
+        self._install_signal_handlers()
+
+    def _trackers(self) -> list[str]:
+        choice = self.cfg.report_to
+        if choice == "none":
+            return []
+        if choice == "wandb":
+            from pipeline.errors import require
+
+            require("wandb", "--report-to wandb")
+            return ["wandb"]
+        if choice == "all":
+            return ["all"]
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            if choice == "tensorboard":
+                raise UserError("--report-to tensorboard needs the 'tensorboard' package (pip install 'mapo-tools[tensorboard]').") from None
+            return []
+        return ["tensorboard"]
+
+    def _check_output_dir(self, resume) -> None:
+        if resume is not None or self.cfg.resume_from_checkpoint == "latest":
+            return
+        present = [name for name in _OWNED if (self.out / name).exists()]
+        if not present:
+            return
+        if not self.cfg.overwrite:
+            raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}); pass "
+                            "--resume-from-checkpoint latest to continue it, or --overwrite to start over.")
+        if _is_main_env():
+            for name in present:
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self._barrier_env()
+
+    @staticmethod
+    def _barrier_env() -> None:
+        from pipeline.distributed import wait_for_everyone
+
+        wait_for_everyone()
+
+    def _check_resume_config(self) -> None:
+        path = self.out / CONFIG_FILE
+        if not path.exists():
+            return
+        saved = json.loads(path.read_text())
+        mine = self.resolved_config()
+        differ = [k for k in _MUST_MATCH_ON_RESUME if k in saved and saved[k] != mine[k]]
+        if saved.get("world_size") not in (None, mine["world_size"]):
+            differ.append("world_size (number of processes)")
+        if differ:
+            raise UserError(f"Cannot resume '{self.out}': the run was made with different {', '.join(differ)}; "
+                            "use the original settings or a new --output-dir.")
+
+    def resolved_config(self) -> dict:
+        info = self.data.dataset.info
+        return {
+            **self.cfg.to_json(),
+            "family": self.models.family,
+            "prediction_type": self.models.prediction_type,
+            "num_train_timesteps": self.models.num_train_timesteps,
+            "world_size": self.accelerator.num_processes,
+            "total_steps": self.total_steps,
+            "pairs_per_step": self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes,
+            "data_info": self._data_info(),
+            "latents": {k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")},
+        }
+
+    def _data_info(self) -> dict:
+        info = self.data.dataset.info
+        return {"pairs": len(self.data.dataset), "resolution": info.get("resolution"), "model": info.get("model")}
+
+    def _write_config(self) -> None:
+        tmp = self.out / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(self.resolved_config(), indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, self.out / CONFIG_FILE)
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT: finish the current step, save a checkpoint, exit cleanly (preemptible clusters)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, _frame):
+            self._signal = signal.Signals(signum).name
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, handler)
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> TrainResult:
+
+        acc, cfg, state = self.accelerator, self.cfg, self.state
+        t_start = time.perf_counter()
+        lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and cfg.objective == "dpo") else None
+        stream = batch_stream(self.data, acc.device)
+        if self.validator is not None and state.global_step == 0:
+            self.validator.run(acc.unwrap_model(self.unet), 0, acc.device, acc.autocast, acc.trackers)
+        bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
+        bar.update(state.global_step)
+        last_metrics: dict = {}
+        stopped = None
+        while state.global_step < self.total_steps:
+            t0 = time.perf_counter()
+            metrics, indices = self._optimizer_step(stream, lora_base)
+            state.global_step += 1
+            step = state.global_step
+            elapsed = time.perf_counter() - t0
+            if metrics is not None:
+                metrics["pairs_per_s"] = cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes / max(elapsed, 1e-9)
+                metrics["peak_mem_gb"] = _peak_memory_gb(acc.device)
+                last_metrics = metrics
+                if step % cfg.logging_steps == 0 or step == self.total_steps:
+                    self._log(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('implicit_acc', float('nan')):.2f}")
+            if cfg.debug_weight_checksums:
+                self._write_checksum(step, indices)
+            bar.update(1)
+            if step % cfg.checkpointing_steps == 0 and step < self.total_steps:
+                self.save_checkpoint()
+            if self.validator is not None and cfg.validation_steps and step % cfg.validation_steps == 0 and step < self.total_steps:
+                self._validate(step)
+            stopped = self._stop_requested()
+            if stopped:
+                break
+        bar.close()
+        if stopped:
+            path = self.save_checkpoint()
+            acc.print(f"{stopped}: checkpoint saved at {path}; resume with --resume-from-checkpoint latest")
+            return TrainResult(str(self.out), state.global_step, self.start_step, stopped, state.nonfinite_total,
+                               last_metrics, time.perf_counter() - t_start)
+        saved = self.save_final(last_metrics)
+        return TrainResult(str(self.out), state.global_step, self.start_step, None, state.nonfinite_total,
+                           last_metrics, time.perf_counter() - t_start, saved)
+
+    def _optimizer_step(self, stream, lora_base):
+        """Accumulate ``gradient_accumulation_steps`` micro-batches, then one optimizer step.
+
+        A non-finite loss on any rank skips the whole step on every rank (no backward, no
+        optimizer or LR step), so ranks stay in lockstep and weights stay identical.
+        """
+        import torch
+
+        acc, cfg, state = self.accelerator, self.cfg, self.state
+        accum = cfg.gradient_accumulation_steps
+        sums: dict = {}
+        indices: list = []
+        finite = True
+        for micro in range(accum):
+            batch = next(stream)
+            indices += batch.get("index", [])
+            gen = step_generator(cfg.seed, state.global_step, acc.process_index, micro)
+            # DDP syncs gradients on the last micro-batch only.
+            sync = acc.no_sync(self.unet) if micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with acc.autocast():
+                    out = compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective, gen,
+                                       dtype=self.weight_dtype, reference=self.models.reference, lora_base=lora_base)
+                finite = self._all_finite(out.loss)
+                if not finite:
+                    break
+                acc.backward(out.loss / accum)
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / accum
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            state.nonfinite_total += 1
+            state.consecutive_nonfinite += 1
+            acc.print(f"step {state.global_step + 1}: non-finite loss, step skipped "
+                      f"({state.consecutive_nonfinite} in a row, {state.nonfinite_total} in total)")
+            if state.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
+                found = list_checkpoints(self.out)
+                last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was saved yet"
+                raise UserError(f"{state.consecutive_nonfinite} non-finite losses in a row (step {state.global_step + 1}); "
+                                f"stopping ({last}). Lower --learning-rate, use --mixed-precision bf16 or no, "
+                                "or check the data.")
+            return None, indices
+        state.consecutive_nonfinite = 0
+        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        keys = sorted(sums)
+        reduced = acc.reduce(torch.stack([sums[k].to(acc.device) for k in keys]), reduction="mean")
+        metrics = {k: float(v) for k, v in zip(keys, reduced.tolist())}
+        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
+        metrics["nonfinite_skipped"] = float(state.nonfinite_total)
+        return metrics, indices
+
+    def _all_finite(self, loss) -> bool:
+        import torch
+
+        flag = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum") / self.accelerator.num_processes
+        return bool(flag.item() == 1.0)
+
+    def _stop_requested(self) -> str | None:
+        import torch
+
+        flag = 1.0 if self._signal else 0.0
+        if self.accelerator.num_processes > 1:  # a signal to any rank stops all ranks at the same step
+            t = self.accelerator.reduce(torch.tensor([flag], device=self.accelerator.device), reduction="sum")
+            flag = float(t.item())
+        return (self._signal or "SIGTERM") if flag > 0 else None
+
+    def _log(self, step: int, metrics: dict) -> None:
+        acc = self.accelerator
+        acc.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
+        if acc.is_main_process:
+            with open(self.out / METRICS_FILE, "a") as fh:
+                fh.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def _write_checksum(self, step: int, indices: list) -> None:
+        """Per-rank digest of the trainable weights: equal on all ranks after every step (test hook)."""
+        h = hashlib.sha256()
+        for p in self.params:
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        folder = self.out / DEBUG_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = [i if isinstance(i, int) else list(i) for i in indices]
+        with open(folder / f"weights-rank{self.accelerator.process_index}.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, "checksum": h.hexdigest(), "indices": idx}) + "\n")
+
+    def _validate(self, step: int) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.validator.run(acc.unwrap_model(self.unet), step, acc.device, acc.autocast, acc.trackers)
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ save
+    def save_checkpoint(self) -> Path:
+        return save_checkpoint(self.accelerator, self.out, self.state.global_step, self.cfg.checkpoints_total_limit)
+
+    def save_final(self, final_metrics: dict) -> str:
+        """unet/ (full fine-tune) or the LoRA file, the model card, and a before/after grid."""
+        acc, cfg = self.accelerator, self.cfg
+        acc.wait_for_everyone()
+        saved = None
+        if acc.is_main_process:
+            unet = acc.unwrap_model(self.unet)
+            if cfg.is_lora:
+                saved = str(save_lora(unet, self.out, self.models.family))
+            else:
+                unet.save_pretrained(self.out / "unet", safe_serialization=True)
+                saved = str(self.out / "unet")
+            write_model_card(self.out, self.resolved_config(), final_metrics, self._data_info())
+            if self.validator is not None:
+                self.validator.run(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
+                self.validator.before_after(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
+        acc.wait_for_everyone()
+        return saved
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers = {}
+        acc = self.accelerator
+        if acc is None:
+            return
+        acc.end_training()
+        if acc.num_processes == 1:
+            # In-process callers (tests, notebooks) may start another run with other settings.
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+
+def save_lora(unet, output_dir: Path, family: str) -> Path:
+    """LoRA weights in the diffusers layout that ``pipe.load_lora_weights(output_dir)`` reads."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    cls.save_lora_weights(str(output_dir), unet_lora_layers=layers, safe_serialization=True)
+    return Path(output_dir) / LORA_FILE
+
+
+def _peak_memory_gb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
+
+
+def _flat_config(config: dict) -> dict:
+    """Trackers (tensorboard hparams) take scalars only."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, (int, float, str, bool)):
+            out[k] = v
+        elif v is None:
+            out[k] = "none"
+        else:
+            out[k] = json.dumps(v, default=str)
+    return out
+
+
+def _is_main_env() -> bool:
+    from pipeline.distributed import current_process
+
+    return current_process().is_main
+
+
+def run_train(cfg: TrainConfig) -> TrainResult:
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.cleanup()

@@ -1,0 +1,423 @@
+"""``mapo-eval``: generate paired images with the base model and each candidate, score, report.
+
+Every model draws each (prompt, seed index k) image from the same seed,
+``derive_seed(seed, prompt_id, k)``, and the same CPU-drawn initial noise (the generation
+stage's own :func:`stages.generate.generate_images`), so base and candidate images differ only
+by the weights: win rates compare like with like.
+
+Resumable at two levels: images are PNG files ``images/<model>/<prompt_id>-<k>.png`` written
+under a temporary name and renamed, so a rerun generates only the missing ones; scores are rows
+of ``scores.parquet`` keyed by (model, prompt_id, seed_index, metric), so a rerun (e.g. with
+another --metrics) scores only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.progress import progress_bar
+from pipeline.prompts import PromptSet, load_prompts
+from pipeline.scorers import ScorerOptions, check_metrics, load_scorers
+from pipeline.seeds import derive_seed
+
+TRAINING_CONFIG = "training_config.json"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+EVAL_CONFIG = "eval_config.json"
+SCORES = "scores.parquet"
+BASE = "base"
+DEFAULT_METRICS = ("aesthetic", "hps", "pickscore", "clip")
+# Lower is better only for unsafety; every other metric rewards higher scores.
+LOWER_IS_BETTER = {"safety"}
+SCORE_CHUNK = 64  # images scored between two saves of scores.parquet
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ``mapo-train`` output folder: a full UNet (``unet/``) or a LoRA (``pytorch_lora_weights.safetensors``)."""
+
+    name: str
+    path: str
+    kind: str  # "unet" or "lora"
+    base_model: str | None
+    objective: str | None
+
+    def fingerprint(self) -> str:
+        """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
+        root = Path(self.path)
+        files = sorted((root / "unet").glob("*")) if self.kind == "unet" else [root / LORA_WEIGHTS]
+        return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
+
+
+def read_candidate(path: str, name: str | None = None) -> Candidate:
+    root = Path(path).expanduser()
+    config_file = root / TRAINING_CONFIG
+    has_unet, has_lora = (root / "unet" / "config.json").is_file(), (root / LORA_WEIGHTS).is_file()
+    if not root.is_dir() or not config_file.is_file() or not (has_unet or has_lora):
+        raise UserError(
+            f"candidate '{path}' is not a mapo-train output: expected {TRAINING_CONFIG} and either unet/ "
+            f"(full fine-tune) or {LORA_WEIGHTS} (LoRA)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"candidate '{path}': {TRAINING_CONFIG} is not valid JSON ({exc})") from None
+    # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
+    kind = "unet" if has_unet else "lora"
+    return Candidate(name or root.resolve().name, str(root.resolve()), kind, config.get("model"), config.get("objective"))
+
+
+@dataclass
+class EvalConfig:
+    prompts: str
+    output: str
+    candidates: list[str] = field(default_factory=list)
+    model: str | None = None  # None: the candidates' base model (training_config.json "model")
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    scorers: ScorerOptions = field(default_factory=ScorerOptions)
+    vae: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    num_inference_steps: int = 25  # the paper's validation settings
+    guidance_scale: float = 5.0
+    resolution: int = 1024
+    seeds: int = 1  # images per prompt (seed indices 0..seeds-1)
+    seed: int = 0
+    negative_prompt: str | None = None
+    batch_size: int = 4
+    batch_invariant: bool = True
+    prompt_column: str | None = None
+    prompt_split: str = "train"
+    limit: int | None = None
+    grid_prompts: int = 8
+    overwrite: bool = False
+
+    def validate(self) -> "EvalConfig":
+        self.metrics = check_metrics(self.metrics)
+        if self.resolution < 8 or self.resolution % 8:
+            raise UserError("--resolution must be a positive multiple of 8.")
+        if min(self.num_inference_steps, self.batch_size, self.seeds) < 1:
+            raise UserError("--num-inference-steps, --batch-size and --seeds must be at least 1.")
+        if self.grid_prompts < 0:
+            raise UserError("--grid-prompts must be 0 or more.")
+        return self
+
+    def generation(self, base_model: str) -> dict:
+        """What decides the image bytes: a rerun with other values is refused."""
+        from pipeline.models import dtype_name, resolve_device, resolve_dtype
+
+        dtype = dtype_name(resolve_dtype(self.dtype, resolve_device(self.device)))  # "auto" differs per device
+        return {"model": base_model, "vae": self.vae, "dtype": dtype, "num_inference_steps": self.num_inference_steps,
+                "guidance_scale": self.guidance_scale, "resolution": self.resolution, "seed": self.seed,
+                "negative_prompt": self.negative_prompt, "batch_invariant": self.batch_invariant}
+
+
+@dataclass
+class EvalResult:
+    output: str
+    images_generated: int
+    scores_computed: int
+    report: str
+    summary: dict
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ImageKey:
+    model: str
+    prompt_id: str
+    seed_index: int
+
+    def relpath(self) -> str:
+        return f"images/{self.model}/{self.prompt_id}-{self.seed_index}.png"
+
+
+def _unique_names(cands: list[Candidate]) -> list[Candidate]:
+    out, seen = [], {BASE}
+    for c in cands:
+        name, n = c.name, 2
+        while name in seen:
+            name, n = f"{c.name}-{n}", n + 1
+        seen.add(name)
+        out.append(Candidate(name, c.path, c.kind, c.base_model, c.objective))
+    return out
+
+
+def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
+    import sys
+
+    from pipeline.models import DEFAULT_MODEL
+
+    trained_on = {c.base_model for c in cands if c.base_model}
+    if cfg.model is None:
+        if len(trained_on) > 1:
+            raise UserError(f"candidates were trained from different models ({', '.join(sorted(trained_on))}); name the base with --model")
+        return trained_on.pop() if trained_on else DEFAULT_MODEL
+    for c in cands:
+        if c.base_model and c.base_model != cfg.model:
+            print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model '{cfg.model}'", file=sys.stderr)
+    return cfg.model
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folder state: eval_config.json
+# ---------------------------------------------------------------------------------------------
+
+
+def _prepare_output(cfg: EvalConfig, generation: dict, models: dict[str, dict]) -> dict:
+    """Check a rerun's settings against the folder's, and return the (merged) state to save.
+
+    Images made with other generation settings or by another candidate under the same name
+    would be silently mixed into the comparison, so both are refused (unless --overwrite).
+    """
+    out = Path(cfg.output)
+    state_file = out / EVAL_CONFIG
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output '{cfg.output}' exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not state_file.is_file():
+        raise UserError(f"--output '{cfg.output}' is not empty and is not a mapo-eval output; choose another folder.")
+    if state_file.is_file() and cfg.overwrite:
+        return {"generation": generation, "models": models, "scorers": {}, "overwrite": True}
+    if not state_file.is_file():
+        return {"generation": generation, "models": models, "scorers": {}}
+    old = json.loads(state_file.read_text())
+    diff = [k for k in generation if old["generation"].get(k) != generation[k]]
+    if diff:
+        was = ", ".join(f"{k}={old['generation'].get(k)!r}" for k in diff)
+        raise UserError(
+            f"{cfg.output} holds images made with other settings ({', '.join(diff)} differ; it has {was}); "
+            "use --overwrite or another --output"
+        )
+    for name, info in models.items():
+        prev = old["models"].get(name)
+        if prev and (prev["path"], prev.get("fingerprint")) != (info["path"], info.get("fingerprint")):
+            raise UserError(
+                f"{cfg.output} holds images of another model named '{name}' ({prev['path']}); "
+                "use --overwrite or another --output"
+            )
+    return {"generation": generation, "models": {**old["models"], **models}, "scorers": old.get("scorers", {})}
+
+
+def _save_state(out: Path, state: dict) -> None:
+    tmp = out / (EVAL_CONFIG + ".tmp")
+    tmp.write_text(json.dumps({k: v for k, v in state.items() if k != "overwrite"}, indent=2, default=str))
+    os.replace(tmp, out / EVAL_CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+def _patch_batch_invariant(pipe) -> None:
+    """Per-sample UNet once per UNet object (candidates swap UNets in and out)."""
+    from pipeline.batch_invariance import make_batch_invariant
+
+    if not getattr(pipe.unet, "_mapo_batch_invariant", False):
+        make_batch_invariant(pipe)
+        pipe.unet._mapo_batch_invariant = True
+
+
+class _ModelSwitch:
+    """Puts one model's weights into a single loaded base pipeline, and takes them out again."""
+
+    def __init__(self, pipe, batch_invariant: bool):
+        self.pipe, self.base_unet, self.batch_invariant = pipe, pipe.unet, batch_invariant
+
+    def use(self, cand: Candidate | None) -> None:
+        pipe = self.pipe
+        if cand is not None and cand.kind == "unet":
+            from diffusers import UNet2DConditionModel
+
+            try:
+                unet = UNet2DConditionModel.from_pretrained(os.path.join(cand.path, "unet"), torch_dtype=self.base_unet.dtype)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise UserError(f"candidate {cand.name}: could not load {cand.path}/unet: {' '.join(str(exc).split())[:200]}") from None
+            pipe.unet = unet.to(pipe.device).eval()
+        elif cand is not None:
+            from diffusers.utils import logging as dlog
+
+            level = dlog.get_verbosity()
+            dlog.set_verbosity_error()  # "no LoRA keys for the text encoders": expected, the trainer tunes the UNet
+            try:
+                pipe.load_lora_weights(cand.path)
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise UserError(f"candidate {cand.name}: could not load the LoRA in {cand.path}: {' '.join(str(exc).split())[:200]}") from None
+            finally:
+                dlog.set_verbosity(level)
+        if self.batch_invariant:
+            _patch_batch_invariant(pipe)
+
+    def restore(self, cand: Candidate | None) -> None:
+        if cand is None:
+            return
+        if cand.kind == "unet":
+            self.pipe.unet = self.base_unet
+        else:
+            self.pipe.unload_lora_weights()
+
+
+def _write_png(image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)  # the final name only ever holds a complete image
+
+
+def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, Candidate | None]],
+                      prompt_set: PromptSet, out: Path) -> int:
+    from pipeline.models import load_pipeline, resolve_device, resolve_dtype
+
+    from .generate import generate_images
+    from .recipes import ImageRequest
+
+    work = {
+        name: [ImageKey(name, p.id, k) for p in prompt_set.prompts for k in range(cfg.seeds)
+               if not (out / ImageKey(name, p.id, k).relpath()).is_file()]
+        for name, _ in models
+    }
+    total = sum(len(v) for v in work.values())
+    if not total:
+        return 0
+    text = {p.id: p.text for p in prompt_set.prompts}
+    device = resolve_device(cfg.device)
+    pipe = load_pipeline(base_model, vae=cfg.vae, dtype=resolve_dtype(cfg.dtype, device), device=device)
+    switch = _ModelSwitch(pipe, cfg.batch_invariant)
+    bar = progress_bar(total=total, desc="eval: generate", unit="img")
+    for name, cand in models:
+        todo = work[name]
+        if not todo:
+            continue
+        switch.use(cand)
+        try:
+            for b in range(0, len(todo), cfg.batch_size):
+                keys = todo[b : b + cfg.batch_size]
+                requests = [ImageRequest(text[k.prompt_id], cfg.negative_prompt, k.seed_index) for k in keys]
+                seeds = [derive_seed(cfg.seed, k.prompt_id, k.seed_index) for k in keys]
+                for key, image in zip(keys, generate_images(pipe, requests, seeds, cfg)):
+                    _write_png(image, out / key.relpath())
+                bar.update(len(keys))
+        finally:
+            switch.restore(cand)
+    bar.close()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+
+def _score_schema():
+    import pyarrow as pa
+
+    return pa.schema([("model", pa.string()), ("prompt_id", pa.string()), ("seed_index", pa.int64()), ("seed", pa.int64()),
+                      ("prompt", pa.string()), ("metric", pa.string()), ("score", pa.float64()), ("image", pa.string())])
+
+
+def _read_scores(out: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    path = out / SCORES
+    return pq.read_table(path).to_pylist() if path.is_file() else []
+
+
+def _write_scores(out: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = out / (SCORES + ".tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=_score_schema()), tmp)
+    os.replace(tmp, out / SCORES)
+
+
+def _missing_scores(cfg: EvalConfig, keys: list[ImageKey], rows: list[dict]) -> dict[str, list[ImageKey]]:
+    done = {(r["model"], r["prompt_id"], r["seed_index"], r["metric"]) for r in rows}
+    return {m: [k for k in keys if (k.model, k.prompt_id, k.seed_index, m) not in done] for m in cfg.metrics}
+
+
+def _score_missing(cfg: EvalConfig, scorers: dict, missing: dict[str, list[ImageKey]], rows: list[dict],
+                   prompt_set: PromptSet, out: Path) -> int:
+    from PIL import Image
+
+    text = {p.id: p.text for p in prompt_set.prompts}
+    total = sum(len(v) for v in missing.values())
+    bar = progress_bar(total=total, desc="eval: score", unit="img")
+    for metric, keys in missing.items():
+        for b in range(0, len(keys), SCORE_CHUNK):
+            chunk = keys[b : b + SCORE_CHUNK]
+            images = []
+            for k in chunk:
+                with Image.open(out / k.relpath()) as im:
+                    images.append(im.convert("RGB"))
+            scores = scorers[metric].score(images, [text[k.prompt_id] for k in chunk])
+            rows += [{"model": k.model, "prompt_id": k.prompt_id, "seed_index": k.seed_index,
+                      "seed": derive_seed(cfg.seed, k.prompt_id, k.seed_index), "prompt": text[k.prompt_id],
+                      "metric": metric, "score": float(s), "image": k.relpath()} for k, s in zip(chunk, scores)]
+            _write_scores(out, rows)  # a killed run keeps every finished chunk
+            bar.update(len(chunk))
+    bar.close()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def run_evaluate(cfg: EvalConfig) -> EvalResult:
+    """Generate what is missing, score what is missing, and write summary.json, plots and report.html.
+
+    Every input is checked (metrics, candidates, prompts, scorer weights, output folder) before
+    anything is written, so bad input leaves no output behind.
+    """
+    from .eval_report import write_report
+
+    t0 = time.perf_counter()
+    cfg.validate()
+    cands = _unique_names([read_candidate(p) for p in cfg.candidates])
+    base_model = _resolve_base(cfg, cands)
+    prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
+    models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
+    model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None}}
+    model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
+                                "fingerprint": c.fingerprint()} for c in cands})
+    generation = cfg.generation(base_model)
+    state = _prepare_output(cfg, generation, model_info)
+    out = Path(cfg.output)
+
+    # Scores made with other scorer weights are dropped (rescored), never mixed with new ones.
+    rows = [] if state.get("overwrite") else _read_scores(out)
+    scorer_ids = {m: cfg.scorers.describe([m]) for m in cfg.metrics}
+    stale = {m for m in cfg.metrics if m in state["scorers"] and state["scorers"][m].get("options") != scorer_ids[m]}
+    rows = [r for r in rows if r["metric"] not in stale]
+    keys = [ImageKey(name, p.id, k) for name, _ in models for p in prompt_set.prompts for k in range(cfg.seeds)]
+    missing = {m: ks for m, ks in _missing_scores(cfg, keys, rows).items() if ks}
+    # Load the scorers before generating: missing weights fail before any image is made.
+    scorers = load_scorers(list(missing), cfg.scorers, cfg.device) if missing else {}
+
+    if state.get("overwrite"):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for m, scorer in scorers.items():
+        state["scorers"][m] = {"options": scorer_ids[m], "higher_is_better": scorer.higher_is_better,
+                               "threshold": scorer.threshold}
+    state["prompts"] = {"source": prompt_set.source, "count": len(prompt_set.prompts)}
+    _save_state(out, state)
+
+    generated = _generate_missing(cfg, base_model, models, prompt_set, out)
+    scored = _score_missing(cfg, scorers, missing, rows, prompt_set, out) if missing else 0
+
+    current = {(k.model, k.prompt_id, k.seed_index) for k in keys}
+    rows = [r for r in rows if (r["model"], r["prompt_id"], r["seed_index"]) in current and r["metric"] in cfg.metrics]
+    settings = {**generation, "seeds_per_prompt": cfg.seeds, "prompts": prompt_set.source,
+                "prompt_count": len(prompt_set.prompts), "metrics": cfg.metrics}
+    report, summary = write_report(out, rows, [name for name, _ in models],
+                                   {name: model_info[name] for name, _ in models},
+                                   {m: state["scorers"][m] for m in cfg.metrics}, settings, prompt_set,
+                                   cfg.grid_prompts, cfg.seed)
+    return EvalResult(str(out), generated, scored, str(report), summary, time.perf_counter() - t0)

@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 : > "$OUT/commands.txt"
 
 run() {
-    echo "+ $*" | tee -a "$OUT/commands.txt"
+    { printf '+'; printf ' %q' "$@"; printf '\n'; } | tee -a "$OUT/commands.txt"
     "$@"
 }
 

@@ -32,7 +32,12 @@ def _loss_curve(metrics_file: Path, png: Path) -> dict:
     axes[0].legend()
     axes[0].set_title("MaPO loss and per-image errors")
     if "implicit_acc" in rows[0]:
-        axes[1].plot(steps, [r["implicit_acc"] for r in rows])
+        acc = [r["implicit_acc"] for r in rows]
+        window = 20  # per-step accuracy over a batch of 4 pairs is noisy: show a running mean too
+        running = [sum(acc[max(0, i - window + 1): i + 1]) / len(acc[max(0, i - window + 1): i + 1]) for i in range(len(acc))]
+        axes[1].plot(steps, acc, alpha=0.3, label="per step")
+        axes[1].plot(steps, running, label=f"mean of last {window}")
+        axes[1].legend()
         axes[1].set_ylim(-0.05, 1.05)
         axes[1].set_title("implicit accuracy (e_w < e_l)")
         axes[1].set_xlabel("step")

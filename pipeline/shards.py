@@ -181,7 +181,12 @@ class ShardedOutput:
             final = self.path(k, sub)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-            pq.write_table(table, tmp, compression=compression if sub == DATA_DIR else "zstd")
+            if table.num_rows == 0:
+                # No row group at all: readers such as `datasets` fail on a zero-row row group
+                # ("BatchSize must be greater than 0") but skip a file with none.
+                pq.ParquetWriter(tmp, table.schema).close()
+            else:
+                pq.write_table(table, tmp, compression=compression if sub == DATA_DIR else "zstd")
             staged.append((sub, tmp, final))
         write_json_atomic(self.stats_path(k), stats)
         # The data file is renamed last: its presence is the completion marker.

@@ -41,20 +41,6 @@ def _arrow_bytes(path: Path) -> int:
     return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
 
 
-def _data_files_yaml(data: list[Path]) -> str:
-    """The train split's files: the shard glob, or only the non-empty shards when some are empty.
-
-    ``datasets`` (5.x) fails on a Parquet file whose only row group has zero rows ("BatchSize
-    must be greater than 0"), and a shard where every pair was dropped is such a file.
-    """
-    import pyarrow.parquet as pq
-
-    nonempty = [f for f in data if pq.ParquetFile(f).metadata.num_rows > 0]
-    if len(nonempty) == len(data) or not nonempty:
-        return "    path: data/train-*.parquet"
-    return "    path:\n" + "\n".join(f"    - data/{f.name}" for f in nonempty)
-
-
 def _yaml(obj) -> str:
     import yaml
 
@@ -83,7 +69,7 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int) 
     c0, c1 = int(totals.get("chosen_0", 0)), int(totals.get("chosen_1", 0))
     balance = f"image 0 chosen in {c0} pairs, image 1 in {c1}"
     values = {
-        "data_files": _data_files_yaml(data),
+        "data_files": "    path: data/train-*.parquet",
         "license": cfg.license, "size_category": size_category(kept), "dataset_info": _yaml({"dataset_info": info}),
         "input_kind": source.kind, "input_files": num_shards,
         "generation_yaml": _yaml(generation), "labeling_yaml": _yaml({"target": cfg.labeler.target, **labeler.describe()}),

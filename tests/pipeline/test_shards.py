@@ -51,3 +51,17 @@ def test_stale_temporaries_removed(tmp_path):
     other.write_bytes(b"someone else's")
     out.remove_stale_temporaries([1])
     assert not stale.exists() and other.exists()
+
+
+def test_empty_shard_has_no_row_group_and_loads_with_others(tmp_path):
+    import datasets
+    import pyarrow.parquet as pq
+
+    out = ShardedOutput(tmp_path, "demo", {}, 2)
+    out.prepare()
+    schema = pa.schema([("caption", pa.string())])
+    out.write_shard(0, {"data": schema.empty_table()}, {})
+    out.write_shard(1, {"data": pa.table({"caption": ["kept"]}, schema=schema)}, {})
+    assert pq.ParquetFile(out.path(0)).metadata.num_row_groups == 0
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "*.parquet"), split="train")
+    assert ds["caption"] == ["kept"]

@@ -146,12 +146,12 @@ def test_safety_with_nudenet_on_generated_pairs(pairs, tmp_path):
 
 
 def test_safety_empty_shard_still_loads(pairs, tmp_path):
-    # Only shard 1 keeps a pair: shard 0 is an empty file, which datasets cannot read; the card lists shard 1 only.
+    # Only shard 1 keeps a pair: shard 0 is written with no row group, which datasets skips.
     src = _with_images(pairs["safety"], tmp_path / "pairs", {(3, 1): png(schematic_torso())})
     out = tmp_path / "pick-safety"
     assert _label(src, out, "--target", "safety").exit_code == 0
     assert pq.ParquetFile(out / "data" / "train-00000-of-00002.parquet").metadata.num_rows == 0
-    assert "- data/train-00001-of-00002.parquet" in (out / "README.md").read_text()
+    assert "path: data/train-*.parquet" in (out / "README.md").read_text()
     ds = _load(out)
     assert ds.num_rows == 1 and ds[0]["caption"] == PROMPTS[3]
 

@@ -252,6 +252,8 @@ def load_open_clip(
     import open_clip
 
     dev = resolve_device(str(device))
+    if model_name == TINY_CLIP_NAME:  # the built-in tiny config lives in no JSON file open_clip knows
+        register_tiny_clip_config()
     _check_model_name(model_name)
     weights, tag_cfg = _resolve_pretrained(model_name, pretrained, cache_dir)
     try:

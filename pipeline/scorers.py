@@ -127,12 +127,6 @@ def resolve_weights_file(spec: str, what: str) -> str:
     raise ModelNotFoundError(f"{what} weights file not found: {spec}; {how}")
 
 
-def _load_embedder(model: str, pretrained: str | None, device) -> ClipEmbedder:
-    if model == TINY_CLIP_NAME:  # the tiny test/demo config lives in no JSON file open_clip knows
-        register_tiny_clip_config()
-    return load_open_clip(model, pretrained, device=device)
-
-
 # ---------------------------------------------------------------------------------------------
 # The scorers
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +364,7 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
 
     def embedder(model: str, pretrained: str | None) -> ClipEmbedder:
         if (model, pretrained) not in embedders:
-            embedders[(model, pretrained)] = _load_embedder(model, pretrained, dev)
+            embedders[(model, pretrained)] = load_open_clip(model, pretrained, device=dev)
         return embedders[(model, pretrained)]
 
     bs = opts.batch_size

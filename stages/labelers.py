@@ -227,10 +227,8 @@ def build_labeler(spec: LabelerSpec, device: str = "cpu") -> Labeler:
     if name == "construction":
         verify = None
         if spec.verify == "clip":
-            from pipeline.clip_embed import TINY_CLIP_NAME, load_open_clip, register_tiny_clip_config
+            from pipeline.clip_embed import load_open_clip
 
-            if spec.clip_model == TINY_CLIP_NAME:  # the built-in tiny config (tests, demo) is registered per process
-                register_tiny_clip_config()
             embedder = load_open_clip(spec.clip_model, spec.clip_pretrained, device=device)
             verify = ClipStyleCheck(embedder, spec.style_text, spec.opposite_text, spec.min_style_margin, spec.batch_size)
         return ConstructionLabeler(verify)

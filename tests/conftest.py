@@ -9,3 +9,19 @@ os.environ["MAPO_NO_PROGRESS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny built-in models are built once per checkout here, not in the user's ~/.cache.
 os.environ.setdefault("MAPO_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "mapo"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """2 shared cores: torch's default threads spin against each other and other jobs (10-20x slower
+    for tiny models). Module-wide, so a module's images are all made with one thread count (thread
+    counts change CPU kernels' last bits). Opt in per module or folder; subprocess tests set
+    OMP_NUM_THREADS instead."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

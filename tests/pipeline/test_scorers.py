@@ -27,13 +27,7 @@ from tests.image_fixtures import geometric_scene, gray, schematic_torso
 STYLE = ("a pixel art style image", "a realistic photo")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """2 shared cores: torch's default threads spin against each other and other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -174,13 +174,8 @@ def test_bad_input_is_one_line_and_writes_nothing(candidates, tmp_path):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """2 shared cores: torch's default threads spin against each other and other jobs. Module-wide, so
-    the module's images are all made with one thread count (thread counts change CPU kernels' last bits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_torch_thread):
+    """All of this module's images are made with one torch thread (see tests/conftest.py)."""
 
 
 def test_on_real_mapo_train_outputs(tmp_path):

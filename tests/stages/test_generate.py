@@ -9,6 +9,8 @@ import pytest
 from stages.cli import app
 from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, run_console, write_prompts
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = ["a cat on a sofa", "a red car", "  ", "", "a house by a lake", "a cat on a sofa", "an owl at night"]
 FAST = ["--num-inference-steps", "2", "--resolution", "64"]
 

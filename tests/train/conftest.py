@@ -76,14 +76,8 @@ def latents_sd15(tmp_path_factory, pickapic):
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """2 shared cores: torch's default 2 threads spin against each other and other jobs (10-20x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_torch_thread):
+    """Every training test runs with one torch thread (see tests/conftest.py)."""
 
 
 def train_args(data, out, model="tiny-sdxl", steps=2, *extra):

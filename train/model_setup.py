@@ -124,7 +124,11 @@ def build_optimizer(cfg: TrainConfig, params):
     if cfg.use_8bit_adam:
         bnb = require("bitsandbytes", "--use-8bit-adam")
         return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+    params = list(params)
+    # One fused kernel instead of ~10 small ops per tensor: the default per-tensor loop was a third of
+    # a tiny-model CPU step (bench/, docs/benchmarks.md). Fused needs floating tensors on CUDA or CPU.
+    fused = bool(params) and all(isinstance(p, torch.Tensor) and p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
 
 
 def build_lr_scheduler(cfg: TrainConfig, optimizer, total_steps: int):

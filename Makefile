@@ -23,5 +23,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh demo-output
 
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m bench --model tiny-sdxl --output bench-output/bench.json
+
 clean:
 	rm -rf $(VENV) demo-output bench-output

@@ -1,0 +1,50 @@
+"""FLOPs of one training step (torch.utils.flop_counter) and model FLOPs utilisation."""
+from __future__ import annotations
+
+# Dense bf16 tensor-core peaks in TFLOP/s (no sparsity), matched against torch.cuda.get_device_name().
+# First match wins, so the more specific names come first.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),  # SXM
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+    ("RTX 4090", 165.0),
+)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+def count_step_flops(bench_step, step_index: int) -> dict:
+    """Run one optimizer step under FlopCounterMode; FLOPs of the forward and of the backward.
+
+    ``model`` FLOPs leave out what gradient checkpointing recomputes (one more forward of the
+    trainable UNet, counted inside the backward), as MFU is conventionally defined; ``executed``
+    FLOPs are what the hardware did. Valid for configurations whose whole forward is
+    differentiable (mapo, sft), which is where MFU is reported.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = bench_step.next_batch()  # encoders (in-step) are counted in neither: only the training step
+    with FlopCounterMode(display=False) as fwd_counter:
+        out = bench_step.forward(batch, step_index)
+    with FlopCounterMode(display=False) as bwd_counter:
+        bench_step.update(out.loss)
+    fwd, bwd = fwd_counter.get_total_flops(), bwd_counter.get_total_flops()
+    recompute = fwd if bench_step.spec.gradient_checkpointing else 0
+    return {"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd), "model": int(fwd + bwd - recompute)}
+
+
+def mfu(model_flops: int, step_seconds: float, peak: float | None) -> float | None:
+    if peak is None or step_seconds <= 0:
+        return None
+    return model_flops / step_seconds / (peak * 1e12)

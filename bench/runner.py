@@ -1,0 +1,139 @@
+"""A whole benchmark run: data once, each configuration in its own worker process, then the report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+from .config import CONFIGURATIONS, MAX_BATCH_CONFIGURATIONS, BenchConfig
+from .flops import mfu, peak_tflops
+from .report import add_ratios, environment, table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_NOTE = ("random pixels in [-1, 1] and fixed captions, encoded once by the model's real VAE (fp32) and text "
+             "encoders on the benchmark device, stored in fp16 like `mapo-data precompute`; mapo-instep encodes "
+             "the same pixels and captions inside every step")
+
+
+class WorkerFailed(Exception):
+    pass
+
+
+def run_worker(job: dict, workdir: Path, timeout_s: int) -> dict:
+    """Run one job in a fresh interpreter; its result JSON, or WorkerFailed with the tail of its log."""
+    name = f"{job['job']}-{job.get('name', 'data')}"
+    job_path, result_path, log_path = (workdir / f"{name}.{ext}" for ext in ("job.json", "result.json", "log"))
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "bench.worker", str(job_path), str(result_path)],
+                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise WorkerFailed(f"timed out after {timeout_s} s") from None
+    if proc.returncode != 0 or not result_path.exists():
+        tail = log_path.read_text().strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        raise WorkerFailed(tail[-1])
+    return json.loads(result_path.read_text())
+
+
+def _job(cfg: BenchConfig, device, job: str, **extra) -> dict:
+    return {"job": job, "model": cfg.model, "device": str(device), "dtype": cfg.dtype, "resolution": cfg.resolution,
+            "batch_size": cfg.batch_size, "steps": cfg.steps, "warmup": cfg.warmup, "pairs": cfg.pairs,
+            "gradient_checkpointing": cfg.gradient_checkpointing, "seed": cfg.seed,
+            "max_batch_limit": cfg.max_batch_limit, **extra}
+
+
+def _config_job(cfg: BenchConfig, device, job: str, name: str, data_path: Path, sdxl: bool) -> dict:
+    c = CONFIGURATIONS[name]
+    return _job(cfg, device, job, name=name, objective=c.objective, lora_rank=cfg.lora_rank if c.lora else 0,
+                in_step=c.in_step, data_path=str(data_path), sdxl=sdxl, count_flops=not c.lora and c.objective != "dpo")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Measure every configuration of ``cfg``; returns the result dict (also written to ``cfg.output``)."""
+    from pipeline.models import resolve_device
+
+    cfg = cfg.resolved()
+    # UserError for cuda without CUDA. This process never initialises CUDA itself (no context, no
+    # memory taken from the workers): the data worker reports the GPU's name.
+    device = resolve_device(cfg.device)
+    env = environment(device, cfg.dtype)
+    rows: dict = {}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mapo-bench-") as tmp:
+        workdir = Path(tmp)
+        data_path = workdir / "pairs.pt"
+        _say(f"bench: encoding {cfg.pairs} pairs at {cfg.resolution} px with {cfg.model}'s VAE and text encoders ...")
+        try:
+            data = run_worker(_job(cfg, device, "data", data_path=str(data_path)), workdir, cfg.worker_timeout_s)
+        except WorkerFailed as exc:
+            raise UserError(f"could not prepare the benchmark data with '{cfg.model}': {exc}") from None
+        env["device_name"] = data.get("device_name") or env["device_name"]
+        peak = cfg.peak_tflops or (peak_tflops(env["device_name"]) if device.type == "cuda" else None)
+        for i, name in enumerate(cfg.configurations, 1):
+            _say(f"bench: [{i}/{len(cfg.configurations)}] {name} ...")
+            row = {"label": CONFIGURATIONS[name].label}
+            try:
+                row.update(run_worker(_config_job(cfg, device, "time", name, data_path, data["sdxl"]), workdir,
+                                      cfg.worker_timeout_s))
+            except WorkerFailed as exc:
+                row["error"] = str(exc)
+                _say(f"bench: {name} failed: {exc}")
+            else:
+                _say(f"bench:   {row['median_ms']:.1f} ms/step, peak {row['peak_mem_mb']:.0f} MiB")
+            rows[name] = row
+        search = device.type == "cuda" and cfg.max_batch
+        for name in MAX_BATCH_CONFIGURATIONS:
+            if name not in rows or "error" in rows[name]:
+                continue
+            rows[name]["max_batch"] = None
+            if not search:
+                continue
+            _say(f"bench: largest batch that fits for {name} ...")
+            try:
+                found = run_worker(_config_job(cfg, device, "max_batch", name, data_path, data["sdxl"]), workdir,
+                                   cfg.worker_timeout_s)
+                rows[name].update(max_batch=found["max_batch"], max_batch_hit_limit=found["hit_limit"],
+                                  max_batch_tries=found["tries"])
+            except WorkerFailed as exc:
+                rows[name]["max_batch_error"] = str(exc)
+    for row in rows.values():
+        flops = row.get("flops")
+        if flops and row.get("median_ms"):
+            seconds = row["median_ms"] / 1000
+            row["achieved_tflops"] = flops["model"] / seconds / 1e12
+            row["mfu"] = mfu(flops["model"], seconds, peak)
+    result = {
+        "format": "mapo-bench/1",
+        "settings": {**{k: v for k, v in asdict(cfg).items() if k not in ("output", "worker_timeout_s")},
+                     "device": str(device), "max_batch_searched": device.type == "cuda" and cfg.max_batch,
+                     "peak_tflops": peak, "data": DATA_NOTE},
+        "environment": env,
+        "configurations": rows,
+        "ratios": add_ratios(rows),
+        "seconds": time.perf_counter() - t_start,
+    }
+    if cfg.output:
+        out = Path(cfg.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(f".{out.name}.tmp")
+        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp_out, out)
+    return result
+
+
+def format_table(result: dict) -> str:
+    return table(result)

@@ -45,8 +45,12 @@ def current_process() -> ProcessInfo:
 
 
 def accelerator_device(default: str = "auto") -> str:
-    """The device this process should use: its own GPU under accelerate, else ``default``."""
-    if default != "auto" or not _launched_multi_process():
+    """The device this process should use: its own GPU under accelerate, else ``default``.
+
+    Under several processes, "auto" and a bare "cuda" both mean this process's own GPU (a bare
+    "cuda" would otherwise put every rank on cuda:0); an explicit "cuda:N" or "cpu" is kept.
+    """
+    if default not in ("auto", "cuda") or not _launched_multi_process():
         return default
     return str(_state().device)
 

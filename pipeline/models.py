@@ -148,6 +148,11 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
         pipe = StableDiffusionXLPipeline(**comps)
     else:
         source = resolve_model_source(model)
+        index = _call_loader("Model", model, DiffusionPipeline.load_config, source)
+        if index.get("safety_checker", [None])[0] is not None:
+            # SD1.5-style folders ship a safety checker that silently blacks out flagged images:
+            # the safety recipe would lose its unsafe images, and labeling is our classifiers' job.
+            overrides.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe = _call_loader("Model", model, DiffusionPipeline.from_pretrained, source, torch_dtype=dt, **overrides)
     for name in ("tokenizer", "tokenizer_2"):
         tok = getattr(pipe, name, None)

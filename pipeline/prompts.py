@@ -112,8 +112,10 @@ def load_prompts(
         raise UserError(f"Prompt file '{source}' does not exist.")
     else:
         raw = _read_dataset(source, split, column)
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1.")
     prompts: list[Prompt] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     empty = dupes = 0
     for value in raw:
         text = value.strip() if isinstance(value, str) else ""
@@ -121,11 +123,16 @@ def load_prompts(
             empty += 1
             continue
         pid = text_id(text)
-        if pid in seen and not keep_duplicates:
-            dupes += 1
-            continue
-        seen.add(pid)
-        prompts.append(Prompt(pid, text))
+        if pid in seen:
+            if not keep_duplicates:
+                dupes += 1
+                continue
+            # A kept repeat gets its own id (hence its own seeds and pair id): not a copy of the first.
+            seen[pid] += 1
+            prompts.append(Prompt(f"{pid}-{seen[pid]}", text))
+        else:
+            seen[pid] = 0
+            prompts.append(Prompt(pid, text))
         if limit is not None and len(prompts) >= limit:
             break
     if not prompts:

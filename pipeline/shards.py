@@ -13,9 +13,11 @@ last. A killed run therefore leaves no truncated shard, and a rerun redoes only 
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -214,3 +216,41 @@ def _add_counts(total: dict, stats: dict) -> None:
             total[key] = total.get(key, 0) + value
         elif isinstance(value, dict):
             _add_counts(total.setdefault(key, {}), value)
+
+
+_SPLIT_NAME = re.compile(r"^(?P<split>[A-Za-z_]+)-\d+-of-\d+\.parquet$")
+
+
+def input_shard_files(spec: str | Path, split: str = SPLIT) -> list[Path]:
+    """The Parquet files a stage reads: a folder (its data/*.parquet, else *.parquet), a file, or a glob.
+
+    A folder holding several splits named the Hugging Face way (``data/train-00000-of-00004.parquet``,
+    ``data/test-...``, as a Pick-a-Pic snapshot does) yields only ``split``'s files, so validation
+    and test pairs never leak into training data. A glob is taken as given.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path)) if p.endswith(".parquet"))
+    elif path.is_dir():
+        files = sorted((path / DATA_DIR).glob("*.parquet")) or sorted(path.glob("*.parquet"))
+        splits = {m.group("split") for f in files if (m := _SPLIT_NAME.match(f.name))}
+        if len(splits) > 1:
+            if split not in splits:
+                raise UserError(f"{spec} holds splits {', '.join(sorted(splits))} but no '{split}'; pass a glob of the files to use.")
+            files = [f for f in files if f.name.startswith(f"{split}-")]
+    elif path.exists():
+        files = [path]
+    else:
+        raise UserError(f"Input '{spec}' does not exist.")
+    if not files:
+        raise UserError(f"No Parquet files in '{spec}' (looked for data/*.parquet and *.parquet).")
+    return files
+
+
+def check_output_apart(output: str | Path, inputs: list[Path]) -> None:
+    """Refuse an output folder that holds an input file (its --overwrite would delete the input)."""
+    out = Path(output).expanduser().resolve()
+    for f in inputs:
+        if out in Path(f).expanduser().resolve().parents:
+            raise UserError(f"--output {output} holds the input file {f}; choose a separate folder.")

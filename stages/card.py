@@ -52,6 +52,18 @@ def render_card(target: str, values: dict) -> str:
     return string.Template(template).substitute(values)
 
 
+_SAFETY_BY_CLASSIFIER = """Unlike the paper's Pick-Safety (labels from the recipe alone), a safety
+classifier scored both images (`score_0`, `score_1`: unsafety, higher = less safe) and decided:
+the safer image is chosen when exactly one image is unsafe and the scores differ by at least the
+minimum gap. Pairs where both images are safe, both are unsafe, or the scores are too close are
+dropped into `rejects/` with their reason. Where the classifier chose against the recipe (the
+image made with the unsafe prefix judged safer), the classifier's label is kept and the row has
+`disagrees = true`."""
+_SAFETY_BY_RECIPE = """As in the paper's Pick-Safety, labels come from the recipe alone: the image
+generated without the unsafe prefix is chosen. No classifier checked the images, so some chosen
+images may be unsafe and some rejected ones safe."""
+
+
 def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int) -> Path:
     """Fill the target's template with the run's configs and counts into ``root/README.md``."""
     root = Path(root)
@@ -69,6 +81,7 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int) 
     c0, c1 = int(totals.get("chosen_0", 0)), int(totals.get("chosen_1", 0))
     balance = f"image 0 chosen in {c0} pairs, image 1 in {c1}"
     values = {
+        "labeling_method": _SAFETY_BY_RECIPE if labeler.name == "construction" else _SAFETY_BY_CLASSIFIER,
         "data_files": "    path: data/train-*.parquet",
         "license": cfg.license, "size_category": size_category(kept), "dataset_info": _yaml({"dataset_info": info}),
         "input_kind": source.kind, "input_files": num_shards,

@@ -128,7 +128,8 @@ def render_text(s: Summary) -> str:
     if s.label_balance:
         out += ["", "label balance", _table([(k, v, f"{100 * v / max(s.rows, 1):.1f}%") for k, v in s.label_balance.items()],
                                              ("", "pairs", "share"))]
-        out += [f"  classifier disagreed with the recipe: {s.disagreements}"]
+        if not all(name.startswith("construction") for name in s.labelers):  # only a classifier can disagree
+            out += [f"  classifier disagreed with the recipe: {s.disagreements}"]
     if s.drop_reasons:
         out += ["", "drop reasons", _table([(k, v, f"{100 * v / max(total, 1):.1f}%") for k, v in s.drop_reasons.items()],
                                             ("reason", "pairs", "of input"))]

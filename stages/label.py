@@ -21,7 +21,7 @@ from pipeline.distributed import accelerator_device, current_process, wait_for_e
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image
 from pipeline.progress import progress_bar
-from pipeline.shards import ShardedOutput, read_manifest
+from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest
 
 from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
 
@@ -95,14 +95,9 @@ def open_input(path: str) -> LabelInput:
         if manifest.get("status") != "complete":
             done, n = len(manifest.get("completed_shards", [])), manifest.get("num_shards")
             raise UserError(f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first.")
-    if root.is_dir():
-        files = sorted(root.glob("data/*.parquet")) or sorted(root.glob("*.parquet"))
-    elif root.suffix == ".parquet":
-        files = [root]
-    else:
+    if not root.is_dir() and root.suffix != ".parquet":
         raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file.")
-    if not files:
-        raise UserError(f"{path} holds no Parquet files (looked for data/*.parquet and *.parquet).")
+    files = input_shard_files(root)
     for f in files:
         try:
             schema = pq.read_schema(f)
@@ -117,6 +112,20 @@ def open_input(path: str) -> LabelInput:
                 f"(needs caption, jpg_0, jpg_1 as encoded image bytes; found {', '.join(schema.names[:12])})."
             )
     return LabelInput("generate" if manifest is not None else "pickapic", files, manifest)
+
+
+# Generation recipes each target can label: style pairs by their style prompt; safety judges
+# safety pairs, or two-seed pairs, by a classifier.
+_RECIPES_FOR_TARGET = {"style": ("style",), "safety": ("safety", "seeds")}
+
+
+def _check_recipe_fits_target(source: LabelInput, target: str) -> None:
+    recipe = (source.manifest or {}).get("identity", {}).get("recipe")
+    if recipe is not None and recipe not in _RECIPES_FOR_TARGET.get(target, (recipe,)):
+        raise UserError(
+            f"--target {target} cannot label pairs made with --recipe {recipe} "
+            f"(it labels {' or '.join(_RECIPES_FOR_TARGET[target])} pairs); generate pairs with a matching recipe."
+        )
 
 
 def _is_binary(t) -> bool:
@@ -276,6 +285,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     t_start = time.perf_counter()
     proc = current_process()
     source = open_input(cfg.input)
+    _check_recipe_fits_target(source, cfg.labeler.target)
+    check_output_apart(cfg.output, source.files)
     device = resolve_device(accelerator_device(cfg.device))
     labeler = build_labeler(cfg.labeler, device=str(device))
     identity = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
@@ -284,8 +295,6 @@ def run_label(cfg: LabelConfig) -> LabelResult:
               "labeler_resolved": labeler.describe(), "device": str(device)}
     n = len(source.files)
     out = ShardedOutput(cfg.output, STAGE, identity, n, config)
-    if Path(cfg.output).resolve() == Path(cfg.input).resolve():
-        raise UserError("--output must differ from --input.")
     mine, todo = out.start(proc, overwrite=cfg.overwrite)
     totals = {"pairs_in": 0, "kept": 0, "rejected": 0, "disagreements": 0}
     loop_seconds = 0.0

@@ -11,7 +11,6 @@ shard that uses it. The storage format and its reader live in ``pipeline.latent_
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import math
@@ -30,7 +29,7 @@ from pipeline.models import DEFAULT_MODEL, dtype_name, load_pipeline, resolve_de
 from pipeline.progress import progress_bar
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
-from pipeline.shards import ShardedOutput, read_manifest
+from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 FLIPS = ("none", "both")
@@ -91,22 +90,6 @@ class PrecomputeResult:
 
 
 # -- input -----------------------------------------------------------------------------------
-def resolve_inputs(spec: str) -> list[Path]:
-    """A folder (its data/*.parquet, else *.parquet), a Parquet file, or a glob -> sorted files."""
-    path = Path(spec).expanduser()
-    if any(ch in spec for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path)) if p.endswith(".parquet"))
-    elif path.is_dir():
-        files = sorted((path / "data").glob("*.parquet")) or sorted(path.glob("*.parquet"))
-    elif path.exists():
-        files = [path]
-    else:
-        raise UserError(f"Input '{spec}' does not exist.")
-    if not files:
-        raise UserError(f"No Parquet files in '{spec}' (looked for data/*.parquet and *.parquet).")
-    return files
-
-
 def _check_columns(files: list[Path]) -> dict:
     """Column check up front (one clear line) and a fingerprint of the input's Parquet footers."""
     import pyarrow.parquet as pq
@@ -177,6 +160,9 @@ def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str) 
     return ident
 
 
+MAX_ASPECT = 8  # long side / short side above which an image is rejected, not prepared
+
+
 def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig):
     """Classify, decode and prepare a batch of input rows (runs in a worker thread)."""
     pairs, rejects, ties = [], [], 0
@@ -194,9 +180,14 @@ def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig):
             images = []
             for key in (f"jpg_{chosen}", f"jpg_{1 - chosen}"):
                 try:
-                    images.append(decode_image(row[key]))
+                    image = decode_image(row[key])
                 except ImageDecodeError as exc:
                     raise ImageDecodeError(f"{key}: {exc}") from None
+                w, h = image.size
+                if max(w, h) > MAX_ASPECT * min(w, h):
+                    # Resizing the short side to --resolution would make a huge strip (8x65536 -> 1024x8M).
+                    raise ImageDecodeError(f"{key}: extreme aspect ratio ({w}x{h})")
+                images.append(image)
         except ImageDecodeError as exc:
             rejects.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "reason": str(exc)})
             continue
@@ -381,7 +372,8 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
-    files = resolve_inputs(cfg.input)
+    files = input_shard_files(cfg.input)
+    check_output_apart(cfg.output, files)
     source = _check_columns(files)
     device = resolve_device(accelerator_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)

@@ -44,6 +44,10 @@ class RecipeConfig:
             raise UserError(f"Unknown recipe '{self.name}'; choose one of {', '.join(RECIPES)}.")
         if self.name == "style" and self.style_prefix is None and self.style not in STYLES:
             raise UserError(f"Unknown style '{self.style}'; choose one of {', '.join(STYLES)} or pass --style-prefix.")
+        # An empty prefix would make both images of a pair from the same prompt and seed: identical.
+        for flag, value in (("--style-prefix", self.style_prefix), ("--unsafe-prefix", self.unsafe_prefix)):
+            if value is not None and not value.strip():
+                raise UserError(f"{flag} must not be empty: both images of a pair would be the same.")
         return self
 
     @property

@@ -92,3 +92,25 @@ def test_sdxl_arch_has_sdxl_base_sizes():
     assert comps["unet"].config.cross_attention_dim == 2048
     assert count(comps["text_encoder_2"]) > 690_000_000 and comps["text_encoder_2"].config.projection_dim == 1280
     assert builtin_models.sdxl_arch_components(torch.float32, "meta", skip=("unet",))["unet"] is None
+
+
+def test_sd15_safety_checker_is_not_loaded(tmp_path):
+    """A folder that ships a safety checker (as SD1.5 does) loads without it: it would black out images."""
+    import json
+    import shutil
+
+    from diffusers import DiffusionPipeline
+
+    from pipeline.safety import build_tiny_safety_checker
+
+    folder = tmp_path / "sd15-with-checker"
+    shutil.copytree(resolve_model_source("tiny-sd15"), folder)
+    checker = build_tiny_safety_checker(tmp_path / "checker")
+    shutil.copytree(checker, folder / "safety_checker")
+    shutil.copytree(checker, folder / "feature_extractor")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert DiffusionPipeline.from_pretrained(folder).safety_checker is not None  # the folder really ships one
+    assert load_pipeline(str(folder)).safety_checker is None

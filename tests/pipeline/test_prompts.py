@@ -16,6 +16,8 @@ def test_txt_drops_empty_and_duplicates(tmp_path):
     assert ps.prompts[0].id == text_id("a cat") and len(ps.prompts[0].id) == 16
     kept = load_prompts(str(f), keep_duplicates=True)
     assert [p.text for p in kept.prompts] == ["a cat", "a dog", "a cat", "a bird"]
+    # A kept repeat has its own id, so it gets its own seeds instead of a bit-identical copy.
+    assert kept.prompts[2].id == text_id("a cat") + "-1" and len({p.id for p in kept.prompts}) == 4
     assert load_prompts(str(f), limit=2).fingerprint() != ps.fingerprint()
 
 
@@ -42,6 +44,7 @@ def test_jsonl_csv_parquet_columns(tmp_path):
         ("p.csv", "caption\nx\n", {"column": "nope"}, "Column 'nope' is not in"),
         ("p.yaml", "x", {}, "Unsupported prompt file"),
         ("bad.jsonl", "{not json\n", {}, "is not valid JSON"),
+        ("ok.txt", "a\n", {"limit": 0}, "--limit must be at least 1"),
     ],
 )
 def test_bad_sources(tmp_path, name, content, kwargs, message):

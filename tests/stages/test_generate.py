@@ -98,9 +98,12 @@ def test_recipes_and_models(tmp_path, model, recipe, extra):
 
 
 def test_bit_identical_across_runs_and_batch_sizes(tmp_path):
-    a, _ = _generate(tmp_path, "a", extra=["--batch-size", "1"])
-    b, _ = _generate(tmp_path, "b", extra=["--batch-size", "3"])
-    c, _ = _generate(tmp_path, "c", extra=["--batch-size", "3"])
+    # 7 prompts in one shard: batch size 3 runs batches of 3, 3 and a ragged 1.
+    prompts = [f"a small scene number {i}" for i in range(7)]
+    a, _ = _generate(tmp_path, "a", prompts, extra=["--batch-size", "1", "--shard-size", "7"])
+    b, _ = _generate(tmp_path, "b", prompts, extra=["--batch-size", "3", "--shard-size", "7"])
+    c, _ = _generate(tmp_path, "c", prompts, extra=["--batch-size", "3", "--shard-size", "7"])
+    assert len(list((b / "data").glob("*.parquet"))) == 1  # the later --shard-size 7 wins: one shard of 7
     ta, tb, tc = read_table(a), read_table(b), read_table(c)
     assert ta.equals(tb) and tb.equals(tc)
 
@@ -157,6 +160,7 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
         ("unknown model", ["--model", "no-such-org/no-such-model"], "was not found"),
         ("missing local model", ["--model", "{tmp}/no_model_here"], "was not found"),
         ("fp16 on cpu", ["--dtype", "fp16"], "fp16 is not supported on the CPU"),
+        ("empty prefix", ["--recipe", "safety", "--unsafe-prefix", " "], "--unsafe-prefix must not be empty"),
     ],
 )
 def test_bad_input_one_line_error_nothing_written(tmp_path, case, args, message):
@@ -177,10 +181,12 @@ def test_bad_input_one_line_error_nothing_written(tmp_path, case, args, message)
 
 def test_other_config_refused_then_overwrite(tmp_path):
     out, _ = _generate(tmp_path)
+    table_before = read_table(out)
     result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", tmp_path / "prompts.txt", "--output", out,
                            *FAST, "--shard-size", "2", "--seed", "7"])
-    assert result.exit_code == 2 and "differs in: seed" in result.output
-    table_before = read_table(out)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "differs in: seed" in lines[0], result.output
+    assert read_table(out).equals(table_before)  # refused: nothing touched
     result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", tmp_path / "prompts.txt", "--output", out,
                            *FAST, "--shard-size", "2", "--seed", "7", "--overwrite"])
     assert result.exit_code == 0, result.output

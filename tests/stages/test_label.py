@@ -210,10 +210,16 @@ def test_rerun_skips_and_other_config_refused(pairs, tmp_path):
     again = _label(pairs["style"], out, "--target", "style")
     assert "0 pairs in 0 shards (2 already done)" in again.output
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
-    other = _label(pairs["style"], out, "--target", "safety")
-    assert other.exit_code == 2 and "differs in:" in other.output and "target" in other.output
-    assert _label(pairs["style"], out, "--target", "safety", "--overwrite").exit_code == 0
-    assert "Pick-Safety" in (out / "README.md").read_text()
+    other = _label(pairs["style"], out, "--target", "style", "--batch-size", "5")
+    assert other.exit_code == 2 and "differs in:" in other.output and "batch_size" in other.output
+    safety = tmp_path / "safety"
+    assert _label(pairs["safety"], safety, "--target", "safety", "--labeler", "construction").exit_code == 0
+    assert "labels come from the recipe alone" in (safety / "README.md").read_text()
+    other = _label(pairs["safety"], safety, "--target", "safety")
+    assert other.exit_code == 2 and "differs in:" in other.output and "labeler" in other.output
+    assert _label(pairs["safety"], safety, "--target", "safety", "--overwrite").exit_code == 0
+    card = (safety / "README.md").read_text()
+    assert "Pick-Safety" in card and "classifier scored both images" in card
 
 
 def _error_line(result):
@@ -237,12 +243,13 @@ def test_bad_inputs_one_line_nothing_written(pairs, tmp_path):
         ([other, "--target", "style"], "neither a mapo-data generate output nor Pick-a-Pic Parquet: it lacks column(s) caption, jpg_0, jpg_1"),
         ([strings, "--target", "style"], "has non-binary jpg_0, jpg_1"),
         ([tmp_path / "nope", "--target", "style"], "does not exist"),
+        ([pairs["safety"], "--target", "style"], "--target style cannot label pairs made with --recipe safety"),
         ([tmp_path / "prompts.txt", "--target", "style"], "neither a folder of Parquet shards nor a .parquet file"),
         ([unfinished, "--target", "style"], "unfinished generate output (1 of 2 shards)"),
         ([labeled, "--target", "style"], "is a mapo-data label output, not pairs"),
         ([pairs["style"], "--target", "aesthetics"], "unknown target 'aesthetics'"),
-        ([pairs["style"], "--target", "safety", "--labeler", "laion"], "unknown labeler 'laion' for --target safety"),
-        ([pairs["style"], "--target", "safety", "--classifier-source", tmp_path / "no.onnx"], "NudeNet ONNX model not found"),
+        ([pairs["safety"], "--target", "safety", "--labeler", "laion"], "unknown labeler 'laion' for --target safety"),
+        ([pairs["safety"], "--target", "safety", "--classifier-source", tmp_path / "no.onnx"], "NudeNet ONNX model not found"),
     ]
     (tmp_path / "prompts.txt").write_text("x\n")
     for i, (args, message) in enumerate(cases):
@@ -277,7 +284,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 
 
 def test_two_processes_under_accelerate_equal_one(pairs, tmp_path):
-    args = ["label", "--input", pairs["safety"], "--target", "style"]
+    args = ["label", "--input", pairs["style"], "--target", "style"]
     single = tmp_path / "single"
     assert run_console("mapo-data", [*args, "--output", single]).returncode == 0
     multi = tmp_path / "multi"

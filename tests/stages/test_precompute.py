@@ -309,3 +309,42 @@ def test_override_vae_recorded_and_checked(tmp_path):
         check_model(ds, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2])
     pipe = load_pipeline("tiny-sdxl", vae=str(other_vae), skip=("unet",))
     check_model(ds, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2])
+
+
+def test_overlapping_output_and_extreme_aspect(tmp_path):
+    """--output holding the input is refused (its --overwrite would delete the input); a 8x512 strip is a reject."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (120, 30, 200)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    pick = tmp_path / "pick"
+    (pick / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"caption": ["ok", "strip"], "jpg_0": [png(64, 64), png(8, 512)], "jpg_1": [png(64, 64), png(64, 64)],
+                             "label_0": [1, 1], "label_1": [0, 0]}), pick / "data" / "train-00000-of-00001.parquet")
+    result = run_cli(app, ["precompute", "--input", pick, "--output", pick, "--model", "tiny-sdxl", *RES, "--overwrite"])
+    assert result.exit_code == 2 and "holds the input file" in result.output
+    assert (pick / "data" / "train-00000-of-00001.parquet").exists()
+    out = tmp_path / "lat"
+    result = run_cli(app, ["precompute", "--input", pick, "--output", out, "--model", "tiny-sdxl", *RES])
+    assert result.exit_code == 0, result.output
+    rejects = read_table(out, "rejects").to_pylist()
+    assert [r["reason"] for r in rejects] == ["jpg_0: extreme aspect ratio (8x512)"]
+
+
+def test_only_the_train_split_of_a_multi_split_folder(tmp_path):
+    """A Pick-a-Pic snapshot folder holds train/validation/test shards: only train is read."""
+    from pipeline.shards import input_shard_files
+
+    (tmp_path / "data").mkdir()
+    for name in ("train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001", "test-00000-of-00001"):
+        (tmp_path / "data" / f"{name}.parquet").write_bytes(b"")
+    assert [f.name for f in input_shard_files(tmp_path)] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert [f.name for f in input_shard_files(tmp_path, split="test")] == ["test-00000-of-00001.parquet"]
+    assert len(input_shard_files(str(tmp_path / "data" / "*.parquet"))) == 4  # a glob is taken as given

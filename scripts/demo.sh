@@ -33,7 +33,8 @@ echo "== 4. train with MaPO (full UNet fine-tune)"
 run mapo-train --data "$OUT/latents" --model tiny-sdxl --output-dir "$OUT/run" --objective mapo \
     --max-steps 300 --batch-size 4 --learning-rate 1e-3 --checkpointing-steps 100 --validation-steps 100 \
     --validation-prompts "a cat sitting on a windowsill in the afternoon sun" \
-    --validation-prompts "a lighthouse on a rocky coast at dusk" --validation-inference-steps 4 --overwrite
+    --validation-prompts "a lighthouse on a rocky coast at dusk" --validation-inference-steps 4 \
+    --validation-metrics style,clip --validation-style cartoon --validation-tiny-scorers --overwrite
 
 echo "== 5. evaluate the trained model against its base (tiny random scorers)"
 run mapo-eval --candidate "$OUT/run" --prompts "$PROMPTS" --output "$OUT/eval" \

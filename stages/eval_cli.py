@@ -16,7 +16,7 @@ def _style_texts(style: Optional[str], style_text: Optional[str], opposite_text:
     """--style names a built-in style with label's zero-shot texts; --style-text / --opposite-text override."""
     from pipeline.errors import UserError
 
-    from .labelers import STYLE_TEXTS
+    from pipeline.clip_embed import STYLE_TEXTS
 
     default = (None, "a realistic photo")
     if style is not None:

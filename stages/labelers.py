@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from pipeline.clip_embed import STYLE_TEXTS
 from pipeline.errors import UserError
 
 TARGETS = ("style", "safety")
@@ -31,11 +32,6 @@ BOTH_UNSAFE = "both unsafe"
 TOO_CLOSE = "scores too close"
 CORRUPT_IMAGE = "corrupt image"  # decided by the stage before a labeler sees the pair
 
-# Zero-shot texts per built-in style (recipes.STYLES): the style and its opposite.
-STYLE_TEXTS = {
-    "cartoon": ("a Disney style animated image", "a realistic photo"),
-    "pixel": ("a pixel art style image", "a realistic photo"),
-}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_LIST_OPTIONS = {"lora_target_modules", "validation_seeds"}  # comma-separated on the command line
+_LIST_OPTIONS = {"lora_target_modules", "validation_seeds", "validation_metrics"}  # comma-separated on the command line
 
 
 @app.command()
@@ -55,6 +55,10 @@ def main(
     validation_inference_steps: int = typer.Option(25, help="Denoising steps for validation images."),
     validation_guidance_scale: float = typer.Option(5.0, help="Guidance scale for validation images."),
     validation_resolution: Optional[int] = typer.Option(None, help="Validation image side (default: the data's resolution)."),
+    validation_metrics: str = typer.Option("", help="Comma-separated scores of the validation images, logged as val/<metric>: aesthetic, hps, pickscore, clip, style, safety (default: none)."),
+    validation_tiny_scorers: bool = typer.Option(False, help="Score with tiny random scorer weights built offline (tests, demo)."),
+    validation_style: Optional[str] = typer.Option(None, help="cartoon or pixel: the style the 'style' metric checks."),
+    validation_style_text: Optional[str] = typer.Option(None, help="Text of the style for the 'style' metric (instead of --validation-style)."),
     report_to: str = typer.Option("auto", help="auto (tensorboard when installed), tensorboard, wandb, all, none."),
     logging_steps: int = typer.Option(1, help="Log metrics every N steps."),
     debug_weight_checksums: bool = typer.Option(False, hidden=True, help="Write a per-rank weight checksum per step."),

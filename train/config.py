@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.clip_embed import STYLE_TEXTS
 from pipeline.errors import UserError
 from pipeline.models import DEFAULT_MODEL
 
@@ -65,6 +66,10 @@ class TrainConfig:
     validation_inference_steps: int = 25
     validation_guidance_scale: float = 5.0
     validation_resolution: int | None = None  # None: the data's resolution
+    validation_metrics: list[str] = field(default_factory=list)  # pipeline.scorers metrics; empty = none
+    validation_tiny_scorers: bool = False  # tiny random scorer weights built offline (tests, demo)
+    validation_style: str | None = None  # cartoon | pixel: the style metric's texts
+    validation_style_text: str | None = None  # or the style's text itself (wins over validation_style)
     report_to: str = "auto"  # auto = tensorboard when installed
     logging_steps: int = 1
     debug_weight_checksums: bool = False  # per-rank weight checksum per step (multi-process tests)
@@ -105,7 +110,33 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
         if self.is_lora and not self.lora_target_modules:
             raise UserError("--lora-target-modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0).")
+        self._validate_metrics()
         return self
+
+    def _validate_metrics(self) -> None:
+        """--validation-metrics: names, style and prompts checked before any model is loaded."""
+        if not self.validation_metrics:
+            return
+        from pipeline.scorers import check_metrics
+
+        self.validation_metrics = check_metrics(self.validation_metrics)
+        if self.validation_style is not None and self.validation_style not in STYLE_TEXTS:
+            raise UserError(f"Unknown --validation-style '{self.validation_style}'; choose one of "
+                            f"{', '.join(STYLE_TEXTS)} or pass --validation-style-text.")
+        if "style" in self.validation_metrics and not (self.validation_style or self.validation_style_text):
+            raise UserError("--validation-metrics style needs --validation-style cartoon|pixel or --validation-style-text.")
+        if not self.validation_prompts:
+            raise UserError("--validation-metrics scores the validation images: pass --validation-prompts too.")
+
+    def scorer_options(self):
+        """pipeline.scorers.ScorerOptions for --validation-metrics (tiny random weights with --validation-tiny-scorers)."""
+        from pipeline.scorers import ScorerOptions, tiny_scorer_options
+
+        style, opposite = STYLE_TEXTS.get(self.validation_style or "", (None, "a realistic photo"))
+        style = self.validation_style_text or style
+        if self.validation_tiny_scorers:
+            return tiny_scorer_options(style_text=style, opposite_text=opposite)
+        return ScorerOptions(style_text=style, opposite_text=opposite)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -115,7 +146,7 @@ class TrainConfig:
 
 
 FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
-_LIST_FIELDS = {"lora_target_modules", "validation_prompts", "validation_seeds"}
+_LIST_FIELDS = {"lora_target_modules", "validation_prompts", "validation_seeds", "validation_metrics"}
 
 
 def _normalise_key(key: str) -> str:

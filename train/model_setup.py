@@ -69,8 +69,16 @@ def add_lora(unet, cfg: TrainConfig) -> None:
         init_lora_weights="gaussian",
         target_modules=list(cfg.lora_target_modules),
     )
+    import torch
+
+    from pipeline.seeds import derive_seed
+
     try:
-        unet.add_adapter(lora)
+        # lora_A's random init from --seed, not from whatever the global RNG holds: two runs with
+        # the same settings (e.g. an uninterrupted one and a resumed one) start from the same adapter.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "lora-init", 0))
+            unet.add_adapter(lora)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         raise UserError(f"--lora-target-modules: {str(exc).splitlines()[0]}") from None
 
@@ -79,7 +87,9 @@ def setup_models(cfg: TrainConfig, weight_dtype, device) -> TrainModels:
     """Load the base UNet and make it trainable as ``cfg`` says.
 
     - full fine-tune: all UNet weights train in fp32 (autocast handles mixed precision);
-      DPO gets a frozen copy in ``weight_dtype`` as its reference.
+      DPO gets a frozen fp32 copy as its reference, run under the same autocast as the policy:
+      a half-precision copy would compute other numbers than the policy (fp32 weights under
+      autocast), so at step 0 reference != policy and the DPO loss would not start at ln 2.
     - LoRA: base weights frozen in ``weight_dtype``, adapter in fp32; DPO's reference is the
       same UNet with the adapter disabled, so no second UNet is ever built.
     """
@@ -88,7 +98,10 @@ def setup_models(cfg: TrainConfig, weight_dtype, device) -> TrainModels:
     unet, scheduler = load_base_unet_and_scheduler(cfg.model)
     reference = None
     if cfg.objective == "dpo" and not cfg.is_lora:
-        reference = _to(copy.deepcopy(unet).requires_grad_(False).eval(), device, weight_dtype)
+        # The policy's dtype (fp32) and mode: diffusers' ResnetBlock2D takes another memory layout in
+        # train() than in eval() (a .contiguous() call), which changes bf16 conv results. SD UNets have
+        # no dropout, so train mode changes nothing else.
+        reference = copy.deepcopy(unet).requires_grad_(False).train().to(device)
     if cfg.is_lora:
         _to(unet, device, weight_dtype)
         add_lora(unet, cfg)

@@ -31,7 +31,10 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 DEBUG_DIR = "debug"
 # What a fresh (non-resumed) run may replace with --overwrite: only files this trainer writes.
 _OWNED = ("checkpoints", "unet", LORA_FILE, METRICS_FILE, CONFIG_FILE, "README.md", VALIDATION_DIR, "logs", DEBUG_DIR)
-_MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "batch_size", "gradient_accumulation_steps", "seed")
+_MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha", "lora_target_modules", "batch_size",
+                         "gradient_accumulation_steps", "seed", "data_fingerprint")
+# A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
+_FINISHED = ("unet", LORA_FILE, "README.md")
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Trainer:
             require("bitsandbytes", "--use-8bit-adam")
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         self._check_output_dir(resume)
+        self.scorers = None
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.mixed_precision,
             log_with=self._trackers() or None,
@@ -94,11 +98,16 @@ class Trainer:
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
         self.state = TrainState()
         acc.register_for_checkpointing(self.lr_scheduler, self.data.sampler, self.state)
+        if cfg.is_lora:
+            self._register_adapter_only_checkpoints()
         if resume is not None:
             self._check_resume_config()
             acc.load_state(str(resume))
             if self.state.global_step != checkpoint_step(resume):
                 raise UserError(f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one.")
+            if acc.is_main_process:
+                _truncate_metrics(self.out / METRICS_FILE, self.state.global_step)
+            acc.wait_for_everyone()
             acc.print(f"resumed from {resume} at step {self.state.global_step}")
         elif cfg.resume_from_checkpoint == "latest":
             acc.print(f"no checkpoint in {self.out / 'checkpoints'}: starting from scratch")
@@ -106,8 +115,11 @@ class Trainer:
         self.validator = None
         if cfg.validation_prompts:
             resolution = cfg.validation_resolution or int(self.data.dataset.info["resolution"])
+            self.scorers = self._load_scorers()
             self.validator = Validator(self.base_pipe, cfg.validation_prompts, cfg.validation_seeds, resolution,
-                                       cfg.validation_inference_steps, cfg.validation_guidance_scale, self.out)
+                                       cfg.validation_inference_steps, cfg.validation_guidance_scale, self.out,
+                                       scorers=self.scorers, metrics_file=self.out / METRICS_FILE,
+                                       base_unet=self._base_unet)
         else:
             self.base_pipe = None  # not needed: free the text encoders and VAE
         if acc.is_main_process:
@@ -115,6 +127,79 @@ class Trainer:
             self._write_config()
         acc.init_trackers("mapo-train", config=_flat_config(self.resolved_config()))
         self._install_signal_handlers()
+
+    def _register_adapter_only_checkpoints(self) -> None:
+        """LoRA checkpoints hold the adapter's weights only: the frozen base UNet is never saved again.
+
+        On load the adapter's weights go in with ``strict=False`` (the base comes from --model,
+        which must match on resume); a checkpoint lacking any adapter weight is refused.
+        """
+        acc, unet = self.accelerator, self.unet
+        trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
+
+        def save_hook(models, weights, _output_dir):
+            for i, model in enumerate(models):
+                if model is unet and i < len(weights):
+                    weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
+
+        def load_hook(models, input_dir):
+            from safetensors.torch import load_file
+
+            if unet not in models:
+                return
+            models.remove(unet)
+            path = Path(input_dir) / "model.safetensors"
+            if not path.exists():
+                raise UserError(f"Checkpoint {input_dir} has no model.safetensors; pick another one.")
+            result = unet.load_state_dict(load_file(str(path)), strict=False)
+            missing = trainable & set(result.missing_keys)
+            if missing or result.unexpected_keys:
+                raise UserError(f"Checkpoint {input_dir} does not hold this LoRA adapter "
+                                f"({len(missing)} adapter weights missing, {len(result.unexpected_keys)} unknown); "
+                                "resume with the run's original LoRA settings.")
+
+        acc.register_save_state_pre_hook(save_hook)
+        acc.register_load_state_pre_hook(load_hook)
+
+    def _load_scorers(self) -> dict | None:
+        """--validation-metrics: the scorers, loaded once on the main process; a failure stops every rank."""
+        import torch
+
+        cfg, acc = self.cfg, self.accelerator
+        if not cfg.validation_metrics:
+            return None
+        scorers, error = None, None
+        if acc.is_main_process:
+            from pipeline.scorers import load_scorers
+
+            try:
+                scorers = load_scorers(cfg.validation_metrics, cfg.scorer_options(), device=acc.device)
+            except UserError as exc:
+                error = exc
+        failed = torch.tensor([1.0 if error else 0.0], device=acc.device)
+        if acc.num_processes > 1:
+            failed = acc.reduce(failed, reduction="sum")
+        if error is not None:
+            raise UserError(f"--validation-metrics: {error}") from None
+        if failed.item() > 0:
+            raise UserError("--validation-metrics: the scorers could not be loaded (see the main process).")
+        return scorers
+
+    @contextlib.contextmanager
+    def _base_unet(self, unet):
+        """The untrained UNet for a resumed run's before/after grid: LoRA off, or the base weights reloaded."""
+        from .model_setup import load_base_unet_and_scheduler
+        from .step import adapters_disabled
+
+        if self.cfg.is_lora:
+            with adapters_disabled(unet) as base:
+                yield base
+            return
+        base = load_base_unet_and_scheduler(self.cfg.model)[0].requires_grad_(False)
+        try:
+            yield base
+        finally:
+            del base
 
     def _trackers(self) -> list[str]:
         choice = self.cfg.report_to
@@ -136,14 +221,20 @@ class Trainer:
         return ["tensorboard"]
 
     def _check_output_dir(self, resume) -> None:
-        if resume is not None or self.cfg.resume_from_checkpoint == "latest":
+        if resume is not None:
             return
         present = [name for name in _OWNED if (self.out / name).exists()]
         if not present:
             return
         if not self.cfg.overwrite:
-            raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}); pass "
-                            "--resume-from-checkpoint latest to continue it, or --overwrite to start over.")
+            if self.cfg.resume_from_checkpoint != "latest":
+                raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}); pass "
+                                "--resume-from-checkpoint latest to continue it, or --overwrite to start over.")
+            # "latest" but no checkpoint: the leftovers of a run stopped before its first checkpoint
+            # are redone from scratch below; a finished run is never trained over without --overwrite.
+            if any(name in _FINISHED for name in present):
+                raise UserError(f"'{self.out}' holds a finished training run ({', '.join(present)}) and no checkpoint "
+                                "to resume; pass --overwrite to start over, or use a new --output-dir.")
         if _is_main_env():
             for name in present:
                 path = self.out / name
@@ -162,7 +253,7 @@ class Trainer:
             return
         saved = json.loads(path.read_text())
         mine = self.resolved_config()
-        differ = [k for k in _MUST_MATCH_ON_RESUME if k in saved and saved[k] != mine[k]]
+        differ = [k for k in _MUST_MATCH_ON_RESUME if k in saved and _comparable(saved[k]) != _comparable(mine[k])]
         if saved.get("world_size") not in (None, mine["world_size"]):
             differ.append("world_size (number of processes)")
         if differ:
@@ -180,6 +271,8 @@ class Trainer:
             "total_steps": self.total_steps,
             "pairs_per_step": self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes,
             "data_info": self._data_info(),
+            # What the latents are (precompute's identity fingerprint); the path may move, this may not.
+            "data_fingerprint": self.data.dataset.manifest.get("fingerprint") or str(Path(self.cfg.data).resolve()),
             "latents": {k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")},
         }
 
@@ -213,7 +306,7 @@ class Trainer:
         lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and cfg.objective == "dpo") else None
         stream = batch_stream(self.data, acc.device)
         if self.validator is not None and state.global_step == 0:
-            self.validator.run(acc.unwrap_model(self.unet), 0, acc.device, acc.autocast, acc.trackers)
+            self._validate(0)
         bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
         bar.update(state.global_step)
         last_metrics: dict = {}
@@ -395,8 +488,35 @@ def save_lora(unet, output_dir: Path, family: str) -> Path:
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    cls.save_lora_weights(str(output_dir), unet_lora_layers=layers, safe_serialization=True)
+    # The adapter's config (lora_alpha above all) goes into the file's metadata: without it
+    # load_lora_weights assumes alpha = rank and applies an alpha != rank adapter at the wrong scale.
+    cls.save_lora_weights(str(output_dir), unet_lora_layers=layers, safe_serialization=True,
+                          unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
     return Path(output_dir) / LORA_FILE
+
+
+def _comparable(value):
+    return sorted(value) if isinstance(value, list) else value  # module lists: the order does not matter
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a line cut short by a kill: dropped
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics.jsonl rows after ``step`` (a resume from an older checkpoint redoes them)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if _row_step(line) <= step]
+    if len(keep) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def _peak_memory_gb(device) -> float:

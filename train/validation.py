@@ -1,10 +1,14 @@
 """Validation images: fixed prompts and seeds through the base pipeline with the training UNet swapped in.
 
 The VAE and text encoders live on the CPU between validations and move to the training device
-only while images are made, so they take no accelerator memory during training steps.
+only while images are made, so they take no accelerator memory during training steps. With
+scorers (``--validation-metrics``) every validation's images are also scored through
+:func:`pipeline.scorers.score_images` and logged as ``val/<metric>``.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 from pipeline.images import image_grid
@@ -14,11 +18,17 @@ VALIDATION_DIR = "validation"
 
 class Validator:
     def __init__(self, pipe, prompts: list[str], seeds: list[int], resolution: int, num_inference_steps: int,
-                 guidance_scale: float, output_dir: str | Path):
+                 guidance_scale: float, output_dir: str | Path, scorers: dict | None = None,
+                 metrics_file: str | Path | None = None, base_unet=None):
         self.pipe = pipe  # base pipeline without a UNet (text encoders + VAE on the CPU)
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.resolution, self.steps, self.guidance = resolution, num_inference_steps, guidance_scale
         self.dir = Path(output_dir) / VALIDATION_DIR
+        self.scorers = scorers or {}  # name -> pipeline.scorers.Scorer, loaded once by the trainer
+        self.metrics_file = Path(metrics_file) if metrics_file is not None else None
+        # base_unet(trained_unet): a context manager giving the untrained UNet. Used for the
+        # "before" half of before_after.png when this process did not see step 0 (a resumed run).
+        self.base_unet = base_unet
         self.before: list[list] | None = None
 
     def images(self, unet, device, autocast) -> list[list]:
@@ -49,19 +59,38 @@ class Validator:
 
     def run(self, unet, step: int, device, autocast, trackers=()) -> Path:
         rows = self.images(unet, device, autocast)
-        if self.before is None:
+        if step == 0:  # the untrained model's images: the left half of before_after.png
             self.before = rows
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step-{step:06d}.png"
         grid = image_grid(rows)
         grid.save(path)
         log_image(trackers, "validation", grid, step)
+        if self.scorers:
+            self.score(rows, step, trackers)
         return path
+
+    def score(self, rows: list[list], step: int, trackers=()) -> dict:
+        """Mean scores of one validation's images as ``val/<metric>``: trackers and metrics.jsonl."""
+        from pipeline.scorers import score_images
+
+        images = [im for row in rows for im in row]
+        prompts = [p for p, row in zip(self.prompts, rows) for _ in row]
+        values = {f"val/{k}": v for k, v in score_images(self.scorers, images, prompts).items()}
+        for tracker in trackers:
+            tracker.log(values, step=step)
+        if self.metrics_file is not None:
+            with open(self.metrics_file, "a") as fh:
+                fh.write(json.dumps({"step": step, **values}) + "\n")
+        return values
 
     def before_after(self, unet, step: int, device, autocast, trackers=()) -> Path:
         """Each prompt's row: the base model's images, then the trained model's (same seeds)."""
         after = self.images(unet, device, autocast)
-        before = self.before or after
+        before = self.before
+        if before is None:  # resumed: step 0's images were made by another process; remake them
+            with (self.base_unet(unet) if self.base_unet else contextlib.nullcontext(None)) as base:
+                before = self.images(base, device, autocast) if base is not None else after
         grid = image_grid([b + a for b, a in zip(before, after)])
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / "before_after.png"

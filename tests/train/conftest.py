@@ -75,6 +75,13 @@ def latents_sd15(tmp_path_factory, pickapic):
     return precompute(pickapic, tmp_path_factory.mktemp("lat") / "sd15", "tiny-sd15")
 
 
+@pytest.fixture(scope="session")
+def latents_sdxl_other(tmp_path_factory):
+    """Other pairs, same model: latents that a run made on latents_sdxl must not resume with."""
+    src = write_pickapic(tmp_path_factory.mktemp("pickapic-other") / "train-00000-of-00001.parquet", pairs=6)
+    return precompute(src, tmp_path_factory.mktemp("lat") / "sdxl-other", "tiny-sdxl")
+
+
 @pytest.fixture(autouse=True)
 def _single_thread(one_torch_thread):
     """Every training test runs with one torch thread (see tests/conftest.py)."""

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from tests.helpers import BIN, run_accelerate, run_cli
@@ -14,7 +15,7 @@ from tests.train.conftest import train_args
 from train.cli import app
 
 RESUME_ARGS = ("--gradient-accumulation-steps", "2", "--lr-scheduler", "cosine", "--lr-warmup-steps", "2",
-               "--checkpointing-steps", "3", "--checkpoints-total-limit", "2", "--lora-rank", "0")
+               "--checkpointing-steps", "3", "--checkpoints-total-limit", "2")
 
 
 def _metrics(out):
@@ -28,12 +29,17 @@ def _metrics(out):
 def _weights(folder):
     from safetensors.torch import load_file
 
-    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    lora = folder / "pytorch_lora_weights.safetensors"
+    return load_file(str(lora if lora.exists() else folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeypatch):
+@pytest.mark.parametrize("lora", ["0", "2"])
+def test_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeypatch, lora):
+    from safetensors.torch import load_file
+
+    args = (*RESUME_ARGS, "--lora-rank", lora)
     straight = tmp_path / "straight"
-    assert run_cli(app, train_args(latents_sdxl, straight, "tiny-sdxl", 6, *RESUME_ARGS)).exit_code == 0
+    assert run_cli(app, train_args(latents_sdxl, straight, "tiny-sdxl", 6, *args)).exit_code == 0
 
     import train.trainer as trainer_mod
 
@@ -42,12 +48,17 @@ def test_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeypatch):
     monkeypatch.setattr(trainer_mod.Trainer, "_stop_requested",
                         lambda self: "SIGTERM" if self.state.global_step == 4 else real(self))
     resumed = tmp_path / "resumed"
-    result = run_cli(app, train_args(latents_sdxl, resumed, "tiny-sdxl", 6, *RESUME_ARGS))
+    result = run_cli(app, train_args(latents_sdxl, resumed, "tiny-sdxl", 6, *args))
     assert result.exit_code == 0 and "stopped by SIGTERM at step 4" in result.output, result.output
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-4"]
     assert not (resumed / "unet").exists()
+    saved = load_file(str(resumed / "checkpoints" / "checkpoint-4" / "model.safetensors"))
+    if lora != "0":  # the adapter only, not the frozen base UNet
+        assert saved and all("lora_" in k for k in saved)
+    else:
+        assert not any("lora_" in k for k in saved) and "conv_in.weight" in saved
     monkeypatch.setattr(trainer_mod.Trainer, "_stop_requested", real)
-    result = run_cli(app, train_args(latents_sdxl, resumed, "tiny-sdxl", 6, *RESUME_ARGS,
+    result = run_cli(app, train_args(latents_sdxl, resumed, "tiny-sdxl", 6, *args,
                                      "--resume-from-checkpoint", "latest"))
     assert result.exit_code == 0 and "2 steps (4 -> 6)" in result.output, result.output
 
@@ -114,3 +125,63 @@ def test_two_processes_split_data_and_keep_identical_weights(tmp_path, latents_s
     config = json.loads((out / "training_config.json").read_text())
     assert config["world_size"] == 2 and config["pairs_per_step"] == 4
     assert (out / "unet").exists()
+
+
+def _steps(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_from_an_older_checkpoint_rewrites_metrics(tmp_path, latents_sdxl):
+    out = tmp_path / "run"
+    args = ("--checkpointing-steps", "1", "--checkpoints-total-limit", "5", "--lora-rank", "2")
+    assert run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3, *args)).exit_code == 0
+    first = (out / "metrics.jsonl").read_text().splitlines()
+    assert _steps(out) == [1, 2, 3]
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3, *args, "--resume-from-checkpoint",
+                                     str(out / "checkpoints" / "checkpoint-1")))
+    assert result.exit_code == 0 and "2 steps (1 -> 3)" in result.output, result.output
+    assert _steps(out) == [1, 2, 3]  # steps 2 and 3 redone once, not logged twice
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] == first[0]
+    assert not list(out.glob(".metrics.jsonl*"))
+
+
+@pytest.mark.parametrize("extra,name", [
+    (("--lora-target-modules", "to_q,to_v"), "lora_target_modules"),
+    (("--lora-alpha", "8"), "lora_alpha"),
+    (("--data", "OTHER"), "data_fingerprint"),
+])
+def test_resume_refuses_other_lora_or_data_in_one_line(tmp_path, latents_sdxl, latents_sdxl_other, extra, name):
+    out = tmp_path / "run"
+    base = ("--checkpointing-steps", "1", "--lora-rank", "2")
+    assert run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, *base)).exit_code == 0
+    extra = tuple(str(latents_sdxl_other) if e == "OTHER" else e for e in extra)
+    result = run_cli(app, [*train_args(latents_sdxl, out, "tiny-sdxl", 3, *base, "--resume-from-checkpoint", "latest"),
+                           *extra])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert f"different {name}" in lines[0]
+    # the same settings in another order still resume
+    if name == "lora_target_modules":
+        result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3, *base, "--resume-from-checkpoint", "latest",
+                                         "--lora-target-modules", "to_out.0,to_v,to_q,to_k"))
+        assert result.exit_code == 0 and "2 steps (1 -> 3)" in result.output, result.output
+
+
+def test_latest_without_checkpoint_refuses_a_finished_run(tmp_path, latents_sdxl):
+    out = tmp_path / "run"
+    assert run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2")).exit_code == 0
+    assert not (out / "checkpoints").exists()
+    before = (out / "pytorch_lora_weights.safetensors").read_bytes()
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest"))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--overwrite" in lines[0], result.output
+    assert (out / "pytorch_lora_weights.safetensors").read_bytes() == before and _steps(out) == [1]
+    # Leftovers of a run stopped before its first checkpoint (no final outputs): started over.
+    (out / "pytorch_lora_weights.safetensors").unlink()
+    (out / "README.md").unlink()
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest"))
+    assert result.exit_code == 0 and "2 steps (0 -> 2)" in result.output, result.output
+    assert _steps(out) == [1, 2]
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2", "--resume-from-checkpoint",
+                                     "latest", "--overwrite"))
+    assert result.exit_code == 0 and "1 steps (0 -> 1)" in result.output and _steps(out) == [1], result.output

@@ -146,3 +146,17 @@ def test_gradient_matches_finite_differences(objective):
         param.add_(h * direction)
     assert analytic != 0
     assert (up - down) / (2 * h) == pytest.approx(analytic, rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-sd15"])
+def test_full_dpo_under_bf16_autocast_starts_at_ln2(model):
+    """The reference runs exactly the policy's computation at step 0 (same weights dtype, same autocast)."""
+    cfg = TrainConfig(data="x", model=model, objective="dpo", mixed_precision="bf16")
+    models = setup_models(cfg, torch.bfloat16, torch.device("cpu"))
+    obj = Objective("dpo", cfg.resolved_beta, models.num_train_timesteps, models.prediction_type)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compute_loss(models.unet, real_batch(model), models.noise_scheduler, obj, step_generator(0, 0, 0, 0),
+                           dtype=torch.bfloat16, reference=models.reference)
+    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert out.metrics["implicit_acc"] == 0 and out.metrics["reward_margin"] == 0
+    assert out.metrics["ref_e_w"] == out.metrics["e_w"]

@@ -25,6 +25,40 @@ def _base_pipe(model):
     return DiffusionPipeline.from_pretrained(resolve_model_source(model))
 
 
+def _probe(unet):
+    """The UNet's prediction on fixed inputs (fp32, no grad): equal outputs = equal effective weights."""
+    c = unet.config
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, c.in_channels, 8, 8, generator=g)
+    cond = {"encoder_hidden_states": torch.randn(2, 5, c.cross_attention_dim, generator=g)}
+    if c.addition_embed_type == "text_time":
+        pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+        cond["added_cond_kwargs"] = {"text_embeds": torch.randn(2, pooled, generator=g),
+                                     "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    was_training = unet.training
+    unet.eval()
+    with torch.no_grad():
+        out = unet(x, torch.tensor([500, 20]), **cond, return_dict=False)[0].float()
+    unet.train(was_training)
+    return out
+
+
+@pytest.fixture
+def trained_probe(monkeypatch):
+    """The trained UNet's :func:`_probe` output, taken by the trainer just before it saves."""
+    import train.trainer as trainer_mod
+
+    seen = {}
+    real = trainer_mod.Trainer.save_final
+
+    def save_final(self, final_metrics):
+        seen["probe"] = _probe(self.accelerator.unwrap_model(self.unet))
+        return real(self, final_metrics)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "save_final", save_final)
+    return seen
+
+
 def _generate(pipe):
     out = pipe("a striped test picture", num_inference_steps=2, height=64, width=64, output_type="np",
                generator=torch.Generator().manual_seed(0))
@@ -36,7 +70,7 @@ def _generate(pipe):
     ("tiny-sdxl", "mapo", 0), ("tiny-sdxl", "dpo", 4), ("tiny-sdxl", "sft", 0),
     ("tiny-sd15", "mapo", 4), ("tiny-sd15", "dpo", 0), ("tiny-sd15", "sft", 4),
 ])
-def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_path, model, objective, lora):
+def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_path, model, objective, lora, trained_probe):
     from diffusers import UNet2DConditionModel
 
     data = request.getfixturevalue("latents_sdxl" if model == "tiny-sdxl" else "latents_sd15")
@@ -65,6 +99,21 @@ def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_pat
         pipe = type(pipe)(**{**pipe.components, "unet": unet})
     after = _generate(pipe)
     assert not (before == after).all()  # the trained weights are the ones generating
+    # ... and at their trained strength: the loaded UNet computes what the trained one did.
+    torch.testing.assert_close(_probe(pipe.unet), trained_probe["probe"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-sd15"])
+def test_lora_alpha_other_than_rank_loads_at_the_trained_strength(request, tmp_path, model, trained_probe):
+    data = request.getfixturevalue("latents_sdxl" if model == "tiny-sdxl" else "latents_sd15")
+    out = tmp_path / "run"
+    _train(data, out, model, 2, "--lora-rank", "2", "--lora-alpha", "16", "--learning-rate", "1e-2")
+    pipe = _base_pipe(model)
+    base = _probe(pipe.unet)
+    pipe.load_lora_weights(str(out))
+    loaded = _probe(pipe.unet)
+    assert (loaded - trained_probe["probe"]).abs().max() < 1e-3 * (trained_probe["probe"] - base).abs().max()
+    torch.testing.assert_close(loaded, trained_probe["probe"], rtol=1e-4, atol=1e-5)
 
 
 def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
@@ -187,3 +236,79 @@ def test_validation_grids_and_tensorboard(tmp_path, latents_sdxl):
     assert Image.open(out / "validation" / "step-000001.png").size == (128, 128)  # 2 seeds x 2 prompts at 64 px
     assert Image.open(out / "validation" / "before_after.png").size == (256, 128)
     assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def _halves(path):
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(path))
+    w = a.shape[1] // 2
+    return a[:, :w], a[:, w:]
+
+
+@pytest.mark.parametrize("lora", [2, 0])
+def test_before_after_after_resume_shows_the_base_model(tmp_path, latents_sdxl, lora):
+    """A resumed run did not see step 0: its 'before' images are remade from the untrained weights."""
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "run"
+    args = ("--validation-prompts", "a cat", "--validation-seeds", "0", "--validation-inference-steps", "2",
+            "--checkpointing-steps", "1", "--lora-rank", str(lora), "--learning-rate", "1e-2")
+    _train(latents_sdxl, out, "tiny-sdxl", 2, *args)
+    straight_before, straight_after = _halves(out / "validation" / "before_after.png")
+    step0 = np.asarray(Image.open(out / "validation" / "step-000000.png"))
+    assert np.array_equal(straight_before, step0) and not np.array_equal(straight_before, straight_after)
+    result = _train(latents_sdxl, out, "tiny-sdxl", 2, *args, "--resume-from-checkpoint",
+                    str(out / "checkpoints" / "checkpoint-1"))
+    assert "1 steps (1 -> 2)" in result.output
+    before, after = _halves(out / "validation" / "before_after.png")
+    assert not np.array_equal(before, after)
+    assert np.array_equal(before, step0) and np.array_equal(after, straight_after)
+
+
+def test_step0_validation_only_on_the_main_process(tmp_path, latents_sdxl, monkeypatch):
+    """Pretend to be rank 1: no validation images (rank 0 makes them), no files at all."""
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "is_main_process", property(lambda self: False))
+    out = tmp_path / "run"
+    _train(latents_sdxl, out, "tiny-sdxl", 1, "--validation-prompts", "a cat", "--validation-inference-steps", "1")
+    assert not (out / "validation").exists()
+
+
+def test_validation_metrics_scored_with_the_shared_scorers(tmp_path, latents_sdxl):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    _train(latents_sdxl, out, "tiny-sdxl", 2, "--validation-steps", "1", "--validation-prompts", "a cat",
+           "--validation-seeds", "0", "--validation-inference-steps", "1", "--validation-metrics", "style,clip",
+           "--validation-tiny-scorers", "--validation-style", "cartoon", "--report-to", "tensorboard", "--lora-rank", "2")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/style" in r]
+    assert [r["step"] for r in val] == [0, 1, 2]
+    for r in val:
+        assert set(r) == {"step", "val/style", "val/style_rate", "val/clip"}
+        assert -2 <= r["val/style"] <= 2 and 0 <= r["val/style_rate"] <= 1 and 0 <= r["val/clip"] <= 100
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    acc = EventAccumulator(str(out / "logs" / "mapo-train")).Reload()
+    assert {"val/style", "val/style_rate", "val/clip"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("val/clip")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--validation-metrics", "sharpness"), "unknown metric 'sharpness'"),
+    (("--validation-metrics", "style"), "--validation-style"),
+    (("--validation-metrics", "clip", "--validation-style", "oil"), "Unknown --validation-style 'oil'"),
+    (("--validation-metrics", "aesthetic"), "aesthetic weights"),
+])
+def test_validation_metrics_errors_are_one_line_before_training(tmp_path, latents_sdxl, extra, message):
+    out = tmp_path / "run"
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--validation-prompts", "a cat", *extra))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0]
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+
+

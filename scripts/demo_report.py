@@ -63,6 +63,13 @@ def main(out: Path) -> Path:
         last = _loss_curve(metrics, out / "loss_curve.png")
         lines += ["## Training", "", "![loss curve](loss_curve.png)", "",
                   "Last logged step: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()), ""]
+        val_rows = [json.loads(line) for line in metrics.read_text().splitlines() if '"val/' in line]
+        if val_rows:
+            lines += ["Validation images scored by the shared scorers (tiny random weights in the demo):", "",
+                      "| step | " + " | ".join(k for k in val_rows[0] if k != "step") + " |",
+                      "|---" * len(val_rows[0]) + "|"]
+            lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in val_rows]
+            lines.append("")
     grid = out / "run" / "validation" / "before_after.png"
     if grid.exists():
         lines += ["## Before / after (validation prompts, fixed seeds)", "", "![before/after](run/validation/before_after.png)", ""]

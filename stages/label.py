@@ -128,6 +128,24 @@ def _check_recipe_fits_target(source: LabelInput, target: str) -> None:
         )
 
 
+def _with_style_text(spec, source: LabelInput):
+    """--verify clip needs a style text: a built-in style has one; a custom style prefix serves as
+    its own; otherwise --style-text is required. Checked before any model loads or file is written."""
+    from dataclasses import replace
+
+    from pipeline.clip_embed import STYLE_TEXTS
+
+    if spec.verify != "clip" or spec.style_text is not None:
+        return spec
+    identity = (source.manifest or {}).get("identity", {})
+    if identity.get("style") in STYLE_TEXTS:
+        return spec
+    if identity.get("style_prefix"):
+        return replace(spec, style_text=identity["style_prefix"])
+    raise UserError("--verify clip needs --style-text here: the input has no built-in style "
+                    f"({', '.join(STYLE_TEXTS)}) to take the zero-shot texts from.")
+
+
 def _is_binary(t) -> bool:
     import pyarrow as pa
 
@@ -286,6 +304,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     proc = current_process()
     source = open_input(cfg.input)
     _check_recipe_fits_target(source, cfg.labeler.target)
+    cfg.labeler = _with_style_text(cfg.labeler, source)
     check_output_apart(cfg.output, source.files)
     device = resolve_device(accelerator_device(cfg.device))
     labeler = build_labeler(cfg.labeler, device=str(device))

@@ -102,6 +102,20 @@ def test_style_verify_clip_tiny(pairs, tmp_path):
     assert "style not shown | 3" in (out / "README.md").read_text()
     assert _load(out).num_rows == 3
 
+    # A custom --style-prefix serves as its own style text; Pick-a-Pic input needs --style-text, said
+    # before any model loads or file is written.
+    custom = tmp_path / "custom-pairs"
+    src = write_prompts(tmp_path / "p.txt", PROMPTS[:2])
+    assert run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", src, "--output", custom, *FAST,
+                         "--style-prefix", "Watercolor painting."]).exit_code == 0
+    result = _label(custom, tmp_path / "custom", "--target", "style", *clip, "--min-style-margin", "-2")
+    assert result.exit_code == 0, result.output
+    assert "style_text: Watercolor painting." in (tmp_path / "custom" / "README.md").read_text()
+    pick = tmp_path / "pick.parquet"
+    write_pickapic(pick, [("a cat", png(gray()), png(geometric_scene()))])
+    line = _error_line(_label(pick, tmp_path / "pick-out", "--target", "style", *clip))
+    assert "--verify clip needs --style-text" in line and not (tmp_path / "pick-out").exists()
+
 
 def _with_images(src, dst, replace):
     """Copy a generate output, replacing image bytes: {(row, image index): bytes} over the whole output."""

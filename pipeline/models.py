@@ -95,6 +95,8 @@ def _call_loader(what: str, name: str, loader, *args, **kwargs):
         with warnings.catch_warnings():
             # diffusers renamed torch_dtype to dtype; torch_dtype still works on every supported version.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            # diffusers' load_config passes an argument huggingface_hub no longer uses: noise before our line.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
             return loader(*args, **kwargs)
     except (OSError, ValueError) as exc:  # OSError: uncached hub id; ValueError: bad path / repo id
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -119,13 +121,37 @@ def model_family(components: dict) -> str:
     return "sdxl" if components.get("text_encoder_2") is not None else "sd15"
 
 
+def _vae_source(vae: str) -> tuple[str, dict]:
+    path = Path(vae).expanduser()
+    source = str(path) if path.exists() else vae
+    return source, ({"subfolder": "vae"} if path.is_dir() and (path / "vae").is_dir() else {})
+
+
 def load_vae(vae: str, dtype, device):
     from diffusers import AutoencoderKL
 
-    path = Path(vae).expanduser()
-    source = str(path) if path.exists() else vae
-    sub = {"subfolder": "vae"} if path.is_dir() and (path / "vae").is_dir() else {}
+    source, sub = _vae_source(vae)
     return _call_loader("VAE", vae, AutoencoderKL.from_pretrained, source, torch_dtype=dtype, **sub).to(device)
+
+
+def _model_index(model: str) -> tuple[str, dict]:
+    """(what from_pretrained loads, the pipeline's model_index.json) or one clear error line."""
+    from diffusers import DiffusionPipeline
+
+    source = resolve_model_source(model)
+    return source, _call_loader("Model", model, DiffusionPipeline.load_config, source)
+
+
+def check_model_available(model: str, vae: str | None = None) -> None:
+    """Fail in one line now if the model (or VAE) cannot be loaded later: stages call this before
+    they create their output folder, so a typo in --model leaves nothing behind."""
+    from diffusers import AutoencoderKL
+
+    if model not in builtin_models.ARCH_MODELS:
+        _model_index(model)
+    if vae is not None:
+        source, sub = _vae_source(vae)
+        _call_loader("VAE", vae, AutoencoderKL.load_config, source, **sub)
 
 
 def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="auto", skip: tuple[str, ...] = ()):
@@ -147,8 +173,7 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
         comps.update(overrides)
         pipe = StableDiffusionXLPipeline(**comps)
     else:
-        source = resolve_model_source(model)
-        index = _call_loader("Model", model, DiffusionPipeline.load_config, source)
+        source, index = _model_index(model)
         if index.get("safety_checker", [None])[0] is not None:
             # SD1.5-style folders ship a safety checker that silently blacks out flagged images:
             # the safety recipe would lose its unsafe images, and labeling is our classifiers' job.

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.models import check_model_available
 from pipeline.progress import progress_bar
 from pipeline.prompts import PromptSet, load_prompts
 from pipeline.scorers import ScorerOptions, check_metrics, load_scorers
@@ -399,6 +400,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     missing = {m: ks for m, ks in _missing_scores(cfg, keys, rows).items() if ks}
     # Load the scorers before generating: missing weights fail before any image is made.
     scorers = load_scorers(list(missing), cfg.scorers, cfg.device) if missing else {}
+    check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
 
     if state.get("overwrite"):
         shutil.rmtree(out)

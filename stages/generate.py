@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
 from pipeline.errors import UserError
 from pipeline.images import IMAGE_FORMATS, encode_image
-from pipeline.models import DEFAULT_MODEL, dtype_name, load_pipeline, resolve_device, resolve_dtype
+from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
 from pipeline.progress import progress_bar
 from pipeline.prompts import load_prompts
 from pipeline.seeds import derive_seed
@@ -202,6 +202,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     identity = _identity(cfg, prompt_set.fingerprint(), dtype_name(dtype))
     config = {**asdict(cfg), "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
               "dropped_empty_prompts": prompt_set.dropped_empty, "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
+    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
     mine, todo = out.start(proc, overwrite=cfg.overwrite)
     pairs_written = 0

@@ -25,7 +25,7 @@ from pipeline.image_prep import CROPS, prepare_pair
 from pipeline.images import ImageDecodeError, decode_image
 from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPES, check_model, describe_models,
                                     save_array_atomic, save_json_atomic, sidecar, to_storage)
-from pipeline.models import DEFAULT_MODEL, dtype_name, load_pipeline, resolve_device, resolve_dtype
+from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
 from pipeline.progress import progress_bar
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
@@ -379,6 +379,7 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     dtype = resolve_dtype(cfg.dtype, device)
     vae_dtype = resolve_dtype(cfg.vae_dtype, device)
     identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype))
+    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "input_files": source["files"]})
     mine, todo = out.start(proc, overwrite=cfg.overwrite)
     previous = (read_manifest(out.root) or {}).get("latents")

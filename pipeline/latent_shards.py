@@ -108,12 +108,6 @@ def save_array_atomic(path: Path, array) -> None:
     os.replace(tmp, path)
 
 
-def save_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 # -- model description and check -------------------------------------------------------------
 _DTYPE_KEYS = ("torch_dtype", "dtype", "transformers_version", "_diffusers_version", "diffusers_version")
 

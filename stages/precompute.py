@@ -24,12 +24,12 @@ from pipeline.errors import UserError
 from pipeline.image_prep import CROPS, prepare_pair
 from pipeline.images import ImageDecodeError, decode_image
 from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPES, check_model, describe_models,
-                                    save_array_atomic, save_json_atomic, sidecar, to_storage)
+                                    save_array_atomic, sidecar, to_storage)
 from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
 from pipeline.progress import progress_bar
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
-from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest
+from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest, write_json_atomic
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 FLIPS = ("none", "both")
@@ -289,8 +289,8 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     save_array_atomic(sidecar(out.root, k, out.num_shards, "prompt_embeds"), embeds)
     if pooled is not None:
         save_array_atomic(sidecar(out.root, k, out.num_shards, "pooled"), pooled)
-    save_json_atomic(sidecar(out.root, k, out.num_shards, "captions"),
-                     {"caption_ids": [text_id(c) for c in owned], "captions": owned})
+    write_json_atomic(sidecar(out.root, k, out.num_shards, "captions"),
+                      {"caption_ids": [text_id(c) for c in owned], "captions": owned})
     table = pa.Table.from_pylist(rows, schema=_pair_schema())
     reject_table = pa.Table.from_pylist(rejects, schema=_reject_schema())
     stats = {"rows": start, "pairs": n, "ties": ties, "rejects": len(rejects), "captions_encoded": len(owned),

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from pipeline.errors import ModelNotFoundError, UserError
+from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import resolve_device
 
 # Zero-shot texts per built-in style (stages/recipes.STYLES): (the style, its opposite). One table
@@ -164,18 +164,12 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> tuple[str,
                 try:
                     return hf_hub_download(repo, fname, cache_dir=cache_dir), cfg
                 except Exception as exc:  # noqa: BLE001 - try the next name, report the last failure
-                    last = _first_line(exc)
+                    last = one_line(exc)
         else:
             return download_pretrained_from_url(url, cache_dir=cache_dir), cfg
     except Exception as exc:  # noqa: BLE001 - any download failure becomes one line
-        last = _first_line(exc)
+        last = one_line(exc)
     raise ModelNotFoundError(f"open_clip weights {model_name}/{tag} not found: looked for {where} ({last}); {how}")
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (library messages span many lines)."""
-    text = " ".join(str(exc).split())
-    return (text[:limit] + " ...") if len(text) > limit else (text or type(exc).__name__)
 
 
 def _resolve_pretrained(model_name: str, pretrained: str | None, cache_dir: str | None) -> tuple[str | None, dict]:
@@ -278,13 +272,13 @@ def load_open_clip(
         tokenizer = open_clip.get_tokenizer(model_name)
     except OSError as exc:  # hub look-ups for HF text towers / tokenizers that are not cached
         raise ModelNotFoundError(
-            f"open_clip model {model_name} needs files that are not available locally: {_first_line(exc)}"
+            f"open_clip model {model_name} needs files that are not available locally: {one_line(exc)}"
         ) from None
     except RuntimeError as exc:
         if "state_dict" not in str(exc):  # e.g. CUDA out of memory: not a weights problem
             raise
         # strict state_dict load failed: the file is for another architecture
-        raise UserError(f"weights {weights} do not fit open_clip model {model_name}: {_first_line(exc)}") from None
+        raise UserError(f"weights {weights} do not fit open_clip model {model_name}: {one_line(exc)}") from None
     model.eval()
     return ClipEmbedder(model, preprocess, tokenizer, dev, model_name, pretrained)
 

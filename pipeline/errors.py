@@ -14,6 +14,12 @@ class MissingDependencyError(UserError):
     """An optional dependency needed for the requested feature is not installed."""
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (library messages span many lines)."""
+    text = " ".join(str(exc).split())
+    return (text[:limit] + " ...") if len(text) > limit else (text or type(exc).__name__)
+
+
 def require(module: str, feature: str, extra: str | None = None):
     """Import an optional dependency, or raise a one-line error naming how to install it."""
     import importlib

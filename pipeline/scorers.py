@@ -43,7 +43,7 @@ from pipeline.clip_embed import (
     register_tiny_clip_config,
     style_margin,
 )
-from pipeline.errors import ModelNotFoundError, UserError
+from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import quiet_hub_progress, resolve_device
 
 METRICS = ("aesthetic", "hps", "pickscore", "clip", "style", "safety")
@@ -77,11 +77,6 @@ def _check_pairs(images: Sequence, prompts: Sequence[str]) -> None:
         raise UserError(f"{len(images)} images but {len(prompts)} prompts: need one prompt per image")
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:limit] + " ...") if len(text) > limit else (text or type(exc).__name__)
-
-
 # ---------------------------------------------------------------------------------------------
 # Weights files: a local path, a URL, or an org/repo/file on the hub
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +106,7 @@ def resolve_weights_file(spec: str, what: str) -> str:
             torch.hub.download_url_to_file(spec, str(tmp), progress=False)
         except Exception as exc:  # noqa: BLE001 - any download failure is one line
             tmp.unlink(missing_ok=True)
-            raise ModelNotFoundError(f"{what} weights could not be downloaded from {spec}: {_first_line(exc)}; {how}") from None
+            raise ModelNotFoundError(f"{what} weights could not be downloaded from {spec}: {one_line(exc, 200)}; {how}") from None
         os.replace(tmp, cached)
         return str(cached)
     parts = spec.split("/")
@@ -123,7 +118,7 @@ def resolve_weights_file(spec: str, what: str) -> str:
             return hf_hub_download(repo, filename, local_files_only=hub_offline())
         except Exception as exc:  # noqa: BLE001 - offline miss, unknown repo, network: one line
             where = "the Hugging Face cache (offline)" if hub_offline() else "the hub"
-            raise ModelNotFoundError(f"{what} weights {spec} not found in {where}: {_first_line(exc)}; {how}") from None
+            raise ModelNotFoundError(f"{what} weights {spec} not found in {where}: {one_line(exc, 200)}; {how}") from None
     raise ModelNotFoundError(f"{what} weights file not found: {spec}; {how}")
 
 
@@ -190,7 +185,7 @@ def load_aesthetic_mlp(weights: str) -> torch.nn.Module:
         mlp.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError, AttributeError, OSError) as exc:
         # pickle/zip errors also land here: the file is not an aesthetic-predictor state dict
-        raise UserError(f"{file} is not an aesthetic predictor state dict (layers.0.weight ... layers.7.bias): {_first_line(exc)}") from None
+        raise UserError(f"{file} is not an aesthetic predictor state dict (layers.0.weight ... layers.7.bias): {one_line(exc, 200)}") from None
     return mlp
 
 
@@ -269,7 +264,7 @@ def load_pickscore(model_id: str, processor_id: str, device) -> PickScorer:
         model = CLIPModel.from_pretrained(model_id, **kwargs)
         processor = CLIPProcessor.from_pretrained(processor_id, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"PickScore model '{model_id}' / processor '{processor_id}' not found: {_first_line(exc)}; {how}") from None
+        raise ModelNotFoundError(f"PickScore model '{model_id}' / processor '{processor_id}' not found: {one_line(exc, 200)}; {how}") from None
     check_tokenizer(processor.tokenizer, f"PickScore processor '{processor_id}'")
     return PickScorer(model, processor, device)
 

@@ -18,6 +18,10 @@ class ProcessInfo:
     def is_main(self) -> bool:
         return self.index == 0
 
+    def tag(self, name: str) -> str:
+        """``name``, with this process's rank when there are several (progress bar labels)."""
+        return f"{name}[{self.index}]" if self.count > 1 else name
+
     def my_shards(self, shards: list[int]) -> list[int]:
         return [k for k in shards if k % self.count == self.index]
 

@@ -221,7 +221,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                   "num_inference_steps": cfg.num_inference_steps, "guidance_scale": float(cfg.guidance_scale),
                   "scheduler": type(pipe.scheduler).__name__, "model": cfg.model, "image_format": cfg.image_format}
         bar = progress_bar(total=sum(len(ranges[k]) for k in todo),
-                           desc=f"generate[{proc.index}]" if proc.count > 1 else "generate", unit="pair")
+                           desc=proc.tag("generate"), unit="pair")
         loop_t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
             writes = []

@@ -321,7 +321,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         import pyarrow.parquet as pq
 
         total_rows = sum(pq.ParquetFile(source.files[k]).metadata.num_rows for k in todo)
-        bar = progress_bar(total=total_rows, desc=f"label[{proc.index}]" if proc.count > 1 else "label", unit="pair")
+        bar = progress_bar(total=total_rows, desc=proc.tag("label"), unit="pair")
         loop_t0 = time.perf_counter()
         for k in todo:
             stats = label_shard(out, k, source.files[k], labeler, cfg.labeler.batch_size, bar)

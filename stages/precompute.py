@@ -397,7 +397,7 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     if todo:
         owners = caption_owners(files)
         bar = progress_bar(total=sum(_num_rows(files[k]) for k in todo),
-                           desc=f"precompute[{proc.index}]" if proc.count > 1 else "precompute", unit="pair")
+                           desc=proc.tag("precompute"), unit="pair")
         loop_t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=2) as pool:
             for k in todo:

@@ -22,7 +22,7 @@ def _group():
     """Build MaPO preference data: generate pairs, label them, precompute latents."""
 
 
-MODEL_HELP = "Hub id, local diffusers folder, or built-in: tiny-sdxl, tiny-sd15, sdxl-arch."
+MODEL_HELP = "Hub id, local diffusers folder, or built-in: tiny-sdxl, tiny-sd15, shapes-sdxl (the miniature world), sdxl-arch."
 
 
 @app.command()
@@ -38,6 +38,7 @@ def generate(
     negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt for image 0 (the intended chosen image)."),
     rejected_negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt for image 1."),
     distinct_seeds: bool = typer.Option(False, help="Style/safety: give the two images different seeds (default: the same seed)."),
+    safety_caption: str = typer.Option("prefixed", help="Safety recipe: the stored caption: 'prefixed' (the unsafe request, so training teaches a safe answer to it) or 'plain' (the context prompt)."),
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     vae: Optional[str] = typer.Option(None, help="Override VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
@@ -66,7 +67,7 @@ def generate(
         name=recipe, style=style, style_prefix=style_prefix, rejected_prefix=rejected_prefix,
         unsafe_prefix=unsafe_prefix if unsafe_prefix is not None else DEFAULT_UNSAFE_PREFIX,
         negative_prompt=negative_prompt, rejected_negative_prompt=rejected_negative_prompt,
-        same_seed=not distinct_seeds,
+        same_seed=not distinct_seeds, safety_caption=safety_caption,
     )
     cfg = GenerateConfig(
         prompts=prompts, output=output, recipe=recipe_cfg, model=model, vae=vae, dtype=dtype, device=device,
@@ -90,16 +91,16 @@ def label(
     input: str = typer.Option(..., help="Pairs: a generate output folder, or Pick-a-Pic Parquet (file or folder with caption, jpg_0, jpg_1)."),
     output: str = typer.Option(..., help="Output folder for the preference shards, rejects and dataset card (resumable)."),
     target: str = typer.Option(..., help="style (Pick-Style) or safety (Pick-Safety)."),
-    labeler: str = typer.Option("auto", help="auto (style: construction, safety: nudenet), construction, nudenet, sd-safety-checker."),
+    labeler: str = typer.Option("auto", help="auto (style: construction, safety: nudenet), construction, nudenet, sd-safety-checker, world-unsafe (the miniature world's judge)."),
     classifier_source: Optional[str] = typer.Option(None, help="Safety classifier weights: NudeNet .onnx file, or SD safety checker hub id / folder."),
     unsafe_threshold: Optional[float] = typer.Option(None, help="Unsafe when the score is above this (default: the classifier's, NudeNet 0.5, SD checker 0.0)."),
     min_gap: float = typer.Option(0.0, help="Safety: drop pairs whose two scores differ by less than this."),
-    verify: Optional[str] = typer.Option(None, help="Style: 'clip' drops pairs whose chosen image does not show the style."),
+    verify: Optional[str] = typer.Option(None, help="Style: 'clip' (CLIP zero-shot margin) or 'world-style' (the miniature world's judge) drops pairs whose chosen image does not show the style."),
     clip_model: str = typer.Option("ViT-B-32", help="open_clip model name for --verify clip."),
     clip_pretrained: Optional[str] = typer.Option("openai", help="open_clip pretrained tag or local weights file."),
     style_text: Optional[str] = typer.Option(None, help="Text describing the style (default per built-in style, e.g. 'a Disney style animated image')."),
     opposite_text: Optional[str] = typer.Option(None, help="Text describing the opposite (default 'a realistic photo')."),
-    min_style_margin: float = typer.Option(0.0, help="Keep a pair when cos(chosen, style) - cos(chosen, opposite) is at least this."),
+    min_style_margin: float = typer.Option(0.0, help="Keep a pair when its chosen image's style margin is at least this (clip: cos(style) - cos(opposite); world-style: P(style) - 0.5)."),
     batch_size: int = typer.Option(16, help="Pairs per classifier batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     license: str = typer.Option("other", help="License written into the dataset card."),

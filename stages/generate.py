@@ -19,7 +19,7 @@ from pipeline.prompts import load_prompts
 from pipeline.seeds import derive_seed
 from pipeline.shards import ShardedOutput, shard_ranges
 
-from .recipes import RecipeConfig, pair_requests
+from .recipes import RecipeConfig, pair_caption, pair_requests
 
 STAGE = "generate"
 
@@ -163,7 +163,7 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
     return out.images
 
 
-def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, shard_t0: float) -> int:
+def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, recipe: RecipeConfig, shard_t0: float) -> int:
     """Assemble shard k's rows once its images are encoded, and write it atomically."""
     import pyarrow as pa
 
@@ -175,7 +175,7 @@ def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, shard_t0: fl
         for j, p in enumerate(batch):
             r0, r1 = requests[2 * j], requests[2 * j + 1]
             rows.append({
-                "pair_id": f"{p.id}-{shared['recipe']}", "prompt_id": p.id, "caption": p.text,
+                "pair_id": f"{p.id}-{shared['recipe']}", "prompt_id": p.id, "caption": pair_caption(recipe, p.text),
                 "jpg_0": encoded[2 * j], "jpg_1": encoded[2 * j + 1],
                 "prompt_0": r0.prompt, "prompt_1": r1.prompt,
                 "negative_prompt_0": r0.negative_prompt, "negative_prompt_1": r1.negative_prompt,
@@ -240,7 +240,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                     blobs = pool.submit(lambda ims: [encode_image(im, cfg.image_format, cfg.quality) for im in ims], images)
                     batches.append((batch, requests, seeds, blobs))
                     bar.update(len(batch))
-                writes.append(pool.submit(_write_shard, out, k, batches, shared, shard_t0))
+                writes.append(pool.submit(_write_shard, out, k, batches, shared, cfg.recipe, shard_t0))
             pairs_written = sum(w.result() for w in writes)
         loop_seconds = time.perf_counter() - loop_t0
         bar.close()

@@ -10,15 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
+from pipeline.prompt_prefixes import STYLE_PREFIXES as STYLES
+from pipeline.prompt_prefixes import UNSAFE_PREFIX as DEFAULT_UNSAFE_PREFIX
 
 RECIPES = ("style", "safety", "seeds")
-STYLES = {
-    "cartoon": "Disney style animated image.",
-    "pixel": "Pixel art style image.",
-}
-# The paper describes an unsafe-inducing prefix without publishing a canonical string; this is
-# the project's default, overridable with --unsafe-prefix.
-DEFAULT_UNSAFE_PREFIX = "Sexual, nudity, +18 image."
+SAFETY_CAPTIONS = ("prefixed", "plain")
 
 
 @dataclass(frozen=True)
@@ -38,6 +34,9 @@ class RecipeConfig:
     negative_prompt: str | None = None  # for image 0
     rejected_negative_prompt: str | None = None  # for image 1
     same_seed: bool = True  # style/safety: both images share a seed so only the prompt differs
+    # safety: the stored (training) caption. "prefixed": the unsafe request itself, so training
+    # teaches the model to answer it with the safe image; "plain": the context prompt.
+    safety_caption: str = "prefixed"
 
     def validate(self) -> "RecipeConfig":
         if self.name not in RECIPES:
@@ -48,6 +47,8 @@ class RecipeConfig:
         for flag, value in (("--style-prefix", self.style_prefix), ("--unsafe-prefix", self.unsafe_prefix)):
             if value is not None and not value.strip():
                 raise UserError(f"{flag} must not be empty: both images of a pair would be the same.")
+        if self.safety_caption not in SAFETY_CAPTIONS:
+            raise UserError(f"Unknown --safety-caption '{self.safety_caption}'; choose one of {', '.join(SAFETY_CAPTIONS)}.")
         return self
 
     @property
@@ -66,7 +67,7 @@ class RecipeConfig:
             d.update(style=self.style if self.style_prefix is None else "custom", style_prefix=self.resolved_style_prefix,
                      rejected_prefix=self.rejected_prefix, same_seed=self.same_seed)
         elif self.name == "safety":
-            d.update(unsafe_prefix=self.unsafe_prefix, same_seed=self.same_seed)
+            d.update(unsafe_prefix=self.unsafe_prefix, same_seed=self.same_seed, safety_caption=self.safety_caption)
         d.update(negative_prompt=self.negative_prompt, rejected_negative_prompt=self.rejected_negative_prompt)
         return d
 
@@ -88,3 +89,17 @@ def pair_requests(cfg: RecipeConfig, prompt: str) -> tuple[ImageRequest, ImageRe
         ImageRequest(texts[0], cfg.negative_prompt, 0),
         ImageRequest(texts[1], cfg.rejected_negative_prompt, second_seed),
     )
+
+
+def pair_caption(cfg: RecipeConfig, prompt: str) -> str:
+    """The caption stored with the pair (what training conditions on).
+
+    Pick-Style stores the plain prompt (the dataset card: the caption is the context prompt
+    without the style words), so training teaches plain prompts the style. Pick-Safety stores the
+    unsafe request (``--safety-caption prefixed``, the default): the pair then says "asked this,
+    prefer the safe image", which is what a model must learn to stop producing the rejected content
+    when asked for it; ``plain`` stores the context prompt instead.
+    """
+    if cfg.name == "safety" and cfg.safety_caption == "prefixed":
+        return _prefixed(cfg.unsafe_prefix, prompt)
+    return prompt

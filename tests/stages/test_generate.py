@@ -86,7 +86,8 @@ def test_recipes_and_models(tmp_path, model, recipe, extra):
     for r in rows:
         assert _decode(r["jpg_0"]).size == (64, 64)
         if recipe == "safety":
-            assert r["prompt_0"] == r["caption"] and r["prompt_1"].endswith(" " + r["caption"]) and r["prompt_1"] != r["caption"]
+            # The stored caption is the unsafe request (--safety-caption prefixed, the default).
+            assert r["prompt_1"] == r["caption"] and r["caption"].endswith(" " + r["prompt_0"]) and r["prompt_0"] != r["caption"]
             assert r["seed_0"] == r["seed_1"]
         if recipe == "seeds":
             assert r["prompt_0"] == r["prompt_1"] == r["caption"] and r["seed_0"] != r["seed_1"]

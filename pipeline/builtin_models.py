@@ -1,4 +1,5 @@
-"""Built-in models: tiny random SDXL / SD1.5 pipelines and the full-size SDXL architecture.
+"""Built-in models: tiny random SDXL / SD1.5 pipelines, the miniature world's pretrained
+``shapes-sdxl`` (:mod:`pipeline.world.model`) and the full-size SDXL architecture.
 
 The tiny models keep the real architectures' conditioning (SDXL: two text encoders,
 pooled embedding and time ids; SD1.5: one encoder) at toy widths, so every code path that
@@ -19,7 +20,9 @@ from pathlib import Path
 BUILTIN_VERSION = "v1"  # bump when a built-in's config changes so caches are rebuilt
 TINY_MODELS = ("tiny-sdxl", "tiny-sd15")
 ARCH_MODELS = ("sdxl-arch",)
-BUILTIN_MODELS = TINY_MODELS + ARCH_MODELS
+# Pretrained on the miniature world and committed (pipeline/world/shapes-sdxl, checked on load).
+WORLD_MODELS = ("shapes-sdxl",)
+BUILTIN_MODELS = TINY_MODELS + WORLD_MODELS + ARCH_MODELS
 
 _SCHEDULER = dict(
     beta_start=0.00085,

@@ -71,6 +71,10 @@ def resolve_model_source(model: str) -> str:
     """Return what ``from_pretrained`` should load for ``model`` (a path or a hub id)."""
     if model in builtin_models.TINY_MODELS:
         return str(builtin_models.materialise_tiny(model))
+    if model in builtin_models.WORLD_MODELS:
+        from .world.model import shapes_sdxl_path
+
+        return str(shapes_sdxl_path())
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "model_index.json").exists():

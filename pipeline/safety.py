@@ -263,7 +263,7 @@ def build_tiny_safety_checker(path: str | os.PathLike, seed: int = 0) -> str:
 # Factory
 # ---------------------------------------------------------------------------------------------
 
-SAFETY_CLASSIFIERS = ("nudenet", "sd-safety-checker")
+SAFETY_CLASSIFIERS = ("nudenet", "sd-safety-checker", "world-unsafe")
 
 
 def load_safety_classifier(
@@ -275,4 +275,10 @@ def load_safety_classifier(
         return NudeNetClassifier(model_path=source, device=device, **kwargs)
     if name == "sd-safety-checker":
         return SDSafetyChecker(source=source, device=device, **kwargs)
+    if name == "world-unsafe":  # the miniature world's hazard-frame judge (pipeline.world.judges)
+        from pipeline.world.judges import WorldUnsafeJudge
+
+        if source is not None:
+            raise UserError("world-unsafe is an image measure with no weights: drop --classifier-source / --safety-source")
+        return WorldUnsafeJudge(**kwargs)
     raise UserError(f"unknown safety classifier '{name}'; valid names: {', '.join(SAFETY_CLASSIFIERS)}")

@@ -17,6 +17,10 @@ the metric that later checks it are the same computation.
   ``mapo-data label --verify clip`` checks; adopted when > 0.
 - ``safety``: a safety classifier's unsafety (NudeNet or the SD safety checker); lower is better,
   unsafe when > the classifier's threshold.
+- ``world-style``, ``world-prompt``, ``world-unsafe``: the miniature world's judges
+  (:mod:`pipeline.world.judges`): the target look's probability (adopted when > 0.5), the share of
+  the prompt's colour / shape / position shown (rate = all three), the hazard frame's coverage
+  (lower is better). Image measures, no weights; they read only world images and prompts.
 
 Weights come from a local file or folder, a hub id / ``org/repo/file`` hub file, or a URL; with
 ``HF_HUB_OFFLINE=1`` only caches are looked at, and anything missing is one
@@ -45,8 +49,9 @@ from pipeline.clip_embed import (
 )
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import quiet_hub_progress, resolve_device
+from pipeline.world.judges import WORLD_STYLES, WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
 
-METRICS = ("aesthetic", "hps", "pickscore", "clip", "style", "safety")
+METRICS = ("aesthetic", "hps", "pickscore", "clip", "style", "safety", "world-style", "world-prompt", "world-unsafe")
 
 AESTHETIC_WEIGHTS_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
@@ -322,15 +327,37 @@ class ScorerOptions:
     style_clip_pretrained: str | None = "openai"
     style_text: str | None = None
     opposite_text: str = "a realistic photo"
+    style: str | None = None  # the look world-style checks (cartoon, pixel)
     safety_classifier: str = "nudenet"
     safety_source: str | None = None
     batch_size: int = 16
+    tiny: bool = False  # every model is tiny and random (tiny_scorer_options): numbers say nothing
 
     def describe(self, metrics: Sequence[str]) -> dict:
         """The options that matter for ``metrics`` (recorded next to the scores)."""
         prefixes = {"aesthetic": ("aesthetic_",), "hps": ("hps_",), "pickscore": ("pickscore_",),
                     "clip": ("clip_",), "style": ("style_", "opposite_"), "safety": ("safety_",)}
-        return {k: v for k, v in self.__dict__.items() if any(k.startswith(p) for m in metrics for p in prefixes[m])}
+        exact = {"world-style": ("style",), "world-prompt": (), "world-unsafe": ()}
+        out = {k: v for k, v in self.__dict__.items() if any(k.startswith(p) for m in metrics for p in prefixes.get(m, ()))}
+        out.update({k: getattr(self, k) for m in metrics for k in exact.get(m, ())})
+        if any(m.startswith("world-") for m in metrics):
+            from pipeline.world.judges import JUDGE_VERSION
+
+            out["world_judges"] = JUDGE_VERSION
+        return out
+
+
+def judge_provenance(metric: str, options: ScorerOptions) -> str:
+    """Who scored ``metric``, in words, for reports: a world judge, tiny random weights, or real weights."""
+    if metric.startswith("world-"):
+        return "miniature-world judge (image measures, pipeline.world.judges; no weights)"
+    if metric == "safety" and options.safety_classifier in ("nudenet", "world-unsafe"):
+        return {"nudenet": "NudeNet's real detector (shipped in its wheel)",
+                "world-unsafe": "miniature-world judge (image measures)"}[options.safety_classifier]
+    if options.tiny:
+        return "TINY RANDOM WEIGHTS (tests/demo): the numbers do not measure anything"
+    sources = {k: v for k, v in options.describe([metric]).items() if k.endswith(("weights", "model", "pretrained", "source", "processor"))}
+    return "real weights: " + ", ".join(f"{k}={v}" for k, v in sources.items())
 
 
 def check_metrics(names: Sequence[str]) -> list[str]:
@@ -353,6 +380,8 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
     opts = options or ScorerOptions()
     if "style" in names and not opts.style_text:
         raise UserError("the style metric needs a style text (--style cartoon|pixel or --style-text)")
+    if "world-style" in names and opts.style not in WORLD_STYLES:
+        raise UserError(f"the world-style metric needs the look it checks (--style {'|'.join(WORLD_STYLES)}), got {opts.style!r}")
     dev = resolve_device(str(device))
     quiet_hub_progress()
     embedders: dict[tuple, ClipEmbedder] = {}
@@ -388,7 +417,20 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
             from pipeline.safety import load_safety_classifier
 
             scorers[name] = SafetyScorer(load_safety_classifier(opts.safety_classifier, opts.safety_source, device=str(dev)))
+        elif name == "world-style":
+            scorers[name] = WorldStyleJudge(opts.style)
+        elif name == "world-prompt":
+            scorers[name] = WorldPromptJudge()
+        elif name == "world-unsafe":
+            scorers[name] = WorldUnsafeJudge()
     return scorers
+
+
+def check_prompts(metrics: Sequence[str], prompts: Sequence[str]) -> None:
+    """Fail in one line now if a metric cannot read one of ``prompts`` (``world-prompt`` reads only
+    world captions): callers check before they generate or train."""
+    if "world-prompt" in metrics:
+        WorldPromptJudge.check_prompts(prompts)
 
 
 def score_images(
@@ -491,7 +533,7 @@ def tiny_scorer_options(directory: str | os.PathLike | None = None, style_text: 
         hps_clip_model=TINY_CLIP_NAME, hps_weights=str(hps_file),
         pickscore_model=str(root / "pickscore"), pickscore_processor=str(root / "pickscore"),
         clip_model=TINY_CLIP_NAME, clip_pretrained=str(clip_file),
-        style_clip_model=TINY_CLIP_NAME, style_clip_pretrained=str(clip_file), style_text=style_text,
+        style_clip_model=TINY_CLIP_NAME, style_clip_pretrained=str(clip_file), style_text=style_text, tiny=True,
     )
     return replace(opts, **overrides)
 

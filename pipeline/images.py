@@ -83,3 +83,53 @@ def image_grid(rows: list[list], gap: int = 0):
         for x, img in enumerate(row):
             grid.paste(img, (x * (w + gap), y * (h + gap)))
     return grid
+
+
+GRID_TITLE_HEIGHT, GRID_CAPTION_HEIGHT = 18, 14  # px: column titles on top, a caption over each row
+
+
+def labelled_grid_tile(grid, row: int, col: int, tile: int, gap: int = 4, titles: bool = True, captions: bool = True):
+    """Crop tile (``row``, ``col``) back out of a :func:`labelled_grid` image."""
+    top = (GRID_TITLE_HEIGHT if titles else 0) + row * ((GRID_CAPTION_HEIGHT if captions else 0) + tile + gap)
+    top += GRID_CAPTION_HEIGHT if captions else 0
+    left = col * (tile + gap)
+    return grid.crop((left, top, left + tile, top + tile))
+
+
+def labelled_grid(rows: list[list], column_titles: list[str] | None = None, row_titles: list[str] | None = None,
+                  tile: int | None = None, gap: int = 4):
+    """:func:`image_grid` with a title above each column and a caption over each row.
+
+    ``tile``: resize every image to ``tile`` x ``tile`` px first (nearest neighbour, so small images
+    stay crisp). Titles use PIL's built-in font; a title longer than its column, or a row caption
+    longer than the grid, is cut with "...".
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if tile is not None:
+        rows = [[im.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST) for im in row] for row in rows]
+    w, h = rows[0][0].size
+    cols = max(len(r) for r in rows)
+    font = ImageFont.load_default()
+    head = GRID_TITLE_HEIGHT if column_titles else 0
+    cap = GRID_CAPTION_HEIGHT if row_titles else 0
+    width = cols * w + (cols - 1) * gap
+    grid = Image.new("RGB", (width, head + len(rows) * (cap + h + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+
+    def fit(text: str, room: int) -> str:
+        if draw.textlength(text, font=font) <= room:
+            return text
+        while text and draw.textlength(text + "...", font=font) > room:
+            text = text[:-1]
+        return text + "..."
+
+    for x, title in enumerate(column_titles or []):
+        draw.text((x * (w + gap) + 2, 2), fit(str(title), w - 4), fill=(0, 0, 0), font=font)
+    for y, row in enumerate(rows):
+        top = head + y * (cap + h + gap)
+        if row_titles:
+            draw.text((2, top), fit(str(row_titles[y]), width - 4), fill=(60, 60, 60), font=font)
+        for x, img in enumerate(row):
+            grid.paste(img, (x * (w + gap), top + cap))
+    return grid

@@ -9,7 +9,7 @@ from pipeline.cli_support import user_errors_exit
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-MODEL_HELP = "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15); default: the candidates' training model."
+MODEL_HELP = "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15, shapes-sdxl); default: the candidates' training model."
 
 
 def _style_texts(style: Optional[str], style_text: Optional[str], opposite_text: Optional[str]) -> tuple[Optional[str], str]:
@@ -33,7 +33,7 @@ def evaluate(
     output: str = typer.Option(..., help="Output folder (images, scores.parquet, summary.json, plots, report.html); resumable."),
     candidate: List[str] = typer.Option([], help="A mapo-train output folder (full UNet or LoRA); repeat to compare several."),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    metrics: str = typer.Option("aesthetic,hps,pickscore,clip", help="Comma-separated: aesthetic, hps, pickscore, clip, style, safety."),
+    metrics: str = typer.Option("aesthetic,hps,pickscore,clip", help="Comma-separated: aesthetic, hps, pickscore, clip, style, safety; on the miniature world world-style, world-prompt, world-unsafe."),
     num_inference_steps: int = typer.Option(25, help="Denoising steps per image (the paper's validation: 25)."),
     guidance_scale: float = typer.Option(5.0, help="Classifier-free guidance scale (the paper's validation: 5.0)."),
     resolution: int = typer.Option(1024, help="Image side in pixels (multiple of 8)."),
@@ -49,7 +49,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
     grid_prompts: int = typer.Option(8, help="Prompts shown as image grids (base | candidates) in the report."),
     batch_invariant: bool = typer.Option(True, help="Same image bits whatever --batch-size (per-sample UNet)."),
-    style: Optional[str] = typer.Option(None, help="style metric: built-in style (cartoon, pixel) with label's zero-shot texts."),
+    style: Optional[str] = typer.Option(None, help="style / world-style metrics: built-in style (cartoon, pixel); style uses label's zero-shot texts."),
     style_text: Optional[str] = typer.Option(None, help="style metric: text of the target style (overrides --style)."),
     opposite_text: Optional[str] = typer.Option(None, help="style metric: text of its opposite (default 'a realistic photo')."),
     aesthetic_weights: Optional[str] = typer.Option(None, help="Aesthetic MLP .pth: local file, URL or org/repo/file (default: LAION's sac+logos+ava1-l14-linearMSE.pth)."),
@@ -80,7 +80,7 @@ def evaluate(
     explicit = {k: v for k, v in {
         "aesthetic_weights": aesthetic_weights, "hps_weights": hps_weights,
         "pickscore_model": pickscore_model, "pickscore_processor": pickscore_processor}.items() if v is not None}
-    common = {"style_text": s_text, "opposite_text": o_text, "safety_classifier": safety_classifier,
+    common = {"style_text": s_text, "opposite_text": o_text, "style": style, "safety_classifier": safety_classifier,
               "safety_source": safety_source, "batch_size": score_batch_size}
     if tiny_scorers:
         scorer_opts = tiny_scorer_options(**common, **explicit)

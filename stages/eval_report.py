@@ -22,7 +22,8 @@ GRID_TILE = 320  # pixels per image in the grids (the full images stay in images
 
 
 def summarise(rows: list[dict], model_names: list[str], metric_meta: dict[str, dict]) -> dict:
-    """Per metric: each model's mean [95% CI] (and rate above threshold), each candidate's win rate vs the base."""
+    """Per metric: each model's mean [95% CI] (and the rate above the threshold with its 95% CI), each
+    candidate's win rate vs the base."""
     by = {}
     for r in rows:
         by.setdefault((r["metric"], r["model"]), {})[(r["prompt_id"], r["seed_index"])] = r["score"]
@@ -36,7 +37,8 @@ def summarise(rows: list[dict], model_names: list[str], metric_meta: dict[str, d
             values = [scores[k] for k in sorted(scores)]
             entry = bootstrap_ci(values).as_dict()
             if threshold is not None and values:
-                entry["rate"] = sum(v > threshold for v in values) / len(values)
+                rate = bootstrap_ci([float(v > threshold) for v in values])
+                entry.update(rate=rate.estimate, rate_low=rate.low, rate_high=rate.high)
             per_model[name] = entry
         wins = {}
         base = by.get((metric, model_names[0]), {})
@@ -44,8 +46,8 @@ def summarise(rows: list[dict], model_names: list[str], metric_meta: dict[str, d
             cand = by.get((metric, name), {})
             shared = sorted(set(base) & set(cand))  # paired: same prompt and seed only
             wins[name] = win_rate([cand[k] for k in shared], [base[k] for k in shared], higher).as_dict()
-        metrics[metric] = {"higher_is_better": higher, "threshold": threshold, "per_model": per_model,
-                           "win_rate_vs_base": wins}
+        metrics[metric] = {"higher_is_better": higher, "threshold": threshold, "judge": meta.get("judge"),
+                           "per_model": per_model, "win_rate_vs_base": wins}
     return metrics
 
 
@@ -145,14 +147,16 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
         direction = "higher is better" if m["higher_is_better"] else "lower is better"
         rate = m["threshold"] is not None
         rate_head = f"<th>share &gt; {m['threshold']}</th>" if rate else ""
-        parts.append(f"<h3>{e(metric)} <span class='note'>({direction})</span></h3><table><tr><th>model</th><th>mean</th>"
+        judge = f"; scored by {m['judge']}" if m.get("judge") else ""
+        parts.append(f"<h3>{e(metric)} <span class='note'>({direction}{e(judge)})</span></h3><table><tr><th>model</th><th>mean</th>"
                      f"<th>95% CI</th><th>n</th>{rate_head}<th>win rate vs base</th><th>wins / ties / losses</th></tr>")
         for name in model_names:
             pm = m["per_model"][name]
             w = m["win_rate_vs_base"].get(name)
             wr = f"{w['rate']:.3f} [{_fmt(w['low'])}, {_fmt(w['high'])}]" if w and w["n"] else "&mdash;"
             wtl = f"{w['wins']} / {w['ties']} / {w['losses']}" if w else "&mdash;"
-            rate_cell = f"<td>{pm['rate']:.3f}</td>" if rate and "rate" in pm else ("<td>&mdash;</td>" if rate else "")
+            rate_ci = f" [{_fmt(pm['rate_low'])}, {_fmt(pm['rate_high'])}]" if "rate_low" in pm else ""
+            rate_cell = f"<td>{pm['rate']:.3f}{rate_ci}</td>" if rate and "rate" in pm else ("<td>&mdash;</td>" if rate else "")
             parts.append(f"<tr><td>{e(name)}</td><td>{_fmt(pm['estimate'])}</td><td>[{_fmt(pm['low'])}, {_fmt(pm['high'])}]</td>"
                          f"<td>{pm['n']}</td>{rate_cell}<td>{wr}</td><td>{wtl}</td></tr>")
         parts.append("</table>")

@@ -23,7 +23,7 @@ from pipeline.errors import UserError
 from pipeline.models import check_model_available
 from pipeline.progress import progress_bar
 from pipeline.prompts import PromptSet, load_prompts
-from pipeline.scorers import ScorerOptions, check_metrics, load_scorers
+from pipeline.scorers import ScorerOptions, check_metrics, check_prompts, judge_provenance, load_scorers
 from pipeline.seeds import derive_seed
 
 TRAINING_CONFIG = "training_config.json"
@@ -33,7 +33,7 @@ SCORES = "scores.parquet"
 BASE = "base"
 DEFAULT_METRICS = ("aesthetic", "hps", "pickscore", "clip")
 # Lower is better only for unsafety; every other metric rewards higher scores.
-LOWER_IS_BETTER = {"safety"}
+LOWER_IS_BETTER = {"safety", "world-unsafe"}
 SCORE_CHUNK = 64  # images scored between two saves of scores.parquet
 
 
@@ -383,6 +383,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     cands = _unique_names([read_candidate(p) for p in cfg.candidates])
     base_model = _resolve_base(cfg, cands)
     prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
+    check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts])
     models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
     model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None}}
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
@@ -407,7 +408,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     out.mkdir(parents=True, exist_ok=True)
     for m, scorer in scorers.items():
         state["scorers"][m] = {"options": scorer_ids[m], "higher_is_better": scorer.higher_is_better,
-                               "threshold": scorer.threshold}
+                               "threshold": scorer.threshold, "judge": judge_provenance(m, cfg.scorers)}
     state["prompts"] = {"source": prompt_set.source, "count": len(prompt_set.prompts)}
     _save_state(out, state)
 

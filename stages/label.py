@@ -135,6 +135,14 @@ def _with_style_text(spec, source: LabelInput):
 
     from pipeline.clip_embed import STYLE_TEXTS
 
+    if spec.verify == "world-style":
+        from pipeline.world.judges import WORLD_STYLES
+
+        style = (source.manifest or {}).get("identity", {}).get("style")
+        if style not in WORLD_STYLES:
+            raise UserError("--verify world-style checks pairs made by generate --recipe style --style "
+                            f"{'|'.join(s for s in WORLD_STYLES if s != 'realistic')} on the miniature world; this input's style is {style!r}.")
+        return spec
     if spec.verify != "clip" or spec.style_text is not None:
         return spec
     identity = (source.manifest or {}).get("identity", {})

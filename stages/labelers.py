@@ -6,8 +6,9 @@ classifiers run batched, on the GPU when there is one; the decision for a pair n
 on the other pairs of its batch.
 
 - :class:`ConstructionLabeler`: the image the recipe made to be chosen is chosen (Pick-Style,
-  and the paper's Pick-Safety). With a :class:`ClipStyleCheck` it also verifies that the chosen
-  image shows the style, by a CLIP zero-shot margin, and drops the pairs where it does not.
+  and the paper's Pick-Safety). With a style check it also verifies that the chosen image shows
+  the style and drops the pairs where it does not: :class:`ClipStyleCheck` (a CLIP zero-shot
+  margin) or :class:`WorldStyleCheck` (the miniature world's style judge).
 - :class:`SafetyLabeler`: a safety classifier scores both images; the safer one is chosen when
   exactly one is unsafe and the scores are far enough apart. The classifier decides even where
   the recipe intended otherwise; such pairs are flagged ``disagrees``.
@@ -21,7 +22,8 @@ from pipeline.clip_embed import STYLE_TEXTS
 from pipeline.errors import UserError
 
 TARGETS = ("style", "safety")
-LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "construction")}
+LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction")}
+VERIFIERS = ("clip", "world-style")
 DEFAULT_LABELER = {"style": "construction", "safety": "nudenet"}
 
 # Drop reasons (the ``reason`` column of rejects/ and the keys of the drop counters).
@@ -109,18 +111,55 @@ class ClipStyleCheck:
                 out[i] = (m[2 * j], m[2 * j + 1])
         return out  # type: ignore[return-value]
 
+    @property
+    def name(self) -> str:
+        return "clip"
+
+    @property
+    def version(self) -> str:
+        return self.embedder.model_name
+
     def describe(self) -> dict:
         return {"clip_model": self.embedder.model_name, "clip_pretrained": self.embedder.pretrained,
                 "style_text": self.style_text, "opposite_text": self.opposite_text, "min_style_margin": self.min_margin}
 
 
-class ConstructionLabeler:
-    """The recipe's intended image is chosen; optionally verified by a CLIP style margin."""
+@dataclass
+class WorldStyleCheck:
+    """The miniature world's style judge: margin = P(image shows the pair's style) - 0.5, so the
+    default ``min_margin`` 0 keeps a pair exactly when the judge reads the style in its chosen image."""
 
-    def __init__(self, verify: ClipStyleCheck | None = None):
+    min_margin: float = 0.0
+    name: str = "world-style"
+
+    @property
+    def version(self) -> str:
+        from pipeline.world.judges import JUDGE_VERSION
+
+        return JUDGE_VERSION
+
+    def margins(self, pairs: Sequence[Pair]) -> list[tuple[float, float]]:
+        from pipeline.world.judges import WORLD_STYLES, style_probability
+
+        out = []
+        for p in pairs:
+            if p.style not in WORLD_STYLES:
+                raise UserError(f"--verify world-style needs pairs of a world style ({', '.join(WORLD_STYLES)}), got {p.style!r}")
+            m0, m1 = (style_probability(im, p.style) - 0.5 for im in p.images)
+            out.append((m0, m1))
+        return out
+
+    def describe(self) -> dict:
+        return {"verify": self.name, "judge_version": self.version, "min_style_margin": self.min_margin}
+
+
+class ConstructionLabeler:
+    """The recipe's intended image is chosen; optionally verified by a style check."""
+
+    def __init__(self, verify: ClipStyleCheck | WorldStyleCheck | None = None):
         self.verify = verify
-        self.name = "construction+clip" if verify else "construction"
-        self.version = f"1/{verify.embedder.model_name}" if verify else "1"
+        self.name = f"construction+{verify.name}" if verify else "construction"
+        self.version = f"1/{verify.version}" if verify else "1"
 
     def label(self, pairs: Sequence[Pair]) -> list[Decision]:
         margins = self.verify.margins(pairs) if self.verify and pairs else [(None, None)] * len(pairs)
@@ -196,7 +235,7 @@ class LabelerSpec:
     classifier_source: str | None = None
     unsafe_threshold: float | None = None
     min_gap: float = 0.0
-    verify: str | None = None  # None or "clip"
+    verify: str | None = None  # None, "clip" or "world-style"
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "openai"
     style_text: str | None = None
@@ -210,10 +249,10 @@ class LabelerSpec:
         name = DEFAULT_LABELER[self.target] if self.labeler == "auto" else self.labeler
         if name not in LABELERS[self.target]:
             raise UserError(f"unknown labeler '{name}' for --target {self.target}; choose one of {', '.join(LABELERS[self.target])}")
-        if self.verify not in (None, "none", "clip"):
-            raise UserError(f"unknown --verify '{self.verify}'; choose clip (or leave it out)")
-        if self.verify == "clip" and name != "construction":
-            raise UserError("--verify clip checks labels made by construction; it does not apply to a safety classifier")
+        if self.verify not in (None, "none", *VERIFIERS):
+            raise UserError(f"unknown --verify '{self.verify}'; choose {' or '.join(VERIFIERS)} (or leave it out)")
+        if self.verify in VERIFIERS and name != "construction":
+            raise UserError(f"--verify {self.verify} checks labels made by construction; it does not apply to a safety classifier")
         return name
 
 
@@ -227,6 +266,8 @@ def build_labeler(spec: LabelerSpec, device: str = "cpu") -> Labeler:
 
             embedder = load_open_clip(spec.clip_model, spec.clip_pretrained, device=device)
             verify = ClipStyleCheck(embedder, spec.style_text, spec.opposite_text, spec.min_style_margin, spec.batch_size)
+        elif spec.verify == "world-style":
+            verify = WorldStyleCheck(spec.min_style_margin)
         return ConstructionLabeler(verify)
     from pipeline.safety import load_safety_classifier
 

@@ -117,7 +117,7 @@ class TrainConfig:
         """--validation-metrics: names, style and prompts checked before any model is loaded."""
         if not self.validation_metrics:
             return
-        from pipeline.scorers import check_metrics
+        from pipeline.scorers import check_metrics, check_prompts
 
         self.validation_metrics = check_metrics(self.validation_metrics)
         if self.validation_style is not None and self.validation_style not in STYLE_TEXTS:
@@ -125,8 +125,11 @@ class TrainConfig:
                             f"{', '.join(STYLE_TEXTS)} or pass --validation-style-text.")
         if "style" in self.validation_metrics and not (self.validation_style or self.validation_style_text):
             raise UserError("--validation-metrics style needs --validation-style cartoon|pixel or --validation-style-text.")
+        if "world-style" in self.validation_metrics and not self.validation_style:
+            raise UserError("--validation-metrics world-style needs --validation-style cartoon|pixel.")
         if not self.validation_prompts:
             raise UserError("--validation-metrics scores the validation images: pass --validation-prompts too.")
+        check_prompts(self.validation_metrics, self.validation_prompts)
 
     def scorer_options(self):
         """pipeline.scorers.ScorerOptions for --validation-metrics (tiny random weights with --validation-tiny-scorers)."""
@@ -135,8 +138,8 @@ class TrainConfig:
         style, opposite = STYLE_TEXTS.get(self.validation_style or "", (None, "a realistic photo"))
         style = self.validation_style_text or style
         if self.validation_tiny_scorers:
-            return tiny_scorer_options(style_text=style, opposite_text=opposite)
-        return ScorerOptions(style_text=style, opposite_text=opposite)
+            return tiny_scorer_options(style_text=style, opposite_text=opposite, style=self.validation_style)
+        return ScorerOptions(style_text=style, opposite_text=opposite, style=self.validation_style)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

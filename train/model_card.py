@@ -7,14 +7,34 @@ OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 24
                    "dpo": "Diffusion-DPO", "sft": "SFT on the chosen images"}
 
 
+def _pretrained_source(model: str) -> tuple[str, str]:
+    """What ``from_pretrained`` must be given for ``model``, and a comment for the snippet: a built-in
+    name is not a hub id, so its folder is written instead (sdxl-arch has none: random weights)."""
+    from pipeline import builtin_models
+    from pipeline.models import resolve_model_source
+
+    if model in builtin_models.TINY_MODELS + builtin_models.WORLD_MODELS:
+        return resolve_model_source(model), f"  # the built-in '{model}' (mapo-tools) lives here"
+    if model in builtin_models.ARCH_MODELS:
+        return model, "  # sdxl-arch: random weights built in memory by mapo-tools; there is no folder to load"
+    return model, ""
+
+
 def _load_snippet(model: str, family: str, lora: bool) -> str:
     pipe_cls = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    source, note = _pretrained_source(model)
     if lora:
-        return (f"from diffusers import {pipe_cls}\n\npipe = {pipe_cls}.from_pretrained(\"{model}\")\n"
+        return (f"from diffusers import {pipe_cls}\n\npipe = {pipe_cls}.from_pretrained(\"{source}\"){note}\n"
                 "pipe.load_lora_weights(\"PATH_TO_THIS_FOLDER\")\n")
     return (f"from diffusers import {pipe_cls}, UNet2DConditionModel\n\n"
             "unet = UNet2DConditionModel.from_pretrained(\"PATH_TO_THIS_FOLDER/unet\")\n"
-            f"pipe = {pipe_cls}.from_pretrained(\"{model}\", unet=unet)\n")
+            f"pipe = {pipe_cls}.from_pretrained(\"{source}\", unet=unet){note}\n")
+
+
+def _example_prompt(model: str) -> str:
+    from pipeline import builtin_models
+
+    return "a red circle at the top left" if model in builtin_models.WORLD_MODELS else "a cat on a sofa"
 
 
 def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, data_info: dict) -> Path:
@@ -43,7 +63,7 @@ Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective'
 ## How to load
 
 ```python
-{_load_snippet(config['model'], config.get('family', 'sdxl'), lora)}image = pipe("a cat on a sofa").images[0]
+{_load_snippet(config['model'], config.get('family', 'sdxl'), lora)}image = pipe("{_example_prompt(config['model'])}").images[0]
 ```
 
 ## Hyperparameters

@@ -11,7 +11,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from pipeline.images import image_grid
+from pipeline.images import image_grid, labelled_grid
 
 VALIDATION_DIR = "validation"
 
@@ -85,13 +85,16 @@ class Validator:
         return values
 
     def before_after(self, unet, step: int, device, autocast, trackers=()) -> Path:
-        """Each prompt's row: the base model's images, then the trained model's (same seeds)."""
+        """Each prompt's row (captioned with the prompt): the base model's images, then the trained
+        model's (same seeds), under "before" / "after" column titles."""
         after = self.images(unet, device, autocast)
         before = self.before
         if before is None:  # resumed: step 0's images were made by another process; remake them
             with (self.base_unet(unet) if self.base_unet else contextlib.nullcontext(None)) as base:
                 before = self.images(base, device, autocast) if base is not None else after
-        grid = image_grid([b + a for b, a in zip(before, after)])
+        titles = [f"before, seed {s}" for s in self.seeds] + [f"after, seed {s}" for s in self.seeds]
+        small = after[0][0].size[0] < 128  # tiny images are scaled up (nearest) so the grid can be read
+        grid = labelled_grid([b + a for b, a in zip(before, after)], titles, self.prompts, tile=128 if small else None)
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / "before_after.png"
         grid.save(path)

@@ -72,3 +72,16 @@ def test_pair_rejected_resized_to_chosen_and_flips():
     expected_rejected = _torchvision(rejected.resize(chosen.size, Image.BILINEAR), 32)
     assert torch.equal(pair.pixels[0][1], expected_rejected)
     assert torch.equal(pair.pixels[1], pair.pixels[0].flip(-1))  # symmetric centre crop: mirror of the crop
+
+
+def test_labelled_grid_keeps_each_title_inside_its_column_and_tiles_recoverable():
+    from pipeline.images import GRID_TITLE_HEIGHT, labelled_grid, labelled_grid_tile
+
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    grid = labelled_grid([[red, blue]], ["a very long title that cannot fit in one tile", "x"],
+                         ["a row caption " * 20], tile=64)
+    assert grid.width == 64 * 2 + 4
+    assert labelled_grid_tile(grid, 0, 1, 64).getpixel((5, 5)) == (0, 0, 255)
+    header = np.asarray(grid)[:GRID_TITLE_HEIGHT]
+    gap = header[:, 62:70]  # the long first title stops before the second column's title starts
+    assert (gap == 255).all()

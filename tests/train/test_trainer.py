@@ -87,6 +87,11 @@ def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_pat
     assert expected <= set(rows[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     card = (out / "README.md").read_text()
     assert model in card and objective.upper() in card and "## How to load" in card
+    # The card's own snippet loads the result (a built-in name is written as its folder, not as a hub id).
+    snippet = card.split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out))
+    namespace: dict = {}
+    exec(snippet.rsplit("image = ", 1)[0], namespace)  # noqa: S102 - our own generated snippet
+    assert namespace["pipe"].unet is not None
     pipe = _base_pipe(model)
     before = _generate(pipe)
     if lora:
@@ -234,17 +239,22 @@ def test_validation_grids_and_tensorboard(tmp_path, latents_sdxl):
     names = sorted(p.name for p in (out / "validation").iterdir())
     assert names == ["before_after.png", "step-000000.png", "step-000001.png", "step-000002.png"]
     assert Image.open(out / "validation" / "step-000001.png").size == (128, 128)  # 2 seeds x 2 prompts at 64 px
-    assert Image.open(out / "validation" / "before_after.png").size == (256, 128)
+    from pipeline.images import GRID_CAPTION_HEIGHT, GRID_TITLE_HEIGHT
+
+    # before | after (2 seeds each) at 64 px, scaled to 128 px tiles, titled, one captioned row per prompt
+    assert Image.open(out / "validation" / "before_after.png").size == (4 * 128 + 3 * 4, GRID_TITLE_HEIGHT + 2 * (GRID_CAPTION_HEIGHT + 128 + 4))
     assert list((out / "logs").rglob("events.out.tfevents.*"))
 
 
 def _halves(path):
+    """The (before, after) images of the one prompt and seed of a before_after.png, at their own 64 px."""
     import numpy as np
     from PIL import Image
 
-    a = np.asarray(Image.open(path))
-    w = a.shape[1] // 2
-    return a[:, :w], a[:, w:]
+    from pipeline.images import labelled_grid_tile
+
+    grid = Image.open(path)
+    return tuple(np.asarray(labelled_grid_tile(grid, 0, col, 128))[::2, ::2] for col in (0, 1))
 
 
 @pytest.mark.parametrize("lora", [2, 0])

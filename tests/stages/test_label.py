@@ -10,11 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages.cli import app
+from stages.recipes import DEFAULT_UNSAFE_PREFIX
 from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, run_console, write_prompts
 from tests.image_fixtures import geometric_scene, gray, png, schematic_torso, write_pickapic
 
 FAST = ["--num-inference-steps", "2", "--resolution", "64"]
 PROMPTS = ["a cat on a sofa", "a red car", "a house by a lake", "an owl at night", "a bowl of fruit", "a city street"]
+# Safety pairs store the unsafe request they were drawn for (generate --safety-caption prefixed).
+ASKED = [f"{DEFAULT_UNSAFE_PREFIX} {p}" for p in PROMPTS]
 
 
 @pytest.fixture(scope="module")
@@ -147,16 +150,16 @@ def test_safety_with_nudenet_on_generated_pairs(pairs, tmp_path):
     kept, rejected = read_table(out), read_table(out, "rejects")
     assert kept["label_0"].to_pylist() == [1, 1, 0] and kept["label_1"].to_pylist() == [0, 0, 1]
     assert kept["disagrees"].to_pylist() == [False, False, True]
-    assert kept["caption"].to_pylist() == [PROMPTS[0], PROMPTS[1], PROMPTS[4]]
+    assert kept["caption"].to_pylist() == [ASKED[0], ASKED[1], ASKED[4]]
     assert set(kept["labeler"].to_pylist()) == {"nudenet"} and kept["labeler_version"][0].as_py().startswith("3.")
     assert min(kept["score_1"].to_pylist()[:2]) > 0.5 and kept["score_0"].to_pylist()[:2] == [0.0, 0.0]
     assert rejected["reason"].to_pylist() == ["both safe"] * 3
-    assert rejected["caption"].to_pylist() == [PROMPTS[2], PROMPTS[3], PROMPTS[5]]
+    assert rejected["caption"].to_pylist() == [ASKED[2], ASKED[3], ASKED[5]]
     card = (out / "README.md").read_text()
     assert "# Pick-Safety" in card and "| both safe | 3 |" in card and "disagreed with the recipe | 1 |" in card
     assert "unsafe_threshold: 0.5" in card
     read = mapo_reader(_load(out))
-    assert [c for c, _, _ in read] == [PROMPTS[0], PROMPTS[1], PROMPTS[4]]
+    assert [c for c, _, _ in read] == [ASKED[0], ASKED[1], ASKED[4]]
 
 
 def test_safety_empty_shard_still_loads(pairs, tmp_path):
@@ -167,7 +170,7 @@ def test_safety_empty_shard_still_loads(pairs, tmp_path):
     assert pq.ParquetFile(out / "data" / "train-00000-of-00002.parquet").metadata.num_rows == 0
     assert "path: data/train-*.parquet" in (out / "README.md").read_text()
     ds = _load(out)
-    assert ds.num_rows == 1 and ds[0]["caption"] == PROMPTS[3]
+    assert ds.num_rows == 1 and ds[0]["caption"] == ASKED[3]
 
 
 def test_safety_sd_checker_tiny(pairs, tmp_path):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .textfiles import read_text
 
 DEFAULT_COLUMNS = ("caption", "prompt")
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
@@ -53,10 +54,10 @@ def _pick_column(columns: list[str], column: str | None, source: str) -> str:
 def _read_file(path: Path, column: str | None) -> list:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return path.read_text(encoding="utf-8").splitlines()
+        return read_text(path, "prompt file").splitlines()
     if suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_text(path, "prompt file").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -68,11 +69,15 @@ def _read_file(path: Path, column: str | None) -> list:
         col = _pick_column(sorted({k for r in rows if isinstance(r, dict) for k in r}), column, str(path))
         return [r.get(col) if isinstance(r, dict) else None for r in rows]
     if suffix in (".csv", ".parquet"):
+        import io
+
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
+        # A CSV is text like any other prompt file: decoded here (BOM, UTF-16), handed to pyarrow as UTF-8.
+        source = io.BytesIO(read_text(path, "prompt file").encode("utf-8")) if suffix == ".csv" else None
         try:
-            table = pacsv.read_csv(path) if suffix == ".csv" else pq.read_table(path)
+            table = pacsv.read_csv(source) if suffix == ".csv" else pq.read_table(path)
         except Exception as exc:  # pyarrow raises several error types for malformed files
             raise UserError(f"Could not read {path}: {str(exc).splitlines()[0]}") from None
         col = _pick_column(table.column_names, column, str(path))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.images import data_uri, image_mime
+from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
 from pipeline.shards import read_manifest
 
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
@@ -149,8 +149,11 @@ def render_text(s: Summary) -> str:
 def _img(blob: bytes | None, label: str) -> str:
     if not blob:
         return f'<div class="missing">{html.escape(label)}: no image</div>'
-    if image_mime(blob) is None:  # not an image a browser can show (e.g. a corrupt-bytes reject)
-        return f'<div class="missing">{html.escape(label)}: {len(blob)} bytes, not an image</div>'
+    if image_mime(blob) is None:  # e.g. TIFF or BMP: shown as the stages decode it, if they can
+        try:
+            blob = encode_image(decode_image(blob))
+        except ImageDecodeError:  # e.g. a corrupt-bytes reject
+            return f'<div class="missing">{html.escape(label)}: {len(blob)} bytes, not an image</div>'
     uri = data_uri(blob)
     return f'<figure><img src="{uri}" alt="{html.escape(label)}"><figcaption>{html.escape(label)}</figcaption></figure>'
 
@@ -162,6 +165,7 @@ def _fmt(v) -> str:
 def _sample_rows(files: list[Path], n: int, seed: int) -> list[dict]:
     """``n`` rows drawn without replacement, image bytes read only for those rows."""
     import polars as pl
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not files or n <= 0:
@@ -175,6 +179,9 @@ def _sample_rows(files: list[Path], n: int, seed: int) -> list[dict]:
     rows = []
     for (fi,), group in picked.group_by(["file"], maintain_order=True):
         table = pq.read_table(files[fi]).take(group["row"].to_list())
+        for c in IMAGE_COLUMNS:  # datasets Image structs ({bytes, path}) -> their encoded bytes
+            if c in table.column_names and pa.types.is_struct(table.schema.field(c).type):
+                table = table.set_column(table.column_names.index(c), c, image_column_bytes(table[c], files[fi].parent))
         rows += table.to_pylist()
     return rows
 

@@ -3,7 +3,8 @@
 Input shard k (a ``generate`` output, or any Parquet with the Pick-a-Pic columns) becomes
 output shard k: ``data/`` holds the kept pairs with ``label_0``/``label_1`` (int64, 1/0, never
 a tie), the labeler's scores, name, version and reason, and every input column carried over;
-``rejects/`` holds the dropped pairs with their reason. Image bytes are copied unchanged. The
+``rejects/`` holds the dropped pairs with their reason. Image bytes are copied unchanged (a
+``datasets`` Image struct input, ``{bytes, path}``, is written as its plain bytes). The
 shards carry ``datasets`` features and the folder gets a dataset card (README.md) whose
 ``configs`` point at ``data/`` only, so ``load_dataset(output)`` reads it offline and ignores
 ``rejects/``.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
 from pipeline.errors import UserError
-from pipeline.images import ImageDecodeError, decode_image
+from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
 from pipeline.progress import progress_bar
 from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest
 
@@ -104,12 +105,13 @@ def open_input(path: str) -> LabelInput:
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
             raise UserError(f"{f} is not a readable Parquet file ({type(exc).__name__}).") from None
         missing = [c for c in REQUIRED if c not in schema.names]
-        wrong = [c for c in ("jpg_0", "jpg_1") if c in schema.names and not _is_binary(schema.field(c).type)]
+        wrong = [c for c in ("jpg_0", "jpg_1") if c in schema.names and not is_image_column(schema.field(c).type)]
         if missing or wrong:
             what = f"lacks column(s) {', '.join(missing)}" if missing else f"has non-binary {', '.join(wrong)}"
             raise UserError(
                 f"{f} is neither a mapo-data generate output nor Pick-a-Pic Parquet: it {what} "
-                f"(needs caption, jpg_0, jpg_1 as encoded image bytes; found {', '.join(schema.names[:12])})."
+                f"(needs caption, jpg_0, jpg_1 as encoded image bytes or datasets Image structs; "
+                f"found {', '.join(schema.names[:12])})."
             )
     return LabelInput("generate" if manifest is not None else "pickapic", files, manifest)
 
@@ -154,12 +156,6 @@ def _with_style_text(spec, source: LabelInput):
                     f"({', '.join(STYLE_TEXTS)}) to take the zero-shot texts from.")
 
 
-def _is_binary(t) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
-
-
 def _intended(row: dict) -> int | None:
     """The image the input meant to be chosen: the recipe's, else the input's own labels (ties: none)."""
     if "intended_chosen" in row:
@@ -182,18 +178,20 @@ def _pair_id(caption: str, b0: bytes | None, b1: bytes | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _decode_pair(row: dict) -> tuple[tuple | None, str | None]:
+def _decode_pair(row: dict, base_dir: Path | None = None) -> tuple[tuple | None, str | None]:
     images = []
     for i in (0, 1):
         try:
-            images.append(decode_image(row[f"jpg_{i}"]))
+            images.append(decode_image(row[f"jpg_{i}"], base_dir=base_dir))
         except ImageDecodeError as exc:
             return None, f"image {i}: {exc}"
     return tuple(images), None
 
 
-def label_rows(table, labeler) -> tuple[list[Decision], list[str | None]]:
-    """Decisions for every row of ``table`` (corrupt rows rejected before the labeler), plus details."""
+def label_rows(table, labeler, base_dir: Path | None = None) -> tuple[list[Decision], list[str | None]]:
+    """Decisions for every row of ``table`` (corrupt rows rejected before the labeler), plus details.
+
+    ``base_dir``: the folder of the input file, where image structs' relative paths are read."""
     rows = table.select([c for c in ("caption", "jpg_0", "jpg_1", "intended_chosen", "label_0", "label_1", "style")
                          if c in table.column_names]).to_pylist()
     decisions: list[Decision | None] = [None] * len(rows)
@@ -201,7 +199,7 @@ def label_rows(table, labeler) -> tuple[list[Decision], list[str | None]]:
     pairs, where = [], []
     # PIL decodes outside the GIL: threads overlap the decoding of a batch's images.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(_decode_pair, rows))
+        decoded = list(pool.map(_decode_pair, rows, [base_dir] * len(rows)))
     for i, (row, (images, problem)) in enumerate(zip(rows, decoded)):
         if problem:
             decisions[i], details[i] = Decision(None, CORRUPT_IMAGE), problem
@@ -213,8 +211,11 @@ def label_rows(table, labeler) -> tuple[list[Decision], list[str | None]]:
     return decisions, details  # type: ignore[return-value]
 
 
-def annotate(table, decisions: list[Decision], details: list, labeler):
-    """The input rows with the label columns added, Pick-a-Pic columns first; returns (kept, rejected)."""
+def annotate(table, decisions: list[Decision], details: list, labeler, base_dir: Path | None = None):
+    """The input rows with the label columns added, Pick-a-Pic columns first; returns (kept, rejected).
+
+    Image columns are written as plain encoded bytes whatever their input layout (image structs
+    are resolved, relative paths from ``base_dir``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -222,7 +223,7 @@ def annotate(table, decisions: list[Decision], details: list, labeler):
         if name in table.column_names:  # e.g. Pick-a-Pic's float labels: kept as input_label_0/1
             table = table.rename_columns([f"input_{c}" if c == name else c for c in table.column_names])
     for c in ("jpg_0", "jpg_1"):  # Pick-a-Pic and the MaPO loaders use plain binary
-        table = table.set_column(table.column_names.index(c), c, table[c].cast(pa.binary()))
+        table = table.set_column(table.column_names.index(c), c, image_column_bytes(table[c], base_dir))
     if "pair_id" not in table.column_names:
         ids = [_pair_id(c, a, b) for c, a, b in zip(*(table[k].to_pylist() for k in REQUIRED))]
         table = table.append_column("pair_id", pa.array(ids, pa.string()))
@@ -279,8 +280,8 @@ def label_shard(out: ShardedOutput, k: int, path: Path, labeler, batch_size: int
     kept_parts, rejected_parts = [], []
     batches = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_size))
     for batch in batches:
-        decisions, details = label_rows(batch, labeler)
-        kept, rejected = annotate(batch, decisions, details, labeler)
+        decisions, details = label_rows(batch, labeler, path.parent)
+        kept, rejected = annotate(batch, decisions, details, labeler, path.parent)
         kept_parts.append(kept)
         rejected_parts.append(rejected)
         if bar is not None:

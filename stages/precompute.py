@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
 from pipeline.errors import UserError
 from pipeline.image_prep import CROPS, prepare_pair
-from pipeline.images import ImageDecodeError, decode_image
+from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_image_column
 from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPES, check_model, describe_models,
                                     save_array_atomic, sidecar, to_storage)
 from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
@@ -107,6 +107,11 @@ def _check_columns(files: list[Path]) -> dict:
                 f"{f} lacks column(s) {', '.join(missing)}: precompute needs Pick-a-Pic-format preference shards "
                 f"({', '.join(REQUIRED_COLUMNS)}), e.g. the output of `mapo-data label`."
             )
+        wrong = [f"{c} ({meta.schema_arrow.field(c).type})" for c in ("jpg_0", "jpg_1")
+                 if not is_image_column(meta.schema_arrow.field(c).type)]
+        if wrong:
+            raise UserError(f"{f} has image column(s) {', '.join(wrong)} of another type: precompute reads encoded "
+                            "image bytes or datasets Image structs ({bytes, path}).")
         h.update(f.name.encode())
         h.update(json.dumps(meta.metadata.to_dict(), sort_keys=True, default=str).encode())
     return {"files": [str(f) for f in files], "fingerprint": h.hexdigest()[:16]}
@@ -140,13 +145,15 @@ def caption_owners(files: list[Path]) -> list[list[str]]:
     return owned
 
 
-def _pair_id(row: dict) -> str:
+def _pair_id(row: dict, blobs: dict) -> str:
+    """The input's pair_id, else a content id from the caption and the images' encoded bytes (so a
+    pair gets the same id whether its images are stored as bytes or as datasets Image structs)."""
     given = row.get("pair_id")
     if given:
         return str(given)
     digest = hashlib.sha256()
     for key in ("jpg_0", "jpg_1"):
-        digest.update(hashlib.sha256(row[key] or b"").digest())
+        digest.update(hashlib.sha256(blobs[key] or b"").digest())
     return text_id(f"{row['caption']}\x00{digest.hexdigest()}")
 
 
@@ -163,8 +170,21 @@ def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str) 
 MAX_ASPECT = 8  # long side / short side above which an image is rejected, not prepared
 
 
-def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig):
-    """Classify, decode and prepare a batch of input rows (runs in a worker thread)."""
+def _image_blobs(row: dict, base_dir: Path | None) -> tuple[dict, dict]:
+    """Each image cell's encoded bytes (structs resolved, relative paths from ``base_dir``), and why not."""
+    blobs, problems = {}, {}
+    for key in ("jpg_0", "jpg_1"):
+        try:
+            blobs[key] = image_bytes(row[key], base_dir)
+        except ImageDecodeError as exc:
+            blobs[key], problems[key] = None, f"{key}: {exc}"
+    return blobs, problems
+
+
+def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig, base_dir: Path | None = None):
+    """Classify, decode and prepare a batch of input rows (runs in a worker thread).
+
+    ``base_dir``: the folder of the input file, where image structs' relative paths are read."""
     pairs, rejects, ties = [], [], 0
     for offset, row in enumerate(rows):
         source_row = start + offset
@@ -172,15 +192,18 @@ def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig):
         if kind == "tie":
             ties += 1
             continue
-        pid = _pair_id(row)
+        blobs, problems = _image_blobs(row, base_dir)
+        pid = _pair_id(row, blobs)
         if kind != "pair":
             rejects.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "reason": kind[7:]})
             continue
         try:
             images = []
             for key in (f"jpg_{chosen}", f"jpg_{1 - chosen}"):
+                if key in problems:
+                    raise ImageDecodeError(problems[key])
                 try:
-                    image = decode_image(row[key])
+                    image = decode_image(blobs[key])
                 except ImageDecodeError as exc:
                     raise ImageDecodeError(f"{key}: {exc}") from None
                 w, h = image.size
@@ -267,7 +290,7 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     # Decoding and resizing the next batch (threads: PIL releases the GIL) overlaps the VAE.
     nxt = None
     for batch in batches:
-        fut = pool.submit(_prepare_rows, batch.to_pylist(), start, cfg)
+        fut = pool.submit(_prepare_rows, batch.to_pylist(), start, cfg, path.parent)
         start += batch.num_rows
         if nxt is not None:
             ties += _consume(nxt, pipe, views, rows, rejects, means, logvars, cfg, bar)

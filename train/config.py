@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline.clip_embed import STYLE_TEXTS
 from pipeline.errors import UserError
 from pipeline.models import DEFAULT_MODEL
+from pipeline.textfiles import read_text
 
 from .losses import OBJECTIVES
 
@@ -164,7 +165,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"--config file {path} does not exist.")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_text(path, "--config file")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"--config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):

@@ -49,7 +49,7 @@ from pipeline.clip_embed import (
 )
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import quiet_hub_progress, resolve_device
-from pipeline.world.judges import WORLD_STYLES, WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
+from pipeline.world.judges import SIZE as WORLD_SIZE, WORLD_STYLES, WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
 
 METRICS = ("aesthetic", "hps", "pickscore", "clip", "style", "safety", "world-style", "world-prompt", "world-unsafe")
 
@@ -426,11 +426,16 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
     return scorers
 
 
-def check_prompts(metrics: Sequence[str], prompts: Sequence[str]) -> None:
-    """Fail in one line now if a metric cannot read one of ``prompts`` (``world-prompt`` reads only
-    world captions): callers check before they generate or train."""
+def check_prompts(metrics: Sequence[str], prompts: Sequence[str], resolution: int | None = None) -> None:
+    """Fail in one line (UserError) now if a metric cannot read one of ``prompts`` (``world-prompt``
+    reads only world captions) or images of ``resolution`` px (the world's judges read 64 px):
+    callers check before they generate or train."""
     if "world-prompt" in metrics:
         WorldPromptJudge.check_prompts(prompts)
+    world = [m for m in metrics if m.startswith("world-")]
+    if world and resolution is not None and resolution != WORLD_SIZE:
+        raise UserError(f"{', '.join(world)} read{'s' if len(world) == 1 else ''} {WORLD_SIZE} px images (the miniature "
+                        f"world's size), not {resolution}: pass --resolution {WORLD_SIZE}")
 
 
 def score_images(

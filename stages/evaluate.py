@@ -383,7 +383,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     cands = _unique_names([read_candidate(p) for p in cfg.candidates])
     base_model = _resolve_base(cfg, cands)
     prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
-    check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts])
+    check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts], cfg.resolution)
     models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
     model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None}}
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,

@@ -10,7 +10,7 @@ from pipeline.cli_support import user_errors_exit
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
-PREFIX_HELP = "Prefix every caption with the prompt prefix of: cartoon, pixel, unsafe (the paper's strings)."
+PREFIX_HELP = "Prefix every caption with the prompt prefix of: cartoon, pixel, realistic, unsafe (the paper's strings)."
 
 
 @app.command()
@@ -24,9 +24,8 @@ def captions(
     """Write the world's captions, one per line: a prompt file for generate, eval or validation."""
     from pipeline.errors import UserError
 
-    from .scene import LOOK_PREFIXES, HAZARD_PREFIX, captions as world_captions
+    from .scene import CAPTION_PREFIXES as prefixes, captions as world_captions
 
-    prefixes = {**LOOK_PREFIXES, "unsafe": HAZARD_PREFIX}
     if prefix is not None and prefix not in prefixes:
         raise UserError(f"unknown --prefix '{prefix}'; choose one of {', '.join(prefixes)}")
     if repeat < 1:

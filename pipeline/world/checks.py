@@ -4,15 +4,14 @@
 prompt kinds (plain, cartoon prefix, pixel prefix, unsafe prefix) with fixed seeds and judges every
 image. It gives both the base model's behaviour (style rate under plain prompts, under the style
 prefix, unsafe rate with and without the prefix, prompt following) and the judges' agreement with
-what each prompt asked for. Used by the tests, ``make fidelity`` and ``python -m pipeline.world check-base``.
+what each prompt asked for. Used by the tests and ``make fidelity``.
 """
 from __future__ import annotations
 
 from .judges import HAZARD_THRESHOLD, read_image
-from .scene import HAZARD_PREFIX, LOOK_PREFIXES, captions, parse_prompt
+from .scene import CAPTION_PREFIXES, captions, parse_prompt
 
-PROMPT_KINDS = {"plain": "", "cartoon": LOOK_PREFIXES["cartoon"] + " ", "pixel": LOOK_PREFIXES["pixel"] + " ",
-                "unsafe": HAZARD_PREFIX + " "}
+PROMPT_KINDS = {"plain": "", **{kind: CAPTION_PREFIXES[kind] + " " for kind in ("cartoon", "pixel", "unsafe")}}
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], num_inference_steps: int = 20, guidance_scale: float = 5.0,

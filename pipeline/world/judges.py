@@ -50,23 +50,29 @@ class Reading:
 
     @property
     def look(self) -> str:
-        if self.outline > OUTLINE_THRESHOLD:
-            return "cartoon"
-        if self.blockiness > BLOCK_THRESHOLD and self.shading < SHADING_THRESHOLD:
-            return "pixel"
-        return "realistic"
+        """The most probable look under :func:`look_probabilities` (so a style score above 0.5
+        always names this look): cartoon when outlined, else pixel when blocky and flat, else realistic."""
+        probabilities = look_probabilities(self)
+        return max(probabilities, key=probabilities.__getitem__)
 
 
 def as_array(image) -> np.ndarray:
-    """A PIL image or an ``[H, W, 3]`` uint8 array -> ``[64, 64, 3]`` float64 RGB (bilinear resize)."""
+    """A 64x64 PIL image or ``[64, 64, 3]`` uint8 array -> ``[64, 64, 3]`` float64 RGB in 0-255.
+
+    Raises UserError for another size (the judges' bands and thresholds are in 64 px units: a
+    resized image would be scored wrongly, silently) and ValueError for a non-uint8 array."""
     from PIL import Image
 
+    from pipeline.errors import UserError
+
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(image.astype(np.uint8), "RGB")
-    image = image.convert("RGB")
+        if image.dtype != np.uint8:
+            raise ValueError(f"the world's judges read uint8 RGB arrays in 0-255, got {image.dtype}")
+        image = Image.fromarray(image, "RGB")
     if image.size != (SIZE, SIZE):
-        image = image.resize((SIZE, SIZE), Image.BILINEAR)
-    return np.asarray(image, dtype=np.float64)
+        raise UserError(f"the miniature world's judges read {SIZE}x{SIZE} px images (what shapes-sdxl draws), got "
+                        f"{image.size[0]}x{image.size[1]}: generate with --resolution {SIZE}")
+    return np.asarray(image.convert("RGB"), dtype=np.float64)
 
 
 def hazard_coverage(rgb: np.ndarray) -> float:
@@ -179,8 +185,11 @@ def look_probabilities(reading: Reading) -> dict[str, float]:
 
 
 def style_probability(image, look: str) -> float:
-    """How surely ``image`` shows ``look`` (one of :data:`pipeline.world.scene.LOOKS`), in [0, 1];
-    above 0.5 exactly when :attr:`Reading.look` is ``look``."""
+    """How surely ``image`` shows ``look`` (one of :data:`pipeline.world.scene.LOOKS`), in [0, 1].
+
+    The three looks' probabilities sum to 1, so a score above 0.5 means :attr:`Reading.look` is
+    ``look`` (the reverse need not hold: a most probable look can score below 0.5).
+    Raises ValueError for an unknown look."""
     if look not in LOOKS:
         raise ValueError(f"unknown look {look!r}")
     return look_probabilities(read_image(image))[look]
@@ -198,7 +207,12 @@ def prompt_score(image, scene: Scene) -> float:
 # ---------------------------------------------------------------------------------------------
 
 JUDGE_VERSION = "world-judges/1"
-WORLD_STYLES = ("cartoon", "pixel", "realistic")
+WORLD_STYLES = LOOKS
+
+
+def _check_pairs(images, prompts) -> None:
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: the judges score one image per prompt")
 
 
 class WorldStyleJudge:
@@ -215,6 +229,8 @@ class WorldStyleJudge:
         self.look = look
 
     def score(self, images, prompts) -> list[float]:
+        """P(the target look) per image, in [0, 1]; 64x64 PIL images or uint8 arrays, one per prompt."""
+        _check_pairs(images, prompts)
         return [style_probability(im, self.look) for im in images]
 
 
@@ -234,6 +250,9 @@ class WorldPromptJudge:
             parse_prompt(p)
 
     def score(self, images, prompts) -> list[float]:
+        """Share of each prompt's colour, shape and position shown (0, 1/3, 2/3, 1); one image per prompt.
+        Raises UserError for a prompt outside the world's grammar."""
+        _check_pairs(images, prompts)
         return [prompt_score(im, parse_prompt(p)) for im, p in zip(images, prompts)]
 
 
@@ -251,9 +270,12 @@ class WorldUnsafeJudge:
         self.threshold = float(threshold)
 
     def unsafety(self, images) -> list[float]:
+        """Hazard-frame coverage per image, in [0, 1] (share of the 4 px border band that is magenta)."""
         return [hazard_coverage(as_array(im)) for im in images]
 
     def score(self, images, prompts) -> list[float]:
+        """:meth:`unsafety`, one image per prompt (the prompts are not read)."""
+        _check_pairs(images, prompts)
         return self.unsafety(images)
 
 

@@ -12,7 +12,7 @@ Euler scheduler, two tokenizers) that ``StableDiffusionXLPipeline.from_pretraine
    default look otherwise.
 2. **Text encoders**: random CLIP encoders, frozen (as Imagen keeps T5 frozen): the UNet learns to
    read them. Small widths keep the committed weights small (the 49,408-token vocabulary dominates).
-3. **VAE**: an AutoencoderKL (/8: 64x64 px -> 4x8x8) trained on the renders (L1 + MSE, KL 1e-6);
+3. **VAE**: an AutoencoderKL (/8: 64x64 px -> 4x8x8) trained on the renders (L1 + MSE + L1 on pixel differences, KL 1e-6);
    its ``scaling_factor`` makes the latents unit-variance, as SD's was chosen.
 4. **UNet**: epsilon prediction on the scaled latents, uniform timesteps, 10% empty prompts encoded
    as zeros (what the SDXL pipeline's ``force_zeros_for_empty_prompt`` feeds classifier-free guidance).
@@ -23,7 +23,6 @@ file's SHA-256, which :func:`pipeline.world.model.shapes_sdxl_path` checks on lo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -38,7 +37,7 @@ import numpy as np
 from .render import random_render
 from .scene import DEFAULT_LOOK, Scene, all_scenes, is_heldout
 
-# (look, hazard, prompt builder, weight): the caption mix of the pretraining data.
+# (prompt kind, share of the training samples): the caption mix of the pretraining data.
 CAPTION_MIX = (
     ("plain", 0.60),
     ("realistic-prefix", 0.05),

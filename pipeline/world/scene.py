@@ -47,7 +47,9 @@ DEFAULT_LOOK = "realistic"
 LOOK_PREFIXES = {"cartoon": STYLE_PREFIXES["cartoon"], "pixel": STYLE_PREFIXES["pixel"]}
 HAZARD_PREFIX = UNSAFE_PREFIX
 # Prefixes the parser strips; the realistic prefix asks for the default look.
-_KNOWN_PREFIXES = (*LOOK_PREFIXES.values(), HAZARD_PREFIX, REALISTIC_PREFIX)
+# Every prefix the base model was taught, by name (``python -m pipeline.world captions --prefix``).
+CAPTION_PREFIXES = {**LOOK_PREFIXES, "realistic": REALISTIC_PREFIX, "unsafe": HAZARD_PREFIX}
+_KNOWN_PREFIXES = tuple(CAPTION_PREFIXES.values())
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,17 @@ def test_caption_files_from_the_command_line(tmp_path):
     assert len(lines) == 24 and all(line.startswith(UNSAFE_PREFIX + " a ") for line in lines)
     bad = run_cli(app, ["captions", "--prefix", "watercolour"])
     assert bad.exit_code == 2
+
+
+def test_judges_refuse_images_of_another_size_instead_of_misreading_them():
+    from PIL import Image
+
+    from pipeline.errors import UserError
+    from pipeline.world.judges import WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
+
+    big = Image.new("RGB", (128, 128), (200, 200, 255))
+    for judge in (WorldStyleJudge("cartoon"), WorldPromptJudge(), WorldUnsafeJudge()):
+        with pytest.raises(UserError, match="read 64x64 px images.*got 128x128.*--resolution 64"):
+            judge.score([big], ["a red circle at the top left"])
+        with pytest.raises(ValueError, match="1 images but 2 prompts"):
+            judge.score([big], ["a red circle at the top left"] * 2)

@@ -68,4 +68,8 @@ def test_base_model_draws_each_look_only_when_asked(base_check):
 
 
 def test_judges_agree_with_the_prompts_on_the_base_models_own_generations(base_check):
-    assert base_check["style_agreement"] >= 0.90 and base_check["unsafe_agreement"] >= 0.95, base_check
+    """The style and unsafe judges read what each prompt asked for (>= 95%). For the prompt judge this
+    number is the base model's prompt following, its errors and the judge's together (nothing else
+    knows the truth for a generated image); its own error is bounded by the renders (test_world)."""
+    assert base_check["style_agreement"] >= 0.95 and base_check["unsafe_agreement"] >= 0.95, base_check
+    assert base_check["prompt_accuracy"] >= 0.80, base_check

@@ -65,6 +65,11 @@ def test_eval_world_metrics_name_their_judge_and_refuse_other_prompts_first(tmp_
     assert result.exit_code == 2 and "'a cat on a sofa' is not a miniature-world prompt" in result.output
     assert not (tmp_path / "bad").exists()
     good = write_prompts(tmp_path / "good.txt", captions("heldout")[:3])
+    big = [a if a != "64" else "128" for a in args]  # the judges read 64 px: refused before anything is made
+    result = run_cli(eval_app, ["--prompts", good, "--output", tmp_path / "big", *big])
+    assert result.exit_code == 2 and "read 64 px images" in result.output and "--resolution 64" in result.output
+    assert not (tmp_path / "big").exists()
+    good = write_prompts(tmp_path / "good.txt", captions("heldout")[:3])
     _ok(run_cli(eval_app, ["--prompts", good, "--output", tmp_path / "eval", *args]))
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     for metric in ("world-style", "world-prompt", "world-unsafe"):

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from pipeline.images import data_uri, image_grid
 
-from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, win_rate
+from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, wilson_interval, win_rate
 
 WIN_RATE_NOTE = ("win rate = share of (prompt, seed) pairs where the candidate scores better than the base on the "
                  "same prompt and seed; ties count half (safety: lower unsafety is better)")
-CI_NOTE = f"95% intervals: percentile bootstrap, {DEFAULT_RESAMPLES} resamples, seed 0"
+CI_NOTE = (f"95% intervals: percentile bootstrap over prompts (each prompt's seeds drawn together), {DEFAULT_RESAMPLES} "
+           "resamples, seed 0; rates: that interval widened to cover the Wilson score interval")
 GRID_TILE = 320  # pixels per image in the grids (the full images stay in images/)
 
 
@@ -34,11 +35,14 @@ def summarise(rows: list[dict], model_names: list[str], metric_meta: dict[str, d
         per_model = {}
         for name in model_names:
             scores = by.get((metric, name), {})
-            values = [scores[k] for k in sorted(scores)]
-            entry = bootstrap_ci(values).as_dict()
+            keys = sorted(scores)
+            values, prompts = [scores[k] for k in keys], [k[0] for k in keys]
+            entry = bootstrap_ci(values, groups=prompts).as_dict()
             if threshold is not None and values:
-                rate = bootstrap_ci([float(v > threshold) for v in values])
-                entry.update(rate=rate.estimate, rate_low=rate.low, rate_high=rate.high)
+                hits = [float(v > threshold) for v in values]
+                rate = bootstrap_ci(hits, groups=prompts)
+                low, high = wilson_interval(int(sum(hits)), len(hits))
+                entry.update(rate=rate.estimate, rate_low=min(rate.low, low), rate_high=max(rate.high, high))
             per_model[name] = entry
         wins = {}
         base = by.get((metric, model_names[0]), {})

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import math
+
 import numpy as np
 
 DEFAULT_RESAMPLES = 2000
@@ -24,12 +26,14 @@ class Interval:
 
 
 def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES,
-                 seed: int = 0) -> Interval:
+                 seed: int = 0, groups: Sequence | None = None) -> Interval:
     """Mean of ``values`` with a percentile-bootstrap interval (seeded: same input, same interval).
 
     Each resample draws ``n`` values with replacement; the interval is the (1-c)/2 and (1+c)/2
-    percentiles (numpy's linear interpolation) of the resampled means. One value gives a
-    zero-width interval; no value gives NaNs.
+    percentiles (numpy's linear interpolation) of the resampled means. With ``groups`` (one label
+    per value, e.g. the prompt) whole groups are drawn instead (cluster bootstrap): the images of
+    one prompt are correlated, so resampling them one by one would make the interval too narrow.
+    One value (or group) gives a zero-width interval; no value gives NaNs.
     """
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
@@ -37,10 +41,34 @@ def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: i
     if not 0 < confidence < 1:
         raise ValueError("confidence must be in (0, 1)")
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    if groups is not None:
+        if len(groups) != x.size:
+            raise ValueError(f"{len(groups)} group labels for {x.size} values")
+        _, index = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+        sums, counts = np.bincount(index, weights=x), np.bincount(index).astype(np.float64)
+        picks = rng.integers(0, len(sums), size=(resamples, len(sums)))
+        means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    else:
+        means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
     alpha = (1 - confidence) / 2
     low, high = np.percentile(means, [100 * alpha, 100 * (1 - alpha)])
-    return Interval(float(x.mean()), float(low), float(high), int(x.size))
+    estimate = float(x.mean())
+    # Group sums and the plain mean round differently: keep low <= estimate <= high exactly.
+    return Interval(estimate, min(float(low), estimate), max(float(high), estimate), int(x.size))
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (Wilson 1927; Brown, Cai & DasGupta 2001): unlike a
+    bootstrap it does not collapse at 0/n or n/n (0 of 96 gives [0, 0.038])."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def pair_outcomes(candidate: Sequence[float], base: Sequence[float], higher_is_better: bool = True) -> np.ndarray:

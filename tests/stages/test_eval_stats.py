@@ -63,3 +63,25 @@ def test_bootstrap_narrower_interval_for_lower_confidence():
     x = [0.1, 0.4, 0.35, 0.8, 0.55, 0.2, 0.9, 0.6]
     wide, narrow = bootstrap_ci(x, 0.95), bootstrap_ci(x, 0.5)
     assert wide.low < narrow.low < narrow.high < wide.high
+
+
+def test_wilson_interval_matches_the_textbook_and_does_not_collapse_at_zero():
+    from stages.eval_stats import wilson_interval
+
+    assert wilson_interval(0, 96) == pytest.approx((0.0, 0.0384), abs=1e-4)  # 0/96: not [0, 0]
+    assert wilson_interval(96, 96)[0] == pytest.approx(1 - 0.0384, abs=1e-4)
+    low, high = wilson_interval(8, 10)  # Brown, Cai & DasGupta (2001): 0.8 of 10 -> [0.490, 0.943]
+    assert (low, high) == pytest.approx((0.490, 0.943), abs=1e-3)
+
+
+def test_bootstrap_over_prompts_is_wider_when_a_prompt_s_seeds_agree():
+    # 12 prompts x 8 seeds; whole prompts succeed or fail together: 96 images, but 12 independent draws
+    values = [float(p < 9) for p in range(12) for _ in range(8)]
+    prompts = [p for p in range(12) for _ in range(8)]
+    by_image, by_prompt = bootstrap_ci(values), bootstrap_ci(values, groups=prompts)
+    assert by_image.estimate == by_prompt.estimate == 0.75
+    assert (by_prompt.high - by_prompt.low) > 1.8 * (by_image.high - by_image.low)
+    same = bootstrap_ci([0.1] * 30, groups=[i // 3 for i in range(30)])  # rounding must not put the mean outside
+    assert same.low <= same.estimate <= same.high
+    with pytest.raises(ValueError, match="group labels"):
+        bootstrap_ci(values, groups=prompts[:-1])

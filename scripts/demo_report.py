@@ -1,4 +1,4 @@
-"""Write the demo's run report: commands run, counts per stage, loss curve, before/after grid.
+"""Write the demo's run report: commands run, counts per stage, loss curve, before/after grid, evaluation.
 
     python scripts/demo_report.py demo-output
 """
@@ -33,7 +33,7 @@ def _loss_curve(metrics_file: Path, png: Path) -> dict:
     axes[0].set_title("MaPO loss and per-image errors")
     if "implicit_acc" in rows[0]:
         acc = [r["implicit_acc"] for r in rows]
-        window = 20  # per-step accuracy over a batch of 4 pairs is noisy: show a running mean too
+        window = 20  # per-step accuracy over a small batch is noisy: show a running mean too
         running = [sum(acc[max(0, i - window + 1): i + 1]) / len(acc[max(0, i - window + 1): i + 1]) for i in range(len(acc))]
         axes[1].plot(steps, acc, alpha=0.3, label="per step")
         axes[1].plot(steps, running, label=f"mean of last {window}")
@@ -47,8 +47,25 @@ def _loss_curve(metrics_file: Path, png: Path) -> dict:
     return rows[-1]
 
 
+def _evaluation(summary: dict) -> list[str]:
+    lines = ["| metric | scored by | model | mean [95% CI] | rate above threshold [95% CI] | win rate vs base |",
+             "|---|---|---|---|---|---|"]
+    for metric, m in summary["metrics"].items():
+        for name, pm in m["per_model"].items():
+            rate = (f"{pm['rate']:.2f} [{pm['rate_low']:.2f}, {pm['rate_high']:.2f}]" if "rate_low" in pm else "-")
+            w = m["win_rate_vs_base"].get(name)
+            wins = f"{w['rate']:.2f}" if w else "-"
+            lines.append(f"| {metric} | {m.get('judge') or '?'} | {name} | {pm['estimate']:.3f} "
+                         f"[{pm['low']:.3f}, {pm['high']:.3f}] | {rate} | {wins} |")
+    return lines
+
+
 def main(out: Path) -> Path:
-    lines = ["# Demo run report", "", "Built-in tiny-sdxl (random weights) on the CPU: the numbers show the chain works, not image quality.", ""]
+    lines = ["# Demo run report", "",
+             "The miniature world on the CPU: the built-in `shapes-sdxl` (pretrained on the world's renders, committed "
+             "with the project) learns the cartoon look from self-generated Pick-Style pairs. Every score below comes "
+             "from the world's judges (image measures in `pipeline/world/judges.py`, no weights), on held-out captions "
+             "the base model never saw.", ""]
     commands = out / "commands.txt"
     if commands.exists():
         lines += ["## Commands", "", "```", commands.read_text().strip(), "```", ""]
@@ -65,7 +82,7 @@ def main(out: Path) -> Path:
                   "Last logged step: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()), ""]
         val_rows = [json.loads(line) for line in metrics.read_text().splitlines() if '"val/' in line]
         if val_rows:
-            lines += ["Validation images scored by the shared scorers (tiny random weights in the demo):", "",
+            lines += ["Validation images (held-out captions, fixed seeds) scored by the world's judges:", "",
                       "| step | " + " | ".join(k for k in val_rows[0] if k != "step") + " |",
                       "|---" * len(val_rows[0]) + "|"]
             lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in val_rows]
@@ -75,7 +92,8 @@ def main(out: Path) -> Path:
         lines += ["## Before / after (validation prompts, fixed seeds)", "", "![before/after](run/validation/before_after.png)", ""]
     summary = out / "eval" / "summary.json"
     if summary.exists():
-        lines += ["## Evaluation", "", "Full report: [eval/report.html](eval/report.html); summary: `eval/summary.json`.", ""]
+        lines += ["## Evaluation (held-out captions, paired seeds)", ""] + _evaluation(json.loads(summary.read_text()))
+        lines += ["", "Full report: [eval/report.html](eval/report.html); summary: `eval/summary.json`.", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

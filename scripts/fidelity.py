@@ -1,0 +1,130 @@
+"""``make fidelity``: the MaPO paper's experiment in the miniature world, through the real CLIs, on a CPU.
+
+    python scripts/fidelity.py [OUTPUT_DIR]          (make fidelity: fidelity-output/)
+
+For Pick-Style (cartoon) and Pick-Safety: the base model ``shapes-sdxl`` generates pairs for the 48
+train captions, ``mapo-data label`` labels them (style: verified by the world's style judge; safety:
+the world's unsafe judge decides), ``mapo-data precompute`` encodes them, ``mapo-train`` trains MaPO,
+Diffusion-DPO (full reference) and SFT with the same data, steps, batch, learning rate and seed, and
+``mapo-eval`` compares each with the base on the 12 held-out captions (never seen by the base model)
+with paired seeds. Then it checks the judges (on fresh renders and on the base model's own
+generations) and writes ``report.md``, ``fidelity.json``, image grids and loss curves.
+
+A benchmark, not a test: it prints what the world shows, whichever way it goes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+BIN = Path(sys.executable).parent
+
+MODEL = "shapes-sdxl"
+RESOLUTION = 64
+INFERENCE_STEPS = 12
+GUIDANCE = 3.0  # see README, "The miniature world": prompt following after training is best at low guidance
+# Batch invariance (bit-identical images whatever the batch) costs ~4x on a CPU; pairs stay paired by seed.
+SAMPLING = ["--resolution", RESOLUTION, "--num-inference-steps", INFERENCE_STEPS, "--guidance-scale", GUIDANCE,
+            "--no-batch-invariant"]
+REPEAT = 4  # pairs per train caption (48 captions -> 192 pairs per dataset)
+OBJECTIVES = ("mapo", "dpo", "sft")
+# One budget for every objective: same data, steps, batch, learning rate and seed.
+TRAIN = dict(max_steps=300, batch_size=8, learning_rate=2e-4, seed=0)
+EVAL_SEEDS = 8  # images per held-out caption and model (paired across models)
+DATASETS = {
+    "pick_style": {
+        "generate": ["--recipe", "style", "--style", "cartoon"],
+        "label": ["--target", "style", "--verify", "world-style"],
+        "eval_prompts": ("heldout", None),
+        "metrics": ["world-style", "world-prompt"],
+        "eval_extra": ["--style", "cartoon"],
+    },
+    "pick_safety": {
+        "generate": ["--recipe", "safety"],
+        "label": ["--target", "safety", "--labeler", "world-unsafe"],
+        "eval_prompts": ("heldout", "unsafe"),
+        "metrics": ["world-unsafe", "world-prompt"],
+        "eval_extra": [],
+    },
+}
+
+
+class Runner:
+    def __init__(self, out: Path):
+        self.out = out
+        self.log = out / "commands.txt"
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, key: str, *args: str) -> float:
+        cmd = [str(a) for a in args]
+        line = "+ " + " ".join(shlex.quote(c) for c in cmd)
+        print(line, flush=True)
+        with open(self.log, "a") as fh:
+            fh.write(line + "\n")
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+        self.timings[key] = round(time.perf_counter() - t0, 1)
+        return self.timings[key]
+
+
+def captions_file(run: Runner, split: str, prefix: str | None, repeat: int = 1) -> Path:
+    name = f"{split}{'-' + prefix if prefix else ''}{'-x' + str(repeat) if repeat > 1 else ''}.txt"
+    path = run.out / "prompts" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = ["--split", split, "--repeat", str(repeat), "--output", str(path)] + (["--prefix", prefix] if prefix else [])
+    run(f"captions {name}", sys.executable, "-m", "pipeline.world", "captions", *args)
+    return path
+
+
+def run_dataset(run: Runner, name: str, spec: dict) -> None:
+    root = run.out / name
+    gen = ["--model", MODEL, *SAMPLING]
+    train_prompts = captions_file(run, "train", None, REPEAT)
+    run(f"{name}: generate", "mapo-data", "generate", "--prompts", train_prompts, "--keep-duplicates",
+        "--output", root / "pairs", *gen, *spec["generate"], "--shard-size", 64, "--batch-size", 16)
+    run(f"{name}: label", "mapo-data", "label", "--input", root / "pairs", "--output", root / "labeled", *spec["label"])
+    run(f"{name}: precompute", "mapo-data", "precompute", "--input", root / "labeled", "--output", root / "latents",
+        "--model", MODEL, "--resolution", RESOLUTION)
+    for objective in OBJECTIVES:
+        run(f"{name}: train {objective}", "mapo-train", "--data", root / "latents", "--model", MODEL,
+            "--output-dir", root / "runs" / objective, "--objective", objective,
+            *[x for k, v in TRAIN.items() for x in (f"--{k.replace('_', '-')}", v)],
+            "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
+    split, prefix = spec["eval_prompts"]
+    eval_prompts = captions_file(run, split, prefix)
+    run(f"{name}: eval", "mapo-eval", *[x for o in OBJECTIVES for x in ("--candidate", root / "runs" / o)],
+        "--prompts", eval_prompts, "--output", root / "eval", "--metrics", ",".join(spec["metrics"]), *spec["eval_extra"],
+        *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12, "--overwrite")
+
+
+def main(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "commands.txt").write_text("")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    run = Runner(out)
+    t0 = time.perf_counter()
+    for name, spec in DATASETS.items():
+        run_dataset(run, name, spec)
+    t = time.perf_counter()
+    from fidelity_report import write_report  # scripts/ is on sys.path (see __main__)
+
+    report = write_report(out, run.timings, time.perf_counter() - t0, settings={
+        "model": MODEL, "resolution": RESOLUTION, "num_inference_steps": INFERENCE_STEPS, "guidance_scale": GUIDANCE,
+        "pairs_per_train_caption": REPEAT, "train": TRAIN, "eval_seeds_per_prompt": EVAL_SEEDS})
+    print(f"fidelity: report in {report} ({time.perf_counter() - t:.0f} s for judges and report; "
+          f"{time.perf_counter() - t0:.0f} s in all)")
+    return report
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "fidelity-output"))

@@ -78,6 +78,17 @@ def sidecar(root: str | Path, k: int, num_shards: int, kind: str) -> Path:
     return Path(root) / DATA_DIR / f"{shard_name(k, num_shards)}.{kind}.{suffix}"
 
 
+def finite_in_storage(tensor, storage_dtype: str):
+    """``[B, ...]`` float tensor -> ``[B]`` bool: is every value of row b still finite once cast to
+    the storage dtype? (A latent finite in fp32 can exceed fp16's 65504 and be stored as inf.)"""
+    import torch
+
+    if storage_dtype not in STORAGE_DTYPES:
+        raise UserError(f"Unknown storage dtype '{storage_dtype}'; choose one of {', '.join(STORAGE_DTYPES)}.")
+    cast = tensor.detach().to(torch.float16 if storage_dtype == "fp16" else torch.bfloat16)
+    return torch.isfinite(cast).flatten(1).all(1)
+
+
 def to_storage(tensor, storage_dtype: str):
     """Torch tensor -> numpy array in the storage format (fp16, or bf16 bits as uint16)."""
     import torch

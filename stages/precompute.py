@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.image_prep import CROPS, prepare_pair
 from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_image_column
 from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPES, check_model, describe_models,
-                                    save_array_atomic, sidecar, to_storage)
+                                    finite_in_storage, save_array_atomic, sidecar, to_storage)
 from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
 from pipeline.progress import progress_bar
 from pipeline.prompts import text_id
@@ -357,10 +357,16 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
     if pairs:
         mean, logvar = _encode_latents(pipe.vae, pairs, views)
         finite = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(logvar).flatten(1).all(1)
+        # Checked after the cast as well: values finite in fp32 can overflow the storage dtype.
+        storable = finite_in_storage(mean, cfg.storage_dtype)
+        if cfg.latent_stats:
+            storable &= finite_in_storage(logvar, cfg.storage_dtype)
         for j, p in enumerate(pairs):
-            if not finite[j]:
+            if not finite[j] or not storable[j]:
+                reason = ("non-finite latents (an fp16 VAE overflow? use --vae-dtype fp32 or an fp16-fix --vae)" if not finite[j]
+                          else f"latents beyond the {cfg.storage_dtype} storage range (use --storage-dtype bf16)")
                 rejects.append({"source_row": p["source_row"], "pair_id": p["pair_id"], "caption": p["caption"],
-                                "reason": "non-finite latents (an fp16 VAE overflow? use --vae-dtype fp32 or an fp16-fix --vae)"})
+                                "reason": reason})
                 continue
             box = p["prepared"]
             rows.append({"pair_id": p["pair_id"], "caption_id": text_id(p["caption"]), "caption": p["caption"],

@@ -310,6 +310,7 @@ class Trainer:
         bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
         bar.update(state.global_step)
         last_metrics: dict = {}
+        succeeded = 0  # optimizer steps taken in this run (a non-finite loss skips its step)
         stopped = None
         while state.global_step < self.total_steps:
             t0 = time.perf_counter()
@@ -318,6 +319,7 @@ class Trainer:
             step = state.global_step
             elapsed = time.perf_counter() - t0
             if metrics is not None:
+                succeeded += 1
                 metrics["pairs_per_s"] = cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes / max(elapsed, 1e-9)
                 metrics["peak_mem_gb"] = _peak_memory_gb(acc.device)
                 last_metrics = metrics
@@ -340,6 +342,10 @@ class Trainer:
             acc.print(f"{stopped}: checkpoint saved at {path}; resume with --resume-from-checkpoint latest")
             return TrainResult(str(self.out), state.global_step, self.start_step, stopped, state.nonfinite_total,
                                last_metrics, time.perf_counter() - t_start)
+        if succeeded == 0 and state.global_step > self.start_step:
+            raise UserError(f"no training step succeeded: all {state.global_step - self.start_step} steps had a non-finite "
+                            "loss, so the model is unchanged and was not saved. Lower --learning-rate, use "
+                            "--mixed-precision bf16 or no, or check the data; then rerun with --overwrite.")
         saved = self.save_final(last_metrics)
         return TrainResult(str(self.out), state.global_step, self.start_step, None, state.nonfinite_total,
                            last_metrics, time.perf_counter() - t_start, saved)

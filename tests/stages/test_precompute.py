@@ -348,3 +348,24 @@ def test_only_the_train_split_of_a_multi_split_folder(tmp_path):
     assert [f.name for f in input_shard_files(tmp_path)] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
     assert [f.name for f in input_shard_files(tmp_path, split="test")] == ["test-00000-of-00001.parquet"]
     assert len(input_shard_files(str(tmp_path / "data" / "*.parquet"))) == 4  # a glob is taken as given
+
+
+@pytest.mark.parametrize("storage, kept", [("fp16", False), ("bf16", True)])
+def test_latents_beyond_the_storage_range_are_rejected_not_stored_as_inf(tmp_path, monkeypatch, storage, kept):
+    import stages.precompute as precompute_mod
+
+    real = precompute_mod._encode_latents
+
+    def huge_first(vae, pairs, views):  # finite in fp32, beyond fp16's 65504 (bf16 holds it)
+        mean, logvar = real(vae, pairs, views)
+        mean[0] = 1e6
+        return mean, logvar
+
+    monkeypatch.setattr(precompute_mod, "_encode_latents", huge_first)
+    out, result = precompute(tmp_path, extra=("--storage-dtype", storage, "--batch-size", "64"))
+    rejects = read_table(out, "rejects").to_pylist() if (out / "rejects").exists() else []
+    reasons = [r["reason"] for r in rejects]
+    assert ("latents beyond the fp16 storage range (use --storage-dtype bf16)" in reasons) is not kept, reasons
+    latents = open_latents(out)
+    for i in range(len(latents)):
+        assert np.isfinite(latents[i]["latents"].float().numpy()).all()

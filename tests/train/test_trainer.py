@@ -229,6 +229,24 @@ def test_nonfinite_losses_skipped_then_stop_keeps_last_checkpoint(tmp_path, late
     assert [r["step"] for r in rows] == [1, 3, 4] and rows[-1]["nonfinite_skipped"] == 1
 
 
+def test_a_run_whose_every_step_was_skipped_is_an_error_and_saves_nothing(tmp_path, latents_sdxl, monkeypatch):
+    import train.trainer as trainer_mod
+    from train.losses import LossOutput
+
+    real = trainer_mod.compute_loss
+
+    def always_nan(*a, **k):
+        out = real(*a, **k)
+        return LossOutput(loss=out.loss * float("nan"), metrics=out.metrics)
+
+    monkeypatch.setattr(trainer_mod, "compute_loss", always_nan)
+    out = tmp_path / "run"  # 3 skipped steps stay under --max-consecutive-nonfinite (10): the run used to exit 0
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3))
+    assert result.exit_code == 2, result.output
+    assert "no training step succeeded: all 3 steps had a non-finite loss" in result.output
+    assert not (out / "unet").exists()
+
+
 def test_validation_grids_and_tensorboard(tmp_path, latents_sdxl):
     out = tmp_path / "run"
     _train(latents_sdxl, out, "tiny-sdxl", 2, "--validation-steps", "1", "--validation-prompts", "a cat",

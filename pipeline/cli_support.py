@@ -9,6 +9,14 @@ from .errors import UserError
 EXIT_USER_ERROR = 2
 
 
+def signal_exit_code(name: str) -> int:
+    """The shell's exit status for a process ended by signal ``name`` ("SIGINT" -> 130, "SIGTERM" -> 143):
+    128 + the signal number (POSIX shells), so ``mapo-train ... && mapo-eval ...`` stops after an interrupt."""
+    import signal
+
+    return 128 + int(signal.Signals[name])
+
+
 def user_errors_exit(fn):
     """Decorator for typer commands: ``UserError`` -> ``error: <message>`` and exit code 2."""
 
@@ -23,6 +31,6 @@ def user_errors_exit(fn):
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             print("interrupted: finished shards are kept; rerun the same command to resume.", file=sys.stderr)
-            raise typer.Exit(130) from None
+            raise typer.Exit(signal_exit_code("SIGINT")) from None
 
     return wrapper

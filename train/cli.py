@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.cli_support import user_errors_exit
+from pipeline.cli_support import signal_exit_code, user_errors_exit
 from pipeline.models import DEFAULT_MODEL
 
 app = typer.Typer(
@@ -81,7 +81,7 @@ def main(
     if result.stopped_by_signal:
         typer.echo(f"mapo-train: stopped by {result.stopped_by_signal} at step {result.steps}; "
                    f"checkpoint saved, rerun with --resume-from-checkpoint latest")
-        raise typer.Exit(0)
+        raise typer.Exit(signal_exit_code(result.stopped_by_signal))  # not 0: the run is unfinished
     m = result.final_metrics
     summary = ", ".join(f"{k} {m[k]:.4g}" for k in ("loss", "e_w", "e_l", "implicit_acc") if k in m)
     typer.echo(f"mapo-train: {result.steps - result.start_step} steps ({result.start_step} -> {result.steps}) "

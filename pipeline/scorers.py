@@ -49,7 +49,8 @@ from pipeline.clip_embed import (
 )
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import quiet_hub_progress, resolve_device
-from pipeline.world.judges import SIZE as WORLD_SIZE, WORLD_STYLES, WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
+from pipeline.world.judges import (JUDGE_VERSION, SIZE as WORLD_SIZE, WORLD_STYLES, WorldPromptJudge, WorldStyleJudge,
+                                   WorldUnsafeJudge)
 
 METRICS = ("aesthetic", "hps", "pickscore", "clip", "style", "safety", "world-style", "world-prompt", "world-unsafe")
 
@@ -341,8 +342,6 @@ class ScorerOptions:
         out = {k: v for k, v in self.__dict__.items() if any(k.startswith(p) for m in metrics for p in prefixes.get(m, ()))}
         out.update({k: getattr(self, k) for m in metrics for k in exact.get(m, ())})
         if any(m.startswith("world-") for m in metrics):
-            from pipeline.world.judges import JUDGE_VERSION
-
             out["world_judges"] = JUDGE_VERSION
         return out
 

@@ -16,7 +16,7 @@ from pipeline.images import IMAGE_FORMATS, encode_image
 from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
 from pipeline.progress import progress_bar
 from pipeline.prompts import load_prompts
-from pipeline.seeds import derive_seed
+from pipeline.seeds import derive_seed, initial_noise
 from pipeline.shards import ShardedOutput, shard_ranges
 
 from .recipes import RecipeConfig, pair_caption, pair_requests
@@ -147,9 +147,7 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
         for r in requests
     ])
     # Initial noise from per-image CPU generators: the same noise on any device and batch size.
-    side = cfg.resolution // pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, side, side)
-    latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    latents = initial_noise(seeds, pipe.unet.config.in_channels, cfg.resolution // pipe.vae_scale_factor)
     with torch.inference_mode():
         out = pipe(
             **emb.pipeline_kwargs(),

@@ -8,6 +8,8 @@ what each prompt asked for. Used by the tests and ``make fidelity``.
 """
 from __future__ import annotations
 
+from pipeline.seeds import initial_noise
+
 from .judges import HAZARD_THRESHOLD, read_image
 from .scene import CAPTION_PREFIXES, captions, parse_prompt
 
@@ -24,8 +26,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], num_inference_steps: in
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             chunk_p, chunk_s = prompts[start:start + batch_size], seeds[start:start + batch_size]
-            shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-            latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in chunk_s])
+            latents = initial_noise(chunk_s, pipe.unet.config.in_channels, pipe.unet.config.sample_size)
             out = pipe(prompt=chunk_p, latents=latents.to(pipe.device, pipe.unet.dtype), height=side, width=side,
                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
             images += out.images

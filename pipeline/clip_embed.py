@@ -23,12 +23,7 @@ import torch
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import resolve_device
 
-# Zero-shot texts per built-in style (stages/recipes.STYLES): (the style, its opposite). One table
-# for label's --verify clip, mapo-eval's style metric and the trainer's validation style metric.
-STYLE_TEXTS = {
-    "cartoon": ("a Disney style animated image", "a realistic photo"),
-    "pixel": ("a pixel art style image", "a realistic photo"),
-}
+from pipeline.prompt_prefixes import STYLE_TEXTS  # noqa: E402,F401  (re-exported: its old home)
 
 # A tiny open_clip architecture (about 1.7M parameters, most of them the 49,408-token embedding)
 # so tests and the demo can build random weights offline and load them back through the same

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: torch is imported lazily to keep CLI start-up fast
     import torch
 
+import contextlib
+import sys
 from dataclasses import dataclass
+
+# Prompts longer than a text encoder's context (77 CLIP tokens), noted by encode_text and said once
+# per stage by report_truncation instead of the libraries' per-call warnings.
+_TRUNCATED: set[str] = set()
 
 
 @dataclass
@@ -34,12 +40,57 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
 
 
+@contextlib.contextmanager
+def quiet_truncation_warnings():
+    """Silence diffusers' "The following part of your input was truncated ..." and transformers'
+    "Token indices sequence length is longer ..." warnings (one per call, full of ``<|endoftext|>``,
+    breaking progress bars); callers note truncation with :func:`note_truncation` instead."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
+def note_truncation(pipe, texts) -> None:
+    """Remember which of ``texts`` the pipeline's first tokenizer cuts to its ``model_max_length``."""
+    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer is None or not limit or limit > 100_000:
+        return
+    with quiet_truncation_warnings():
+        for text in texts:
+            if text and text not in _TRUNCATED and len(tokenizer(text).input_ids) > limit:
+                _TRUNCATED.add(text)
+
+
+def report_truncation(tag: str, limit: int = 77) -> int:
+    """Say once on stderr how many distinct prompts were truncated since the last report; returns the count."""
+    count = len(_TRUNCATED)
+    if count:
+        print(f"{tag}: {count} prompt{'s were' if count > 1 else ' was'} truncated to {limit} tokens "
+              "(the text encoders' context); only their start conditions the images", file=sys.stderr)
+    _TRUNCATED.clear()
+    return count
+
+
 def encode_text(pipe, prompts: list[str], negative_prompts: list[str | None] | None = None, *, guidance: bool = False) -> TextEmbeddings:
-    """Encode ``prompts`` (and negatives when ``guidance``) with the pipeline's own encode_prompt."""
+    """Encode ``prompts`` (and negatives when ``guidance``) with the pipeline's own encode_prompt.
+
+    Prompts longer than the tokenizer's context are truncated as the pipeline does, noted for
+    :func:`report_truncation`, and not warned about per call.
+    """
     import torch
 
+    note_truncation(pipe, [*prompts, *(negative_prompts or [])])
     device = pipe._execution_device if hasattr(pipe, "_execution_device") else pipe.device
-    with torch.inference_mode():
+    with torch.inference_mode(), quiet_truncation_warnings():
         if is_sdxl(pipe):
             pe, npe, pooled, npooled = pipe.encode_prompt(
                 prompt=prompts,

@@ -226,6 +226,15 @@ def _read_latent_manifest(root: Path) -> dict:
     return manifest
 
 
+def latents_model(root: str | Path) -> str:
+    """The base model a precompute output was made with (its manifest's ``latents.model``).
+
+    Raises:
+        UserError: ``root`` is not a precompute output.
+    """
+    return _read_latent_manifest(Path(root))["latents"]["model"]
+
+
 def open_latents(root: str | Path, allow_partial: bool = False) -> "LatentDataset":
     """Open a precompute output for reading (raises UserError with what to run otherwise)."""
     root = Path(root)

@@ -146,16 +146,26 @@ def _model_index(model: str) -> tuple[str, dict]:
     return source, _call_loader("Model", model, DiffusionPipeline.load_config, source)
 
 
-def check_model_available(model: str, vae: str | None = None) -> None:
+def check_model_available(model: str, vae: str | None = None) -> str:
     """Fail in one line now if the model (or VAE) cannot be loaded later: stages call this before
-    they create their output folder, so a typo in --model leaves nothing behind."""
+    they create their output folder, so a typo in --model leaves nothing behind.
+
+    Returns:
+        The pipeline's family, "sdxl" or "sd15" (as :func:`model_family`), read from its model_index.json.
+
+    Raises:
+        ModelNotFoundError: the model or VAE cannot be found.
+    """
     from diffusers import AutoencoderKL
 
+    family = "sdxl"
     if model not in builtin_models.ARCH_MODELS:
-        _model_index(model)
+        index = _model_index(model)[1]
+        family = "sdxl" if (index.get("text_encoder_2") or [None])[0] is not None else "sd15"
     if vae is not None:
         source, sub = _vae_source(vae)
         _call_loader("VAE", vae, AutoencoderKL.load_config, source, **sub)
+    return family
 
 
 def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="auto", skip: tuple[str, ...] = ()):

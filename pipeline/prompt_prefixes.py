@@ -16,3 +16,10 @@ REALISTIC_PREFIX = "Realistic 8k image."
 # The paper describes an unsafe-inducing prefix without publishing a canonical string; this is
 # the project's default, overridable with ``--unsafe-prefix``.
 UNSAFE_PREFIX = "Sexual, nudity, +18 image."
+
+# Zero-shot texts per built-in style: (the style, its opposite). One table for label's --verify clip,
+# mapo-eval's style metric and the trainer's validation style metric.
+STYLE_TEXTS = {
+    "cartoon": ("a Disney style animated image", "a realistic photo"),
+    "pixel": ("a pixel art style image", "a realistic photo"),
+}

@@ -29,7 +29,7 @@ Weights come from a local file or folder, a hub id / ``org/repo/file`` hub file,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
@@ -49,17 +49,11 @@ from pipeline.clip_embed import (
 )
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import quiet_hub_progress, resolve_device
-from pipeline.world.judges import (JUDGE_VERSION, SIZE as WORLD_SIZE, WORLD_STYLES, WorldPromptJudge, WorldStyleJudge,
+from pipeline.scorer_options import (AESTHETIC_WEIGHTS_URL, HPS_WEIGHTS, METRICS, PICKSCORE_MODEL,  # noqa: F401 (re-exported)
+                                     PICKSCORE_PROCESSOR, ScorerOptions, check_metrics, check_prompts)
+from pipeline.world.judges import (WORLD_STYLES, WorldPromptJudge, WorldStyleJudge,
                                    WorldUnsafeJudge)
 
-METRICS = ("aesthetic", "hps", "pickscore", "clip", "style", "safety", "world-style", "world-prompt", "world-unsafe")
-
-AESTHETIC_WEIGHTS_URL = (
-    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
-)
-HPS_WEIGHTS = "xswu/HPSv2/HPS_v2.1_compressed.pt"
-PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
-PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 # The aesthetic MLP's layer widths after the input (the input width comes from the weights).
 AESTHETIC_HIDDEN = (1024, 128, 64, 16)
 
@@ -310,42 +304,6 @@ class SafetyScorer:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScorerOptions:
-    """Where each scorer's weights come from. Defaults are the paper's models."""
-
-    aesthetic_weights: str = AESTHETIC_WEIGHTS_URL
-    aesthetic_clip_model: str = "ViT-L-14"
-    aesthetic_clip_pretrained: str | None = "openai"
-    hps_clip_model: str = "ViT-H-14"
-    hps_weights: str = HPS_WEIGHTS
-    pickscore_model: str = PICKSCORE_MODEL
-    pickscore_processor: str = PICKSCORE_PROCESSOR
-    clip_model: str = "ViT-L-14"
-    clip_pretrained: str | None = "openai"
-    # The same default CLIP as label's --verify clip, so eval's adoption matches label's check.
-    style_clip_model: str = "ViT-B-32"
-    style_clip_pretrained: str | None = "openai"
-    style_text: str | None = None
-    opposite_text: str = "a realistic photo"
-    style: str | None = None  # the look world-style checks (cartoon, pixel)
-    safety_classifier: str = "nudenet"
-    safety_source: str | None = None
-    batch_size: int = 16
-    tiny: bool = False  # every model is tiny and random (tiny_scorer_options): numbers say nothing
-
-    def describe(self, metrics: Sequence[str]) -> dict:
-        """The options that matter for ``metrics`` (recorded next to the scores)."""
-        prefixes = {"aesthetic": ("aesthetic_",), "hps": ("hps_",), "pickscore": ("pickscore_",),
-                    "clip": ("clip_",), "style": ("style_", "opposite_"), "safety": ("safety_",)}
-        exact = {"world-style": ("style",), "world-prompt": (), "world-unsafe": ()}
-        out = {k: v for k, v in self.__dict__.items() if any(k.startswith(p) for m in metrics for p in prefixes.get(m, ()))}
-        out.update({k: getattr(self, k) for m in metrics for k in exact.get(m, ())})
-        if any(m.startswith("world-") for m in metrics):
-            out["world_judges"] = JUDGE_VERSION
-        return out
-
-
 def judge_provenance(metric: str, options: ScorerOptions) -> str:
     """Who scored ``metric``, in words, for reports: a world judge, tiny random weights, or real weights."""
     if metric.startswith("world-"):
@@ -357,20 +315,6 @@ def judge_provenance(metric: str, options: ScorerOptions) -> str:
         return "TINY RANDOM WEIGHTS (tests/demo): the numbers do not measure anything"
     sources = {k: v for k, v in options.describe([metric]).items() if k.endswith(("weights", "model", "pretrained", "source", "processor"))}
     return "real weights: " + ", ".join(f"{k}={v}" for k, v in sources.items())
-
-
-def check_metrics(names: Sequence[str]) -> list[str]:
-    """Validate metric names (one line naming the valid ones), dropping repeats, keeping order."""
-    out = []
-    for name in names:
-        name = name.strip()
-        if name not in METRICS:
-            raise UserError(f"unknown metric '{name}'; valid metrics: {', '.join(METRICS)}")
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise UserError(f"no metric given; valid metrics: {', '.join(METRICS)}")
-    return out
 
 
 def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, device="auto") -> dict[str, Scorer]:
@@ -423,18 +367,6 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
         elif name == "world-unsafe":
             scorers[name] = WorldUnsafeJudge()
     return scorers
-
-
-def check_prompts(metrics: Sequence[str], prompts: Sequence[str], resolution: int | None = None) -> None:
-    """Fail in one line (UserError) now if a metric cannot read one of ``prompts`` (``world-prompt``
-    reads only world captions) or images of ``resolution`` px (the world's judges read 64 px):
-    callers check before they generate or train."""
-    if "world-prompt" in metrics:
-        WorldPromptJudge.check_prompts(prompts)
-    world = [m for m in metrics if m.startswith("world-")]
-    if world and resolution is not None and resolution != WORLD_SIZE:
-        raise UserError(f"{', '.join(world)} read{'s' if len(world) == 1 else ''} {WORLD_SIZE} px images (the miniature "
-                        f"world's size), not {resolution}: pass --resolution {WORLD_SIZE}")
 
 
 def score_images(

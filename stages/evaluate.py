@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,10 @@ from pipeline.errors import UserError
 from pipeline.models import check_model_available
 from pipeline.progress import progress_bar
 from pipeline.prompts import PromptSet, load_prompts
-from pipeline.scorers import ScorerOptions, check_metrics, check_prompts, judge_provenance, load_scorers
+from pipeline.options import (PANEL_IO, PANEL_RUN, PANEL_SAMPLING, at_least, batch_invariant_option, check_options,
+                              dtype_option, guidance_scale_option, model_option, num_inference_steps_option, option,
+                              prompt_column_option, prompt_split_option, resolution_option, seed_option, vae_option)
+from pipeline.scorer_options import ScorerOptions, check_metrics, check_prompts
 from pipeline.seeds import derive_seed
 
 TRAINING_CONFIG = "training_config.json"
@@ -46,6 +50,7 @@ class Candidate:
     kind: str  # "unet" or "lora"
     base_model: str | None
     objective: str | None
+    family: str | None = None  # "sdxl" | "sd15": the UNet's pipeline family (training_config.json)
 
     def fingerprint(self) -> str:
         """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
@@ -69,42 +74,57 @@ def read_candidate(path: str, name: str | None = None) -> Candidate:
         raise UserError(f"candidate '{path}': {TRAINING_CONFIG} is not valid JSON ({exc})") from None
     # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
     kind = "unet" if has_unet else "lora"
-    return Candidate(name or root.resolve().name, str(root.resolve()), kind, config.get("model"), config.get("objective"))
+    return Candidate(name or root.resolve().name, str(root.resolve()), kind, config.get("model"), config.get("objective"),
+                     config.get("family"))
 
 
 @dataclass
 class EvalConfig:
-    prompts: str
-    output: str
-    candidates: list[str] = field(default_factory=list)
-    model: str | None = None  # None: the candidates' base model (training_config.json "model")
-    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    """``mapo-eval``: every option, declared once (:mod:`pipeline.options`); the sampling defaults are the
+    paper's validation settings (25 steps, guidance 5.0; method.md, Evaluation)."""
+
+    prompts: str = option(panel=PANEL_IO, help=(
+        "Prompt source: .txt, .jsonl/.csv/.parquet (caption column), or a datasets name."))
+    output: str = option(panel=PANEL_IO, help=(
+        "Output folder (images, scores.parquet, summary.json, plots, report.html); resumable."))
+    candidates: list[str] = option(name="candidate", default_factory=list, separator=None, panel=PANEL_IO, help=(
+        "A mapo-train output folder (full UNet or LoRA); repeat to compare several."))
+    # None: the candidates' base model (training_config.json "model")
+    model: str | None = model_option(None, help=(
+        "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15, shapes-sdxl); "
+        "default: the candidates' training model."))
+    metrics: list[str] = option(default_factory=lambda: list(DEFAULT_METRICS), panel=PANEL_IO, help=(
+        "Comma-separated: aesthetic, hps, pickscore, clip, style, safety; on the miniature world world-style, "
+        "world-prompt, world-unsafe."))
     scorers: ScorerOptions = field(default_factory=ScorerOptions)
-    vae: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    num_inference_steps: int = 25  # the paper's validation settings
-    guidance_scale: float = 5.0
-    resolution: int = 1024
-    seeds: int = 1  # images per prompt (seed indices 0..seeds-1)
-    seed: int = 0
-    negative_prompt: str | None = None
-    batch_size: int = 4
-    batch_invariant: bool = True
-    prompt_column: str | None = None
-    prompt_split: str = "train"
-    limit: int | None = None
-    grid_prompts: int = 8
-    overwrite: bool = False
+    vae: str | None = vae_option()
+    dtype: str = dtype_option()
+    device: str = option("auto", panel=PANEL_RUN, help="auto, cpu, cuda, cuda:N (generation and scoring).")
+    num_inference_steps: int = num_inference_steps_option(25)
+    guidance_scale: float = guidance_scale_option(5.0)
+    resolution: int = resolution_option(1024)
+    seeds: int = option(1, check=at_least(1), panel=PANEL_SAMPLING, help=(
+        "Images (seeds) per prompt; every model gets the same seeds."))
+    seed: int = seed_option("Global seed; image k of a prompt uses derive_seed(seed, prompt id, k).")
+    negative_prompt: str | None = option(None, panel=PANEL_SAMPLING, help="Negative prompt for every image.")
+    batch_size: int = option(4, check=at_least(1), panel=PANEL_RUN, help="Images per pipeline call.")
+    batch_invariant: bool = batch_invariant_option()
+    prompt_column: str | None = prompt_column_option()
+    prompt_split: str = prompt_split_option()
+    limit: int | None = option(None, check=at_least(1), panel=PANEL_IO, help="Use only the first N prompts.")
+    grid_prompts: int = option(8, check=at_least(0), panel=PANEL_IO, help=(
+        "Prompts shown as image grids (base | candidates) in the report."))
+    overwrite: bool = option(False, panel=PANEL_IO, help="Replace an output folder made with other generation settings.")
 
     def validate(self) -> "EvalConfig":
+        """The declared checks; metric names deduplicated; the scorers' style texts and tiny weights resolved.
+
+        Raises:
+            UserError: a value outside its choices or range, no metric.
+        """
+        check_options(self)
         self.metrics = check_metrics(self.metrics)
-        if self.resolution < 8 or self.resolution % 8:
-            raise UserError("--resolution must be a positive multiple of 8.")
-        if min(self.num_inference_steps, self.batch_size, self.seeds) < 1:
-            raise UserError("--num-inference-steps, --batch-size and --seeds must be at least 1.")
-        if self.grid_prompts < 0:
-            raise UserError("--grid-prompts must be 0 or more.")
+        self.scorers = self.scorers.resolved()
         return self
 
     def generation(self, base_model: str) -> dict:
@@ -144,13 +164,11 @@ def _unique_names(cands: list[Candidate]) -> list[Candidate]:
         while name in seen:
             name, n = f"{c.name}-{n}", n + 1
         seen.add(name)
-        out.append(Candidate(name, c.path, c.kind, c.base_model, c.objective))
+        out.append(Candidate(name, c.path, c.kind, c.base_model, c.objective, c.family))
     return out
 
 
 def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
-    import sys
-
     from pipeline.models import DEFAULT_MODEL
 
     trained_on = {c.base_model for c in cands if c.base_model}
@@ -158,9 +176,6 @@ def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
         if len(trained_on) > 1:
             raise UserError(f"candidates were trained from different models ({', '.join(sorted(trained_on))}); name the base with --model")
         return trained_on.pop() if trained_on else DEFAULT_MODEL
-    for c in cands:
-        if c.base_model and c.base_model != cfg.model:
-            print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model '{cfg.model}'", file=sys.stderr)
     return cfg.model
 
 
@@ -273,6 +288,8 @@ def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, 
                       prompt_set: PromptSet, out: Path) -> int:
     from pipeline.models import load_pipeline, resolve_device, resolve_dtype
 
+    from pipeline.conditioning import report_truncation
+
     from .generate import generate_images
     from .recipes import ImageRequest
 
@@ -305,6 +322,7 @@ def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, 
         finally:
             switch.restore(cand)
     bar.close()
+    report_truncation("eval")
     return total
 
 
@@ -376,6 +394,8 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     Every input is checked (metrics, candidates, prompts, scorer weights, output folder) before
     anything is written, so bad input leaves no output behind.
     """
+    from pipeline.scorers import judge_provenance, load_scorers
+
     from .eval_report import write_report
 
     t0 = time.perf_counter()
@@ -401,7 +421,15 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     missing = {m: ks for m, ks in _missing_scores(cfg, keys, rows).items() if ks}
     # Load the scorers before generating: missing weights fail before any image is made.
     scorers = load_scorers(list(missing), cfg.scorers, cfg.device) if missing else {}
-    check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
+    family = check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
+    for c in cands:
+        if c.family and c.family != family:
+            raise UserError(f"candidate {c.name} is an {c.family} UNet (trained from '{c.base_model}') but --model "
+                            f"'{base_model}' is an {family} pipeline; pass its base model or leave --model out")
+    for c in cands:
+        if c.base_model and c.base_model != base_model:
+            print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model "
+                  f"'{base_model}'", file=sys.stderr)
 
     if state.get("overwrite"):
         shutil.rmtree(out)

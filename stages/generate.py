@@ -10,8 +10,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+from pipeline.conditioning import report_truncation
 from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
-from pipeline.errors import UserError
+from pipeline.options import (PANEL_IO, PANEL_RUN, at_least, batch_invariant_option, between, check_options, device_option,
+                              dtype_option, guidance_scale_option, model_option, num_inference_steps_option, option,
+                              overwrite_option, prompt_column_option, prompt_split_option, resolution_option, seed_option,
+                              vae_option)
 from pipeline.images import IMAGE_FORMATS, encode_image
 from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
 from pipeline.progress import progress_bar
@@ -26,39 +30,40 @@ STAGE = "generate"
 
 @dataclass
 class GenerateConfig:
-    prompts: str
-    output: str
+    """``mapo-data generate``: every option, declared once (:mod:`pipeline.options`)."""
+
+    prompts: str = option(help="Prompt source: .txt (one per line), .jsonl/.csv/.parquet, or a datasets name.",
+                          panel=PANEL_IO)
+    output: str = option(help="Output folder for the pair shards (resumable).", panel=PANEL_IO)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
-    model: str = DEFAULT_MODEL
-    vae: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    num_inference_steps: int = 30
-    guidance_scale: float = 5.0
-    resolution: int = 1024
-    seed: int = 0
-    shard_size: int = 100
-    batch_size: int = 4
-    image_format: str = "png"
-    quality: int = 95
-    prompt_column: str | None = None
-    prompt_split: str = "train"
-    keep_duplicates: bool = False
-    limit: int | None = None
-    batch_invariant: bool = True
-    compile: bool = False
-    overwrite: bool = False
+    model: str = model_option(DEFAULT_MODEL)
+    vae: str | None = vae_option()
+    dtype: str = dtype_option()
+    device: str = device_option()
+    num_inference_steps: int = num_inference_steps_option(30)
+    guidance_scale: float = guidance_scale_option(5.0)
+    resolution: int = resolution_option(1024)
+    seed: int = seed_option("Global seed; each image's seed derives from (seed, prompt id, image index).")
+    shard_size: int = option(100, help="Pairs per Parquet shard.", check=at_least(1), panel=PANEL_IO)
+    batch_size: int = option(4, help="Pairs per pipeline call.", check=at_least(1), panel=PANEL_RUN)
+    image_format: str = option("png", help="png (lossless), jpeg or webp.", choices=IMAGE_FORMATS, panel=PANEL_IO)
+    quality: int = option(95, help="JPEG/WebP quality.", check=between(1, 100), panel=PANEL_IO)
+    prompt_column: str | None = prompt_column_option()
+    prompt_split: str = prompt_split_option()
+    keep_duplicates: bool = option(False, help="Keep duplicate prompts (dropped by default).", panel=PANEL_IO)
+    limit: int | None = option(None, help="Use only the first N usable prompts.", check=at_least(1), panel=PANEL_IO)
+    batch_invariant: bool = batch_invariant_option()
+    compile: bool = option(False, flags=("--compile",), help="torch.compile the UNet (CUDA only).", panel=PANEL_RUN)
+    overwrite: bool = overwrite_option()
 
     def validate(self) -> "GenerateConfig":
+        """The declared checks, the recipe's included.
+
+        Raises:
+            UserError: a value outside its choices or range.
+        """
+        check_options(self)
         self.recipe.validate()
-        if self.image_format not in IMAGE_FORMATS:
-            raise UserError(f"Unknown image format '{self.image_format}'; choose one of {', '.join(IMAGE_FORMATS)}.")
-        if self.resolution < 8 or self.resolution % 8:
-            raise UserError("--resolution must be a positive multiple of 8.")
-        if self.num_inference_steps < 1 or self.batch_size < 1 or self.shard_size < 1:
-            raise UserError("--num-inference-steps, --batch-size and --shard-size must be at least 1.")
-        if not 1 <= self.quality <= 100:
-            raise UserError("--quality must be between 1 and 100.")
         return self
 
 
@@ -72,6 +77,8 @@ class GenerateResult:
     seconds: float  # the whole call, model loading included
     loop_seconds: float  # generating, encoding and writing the shards
     pipeline_seconds: float  # inside the diffusion pipeline call
+    dropped_empty: int = 0  # blank prompts skipped
+    dropped_duplicates: int = 0  # repeated prompts skipped (unless --keep-duplicates)
 
     @property
     def pairs_per_second(self) -> float:
@@ -242,9 +249,11 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
             pairs_written = sum(w.result() for w in writes)
         loop_seconds = time.perf_counter() - loop_t0
         bar.close()
+        report_truncation(proc.tag("generate"))
     wait_for_everyone()
     if proc.is_main:
         out.finalize({"prompts": {"source": prompt_set.source, "count": len(prompt_set.prompts),
                                   "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}})
     return GenerateResult(cfg.output, pairs_written, len(todo), len(mine) - len(todo), (proc.index, proc.count),
-                          time.perf_counter() - t_start, loop_seconds, pipeline_seconds)
+                          time.perf_counter() - t_start, loop_seconds, pipeline_seconds,
+                          prompt_set.dropped_empty, prompt_set.dropped_duplicates)

@@ -12,11 +12,22 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
+from pipeline.options import at_least, option
 from pipeline.shards import read_manifest
 
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
 HIST_BINS = 10
 HIST_WIDTH = 40
+
+
+@dataclass
+class InspectConfig:
+    """``mapo-data inspect``: every option, declared once (:mod:`pipeline.options`)."""
+
+    directory: str = option(argument=True, help="A label or generate output folder.")
+    html: str | None = option(None, help="Also write a self-contained HTML page with sampled pairs here.")
+    samples: int = option(24, check=at_least(1), help="Pairs shown in the HTML page.")
+    seed: int = option(0, help="Sampling seed for the HTML page.")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
+from pipeline.options import PANEL_IO, check_options, device_option, option, overwrite_option
 from pipeline.progress import progress_bar
 from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest
 
@@ -35,17 +36,21 @@ FRONT = ("caption", "jpg_0", "jpg_1", *LABEL_COLUMNS, "pair_id")
 
 @dataclass
 class LabelConfig:
-    input: str
-    output: str
+    """``mapo-data label``: every option, declared once (:mod:`pipeline.options`)."""
+
+    input: str = option(panel=PANEL_IO, help=(
+        "Pairs: a generate output folder, or Pick-a-Pic Parquet (file or folder with caption, jpg_0, jpg_1)."))
+    output: str = option(panel=PANEL_IO, help=(
+        "Output folder for the preference shards, rejects and dataset card (resumable)."))
     labeler: LabelerSpec = field(default_factory=LabelerSpec)
-    device: str = "auto"
-    license: str = "other"
-    overwrite: bool = False
+    device: str = device_option()
+    license: str = option("other", panel=PANEL_IO, help="License written into the dataset card.")
+    overwrite: bool = overwrite_option()
 
     def validate(self) -> "LabelConfig":
+        """The declared checks and the labeler's (see :meth:`LabelerSpec.resolved_labeler`)."""
+        check_options(self)
         self.labeler.resolved_labeler()
-        if self.labeler.batch_size < 1:
-            raise UserError("--batch-size must be at least 1.")
         return self
 
 
@@ -135,7 +140,7 @@ def _with_style_text(spec, source: LabelInput):
     its own; otherwise --style-text is required. Checked before any model loads or file is written."""
     from dataclasses import replace
 
-    from pipeline.clip_embed import STYLE_TEXTS
+    from pipeline.prompt_prefixes import STYLE_TEXTS
 
     if spec.verify == "world-style":
         from pipeline.world.judges import WORLD_STYLES
@@ -302,6 +307,17 @@ def label_shard(out: ShardedOutput, k: int, path: Path, labeler, batch_size: int
 # ---------------------------------------------------------------------------------------------
 
 
+def _warn_if_nothing_kept(totals: dict, root: Path) -> None:
+    """A run that keeps no pair is not an error (the input may be all ties) but never silent."""
+    import sys
+
+    if totals.get("pairs_in") and not totals.get("kept"):
+        reasons = sorted(totals.get("drop_reasons", {}).items(), key=lambda kv: -kv[1])
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons) or "no reason recorded"
+        print(f"warning: label kept 0 of {totals['pairs_in']} pairs ({why}); the dropped pairs are in {root}/rejects/, "
+              f"`mapo-data inspect {root}` summarises them", file=sys.stderr)
+
+
 def run_label(cfg: LabelConfig) -> LabelResult:
     """Label all pending shards of ``cfg.output`` that belong to this process."""
     from pipeline.models import resolve_device
@@ -342,5 +358,6 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     if proc.is_main:
         summed = out.finalize({"input": {"path": str(cfg.input), "kind": source.kind}})
         write_card(cfg, out.root, source, labeler, summed, out.num_shards)
+        _warn_if_nothing_kept(summed, out.root)
     return LabelResult(cfg.output, totals["pairs_in"], totals["kept"], totals["rejected"], totals["disagreements"],
                        len(todo), len(mine) - len(todo), time.perf_counter() - t_start, loop_seconds)

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from pipeline.clip_embed import STYLE_TEXTS
+from pipeline.prompt_prefixes import STYLE_TEXTS
 from pipeline.errors import UserError
+from pipeline.options import at_least, check_options, option
 
 TARGETS = ("style", "safety")
 LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction")}
@@ -226,31 +227,50 @@ class SafetyLabeler:
 # ---------------------------------------------------------------------------------------------
 
 
+PANEL_LABELER, PANEL_VERIFY = "Labeler", "Style check (--verify)"
+
+
 @dataclass
 class LabelerSpec:
-    """The options that pick and parameterise a labeler (from the CLI or a config)."""
+    """The options that pick and parameterise a labeler (``mapo-data label``; declared once)."""
 
-    target: str = "style"
-    labeler: str = "auto"
-    classifier_source: str | None = None
-    unsafe_threshold: float | None = None
-    min_gap: float = 0.0
-    verify: str | None = None  # None, "clip" or "world-style"
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str | None = "openai"
-    style_text: str | None = None
-    opposite_text: str | None = None
-    min_style_margin: float = 0.0
-    batch_size: int = 16
+    target: str = option("style", required=True, choices=TARGETS, panel=PANEL_LABELER,
+                         help="style (Pick-Style) or safety (Pick-Safety).")
+    # Checked per target in resolved_labeler (the message names the labelers that serve it).
+    labeler: str = option("auto", panel=PANEL_LABELER, help=(
+        "auto (style: construction, safety: nudenet), construction, nudenet, sd-safety-checker, "
+        "world-unsafe (the miniature world's judge)."))
+    classifier_source: str | None = option(None, panel=PANEL_LABELER, help=(
+        "Safety classifier weights: NudeNet .onnx file, or SD safety checker hub id / folder."))
+    unsafe_threshold: float | None = option(None, panel=PANEL_LABELER, help=(
+        "Unsafe when the score is above this (default: the classifier's, NudeNet 0.5, SD checker 0.0)."))
+    min_gap: float = option(0.0, panel=PANEL_LABELER, help="Safety: drop pairs whose two scores differ by less than this.")
+    verify: str | None = option(None, choices=("none", *VERIFIERS), panel=PANEL_VERIFY, help=(
+        "Style: 'clip' (CLIP zero-shot margin) or 'world-style' (the miniature world's judge) drops pairs whose "
+        "chosen image does not show the style."))
+    clip_model: str = option("ViT-B-32", panel=PANEL_VERIFY, help="open_clip model name for --verify clip.")
+    clip_pretrained: str | None = option("openai", panel=PANEL_VERIFY,
+                                         help="open_clip pretrained tag or local weights file.")
+    style_text: str | None = option(None, panel=PANEL_VERIFY, help=(
+        "Text describing the style (default per built-in style, e.g. 'a Disney style animated image')."))
+    opposite_text: str | None = option(None, panel=PANEL_VERIFY,
+                                       help="Text describing the opposite (default 'a realistic photo').")
+    min_style_margin: float = option(0.0, panel=PANEL_VERIFY, help=(
+        "Keep a pair when its chosen image's style margin is at least this (clip: cos(style) - cos(opposite); "
+        "world-style: P(style) - 0.5)."))
+    batch_size: int = option(16, check=at_least(1), panel=PANEL_LABELER, help="Pairs per classifier batch.")
 
     def resolved_labeler(self) -> str:
-        if self.target not in TARGETS:
-            raise UserError(f"unknown target '{self.target}'; choose one of {', '.join(TARGETS)}")
+        """The labeler's name once ``auto`` is resolved for the target.
+
+        Raises:
+            UserError: an unknown target, labeler or verifier, a labeler that does not serve the target,
+                or ``--verify`` with a safety classifier.
+        """
+        check_options(self)
         name = DEFAULT_LABELER[self.target] if self.labeler == "auto" else self.labeler
         if name not in LABELERS[self.target]:
             raise UserError(f"unknown labeler '{name}' for --target {self.target}; choose one of {', '.join(LABELERS[self.target])}")
-        if self.verify not in (None, "none", *VERIFIERS):
-            raise UserError(f"unknown --verify '{self.verify}'; choose {' or '.join(VERIFIERS)} (or leave it out)")
         if self.verify in VERIFIERS and name != "construction":
             raise UserError(f"--verify {self.verify} checks labels made by construction; it does not apply to a safety classifier")
         return name

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.conditioning import report_truncation
 from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
 from pipeline.errors import UserError
 from pipeline.image_prep import CROPS, prepare_pair
@@ -26,6 +27,8 @@ from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_imag
 from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPES, check_model, describe_models,
                                     finite_in_storage, save_array_atomic, sidecar, to_storage)
 from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
+from pipeline.options import (DTYPES, PANEL_IO, PANEL_MODEL, PANEL_RUN, at_least, check_options, device_option,
+                              dtype_option, model_option, multiple_of_8, option, overwrite_option, vae_option)
 from pipeline.progress import progress_bar
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
@@ -35,35 +38,46 @@ REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 FLIPS = ("none", "both")
 
 
+PANEL_PREP = "Image preparation and storage"
+
+
 @dataclass
 class PrecomputeConfig:
-    input: str
-    output: str
-    model: str = DEFAULT_MODEL
-    vae: str | None = None
-    dtype: str = "auto"  # text encoders
-    vae_dtype: str = "fp32"  # SDXL's own VAE overflows in fp16; pass fp16 with an fp16-fix --vae
-    device: str = "auto"
-    resolution: int = 1024
-    crop: str = "center"
-    seed: int = 0
-    flip: str = "none"
-    latent_stats: bool = False
-    storage_dtype: str = "fp16"
-    batch_size: int = 4  # pairs per VAE call: 2 (x2 with flips) images each, 1024 px images are memory-hungry
-    overwrite: bool = False
+    """``mapo-data precompute``: every option, declared once (:mod:`pipeline.options`)."""
+
+    input: str = option(flags=("--input",), panel=PANEL_IO, help=(
+        "Preference shards: a folder (data/*.parquet), a Parquet file or a glob, with caption, jpg_0, jpg_1, "
+        "label_0, label_1."))
+    output: str = option(panel=PANEL_IO, help="Output folder for the latent shards (resumable).")
+    model: str = model_option(DEFAULT_MODEL)
+    vae: str | None = vae_option()
+    dtype: str = dtype_option("Text encoders: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
+    # SDXL's own VAE overflows in fp16; pass fp16 with an fp16-fix --vae.
+    vae_dtype: str = option("fp32", choices=DTYPES, panel=PANEL_MODEL, help=(
+        "VAE precision (SDXL's own VAE overflows in fp16; fp16 is fine with an fp16-fix --vae)."))
+    device: str = device_option()
+    resolution: int = option(1024, check=multiple_of_8, panel=PANEL_PREP,
+                             help="Training resolution: short side resized to it, then a square crop.")
+    crop: str = option("center", choices=CROPS, panel=PANEL_PREP, help="center, or random (seeded per pair from --seed).")
+    seed: int = option(0, panel=PANEL_PREP, help="Seed for --crop random.")
+    flip: str = option("none", choices=FLIPS, panel=PANEL_PREP,
+                       help="none, or both: also cache the mirrored latents so training can flip.")
+    latent_stats: bool = option(False, flags=("--latent-stats",), panel=PANEL_PREP,
+                                help="Also keep the latent log-variance (training can sample).")
+    storage_dtype: str = option("fp16", choices=STORAGE_DTYPES, panel=PANEL_PREP,
+                                help="fp16 or bf16 for stored latents and embeddings.")
+    # 1024 px images are memory-hungry: 2 (x2 with flips) images per pair.
+    batch_size: int = option(4, check=at_least(1), panel=PANEL_RUN,
+                             help="Pairs per VAE call (and captions per text-encoder call).")
+    overwrite: bool = overwrite_option()
 
     def validate(self) -> "PrecomputeConfig":
-        if self.resolution < 8 or self.resolution % 8:
-            raise UserError("--resolution must be a positive multiple of 8.")
-        if self.crop not in CROPS:
-            raise UserError(f"Unknown crop '{self.crop}'; choose one of {', '.join(CROPS)}.")
-        if self.flip not in FLIPS:
-            raise UserError(f"Unknown flip mode '{self.flip}'; choose one of {', '.join(FLIPS)}.")
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise UserError(f"Unknown storage dtype '{self.storage_dtype}'; choose one of {', '.join(STORAGE_DTYPES)}.")
-        if self.batch_size < 1:
-            raise UserError("--batch-size must be at least 1.")
+        """The declared checks.
+
+        Raises:
+            UserError: a value outside its choices or range.
+        """
+        check_options(self)
         return self
 
 
@@ -435,6 +449,7 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
                     totals[key] += stats[key]
         loop_seconds = time.perf_counter() - loop_t0
         bar.close()
+        report_truncation(proc.tag("precompute"))
     wait_for_everyone()
     if proc.is_main:
         out.finalize({"latents": description or previous, "input": source})

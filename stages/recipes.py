@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
+from pipeline.options import check_options, not_blank, option
 from pipeline.prompt_prefixes import STYLE_PREFIXES as STYLES
 from pipeline.prompt_prefixes import UNSAFE_PREFIX as DEFAULT_UNSAFE_PREFIX
 
@@ -24,31 +25,44 @@ class ImageRequest:
     seed_index: int
 
 
+PANEL_RECIPE = "Recipe"
+
+
 @dataclass(frozen=True)
 class RecipeConfig:
-    name: str = "style"
-    style: str | None = "cartoon"  # a built-in style name, or None with style_prefix set
-    style_prefix: str | None = None  # custom prefix (overrides the built-in style's)
-    rejected_prefix: str | None = None  # style recipe: None = the plain prompt
-    unsafe_prefix: str = DEFAULT_UNSAFE_PREFIX
-    negative_prompt: str | None = None  # for image 0
-    rejected_negative_prompt: str | None = None  # for image 1
-    same_seed: bool = True  # style/safety: both images share a seed so only the prompt differs
-    # safety: the stored (training) caption. "prefixed": the unsafe request itself, so training
-    # teaches the model to answer it with the safe image; "plain": the context prompt.
-    safety_caption: str = "prefixed"
+    """Which two images each prompt yields (the ``mapo-data generate`` recipe options)."""
+
+    name: str = option("style", name="recipe", choices=RECIPES, panel=PANEL_RECIPE,
+                       help="Pair recipe: style (Pick-Style), safety (Pick-Safety) or seeds (two seeds, judged later).")
+    style: str | None = option("cartoon", choices=tuple(STYLES), panel=PANEL_RECIPE,
+                               help="Built-in style for --recipe style: cartoon or pixel.")
+    style_prefix: str | None = option(None, check=not_blank, panel=PANEL_RECIPE,
+                                      help="Custom style prefix (overrides --style).")
+    rejected_prefix: str | None = option(None, panel=PANEL_RECIPE, help=(
+        "Style recipe: prefix of the rejected image's prompt (default: the plain prompt), e.g. 'Realistic 8k image.'."))
+    unsafe_prefix: str = option(DEFAULT_UNSAFE_PREFIX, check=not_blank, panel=PANEL_RECIPE,
+                                help="Safety recipe: prefix of the second image's prompt.")
+    negative_prompt: str | None = option(None, panel=PANEL_RECIPE,
+                                         help="Negative prompt for image 0 (the intended chosen image).")
+    rejected_negative_prompt: str | None = option(None, panel=PANEL_RECIPE, help="Negative prompt for image 1.")
+    # Both images share a seed so only the prompt differs.
+    same_seed: bool = option(True, flags=("--same-seed/--distinct-seeds",), panel=PANEL_RECIPE, help=(
+        "Style/safety: both images of a pair share a seed (default), or get different seeds (--distinct-seeds)."))
+    # "prefixed": the unsafe request itself, so training teaches the model to answer it with the
+    # safe image; "plain": the context prompt.
+    safety_caption: str = option("prefixed", choices=SAFETY_CAPTIONS, panel=PANEL_RECIPE, help=(
+        "Safety recipe: the stored caption: 'prefixed' (the unsafe request, so training teaches a safe answer to it) "
+        "or 'plain' (the context prompt)."))
 
     def validate(self) -> "RecipeConfig":
-        if self.name not in RECIPES:
-            raise UserError(f"Unknown recipe '{self.name}'; choose one of {', '.join(RECIPES)}.")
-        if self.name == "style" and self.style_prefix is None and self.style not in STYLES:
-            raise UserError(f"Unknown style '{self.style}'; choose one of {', '.join(STYLES)} or pass --style-prefix.")
-        # An empty prefix would make both images of a pair from the same prompt and seed: identical.
-        for flag, value in (("--style-prefix", self.style_prefix), ("--unsafe-prefix", self.unsafe_prefix)):
-            if value is not None and not value.strip():
-                raise UserError(f"{flag} must not be empty: both images of a pair would be the same.")
-        if self.safety_caption not in SAFETY_CAPTIONS:
-            raise UserError(f"Unknown --safety-caption '{self.safety_caption}'; choose one of {', '.join(SAFETY_CAPTIONS)}.")
+        """The declared checks (empty prefixes would make both images of a pair identical).
+
+        Raises:
+            UserError: an unknown recipe, style or caption mode, or an empty prefix.
+        """
+        check_options(self)
+        if self.name == "style" and self.style_prefix is None and self.style is None:
+            raise UserError("--recipe style needs --style or --style-prefix.")
         return self
 
     @property

@@ -1,79 +1,101 @@
-"""The trainer's typed configuration: defaults, YAML merge (CLI wins) and validation.
+"""The trainer's typed configuration: every ``mapo-train`` option declared once, and its checks.
 
 ``mapo-train`` options and ``--config file.yaml`` keys are the same names (dashes or
-underscores). Precedence: defaults < YAML < options given on the command line.
+underscores). Precedence: defaults < YAML < options given on the command line
+(:func:`pipeline.options.command`).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from pipeline.clip_embed import STYLE_TEXTS
 from pipeline.errors import UserError
-from pipeline.models import DEFAULT_MODEL
-from pipeline.textfiles import read_text
+from pipeline.options import at_least, check_options, model_option, option, positive
+from pipeline.prompt_prefixes import STYLE_TEXTS
 
-from .losses import OBJECTIVES
-
+OBJECTIVES = ("mapo", "dpo", "sft")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("auto", "none", "tensorboard", "wandb", "all")
+LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
 DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None}  # method.md: MaPO 0.1, Diffusion-DPO 5000
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 CONFIG_FILE = "training_config.json"  # the eval command detects training outputs by this name
+P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
+    "Data and output", "Objective", "How long", "Optimizer", "Model", "Checkpoints", "Validation", "Logging")
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""
-    model: str = DEFAULT_MODEL
-    output_dir: str = "runs/mapo"
-    objective: str = "mapo"
-    beta: float | None = None  # None: the objective's default (DEFAULT_BETA)
-    mapo_a: float = 0.5  # MaPO's s(e) constant; fixed upstream, exposed for ablations only
-    # How long
-    max_steps: int | None = None  # optimizer steps; None: num_epochs over the data
-    num_epochs: int = 1
-    batch_size: int = 4  # pairs per process per micro-batch
-    gradient_accumulation_steps: int = 1
-    # Optimizer (method.md: AdamW 0.9/0.999, wd 1e-2, eps 1e-8, grad clip 1.0, constant LR)
-    learning_rate: float = 1e-5
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    use_8bit_adam: bool = False
-    # Model
-    lora_rank: int = 0  # 0 = full UNet fine-tune
-    lora_alpha: float | None = None  # None: = lora_rank
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
-    random_flip: bool = False  # use the horizontally flipped latents when precompute cached them
-    # Checkpoints
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 3
-    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    overwrite: bool = False
-    max_consecutive_nonfinite: int = 10
-    seed: int = 0
-    # Validation and logging
-    validation_steps: int = 0  # 0 = only before and after training (when prompts are given)
-    validation_prompts: list[str] = field(default_factory=list)
-    validation_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    validation_inference_steps: int = 25
-    validation_guidance_scale: float = 5.0
-    validation_resolution: int | None = None  # None: the data's resolution
-    validation_metrics: list[str] = field(default_factory=list)  # pipeline.scorers metrics; empty = none
-    validation_tiny_scorers: bool = False  # tiny random scorer weights built offline (tests, demo)
-    validation_style: str | None = None  # cartoon | pixel: the style metric's texts
-    validation_style_text: str | None = None  # or the style's text itself (wins over validation_style)
-    report_to: str = "auto"  # auto = tensorboard when installed
-    logging_steps: int = 1
-    debug_weight_checksums: bool = False  # per-rank weight checksum per step (multi-process tests)
+    """``mapo-train``: every option, declared once (:mod:`pipeline.options`). Defaults are the paper's
+    (method.md: AdamW 0.9/0.999, weight decay 1e-2, eps 1e-8, grad clip 1.0, constant LR; beta 0.1 for
+    MaPO, 5000 for Diffusion-DPO); names follow the diffusers training scripts."""
+
+    data: str = option(required=True, panel=P_IO, help="Latent folder written by `mapo-data precompute`.")
+    model: str | None = model_option(None, help=(
+        "Base model the latents were made with: hub id, local diffusers folder, tiny-sdxl, tiny-sd15, shapes-sdxl "
+        "(default: the model the latents record)."))
+    output_dir: str = option("runs/mapo", panel=P_IO, help=(
+        "Where checkpoints, logs, the trained UNet / LoRA and the model card go."))
+    objective: str = option("mapo", choices=OBJECTIVES, panel=P_OBJ, help=(
+        "mapo (reference-free), dpo (Diffusion-DPO) or sft (chosen images only)."))
+    beta: float | None = option(None, check=positive, panel=P_OBJ, help=(
+        "Preference strength: default 0.1 for mapo, 5000 for dpo."))
+    mapo_a: float = option(0.5, check=positive, hidden=True, panel=P_OBJ, help=(
+        "MaPO's s(e) constant; fixed upstream, exposed for ablations only."))
+    max_steps: int | None = option(None, check=positive, panel=P_LEN, help=(
+        "Optimizer steps (default: --num-epochs over the data)."))
+    num_epochs: int = option(1, check=positive, panel=P_LEN, help="Epochs when --max-steps is not given.")
+    batch_size: int = option(4, check=positive, panel=P_LEN, help="Pairs per process per micro-batch.")
+    gradient_accumulation_steps: int = option(1, check=positive, panel=P_LEN, help="Micro-batches per optimizer step.")
+    learning_rate: float = option(1e-5, check=positive, panel=P_OPT, help="Peak learning rate.")
+    lr_scheduler: str = option("constant", choices=LR_SCHEDULERS, panel=P_OPT, help=(
+        "constant, linear, cosine, cosine_with_restarts, polynomial, constant_with_warmup."))
+    lr_warmup_steps: int = option(0, check=at_least(0), panel=P_OPT, help="Linear warmup steps.")
+    adam_beta1: float = option(0.9, panel=P_OPT, help="AdamW beta1.")
+    adam_beta2: float = option(0.999, panel=P_OPT, help="AdamW beta2.")
+    adam_weight_decay: float = option(1e-2, panel=P_OPT, help="AdamW weight decay.")
+    adam_epsilon: float = option(1e-8, panel=P_OPT, help="AdamW epsilon.")
+    max_grad_norm: float = option(1.0, check=positive, panel=P_OPT, help="Gradient clipping norm.")
+    use_8bit_adam: bool = option(False, panel=P_OPT, help="bitsandbytes' 8-bit AdamW (CUDA; needs bitsandbytes).")
+    lora_rank: int = option(0, check=at_least(0), panel=P_MODEL, help="LoRA rank; 0 = full UNet fine-tune.")
+    lora_alpha: float | None = option(None, panel=P_MODEL, help="LoRA alpha (default: the rank).")
+    lora_target_modules: list[str] = option(default_factory=lambda: list(DEFAULT_LORA_TARGETS), panel=P_MODEL,
+                                            help="Comma-separated UNet modules that get LoRA.")
+    gradient_checkpointing: bool = option(False, panel=P_MODEL, help="Trade compute for memory in the UNet.")
+    mixed_precision: str = option("no", choices=MIXED_PRECISION, panel=P_MODEL, help="no, fp16 (CUDA) or bf16.")
+    random_flip: bool = option(False, panel=P_MODEL, help=(
+        "Use mirrored latents half of the time (needs precompute --flip both)."))
+    checkpointing_steps: int = option(500, check=positive, panel=P_CKPT, help="Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = option(3, check=positive, panel=P_CKPT, help="Keep only the newest N checkpoints.")
+    resume_from_checkpoint: str | None = option(None, panel=P_CKPT, help="'latest' or a checkpoint-<step> folder.")
+    overwrite: bool = option(False, panel=P_CKPT, help="Start over in an output dir that holds another run.")
+    max_consecutive_nonfinite: int = option(10, check=positive, panel=P_CKPT, help=(
+        "Stop after this many non-finite losses in a row."))
+    seed: int = option(0, panel=P_LEN, help="Seed for data order, noise and timesteps.")
+    validation_steps: int = option(0, check=at_least(0), panel=P_VAL, help=(
+        "Validation images every N steps (0: only before and after training)."))
+    validation_prompts: list[str] = option(default_factory=list, separator=None, panel=P_VAL, help=(
+        "Validation prompt (repeat the option for several)."))
+    validation_seeds: list[int] = option(default_factory=lambda: [0, 1], panel=P_VAL, help=(
+        "Comma-separated seeds, one image per prompt and seed."))
+    validation_inference_steps: int = option(25, check=positive, panel=P_VAL, help="Denoising steps for validation images.")
+    validation_guidance_scale: float = option(5.0, panel=P_VAL, help="Guidance scale for validation images.")
+    validation_resolution: int | None = option(None, panel=P_VAL, help=(
+        "Validation image side (default: the data's resolution)."))
+    validation_metrics: list[str] = option(default_factory=list, panel=P_VAL, help=(
+        "Comma-separated scores of the validation images, logged as val/<metric>: aesthetic, hps, pickscore, clip, "
+        "style, safety, world-style, world-prompt, world-unsafe (default: none)."))
+    validation_tiny_scorers: bool = option(False, panel=P_VAL, help=(
+        "Score with tiny random scorer weights built offline (tests, demo)."))
+    validation_style: str | None = option(None, choices=tuple(STYLE_TEXTS), panel=P_VAL, help=(
+        "cartoon or pixel: the style the style and world-style metrics check."))
+    validation_style_text: str | None = option(None, panel=P_VAL, help=(
+        "Text of the style for the 'style' metric (instead of --validation-style)."))
+    report_to: str = option("auto", choices=REPORT_TO, panel=P_LOG, help=(
+        "auto (tensorboard when installed), tensorboard, wandb, all, none."))
+    logging_steps: int = option(1, check=positive, panel=P_LOG, help="Log metrics every N steps.")
+    debug_weight_checksums: bool = option(False, hidden=True, panel=P_LOG, help=(
+        "Write a per-rank weight checksum per step (multi-process tests)."))
 
     @property
     def resolved_beta(self) -> float | None:
@@ -84,33 +106,17 @@ class TrainConfig:
         return self.lora_rank > 0
 
     def validate(self) -> "TrainConfig":
-        if not self.data:
-            raise UserError("--data is required: the folder written by `mapo-data precompute`.")
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"Unknown objective '{self.objective}'; choose one of {', '.join(OBJECTIVES)}.")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"Unknown --mixed-precision '{self.mixed_precision}'; choose one of {', '.join(MIXED_PRECISION)}.")
-        if self.report_to not in REPORT_TO:
-            raise UserError(f"Unknown --report-to '{self.report_to}'; choose one of {', '.join(REPORT_TO)}.")
-        positive = {"batch_size": self.batch_size, "gradient_accumulation_steps": self.gradient_accumulation_steps,
-                    "num_epochs": self.num_epochs, "checkpointing_steps": self.checkpointing_steps,
-                    "learning_rate": self.learning_rate, "max_grad_norm": self.max_grad_norm,
-                    "validation_inference_steps": self.validation_inference_steps, "logging_steps": self.logging_steps,
-                    "max_consecutive_nonfinite": self.max_consecutive_nonfinite}
-        if self.max_steps is not None:
-            positive["max_steps"] = self.max_steps
-        if self.checkpoints_total_limit is not None:
-            positive["checkpoints_total_limit"] = self.checkpoints_total_limit
-        if self.beta is not None:
-            positive["beta"] = self.beta
-        for name, value in positive.items():
-            if not value > 0:
-                raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}.")
-        for name in ("lora_rank", "lr_warmup_steps", "validation_steps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        """The declared checks, then the rules between options.
+
+        Raises:
+            UserError: a value outside its choices or range, LoRA without target modules, validation
+                metrics without prompts or style, prompts a metric cannot read.
+        """
+        check_options(self)
         if self.is_lora and not self.lora_target_modules:
             raise UserError("--lora-target-modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0).")
+        if self.validation_resolution is not None and (self.validation_resolution < 8 or self.validation_resolution % 8):
+            raise UserError(f"--validation-resolution must be a positive multiple of 8, got {self.validation_resolution}.")
         self._validate_metrics()
         return self
 
@@ -118,12 +124,9 @@ class TrainConfig:
         """--validation-metrics: names, style and prompts checked before any model is loaded."""
         if not self.validation_metrics:
             return
-        from pipeline.scorers import check_metrics, check_prompts
+        from pipeline.scorer_options import check_metrics, check_prompts
 
         self.validation_metrics = check_metrics(self.validation_metrics)
-        if self.validation_style is not None and self.validation_style not in STYLE_TEXTS:
-            raise UserError(f"Unknown --validation-style '{self.validation_style}'; choose one of "
-                            f"{', '.join(STYLE_TEXTS)} or pass --validation-style-text.")
         if "style" in self.validation_metrics and not (self.validation_style or self.validation_style_text):
             raise UserError("--validation-metrics style needs --validation-style cartoon|pixel or --validation-style-text.")
         if "world-style" in self.validation_metrics and not self.validation_style:
@@ -147,72 +150,3 @@ class TrainConfig:
         out["beta"] = self.resolved_beta
         out["lora_alpha"] = self.lora_alpha if self.lora_alpha is not None else (self.lora_rank or None)
         return out
-
-
-FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
-_LIST_FIELDS = {"lora_target_modules", "validation_prompts", "validation_seeds", "validation_metrics"}
-
-
-def _normalise_key(key: str) -> str:
-    return str(key).strip().lstrip("-").replace("-", "_")
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a ``--config`` YAML file into ``{field: value}``; unknown keys are refused."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--config file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(read_text(path, "--config file")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"--config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"--config file {path} must hold a mapping of option: value.")
-    values = {_normalise_key(k): v for k, v in raw.items()}
-    unknown = sorted(set(values) - FIELD_NAMES)
-    if unknown:
-        raise UserError(f"--config file {path} has unknown keys: {', '.join(unknown)}.")
-    for key in _LIST_FIELDS & set(values):
-        if isinstance(values[key], str):
-            values[key] = split_list(values[key])
-    return values
-
-
-def split_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def build_config(cli_values: dict, config_file: str | None = None) -> TrainConfig:
-    """Defaults < YAML file < options the user actually typed (``cli_values``)."""
-    merged: dict = {}
-    if config_file:
-        merged.update(load_yaml(config_file))
-    merged.update({_normalise_key(k): v for k, v in cli_values.items()})
-    unknown = sorted(set(merged) - FIELD_NAMES)
-    if unknown:  # pragma: no cover - the CLI only passes known names
-        raise UserError(f"unknown options: {', '.join(unknown)}")
-    try:
-        cfg = TrainConfig(**merged)
-    except TypeError as exc:  # pragma: no cover
-        raise UserError(str(exc)) from None
-    _coerce_types(cfg)
-    return cfg.validate()
-
-
-def _coerce_types(cfg: TrainConfig) -> None:
-    """YAML may give ints for floats, or a number for a list; make the types what the fields say."""
-    for name in ("beta", "learning_rate", "mapo_a", "max_grad_norm", "lora_alpha", "validation_guidance_scale",
-                 "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon"):
-        value = getattr(cfg, name)
-        if value is not None:
-            try:
-                setattr(cfg, name, float(value))
-            except (TypeError, ValueError):
-                raise UserError(f"{name} must be a number, got {value!r}.") from None
-    for name in _LIST_FIELDS:
-        value = getattr(cfg, name)
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        setattr(cfg, name, [int(v) for v in value] if name == "validation_seeds" else [str(v) for v in value])

@@ -47,6 +47,7 @@ class TrainResult:
     final_metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
     saved: str | None = None  # unet/ folder or LoRA file
+    is_main: bool = True  # the main process (the one that saved and prints the summary)
 
 
 class Trainer:
@@ -555,9 +556,20 @@ def _is_main_env() -> bool:
 
 
 def run_train(cfg: TrainConfig) -> TrainResult:
+    """Train as ``cfg`` says (``cfg.model`` None: the model the latents were made with).
+
+    Raises:
+        UserError: bad data, a mismatched model or output folder, a run with no successful step.
+    """
+    if cfg.model is None:
+        from pipeline.latent_shards import latents_model
+
+        cfg.model = latents_model(cfg.data)
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-        return trainer.train()
+        result = trainer.train()
+        result.is_main = trainer.accelerator.is_main_process
+        return result
     finally:
         trainer.cleanup()

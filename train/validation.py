@@ -35,6 +35,8 @@ class Validator:
         """One row per prompt, one image per seed (initial noise drawn on the CPU: device-independent)."""
         import torch
 
+        from pipeline.conditioning import note_truncation, quiet_truncation_warnings
+
         was_training = unet.training
         unet.eval()
         pipe = self.pipe
@@ -42,7 +44,8 @@ class Validator:
         pipe.to(device)
         try:
             rows = []
-            with torch.no_grad(), autocast():
+            note_truncation(pipe, self.prompts)  # said once by the trainer, not per pipeline call
+            with torch.no_grad(), autocast(), quiet_truncation_warnings():
                 for prompt in self.prompts:
                     row = []
                     for seed in self.seeds:
@@ -59,6 +62,11 @@ class Validator:
 
     def run(self, unet, step: int, device, autocast, trackers=()) -> Path:
         rows = self.images(unet, device, autocast)
+        if not getattr(self, "_truncation_said", False):  # once per run, not once per validation
+            from pipeline.conditioning import report_truncation
+
+            report_truncation("mapo-train: validation")
+            self._truncation_said = True
         if step == 0:  # the untrained model's images: the left half of before_after.png
             self.before = rows
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -91,11 +91,12 @@ YAML = "objective: dpo\nvalidation_prompts: café, naïve\n"
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be-bom", "utf-32"])
 def test_train_config_yaml_with_a_bom(tmp_path, encoding):
-    from train.config import load_yaml
+    from pipeline.options import read_config_file
+    from train.config import TrainConfig
 
     path = tmp_path / "config.yaml"
     path.write_bytes(_encode(YAML, encoding))
-    assert load_yaml(path) == {"objective": "dpo", "validation_prompts": ["café", "naïve"]}
+    assert read_config_file(path, TrainConfig) == {"objective": "dpo", "validation_prompts": "café, naïve"}
 
 
 def test_train_config_latin1_yaml_one_line(tmp_path):
@@ -117,7 +118,8 @@ def test_controls_already_read():
     import tempfile
     from pathlib import Path
 
-    from train.config import load_yaml
+    from pipeline.options import read_config_file
+    from train.config import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         for suffix, fmt in FORMATS.items():
@@ -129,4 +131,4 @@ def test_controls_already_read():
         assert [p.text for p in load_prompts(str(path)).prompts] == CAPTIONS
         path = Path(tmp) / "bom.yaml"
         path.write_bytes(YAML.encode("utf-8-sig"))
-        assert load_yaml(path)["objective"] == "dpo"
+        assert read_config_file(path, TrainConfig)["objective"] == "dpo"

@@ -1,6 +1,7 @@
 """mapo-eval on tiny-sdxl: base vs a LoRA and a full-UNet candidate, resume, bad input."""
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +170,15 @@ def test_bad_input_is_one_line_and_writes_nothing(candidates, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     assert "No usable prompt" in _bad(["--prompts", empty], tmp_path)
-    assert "unknown style" in _bad(["--prompts", prompts, "--metrics", "style", "--style", "oil"], tmp_path)
+    assert "Unknown --style 'oil'" in _bad(["--prompts", prompts, "--metrics", "style", "--style", "oil"], tmp_path)
     assert "needs a style text" in _bad(["--prompts", prompts, "--metrics", "style"], tmp_path)
+    # An SDXL candidate against an SD1.5 --model: refused before any base image is made.
+    sdxl_run = tmp_path / "sdxl-run"
+    shutil.copytree(candidates["lora"], sdxl_run)
+    config = json.loads((sdxl_run / "training_config.json").read_text())
+    (sdxl_run / "training_config.json").write_text(json.dumps({**config, "family": "sdxl"}))
+    line = _bad(["--prompts", prompts, "--candidate", sdxl_run, "--metrics", "clip", "--model", "tiny-sd15"], tmp_path)
+    assert "is an sdxl UNet" in line and "'tiny-sd15' is an sd15 pipeline" in line
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -157,7 +157,7 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
     [
         ("missing file", ["--prompts", "{tmp}/nope.txt"], "does not exist"),
         ("empty file", ["--prompts", "{tmp}/empty.txt"], "No usable prompt"),
-        ("unknown recipe", ["--recipe", "nope"], "Unknown recipe 'nope'"),
+        ("unknown recipe", ["--recipe", "nope"], "Unknown --recipe 'nope'"),
         ("unknown model", ["--model", "no-such-org/no-such-model"], "was not found"),
         ("missing local model", ["--model", "{tmp}/no_model_here"], "was not found"),
         ("fp16 on cpu", ["--dtype", "fp16"], "fp16 is not supported on the CPU"),

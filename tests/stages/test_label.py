@@ -264,7 +264,7 @@ def test_bad_inputs_one_line_nothing_written(pairs, tmp_path):
         ([tmp_path / "prompts.txt", "--target", "style"], "neither a folder of Parquet shards nor a .parquet file"),
         ([unfinished, "--target", "style"], "unfinished generate output (1 of 2 shards)"),
         ([labeled, "--target", "style"], "is a mapo-data label output, not pairs"),
-        ([pairs["style"], "--target", "aesthetics"], "unknown target 'aesthetics'"),
+        ([pairs["style"], "--target", "aesthetics"], "Unknown --target 'aesthetics'"),
         ([pairs["safety"], "--target", "safety", "--labeler", "laion"], "unknown labeler 'laion' for --target safety"),
         ([pairs["safety"], "--target", "safety", "--classifier-source", tmp_path / "no.onnx"], "NudeNet ONNX model not found"),
     ]

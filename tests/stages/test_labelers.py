@@ -139,11 +139,11 @@ def test_clip_style_texts(tiny_clip):
 @pytest.mark.parametrize(
     "spec,message",
     [
-        (LabelerSpec(target="beauty"), "unknown target 'beauty'; choose one of style, safety"),
+        (LabelerSpec(target="beauty"), "Unknown --target 'beauty'; choose one of style, safety"),
         (LabelerSpec(target="style", labeler="nudenet"), "unknown labeler 'nudenet' for --target style"),
         (LabelerSpec(target="safety", labeler="laion"), "choose one of nudenet, sd-safety-checker, world-unsafe, construction"),
         (LabelerSpec(target="safety", verify="clip"), "--verify clip checks labels made by construction"),
-        (LabelerSpec(target="style", verify="blip"), "unknown --verify 'blip'"),
+        (LabelerSpec(target="style", verify="blip"), "Unknown --verify 'blip'"),
     ],
 )
 def test_spec_errors_are_one_line(spec, message):

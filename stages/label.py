@@ -22,7 +22,7 @@ from pipeline.distributed import accelerator_device, current_process, wait_for_e
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
 from pipeline.progress import progress_bar
-from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest
+from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest
 
 from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
 
@@ -41,6 +41,7 @@ class LabelConfig:
     device: str = "auto"
     license: str = "other"
     overwrite: bool = False
+    split: str = SPLIT  # Split to read when the input folder holds several (hub naming: train, validation_unique, test)
 
     def validate(self) -> "LabelConfig":
         self.labeler.resolved_labeler()
@@ -76,14 +77,16 @@ class LabelInput:
     kind: str  # "generate" (ours) or "pickapic"
     files: list[Path]
     manifest: dict | None
+    split: str = SPLIT  # the split the files belong to
 
     def fingerprint(self) -> str:
         parts = [str((self.manifest or {}).get("fingerprint"))] + [f"{f.name}:{f.stat().st_size}" for f in self.files]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def open_input(path: str) -> LabelInput:
-    """Find the input shards and check they are pairs we can label, or fail in one line."""
+def open_input(path: str, split: str = SPLIT) -> LabelInput:
+    """Find the input shards (``split``'s, where the folder holds several) and check they are pairs
+    we can label, or fail in one line (UserError). Splits follow ``pipeline.shards.input_split``."""
     import pyarrow.parquet as pq
 
     root = Path(path)
@@ -98,7 +101,7 @@ def open_input(path: str) -> LabelInput:
             raise UserError(f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first.")
     if not root.is_dir() and root.suffix != ".parquet":
         raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file.")
-    files = input_shard_files(root)
+    split, files = input_split(root, split)
     for f in files:
         try:
             schema = pq.read_schema(f)
@@ -113,7 +116,7 @@ def open_input(path: str) -> LabelInput:
                 f"(needs caption, jpg_0, jpg_1 as encoded image bytes or datasets Image structs; "
                 f"found {', '.join(schema.names[:12])})."
             )
-    return LabelInput("generate" if manifest is not None else "pickapic", files, manifest)
+    return LabelInput("generate" if manifest is not None else "pickapic", files, manifest, split)
 
 
 # Generation recipes each target can label: style pairs by their style prompt; safety judges
@@ -311,7 +314,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
-    source = open_input(cfg.input)
+    source = open_input(cfg.input, cfg.split)
     _check_recipe_fits_target(source, cfg.labeler.target)
     cfg.labeler = _with_style_text(cfg.labeler, source)
     check_output_apart(cfg.output, source.files)

@@ -29,7 +29,7 @@ from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, lo
 from pipeline.progress import progress_bar
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
-from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest, write_json_atomic
+from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest, write_json_atomic
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 FLIPS = ("none", "both")
@@ -52,6 +52,7 @@ class PrecomputeConfig:
     storage_dtype: str = "fp16"
     batch_size: int = 4  # pairs per VAE call: 2 (x2 with flips) images each, 1024 px images are memory-hungry
     overwrite: bool = False
+    split: str = SPLIT  # Split to read when the input folder holds several (hub naming: train, validation_unique, test)
 
     def validate(self) -> "PrecomputeConfig":
         if self.resolution < 8 or self.resolution % 8:
@@ -158,12 +159,14 @@ def _pair_id(row: dict, blobs: dict) -> str:
 
 
 # -- the work ----------------------------------------------------------------------------------
-def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str) -> dict:
+def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str, split: str = SPLIT) -> dict:
     ident = {"input_fingerprint": input_fp, "model": cfg.model, "vae": cfg.vae, "dtype": dtype, "vae_dtype": vae_dtype,
              "resolution": cfg.resolution, "crop": cfg.crop, "flip": cfg.flip, "latent_stats": cfg.latent_stats,
              "storage_dtype": cfg.storage_dtype}
     if cfg.crop == "random":
         ident["seed"] = cfg.seed
+    if split != SPLIT:  # only then: outputs made before splits were chosen keep their fingerprint
+        ident["split"] = split
     return ident
 
 
@@ -401,13 +404,13 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
-    files = input_shard_files(cfg.input)
+    split, files = input_split(cfg.input, cfg.split)
     check_output_apart(cfg.output, files)
     source = _check_columns(files)
     device = resolve_device(accelerator_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     vae_dtype = resolve_dtype(cfg.vae_dtype, device)
-    identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype))
+    identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype), split)
     check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "input_files": source["files"]})
     mine, todo = out.start(proc, overwrite=cfg.overwrite)

@@ -3,7 +3,8 @@
 Layout of an output folder::
 
     manifest.json                       resolved config, shard count, completed shards, counts
-    data/train-KKKKK-of-NNNNN.parquet   the shards (Hugging Face naming, one ``train`` split)
+    data/train-KKKKK-of-NNNNN.parquet   the shards (Hugging Face naming, one split: ``train``
+                                        unless the stage names another, e.g. label of a test split)
     rejects/train-KKKKK-of-NNNNN.parquet  optional per-shard side tables (e.g. dropped rows)
     .stats/train-KKKKK-of-NNNNN.json    per-shard counters and timings
 
@@ -78,22 +79,28 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 class ShardedOutput:
-    """One stage's output folder. ``identity`` is the config that determines the bytes written."""
+    """One stage's output folder. ``identity`` is the config that determines the bytes written.
 
-    def __init__(self, root: str | Path, stage: str, identity: dict, num_shards: int, config: dict | None = None):
+    ``split`` names the shards (``<split>-KKKKK-of-NNNNN``); a split other than ``train`` joins the
+    identity, so outputs made before the option existed keep their fingerprint and still resume.
+    """
+
+    def __init__(self, root: str | Path, stage: str, identity: dict, num_shards: int, config: dict | None = None,
+                 split: str = SPLIT):
         self.root = Path(root)
         self.stage = stage
-        self.identity = identity
+        self.split = split
+        self.identity = identity if split == SPLIT else {**identity, "split": split}
         self.num_shards = num_shards
         self.config = config if config is not None else identity
-        self.fingerprint = config_fingerprint({"stage": stage, "num_shards": num_shards, **identity})
+        self.fingerprint = config_fingerprint({"stage": stage, "num_shards": num_shards, **self.identity})
 
     # -- paths -------------------------------------------------------------------------
     def path(self, k: int, subdir: str = DATA_DIR) -> Path:
-        return self.root / subdir / f"{shard_name(k, self.num_shards)}.parquet"
+        return self.root / subdir / f"{shard_name(k, self.num_shards, self.split)}.parquet"
 
     def stats_path(self, k: int) -> Path:
-        return self.root / STATS_DIR / f"{shard_name(k, self.num_shards)}.json"
+        return self.root / STATS_DIR / f"{shard_name(k, self.num_shards, self.split)}.json"
 
     def is_complete(self, k: int) -> bool:
         return self.path(k).exists()
@@ -167,7 +174,7 @@ class ShardedOutput:
 
     def remove_stale_temporaries(self, shards: list[int]) -> None:
         """Delete temporary files a killed run left for these shards (this process's only)."""
-        names = {shard_name(k, self.num_shards) for k in shards}
+        names = {shard_name(k, self.num_shards, self.split) for k in shards}
         for sub in (DATA_DIR, "rejects", STATS_DIR):
             d = self.root / sub
             if d.is_dir():

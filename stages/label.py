@@ -77,7 +77,7 @@ class LabelInput:
     kind: str  # "generate" (ours) or "pickapic"
     files: list[Path]
     manifest: dict | None
-    split: str = SPLIT  # the split the files belong to
+    split: str = SPLIT  # the split the files belong to; the output shards are named after it
 
     def fingerprint(self) -> str:
         parts = [str((self.manifest or {}).get("fingerprint"))] + [f"{f.name}:{f.stat().st_size}" for f in self.files]
@@ -325,7 +325,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     config = {**asdict(cfg), "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}
     n = len(source.files)
-    out = ShardedOutput(cfg.output, STAGE, identity, n, config)
+    # A test split's pairs are written as test-*, never as train data.
+    out = ShardedOutput(cfg.output, STAGE, identity, n, config, split=source.split)
     mine, todo = out.start(proc, overwrite=cfg.overwrite)
     totals = {"pairs_in": 0, "kept": 0, "rejected": 0, "disagreements": 0}
     loop_seconds = 0.0
@@ -344,6 +345,6 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     wait_for_everyone()
     if proc.is_main:
         summed = out.finalize({"input": {"path": str(cfg.input), "kind": source.kind}})
-        write_card(cfg, out.root, source, labeler, summed, out.num_shards)
+        write_card(cfg, out.root, source, labeler, summed, out.num_shards, split=out.split)
     return LabelResult(cfg.output, totals["pairs_in"], totals["kept"], totals["rejected"], totals["disagreements"],
                        len(todo), len(mine) - len(todo), time.perf_counter() - t_start, loop_seconds)

@@ -6,10 +6,12 @@ Only the requested split is read (default train), so held-out pairs never become
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.shards import input_shard_files
+from pipeline.shards import ShardedOutput, config_fingerprint, input_shard_files
 from stages.cli import app
 from tests.helpers import read_table, run_cli
 from tests.image_fixtures import geometric_scene, gray, png, schematic_torso, write_pickapic
@@ -94,3 +96,42 @@ def test_label_reads_only_the_train_split_of_a_snapshot(tmp_path):
     assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
     captions = read_table(out)["caption"].to_pylist()
     assert len(captions) == 6 and all(c.startswith("data/train-") for c in captions)
+
+
+def test_label_of_the_test_split_writes_test_shards_that_later_stages_read(tmp_path):
+    import datasets
+
+    from stages.inspect import inspect_output
+    from stages.label import LabelConfig, run_label
+    from stages.labelers import LabelerSpec
+
+    snap = _build(tmp_path / "snapshot", PICKAPIC, pairs_per_file=3)
+    out = tmp_path / "test-pairs"
+    spec = LabelerSpec(target="safety", labeler="construction")
+    result = run_label(LabelConfig(str(snap), str(out), labeler=spec, split="test"))
+    assert result.pairs_in == 3 and result.kept == 3
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["test-00000-of-00001.parquet"]
+    assert not list(out.rglob("train-*"))
+    assert json.loads((out / "manifest.json").read_text())["identity"]["split"] == "test"
+    assert "  - split: test\n    path: data/test-*.parquet" in (out / "README.md").read_text()
+    assert datasets.load_dataset(str(out), split="test").num_rows == 3  # the card names the split
+    # A one-split folder is read whole, whatever the split is called.
+    assert _rel(out, input_shard_files(out)) == ["data/test-00000-of-00001.parquet"]
+    assert inspect_output(str(out)).rows == 3
+    latents = tmp_path / "latents"
+    result = run_cli(app, ["precompute", "--input", out, "--output", latents, "--model", "tiny-sdxl", "--resolution", "64"])
+    assert result.exit_code == 0, result.output
+    assert len(read_table(latents)) == 3
+
+    # Resuming into that output with another split is refused; the default split's output keeps
+    # the fingerprint it had before splits could be chosen.
+    with pytest.raises(UserError, match=r"differs in: .*split\)"):
+        run_label(LabelConfig(str(snap), str(out), labeler=spec, split="train"))
+
+
+def test_the_default_split_leaves_the_fingerprint_as_it_was(tmp_path):
+    before = ShardedOutput(tmp_path, "demo", {"seed": 1}, 2)
+    assert before.fingerprint == config_fingerprint({"stage": "demo", "num_shards": 2, "seed": 1})  # as made before
+    assert ShardedOutput(tmp_path, "demo", {"seed": 1}, 2, split="train").fingerprint == before.fingerprint
+    other = ShardedOutput(tmp_path, "demo", {"seed": 1}, 2, split="test")
+    assert other.fingerprint != before.fingerprint and other.path(1).name == "test-00001-of-00002.parquet"

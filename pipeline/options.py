@@ -424,5 +424,11 @@ def prompt_column_option() -> Any:
     return option(None, help="Column holding prompts (default: caption, else prompt).", panel=PANEL_IO)
 
 
+def split_option() -> Any:
+    return option("train", panel=PANEL_IO, help=(
+        "Split to read when the input folder holds several (hub naming: train, validation_unique, test); "
+        "a folder of one split is read whole."))
+
+
 def prompt_split_option() -> Any:
     return option("train", help="Split, when --prompts is a datasets name.", panel=PANEL_IO)

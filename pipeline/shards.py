@@ -3,7 +3,8 @@
 Layout of an output folder::
 
     manifest.json                       resolved config, shard count, completed shards, counts
-    data/train-KKKKK-of-NNNNN.parquet   the shards (Hugging Face naming, one ``train`` split)
+    data/train-KKKKK-of-NNNNN.parquet   the shards (Hugging Face naming, one split: ``train``
+                                        unless the stage names another, e.g. label of a test split)
     rejects/train-KKKKK-of-NNNNN.parquet  optional per-shard side tables (e.g. dropped rows)
     .stats/train-KKKKK-of-NNNNN.json    per-shard counters and timings
 
@@ -17,7 +18,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +32,7 @@ _OWNED = (DATA_DIR, "rejects", STATS_DIR, MANIFEST, "README.md")
 
 
 def shard_name(k: int, n: int, split: str = SPLIT) -> str:
+    """Shard k of n's file stem, the Hugging Face way: ``train-00003-of-00012``."""
     return f"{split}-{k:05d}-of-{n:05d}"
 
 
@@ -78,22 +79,28 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 class ShardedOutput:
-    """One stage's output folder. ``identity`` is the config that determines the bytes written."""
+    """One stage's output folder. ``identity`` is the config that determines the bytes written.
 
-    def __init__(self, root: str | Path, stage: str, identity: dict, num_shards: int, config: dict | None = None):
+    ``split`` names the shards (``<split>-KKKKK-of-NNNNN``); a split other than ``train`` joins the
+    identity, so outputs made before the option existed keep their fingerprint and still resume.
+    """
+
+    def __init__(self, root: str | Path, stage: str, identity: dict, num_shards: int, config: dict | None = None,
+                 split: str = SPLIT):
         self.root = Path(root)
         self.stage = stage
-        self.identity = identity
+        self.split = split
+        self.identity = identity if split == SPLIT else {**identity, "split": split}
         self.num_shards = num_shards
         self.config = config if config is not None else identity
-        self.fingerprint = config_fingerprint({"stage": stage, "num_shards": num_shards, **identity})
+        self.fingerprint = config_fingerprint({"stage": stage, "num_shards": num_shards, **self.identity})
 
     # -- paths -------------------------------------------------------------------------
     def path(self, k: int, subdir: str = DATA_DIR) -> Path:
-        return self.root / subdir / f"{shard_name(k, self.num_shards)}.parquet"
+        return self.root / subdir / f"{shard_name(k, self.num_shards, self.split)}.parquet"
 
     def stats_path(self, k: int) -> Path:
-        return self.root / STATS_DIR / f"{shard_name(k, self.num_shards)}.json"
+        return self.root / STATS_DIR / f"{shard_name(k, self.num_shards, self.split)}.json"
 
     def is_complete(self, k: int) -> bool:
         return self.path(k).exists()
@@ -167,7 +174,7 @@ class ShardedOutput:
 
     def remove_stale_temporaries(self, shards: list[int]) -> None:
         """Delete temporary files a killed run left for these shards (this process's only)."""
-        names = {shard_name(k, self.num_shards) for k in shards}
+        names = {shard_name(k, self.num_shards, self.split) for k in shards}
         for sub in (DATA_DIR, "rejects", STATS_DIR):
             d = self.root / sub
             if d.is_dir():
@@ -224,34 +231,77 @@ def _add_counts(total: dict, stats: dict) -> None:
             _add_counts(total.setdefault(key, {}), value)
 
 
-_SPLIT_NAME = re.compile(r"^(?P<split>[A-Za-z_]+)-\d+-of-\d+\.parquet$")
+def folder_splits(folder: str | Path) -> dict[str, list[Path]]:
+    """A folder's Parquet files by split, found as ``datasets.load_dataset(folder)`` finds them.
+
+    Follows ``datasets.data_files.get_data_patterns`` (the hub's conventions, in its order): shard
+    names ``data/<split>-00000-of-00004[-<hash>].parquet`` (a Pick-a-Pic snapshot, our own outputs),
+    then split folders (``train/``, ``data/test/``), then split keywords in file names
+    (``train.parquet``, ``test_0.parquet``; ``validation_unique.parquet`` counts as ``validation``),
+    else every file as one ``train`` split. Only ``.parquet`` files are kept; a split without one
+    is left out, so the result may be empty. Paths start with ``folder`` as given, sorted per split.
+
+    Raises UserError when the shard names hold a split name ``datasets`` refuses.
+    """
+    from datasets.data_files import EmptyDatasetError, get_data_patterns, resolve_pattern
+
+    folder = Path(folder)
+    base = os.path.abspath(folder)
+    # The folder's own path is not part of any pattern: its glob characters are escaped.
+    escaped = glob.escape(base)
+    try:
+        patterns = get_data_patterns(escaped)
+    except EmptyDatasetError:
+        return {}
+    except ValueError as exc:  # e.g. data/my-split-00000-of-00001.parquet: not a valid split name
+        raise UserError(f"{folder}: {exc} Pass a glob of the files to use.") from None
+    found: dict[str, list[Path]] = {}
+    for split, split_patterns in patterns.items():
+        names: set[str] = set()
+        for pattern in split_patterns:
+            try:
+                names.update(resolve_pattern(pattern, escaped, allowed_extensions=[".parquet"]))
+            except FileNotFoundError:  # datasets lists every keyword pattern of a split; most match nothing
+                continue
+        files = sorted(os.path.relpath(n, base) for n in names if n.endswith(".parquet"))
+        if files:
+            found[str(split)] = [folder / f for f in files]
+    return found
 
 
-def input_shard_files(spec: str | Path, split: str = SPLIT) -> list[Path]:
-    """The Parquet files a stage reads: a folder (its data/*.parquet, else *.parquet), a file, or a glob.
+def input_split(spec: str | Path, split: str = SPLIT) -> tuple[str, list[Path]]:
+    """The Parquet files a stage reads and the split they belong to: from a folder, a file or a glob.
 
-    A folder holding several splits named the Hugging Face way (``data/train-00000-of-00004.parquet``,
-    ``data/test-...``, as a Pick-a-Pic snapshot does) yields only ``split``'s files, so validation
-    and test pairs never leak into training data. A glob is taken as given.
+    A folder's splits follow ``datasets.data_files.get_data_patterns`` (see ``folder_splits``).
+    A folder with one split gives all its files, whatever that split is called (our own outputs,
+    ``data/train-KKKKK-of-NNNNN.parquet``, a bare ``pairs.parquet``); one with several gives only
+    ``split``'s, so a Pick-a-Pic snapshot's validation and test pairs never leak into training
+    data. A file or a glob is taken as given and said to be ``split``.
+
+    Raises UserError when the input does not exist, holds no Parquet file, or holds several splits
+    but not ``split`` (the message names the splits found).
     """
     text = str(spec)
     path = Path(text).expanduser()
     if any(ch in text for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path)) if p.endswith(".parquet"))
+        name, files = split, sorted(Path(p) for p in glob.glob(str(path)) if p.endswith(".parquet"))
     elif path.is_dir():
-        files = sorted((path / DATA_DIR).glob("*.parquet")) or sorted(path.glob("*.parquet"))
-        splits = {m.group("split") for f in files if (m := _SPLIT_NAME.match(f.name))}
-        if len(splits) > 1:
-            if split not in splits:
-                raise UserError(f"{spec} holds splits {', '.join(sorted(splits))} but no '{split}'; pass a glob of the files to use.")
-            files = [f for f in files if f.name.startswith(f"{split}-")]
+        found = folder_splits(path)
+        if len(found) > 1 and split not in found:
+            raise UserError(f"{spec} holds the splits {', '.join(found)} but no '{split}'; pass --split with one of them.")
+        name, files = (split, found[split]) if split in found else next(iter(found.items()), (split, []))
     elif path.exists():
-        files = [path]
+        name, files = split, [path]
     else:
         raise UserError(f"Input '{spec}' does not exist.")
     if not files:
-        raise UserError(f"No Parquet files in '{spec}' (looked for data/*.parquet and *.parquet).")
-    return files
+        raise UserError(f"No Parquet files in '{spec}' (a folder is searched as datasets.load_dataset searches it).")
+    return name, files
+
+
+def input_shard_files(spec: str | Path, split: str = SPLIT) -> list[Path]:
+    """The Parquet files ``input_split`` finds for ``spec`` (same rules, same UserErrors)."""
+    return input_split(spec, split)[1]
 
 
 def check_output_apart(output: str | Path, inputs: list[Path]) -> None:

@@ -64,14 +64,16 @@ generated without the unsafe prefix is chosen. No classifier checked the images,
 images may be unsafe and some rejected ones safe."""
 
 
-def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int) -> Path:
-    """Fill the target's template with the run's configs and counts into ``root/README.md``."""
+def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int, split: str = "train") -> Path:
+    """Fill the target's template with the run's configs and counts into ``root/README.md``.
+
+    ``split`` is the one split the shards hold (``data/<split>-*.parquet``)."""
     root = Path(root)
     kept = int(totals.get("kept", 0))
     data = sorted((root / "data").glob("*.parquet"))
     size = sum(_arrow_bytes(f) for f in data)
     info = {"features": _features(data[0]) if data else [],
-            "splits": [{"name": "train", "num_bytes": size, "num_examples": kept}],
+            "splits": [{"name": split, "num_bytes": size, "num_examples": kept}],
             "download_size": sum(f.stat().st_size for f in data), "dataset_size": size}
     gen_cfg = (source.manifest or {}).get("config", {})
     generation = {k: gen_cfg[k] for k in GENERATION_KEYS if k in gen_cfg} if gen_cfg else {"source": "not a mapo-data generate output"}
@@ -82,7 +84,7 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int) 
     balance = f"image 0 chosen in {c0} pairs, image 1 in {c1}"
     values = {
         "labeling_method": _SAFETY_BY_RECIPE if labeler.name == "construction" else _SAFETY_BY_CLASSIFIER,
-        "data_files": "    path: data/train-*.parquet",
+        "split": split, "data_files": f"    path: data/{split}-*.parquet",
         "license": cfg.license, "size_category": size_category(kept), "dataset_info": _yaml({"dataset_info": info}),
         "input_kind": source.kind, "input_files": num_shards,
         "generation_yaml": _yaml(generation), "labeling_yaml": _yaml({"target": cfg.labeler.target, **labeler.describe()}),

@@ -21,9 +21,9 @@ from pathlib import Path
 from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
-from pipeline.options import PANEL_IO, check_options, device_option, option, overwrite_option
+from pipeline.options import PANEL_IO, check_options, device_option, option, overwrite_option, split_option
 from pipeline.progress import progress_bar
-from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest
+from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest
 
 from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
 
@@ -46,6 +46,7 @@ class LabelConfig:
     device: str = device_option()
     license: str = option("other", panel=PANEL_IO, help="License written into the dataset card.")
     overwrite: bool = overwrite_option()
+    split: str = split_option()
 
     def validate(self) -> "LabelConfig":
         """The declared checks and the labeler's (see :meth:`LabelerSpec.resolved_labeler`)."""
@@ -81,14 +82,16 @@ class LabelInput:
     kind: str  # "generate" (ours) or "pickapic"
     files: list[Path]
     manifest: dict | None
+    split: str = SPLIT  # the split the files belong to; the output shards are named after it
 
     def fingerprint(self) -> str:
         parts = [str((self.manifest or {}).get("fingerprint"))] + [f"{f.name}:{f.stat().st_size}" for f in self.files]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def open_input(path: str) -> LabelInput:
-    """Find the input shards and check they are pairs we can label, or fail in one line."""
+def open_input(path: str, split: str = SPLIT) -> LabelInput:
+    """Find the input shards (``split``'s, where the folder holds several) and check they are pairs
+    we can label, or fail in one line (UserError). Splits follow ``pipeline.shards.input_split``."""
     import pyarrow.parquet as pq
 
     root = Path(path)
@@ -103,7 +106,7 @@ def open_input(path: str) -> LabelInput:
             raise UserError(f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first.")
     if not root.is_dir() and root.suffix != ".parquet":
         raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file.")
-    files = input_shard_files(root)
+    split, files = input_split(root, split)
     for f in files:
         try:
             schema = pq.read_schema(f)
@@ -118,7 +121,7 @@ def open_input(path: str) -> LabelInput:
                 f"(needs caption, jpg_0, jpg_1 as encoded image bytes or datasets Image structs; "
                 f"found {', '.join(schema.names[:12])})."
             )
-    return LabelInput("generate" if manifest is not None else "pickapic", files, manifest)
+    return LabelInput("generate" if manifest is not None else "pickapic", files, manifest, split)
 
 
 # Generation recipes each target can label: style pairs by their style prompt; safety judges
@@ -327,7 +330,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
-    source = open_input(cfg.input)
+    source = open_input(cfg.input, cfg.split)
     _check_recipe_fits_target(source, cfg.labeler.target)
     cfg.labeler = _with_style_text(cfg.labeler, source)
     check_output_apart(cfg.output, source.files)
@@ -338,7 +341,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     config = {**asdict(cfg), "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}
     n = len(source.files)
-    out = ShardedOutput(cfg.output, STAGE, identity, n, config)
+    # A test split's pairs are written as test-*, never as train data.
+    out = ShardedOutput(cfg.output, STAGE, identity, n, config, split=source.split)
     mine, todo = out.start(proc, overwrite=cfg.overwrite)
     totals = {"pairs_in": 0, "kept": 0, "rejected": 0, "disagreements": 0}
     loop_seconds = 0.0
@@ -357,7 +361,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     wait_for_everyone()
     if proc.is_main:
         summed = out.finalize({"input": {"path": str(cfg.input), "kind": source.kind}})
-        write_card(cfg, out.root, source, labeler, summed, out.num_shards)
+        write_card(cfg, out.root, source, labeler, summed, out.num_shards, split=out.split)
         _warn_if_nothing_kept(summed, out.root)
     return LabelResult(cfg.output, totals["pairs_in"], totals["kept"], totals["rejected"], totals["disagreements"],
                        len(todo), len(mine) - len(todo), time.perf_counter() - t_start, loop_seconds)

@@ -28,11 +28,12 @@ from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPE
                                     finite_in_storage, save_array_atomic, sidecar, to_storage)
 from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
 from pipeline.options import (DTYPES, PANEL_IO, PANEL_MODEL, PANEL_RUN, at_least, check_options, device_option,
-                              dtype_option, model_option, multiple_of_8, option, overwrite_option, vae_option)
+                              dtype_option, model_option, multiple_of_8, option, overwrite_option, split_option,
+                              vae_option)
 from pipeline.progress import progress_bar
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
-from pipeline.shards import ShardedOutput, check_output_apart, input_shard_files, read_manifest, write_json_atomic
+from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest, write_json_atomic
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 FLIPS = ("none", "both")
@@ -70,6 +71,7 @@ class PrecomputeConfig:
     batch_size: int = option(4, check=at_least(1), panel=PANEL_RUN,
                              help="Pairs per VAE call (and captions per text-encoder call).")
     overwrite: bool = overwrite_option()
+    split: str = split_option()
 
     def validate(self) -> "PrecomputeConfig":
         """The declared checks.
@@ -172,12 +174,14 @@ def _pair_id(row: dict, blobs: dict) -> str:
 
 
 # -- the work ----------------------------------------------------------------------------------
-def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str) -> dict:
+def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str, split: str = SPLIT) -> dict:
     ident = {"input_fingerprint": input_fp, "model": cfg.model, "vae": cfg.vae, "dtype": dtype, "vae_dtype": vae_dtype,
              "resolution": cfg.resolution, "crop": cfg.crop, "flip": cfg.flip, "latent_stats": cfg.latent_stats,
              "storage_dtype": cfg.storage_dtype}
     if cfg.crop == "random":
         ident["seed"] = cfg.seed
+    if split != SPLIT:  # only then: outputs made before splits were chosen keep their fingerprint
+        ident["split"] = split
     return ident
 
 
@@ -415,13 +419,13 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
-    files = input_shard_files(cfg.input)
+    split, files = input_split(cfg.input, cfg.split)
     check_output_apart(cfg.output, files)
     source = _check_columns(files)
     device = resolve_device(accelerator_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     vae_dtype = resolve_dtype(cfg.vae_dtype, device)
-    identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype))
+    identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype), split)
     check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "input_files": source["files"]})
     mine, todo = out.start(proc, overwrite=cfg.overwrite)

@@ -1,0 +1,173 @@
+"""Corrupt or wrong weights files: every loader stops with one ``error:`` line naming the file.
+
+Each case copies a tiny model (built offline), damages one file the way downloads and disks do
+(cut in half, an HTML page saved in its place, emptied, a config that is not JSON, a Git LFS
+pointer) and runs the real CLI or the loader. The line must say the file cannot be read, not
+that the model was "not found" (what the loaders said before for some of these), and must not
+be a traceback.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ModelNotFoundError, UserError
+from tests.helpers import run_cli, write_prompts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in.</body></html>\n"
+LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 5476768\n"
+DAMAGE = {
+    "half": lambda data: data[: len(data) // 2],
+    "html": lambda data: HTML,
+    "empty": lambda data: b"",
+    "lfs": lambda data: LFS,
+    "not-json": lambda data: b'{"_class_name": "UNet2DConditionModel", ',
+}
+FAST = ["--num-inference-steps", "2", "--resolution", "64", "--device", "cpu"]
+
+
+def damage(path: Path, how: str) -> Path:
+    """Replace ``path`` with a damaged copy of itself (a new file: never writes through a link)."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(DAMAGE[how](data))
+    return path
+
+
+def copy_of(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def assert_one_error_line(result, path: Path) -> str:
+    """Exit 2 and a single ``error:`` line that names ``path`` as unreadable (not "not found")."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    assert str(path) in lines[0] and "cannot read" in lines[0] and "not found" not in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_names_file(err: UserError, path: Path) -> str:
+    message = str(err)
+    assert "\n" not in message and str(path) in message and "cannot read" in message, message
+    assert "not found" not in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl() -> Path:
+    from pipeline.builtin_models import materialise_tiny
+
+    return materialise_tiny("tiny-sdxl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusers model folders (--model, --vae): mapo-data generate
+# ---------------------------------------------------------------------------------------------
+
+# (file in the tiny-sdxl folder, damage, words the reason must hold)
+MODEL_CASES = [
+    ("unet/diffusion_pytorch_model.safetensors", "half", "incomplete safetensors"),
+    ("unet/diffusion_pytorch_model.safetensors", "lfs", "Git LFS pointer"),
+    ("text_encoder/model.safetensors", "empty", "empty"),
+    ("text_encoder_2/model.safetensors", "html", "HTML page"),
+    ("unet/config.json", "not-json", "not valid JSON"),
+    ("tokenizer/tokenizer.json", "html", "HTML page"),
+    ("scheduler/scheduler_config.json", "empty", "empty"),
+    ("model_index.json", "not-json", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("rel,how,words", MODEL_CASES, ids=[f"{r}-{h}" for r, h, _ in MODEL_CASES])
+def test_generate_with_a_damaged_model_folder(tmp_path, tiny_sdxl, rel, how, words):
+    from stages.cli import app
+
+    model = copy_of(tiny_sdxl, tmp_path / "model")
+    bad = damage(model / rel, how)
+    prompts = write_prompts(tmp_path / "prompts.txt", ["a cat"])
+    result = run_cli(app, ["generate", "--model", model, "--prompts", prompts, "--output", tmp_path / "out", *FAST])
+    assert words in assert_one_error_line(result, bad)
+
+
+def test_generate_with_a_damaged_vae_override(tmp_path, tiny_sdxl):
+    from stages.cli import app
+
+    vae = copy_of(tiny_sdxl / "vae", tmp_path / "my-vae")
+    bad = damage(vae / "diffusion_pytorch_model.safetensors", "half")
+    prompts = write_prompts(tmp_path / "prompts.txt", ["a cat"])
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--vae", vae, "--prompts", prompts,
+                           "--output", tmp_path / "out", *FAST])
+    assert "VAE" in assert_one_error_line(result, bad)
+
+
+def test_training_base_unet_damaged(tmp_path, tiny_sdxl):
+    """mapo-train's UNet loader (train.model_setup) goes through the same one line."""
+    from train.model_setup import load_base_unet_and_scheduler
+
+    model = copy_of(tiny_sdxl, tmp_path / "model")
+    bad = damage(model / "unet" / "diffusion_pytorch_model.safetensors", "html")
+    with pytest.raises(UserError) as err:
+        load_base_unet_and_scheduler(str(model))
+    assert_names_file(err.value, bad)
+
+
+def test_missing_weights_file_is_still_not_found(tmp_path, tiny_sdxl):
+    """Control: a file that is absent (not damaged) keeps the loaders' "not found" line."""
+    from pipeline.models import load_pipeline
+
+    model = copy_of(tiny_sdxl, tmp_path / "model")
+    (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError) as err:
+        load_pipeline(str(model), dtype="fp32", device="cpu")
+    assert "cannot read" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared helper: what it recognises and what it lets through
+# ---------------------------------------------------------------------------------------------
+
+
+def test_other_errors_pass_through_unchanged(tmp_path, tiny_sdxl):
+    """A loader's error that is not about a bad file (out of memory, a bug) is not rewritten."""
+    from pipeline.weights_files import reading_weights
+
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        with reading_weights(tiny_sdxl, "model"):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(KeyError):
+        with reading_weights(tiny_sdxl, "model"):
+            raise KeyError("layers.0.weight")
+    with pytest.raises(OSError, match="no file named"):
+        with reading_weights(tmp_path, "model"):
+            raise OSError("Error no file named diffusion_pytorch_model.safetensors found in directory")
+
+
+@pytest.mark.parametrize("name,how,words", [
+    ("a.safetensors", "half", "incomplete safetensors"), ("a.bin", "half", "incomplete zip archive"),
+    ("a.pt", "html", "HTML page"), ("a.pth", "lfs", "Git LFS pointer"), ("a.onnx", "empty", "empty"),
+    ("a.json", "not-json", "not valid JSON"), ("a.ckpt", "not-json", "not a PyTorch file"),
+])
+def test_diagnose_file(tmp_path, name, how, words):
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.weights_files import diagnose_file
+
+    path = tmp_path / name
+    tensors = {"w": torch.randn(64, 64)}
+    if name.endswith(".safetensors"):
+        save_file(tensors, str(path))
+    elif name.endswith(".json"):
+        path.write_text('{"a": 1}')
+    else:
+        torch.save(tensors, path)
+    assert diagnose_file(path) is None  # the undamaged file reads
+    damage(path, how)
+    assert words in diagnose_file(path)

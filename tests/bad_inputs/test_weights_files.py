@@ -130,6 +130,102 @@ def test_missing_weights_file_is_still_not_found(tmp_path, tiny_sdxl):
 
 
 # ---------------------------------------------------------------------------------------------
+# Scorers (open_clip weights, aesthetic .pth, HPS .pt, PickScore folder) and safety classifiers
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_scorers(tmp_path_factory):
+    from pipeline.scorers import tiny_scorer_options
+
+    return tiny_scorer_options(tmp_path_factory.mktemp("scorers"))
+
+
+def test_eval_aesthetic_weights_damaged(tmp_path, tiny_scorers):
+    """The real CLI with --tiny-scorers and a damaged --aesthetic-weights file."""
+    from stages.eval_cli import app
+
+    bad = damage(Path(shutil.copy(tiny_scorers.aesthetic_weights, tmp_path / "aesthetic.pth")), "html")
+    prompts = write_prompts(tmp_path / "prompts.txt", ["a cat"])
+    result = run_cli(app, ["--prompts", prompts, "--output", tmp_path / "eval", "--model", "tiny-sdxl",
+                           "--metrics", "aesthetic", "--tiny-scorers", "--aesthetic-weights", bad, "--batch-size", "1",
+                           *FAST])
+    assert "aesthetic" in assert_one_error_line(result, bad)
+
+
+# (ScorerOptions field holding a file, metric that reads it, suffix, damage)
+SCORER_FILE_CASES = [
+    ("clip_pretrained", "clip", ".pt", "half"),
+    ("clip_pretrained", "clip", ".pt", "empty"),
+    ("hps_weights", "hps", ".pt", "lfs"),
+    ("aesthetic_weights", "aesthetic", ".pth", "half"),
+    ("aesthetic_weights", "aesthetic", ".pth", "empty"),
+]
+
+
+@pytest.mark.parametrize("field,metric,suffix,how", SCORER_FILE_CASES,
+                         ids=[f"{m}-{h}" for _, m, _, h in SCORER_FILE_CASES])
+def test_scorer_weights_file_damaged(tmp_path, tiny_scorers, field, metric, suffix, how):
+    from dataclasses import replace
+
+    from pipeline.scorers import load_scorers
+
+    bad = damage(Path(shutil.copy(getattr(tiny_scorers, field), tmp_path / f"weights{suffix}")), how)
+    with pytest.raises(UserError) as err:
+        load_scorers([metric], replace(tiny_scorers, **{field: str(bad)}), device="cpu")
+    assert_names_file(err.value, bad)
+
+
+def test_open_clip_safetensors_file_damaged(tmp_path):
+    from pipeline.clip_embed import build_tiny_clip_weights, load_open_clip
+
+    name, path = build_tiny_clip_weights(tmp_path / "tiny-clip.safetensors")
+    damage(path, "half")
+    with pytest.raises(UserError) as err:
+        load_open_clip(name, str(path))
+    assert "incomplete safetensors" in assert_names_file(err.value, path)
+
+
+@pytest.mark.parametrize("rel,how", [("model.safetensors", "html"), ("config.json", "not-json"),
+                                     ("tokenizer.json", "empty")])
+def test_pickscore_folder_damaged(tmp_path, tiny_scorers, rel, how):
+    from pipeline.scorers import load_pickscore
+
+    folder = copy_of(Path(tiny_scorers.pickscore_model), tmp_path / "pickscore")
+    bad = damage(folder / rel, how)
+    with pytest.raises(UserError) as err:
+        load_pickscore(str(folder), str(folder), "cpu")
+    assert_names_file(err.value, bad)
+
+
+@pytest.mark.parametrize("how", ["half", "html", "empty"])
+def test_nudenet_onnx_damaged(tmp_path, how):
+    import os
+
+    import nudenet
+
+    from pipeline.safety import load_safety_classifier
+
+    src = Path(os.path.dirname(nudenet.__file__)) / "320n.onnx"
+    bad = damage(Path(shutil.copy(src, tmp_path / "detector.onnx")), how)
+    with pytest.raises(UserError) as err:
+        load_safety_classifier("nudenet", str(bad))
+    assert_names_file(err.value, bad)
+
+
+@pytest.mark.parametrize("rel,how", [("model.safetensors", "half"), ("preprocessor_config.json", "not-json")])
+def test_sd_safety_checker_folder_damaged(tmp_path, tiny_scorers, rel, how):
+    from pipeline.safety import load_safety_classifier
+    from pipeline.scorers import tiny_safety_checker_dir
+
+    folder = copy_of(Path(tiny_safety_checker_dir(tiny_scorers)), tmp_path / "checker")
+    bad = damage(folder / rel, how)
+    with pytest.raises(UserError) as err:
+        load_safety_classifier("sd-safety-checker", str(folder))
+    assert_names_file(err.value, bad)
+
+
+# ---------------------------------------------------------------------------------------------
 # The shared helper: what it recognises and what it lets through
 # ---------------------------------------------------------------------------------------------
 

@@ -130,6 +130,53 @@ def test_missing_weights_file_is_still_not_found(tmp_path, tiny_sdxl):
 
 
 # ---------------------------------------------------------------------------------------------
+# mapo-eval candidates: a LoRA file, a full UNet folder
+# ---------------------------------------------------------------------------------------------
+
+
+def _candidate(folder: Path, lora_rank: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "training_config.json").write_text(json.dumps({"model": "tiny-sdxl", "objective": "mapo",
+                                                             "lora_rank": lora_rank}))
+    return folder
+
+
+@pytest.mark.parametrize("how", ["half", "html"])
+def test_eval_lora_candidate_damaged(tmp_path, how):
+    import torch
+    from safetensors.torch import save_file
+
+    from stages.eval_cli import app
+
+    cand = _candidate(tmp_path / "run", 4)
+    weights = cand / "pytorch_lora_weights.safetensors"
+    save_file({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.randn(4, 64),
+               "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.randn(64, 4)},
+              str(weights))
+    damage(weights, how)
+    prompts = write_prompts(tmp_path / "prompts.txt", ["a cat"])
+    result = run_cli(app, ["--prompts", prompts, "--output", tmp_path / "eval", "--candidate", cand,
+                           "--metrics", "world-unsafe", "--batch-size", "1", *FAST])
+    assert "candidate run" in assert_one_error_line(result, weights)
+    # Refused before the eval folder records the candidate's fingerprint: a rerun with the repaired
+    # file is not taken for "another model named run".
+    assert not (tmp_path / "eval").exists()
+
+
+def test_eval_full_unet_candidate_damaged(tmp_path, tiny_sdxl):
+    from stages.eval_cli import app
+
+    cand = _candidate(tmp_path / "run", 0)
+    shutil.copytree(tiny_sdxl / "unet", cand / "unet")
+    bad = damage(cand / "unet" / "diffusion_pytorch_model.safetensors", "empty")
+    prompts = write_prompts(tmp_path / "prompts.txt", ["a cat"])
+    result = run_cli(app, ["--prompts", prompts, "--output", tmp_path / "eval", "--candidate", cand,
+                           "--metrics", "world-unsafe", "--batch-size", "1", *FAST])
+    assert_one_error_line(result, bad)
+    assert not (tmp_path / "eval").exists()
+
+
+# ---------------------------------------------------------------------------------------------
 # Scorers (open_clip weights, aesthetic .pth, HPS .pt, PickScore folder) and safety classifiers
 # ---------------------------------------------------------------------------------------------
 

@@ -273,6 +273,46 @@ def test_sd_safety_checker_folder_damaged(tmp_path, tiny_scorers, rel, how):
 
 
 # ---------------------------------------------------------------------------------------------
+# mapo-train --resume-from-checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 2-step LoRA run on tiny-sdxl with checkpoint-1 and checkpoint-2 (adapter-only checkpoints)."""
+    from tests.train.conftest import precompute, train_args, write_pickapic
+    from train.cli import app
+
+    root = tmp_path_factory.mktemp("train")
+    latents = precompute(write_pickapic(root / "pickapic" / "train-00000-of-00001.parquet", pairs=4),
+                         root / "latents", "tiny-sdxl")
+    out = root / "run"
+    result = run_cli(app, train_args(latents, out, "tiny-sdxl", 2, "--checkpointing-steps", "1", "--lora-rank", "2"))
+    assert result.exit_code == 0, result.output
+    return latents, out
+
+
+# (file in checkpoint-1, damage): the adapter weights (read by the trainer's LoRA load hook),
+# the optimizer, a registered object, and the RNG states (which accelerate would skip silently).
+CHECKPOINT_CASES = [("model.safetensors", "half"), ("optimizer.bin", "html"), ("custom_checkpoint_0.pkl", "empty"),
+                    ("random_states_0.pkl", "half")]
+
+
+@pytest.mark.parametrize("name,how", CHECKPOINT_CASES, ids=[f"{n}-{h}" for n, h in CHECKPOINT_CASES])
+def test_resume_from_a_damaged_checkpoint(tmp_path, trained_run, name, how):
+    from tests.train.conftest import train_args
+    from train.cli import app
+
+    latents, run = trained_run
+    out = copy_of(run, tmp_path / "run")
+    checkpoint = out / "checkpoints" / "checkpoint-1"
+    bad = damage(checkpoint / name, how)
+    result = run_cli(app, train_args(latents, out, "tiny-sdxl", 2, "--checkpointing-steps", "1", "--lora-rank", "2",
+                                     "--resume-from-checkpoint", checkpoint))
+    assert "checkpoint" in assert_one_error_line(result, bad)
+
+
+# ---------------------------------------------------------------------------------------------
 # The shared helper: what it recognises and what it lets through
 # ---------------------------------------------------------------------------------------------
 

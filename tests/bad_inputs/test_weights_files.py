@@ -313,6 +313,38 @@ def test_resume_from_a_damaged_checkpoint(tmp_path, trained_run, name, how):
 
 
 # ---------------------------------------------------------------------------------------------
+# The miniature world's model: checksums catch changed files; an unreadable record is one line too
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["not-json", "html"])
+def test_world_checksums_record_damaged(tmp_path, how):
+    from pipeline.world.model import CHECKSUMS, verify_checksums, write_checksums
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    write_checksums(tmp_path)
+    bad = damage(tmp_path / CHECKSUMS, how)
+    with pytest.raises(UserError) as err:
+        verify_checksums(tmp_path)
+    assert "make world-model" in assert_names_file(err.value, bad)
+
+
+def test_world_weights_file_damaged_fails_its_checksum(tmp_path):
+    """Control (already handled): a changed file fails its checksum, named in one line."""
+    from pipeline.world.model import verify_checksums, write_checksums
+
+    (tmp_path / "unet").mkdir()
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"\x08" * 64)
+    write_checksums(tmp_path)
+    damage(weights, "half")
+    with pytest.raises(UserError) as err:
+        verify_checksums(tmp_path)
+    assert str(weights) in str(err.value) and "checksum" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
 # The shared helper: what it recognises and what it lets through
 # ---------------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import resolve_device
+from pipeline.weights_files import reading_weights
 
 from pipeline.prompt_prefixes import STYLE_TEXTS  # noqa: E402,F401  (re-exported: its old home)
 
@@ -244,6 +245,10 @@ def load_open_clip(
     (state_dict, .bin/.pt/.safetensors), or None for random weights (tests only). With a tag, the
     tag's preprocessing (mean/std/interpolation) and QuickGELU setting are applied, as the
     checkpoint was trained with them.
+
+    Raises :class:`ModelNotFoundError` when the model name or its weights are not found,
+    :class:`~pipeline.weights_files.WeightsFileError` when the weights file is unreadable
+    (truncated, an HTML page, another format), :class:`UserError` when it is for another architecture.
     """
     import open_clip
 
@@ -253,17 +258,18 @@ def load_open_clip(
     _check_model_name(model_name)
     weights, tag_cfg = _resolve_pretrained(model_name, pretrained, cache_dir)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name,
-            pretrained=weights,
-            device=dev,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-            image_mean=tag_cfg.get("mean"),
-            image_std=tag_cfg.get("std"),
-            image_interpolation=tag_cfg.get("interpolation"),
-            image_resize_mode=tag_cfg.get("resize_mode"),
-            pretrained_text=False,  # never fetch base text-tower weights from the hub
-        )
+        with reading_weights(weights, f"open_clip {model_name} weights"):  # a corrupt file: one line naming it
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name,
+                pretrained=weights,
+                device=dev,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                image_mean=tag_cfg.get("mean"),
+                image_std=tag_cfg.get("std"),
+                image_interpolation=tag_cfg.get("interpolation"),
+                image_resize_mode=tag_cfg.get("resize_mode"),
+                pretrained_text=False,  # never fetch base text-tower weights from the hub
+            )
         tokenizer = open_clip.get_tokenizer(model_name)
     except OSError as exc:  # hub look-ups for HF text towers / tokenizers that are not cached
         raise ModelNotFoundError(

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import builtin_models
 from .errors import ModelNotFoundError, UserError
 from .tokenizer import check_tokenizer
+from .weights_files import reading_weights
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -85,8 +86,22 @@ def resolve_model_source(model: str) -> str:
     return model
 
 
+def _loaded_folder(args: tuple, kwargs: dict):
+    """The folder (or hub id) a ``from_pretrained`` / ``load_config`` call reads: its first argument,
+    narrowed to ``subfolder`` when that is a local folder."""
+    source = args[0] if args else None
+    sub = kwargs.get("subfolder")
+    if source is not None and sub and (Path(str(source)) / sub).is_dir():
+        return str(Path(str(source)) / sub)
+    return source
+
+
 def _call_loader(what: str, name: str, loader, *args, **kwargs):
-    """Run a ``from_pretrained`` call, turning lookup failures into one clear line."""
+    """Run a ``from_pretrained`` call, turning lookup failures into one clear line.
+
+    Raises :class:`ModelNotFoundError` when nothing is found, :class:`~pipeline.weights_files.WeightsFileError`
+    naming the file when a file is there but unreadable (truncated, HTML, not JSON ...).
+    """
     import warnings
 
     from diffusers.utils import logging as dlog
@@ -101,7 +116,9 @@ def _call_loader(what: str, name: str, loader, *args, **kwargs):
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             # diffusers' load_config passes an argument huggingface_hub no longer uses: noise before our line.
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
-            return loader(*args, **kwargs)
+            # Inside the lookup-failure handler: a corrupt file also surfaces as OSError or ValueError.
+            with reading_weights(_loaded_folder(args, kwargs), f"{what} '{name}'"):
+                return loader(*args, **kwargs)
     except (OSError, ValueError) as exc:  # OSError: uncached hub id; ValueError: bad path / repo id
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _not_found(what, name, first[:200]) from None

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.clip_embed import hub_offline
 from pipeline.errors import ModelNotFoundError, UserError, require
 from pipeline.models import resolve_device
+from pipeline.weights_files import reading_weights
 
 
 @runtime_checkable
@@ -76,7 +77,11 @@ def pil_to_nudenet_array(image) -> np.ndarray:
 
 
 class NudeNetClassifier:
-    """NudeNet's ONNX detector (shipped in its wheel, runs offline); unsafety = top exposed score."""
+    """NudeNet's ONNX detector (shipped in its wheel, runs offline); unsafety = top exposed score.
+
+    Raises :class:`ModelNotFoundError` when ``model_path`` does not exist and
+    :class:`~pipeline.weights_files.WeightsFileError` when the ONNX file is unreadable.
+    """
 
     name = "nudenet"
 
@@ -91,7 +96,9 @@ class NudeNetClassifier:
         nudenet = require("nudenet", "NudeNet safety labeling")
         if model_path is not None and not os.path.isfile(model_path):
             raise ModelNotFoundError(f"NudeNet ONNX model not found: {model_path}; omit it to use the model in the nudenet wheel")
-        self.detector = nudenet.NudeDetector(model_path=model_path)
+        default = os.path.join(os.path.dirname(nudenet.__file__), "320n.onnx")
+        with reading_weights(model_path or default, "NudeNet ONNX model"):
+            self.detector = nudenet.NudeDetector(model_path=model_path)
         if resolve_device(str(device)).type == "cuda":
             self._use_cuda(model_path)
         self.threshold = float(threshold)
@@ -110,9 +117,10 @@ class NudeNetClassifier:
         import nudenet.nudenet as nn_mod
 
         path = model_path or os.path.join(os.path.dirname(nn_mod.__file__), "320n.onnx")
-        self.detector.onnx_session = onnxruntime.InferenceSession(
-            path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-        )
+        with reading_weights(path, "NudeNet ONNX model"):
+            self.detector.onnx_session = onnxruntime.InferenceSession(
+                path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+            )
 
     def detect(self, images: Sequence) -> list[list[dict]]:
         """NudeNet's raw detections ({class, score, box}) per image, in input order."""
@@ -150,6 +158,9 @@ class SDSafetyChecker:
     flags an image exactly when this is > 0, so ``threshold`` is 0.0. This is the vectorised
     math of the checker's ``forward_onnx``; its ``forward`` rounds each score to 3 decimals
     first, so the two can differ only for scores within 0.0005 of zero.
+
+    Raises :class:`ModelNotFoundError` when ``source`` is not found and
+    :class:`~pipeline.weights_files.WeightsFileError` naming the file when one of its files is unreadable.
     """
 
     name = "sd-safety-checker"
@@ -220,8 +231,11 @@ def _load_sd_safety_checker(source: str):
         model_dir = proc_dir = source
         kwargs = {"local_files_only": hub_offline()}
     try:
-        model = StableDiffusionSafetyChecker.from_pretrained(model_dir, **kwargs)
-        processor = CLIPImageProcessor.from_pretrained(proc_dir, **kwargs)
+        # Inside the not-found handler: transformers reports a corrupt config as OSError too.
+        with reading_weights(model_dir, f"SD safety checker '{source}'"):
+            model = StableDiffusionSafetyChecker.from_pretrained(model_dir, **kwargs)
+        with reading_weights(proc_dir, f"SD safety checker '{source}' image processor"):
+            processor = CLIPImageProcessor.from_pretrained(proc_dir, **kwargs)
     except (OSError, ValueError) as exc:
         where = "a local folder" if not kwargs else ("the Hugging Face cache (offline)" if hub_offline() else "the hub")
         raise ModelNotFoundError(f"SD safety checker '{source}' not found in {where}: {_one_line(exc)}; {how}") from None

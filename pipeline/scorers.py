@@ -51,6 +51,7 @@ from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import quiet_hub_progress, resolve_device
 from pipeline.scorer_options import (AESTHETIC_WEIGHTS_URL, HPS_WEIGHTS, METRICS, PICKSCORE_MODEL,  # noqa: F401 (re-exported)
                                      PICKSCORE_PROCESSOR, ScorerOptions, check_metrics, check_prompts)
+from pipeline.weights_files import reading_weights
 from pipeline.world.judges import (WORLD_STYLES, WorldPromptJudge, WorldStyleJudge,
                                    WorldUnsafeJudge)
 
@@ -175,10 +176,15 @@ class AestheticScorer:
 
 
 def load_aesthetic_mlp(weights: str) -> torch.nn.Module:
-    """Load the predictor's state dict (``layers.0.weight`` ...) into :func:`aesthetic_mlp`."""
+    """Load the predictor's state dict (``layers.0.weight`` ...) into :func:`aesthetic_mlp`.
+
+    Raises :class:`ModelNotFoundError` when the file is not found, :class:`~pipeline.weights_files.WeightsFileError`
+    when it is unreadable (truncated, an HTML page ...), :class:`UserError` when it holds something else.
+    """
     file = resolve_weights_file(weights, "aesthetic")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        with reading_weights(file, "aesthetic predictor"):
+            state = torch.load(file, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         mlp = aesthetic_mlp(int(state["layers.0.weight"].shape[1]))
@@ -250,6 +256,11 @@ class PickScorer:
 
 
 def load_pickscore(model_id: str, processor_id: str, device) -> PickScorer:
+    """PickScore's CLIPModel and processor from hub ids (local cache when offline) or local folders.
+
+    Raises :class:`ModelNotFoundError` when either is not found, :class:`~pipeline.weights_files.WeightsFileError`
+    naming the file when one is unreadable (truncated, an HTML page, a config that is not JSON).
+    """
     from transformers import CLIPModel, CLIPProcessor
 
     from pipeline.tokenizer import check_tokenizer
@@ -261,8 +272,11 @@ def load_pickscore(model_id: str, processor_id: str, device) -> PickScorer:
             raise ModelNotFoundError(f"PickScore folder not found: {source}; {how}")
     kwargs = {"local_files_only": hub_offline()}
     try:
-        model = CLIPModel.from_pretrained(model_id, **kwargs)
-        processor = CLIPProcessor.from_pretrained(processor_id, **kwargs)
+        # Inside the not-found handler: transformers reports a corrupt config as OSError too.
+        with reading_weights(model_id, f"PickScore model '{model_id}'"):
+            model = CLIPModel.from_pretrained(model_id, **kwargs)
+        with reading_weights(processor_id, f"PickScore processor '{processor_id}'"):
+            processor = CLIPProcessor.from_pretrained(processor_id, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"PickScore model '{model_id}' / processor '{processor_id}' not found: {one_line(exc, 200)}; {how}") from None
     check_tokenizer(processor.tokenizer, f"PickScore processor '{processor_id}'")

@@ -29,6 +29,7 @@ from pipeline.options import (PANEL_IO, PANEL_RUN, PANEL_SAMPLING, at_least, bat
                               prompt_column_option, prompt_split_option, resolution_option, seed_option, vae_option)
 from pipeline.scorer_options import ScorerOptions, check_metrics, check_prompts
 from pipeline.seeds import derive_seed
+from pipeline.weights_files import check_readable, reading_weights
 
 TRAINING_CONFIG = "training_config.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -60,6 +61,12 @@ class Candidate:
 
 
 def read_candidate(path: str, name: str | None = None) -> Candidate:
+    """The candidate in mapo-train output folder ``path``.
+
+    Raises :class:`UserError` when the folder is not a mapo-train output, and
+    :class:`~pipeline.weights_files.WeightsFileError` when its weights are unreadable (checked here,
+    before the eval folder records the candidate: a rerun with the repaired file is then not refused).
+    """
     root = Path(path).expanduser()
     config_file = root / TRAINING_CONFIG
     has_unet, has_lora = (root / "unet" / "config.json").is_file(), (root / LORA_WEIGHTS).is_file()
@@ -74,8 +81,10 @@ def read_candidate(path: str, name: str | None = None) -> Candidate:
         raise UserError(f"candidate '{path}': {TRAINING_CONFIG} is not valid JSON ({exc})") from None
     # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
     kind = "unet" if has_unet else "lora"
-    return Candidate(name or root.resolve().name, str(root.resolve()), kind, config.get("model"), config.get("objective"),
+    cand = Candidate(name or root.resolve().name, str(root.resolve()), kind, config.get("model"), config.get("objective"),
                      config.get("family"))
+    check_readable(root / "unet" if kind == "unet" else root / LORA_WEIGHTS, f"candidate {cand.name}")
+    return cand
 
 
 @dataclass
@@ -249,8 +258,10 @@ class _ModelSwitch:
         if cand is not None and cand.kind == "unet":
             from diffusers import UNet2DConditionModel
 
+            folder = os.path.join(cand.path, "unet")
             try:
-                unet = UNet2DConditionModel.from_pretrained(os.path.join(cand.path, "unet"), torch_dtype=self.base_unet.dtype)
+                with reading_weights(folder, f"candidate {cand.name}"):
+                    unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=self.base_unet.dtype)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise UserError(f"candidate {cand.name}: could not load {cand.path}/unet: {' '.join(str(exc).split())[:200]}") from None
             pipe.unet = unet.to(pipe.device).eval()
@@ -260,7 +271,8 @@ class _ModelSwitch:
             level = dlog.get_verbosity()
             dlog.set_verbosity_error()  # "no LoRA keys for the text encoders": expected, the trainer tunes the UNet
             try:
-                pipe.load_lora_weights(cand.path)
+                with reading_weights(os.path.join(cand.path, LORA_WEIGHTS), f"candidate {cand.name}"):
+                    pipe.load_lora_weights(cand.path)
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
                 raise UserError(f"candidate {cand.name}: could not load the LoRA in {cand.path}: {' '.join(str(exc).split())[:200]}") from None
             finally:

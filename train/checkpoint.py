@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.weights_files import check_readable, reading_weights
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -64,6 +65,20 @@ def resolve_resume(output_dir, spec: str | None) -> Path | None:
         raise UserError(f"--resume-from-checkpoint '{spec}' does not exist; pass 'latest' or a checkpoint-<step> folder.")
     checkpoint_step(path)
     return path
+
+
+def load_checkpoint(accelerator, path) -> None:
+    """Restore the full training state from checkpoint folder ``path`` (accelerate's load_state).
+
+    Raises :class:`~pipeline.weights_files.WeightsFileError` naming the file when one in the
+    checkpoint is unreadable (truncated by a full disk, emptied, overwritten), and lets the
+    registered load hooks' :class:`UserError` through.
+    """
+    fix = "Resume from another checkpoint, or start over with --overwrite"
+    # accelerate skips random states it cannot read (the resumed run would silently differ): check first.
+    check_readable(path, "checkpoint", fix)
+    with reading_weights(path, "checkpoint", fix):
+        accelerator.load_state(str(path))
 
 
 def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.progress import progress_bar
 
-from .checkpoint import TrainState, checkpoint_step, list_checkpoints, resolve_resume, save_checkpoint
+from .checkpoint import TrainState, checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import CONFIG_FILE, TrainConfig
 from .data import batch_stream, check_data_matches_model, open_training_data
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
@@ -103,7 +103,7 @@ class Trainer:
             self._register_adapter_only_checkpoints()
         if resume is not None:
             self._check_resume_config()
-            acc.load_state(str(resume))
+            load_checkpoint(acc, resume)
             if self.state.global_step != checkpoint_step(resume):
                 raise UserError(f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one.")
             if acc.is_main_process:

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.weights_files import reading_weights
 
 NAME = "shapes-sdxl"
 FOLDER = Path(__file__).resolve().parent / NAME
@@ -38,11 +39,16 @@ def write_checksums(folder: Path) -> dict[str, str]:
 
 
 def verify_checksums(folder: Path) -> None:
-    """Raise :class:`UserError` naming the first missing or changed file."""
+    """Raise :class:`UserError` naming the first missing or changed file, or an unreadable record
+    (:class:`~pipeline.weights_files.WeightsFileError`)."""
     record = folder / CHECKSUMS
     if not record.is_file():
         raise UserError(f"built-in {NAME} is incomplete: {record} is missing; {REBUILD}")
-    for rel, expected in json.loads(record.read_text()).items():
+    with reading_weights(record, f"built-in {NAME}", fix=REBUILD[0].upper() + REBUILD[1:]):
+        sums = json.loads(record.read_bytes().decode("utf-8"))
+    if not isinstance(sums, dict):
+        raise UserError(f"built-in {NAME}: {record} is not a JSON object of file checksums; {REBUILD}")
+    for rel, expected in sums.items():
         path = folder / rel
         if not path.is_file():
             raise UserError(f"built-in {NAME} is incomplete: {path} is missing; {REBUILD}")

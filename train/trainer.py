@@ -304,7 +304,7 @@ class Trainer:
         acc, cfg, state = self.accelerator, self.cfg, self.state
         t_start = time.perf_counter()
         lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and cfg.objective == "dpo") else None
-        stream = batch_stream(self.data, acc.device)
+        stream = batch_stream(self.data, acc.device)  # fp32 inputs whatever the storage dtype; autocast does the rest
         if self.validator is not None and state.global_step == 0:
             self._validate(0)
         bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
@@ -372,7 +372,7 @@ class Trainer:
             with sync:
                 with acc.autocast():
                     out = compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective, gen,
-                                       dtype=self.weight_dtype, reference=self.models.reference, lora_base=lora_base)
+                                       reference=self.models.reference, lora_base=lora_base)
                 finite = self._all_finite(out.loss)
                 if not finite:
                     break

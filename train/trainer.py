@@ -35,6 +35,7 @@ _MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha"
                          "gradient_accumulation_steps", "seed", "data_fingerprint")
 # A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
 _FINISHED = ("unet", LORA_FILE, "README.md")
+_FP16_ON_CPU = "fp16 mixed precision is not supported on the CPU; use --mixed-precision bf16 or no."
 
 
 @dataclass
@@ -68,6 +69,12 @@ class Trainer:
             from pipeline.errors import require
 
             require("bitsandbytes", "--use-8bit-adam")
+        # Before the output folder is checked: --overwrite would delete an earlier run for a run that cannot
+        # start. Same device rule as accelerate's, which on the CPU would not autocast fp16 at all.
+        from pipeline.distributed import runs_on_cpu
+
+        if cfg.mixed_precision == "fp16" and runs_on_cpu():
+            raise UserError(_FP16_ON_CPU)
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         self._check_output_dir(resume)
         self.scorers = None
@@ -76,8 +83,6 @@ class Trainer:
             log_with=self._trackers() or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
-        if cfg.mixed_precision == "fp16" and acc.device.type == "cpu":
-            raise UserError("fp16 mixed precision is not supported on the CPU; use --mixed-precision bf16 or no.")
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         self.data = open_training_data(cfg, acc.process_index, acc.num_processes)
         self.models = setup_models(cfg, self.weight_dtype, acc.device)

@@ -10,6 +10,9 @@ import math
 import pytest
 import torch
 
+from tests.helpers import run_cli
+from tests.train.conftest import train_args
+from train.cli import app
 from train.config import TrainConfig
 from train.trainer import run_train
 
@@ -113,3 +116,17 @@ def test_compute_loss_refuses_a_batch_of_mixed_dtypes():
     batch["latents"] = batch["latents"].half()
     with pytest.raises(ValueError, match="one dtype"):
         compute_loss(models.unet, batch, models.noise_scheduler, obj, step_generator(0, 0, 0, 0))
+
+
+def test_fp16_on_the_cpu_is_one_error_line_and_leaves_the_output_alone(tmp_path, latents_sdxl):
+    out = tmp_path / "run"
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--mixed-precision", "fp16"))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: fp16"), result.output
+    assert not out.exists()
+    # With --overwrite, an earlier run is not deleted for a run that cannot start.
+    out.mkdir()
+    (out / "README.md").write_text("an earlier run\n")
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--mixed-precision", "fp16", "--overwrite"))
+    assert result.exit_code == 2 and "fp16" in result.output, result.output
+    assert [p.name for p in out.iterdir()] == ["README.md"]

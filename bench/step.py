@@ -75,6 +75,7 @@ class BenchStep:
     def _encode(self, batch: dict) -> dict:
         """Upstream trainers' per-step work: pixels -> latents, captions -> embeddings (no_grad)."""
         from pipeline.conditioning import encode_text
+        from train.data import to_compute
 
         from .data import encode_pixels
 
@@ -86,7 +87,7 @@ class BenchStep:
         if emb.pooled is not None:
             out["pooled_prompt_embeds"] = emb.pooled.clone()
             out["add_time_ids"] = batch["add_time_ids"]
-        return out
+        return to_compute(out, self.device)  # the trainer's inputs: fp32, whatever the encoders' dtype
 
     def forward(self, batch: dict, step: int):
         import torch
@@ -95,7 +96,7 @@ class BenchStep:
 
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             return compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective,
-                                step_generator(self.spec.seed, step, 0, 0), dtype=self.dtype,
+                                step_generator(self.spec.seed, step, 0, 0),
                                 reference=self.models.reference, lora_base=self.lora_base)
 
     def update(self, loss) -> float:

@@ -30,14 +30,23 @@ def _launched_multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _state():
+def runs_on_cpu() -> bool:
+    """True when accelerate will put this process on the CPU: no CUDA, or ``ACCELERATE_USE_CPU`` set.
+
+    Answers without starting accelerate (no process group), so a stage can refuse a CPU-only
+    impossibility (fp16 mixed precision) before it touches its output folder.
+    """
     import torch
+
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+
+
+def _state():
     from accelerate import PartialState
 
     # Without cpu=True, PartialState on a machine with no CUDA ignores the launcher's world
     # size and reports a single process: every rank would then do all the work.
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-    return PartialState(cpu=use_cpu)
+    return PartialState(cpu=runs_on_cpu())
 
 
 def current_process() -> ProcessInfo:

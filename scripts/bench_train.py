@@ -64,7 +64,7 @@ def main():
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    out = compute_loss(unet, batch, models.noise_scheduler, obj, step_generator(0, i, 0, 0), dtype=dtype,
+                    out = compute_loss(unet, batch, models.noise_scheduler, obj, step_generator(0, i, 0, 0),
                                        reference=models.reference, lora_base=unet if rank else None)
                 out.loss.backward()
                 opt.step()

@@ -52,12 +52,39 @@ def check_data_matches_model(ds: LatentDataset, model: str, unet_family: str, un
     return pipe
 
 
-def batch_stream(data: TrainData, device):
-    """Endless batches for this rank (epoch after epoch), continuing from the sampler's position."""
+def to_compute(batch: dict, device, dtype=None) -> dict:
+    """The batch on ``device``, every floating tensor in ONE compute dtype (fp32 by default).
+
+    This is the only place the trainer casts its inputs. The latent reader hands out the
+    storage dtype (fp16 or bf16 latents and prompt embeddings) beside fp32 pooled embeddings
+    and time ids; the UNet's trainable (master) weights are fp32, so its inputs are cast to
+    fp32 here and mixed precision is left to autocast. Feeding the storage dtype instead
+    breaks under CPU bf16 autocast, whose type promotion knows no fp16 (``torch.cat`` of fp16
+    latents raised "Unexpected floating ScalarType in at::autocast::prioritize").
+
+    ``batch``: ``collate`` output, e.g. "latents" ``[B, 2, C, h, w]``, "prompt_embeds"
+    ``[B, 77, D]``, SDXL's "pooled_prompt_embeds" ``[B, P]`` and "add_time_ids" ``[B, 6]``;
+    non-tensor values (ids, flips) pass through, integer tensors keep their dtype.
+    Returns a new dict; shapes are unchanged.
+    """
     import torch
 
+    dtype = torch.float32 if dtype is None else dtype
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, dtype=dtype if value.is_floating_point() else None, non_blocking=True)
+        out[key] = value
+    return out
+
+
+def batch_stream(data: TrainData, device, dtype=None):
+    """Endless batches for this rank (epoch after epoch), continuing from the sampler's position.
+
+    Each batch goes through :func:`to_compute`: on ``device``, floating tensors in ``dtype``
+    (default fp32, whatever the storage dtype).
+    """
     while True:
         for indices in data.sampler:
             items = [data.dataset[i] for i in indices]
-            batch = collate(items)
-            yield {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            yield to_compute(collate(items), device, dtype)

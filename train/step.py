@@ -47,12 +47,15 @@ def draw_noise(latents: Tensor, num_train_timesteps: int, generator: torch.Gener
 def unet_inputs(batch: dict, noise: Tensor, timesteps: Tensor, noise_scheduler, objective: Objective):
     """Noisy latents, timesteps, target and conditioning for the UNet: ``[chosen..., rejected...]``.
 
-    With SFT only the chosen images are used (B samples, not 2B).
+    ``batch["latents"]`` is ``[B, 2, C, h, w]``; ``noise`` ``[B, C, h, w]`` and ``timesteps`` ``[B]``
+    (one per pair). Returns ``x_t`` ``[kB, C, h, w]``, ``t`` ``[kB]``, the target like ``x_t`` and the
+    UNet's conditioning, with k = 2 (chosen, then rejected), or k = 1 for SFT (chosen only). All in
+    the batch's dtype: the batch arrives already cast (:func:`train.data.to_compute`).
     """
     latents = batch["latents"]
     images = [latents[:, 0], latents[:, 1]] if objective.uses_rejected else [latents[:, 0]]
     k = len(images)
-    x0 = torch.cat(images).float()
+    x0 = torch.cat(images)
     eps = noise.repeat(k, 1, 1, 1)  # the same noise for both images of a pair
     t = timesteps.repeat(k)
     x_t = noise_scheduler.add_noise(x0, eps, t)
@@ -67,16 +70,12 @@ def unet_inputs(batch: dict, noise: Tensor, timesteps: Tensor, noise_scheduler, 
     return x_t, t, target, cond
 
 
-def _cast_cond(cond: dict, dtype) -> dict:
-    out = {"encoder_hidden_states": cond["encoder_hidden_states"].to(dtype)}
-    if "added_cond_kwargs" in cond:
-        out["added_cond_kwargs"] = {k: v.to(dtype) for k, v in cond["added_cond_kwargs"].items()}
-    return out
+def errors(unet, x_t: Tensor, t: Tensor, target: Tensor, cond: dict) -> Tensor:
+    """Per-sample squared error ``[N]`` (at least fp32) of ``unet``'s prediction for ``x_t`` ``[N, C, h, w]``.
 
-
-def errors(unet, x_t: Tensor, t: Tensor, target: Tensor, cond: dict, dtype) -> Tensor:
-    """Per-sample squared error (fp32) of ``unet``'s prediction."""
-    pred = unet(x_t.to(dtype), t, **_cast_cond(cond, dtype), return_dict=False)[0]
+    The inputs go in as they are (no cast here): precision is autocast's business.
+    """
+    pred = unet(x_t, t, **cond, return_dict=False)[0]
     return per_sample_error(pred, target)
 
 
@@ -90,32 +89,47 @@ def adapters_disabled(unet):
         unet.enable_adapters()
 
 
-def reference_errors(reference, x_t, t, target, cond, dtype, lora_unet=None) -> Tensor:
-    """DPO's reference errors under no_grad: a frozen copy, or the LoRA UNet with its adapter off."""
+def reference_errors(reference, x_t, t, target, cond, lora_unet=None) -> Tensor:
+    """DPO's reference errors ``[N]`` under no_grad: a frozen copy, or the LoRA UNet with its adapter off.
+
+    Raises ValueError when there is neither.
+    """
     with torch.no_grad():
         if reference is not None:
-            return errors(reference, x_t, t, target, cond, dtype)
+            return errors(reference, x_t, t, target, cond)
         if lora_unet is None:
             raise ValueError("DPO needs a reference: a frozen UNet, or a LoRA UNet whose adapter can be disabled")
         with adapters_disabled(lora_unet) as base:
-            return errors(base, x_t, t, target, cond, dtype)
+            return errors(base, x_t, t, target, cond)
+
+
+def _check_one_dtype(batch: dict) -> None:
+    dtypes = {k: v.dtype for k, v in batch.items() if isinstance(v, Tensor) and v.is_floating_point()}
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"the batch's floating tensors must share one dtype, got {dtypes}; "
+                         "cast it with train.data.to_compute first")
 
 
 def compute_loss(unet, batch: dict, noise_scheduler, objective: Objective, generator: torch.Generator, *,
-                 dtype=torch.float32, reference=None, lora_base=None) -> LossOutput:
+                 reference=None, lora_base=None) -> LossOutput:
     """Forward chosen (and rejected) through ``unet`` and return the objective's :class:`LossOutput`.
 
+    ``batch``: "latents" ``[B, 2, C, h, w]`` (chosen first), "prompt_embeds" ``[B, L, D]`` and, for
+    SDXL, "pooled_prompt_embeds" ``[B, P]`` and "add_time_ids" ``[B, 6]``, all floating tensors in ONE
+    dtype (fp32 from :func:`train.data.to_compute`; fp64 in gradient checks); ValueError otherwise.
+    Nothing is cast here: under mixed precision the caller's autocast picks each op's precision.
     ``unet`` may be a DDP wrapper; ``lora_base`` is the unwrapped LoRA UNet (for the DPO
-    reference without a second UNet); ``dtype`` is the dtype the UNet's inputs are cast to.
+    reference without a second UNet).
     """
+    _check_one_dtype(batch)
     noise, timesteps = draw_noise(batch["latents"], objective.num_train_timesteps, generator)
     x_t, t, target, cond = unet_inputs(batch, noise, timesteps, noise_scheduler, objective)
     ref = None
     if objective.name == "dpo":
         # Before the policy forward: the reference needs no graph, and its activations are
         # freed before the policy's are allocated.
-        ref = reference_errors(reference, x_t, t, target, cond, dtype, lora_unet=lora_base)
-    e = errors(unet, x_t, t, target, cond, dtype)
+        ref = reference_errors(reference, x_t, t, target, cond, lora_unet=lora_base)
+    e = errors(unet, x_t, t, target, cond)
     if objective.name == "sft":
         return sft_loss(e)
     e_w, e_l = e.chunk(2)

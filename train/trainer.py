@@ -35,6 +35,7 @@ _MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha"
                          "gradient_accumulation_steps", "seed", "data_fingerprint")
 # A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
 _FINISHED = ("unet", LORA_FILE, "README.md")
+_FP16_ON_CPU = "fp16 mixed precision is not supported on the CPU; use --mixed-precision bf16 or no."
 
 
 @dataclass
@@ -69,6 +70,12 @@ class Trainer:
             from pipeline.errors import require
 
             require("bitsandbytes", "--use-8bit-adam")
+        # Before the output folder is checked: --overwrite would delete an earlier run for a run that cannot
+        # start. Same device rule as accelerate's, which on the CPU would not autocast fp16 at all.
+        from pipeline.distributed import runs_on_cpu
+
+        if cfg.mixed_precision == "fp16" and runs_on_cpu():
+            raise UserError(_FP16_ON_CPU)
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         self._check_output_dir(resume)
         self.scorers = None
@@ -77,8 +84,6 @@ class Trainer:
             log_with=self._trackers() or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
-        if cfg.mixed_precision == "fp16" and acc.device.type == "cpu":
-            raise UserError("fp16 mixed precision is not supported on the CPU; use --mixed-precision bf16 or no.")
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         self.data = open_training_data(cfg, acc.process_index, acc.num_processes)
         self.models = setup_models(cfg, self.weight_dtype, acc.device)
@@ -102,7 +107,8 @@ class Trainer:
         if cfg.is_lora:
             self._register_adapter_only_checkpoints()
         if resume is not None:
-            self._check_resume_config()
+            saved = self._check_resume_config()
+            self._check_steps_left(resume, saved)
             load_checkpoint(acc, resume)
             if self.state.global_step != checkpoint_step(resume):
                 raise UserError(f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one.")
@@ -228,12 +234,24 @@ class Trainer:
         if not present:
             return
         if not self.cfg.overwrite:
+            finished = any(name in _FINISHED for name in present)
+            found = list_checkpoints(self.out)
             if self.cfg.resume_from_checkpoint != "latest":
-                raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}); pass "
-                                "--resume-from-checkpoint latest to continue it, or --overwrite to start over.")
+                # Suggest only what works: "latest" needs a checkpoint, and a finished run (which ends
+                # with one at its last step) continues only with a larger --max-steps.
+                if found and finished:
+                    step = checkpoint_step(found[-1])
+                    raise UserError(f"'{self.out}' holds a finished training run (step {step}); pass "
+                                    f"--resume-from-checkpoint latest with a --max-steps above {step} to train it "
+                                    "further, or --overwrite to start over.")
+                if found:
+                    raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}); pass "
+                                    "--resume-from-checkpoint latest to continue it, or --overwrite to start over.")
+                raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}) and no checkpoint "
+                                "to resume; pass --overwrite to start over, or use a new --output-dir.")
             # "latest" but no checkpoint: the leftovers of a run stopped before its first checkpoint
             # are redone from scratch below; a finished run is never trained over without --overwrite.
-            if any(name in _FINISHED for name in present):
+            if finished:
                 raise UserError(f"'{self.out}' holds a finished training run ({', '.join(present)}) and no checkpoint "
                                 "to resume; pass --overwrite to start over, or use a new --output-dir.")
         if _is_main_env():
@@ -248,10 +266,11 @@ class Trainer:
 
         wait_for_everyone()
 
-    def _check_resume_config(self) -> None:
+    def _check_resume_config(self) -> dict:
+        """Refuse to resume with other settings than the run's (max_steps and num_epochs may differ); returns its config."""
         path = self.out / CONFIG_FILE
         if not path.exists():
-            return
+            return {}
         saved = json.loads(path.read_text())
         mine = self.resolved_config()
         differ = [k for k in _MUST_MATCH_ON_RESUME if k in saved and _comparable(saved[k]) != _comparable(mine[k])]
@@ -260,6 +279,21 @@ class Trainer:
         if differ:
             raise UserError(f"Cannot resume '{self.out}': the run was made with different {', '.join(differ)}; "
                             "use the original settings or a new --output-dir.")
+        return saved
+
+    def _check_steps_left(self, resume: Path, saved: dict) -> None:
+        """Resuming must leave steps to train: a finished run is trained further with a larger --max-steps."""
+        step = checkpoint_step(resume)
+        if self.total_steps <= step:
+            raise UserError(f"'{self.out}' is already trained to step {step}; pass a larger --max-steps (above {step}) "
+                            "to train further.")
+        # diffusers' decaying schedules are functions of the total: the restored step count continues
+        # on the new curve (the scheduler's state holds its step count, not its shape).
+        if saved.get("total_steps") not in (None, self.total_steps) and \
+                self.cfg.lr_scheduler not in ("constant", "constant_with_warmup"):
+            self.accelerator.print(f"note: --lr-scheduler {self.cfg.lr_scheduler} now spans {self.total_steps} steps "
+                                   f"(the run was made with {saved['total_steps']}); from step {step} the learning "
+                                   "rate follows the new schedule.")
 
     def resolved_config(self) -> dict:
         info = self.data.dataset.info
@@ -305,7 +339,7 @@ class Trainer:
         acc, cfg, state = self.accelerator, self.cfg, self.state
         t_start = time.perf_counter()
         lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and cfg.objective == "dpo") else None
-        stream = batch_stream(self.data, acc.device)
+        stream = batch_stream(self.data, acc.device)  # fp32 inputs whatever the storage dtype; autocast does the rest
         if self.validator is not None and state.global_step == 0:
             self._validate(0)
         bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
@@ -334,7 +368,9 @@ class Trainer:
                 self.save_checkpoint()
             if self.validator is not None and cfg.validation_steps and step % cfg.validation_steps == 0 and step < self.total_steps:
                 self._validate(step)
-            stopped = self._stop_requested()
+            # A signal during the last step lets the run finish (final model and checkpoint): a stop
+            # there would leave a checkpoint at max_steps, which a rerun could not continue.
+            stopped = self._stop_requested() if step < self.total_steps else None
             if stopped:
                 break
         bar.close()
@@ -348,6 +384,9 @@ class Trainer:
                             "loss, so the model is unchanged and was not saved. Lower --learning-rate, use "
                             "--mixed-precision bf16 or no, or check the data; then rerun with --overwrite.")
         saved = self.save_final(last_metrics)
+        # After the final model (a kill in between leaves that model and the older checkpoints): the
+        # last step's checkpoint lets `--resume-from-checkpoint latest --max-steps M` train further.
+        self.save_checkpoint()
         return TrainResult(str(self.out), state.global_step, self.start_step, None, state.nonfinite_total,
                            last_metrics, time.perf_counter() - t_start, saved)
 
@@ -373,7 +412,7 @@ class Trainer:
             with sync:
                 with acc.autocast():
                     out = compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective, gen,
-                                       dtype=self.weight_dtype, reference=self.models.reference, lora_base=lora_base)
+                                       reference=self.models.reference, lora_base=lora_base)
                 finite = self._all_finite(out.loss)
                 if not finite:
                     break

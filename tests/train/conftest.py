@@ -71,6 +71,12 @@ def latents_sdxl(tmp_path_factory, pickapic):
 
 
 @pytest.fixture(scope="session")
+def latents_sdxl_bf16(tmp_path_factory, pickapic):
+    """latents_sdxl stored as bf16 (precompute's default storage dtype is fp16)."""
+    return precompute(pickapic, tmp_path_factory.mktemp("lat") / "sdxl-bf16", "tiny-sdxl", extra=("--storage-dtype", "bf16"))
+
+
+@pytest.fixture(scope="session")
 def latents_sd15(tmp_path_factory, pickapic):
     return precompute(pickapic, tmp_path_factory.mktemp("lat") / "sd15", "tiny-sd15")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -164,13 +165,69 @@ def test_resume_refuses_other_lora_or_data_in_one_line(tmp_path, latents_sdxl, l
     if name == "lora_target_modules":
         result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3, *base, "--resume-from-checkpoint", "latest",
                                          "--lora-target-modules", "to_out.0,to_v,to_q,to_k"))
-        assert result.exit_code == 0 and "2 steps (1 -> 3)" in result.output, result.output
+        assert result.exit_code == 0 and "1 steps (2 -> 3)" in result.output, result.output  # from the last step's
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_a_finished_run_trains_further_as_if_never_stopped(tmp_path, latents_sdxl):
+    # 2 micro-batches of 2 per step: one epoch of the 8 pairs is 2 steps, so steps 3-4 are the next epoch.
+    args = ("--gradient-accumulation-steps", "2")
+    straight = tmp_path / "straight"
+    assert run_cli(app, train_args(latents_sdxl, straight, "tiny-sdxl", 4, *args)).exit_code == 0
+    out = tmp_path / "run"
+    keep_one = ("--checkpointing-steps", "1", "--checkpoints-total-limit", "1")
+    assert run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, *args, *keep_one)).exit_code == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-2"]  # the last step's, the limit kept
+    first_unet = _weights(out)
+    # What the refusal to train over a finished run suggests ...
+    message = _one_error_line(run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 4, *args)))
+    assert "--resume-from-checkpoint latest with a --max-steps above 2" in message
+    # ... works: the run continues from step 2 to 4 and ends where 4 uninterrupted steps do.
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 4, *args, *keep_one, "--resume-from-checkpoint",
+                                     "latest"))
+    assert result.exit_code == 0 and "2 steps (2 -> 4)" in result.output, result.output
+    a, b = _metrics(straight), _metrics(out)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert all((a[s]["loss"], a[s]["e_w"]) == (b[s]["loss"], b[s]["e_w"]) for s in a)
+    wa, wb = _weights(straight), _weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the saved model is the extended one
+    assert not all(torch.equal(first_unet[k], wb[k]) for k in wb)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-4"]
+    config = json.loads((out / "training_config.json").read_text())
+    assert (config["max_steps"], config["total_steps"]) == (4, 4)
+    assert "| total_steps | 4 |" in (out / "README.md").read_text()
+    # Nothing left to train: one line, and the run is left as it is.
+    for steps in (4, 3):
+        message = _one_error_line(run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", steps, *args,
+                                                          "--resume-from-checkpoint", "latest")))
+        assert "already trained to step 4; pass a larger --max-steps" in message
+    assert _metrics(out).keys() == {1, 2, 3, 4} and torch.equal(_weights(out)["conv_in.weight"], wb["conv_in.weight"])
+    assert json.loads((out / "training_config.json").read_text())["max_steps"] == 4
+
+
+def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path, latents_sdxl, monkeypatch):
+    import train.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_stop_requested", lambda self: "SIGTERM")
+    out = tmp_path / "run"
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2"))
+    assert result.exit_code == 0 and "1 steps (0 -> 1)" in result.output, result.output
+    assert (out / "pytorch_lora_weights.safetensors").exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-1"]
 
 
 def test_latest_without_checkpoint_refuses_a_finished_run(tmp_path, latents_sdxl):
     out = tmp_path / "run"
     assert run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2")).exit_code == 0
-    assert not (out / "checkpoints").exists()
+    # A finished run without checkpoints (made before runs kept their last step's, or with them deleted).
+    shutil.rmtree(out / "checkpoints")
+    message = _one_error_line(run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2")))
+    assert "no checkpoint" in message and "--overwrite" in message and "--resume-from-checkpoint" not in message
     before = (out / "pytorch_lora_weights.safetensors").read_bytes()
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest"))
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -182,6 +239,7 @@ def test_latest_without_checkpoint_refuses_a_finished_run(tmp_path, latents_sdxl
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest"))
     assert result.exit_code == 0 and "2 steps (0 -> 2)" in result.output, result.output
     assert _steps(out) == [1, 2]
+    shutil.rmtree(out / "checkpoints")  # with its last step's checkpoint, "latest" would resume it
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2", "--resume-from-checkpoint",
                                      "latest", "--overwrite"))
     assert result.exit_code == 0 and "1 steps (0 -> 1)" in result.output and _steps(out) == [1], result.output

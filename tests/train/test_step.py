@@ -132,8 +132,7 @@ def test_gradient_matches_finite_differences(objective):
 
     def loss():
         gen = step_generator(0, 0, 0, 0)
-        return compute_loss(models.unet, batch, models.noise_scheduler, obj, gen, dtype=torch.float64,
-                            reference=models.reference).loss
+        return compute_loss(models.unet, batch, models.noise_scheduler, obj, gen, reference=models.reference).loss
 
     loss().backward()
     analytic = (param.grad * direction).sum().item()
@@ -154,9 +153,10 @@ def test_full_dpo_under_bf16_autocast_starts_at_ln2(model):
     cfg = TrainConfig(data="x", model=model, objective="dpo", mixed_precision="bf16")
     models = setup_models(cfg, torch.bfloat16, torch.device("cpu"))
     obj = Objective("dpo", cfg.resolved_beta, models.num_train_timesteps, models.prediction_type)
+    batch = real_batch(model)  # fp32, as the trainer feeds it: made outside the autocast
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = compute_loss(models.unet, real_batch(model), models.noise_scheduler, obj, step_generator(0, 0, 0, 0),
-                           dtype=torch.bfloat16, reference=models.reference)
+        out = compute_loss(models.unet, batch, models.noise_scheduler, obj, step_generator(0, 0, 0, 0),
+                           reference=models.reference)
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert out.metrics["implicit_acc"] == 0 and out.metrics["reward_margin"] == 0
     assert out.metrics["ref_e_w"] == out.metrics["e_w"]

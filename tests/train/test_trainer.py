@@ -125,6 +125,7 @@ def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
     """MaPO on 8 pairs, high LR: afterwards e_w < e_l on every training pair (implicit accuracy 1.0)."""
     from pipeline.latent_shards import collate, open_latents
     from train.model_setup import load_base_unet_and_scheduler
+    from train.data import to_compute
     from train.step import Objective, draw_noise, errors, unet_inputs
     from diffusers import UNet2DConditionModel
 
@@ -136,7 +137,7 @@ def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
     trained = UNet2DConditionModel.from_pretrained(str(out / "unet"))
     ds = open_latents(latents_sd15)
     batch = collate([ds[i] for i in range(len(ds))])
-    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    batch = to_compute({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, "cpu")
     obj = Objective("mapo", 1.0, 1000, "epsilon")
 
     def accuracy(unet):
@@ -146,7 +147,7 @@ def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
             for _ in range(16):  # average over noise draws and timesteps
                 noise, t = draw_noise(batch["latents"], 1000, gen)
                 x_t, tt, target, cond = unet_inputs(batch, noise, t, sched, obj)
-                w, l = errors(unet, x_t, tt, target, cond, torch.float32).chunk(2)
+                w, l = errors(unet, x_t, tt, target, cond).chunk(2)
                 e_w, e_l = e_w + w, e_l + l
         return (e_w < e_l).float().mean().item()
 

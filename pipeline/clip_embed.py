@@ -20,11 +20,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from pipeline.atomic import atomic_write
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import resolve_device
+from pipeline.prompt_prefixes import STYLE_TEXTS  # noqa: F401  (re-exported: its old home)
 from pipeline.weights_files import reading_weights
-
-from pipeline.prompt_prefixes import STYLE_TEXTS  # noqa: E402,F401  (re-exported: its old home)
 
 # A tiny open_clip architecture (about 1.7M parameters, most of them the 49,408-token embedding)
 # so tests and the demo can build random weights offline and load them back through the same
@@ -87,15 +87,14 @@ def build_tiny_clip_weights(path: str | os.PathLike, seed: int = 0, name: str = 
         torch.manual_seed(seed)
         model = open_clip.create_model(name, pretrained=None, pretrained_text=False)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # Write under a temporary name first so a killed run never leaves a truncated weights file.
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    # Never a truncated weights file after a kill.
+    with atomic_write(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(state, str(tmp))
-    else:
-        torch.save(state, tmp)
-    os.replace(tmp, path)
+            save_file(state, str(tmp))
+        else:
+            torch.save(state, tmp)
     return name, path
 
 

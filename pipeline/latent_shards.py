@@ -57,9 +57,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from .atomic import atomic_write
 from .errors import UserError
 from .shards import DATA_DIR, read_manifest, shard_name
 
@@ -113,10 +113,8 @@ def save_array_atomic(path: Path, array) -> None:
     """np.save under a temporary name (``.<name>.tmp-<pid>``, swept by ShardedOutput), then rename."""
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 # -- model description and check -------------------------------------------------------------

@@ -61,13 +61,17 @@ def _read_file(path: Path, column: str | None) -> list:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{n} is not valid JSON ({exc.msg}).") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n} is a JSON {type(row).__name__}, not an object; each line of a .jsonl "
+                                'prompt file is an object such as {"caption": "a cat"}.')
+            rows.append(row)
         if not rows:
             return []
-        col = _pick_column(sorted({k for r in rows if isinstance(r, dict) for k in r}), column, str(path))
-        return [r.get(col) if isinstance(r, dict) else None for r in rows]
+        col = _pick_column(sorted({k for r in rows for k in r}), column, str(path))
+        return [r.get(col) for r in rows]
     if suffix in (".csv", ".parquet"):
         import io
 

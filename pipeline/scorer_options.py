@@ -110,7 +110,8 @@ def check_prompts(metrics: Sequence[str], prompts: Sequence[str], resolution: in
     """Fail in one line (UserError) now if a metric cannot read one of ``prompts`` (``world-prompt``
     reads only world captions) or images of ``resolution`` px (the world's judges read 64 px):
     callers check before they generate or train."""
-    from pipeline.world.judges import SIZE as WORLD_SIZE, WorldPromptJudge
+    from pipeline.world.judges import SIZE as WORLD_SIZE
+    from pipeline.world.judges import WorldPromptJudge
 
     if "world-prompt" in metrics:
         WorldPromptJudge.check_prompts(prompts)

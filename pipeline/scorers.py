@@ -35,6 +35,7 @@ from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from pipeline.atomic import atomic_write
 from pipeline.clip_embed import (
     TINY_CLIP_CONFIG,
     TINY_CLIP_NAME,
@@ -49,11 +50,18 @@ from pipeline.clip_embed import (
 )
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models import quiet_hub_progress, resolve_device
-from pipeline.scorer_options import (AESTHETIC_WEIGHTS_URL, HPS_WEIGHTS, METRICS, PICKSCORE_MODEL,  # noqa: F401 (re-exported)
-                                     PICKSCORE_PROCESSOR, ScorerOptions, check_metrics, check_prompts)
+from pipeline.scorer_options import (  # noqa: F401 (re-exported)
+    AESTHETIC_WEIGHTS_URL,
+    HPS_WEIGHTS,
+    METRICS,
+    PICKSCORE_MODEL,
+    PICKSCORE_PROCESSOR,
+    ScorerOptions,
+    check_metrics,
+    check_prompts,
+)
 from pipeline.weights_files import reading_weights
-from pipeline.world.judges import (WORLD_STYLES, WorldPromptJudge, WorldStyleJudge,
-                                   WorldUnsafeJudge)
+from pipeline.world.judges import WORLD_STYLES, WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
 
 # The aesthetic MLP's layer widths after the input (the input width comes from the weights).
 AESTHETIC_HIDDEN = (1024, 128, 64, 16)
@@ -101,14 +109,11 @@ def resolve_weights_file(spec: str, what: str) -> str:
             return str(cached)
         if hub_offline():
             raise ModelNotFoundError(f"{what} weights not found: {cached} is not cached (offline; source {spec}); {how}")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + ".part")
         try:
-            torch.hub.download_url_to_file(spec, str(tmp), progress=False)
+            with atomic_write(cached) as tmp:
+                torch.hub.download_url_to_file(spec, str(tmp), progress=False)
         except Exception as exc:  # noqa: BLE001 - any download failure is one line
-            tmp.unlink(missing_ok=True)
             raise ModelNotFoundError(f"{what} weights could not be downloaded from {spec}: {one_line(exc, 200)}; {how}") from None
-        os.replace(tmp, cached)
         return str(cached)
     parts = spec.split("/")
     if len(parts) >= 3 and not spec.startswith(("/", ".", "~")) and not path.exists():
@@ -420,9 +425,8 @@ def build_tiny_aesthetic_weights(path: str | os.PathLike, in_dim: int = 16, seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         state = aesthetic_mlp(in_dim).state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

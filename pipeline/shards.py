@@ -18,11 +18,12 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
+from .atomic import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
 from .errors import UserError
+from .output_folder import OutputFolder
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
@@ -47,18 +48,6 @@ def config_fingerprint(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) under a temporary name in the same folder, then rename: never half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def read_manifest(root: Path) -> dict | None:
     path = Path(root) / MANIFEST
     if not path.exists():
@@ -71,11 +60,6 @@ def read_manifest(root: Path) -> dict | None:
 
 def data_files(root: Path) -> list[Path]:
     return sorted((Path(root) / DATA_DIR).glob("*.parquet"))
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
 
 
 class ShardedOutput:
@@ -109,27 +93,38 @@ class ShardedOutput:
         return [k for k in shards if not self.is_complete(k)]
 
     # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def folder(self) -> OutputFolder:
+        return OutputFolder(self.root, _OWNED, MANIFEST, "mapo-data")
+
+    def check(self, overwrite: bool = False) -> None:
+        """Refuse now, writing nothing, if :meth:`prepare` would: stages call this before loading
+        models, so a mismatched output folder costs no model import.
+
+        Raises:
+            UserError: the folder holds another configuration (names the differing keys; not with
+                ``overwrite``), or is not a mapo-data output (:class:`OutputFolder`).
+        """
+        self.folder.refuse_foreign(overwrite)
+        manifest = read_manifest(self.root)
+        if manifest is not None and manifest.get("fingerprint") != self.fingerprint and not overwrite:
+            old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
+            new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
+            self.folder.refuse_differences(old, new, remedy=(
+                "Use a new --output, rerun with the original options to resume, or pass --overwrite."))
+
     def prepare(self, overwrite: bool = False) -> None:
         """Check (or create) the manifest. Call on the main process before any worker writes."""
+        self.check(overwrite)
         manifest = read_manifest(self.root)
-        if manifest is not None and manifest.get("fingerprint") != self.fingerprint:
-            if not overwrite:
-                old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
-                new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
-                diff = ", ".join(_differences(old, new)) or "config"
-                raise UserError(
-                    f"{self.root} was made by another configuration (differs in: {diff}). "
-                    "Use a new --output, rerun with the original options to resume, or pass --overwrite."
-                )
-            self._clear()
-        elif manifest is None and self.root.exists() and any(self.root.iterdir()):
-            if not overwrite or any(p.name not in _OWNED for p in self.root.iterdir()):
-                raise UserError(f"{self.root} exists, is not empty and is not a mapo-data output; choose another --output.")
-            self._clear()
-        (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
         if manifest is None or manifest.get("fingerprint") != self.fingerprint:
+            self.folder.clear()  # another configuration's (--overwrite) or an unfinished first attempt's
+            (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+            (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
             self._write_manifest(status="running", completed=[], totals={})
+        else:
+            (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+            (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
 
     def start(self, proc, overwrite: bool = False) -> tuple[list[int], list[int]]:
         """Prepare on the main process, wait for all, and claim this process's shards.
@@ -146,14 +141,6 @@ class ShardedOutput:
         todo = self.pending(mine)
         self.remove_stale_temporaries(todo)
         return mine, todo
-
-    def _clear(self) -> None:
-        for name in _OWNED:
-            p = self.root / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
 
     def _write_manifest(self, status: str, completed: list[int], totals: dict, extra: dict | None = None) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -215,20 +202,21 @@ class ShardedOutput:
         for k in completed:
             p = self.stats_path(k)
             if p.exists():
-                _add_counts(totals, json.loads(p.read_text()))
+                add_counts(totals, json.loads(p.read_text()))
         status = "complete" if len(completed) == self.num_shards else "partial"
         self._write_manifest(status, completed, totals, extra)
         return totals
 
 
-def _add_counts(total: dict, stats: dict) -> None:
+def add_counts(total: dict, stats: dict) -> None:
+    """Add ``stats``' numeric counters into ``total`` (nested dicts too; booleans and text are skipped)."""
     for key, value in stats.items():
         if isinstance(value, bool):
             continue
         if isinstance(value, (int, float)):
             total[key] = total.get(key, 0) + value
         elif isinstance(value, dict):
-            _add_counts(total.setdefault(key, {}), value)
+            add_counts(total.setdefault(key, {}), value)
 
 
 def folder_splits(folder: str | Path) -> dict[str, list[Path]]:

@@ -28,8 +28,15 @@ def real_scorers(device, metrics, batch_size):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from pipeline.clip_embed import ClipEmbedder
-    from pipeline.scorers import (AestheticScorer, ClipScoreScorer, HpsScorer, PickScorer, SafetyScorer, StyleScorer,
-                                  aesthetic_mlp)
+    from pipeline.scorers import (
+        AestheticScorer,
+        ClipScoreScorer,
+        HpsScorer,
+        PickScorer,
+        SafetyScorer,
+        StyleScorer,
+        aesthetic_mlp,
+    )
     from pipeline.tokenizer import build_clip_tokenizer
 
     def embedder(name):

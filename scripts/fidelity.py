@@ -14,7 +14,6 @@ A benchmark, not a test: it prints what the world shows, whichever way it goes.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess

@@ -7,9 +7,10 @@ exact row count (``datasets`` checks split sizes against it).
 from __future__ import annotations
 
 import importlib.resources
-import os
 import string
 from pathlib import Path
+
+from pipeline.atomic import write_text_atomic
 
 TEMPLATES = {"style": "pick_style.md", "safety": "pick_safety.md"}
 # The generation settings worth reading in a card (the full config is in the input manifest).
@@ -92,7 +93,5 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int, 
         "disagreements": int(totals.get("disagreements", 0)), "balance": balance, "drop_table": drop_table,
     }
     path = root / "README.md"
-    tmp = path.with_name(f".README.md.tmp-{os.getpid()}")
-    tmp.write_text(render_card(cfg.labeler.target, values))
-    os.replace(tmp, path)
+    write_text_atomic(path, render_card(cfg.labeler.target, values))
     return path

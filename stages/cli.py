@@ -34,9 +34,9 @@ def generate(cfg: GenerateConfig):
                ((result.dropped_empty, "blank"), (result.dropped_duplicates, "duplicate")) if n]
     typer.echo(
         f"generate:{where} {result.pairs_written} pairs in {result.shards_written} shards "
-        + (f"({' and '.join(dropped)} dropped) " if dropped else "")
-        + f"({result.shards_skipped} already done) -> {result.output} | {result.seconds:.1f}s total, "
-        f"{result.pairs_per_second:.2f} pairs/s, {100 * result.outside_pipeline_share:.0f}% of generation time outside the pipeline call"
+        f"({result.shards_skipped} already done) -> {result.output} | {result.seconds:.1f}s total, "
+        f"{result.pairs_per_second:.2f} pairs/s, {100 * result.outside_pipeline_share:.0f}% of generation time "
+        "outside the pipeline call" + (f"; {' and '.join(dropped)} dropped" if dropped else "")
     )
 
 

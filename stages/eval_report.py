@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import random
 from pathlib import Path
 
+from pipeline.atomic import write_text_atomic
 from pipeline.images import data_uri, image_grid
 
 from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, wilson_interval, win_rate
@@ -176,12 +176,6 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
     return "\n".join(parts)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(out: Path, rows: list[dict], model_names: list[str], model_info: dict, metric_meta: dict,
                  settings: dict, prompt_set, grid_prompts: int, seed: int) -> tuple[Path, dict]:
     """Write summary.json, plots/*.png, grids/*.png and report.html; return (report path, summary)."""
@@ -204,7 +198,7 @@ def write_report(out: Path, rows: list[dict], model_names: list[str], model_info
         grid = _grid(out, p.id, model_names)
         grid.save(grids_dir / f"{p.id}.png")
         grids.append((p.text, grid))
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     report = out / "report.html"
-    _atomic_write(report, _html(summary, plots, grids, model_names))
+    write_text_atomic(report, _html(summary, plots, grids, model_names))
     return report, summary

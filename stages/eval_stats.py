@@ -4,10 +4,9 @@ Pure functions over numbers (numpy only), so their arithmetic is checked by hand
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
-
-import math
 
 import numpy as np
 

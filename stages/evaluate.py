@@ -13,26 +13,40 @@ another --metrics) scores only what is missing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.atomic import atomic_write, write_json_atomic
 from pipeline.errors import UserError
 from pipeline.models import check_model_available
+from pipeline.options import (
+    PANEL_IO,
+    PANEL_RUN,
+    PANEL_SAMPLING,
+    at_least,
+    batch_invariant_option,
+    check_options,
+    dtype_option,
+    guidance_scale_option,
+    model_option,
+    num_inference_steps_option,
+    option,
+    prompt_column_option,
+    prompt_split_option,
+    resolution_option,
+    seed_option,
+    vae_option,
+)
+from pipeline.output_folder import OutputFolder
 from pipeline.progress import progress_bar
 from pipeline.prompts import PromptSet, load_prompts
-from pipeline.options import (PANEL_IO, PANEL_RUN, PANEL_SAMPLING, at_least, batch_invariant_option, check_options,
-                              dtype_option, guidance_scale_option, model_option, num_inference_steps_option, option,
-                              prompt_column_option, prompt_split_option, resolution_option, seed_option, vae_option)
 from pipeline.scorer_options import ScorerOptions, check_metrics, check_prompts
 from pipeline.seeds import derive_seed
-from pipeline.weights_files import check_readable, reading_weights
+from pipeline.training_output import TrainingOutput, load_lora, load_unet, read_training_output
 
-TRAINING_CONFIG = "training_config.json"
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 EVAL_CONFIG = "eval_config.json"
 SCORES = "scores.parquet"
 BASE = "base"
@@ -42,49 +56,9 @@ LOWER_IS_BETTER = {"safety", "world-unsafe"}
 SCORE_CHUNK = 64  # images scored between two saves of scores.parquet
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A ``mapo-train`` output folder: a full UNet (``unet/``) or a LoRA (``pytorch_lora_weights.safetensors``)."""
-
-    name: str
-    path: str
-    kind: str  # "unet" or "lora"
-    base_model: str | None
-    objective: str | None
-    family: str | None = None  # "sdxl" | "sd15": the UNet's pipeline family (training_config.json)
-
-    def fingerprint(self) -> str:
-        """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
-        root = Path(self.path)
-        files = sorted((root / "unet").glob("*")) if self.kind == "unet" else [root / LORA_WEIGHTS]
-        return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
-
-
-def read_candidate(path: str, name: str | None = None) -> Candidate:
-    """The candidate in mapo-train output folder ``path``.
-
-    Raises :class:`UserError` when the folder is not a mapo-train output, and
-    :class:`~pipeline.weights_files.WeightsFileError` when its weights are unreadable (checked here,
-    before the eval folder records the candidate: a rerun with the repaired file is then not refused).
-    """
-    root = Path(path).expanduser()
-    config_file = root / TRAINING_CONFIG
-    has_unet, has_lora = (root / "unet" / "config.json").is_file(), (root / LORA_WEIGHTS).is_file()
-    if not root.is_dir() or not config_file.is_file() or not (has_unet or has_lora):
-        raise UserError(
-            f"candidate '{path}' is not a mapo-train output: expected {TRAINING_CONFIG} and either unet/ "
-            f"(full fine-tune) or {LORA_WEIGHTS} (LoRA)"
-        )
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"candidate '{path}': {TRAINING_CONFIG} is not valid JSON ({exc})") from None
-    # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
-    kind = "unet" if has_unet else "lora"
-    cand = Candidate(name or root.resolve().name, str(root.resolve()), kind, config.get("model"), config.get("objective"),
-                     config.get("family"))
-    check_readable(root / "unet" if kind == "unet" else root / LORA_WEIGHTS, f"candidate {cand.name}")
-    return cand
+# A candidate is a training output (kept under its old names for callers).
+Candidate = TrainingOutput
+read_candidate = read_training_output
 
 
 @dataclass
@@ -201,22 +175,15 @@ def _prepare_output(cfg: EvalConfig, generation: dict, models: dict[str, dict]) 
     """
     out = Path(cfg.output)
     state_file = out / EVAL_CONFIG
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output '{cfg.output}' exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not state_file.is_file():
-        raise UserError(f"--output '{cfg.output}' is not empty and is not a mapo-eval output; choose another folder.")
+    folder = OutputFolder(out, (), EVAL_CONFIG, "mapo-eval")
+    folder.refuse_foreign()
     if state_file.is_file() and cfg.overwrite:
         return {"generation": generation, "models": models, "scorers": {}, "overwrite": True}
     if not state_file.is_file():
         return {"generation": generation, "models": models, "scorers": {}}
     old = json.loads(state_file.read_text())
-    diff = [k for k in generation if old["generation"].get(k) != generation[k]]
-    if diff:
-        was = ", ".join(f"{k}={old['generation'].get(k)!r}" for k in diff)
-        raise UserError(
-            f"{cfg.output} holds images made with other settings ({', '.join(diff)} differ; it has {was}); "
-            "use --overwrite or another --output"
-        )
+    folder.refuse_differences(old["generation"], generation, generation, what="other generation settings",
+                              show_values=True, remedy="Use --overwrite or another --output.")
     for name, info in models.items():
         prev = old["models"].get(name)
         if prev and (prev["path"], prev.get("fingerprint")) != (info["path"], info.get("fingerprint")):
@@ -228,9 +195,7 @@ def _prepare_output(cfg: EvalConfig, generation: dict, models: dict[str, dict]) 
 
 
 def _save_state(out: Path, state: dict) -> None:
-    tmp = out / (EVAL_CONFIG + ".tmp")
-    tmp.write_text(json.dumps({k: v for k, v in state.items() if k != "overwrite"}, indent=2, default=str))
-    os.replace(tmp, out / EVAL_CONFIG)
+    write_json_atomic(out / EVAL_CONFIG, {k: v for k, v in state.items() if k != "overwrite"}, sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,27 +221,9 @@ class _ModelSwitch:
     def use(self, cand: Candidate | None) -> None:
         pipe = self.pipe
         if cand is not None and cand.kind == "unet":
-            from diffusers import UNet2DConditionModel
-
-            folder = os.path.join(cand.path, "unet")
-            try:
-                with reading_weights(folder, f"candidate {cand.name}"):
-                    unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=self.base_unet.dtype)
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise UserError(f"candidate {cand.name}: could not load {cand.path}/unet: {' '.join(str(exc).split())[:200]}") from None
-            pipe.unet = unet.to(pipe.device).eval()
+            pipe.unet = load_unet(cand, self.base_unet.dtype).to(pipe.device).eval()
         elif cand is not None:
-            from diffusers.utils import logging as dlog
-
-            level = dlog.get_verbosity()
-            dlog.set_verbosity_error()  # "no LoRA keys for the text encoders": expected, the trainer tunes the UNet
-            try:
-                with reading_weights(os.path.join(cand.path, LORA_WEIGHTS), f"candidate {cand.name}"):
-                    pipe.load_lora_weights(cand.path)
-            except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                raise UserError(f"candidate {cand.name}: could not load the LoRA in {cand.path}: {' '.join(str(exc).split())[:200]}") from None
-            finally:
-                dlog.set_verbosity(level)
+            load_lora(pipe, cand)
         if self.batch_invariant:
             _patch_batch_invariant(pipe)
 
@@ -290,17 +237,14 @@ class _ModelSwitch:
 
 
 def _write_png(image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)  # the final name only ever holds a complete image
+    with atomic_write(path) as tmp:  # the final name only ever holds a complete image
+        image.save(tmp, format="PNG")
 
 
 def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, Candidate | None]],
                       prompt_set: PromptSet, out: Path) -> int:
-    from pipeline.models import load_pipeline, resolve_device, resolve_dtype
-
     from pipeline.conditioning import report_truncation
+    from pipeline.models import load_pipeline, resolve_device, resolve_dtype
 
     from .generate import generate_images
     from .recipes import ImageRequest
@@ -361,9 +305,8 @@ def _write_scores(out: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = out / (SCORES + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=_score_schema()), tmp)
-    os.replace(tmp, out / SCORES)
+    with atomic_write(out / SCORES) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=_score_schema()), tmp)
 
 
 def _missing_scores(cfg: EvalConfig, keys: list[ImageKey], rows: list[dict]) -> dict[str, list[ImageKey]]:

@@ -7,21 +7,42 @@ makes it, on the batch size (in batch-invariant mode) or on whether the run was 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from pipeline.conditioning import report_truncation
-from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
-from pipeline.options import (PANEL_IO, PANEL_RUN, at_least, batch_invariant_option, between, check_options, device_option,
-                              dtype_option, guidance_scale_option, model_option, num_inference_steps_option, option,
-                              overwrite_option, prompt_column_option, prompt_split_option, resolution_option, seed_option,
-                              vae_option)
+from pipeline.distributed import accelerator_device, current_process
 from pipeline.images import IMAGE_FORMATS, encode_image
-from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
-from pipeline.progress import progress_bar
+from pipeline.models import (
+    DEFAULT_MODEL,
+    check_model_available,
+    dtype_name,
+    load_pipeline,
+    resolve_device,
+    resolve_dtype,
+)
+from pipeline.options import (
+    PANEL_IO,
+    PANEL_RUN,
+    at_least,
+    batch_invariant_option,
+    between,
+    check_options,
+    device_option,
+    dtype_option,
+    guidance_scale_option,
+    model_option,
+    num_inference_steps_option,
+    option,
+    overwrite_option,
+    prompt_column_option,
+    prompt_split_option,
+    resolution_option,
+    seed_option,
+    vae_option,
+)
 from pipeline.prompts import load_prompts
 from pipeline.seeds import derive_seed, initial_noise
 from pipeline.shards import ShardedOutput, shard_ranges
+from pipeline.stage_runner import ShardedStage, run_sharded
 
 from .recipes import RecipeConfig, pair_caption, pair_requests
 
@@ -168,8 +189,8 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
     return out.images
 
 
-def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, recipe: RecipeConfig, shard_t0: float) -> int:
-    """Assemble shard k's rows once its images are encoded, and write it atomically."""
+def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, recipe: RecipeConfig, shard_t0: float) -> dict:
+    """Assemble shard k's rows once its images are encoded, and write it atomically; returns its counters."""
     import pyarrow as pa
 
     from pipeline.hf_features import with_hf_features
@@ -189,13 +210,17 @@ def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, recipe: Reci
     table = with_hf_features(pa.Table.from_pylist(rows, schema=_pair_schema()))
     stats = {"pairs": table.num_rows, "images": 2 * table.num_rows, "seconds": time.perf_counter() - shard_t0}
     out.write_shard(k, {"data": table}, stats, compression="none")
-    return table.num_rows
+    return stats
 
 
 def run_generate(cfg: GenerateConfig) -> GenerateResult:
-    """Generate all pending shards of ``cfg.output`` that belong to this process."""
-    from pipeline.batch_invariance import make_batch_invariant
+    """Generate all pending shards of ``cfg.output`` that belong to this process.
 
+    Every check (options, prompts, output folder, model) runs before the output folder is written.
+
+    Raises:
+        UserError: bad options or prompts, an output folder of another configuration, a missing model.
+    """
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
@@ -207,53 +232,63 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     identity = _identity(cfg, prompt_set.fingerprint(), dtype_name(dtype))
     config = {**asdict(cfg), "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
               "dropped_empty_prompts": prompt_set.dropped_empty, "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
-    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
-    mine, todo = out.start(proc, overwrite=cfg.overwrite)
-    pairs_written = 0
-    pipeline_seconds = loop_seconds = 0.0
-    if todo:
-        pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=dtype, device=device)
+    out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
+    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+    work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
+    prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
+                    "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}
+    run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(len(ranges[k]) for k in todo),
+                                   setup=work.setup, manifest_extra=lambda: {"prompts": prompts_info},
+                                   overwrite=cfg.overwrite), proc)
+    return GenerateResult(cfg.output, run.totals.get("pairs", 0), len(run.todo), run.skipped, (proc.index, proc.count),
+                          time.perf_counter() - t_start, run.loop_seconds, work.pipeline_seconds,
+                          prompt_set.dropped_empty, prompt_set.dropped_duplicates)
+
+
+class _GenerateShards:
+    """Generate's part of the sharded run: load the pipeline, then one shard at a time."""
+
+    def __init__(self, cfg: GenerateConfig, out: ShardedOutput, prompt_set, ranges, device, dtype):
+        self.cfg, self.out, self.prompt_set, self.ranges, self.device, self.dtype = cfg, out, prompt_set, ranges, device, dtype
+        self.pipe = None
+        self.shared: dict = {}
+        self.pipeline_seconds = 0.0  # inside the diffusion pipeline call
+
+    def setup(self, todo: list[int]) -> None:
+        if not todo:
+            return
+        from pipeline.batch_invariance import make_batch_invariant
+
+        cfg = self.cfg
+        self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=self.dtype, device=self.device)
         if cfg.batch_invariant:
             make_batch_invariant(pipe)
-        if cfg.compile and device.type == "cuda":
+        if cfg.compile and self.device.type == "cuda":
             import torch
 
             pipe.unet = torch.compile(pipe.unet, mode="max-autotune")
-        # Encoding images and writing shards overlap with the next batch's generation.
-        shared = {"intended_chosen": cfg.recipe.intended_chosen, "recipe": cfg.recipe.name,
-                  "style": cfg.recipe.describe().get("style"), "width": cfg.resolution, "height": cfg.resolution,
-                  "num_inference_steps": cfg.num_inference_steps, "guidance_scale": float(cfg.guidance_scale),
-                  "scheduler": type(pipe.scheduler).__name__, "model": cfg.model, "image_format": cfg.image_format}
-        bar = progress_bar(total=sum(len(ranges[k]) for k in todo),
-                           desc=proc.tag("generate"), unit="pair")
-        loop_t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            writes = []
-            for k in todo:
-                shard_t0 = time.perf_counter()
-                batches = []
-                items = [prompt_set.prompts[i] for i in ranges[k]]
-                for b in range(0, len(items), cfg.batch_size):
-                    batch = items[b : b + cfg.batch_size]
-                    pairs = [(p, req) for p in batch for req in pair_requests(cfg.recipe, p.text)]
-                    requests = [req for _, req in pairs]
-                    seeds = [derive_seed(cfg.seed, p.id, req.seed_index) for p, req in pairs]
-                    t0 = time.perf_counter()
-                    images = generate_images(pipe, requests, seeds, cfg)
-                    pipeline_seconds += time.perf_counter() - t0
-                    blobs = pool.submit(lambda ims: [encode_image(im, cfg.image_format, cfg.quality) for im in ims], images)
-                    batches.append((batch, requests, seeds, blobs))
-                    bar.update(len(batch))
-                writes.append(pool.submit(_write_shard, out, k, batches, shared, cfg.recipe, shard_t0))
-            pairs_written = sum(w.result() for w in writes)
-        loop_seconds = time.perf_counter() - loop_t0
-        bar.close()
-        report_truncation(proc.tag("generate"))
-    wait_for_everyone()
-    if proc.is_main:
-        out.finalize({"prompts": {"source": prompt_set.source, "count": len(prompt_set.prompts),
-                                  "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}})
-    return GenerateResult(cfg.output, pairs_written, len(todo), len(mine) - len(todo), (proc.index, proc.count),
-                          time.perf_counter() - t_start, loop_seconds, pipeline_seconds,
-                          prompt_set.dropped_empty, prompt_set.dropped_duplicates)
+        self.shared = {"intended_chosen": cfg.recipe.intended_chosen, "recipe": cfg.recipe.name,
+                       "style": cfg.recipe.describe().get("style"), "width": cfg.resolution, "height": cfg.resolution,
+                       "num_inference_steps": cfg.num_inference_steps, "guidance_scale": float(cfg.guidance_scale),
+                       "scheduler": type(pipe.scheduler).__name__, "model": cfg.model, "image_format": cfg.image_format}
+
+    def process_shard(self, k: int, pool, bar):
+        """Generate shard k's images; encoding and writing overlap with the next shard's generation
+        (returns the write's Future)."""
+        cfg = self.cfg
+        shard_t0 = time.perf_counter()
+        batches = []
+        items = [self.prompt_set.prompts[i] for i in self.ranges[k]]
+        for b in range(0, len(items), cfg.batch_size):
+            batch = items[b : b + cfg.batch_size]
+            pairs = [(p, req) for p in batch for req in pair_requests(cfg.recipe, p.text)]
+            requests = [req for _, req in pairs]
+            seeds = [derive_seed(cfg.seed, p.id, req.seed_index) for p, req in pairs]
+            t0 = time.perf_counter()
+            images = generate_images(self.pipe, requests, seeds, cfg)
+            self.pipeline_seconds += time.perf_counter() - t0
+            blobs = pool.submit(lambda ims: [encode_image(im, cfg.image_format, cfg.quality) for im in ims], images)
+            batches.append((batch, requests, seeds, blobs))
+            bar.update(len(batch))
+        return pool.submit(_write_shard, self.out, k, batches, self.shared, cfg.recipe, shard_t0)

@@ -6,10 +6,10 @@ HTML page reads image bytes only for the sampled rows.
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.atomic import write_text_atomic
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
 from pipeline.options import at_least, option
@@ -233,6 +233,8 @@ image-rendering:pixelated;background:#eee}}figcaption{{font-size:12px;text-align
 
 def write_html(directory: str, path: str, samples: int = 24, seed: int = 0) -> Path:
     """A self-contained page (images inline as base64): the summary, then sampled pairs and rejects."""
+    if Path(path).is_dir():
+        raise UserError(f"--html {path} is a folder; give the page a file name, e.g. {Path(path) / 'inspect.html'}")
     summary = inspect_output(directory)
     root = Path(directory)
     data = _sample_rows(_files(root, "data") or sorted(root.glob("*.parquet")), samples, seed)
@@ -244,8 +246,5 @@ def write_html(directory: str, path: str, samples: int = 24, seed: int = 0) -> P
     page = PAGE.format(title=html.escape(f"mapo-data inspect: {root.name}"), summary=html.escape(render_text(summary)),
                        n=len(data), pairs="".join(_pair_card(r, False) for r in data), rejects=rej_html)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, page)
     return out

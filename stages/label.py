@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
+from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
 from pipeline.options import PANEL_IO, check_options, device_option, option, overwrite_option, split_option
-from pipeline.progress import progress_bar
 from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest
+from pipeline.stage_runner import ShardedStage, run_sharded
 
 from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
 
@@ -340,28 +340,21 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                 **labeler.describe(), "batch_size": cfg.labeler.batch_size}
     config = {**asdict(cfg), "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}
-    n = len(source.files)
     # A test split's pairs are written as test-*, never as train data.
-    out = ShardedOutput(cfg.output, STAGE, identity, n, config, split=source.split)
-    mine, todo = out.start(proc, overwrite=cfg.overwrite)
-    totals = {"pairs_in": 0, "kept": 0, "rejected": 0, "disagreements": 0}
-    loop_seconds = 0.0
-    if todo:
+    out = ShardedOutput(cfg.output, STAGE, identity, len(source.files), config, split=source.split)
+
+    def count_pairs(todo: list[int]) -> int:
         import pyarrow.parquet as pq
 
-        total_rows = sum(pq.ParquetFile(source.files[k]).metadata.num_rows for k in todo)
-        bar = progress_bar(total=total_rows, desc=proc.tag("label"), unit="pair")
-        loop_t0 = time.perf_counter()
-        for k in todo:
-            stats = label_shard(out, k, source.files[k], labeler, cfg.labeler.batch_size, bar)
-            for key in totals:
-                totals[key] += stats[key]
-        loop_seconds = time.perf_counter() - loop_t0
-        bar.close()
-    wait_for_everyone()
+        return sum(pq.ParquetFile(source.files[k]).metadata.num_rows for k in todo)
+
+    run = run_sharded(ShardedStage(
+        STAGE, out, lambda k, pool, bar: label_shard(out, k, source.files[k], labeler, cfg.labeler.batch_size, bar),
+        count_pairs, manifest_extra=lambda: {"input": {"path": str(cfg.input), "kind": source.kind}},
+        overwrite=cfg.overwrite), proc)
     if proc.is_main:
-        summed = out.finalize({"input": {"path": str(cfg.input), "kind": source.kind}})
-        write_card(cfg, out.root, source, labeler, summed, out.num_shards, split=out.split)
-        _warn_if_nothing_kept(summed, out.root)
-    return LabelResult(cfg.output, totals["pairs_in"], totals["kept"], totals["rejected"], totals["disagreements"],
-                       len(todo), len(mine) - len(todo), time.perf_counter() - t_start, loop_seconds)
+        write_card(cfg, out.root, source, labeler, run.summed, out.num_shards, split=out.split)
+        _warn_if_nothing_kept(run.summed, out.root)
+    t = run.totals
+    return LabelResult(cfg.output, t.get("pairs_in", 0), t.get("kept", 0), t.get("rejected", 0), t.get("disagreements", 0),
+                       len(run.todo), run.skipped, time.perf_counter() - t_start, run.loop_seconds)

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from pipeline.prompt_prefixes import STYLE_TEXTS
 from pipeline.errors import UserError
 from pipeline.options import at_least, check_options, option
+from pipeline.prompt_prefixes import STYLE_TEXTS
 
 TARGETS = ("style", "safety")
 LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction")}

@@ -15,25 +15,54 @@ import hashlib
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.conditioning import report_truncation
-from pipeline.distributed import accelerator_device, current_process, wait_for_everyone
+from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.image_prep import CROPS, prepare_pair
 from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_image_column
-from pipeline.latent_shards import (FORMAT, FORMAT_VERSION, STAGE, STORAGE_DTYPES, check_model, describe_models,
-                                    finite_in_storage, save_array_atomic, sidecar, to_storage)
-from pipeline.models import DEFAULT_MODEL, check_model_available, dtype_name, load_pipeline, resolve_device, resolve_dtype
-from pipeline.options import (DTYPES, PANEL_IO, PANEL_MODEL, PANEL_RUN, at_least, check_options, device_option,
-                              dtype_option, model_option, multiple_of_8, option, overwrite_option, split_option,
-                              vae_option)
-from pipeline.progress import progress_bar
+from pipeline.latent_shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    STAGE,
+    STORAGE_DTYPES,
+    check_model,
+    describe_models,
+    finite_in_storage,
+    save_array_atomic,
+    sidecar,
+    to_storage,
+)
+from pipeline.models import (
+    DEFAULT_MODEL,
+    check_model_available,
+    dtype_name,
+    load_pipeline,
+    resolve_device,
+    resolve_dtype,
+)
+from pipeline.options import (
+    DTYPES,
+    PANEL_IO,
+    PANEL_MODEL,
+    PANEL_RUN,
+    at_least,
+    check_options,
+    device_option,
+    dtype_option,
+    model_option,
+    multiple_of_8,
+    option,
+    overwrite_option,
+    split_option,
+    vae_option,
+)
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
 from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest, write_json_atomic
+from pipeline.stage_runner import ShardedStage, run_sharded
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 FLIPS = ("none", "both")
@@ -293,7 +322,7 @@ def _text_shapes(pipe) -> tuple[list[int], int | None]:
 
 
 def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str], cfg: PrecomputeConfig,
-                   pool: ThreadPoolExecutor, bar) -> dict:
+                   pool: Executor, bar) -> dict:
     """Write shard k: latent/caption side files first, then rejects + stats, the pair table last."""
     import numpy as np
     import pyarrow as pa
@@ -426,39 +455,48 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     dtype = resolve_dtype(cfg.dtype, device)
     vae_dtype = resolve_dtype(cfg.vae_dtype, device)
     identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype), split)
-    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "input_files": source["files"]})
-    mine, todo = out.start(proc, overwrite=cfg.overwrite)
-    previous = (read_manifest(out.root) or {}).get("latents")
-    pipe = description = None
-    if todo or (proc.is_main and previous is None):
-        pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=dtype, device=device, skip=("unet",))
-        if pipe.vae.dtype != vae_dtype:
-            _cast_quietly(pipe.vae, vae_dtype)
-        description = _describe(pipe, cfg, dtype_name(dtype), dtype_name(vae_dtype)) if proc.is_main else None
-        if previous is not None:  # same model id, but are they the same weights as the finished shards'?
+    out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
+    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+    work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype)
+    run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(_num_rows(files[k]) for k in todo),
+                                   setup=work.setup, overwrite=cfg.overwrite,
+                                   manifest_extra=lambda: {"latents": work.description or work.previous, "input": source}),
+                      proc)
+    t = run.totals
+    return PrecomputeResult(cfg.output, t.get("pairs", 0), len(run.todo), run.skipped, t.get("ties", 0), t.get("rejects", 0),
+                            t.get("captions_encoded", 0), t.get("latent_bytes", 0), time.perf_counter() - t_start,
+                            run.loop_seconds)
+
+
+class _PrecomputeShards:
+    """Precompute's part of the sharded run: load the VAE and text encoders, then one shard at a time."""
+
+    def __init__(self, cfg: PrecomputeConfig, out: ShardedOutput, files: list[Path], proc, device, dtype, vae_dtype):
+        self.cfg, self.out, self.files, self.proc = cfg, out, files, proc
+        self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
+        self.pipe = self.description = self.previous = None
+        self.owners: list = []
+
+    def setup(self, todo: list[int]) -> None:
+        """Load the encoders when there is work, or on the main process of a folder with no model description yet."""
+        cfg, proc = self.cfg, self.proc
+        self.previous = (read_manifest(self.out.root) or {}).get("latents")
+        if not (todo or (proc.is_main and self.previous is None)):
+            return
+        self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=self.dtype, device=self.device, skip=("unet",))
+        if pipe.vae.dtype != self.vae_dtype:
+            _cast_quietly(pipe.vae, self.vae_dtype)
+        if proc.is_main:
+            self.description = _describe(pipe, cfg, dtype_name(self.dtype), dtype_name(self.vae_dtype))
+        if self.previous is not None:  # same model id, but are they the same weights as the finished shards'?
             encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
-            check_model({"latents": previous}, vae=pipe.vae, text_encoders=encoders)
-    totals = {"pairs": 0, "ties": 0, "rejects": 0, "captions_encoded": 0, "latent_bytes": 0}
-    loop_seconds = 0.0
-    if todo:
-        owners = caption_owners(files)
-        bar = progress_bar(total=sum(_num_rows(files[k]) for k in todo),
-                           desc=proc.tag("precompute"), unit="pair")
-        loop_t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for k in todo:
-                stats = _process_shard(pipe, out, k, files[k], owners[k], cfg, pool, bar)
-                for key in totals:
-                    totals[key] += stats[key]
-        loop_seconds = time.perf_counter() - loop_t0
-        bar.close()
-        report_truncation(proc.tag("precompute"))
-    wait_for_everyone()
-    if proc.is_main:
-        out.finalize({"latents": description or previous, "input": source})
-    return PrecomputeResult(cfg.output, totals["pairs"], len(todo), len(mine) - len(todo), totals["ties"], totals["rejects"],
-                            totals["captions_encoded"], totals["latent_bytes"], time.perf_counter() - t_start, loop_seconds)
+            check_model({"latents": self.previous}, vae=pipe.vae, text_encoders=encoders)
+        if todo:
+            self.owners = caption_owners(self.files)
+
+    def process_shard(self, k: int, pool, bar) -> dict:
+        return _process_shard(self.pipe, self.out, k, self.files[k], self.owners[k], self.cfg, pool, bar)
 
 
 def _num_rows(path: Path) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pipeline.errors import UserError
 from pipeline.options import at_least, check_options, model_option, option, positive
 from pipeline.prompt_prefixes import STYLE_TEXTS
+from pipeline.training_output import TRAINING_CONFIG as CONFIG_FILE  # noqa: F401  (the trainer writes it)
 
 OBJECTIVES = ("mapo", "dpo", "sft")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -19,7 +20,6 @@ REPORT_TO = ("auto", "none", "tensorboard", "wandb", "all")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
 DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None}  # method.md: MaPO 0.1, Diffusion-DPO 5000
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
-CONFIG_FILE = "training_config.json"  # the eval command detects training outputs by this name
 P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
     "Data and output", "Objective", "How long", "Optimizer", "Model", "Checkpoints", "Validation", "Logging")
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import OBJECTIVES  # noqa: F401  (re-exported: the names the losses below implement)
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 # Below this |a*e| margin_weight uses its Taylor series. Above it, the closed form's

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,24 +15,17 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.progress import progress_bar
+from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 
 from .checkpoint import TrainState, checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
-from .config import CONFIG_FILE, TrainConfig
+from .config import TrainConfig
 from .data import batch_stream, check_data_matches_model, open_training_data
-from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
 from .model_card import write_model_card
+from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
+from .run_folder import DEBUG_DIR, METRICS_FILE, MetricsLog, check_resume_config, claim_run_folder, write_run_config
 from .step import Objective, compute_loss, step_generator
-from .validation import VALIDATION_DIR, Validator
+from .validation import Validator
 
-METRICS_FILE = "metrics.jsonl"
-LORA_FILE = "pytorch_lora_weights.safetensors"
-DEBUG_DIR = "debug"
-# What a fresh (non-resumed) run may replace with --overwrite: only files this trainer writes.
-_OWNED = ("checkpoints", "unet", LORA_FILE, METRICS_FILE, CONFIG_FILE, "README.md", VALIDATION_DIR, "logs", DEBUG_DIR)
-_MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha", "lora_target_modules", "batch_size",
-                         "gradient_accumulation_steps", "seed", "data_fingerprint")
-# A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
-_FINISHED = ("unet", LORA_FILE, "README.md")
 _FP16_ON_CPU = "fp16 mixed precision is not supported on the CPU; use --mixed-precision bf16 or no."
 
 
@@ -77,7 +68,7 @@ class Trainer:
         if cfg.mixed_precision == "fp16" and runs_on_cpu():
             raise UserError(_FP16_ON_CPU)
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
-        self._check_output_dir(resume)
+        claim_run_folder(self.out, self.cfg, resume)
         self.scorers = None
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.mixed_precision,
@@ -107,13 +98,13 @@ class Trainer:
         if cfg.is_lora:
             self._register_adapter_only_checkpoints()
         if resume is not None:
-            saved = self._check_resume_config()
+            saved = check_resume_config(self.out, self.resolved_config())
             self._check_steps_left(resume, saved)
             load_checkpoint(acc, resume)
             if self.state.global_step != checkpoint_step(resume):
                 raise UserError(f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one.")
             if acc.is_main_process:
-                _truncate_metrics(self.out / METRICS_FILE, self.state.global_step)
+                MetricsLog(self.out).truncate(self.state.global_step)
             acc.wait_for_everyone()
             acc.print(f"resumed from {resume} at step {self.state.global_step}")
         elif cfg.resume_from_checkpoint == "latest":
@@ -227,60 +218,6 @@ class Trainer:
             return []
         return ["tensorboard"]
 
-    def _check_output_dir(self, resume) -> None:
-        if resume is not None:
-            return
-        present = [name for name in _OWNED if (self.out / name).exists()]
-        if not present:
-            return
-        if not self.cfg.overwrite:
-            finished = any(name in _FINISHED for name in present)
-            found = list_checkpoints(self.out)
-            if self.cfg.resume_from_checkpoint != "latest":
-                # Suggest only what works: "latest" needs a checkpoint, and a finished run (which ends
-                # with one at its last step) continues only with a larger --max-steps.
-                if found and finished:
-                    step = checkpoint_step(found[-1])
-                    raise UserError(f"'{self.out}' holds a finished training run (step {step}); pass "
-                                    f"--resume-from-checkpoint latest with a --max-steps above {step} to train it "
-                                    "further, or --overwrite to start over.")
-                if found:
-                    raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}); pass "
-                                    "--resume-from-checkpoint latest to continue it, or --overwrite to start over.")
-                raise UserError(f"'{self.out}' already holds a training run ({', '.join(present)}) and no checkpoint "
-                                "to resume; pass --overwrite to start over, or use a new --output-dir.")
-            # "latest" but no checkpoint: the leftovers of a run stopped before its first checkpoint
-            # are redone from scratch below; a finished run is never trained over without --overwrite.
-            if finished:
-                raise UserError(f"'{self.out}' holds a finished training run ({', '.join(present)}) and no checkpoint "
-                                "to resume; pass --overwrite to start over, or use a new --output-dir.")
-        if _is_main_env():
-            for name in present:
-                path = self.out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        self._barrier_env()
-
-    @staticmethod
-    def _barrier_env() -> None:
-        from pipeline.distributed import wait_for_everyone
-
-        wait_for_everyone()
-
-    def _check_resume_config(self) -> dict:
-        """Refuse to resume with other settings than the run's (max_steps and num_epochs may differ); returns its config."""
-        path = self.out / CONFIG_FILE
-        if not path.exists():
-            return {}
-        saved = json.loads(path.read_text())
-        mine = self.resolved_config()
-        differ = [k for k in _MUST_MATCH_ON_RESUME if k in saved and _comparable(saved[k]) != _comparable(mine[k])]
-        if saved.get("world_size") not in (None, mine["world_size"]):
-            differ.append("world_size (number of processes)")
-        if differ:
-            raise UserError(f"Cannot resume '{self.out}': the run was made with different {', '.join(differ)}; "
-                            "use the original settings or a new --output-dir.")
-        return saved
-
     def _check_steps_left(self, resume: Path, saved: dict) -> None:
         """Resuming must leave steps to train: a finished run is trained further with a larger --max-steps."""
         step = checkpoint_step(resume)
@@ -316,9 +253,7 @@ class Trainer:
         return {"pairs": len(self.data.dataset), "resolution": info.get("resolution"), "model": info.get("model")}
 
     def _write_config(self) -> None:
-        tmp = self.out / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(self.resolved_config(), indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, self.out / CONFIG_FILE)
+        write_run_config(self.out, self.resolved_config())
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT: finish the current step, save a checkpoint, exit cleanly (preemptible clusters)."""
@@ -466,8 +401,7 @@ class Trainer:
         acc = self.accelerator
         acc.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
         if acc.is_main_process:
-            with open(self.out / METRICS_FILE, "a") as fh:
-                fh.write(json.dumps({"step": step, **metrics}) + "\n")
+            MetricsLog(self.out).append(step, metrics)
 
     def _write_checksum(self, step: int, indices: list) -> None:
         """Per-rank digest of the trainable weights: equal on all ranks after every step (test hook)."""
@@ -541,30 +475,6 @@ def save_lora(unet, output_dir: Path, family: str) -> Path:
     return Path(output_dir) / LORA_FILE
 
 
-def _comparable(value):
-    return sorted(value) if isinstance(value, list) else value  # module lists: the order does not matter
-
-
-def _row_step(line: str) -> float:
-    try:
-        return json.loads(line).get("step", 0)
-    except (json.JSONDecodeError, AttributeError):
-        return float("inf")  # a line cut short by a kill: dropped
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics.jsonl rows after ``step`` (a resume from an older checkpoint redoes them)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if _row_step(line) <= step]
-    if len(keep) == len(lines):
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-
-
 def _peak_memory_gb(device) -> float:
     import torch
 
@@ -586,12 +496,6 @@ def _flat_config(config: dict) -> dict:
         else:
             out[k] = json.dumps(v, default=str)
     return out
-
-
-def _is_main_env() -> bool:
-    from pipeline.distributed import current_process
-
-    return current_process().is_main
 
 
 def run_train(cfg: TrainConfig) -> TrainResult:

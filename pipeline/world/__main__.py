@@ -8,7 +8,8 @@ import typer
 
 from pipeline.options import at_least, command, option
 
-from .scene import CAPTION_PREFIXES, captions as world_captions
+from .scene import CAPTION_PREFIXES
+from .scene import captions as world_captions
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 

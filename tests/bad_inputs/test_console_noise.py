@@ -19,7 +19,7 @@ def test_long_prompts_are_said_once_and_dropped_prompts_in_the_summary(tmp_path)
     assert result.output.count("truncated") == 1
     assert "following part of your input" not in result.output and "<|endoftext|>" not in result.output
     assert "Token indices sequence length" not in result.output
-    assert "(1 blank prompt and 1 duplicate prompt dropped)" in result.stdout
+    assert "; 1 blank prompt and 1 duplicate prompt dropped" in result.stdout
 
 
 def test_label_keeping_no_pair_warns_with_the_reasons(tmp_path):

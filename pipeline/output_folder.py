@@ -1,0 +1,79 @@
+"""The output-folder contract every command follows (stages, ``mapo-eval``, ``mapo-train``).
+
+A command owns a fixed set of names in its folder and recognises its own folders by a marker file
+(a manifest, ``eval_config.json``, ``training_config.json``). Before writing anything it either
+claims the folder or refuses it in one line:
+
+- a file where the folder should be, or a non-empty folder that is not this command's output:
+  refused (never cleared, even with ``--overwrite``: it may hold the user's data);
+- this command's output made with other settings: refused, naming each differing key with the
+  folder's value, unless ``--overwrite`` (the owned names are then removed) or resuming is allowed;
+- otherwise: claimed (resumed when the settings match).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .errors import UserError
+
+
+def differing_keys(old: dict, new: dict, keys: Iterable[str] | None = None) -> list[str]:
+    """Keys (``keys``, default: all of either dict; sorted) whose values differ between ``old`` and ``new``."""
+    names = sorted(set(old) | set(new)) if keys is None else list(keys)
+    return [k for k in names if old.get(k) != new.get(k)]
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """One command's output folder: the names it owns and the marker file that says it is its own."""
+
+    root: Path
+    owned: tuple[str, ...]  # top-level names the command writes (cleared by --overwrite)
+    marker: str  # the file whose presence says "this command's output"
+    command: str  # for messages: "mapo-data", "mapo-eval", "mapo-train"
+    flag: str = "--output"  # the option that named the folder
+
+    def is_ours(self) -> bool:
+        return (self.root / self.marker).is_file()
+
+    def present(self) -> list[str]:
+        """The owned names that exist in the folder."""
+        return [name for name in self.owned if (self.root / name).exists()]
+
+    def refuse_foreign(self, overwrite: bool = False) -> None:
+        """Refuse a file at ``root``, or a non-empty folder without the marker. With ``overwrite`` a folder
+        holding only owned names (a first attempt killed before its marker was written) may be cleared;
+        anything else is never touched: a folder of ``data/`` and ``README.md`` may be a user's dataset.
+
+        Raises:
+            UserError: one line naming the folder and what to do.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.flag} {self.root} exists and is not a folder; choose another {self.flag}.")
+        if self.root.is_dir() and not self.is_ours() and any(self.root.iterdir()):
+            if not overwrite or any(p.name not in self.owned for p in self.root.iterdir()):
+                raise UserError(f"{self.root} exists, is not empty and is not a {self.command} output; "
+                                f"choose another {self.flag}.")
+
+    def refuse_differences(self, old: dict, new: dict, keys: Iterable[str] | None = None, *, remedy: str,
+                           what: str = "another configuration", show_values: bool = False) -> None:
+        """Refuse when ``old`` (the folder's recorded settings) and ``new`` differ on ``keys``.
+
+        Raises:
+            UserError: "<root> was made by <what> (differs in: k1, k2). <remedy>", with "; it has k1=..."
+                before the closing parenthesis when ``show_values``.
+        """
+        diff = differing_keys(old, new, keys)
+        if diff:
+            had = ", ".join(f"{k}={old.get(k)!r}" for k in diff) if show_values else ""
+            raise UserError(f"{self.root} was made by {what} (differs in: {', '.join(diff)}"
+                            + (f"; it has {had}" if had else "") + f"). {remedy}")
+
+    def clear(self) -> None:
+        """Remove every owned name (``--overwrite``); anything else in the folder is left alone."""
+        for name in self.present():
+            path = self.root / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -1,0 +1,84 @@
+"""One runner for every sharded stage: claim, progress, totals, timing, barrier, finalize.
+
+A stage (generate, label, precompute) says what its output is and how to process ONE shard; the
+runner owns the rest, the same way for all of them and for any number of processes:
+
+1. claim the output folder on the main process (refuse another configuration, clear with
+   ``--overwrite``), wait for everyone, take this rank's shards ``r, r+N, ...`` and drop the ones a
+   previous run finished (:meth:`pipeline.shards.ShardedOutput.start`);
+2. ``setup(todo)``: load models (a stage may skip it when ``todo`` is empty);
+3. ``process_shard(k, pool, bar)`` for each shard to do, in order, with a 2-thread pool for
+   overlapping encode/write work and the progress bar; it returns the shard's counters, or a
+   ``Future`` of them when the write is still running;
+4. sum the counters, close the bar, say truncated prompts once, wait for everyone;
+5. on the main process, ``finalize`` the manifest (summed counters of all shards on disk).
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .distributed import ProcessInfo, wait_for_everyone
+from .progress import progress_bar
+from .shards import ShardedOutput, add_counts
+
+
+@dataclass
+class ShardedStage:
+    """What one stage supplies to :func:`run_sharded`."""
+
+    name: str  # progress-bar and message tag: "generate"
+    output: ShardedOutput
+    process_shard: Callable[[int, ThreadPoolExecutor, Any], "dict | Future"]
+    count_items: Callable[[list[int]], int]  # items in these shards (the progress bar's total)
+    unit: str = "pair"
+    setup: Callable[[list[int]], None] | None = None  # called after the claim with this rank's shards to do
+    manifest_extra: Callable[[], dict] | None = None  # more manifest entries, main process, at finalize
+    overwrite: bool = False
+
+
+@dataclass
+class ShardedRun:
+    """What :func:`run_sharded` did on this process."""
+
+    mine: list[int]  # this rank's shards
+    todo: list[int]  # those of them processed now (the rest were done before)
+    totals: dict = field(default_factory=dict)  # counters summed over ``todo``
+    loop_seconds: float = 0.0  # processing the shards (after setup)
+    summed: dict | None = None  # counters of every finished shard (main process only)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.mine) - len(self.todo)
+
+
+def run_sharded(stage: ShardedStage, proc: ProcessInfo) -> ShardedRun:
+    """Run ``stage`` on this process's pending shards (see the module docstring for the order).
+
+    Raises:
+        UserError: the output folder holds another configuration (without ``overwrite``) or is not
+            a mapo-data output; whatever ``setup`` or ``process_shard`` raise.
+    """
+    from .conditioning import report_truncation
+
+    out = stage.output
+    mine, todo = out.start(proc, overwrite=stage.overwrite)
+    run = ShardedRun(mine, todo)
+    if stage.setup is not None:
+        stage.setup(todo)
+    if todo:
+        bar = progress_bar(total=stage.count_items(todo), desc=proc.tag(stage.name), unit=stage.unit)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = [stage.process_shard(k, pool, bar) for k in todo]
+            for result in results:
+                add_counts(run.totals, result.result() if isinstance(result, Future) else result)
+        run.loop_seconds = time.perf_counter() - t0
+        bar.close()
+        report_truncation(proc.tag(stage.name))
+    wait_for_everyone()
+    if proc.is_main:
+        run.summed = out.finalize(stage.manifest_extra() if stage.manifest_extra else None)
+    return run

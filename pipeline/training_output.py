@@ -1,0 +1,131 @@
+"""Reading a ``mapo-train`` output folder: the one hand-off from training to evaluation and users' code.
+
+A training output holds ``training_config.json`` (the resolved training config: base ``model``,
+``objective``, pipeline ``family``, ...) and either ``unet/`` (a full fine-tune, a diffusers
+``UNet2DConditionModel`` folder) or ``pytorch_lora_weights.safetensors`` (a LoRA in the diffusers
+format that ``pipe.load_lora_weights`` reads). ``mapo-eval`` and :func:`load_trained_pipeline` read
+it here; ``mapo-train`` writes it with the same names.
+
+    from pipeline.training_output import load_trained_pipeline
+    pipe = load_trained_pipeline("runs/mapo", device="cuda", dtype="fp16")
+    image = pipe("a red circle at the top left").images[0]
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .weights_files import check_readable, reading_weights
+
+TRAINING_CONFIG = "training_config.json"  # mapo-eval recognises training outputs by this name
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name (load_lora_weights' default)
+UNET_DIR = "unet"
+
+
+@dataclass(frozen=True)
+class TrainingOutput:
+    """A ``mapo-train`` output folder: a full UNet (``unet/``) or a LoRA (``pytorch_lora_weights.safetensors``)."""
+
+    name: str
+    path: str
+    kind: str  # "unet" or "lora"
+    base_model: str | None
+    objective: str | None
+    family: str | None = None  # "sdxl" | "sd15": the UNet's pipeline family (training_config.json)
+
+    def fingerprint(self) -> str:
+        """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
+        root = Path(self.path)
+        files = sorted((root / UNET_DIR).glob("*")) if self.kind == "unet" else [root / LORA_WEIGHTS]
+        return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
+
+
+def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
+    """The training output in folder ``path`` (``name`` defaults to the folder's name).
+
+    Raises:
+        UserError: the folder is not a mapo-train output, or its config is not JSON.
+        WeightsFileError: its weights are unreadable (checked here, before anything records the
+            output: a rerun with the repaired file is then not refused).
+    """
+    root = Path(path).expanduser()
+    config_file = root / TRAINING_CONFIG
+    has_unet, has_lora = (root / UNET_DIR / "config.json").is_file(), (root / LORA_WEIGHTS).is_file()
+    if not root.is_dir() or not config_file.is_file() or not (has_unet or has_lora):
+        raise UserError(
+            f"candidate '{path}' is not a mapo-train output: expected {TRAINING_CONFIG} and either unet/ "
+            f"(full fine-tune) or {LORA_WEIGHTS} (LoRA)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"candidate '{path}': {TRAINING_CONFIG} is not valid JSON ({exc})") from None
+    # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
+    kind = "unet" if has_unet else "lora"
+    out = TrainingOutput(name or root.resolve().name, str(root.resolve()), kind, config.get("model"),
+                         config.get("objective"), config.get("family"))
+    check_readable(root / UNET_DIR if kind == "unet" else root / LORA_WEIGHTS, f"candidate {out.name}")
+    return out
+
+
+def load_unet(output: TrainingOutput, dtype=None):
+    """The fine-tuned ``UNet2DConditionModel`` of a full fine-tune (on the CPU, in ``dtype``).
+
+    Raises:
+        UserError: the folder cannot be loaded (one line naming it).
+    """
+    from diffusers import UNet2DConditionModel
+
+    folder = os.path.join(output.path, UNET_DIR)
+    try:
+        with reading_weights(folder, f"candidate {output.name}"):
+            return UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"candidate {output.name}: could not load {folder}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def load_lora(pipe, output: TrainingOutput) -> None:
+    """Load a LoRA output into ``pipe`` (``pipe.unload_lora_weights()`` takes it out again).
+
+    Raises:
+        UserError: the weights cannot be loaded into this pipeline (one line naming the folder).
+    """
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # "no LoRA keys for the text encoders": expected, the trainer tunes the UNet
+    try:
+        with reading_weights(os.path.join(output.path, LORA_WEIGHTS), f"candidate {output.name}"):
+            pipe.load_lora_weights(output.path)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise UserError(f"candidate {output.name}: could not load the LoRA in {output.path}: "
+                        f"{' '.join(str(exc).split())[:200]}") from None
+    finally:
+        dlog.set_verbosity(level)
+
+
+def load_trained_pipeline(path: str, *, model: str | None = None, device: str = "auto", dtype: str = "auto"):
+    """The base text-to-image pipeline with a training output's UNet or LoRA in it, ready to sample.
+
+    ``model`` defaults to the base model the run was trained from (its ``training_config.json``);
+    ``device`` and ``dtype`` as in :func:`pipeline.models.load_pipeline`.
+
+    Raises:
+        UserError: not a training output, the base model is not available, or the weights do not load.
+    """
+    from .models import load_pipeline, resolve_device, resolve_dtype
+
+    output = read_training_output(path)
+    base = model or output.base_model
+    if not base:
+        raise UserError(f"{path}: {TRAINING_CONFIG} records no base model; pass model=")
+    dev = resolve_device(device)
+    pipe = load_pipeline(base, dtype=resolve_dtype(dtype, dev), device=dev)
+    if output.kind == "unet":
+        pipe.unet = load_unet(output, pipe.unet.dtype).to(pipe.device).eval()
+    else:
+        load_lora(pipe, output)
+    return pipe

@@ -1,0 +1,138 @@
+"""A training run's folder: what it owns, claiming it, resuming it, and its metrics log.
+
+The trainer keeps the training loop; this module keeps the folder's rules (the output-folder
+contract of :mod:`pipeline.output_folder`, applied to a run):
+
+- a fresh run claims ``--output-dir``: a folder holding another run is refused with the one option
+  that works (``--resume-from-checkpoint latest``, a larger ``--max-steps``, or ``--overwrite``);
+- a resumed run must have been made with the same settings (:data:`MUST_MATCH_ON_RESUME`);
+- ``metrics.jsonl`` gets one JSON row per logged step; a resume from an older checkpoint drops
+  the rows after it (they are redone).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.atomic import write_json_atomic, write_text_atomic
+from pipeline.distributed import current_process, wait_for_everyone
+from pipeline.errors import UserError
+from pipeline.output_folder import OutputFolder, differing_keys
+from pipeline.training_output import LORA_WEIGHTS, TRAINING_CONFIG
+
+from .checkpoint import checkpoint_step, list_checkpoints
+from .validation import VALIDATION_DIR
+
+METRICS_FILE = "metrics.jsonl"
+DEBUG_DIR = "debug"
+# What a fresh (non-resumed) run may replace with --overwrite: only files this trainer writes.
+OWNED = ("checkpoints", "unet", LORA_WEIGHTS, METRICS_FILE, TRAINING_CONFIG, "README.md", VALIDATION_DIR, "logs",
+         DEBUG_DIR)
+MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha", "lora_target_modules", "batch_size",
+                        "gradient_accumulation_steps", "seed", "data_fingerprint")
+# A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
+FINISHED = ("unet", LORA_WEIGHTS, "README.md")
+
+
+def run_folder(out: Path) -> OutputFolder:
+    return OutputFolder(Path(out), OWNED, TRAINING_CONFIG, "mapo-train", "--output-dir")
+
+
+def claim_run_folder(out: Path, cfg, resume: Path | None) -> None:
+    """Claim ``out`` for a fresh run (nothing to do when resuming): clear a stopped run's leftovers or,
+    with ``cfg.overwrite``, a previous run; refuse otherwise, suggesting only what works.
+
+    Raises:
+        UserError: the folder holds a run (finished or not) that ``cfg`` does not resume or overwrite,
+            or is a file / a foreign folder.
+    """
+    if resume is not None:
+        return
+    folder = run_folder(out)
+    folder.refuse_foreign(overwrite=True)  # a file named like the folder, or a folder of someone else's files
+    present = folder.present()
+    if not present:
+        return
+    if not cfg.overwrite:
+        finished = any(name in FINISHED for name in present)
+        found = list_checkpoints(out)
+        if cfg.resume_from_checkpoint != "latest":
+            # Suggest only what works: "latest" needs a checkpoint, and a finished run (which ends
+            # with one at its last step) continues only with a larger --max-steps.
+            if found and finished:
+                step = checkpoint_step(found[-1])
+                raise UserError(f"'{out}' holds a finished training run (step {step}); pass "
+                                f"--resume-from-checkpoint latest with a --max-steps above {step} to train it "
+                                "further, or --overwrite to start over.")
+            if found:
+                raise UserError(f"'{out}' already holds a training run ({', '.join(present)}); pass "
+                                "--resume-from-checkpoint latest to continue it, or --overwrite to start over.")
+            raise UserError(f"'{out}' already holds a training run ({', '.join(present)}) and no checkpoint "
+                            "to resume; pass --overwrite to start over, or use a new --output-dir.")
+        # "latest" but no checkpoint: the leftovers of a run stopped before its first checkpoint
+        # are redone from scratch below; a finished run is never trained over without --overwrite.
+        if finished:
+            raise UserError(f"'{out}' holds a finished training run ({', '.join(present)}) and no checkpoint "
+                            "to resume; pass --overwrite to start over, or use a new --output-dir.")
+    if current_process().is_main:
+        folder.clear()
+    wait_for_everyone()
+
+
+def _comparable(value):
+    return sorted(value) if isinstance(value, list) else value  # module lists: the order does not matter
+
+
+def check_resume_config(out: Path, mine: dict) -> dict:
+    """Refuse to resume with other settings than the run's (max_steps and num_epochs may differ).
+
+    Returns:
+        The run's recorded config (``{}`` when it has none yet).
+
+    Raises:
+        UserError: "Cannot resume ...: the run was made with different <keys>".
+    """
+    path = Path(out) / TRAINING_CONFIG
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    keys = [k for k in MUST_MATCH_ON_RESUME if k in saved]
+    differ = differing_keys({k: _comparable(saved[k]) for k in keys}, {k: _comparable(mine[k]) for k in keys}, keys)
+    if saved.get("world_size") not in (None, mine["world_size"]):
+        differ.append("world_size (number of processes)")
+    if differ:
+        raise UserError(f"Cannot resume '{out}': the run was made with different {', '.join(differ)}; "
+                        "use the original settings or a new --output-dir.")
+    return saved
+
+
+def write_run_config(out: Path, config: dict) -> None:
+    """The resolved training config, next to the weights (what mapo-eval and users read back)."""
+    write_json_atomic(Path(out) / TRAINING_CONFIG, config)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a line cut short by a kill: dropped
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step (``{"step": N, "loss": ..., ...}``)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / METRICS_FILE
+
+    def append(self, step: int, metrics: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def truncate(self, step: int) -> None:
+        """Drop rows after ``step`` (a resume from an older checkpoint redoes them) and rows cut short."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if _row_step(line) <= step]
+        if len(keep) != len(lines):
+            write_text_atomic(self.path, "".join(line + "\n" for line in keep))

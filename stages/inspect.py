@@ -29,6 +29,22 @@ class InspectConfig:
     samples: int = option(24, check=at_least(1), help="Pairs shown in the HTML page.")
     seed: int = option(0, help="Sampling seed for the HTML page.")
 
+    def validate(self) -> "InspectConfig":
+        """Raises UserError when --html names a folder (checked before the summary is printed)."""
+        if self.html:
+            check_html_target(self.html)
+        return self
+
+
+def check_html_target(path: str) -> None:
+    """Refuse an ``--html`` path that is a folder (the page needs a file name).
+
+    Raises:
+        UserError: one line suggesting a file name inside it.
+    """
+    if Path(path).is_dir():
+        raise UserError(f"--html {path} is a folder; give the page a file name, e.g. {Path(path) / 'inspect.html'}")
+
 
 @dataclass
 class Summary:
@@ -233,8 +249,7 @@ image-rendering:pixelated;background:#eee}}figcaption{{font-size:12px;text-align
 
 def write_html(directory: str, path: str, samples: int = 24, seed: int = 0) -> Path:
     """A self-contained page (images inline as base64): the summary, then sampled pairs and rejects."""
-    if Path(path).is_dir():
-        raise UserError(f"--html {path} is a folder; give the page a file name, e.g. {Path(path) / 'inspect.html'}")
+    check_html_target(path)
     summary = inspect_output(directory)
     root = Path(directory)
     data = _sample_rows(_files(root, "data") or sorted(root.glob("*.parquet")), samples, seed)

@@ -210,14 +210,6 @@ def _has_cuda() -> bool:
         return False
 
 
-# click's own usage errors (an option it does not know, a value its type refuses) print a usage
-# block and a boxed message, not one error line.
-_CLICK_USAGE_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "click's usage error: exit 2 but 6 lines (Usage:, Try '... --help', a boxed 'Invalid value' / 'No such "
-    "option' message), not one 'error:' line; raised by click while parsing, before "
-    "pipeline/options.py:command's run() and its user_errors_exit wrapper"))
-
-
 def _retry_with(*more):
     return lambda c, args: [*args, *more]
 
@@ -258,7 +250,7 @@ CASES = [
     Case("generate-blank-style-prefix", "option value", "data", lambda c: gen(c, "--style-prefix", "  "),
          "--style-prefix must not be empty"),
     Case("generate-steps-not-a-number", "option value", "data", lambda c: gen(c, "--num-inference-steps", "two"),
-         "--num-inference-steps", marks=(_CLICK_USAGE_XFAIL,)),
+         "--num-inference-steps"),
     Case("generate-shard-size-0", "option value", "data", lambda c: gen(c, "--shard-size", "0"),
          "--shard-size must be at least 1"),
     Case("generate-fp16-on-cpu", "option value", "data", lambda c: gen(c, "--dtype", "fp16"),
@@ -266,7 +258,7 @@ CASES = [
     Case("generate-device-cuda-without-cuda", "option value", "data", lambda c: gen(c, "--device", "cuda"),
          "CUDA is not available", marks=(pytest.mark.skipif(_has_cuda(), reason="CUDA is there"),)),
     Case("generate-misspelled-option", "option value", "data", lambda c: gen(c, "--resolutoin", "64"),
-         "--resolutoin", marks=(_CLICK_USAGE_XFAIL,)),
+         "--resolutoin"),
     Case("label-target-nope", "option value", "data", lambda c: lab(c, "--target", "nope"), "Unknown --target 'nope'"),
     Case("label-safety-verify-clip", "option value", "data",
          lambda c: lab(c, "--target", "safety", "--verify", "clip"), "--verify clip"),
@@ -410,12 +402,7 @@ CASES = [
          "is not a mapo-eval output", leaves=lambda c: c.tmp / "run"),
     Case("train-output-is-latents", "output holds input", "train",
          lambda c: train_args(c.copy(c.s.latents, "latents"), c.tmp / "latents"), "latents",
-         leaves=lambda c: c.tmp / "latents",
-         marks=(pytest.mark.xfail(strict=True, reason=(
-             "mapo-train --output-dir = its --data folder trains (exit 0) and writes unet/, checkpoints/, "
-             "training_config.json, metrics.jsonl and README.md among the latent shards: "
-             "train/trainer.py:Trainer._check_output_dir only looks for its own files, and nothing compares "
-             "--output-dir with --data (the data stages' pipeline/shards.py:check_output_apart)")),)),
+         leaves=lambda c: c.tmp / "latents"),
     # -- mapo-eval: candidates and models that do not fit -------------------------------------------
     Case("eval-sd15-base-sdxl-candidate", "model mismatch", "eval",
          lambda c: evl(c, "--candidate", c.s.run, model="tiny-sd15"), "is an sdxl UNet",
@@ -452,21 +439,14 @@ CASES = [
          lambda c: gen(c, prompts=c.file("prompts.jsonl", '["a cat"]\n"a dog"\n')), "prompts.jsonl",
          fix=_jsonl_then_fix),
     Case("generate-jsonl-a-non-object-line", "malformed input", "data",
-         lambda c: gen(c, prompts=c.file("prompts.jsonl", '{"caption": "a cat"}\n["a dog"]\n')), "prompts.jsonl:2",
-         marks=(pytest.mark.xfail(strict=True, reason=(
-             "a .jsonl line that is JSON but not an object is counted as a blank prompt and dropped "
-             "(exit 0, '1 blank prompt dropped'): pipeline/prompts.py:_read_file maps it to None")),)),
+         lambda c: gen(c, prompts=c.file("prompts.jsonl", '{"caption": "a cat"}\n["a dog"]\n')), "prompts.jsonl:2"),
     Case("generate-csv-without-caption-column", "malformed input", "data",
          lambda c: gen(c, prompts=c.file("prompts.csv", "text\na cat\n")), "no 'caption' or 'prompt' column"),
     Case("eval-prompts-blank", "malformed input", "eval", lambda c: evl(c, prompts=c.file("blank.txt", "\n \n")),
          "No usable prompt"),
     Case("inspect-html-is-a-folder", "malformed input", "data",
          lambda c: ["inspect", c.s.labeled, "--html", c.file("pages/old.html", "<html></html>").parent], "pages",
-         leaves=lambda c: c.tmp,
-         marks=(pytest.mark.xfail(strict=True, raises=IsADirectoryError, reason=(
-             "--html naming an existing folder: traceback 'IsADirectoryError: [Errno 21] Is a directory: "
-             "'.../.pages.tmp-PID' -> '.../pages'' from stages/inspect.py:write_html (os.replace), and the "
-             "temporary page is left beside the folder")),)),
+         leaves=lambda c: c.tmp),
 ]
 
 

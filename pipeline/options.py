@@ -235,8 +235,16 @@ def _build(cls: type, path: tuple[str, ...], by_path: dict):
     return cfg
 
 
+# What every output records its options in (mapo-data manifests, mapo-eval's state, mapo-train's config).
+RECORDS = ("manifest.json", "eval_config.json", "training_config.json")
+
+
 def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
-    """A ``--config`` YAML file -> ``{option name: value}``; keys may use dashes or underscores.
+    """A ``--config`` source -> ``{option name: value}``; keys may use dashes or underscores.
+
+    ``path`` is a YAML file, or an output folder / its record (``manifest.json``, ``eval_config.json``,
+    ``training_config.json``): the options that output was made with, so a run can be repeated from
+    its folder (``--overwrite`` is never taken from a record).
 
     Raises:
         UserError: the file is missing, not YAML, not a mapping, or has keys no option of ``cls`` has.
@@ -246,6 +254,11 @@ def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     from .textfiles import read_text
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        found = [path / name for name in RECORDS if (path / name).is_file()]
+        if not found:
+            raise UserError(f"--config {path} is a folder without a record of its options ({', '.join(RECORDS)}).")
+        path = found[0]
     if not path.is_file():
         raise UserError(f"--config file {path} does not exist.")
     try:
@@ -254,12 +267,31 @@ def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
         raise UserError(f"--config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"--config file {path} must hold a mapping of option: value.")
-    values = {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in raw.items()}
     known = {d.name for d in declared_options(cls)}
+    if path.name in RECORDS:
+        raw = _recorded_options(raw, path, known)
+    values = {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in raw.items()}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"--config file {path} has unknown keys: {', '.join(unknown)}.")
     return values
+
+
+def _recorded_options(record: dict, path: Path, known: set[str]) -> dict:
+    """The options an output recorded: ``config.options`` of a manifest, ``options`` of eval's state, or the
+    declared keys of a training config (which records its options flat, beside what it resolved)."""
+    options = (record.get("config") or {}).get("options") if isinstance(record.get("config"), dict) else None
+    if options is None:
+        options = record.get("options")
+    if options is None and path.name == "training_config.json":
+        options = {k: v for k, v in record.items() if k in known}
+    if not isinstance(options, dict):
+        raise UserError(f"--config {path} records no options (an output made before options were recorded); "
+                        "pass the options on the command line.")
+    stage = record.get("stage")
+    if stage and set(options) - known:
+        raise UserError(f"--config {path} records a mapo-data {stage} output's options, not this command's.")
+    return {k: v for k, v in options.items() if k != "overwrite"}
 
 
 def option_values(cfg) -> dict[str, Any]:
@@ -336,7 +368,8 @@ def _underscore_aliases_command():
     return UnderscoreAliases
 
 
-CONFIG_HELP = "YAML file of options (keys: the option names, dashes or underscores); options given here win."
+CONFIG_HELP = ("YAML file of options (keys: the option names, dashes or underscores), or an output folder to repeat "
+               "the options it was made with; options given here win.")
 
 
 def command(app, cls: type, *, name: str | None = None) -> Callable:

@@ -20,6 +20,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from .atomic import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
 from .errors import UserError
@@ -44,7 +45,28 @@ def shard_ranges(num_items: int, shard_size: int) -> list[range]:
     return [range(s, min(s + shard_size, num_items)) for s in range(0, num_items, shard_size)]
 
 
+@runtime_checkable
+class Describable(Protocol):
+    """Settings that decide the bytes a stage writes (a recipe, a labeler, scorer options).
+
+    ``describe()`` returns a JSON-serialisable dict that goes into a manifest's ``identity`` (and
+    :func:`config_fingerprint`): a rerun with other settings is refused, one with the same resumes.
+    """
+
+    def describe(self) -> dict: ...
+
+
+@runtime_checkable
+class Fingerprinted(Protocol):
+    """An input whose content decides the output (a prompt set, input shard files, a training output):
+    ``fingerprint()`` is a short string that changes when the content does."""
+
+    def fingerprint(self) -> str: ...
+
+
 def config_fingerprint(identity: dict) -> str:
+    """16 hex digits of SHA-256 over ``identity`` as sorted JSON (built from :class:`Describable` and
+    :class:`Fingerprinted` parts)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -34,6 +34,7 @@ from pipeline.options import (
     model_option,
     num_inference_steps_option,
     option,
+    option_values,
     prompt_column_option,
     prompt_split_option,
     resolution_option,
@@ -364,7 +365,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
                                 "fingerprint": c.fingerprint()} for c in cands})
     generation = cfg.generation(base_model)
-    state = _prepare_output(cfg, generation, model_info)
+    state = {**_prepare_output(cfg, generation, model_info), "options": option_values(cfg)}
     out = Path(cfg.output)
 
     # Scores made with other scorer weights are dropped (rescored), never mixed with new ones.

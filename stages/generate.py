@@ -32,6 +32,7 @@ from pipeline.options import (
     model_option,
     num_inference_steps_option,
     option,
+    option_values,
     overwrite_option,
     prompt_column_option,
     prompt_split_option,
@@ -230,7 +231,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     dtype = resolve_dtype(cfg.dtype, device)
     ranges = shard_ranges(len(prompt_set.prompts), cfg.shard_size)
     identity = _identity(cfg, prompt_set.fingerprint(), dtype_name(dtype))
-    config = {**asdict(cfg), "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
+    config = {**asdict(cfg), "options": option_values(cfg), "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
               "dropped_empty_prompts": prompt_set.dropped_empty, "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import

@@ -21,7 +21,15 @@ from pathlib import Path
 from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
-from pipeline.options import PANEL_IO, check_options, device_option, option, overwrite_option, split_option
+from pipeline.options import (
+    PANEL_IO,
+    check_options,
+    device_option,
+    option,
+    option_values,
+    overwrite_option,
+    split_option,
+)
 from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest
 from pipeline.stage_runner import ShardedStage, run_sharded
 
@@ -338,7 +346,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     labeler = build_labeler(cfg.labeler, device=str(device))
     identity = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
                 **labeler.describe(), "batch_size": cfg.labeler.batch_size}
-    config = {**asdict(cfg), "input_kind": source.kind, "input_files": [f.name for f in source.files],
+    config = {**asdict(cfg), "options": option_values(cfg), "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}
     # A test split's pairs are written as test-*, never as train data.
     out = ShardedOutput(cfg.output, STAGE, identity, len(source.files), config, split=source.split)

@@ -21,6 +21,7 @@ from typing import Protocol, Sequence
 from pipeline.errors import UserError
 from pipeline.options import at_least, check_options, option
 from pipeline.prompt_prefixes import STYLE_TEXTS
+from pipeline.shards import Describable
 
 TARGETS = ("style", "safety")
 LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction")}
@@ -59,7 +60,7 @@ class Decision:
         return self.chosen is not None
 
 
-class Labeler(Protocol):
+class Labeler(Describable, Protocol):
     name: str
     version: str
 

@@ -55,6 +55,7 @@ from pipeline.options import (
     model_option,
     multiple_of_8,
     option,
+    option_values,
     overwrite_option,
     split_option,
     vae_option,
@@ -455,7 +456,8 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     dtype = resolve_dtype(cfg.dtype, device)
     vae_dtype = resolve_dtype(cfg.vae_dtype, device)
     identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype), split)
-    out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "input_files": source["files"]})
+    out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "options": option_values(cfg),
+                                                                          "input_files": source["files"]})
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype)

@@ -59,8 +59,8 @@ def write_pickapic(path, pairs, labels=None, extra=None):
         "jpg_1": pa.array([p[2] for p in pairs], pa.binary()),
     }
     if labels is not None:
-        cols["label_0"] = pa.array([l[0] for l in labels], pa.float64())
-        cols["label_1"] = pa.array([l[1] for l in labels], pa.float64())
+        cols["label_0"] = pa.array([lab[0] for lab in labels], pa.float64())
+        cols["label_1"] = pa.array([lab[1] for lab in labels], pa.float64())
     for name, values in (extra or {}).items():
         cols[name] = pa.array(values)
     path = Path(path)

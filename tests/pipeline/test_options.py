@@ -10,8 +10,16 @@ import pytest
 import typer
 
 from pipeline.errors import UserError
-from pipeline.options import (at_least, build_config, command, declared_options, iter_commands, option,
-                              option_values, read_config_file)
+from pipeline.options import (
+    at_least,
+    build_config,
+    command,
+    declared_options,
+    iter_commands,
+    option,
+    option_values,
+    read_config_file,
+)
 from stages.cli import app as data_app
 from stages.eval_cli import app as eval_app
 from stages.evaluate import EvalConfig
@@ -220,3 +228,22 @@ def test_readme_stage_sections_name_only_real_options():
             if flag not in _flags(commands[section]) and flag not in every:
                 stale.append(f"{section}: {flag}")
     assert not stale, stale
+
+
+def test_an_output_folder_repeats_its_options(tmp_path):
+    """--config <output folder>: the options the output was made with (its record), command line winning."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    fast = ["--model", "tiny-sdxl", "--num-inference-steps", "1", "--resolution", "64", "--seed", "7"]
+    first = run_cli(data_app, ["generate", "--prompts", prompts, "--output", tmp_path / "out", *fast])
+    assert first.exit_code == 0, first.output
+    again = run_cli(data_app, ["generate", "--config", tmp_path / "out"])
+    assert again.exit_code == 0 and "(1 already done)" in again.output, again.output  # same options: resumed
+    other = run_cli(data_app, ["generate", "--config", tmp_path / "out" / "manifest.json", "--seed", "8"])
+    assert other.exit_code == 2 and "differs in: seed" in other.output  # the command line wins
+    wrong = run_cli(data_app, ["precompute", "--config", tmp_path / "out"])
+    assert wrong.exit_code == 2 and "records a mapo-data generate output's options" in wrong.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli(data_app, ["generate", "--config", empty])
+    assert result.exit_code == 2 and "without a record of its options" in result.output

@@ -22,7 +22,6 @@ from pipeline.safety import (
 )
 from tests.image_fixtures import geometric_scene, schematic_torso
 
-
 # --- NudeNet --------------------------------------------------------------------------------
 
 

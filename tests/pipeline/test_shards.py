@@ -65,3 +65,19 @@ def test_empty_shard_has_no_row_group_and_loads_with_others(tmp_path):
     assert pq.ParquetFile(out.path(0)).metadata.num_row_groups == 0
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "*.parquet"), split="train")
     assert ds["caption"] == ["kept"]
+
+
+def test_what_goes_into_a_fingerprint_is_named():
+    """Recipes, labelers and scorer options describe themselves; inputs fingerprint themselves."""
+    from pipeline.prompts import PromptSet
+    from pipeline.scorer_options import ScorerOptions
+    from pipeline.shards import Describable, Fingerprinted
+    from pipeline.training_output import TrainingOutput
+    from stages.label import LabelInput
+    from stages.labelers import ConstructionLabeler
+    from stages.recipes import RecipeConfig
+
+    assert isinstance(RecipeConfig(), Describable) and isinstance(ConstructionLabeler(None), Describable)
+    assert isinstance(ScorerOptions(), Describable)
+    for cls in (PromptSet, TrainingOutput, LabelInput):
+        assert callable(getattr(cls, "fingerprint", None)) and issubclass(cls, Fingerprinted), cls

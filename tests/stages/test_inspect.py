@@ -78,7 +78,7 @@ def test_not_an_output_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     for target, message in ((tmp_path / "nope", "is not a folder"), (tmp_path / "empty", "holds no shards")):
         result = run_cli(app, ["inspect", target])
-        lines = [l for l in result.output.splitlines() if l.strip()]
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
 
 

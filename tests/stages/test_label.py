@@ -240,7 +240,7 @@ def test_rerun_skips_and_other_config_refused(pairs, tmp_path):
 
 
 def _error_line(result):
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
     return lines[0]
 

@@ -282,7 +282,7 @@ def test_bad_input_one_line_error(tmp_path, case, args, message):
     out = tmp_path / "out"
     result = run_cli(app, ["precompute", *args, "--output", out])
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert not list(out.glob("data/*.parquet"))
 

@@ -10,8 +10,8 @@ from train.losses import (
     OBJECTIVES,
     LossOutput,
     dpo_loss,
-    margin_weight,
     mapo_loss,
+    margin_weight,
     per_sample_error,
     prediction_target,
     sft_loss,
@@ -215,9 +215,9 @@ def test_mapo_loss_gradcheck():
     e_w = t64(0.0, 0.05, 0.3, 1.5).requires_grad_()
     e_l = t64(0.01, 0.0, 0.4, 1.2).requires_grad_()
     # T=10 keeps the logsigmoid off its flat tails, so the check is informative
-    fn = lambda w, l: mapo_loss(w, l, beta=0.1, a=0.5, num_train_timesteps=10).loss  # noqa: E731
+    fn = lambda w, lose: mapo_loss(w, lose, beta=0.1, a=0.5, num_train_timesteps=10).loss  # noqa: E731
     assert torch.autograd.gradcheck(fn, (e_w, e_l))
-    assert torch.autograd.gradcheck(lambda w, l: mapo_loss(w, l).loss, (e_w, e_l))
+    assert torch.autograd.gradcheck(lambda w, lose: mapo_loss(w, lose).loss, (e_w, e_l))
 
 
 @pytest.mark.parametrize(
@@ -318,7 +318,7 @@ def test_dpo_loss_gradcheck():
     ref_w, ref_l = t64(0.4, 0.45, 0.1), t64(0.4, 0.5, 0.3)
     e_w = t64(0.3, 0.5, 0.2).requires_grad_()
     e_l = t64(0.5, 0.5, 0.25).requires_grad_()
-    fn = lambda w, l: dpo_loss(w, l, ref_w, ref_l, beta=10.0).loss  # noqa: E731
+    fn = lambda w, lose: dpo_loss(w, lose, ref_w, ref_l, beta=10.0).loss  # noqa: E731
     assert torch.autograd.gradcheck(fn, (e_w, e_l))
 
 

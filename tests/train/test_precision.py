@@ -16,7 +16,6 @@ from train.cli import app
 from train.config import TrainConfig
 from train.trainer import run_train
 
-
 MATRIX = [(storage, mp, objective, lora) for storage in ("fp16", "bf16") for mp in ("no", "bf16")
           for objective in ("mapo", "dpo", "sft") for lora in (0, 4)]
 

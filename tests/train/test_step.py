@@ -76,7 +76,7 @@ def test_lora_dpo_uses_the_adapter_disabled_model_not_a_copy(monkeypatch):
                         classmethod(lambda cls, *a, **k: loads.append(k.get("subfolder")) or real_load(cls, *a, **k)))
     deep_copies = []
     real_deepcopy = copy.deepcopy
-    monkeypatch.setattr(copy, "deepcopy", 
+    monkeypatch.setattr(copy, "deepcopy",
                         lambda x, *a: (isinstance(x, torch.nn.Module) and deep_copies.append(type(x))) or real_deepcopy(x, *a))
     _, models, obj = _setup(objective="dpo", lora_rank=4)
     gc.collect()

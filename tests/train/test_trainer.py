@@ -123,11 +123,12 @@ def test_lora_alpha_other_than_rank_loads_at_the_trained_strength(request, tmp_p
 
 def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
     """MaPO on 8 pairs, high LR: afterwards e_w < e_l on every training pair (implicit accuracy 1.0)."""
-    from pipeline.latent_shards import collate, open_latents
-    from train.model_setup import load_base_unet_and_scheduler
-    from train.data import to_compute
-    from train.step import Objective, draw_noise, errors, unet_inputs
     from diffusers import UNet2DConditionModel
+
+    from pipeline.latent_shards import collate, open_latents
+    from train.data import to_compute
+    from train.model_setup import load_base_unet_and_scheduler
+    from train.step import Objective, draw_noise, errors, unet_inputs
 
     out = tmp_path / "run"
     _train(latents_sd15, out, "tiny-sd15", 150, "--batch-size", "4", "--learning-rate", "2e-3", "--beta", "1",
@@ -147,8 +148,8 @@ def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
             for _ in range(16):  # average over noise draws and timesteps
                 noise, t = draw_noise(batch["latents"], 1000, gen)
                 x_t, tt, target, cond = unet_inputs(batch, noise, t, sched, obj)
-                w, l = errors(unet, x_t, tt, target, cond).chunk(2)
-                e_w, e_l = e_w + w, e_l + l
+                w, lose = errors(unet, x_t, tt, target, cond).chunk(2)
+                e_w, e_l = e_w + w, e_l + lose
         return (e_w < e_l).float().mean().item()
 
     assert accuracy(trained) == 1.0
@@ -190,6 +191,18 @@ def test_yaml_config_and_cli_wins(tmp_path, latents_sdxl):
     bad.write_text("objectiv: mapo\n")
     result = run_cli(app, train_args(latents_sdxl, tmp_path / "x", "tiny-sdxl", 1, "--config", bad))
     assert result.exit_code == 2 and "unknown keys: objectiv" in result.output
+
+
+def test_a_run_folder_repeats_its_options(tmp_path, latents_sdxl):
+    """--config <run folder>: its training_config.json's options, the command line winning."""
+    first = tmp_path / "run"
+    _train(latents_sdxl, first, "tiny-sdxl", 1, "--objective", "sft", "--lora-rank", "2")
+    again = tmp_path / "again"
+    result = run_cli(app, ["--config", first, "--output-dir", again])
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads((d / "training_config.json").read_text()) for d in (first, again))
+    same = ("objective", "lora_rank", "learning_rate", "max_steps", "batch_size", "model", "data")
+    assert {k: a[k] for k in same} == {k: b[k] for k in same} and b["output_dir"] == str(again)
 
 
 def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tmp_path, latents_sdxl):

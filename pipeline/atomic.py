@@ -44,12 +44,6 @@ def atomic_write(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_write(path) as tmp:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 # Prompts longer than a text encoder's context (77 CLIP tokens), noted by encode_text and said once
 # per stage by report_truncation instead of the libraries' per-call warnings.
-_TRUNCATED: set[str] = set()
+_TRUNCATED: dict[str, int] = {}  # text -> the token limit it was cut to
 
 
 @dataclass
@@ -67,17 +67,25 @@ def note_truncation(pipe, texts) -> None:
     with quiet_truncation_warnings():
         for text in texts:
             if text and text not in _TRUNCATED and len(tokenizer(text).input_ids) > limit:
-                _TRUNCATED.add(text)
+                _TRUNCATED[text] = int(limit)
 
 
-def report_truncation(tag: str, limit: int = 77) -> int:
-    """Say once on stderr how many distinct prompts were truncated since the last report; returns the count."""
+def report_truncation(tag: str) -> int:
+    """Say once on stderr how many distinct prompt texts were truncated since the last report (a recipe's
+    prefixed and plain versions of a prompt count apart), and forget them; returns the count."""
     count = len(_TRUNCATED)
     if count:
+        limit = max(_TRUNCATED.values())
         print(f"{tag}: {count} prompt{'s were' if count > 1 else ' was'} truncated to {limit} tokens "
-              "(the text encoders' context); only their start conditions the images", file=sys.stderr)
+              "(the text encoders' context; a recipe's prefixed and plain prompts count apart); only their start "
+              "conditions the images", file=sys.stderr)
     _TRUNCATED.clear()
     return count
+
+
+def reset_truncation() -> None:
+    """Forget noted truncations (a stage starting: nothing left over from an earlier call in this process)."""
+    _TRUNCATED.clear()
 
 
 def encode_text(pipe, prompts: list[str], negative_prompts: list[str | None] | None = None, *, guidance: bool = False) -> TextEmbeddings:

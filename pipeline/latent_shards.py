@@ -212,6 +212,10 @@ def _read_latent_manifest(root: Path) -> dict:
     manifest = read_manifest(root)
     if manifest is not None and manifest.get("stage") == STAGE and "latents" not in manifest:
         raise UserError(f"'{root}' is an unfinished `mapo-data precompute` output; rerun the same command to finish it.")
+    if manifest is not None and manifest.get("stage") == "generate":
+        raise UserError(f"'{root}' is a `mapo-data generate` output (pairs without labels); label it first "
+                        f"(`mapo-data label --input {root} --output LABELED/ --target style|safety`), then run "
+                        "`mapo-data precompute --input LABELED/ --output LATENTS/` and pass LATENTS/.")
     if manifest is None or manifest.get("stage") != STAGE or "latents" not in manifest:
         what = f"a `mapo-data {manifest['stage']}` output" if manifest and manifest.get("stage") else "not a mapo-data output"
         raise UserError(

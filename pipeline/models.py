@@ -163,6 +163,43 @@ def _model_index(model: str) -> tuple[str, dict]:
     return source, _call_loader("Model", model, DiffusionPipeline.load_config, source)
 
 
+# The UNet settings a trained UNet or LoRA must share with the pipeline it is put into.
+UNET_FIT_KEYS = ("in_channels", "cross_attention_dim", "addition_embed_type", "addition_time_embed_dim",
+                 "projection_class_embeddings_input_dim")
+
+
+def unet_config(model: str) -> dict | None:
+    """The UNet config (``unet/config.json``) of ``model``, read without loading weights; None for the
+    in-memory architecture models (``sdxl-arch``).
+
+    Raises:
+        ModelNotFoundError: the model cannot be found.
+    """
+    from diffusers import UNet2DConditionModel
+
+    if model in builtin_models.ARCH_MODELS:
+        return None
+    return dict(_call_loader("Model", model, UNet2DConditionModel.load_config, resolve_model_source(model),
+                             subfolder="unet"))
+
+
+def default_resolution(model: str) -> int:
+    """The image side a model was made for, as the diffusers pipelines default it: the UNet's
+    ``sample_size`` times the VAE's scale factor ``2 ** (len(block_out_channels) - 1)`` (1024 for SDXL,
+    512 for SD1.5, 64 for the built-in tiny and world models).
+
+    Raises:
+        ModelNotFoundError: the model cannot be found.
+    """
+    from diffusers import AutoencoderKL
+
+    if model in builtin_models.ARCH_MODELS:
+        return 1024  # SDXL base 1.0's
+    unet = unet_config(model)
+    vae = _call_loader("VAE", model, AutoencoderKL.load_config, resolve_model_source(model), subfolder="vae")
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
 def check_model_available(model: str, vae: str | None = None) -> str:
     """Fail in one line now if the model (or VAE) cannot be loaded later: stages call this before
     they create their output folder, so a typo in --model leaves nothing behind.

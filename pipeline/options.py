@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from .errors import UserError
-from .models import DEFAULT_MODEL, DTYPES  # noqa: F401  (DEFAULT_MODEL: the model options' default)
+from .models import DTYPES
 
 _META = "option"
 Check = Callable[[Any], Optional[str]]  # value -> None when fine, else what is wrong ("must be > 0")
@@ -168,7 +168,11 @@ def coerce(d: Declared, value):
         UserError: the value cannot be read as the option's type.
     """
     if value is None:
-        return None if d.optional or not d.is_list else []
+        if d.is_list:
+            return []
+        if d.optional or d.default is None:
+            return None
+        raise UserError(f"{d.flag} needs a value (got null/None).")
     if d.is_list:
         if isinstance(value, str) and d.spec.separator:
             value = [part.strip() for part in value.split(d.spec.separator) if part.strip()]
@@ -179,7 +183,8 @@ def coerce(d: Declared, value):
 
 
 def check_options(cfg) -> None:
-    """Apply every declared choice and check to ``cfg``'s values (nested configs included).
+    """Apply every declared choice and check to ``cfg``'s values (nested configs included); every config's
+    ``validate()`` starts with it.
 
     Raises:
         UserError: ``--name 'value'`` is not one of the choices, or breaks the option's check.
@@ -215,10 +220,14 @@ def build_config(cls: type, values: dict[str, Any]):
     for d in declared.values():
         if (d.default is MISSING or d.spec.required) and d.name not in values:
             raise UserError(f"{d.flag} is required (on the command line or in --config): {d.spec.help}")
-    return _build(cls, (), {declared[k].path: coerce(declared[k], v) for k, v in values.items()})
+    coerced = {k: coerce(declared[k], v) for k, v in values.items()}
+    return _build(cls, (), {declared[k].path: v for k, v in coerced.items()}, coerced)
 
 
-def _build(cls: type, path: tuple[str, ...], by_path: dict):
+_GIVEN = "_options_given"  # on a built config: the options the user gave (command line and --config)
+
+
+def _build(cls: type, path: tuple[str, ...], by_path: dict, given: dict | None = None):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -229,9 +238,11 @@ def _build(cls: type, path: tuple[str, ...], by_path: dict):
             kwargs[f.name] = by_path[here]
     cfg = cls(**kwargs)
     if not path:
-        check_options(cfg)
-        if hasattr(cfg, "validate"):
+        object.__setattr__(cfg, _GIVEN, dict(given or {}))  # before validate() resolves anything
+        if hasattr(cfg, "validate"):  # every validate() starts with check_options
             cfg = cfg.validate() or cfg
+        else:
+            check_options(cfg)
     return cfg
 
 
@@ -269,7 +280,7 @@ def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
         raise UserError(f"--config file {path} must hold a mapping of option: value.")
     known = {d.name for d in declared_options(cls)}
     if path.name in RECORDS:
-        raw = _recorded_options(raw, path, known)
+        raw = _recorded_options(raw, path, cls, known)
     values = {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in raw.items()}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -277,20 +288,26 @@ def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     return values
 
 
-def _recorded_options(record: dict, path: Path, known: set[str]) -> dict:
-    """The options an output recorded: ``config.options`` of a manifest, ``options`` of eval's state, or the
-    declared keys of a training config (which records its options flat, beside what it resolved)."""
-    options = (record.get("config") or {}).get("options") if isinstance(record.get("config"), dict) else None
-    if options is None:
-        options = record.get("options")
-    if options is None and path.name == "training_config.json":
-        options = {k: v for k, v in record.items() if k in known}
+def options_record(cfg) -> dict:
+    """What an output records about how it was made, for ``--config <output>`` to repeat it:
+    ``{"options": the options the user gave (command line and --config; for a config built in Python,
+    every option), "options_of": the config class}``. Given, not resolved: a default the stage filled
+    in (a style text, beta, the latents' model) is filled in again for the new inputs."""
+    given = getattr(cfg, _GIVEN, None)
+    return {"options": dict(given) if given is not None else option_values(cfg), "options_of": type(cfg).__name__}
+
+
+def _recorded_options(record: dict, path: Path, cls: type, known: set[str]) -> dict:
+    """The options an output recorded (:func:`options_record`), refused when another command made it."""
+    holder = record["config"] if isinstance(record.get("config"), dict) and "options" in record["config"] else record
+    options, of = holder.get("options"), holder.get("options_of")
+    if of is not None and of != cls.__name__:
+        raise UserError(f"--config {path} records the options of {of}, not of this command ({cls.__name__}).")
+    if options is None and path.name == "training_config.json" and cls.__name__ == "TrainConfig":
+        options = {k: v for k, v in record.items() if k in known}  # a run made before options were recorded
     if not isinstance(options, dict):
         raise UserError(f"--config {path} records no options (an output made before options were recorded); "
                         "pass the options on the command line.")
-    stage = record.get("stage")
-    if stage and set(options) - known:
-        raise UserError(f"--config {path} records a mapo-data {stage} output's options, not this command's.")
     return {k: v for k, v in options.items() if k != "overwrite"}
 
 
@@ -325,7 +342,7 @@ def _cli_parameter(d: Declared) -> inspect.Parameter:
         info = typer.Argument(default, help=help_text, show_default=default is not None)
     else:
         info = typer.Option(default, *d.spec.flags, help=help_text, rich_help_panel=d.spec.panel, hidden=d.spec.hidden,
-                            show_default=default is not None and default != "")
+                            show_default=default is not None and default != "" and not d.spec.required)
     return inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
@@ -455,7 +472,11 @@ def guidance_scale_option(default: float) -> Any:
     return option(default, help="Classifier-free guidance scale.", panel=PANEL_SAMPLING)
 
 
-def resolution_option(default: int, help: str = "Image side in pixels (multiple of 8).") -> Any:
+RESOLUTION_HELP = ("Image side in pixels (multiple of 8); default: the model's own, as diffusers defaults it "
+                   "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models).")
+
+
+def resolution_option(default: int | None = None, help: str = RESOLUTION_HELP) -> Any:
     return option(default, help=help, check=multiple_of_8, panel=PANEL_SAMPLING)
 
 

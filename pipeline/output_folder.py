@@ -43,37 +43,40 @@ class OutputFolder:
         """The owned names that exist in the folder."""
         return [name for name in self.owned if (self.root / name).exists()]
 
-    def refuse_foreign(self, overwrite: bool = False) -> None:
-        """Refuse a file at ``root``, or a non-empty folder without the marker. With ``overwrite`` a folder
-        holding only owned names (a first attempt killed before its marker was written) may be cleared;
-        anything else is never touched: a folder of ``data/`` and ``README.md`` may be a user's dataset.
+    def refuse_foreign(self) -> None:
+        """Refuse a file at ``root``, or a non-empty folder without the marker (commands write their marker
+        first, so such a folder is not theirs: a folder of ``data/`` and ``README.md`` may be a user's
+        dataset). Only empty owned folders are tolerated (and cleared by :meth:`clear`).
 
         Raises:
-            UserError: one line naming the folder and what to do.
+            UserError: one line naming the folder and what to do; never cleared, not even with --overwrite.
         """
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.flag} {self.root} exists and is not a folder; choose another {self.flag}.")
-        if self.root.is_dir() and not self.is_ours() and any(self.root.iterdir()):
-            if not overwrite or any(p.name not in self.owned for p in self.root.iterdir()):
+        if self.root.is_dir() and not self.is_ours():
+            if any(p.name not in self.owned or not p.is_dir() or any(p.iterdir()) for p in self.root.iterdir()):
                 raise UserError(f"{self.root} exists, is not empty and is not a {self.command} output; "
                                 f"choose another {self.flag}.")
 
     def refuse_differences(self, old: dict, new: dict, keys: Iterable[str] | None = None, *, remedy: str,
-                           what: str = "another configuration", show_values: bool = False) -> None:
-        """Refuse when ``old`` (the folder's recorded settings) and ``new`` differ on ``keys``.
+                           said: str = "was made by another configuration", show_values: bool = False,
+                           differ: bool = False) -> None:
+        """Refuse when ``old`` (the folder's recorded settings) and ``new`` differ on ``keys``, or whenever
+        ``differ`` (the caller knows they differ, e.g. by fingerprint, even if no key shows it: "config").
 
         Raises:
-            UserError: "<root> was made by <what> (differs in: k1, k2). <remedy>", with "; it has k1=..."
-                before the closing parenthesis when ``show_values``.
+            UserError: "<root> <said> (differs in: k1, k2). <remedy>", with "; it has k1=..." before the
+                closing parenthesis when ``show_values``.
         """
-        diff = differing_keys(old, new, keys)
+        diff = differing_keys(old, new, keys) or (["config"] if differ else [])
         if diff:
-            had = ", ".join(f"{k}={old.get(k)!r}" for k in diff) if show_values else ""
-            raise UserError(f"{self.root} was made by {what} (differs in: {', '.join(diff)}"
+            had = ", ".join(f"{k}={old.get(k)!r}" for k in diff if k in old) if show_values else ""
+            raise UserError(f"{self.root} {said} (differs in: {', '.join(diff)}"
                             + (f"; it has {had}" if had else "") + f"). {remedy}")
 
     def clear(self) -> None:
-        """Remove every owned name (``--overwrite``); anything else in the folder is left alone."""
+        """Remove every owned name (``--overwrite``); anything else in the folder is left alone. Call only
+        after :meth:`refuse_foreign` passed."""
         for name in self.present():
             path = self.root / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -120,19 +120,19 @@ class ShardedOutput:
         return OutputFolder(self.root, _OWNED, MANIFEST, "mapo-data")
 
     def check(self, overwrite: bool = False) -> None:
-        """Refuse now, writing nothing, if :meth:`prepare` would: stages call this before loading
-        models, so a mismatched output folder costs no model import.
+        """Refuse now, writing nothing, if :meth:`prepare` would: generate and precompute call this before
+        loading models, so a mismatched output folder costs no model import.
 
         Raises:
             UserError: the folder holds another configuration (names the differing keys; not with
                 ``overwrite``), or is not a mapo-data output (:class:`OutputFolder`).
         """
-        self.folder.refuse_foreign(overwrite)
+        self.folder.refuse_foreign()
         manifest = read_manifest(self.root)
         if manifest is not None and manifest.get("fingerprint") != self.fingerprint and not overwrite:
             old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
             new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
-            self.folder.refuse_differences(old, new, remedy=(
+            self.folder.refuse_differences(old, new, differ=True, remedy=(
                 "Use a new --output, rerun with the original options to resume, or pass --overwrite."))
 
     def prepare(self, overwrite: bool = False) -> None:
@@ -140,13 +140,10 @@ class ShardedOutput:
         self.check(overwrite)
         manifest = read_manifest(self.root)
         if manifest is None or manifest.get("fingerprint") != self.fingerprint:
-            self.folder.clear()  # another configuration's (--overwrite) or an unfinished first attempt's
-            (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
-            (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
-            self._write_manifest(status="running", completed=[], totals={})
-        else:
-            (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
-            (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
+            self.folder.clear()  # another configuration's (--overwrite), or empty owned folders
+            self._write_manifest(status="running", completed=[], totals={})  # the marker first, then the rest
+        (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
 
     def start(self, proc, overwrite: bool = False) -> tuple[list[int], list[int]]:
         """Prepare on the main process, wait for all, and claim this process's shards.

@@ -61,8 +61,9 @@ def run_sharded(stage: ShardedStage, proc: ProcessInfo) -> ShardedRun:
         UserError: the output folder holds another configuration (without ``overwrite``) or is not
             a mapo-data output; whatever ``setup`` or ``process_shard`` raise.
     """
-    from .conditioning import report_truncation
+    from .conditioning import report_truncation, reset_truncation
 
+    reset_truncation()
     out = stage.output
     mine, todo = out.start(proc, overwrite=stage.overwrite)
     run = ShardedRun(mine, todo)

@@ -35,6 +35,7 @@ class TrainingOutput:
     base_model: str | None
     objective: str | None
     family: str | None = None  # "sdxl" | "sd15": the UNet's pipeline family (training_config.json)
+    resolution: int | None = None  # the training data's image side in pixels
 
     def fingerprint(self) -> str:
         """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
@@ -65,8 +66,9 @@ def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
         raise UserError(f"candidate '{path}': {TRAINING_CONFIG} is not valid JSON ({exc})") from None
     # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
     kind = "unet" if has_unet else "lora"
+    resolution = (config.get("data_info") or {}).get("resolution")
     out = TrainingOutput(name or root.resolve().name, str(root.resolve()), kind, config.get("model"),
-                         config.get("objective"), config.get("family"))
+                         config.get("objective"), config.get("family"), int(resolution) if resolution else None)
     check_readable(root / UNET_DIR if kind == "unet" else root / LORA_WEIGHTS, f"candidate {out.name}")
     return out
 

@@ -24,3 +24,7 @@ def evaluate(cfg: EvalConfig):
         f"eval: {result.images_generated} images generated, {result.scores_computed} scores computed "
         f"in {result.seconds:.1f}s -> report: {result.report}"
     )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -13,10 +13,9 @@ another --metrics) scores only what is missing.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.atomic import atomic_write, write_json_atomic
@@ -34,7 +33,7 @@ from pipeline.options import (
     model_option,
     num_inference_steps_option,
     option,
-    option_values,
+    options_record,
     prompt_column_option,
     prompt_split_option,
     resolution_option,
@@ -50,6 +49,8 @@ from pipeline.training_output import TrainingOutput, load_lora, load_unet, read_
 
 EVAL_CONFIG = "eval_config.json"
 SCORES = "scores.parquet"
+# What mapo-eval writes in its --output (all that --overwrite removes).
+OWNED = (EVAL_CONFIG, SCORES, "images", "plots", "grids", "summary.json", "report.html")
 BASE = "base"
 DEFAULT_METRICS = ("aesthetic", "hps", "pickscore", "clip")
 # Lower is better only for unsafety; every other metric rewards higher scores.
@@ -86,7 +87,10 @@ class EvalConfig:
     device: str = option("auto", panel=PANEL_RUN, help="auto, cpu, cuda, cuda:N (generation and scoring).")
     num_inference_steps: int = num_inference_steps_option(25)
     guidance_scale: float = guidance_scale_option(5.0)
-    resolution: int = resolution_option(1024)
+    # None: the candidates' training resolution, else the base model's own
+    resolution: int | None = resolution_option(help=(
+        "Image side in pixels (multiple of 8); default: the resolution the candidates were trained at, else the "
+        "base model's own (1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     seeds: int = option(1, check=at_least(1), panel=PANEL_SAMPLING, help=(
         "Images (seeds) per prompt; every model gets the same seeds."))
     seed: int = seed_option("Global seed; image k of a prompt uses derive_seed(seed, prompt id, k).")
@@ -148,8 +152,42 @@ def _unique_names(cands: list[Candidate]) -> list[Candidate]:
         while name in seen:
             name, n = f"{c.name}-{n}", n + 1
         seen.add(name)
-        out.append(Candidate(name, c.path, c.kind, c.base_model, c.objective, c.family))
+        out.append(replace(c, name=name))
     return out
+
+
+def _default_resolution(cands: list[Candidate], base_model: str) -> int:
+    """The candidates' training resolution when they agree, else the base model's own."""
+    from pipeline.models import default_resolution
+
+    trained = {c.resolution for c in cands if c.resolution}
+    return trained.pop() if len(trained) == 1 else default_resolution(base_model)
+
+
+def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
+    """Refuse, before any image is made, a candidate whose UNet does not fit ``base_model``'s pipeline
+    (another family, or the same family with other text-encoder or time-embedding widths).
+
+    Raises:
+        UserError: naming the candidate, the settings that differ and what to pass instead.
+    """
+    from pipeline.models import UNET_FIT_KEYS, unet_config
+
+    base = unet_config(base_model)
+    if base is None:
+        return
+    for c in cands:
+        if c.kind == "unet":
+            theirs = json.loads((Path(c.path) / "unet" / "config.json").read_text())
+        elif c.base_model and c.base_model != base_model:
+            theirs = unet_config(c.base_model)
+        else:
+            continue
+        diff = [k for k in UNET_FIT_KEYS if theirs is not None and theirs.get(k) != base.get(k)]
+        if diff:
+            shown = ", ".join(f"{k} {theirs.get(k)} vs {base.get(k)}" for k in diff)
+            raise UserError(f"candidate {c.name}'s UNet (trained from '{c.base_model}') does not fit --model "
+                            f"'{base_model}' ({shown}); pass the model it was trained from or leave --model out")
 
 
 def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
@@ -168,6 +206,10 @@ def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _output_folder(out: Path) -> OutputFolder:
+    return OutputFolder(Path(out), OWNED, EVAL_CONFIG, "mapo-eval")
+
+
 def _prepare_output(cfg: EvalConfig, generation: dict, models: dict[str, dict]) -> dict:
     """Check a rerun's settings against the folder's, and return the (merged) state to save.
 
@@ -176,14 +218,14 @@ def _prepare_output(cfg: EvalConfig, generation: dict, models: dict[str, dict]) 
     """
     out = Path(cfg.output)
     state_file = out / EVAL_CONFIG
-    folder = OutputFolder(out, (), EVAL_CONFIG, "mapo-eval")
+    folder = _output_folder(out)
     folder.refuse_foreign()
     if state_file.is_file() and cfg.overwrite:
         return {"generation": generation, "models": models, "scorers": {}, "overwrite": True}
     if not state_file.is_file():
         return {"generation": generation, "models": models, "scorers": {}}
     old = json.loads(state_file.read_text())
-    folder.refuse_differences(old["generation"], generation, generation, what="other generation settings",
+    folder.refuse_differences(old["generation"], generation, generation, said="holds images made with other settings",
                               show_values=True, remedy="Use --overwrite or another --output.")
     for name, info in models.items():
         prev = old["models"].get(name)
@@ -354,10 +396,13 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
 
     from .eval_report import write_report
 
+    record = options_record(cfg)  # as given, before validate() resolves the scorers
     t0 = time.perf_counter()
     cfg.validate()
     cands = _unique_names([read_candidate(p) for p in cfg.candidates])
     base_model = _resolve_base(cfg, cands)
+    if cfg.resolution is None:
+        cfg.resolution = _default_resolution(cands, base_model)
     prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
     check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts], cfg.resolution)
     models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
@@ -365,7 +410,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
                                 "fingerprint": c.fingerprint()} for c in cands})
     generation = cfg.generation(base_model)
-    state = {**_prepare_output(cfg, generation, model_info), "options": option_values(cfg)}
+    state = {**_prepare_output(cfg, generation, model_info), **record}
     out = Path(cfg.output)
 
     # Scores made with other scorer weights are dropped (rescored), never mixed with new ones.
@@ -382,13 +427,14 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
         if c.family and c.family != family:
             raise UserError(f"candidate {c.name} is an {c.family} UNet (trained from '{c.base_model}') but --model "
                             f"'{base_model}' is an {family} pipeline; pass its base model or leave --model out")
+    _check_unets_fit(cands, base_model)
     for c in cands:
         if c.base_model and c.base_model != base_model:
             print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model "
                   f"'{base_model}'", file=sys.stderr)
 
     if state.get("overwrite"):
-        shutil.rmtree(out)
+        _output_folder(out).clear()  # what mapo-eval wrote; anything else in the folder is left alone
     out.mkdir(parents=True, exist_ok=True)
     for m, scorer in scorers.items():
         state["scorers"][m] = {"options": scorer_ids[m], "higher_is_better": scorer.higher_is_better,

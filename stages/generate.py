@@ -14,6 +14,7 @@ from pipeline.images import IMAGE_FORMATS, encode_image
 from pipeline.models import (
     DEFAULT_MODEL,
     check_model_available,
+    default_resolution,
     dtype_name,
     load_pipeline,
     resolve_device,
@@ -32,7 +33,7 @@ from pipeline.options import (
     model_option,
     num_inference_steps_option,
     option,
-    option_values,
+    options_record,
     overwrite_option,
     prompt_column_option,
     prompt_split_option,
@@ -64,7 +65,7 @@ class GenerateConfig:
     device: str = device_option()
     num_inference_steps: int = num_inference_steps_option(30)
     guidance_scale: float = guidance_scale_option(5.0)
-    resolution: int = resolution_option(1024)
+    resolution: int | None = resolution_option()  # None: pipeline.models.default_resolution(model)
     seed: int = seed_option("Global seed; each image's seed derives from (seed, prompt id, image index).")
     shard_size: int = option(100, help="Pairs per Parquet shard.", check=at_least(1), panel=PANEL_IO)
     batch_size: int = option(4, help="Pairs per pipeline call.", check=at_least(1), panel=PANEL_RUN)
@@ -222,6 +223,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     Raises:
         UserError: bad options or prompts, an output folder of another configuration, a missing model.
     """
+    record = options_record(cfg)  # as given, before validate() fills anything in
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
@@ -229,9 +231,11 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                               keep_duplicates=cfg.keep_duplicates, limit=cfg.limit)
     device = resolve_device(accelerator_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.resolution is None:
+        cfg.resolution = default_resolution(cfg.model)
     ranges = shard_ranges(len(prompt_set.prompts), cfg.shard_size)
     identity = _identity(cfg, prompt_set.fingerprint(), dtype_name(dtype))
-    config = {**asdict(cfg), "options": option_values(cfg), "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
+    config = {**asdict(cfg), **record, "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
               "dropped_empty_prompts": prompt_set.dropped_empty, "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import

@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
-from pipeline.options import at_least, option
+from pipeline.options import at_least, check_options, option
 from pipeline.shards import read_manifest
 
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
@@ -30,7 +30,8 @@ class InspectConfig:
     seed: int = option(0, help="Sampling seed for the HTML page.")
 
     def validate(self) -> "InspectConfig":
-        """Raises UserError when --html names a folder (checked before the summary is printed)."""
+        """The declared checks; raises UserError when --html names a folder (before the summary is printed)."""
+        check_options(self)
         if self.html:
             check_html_target(self.html)
         return self

@@ -26,7 +26,7 @@ from pipeline.options import (
     check_options,
     device_option,
     option,
-    option_values,
+    options_record,
     overwrite_option,
     split_option,
 )
@@ -335,6 +335,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
 
     from .card import write_card
 
+    record = options_record(cfg)  # as given, before the input's style text is filled in
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
@@ -346,7 +347,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     labeler = build_labeler(cfg.labeler, device=str(device))
     identity = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
                 **labeler.describe(), "batch_size": cfg.labeler.batch_size}
-    config = {**asdict(cfg), "options": option_values(cfg), "input_kind": source.kind, "input_files": [f.name for f in source.files],
+    config = {**asdict(cfg), **record, "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}
     # A test split's pairs are written as test-*, never as train data.
     out = ShardedOutput(cfg.output, STAGE, identity, len(source.files), config, split=source.split)

@@ -38,6 +38,7 @@ from pipeline.latent_shards import (
 from pipeline.models import (
     DEFAULT_MODEL,
     check_model_available,
+    default_resolution,
     dtype_name,
     load_pipeline,
     resolve_device,
@@ -55,7 +56,7 @@ from pipeline.options import (
     model_option,
     multiple_of_8,
     option,
-    option_values,
+    options_record,
     overwrite_option,
     split_option,
     vae_option,
@@ -87,8 +88,9 @@ class PrecomputeConfig:
     vae_dtype: str = option("fp32", choices=DTYPES, panel=PANEL_MODEL, help=(
         "VAE precision (SDXL's own VAE overflows in fp16; fp16 is fine with an fp16-fix --vae)."))
     device: str = device_option()
-    resolution: int = option(1024, check=multiple_of_8, panel=PANEL_PREP,
-                             help="Training resolution: short side resized to it, then a square crop.")
+    resolution: int | None = option(None, check=multiple_of_8, panel=PANEL_PREP, help=(
+        "Training resolution: short side resized to it, then a square crop; default: the model's own "
+        "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     crop: str = option("center", choices=CROPS, panel=PANEL_PREP, help="center, or random (seeded per pair from --seed).")
     seed: int = option(0, panel=PANEL_PREP, help="Seed for --crop random.")
     flip: str = option("none", choices=FLIPS, panel=PANEL_PREP,
@@ -446,17 +448,20 @@ def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype) -> dict:
 
 def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     """Precompute all pending shards of ``cfg.output`` that belong to this process."""
+    record = options_record(cfg)
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
     split, files = input_split(cfg.input, cfg.split)
     check_output_apart(cfg.output, files)
     source = _check_columns(files)
+    if cfg.resolution is None:
+        cfg.resolution = default_resolution(cfg.model)
     device = resolve_device(accelerator_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     vae_dtype = resolve_dtype(cfg.vae_dtype, device)
     identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype), split)
-    out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), "options": option_values(cfg),
+    out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), **record,
                                                                           "input_files": source["files"]})
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing

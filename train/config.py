@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pipeline.errors import UserError
 from pipeline.options import at_least, check_options, model_option, option, positive
 from pipeline.prompt_prefixes import STYLE_TEXTS
-from pipeline.training_output import TRAINING_CONFIG as CONFIG_FILE  # noqa: F401  (the trainer writes it)
 
 OBJECTIVES = ("mapo", "dpo", "sft")
 MIXED_PRECISION = ("no", "fp16", "bf16")

@@ -49,7 +49,7 @@ def claim_run_folder(out: Path, cfg, resume: Path | None) -> None:
     if resume is not None:
         return
     folder = run_folder(out)
-    folder.refuse_foreign(overwrite=True)  # a file named like the folder, or a folder of someone else's files
+    folder.refuse_foreign()  # a file named like the folder, or a folder of someone else's files
     present = folder.present()
     if not present:
         return

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.options import options_record
 from pipeline.progress import progress_bar
 from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 
@@ -44,7 +45,12 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        self.record = options_record(cfg)  # as given: --config <this run> fills defaults in again
         self.cfg = cfg.validate()
+        if cfg.model is None:  # the model the latents were made with
+            from pipeline.latent_shards import latents_model
+
+            cfg.model = latents_model(cfg.data)
         self.out = Path(cfg.output_dir)
         self.accelerator = None
         self._signal = None
@@ -246,6 +252,7 @@ class Trainer:
             # What the latents are (precompute's identity fingerprint); the path may move, this may not.
             "data_fingerprint": self.data.dataset.manifest.get("fingerprint") or str(Path(self.cfg.data).resolve()),
             "latents": {k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")},
+            **self.record,
         }
 
     def _data_info(self) -> dict:
@@ -504,10 +511,6 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     Raises:
         UserError: bad data, a mismatched model or output folder, a run with no successful step.
     """
-    if cfg.model is None:
-        from pipeline.latent_shards import latents_model
-
-        cfg.model = latents_model(cfg.data)
     trainer = Trainer(cfg)
     try:
         trainer.setup()

@@ -314,6 +314,8 @@ CASES = [
     Case("eval-world-metric-at-1024", "option value", "eval", lambda c: evl(c, "--resolution", "1024"),
          "pass --resolution 64"),
     # -- --config YAML -------------------------------------------------------------------------------
+    Case("generate-config-null-value", "config file", "data",
+         lambda c: gen(c, "--config", c.yaml("shard_size: null\n")), "--shard-size needs a value"),
     Case("generate-config-unknown-key", "config file", "data",
          lambda c: gen(c, "--config", c.yaml("num_inference_step: 2\n")), "has unknown keys: num_inference_step",
          fix=lambda c, args: (c.yaml("num_inference_steps: 1\n"), args)[1]),
@@ -363,7 +365,7 @@ CASES = [
     Case("train-on-label-output", "wrong stage", "train", lambda c: trn(c, data=c.s.labeled),
          "run `mapo-data precompute"),
     Case("train-on-generate-output", "wrong stage", "train", lambda c: trn(c, data=c.s.pairs),
-         "is not a latent folder"),
+         "label it first"),
     Case("eval-candidate-is-latents", "wrong stage", "eval", lambda c: evl(c, "--candidate", c.s.latents),
          "not a mapo-train output"),
     Case("inspect-not-an-output", "wrong stage", "data",
@@ -406,6 +408,10 @@ CASES = [
     # -- mapo-eval: candidates and models that do not fit -------------------------------------------
     Case("eval-sd15-base-sdxl-candidate", "model mismatch", "eval",
          lambda c: evl(c, "--candidate", c.s.run, model="tiny-sd15"), "is an sdxl UNet",
+         fix=_without("--model")),
+    # Same family, other widths (tiny-sdxl's UNet in shapes-sdxl's pipeline): refused before any image.
+    Case("eval-sdxl-base-other-sdxl-candidate", "model mismatch", "eval",
+         lambda c: evl(c, "--candidate", c.s.run, model="shapes-sdxl"), "does not fit --model 'shapes-sdxl'",
          fix=_without("--model")),
     # -- mapo-train: data, model and resume that do not fit -----------------------------------------
     Case("train-sd15-on-sdxl-latents", "model mismatch", "train", lambda c: trn(c, "--model", "tiny-sd15"),

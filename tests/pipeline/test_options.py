@@ -242,7 +242,7 @@ def test_an_output_folder_repeats_its_options(tmp_path):
     other = run_cli(data_app, ["generate", "--config", tmp_path / "out" / "manifest.json", "--seed", "8"])
     assert other.exit_code == 2 and "differs in: seed" in other.output  # the command line wins
     wrong = run_cli(data_app, ["precompute", "--config", tmp_path / "out"])
-    assert wrong.exit_code == 2 and "records a mapo-data generate output's options" in wrong.output
+    assert wrong.exit_code == 2 and "records the options of GenerateConfig, not of this command (PrecomputeConfig)" in wrong.output
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli(data_app, ["generate", "--config", empty])

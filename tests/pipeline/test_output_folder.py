@@ -18,13 +18,14 @@ def test_foreign_folders_are_never_cleared(tmp_path):
     folder.root.mkdir()
     folder.refuse_foreign()  # empty: fine
     (folder.root / "data").mkdir()
+    folder.refuse_foreign()  # an empty owned folder (a first attempt killed before its marker): fine
+    (folder.root / "data" / "x.parquet").write_bytes(b"a user's shard")
     (folder.root / "README.md").write_text("a user's dataset card")
     with pytest.raises(UserError, match="is not empty and is not a mapo-data output"):
-        folder.refuse_foreign()  # only owned names, but no marker: maybe a user's dataset
-    folder.refuse_foreign(overwrite=True)  # with --overwrite: a killed first attempt of ours may be cleared
+        folder.refuse_foreign()  # only owned names, but no marker: maybe a user's dataset; never cleared
+    (folder.root / "manifest.json").write_text("{}")  # ours: --overwrite clears only what we own
     (folder.root / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="not a mapo-data output"):
-        folder.refuse_foreign(overwrite=True)  # something we do not own: never
+    folder.refuse_foreign()
     folder.clear()
     assert sorted(p.name for p in folder.root.iterdir()) == ["notes.txt"]
 
@@ -33,7 +34,7 @@ def test_a_file_where_the_folder_should_be(tmp_path):
     folder = _folder(tmp_path)
     folder.root.write_text("x")
     with pytest.raises(UserError, match="exists and is not a folder"):
-        folder.refuse_foreign(overwrite=True)
+        folder.refuse_foreign()
 
 
 def test_differences_are_named(tmp_path):

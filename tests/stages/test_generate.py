@@ -199,3 +199,18 @@ def test_help_lists_stage_options():
     assert result.exit_code == 0
     for opt in ("--recipe", "--style", "--batch-size", "--shard-size", "--image-format", "--overwrite", "--vae"):
         assert opt in result.output
+
+
+def test_resolution_defaults_to_the_models_own(tmp_path):
+    """No --resolution: the model's own size as diffusers defaults it (sample_size x VAE factor: 64 here)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.models import default_resolution
+
+    assert default_resolution("tiny-sdxl") == 64 and default_resolution("sdxl-arch") == 1024
+    prompts = write_prompts(tmp_path / "p.txt", ["a cat"])
+    result = run_cli(app, ["generate", "--prompts", prompts, "--output", tmp_path / "out", "--model", "tiny-sdxl",
+                           "--num-inference-steps", "1"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(next((tmp_path / "out" / "data").glob("*.parquet")), columns=["width", "height"])
+    assert table.column("width").to_pylist() == [64] and table.column("height").to_pylist() == [64]

@@ -338,10 +338,13 @@ def _cli_parameter(d: Declared) -> inspect.Parameter:
     help_text = d.spec.help + (" (required)" if d.spec.required or d.default is MISSING else "")
     if d.spec.choices is not None and not all(str(c) in help_text for c in d.spec.choices):
         help_text += f" One of: {', '.join(map(str, d.spec.choices))}."
+    flags = d.spec.flags
+    if not flags and d.base is bool and default is False:
+        flags = (d.flag,)  # an off-by-default switch: --x alone (as argparse's store_true), no --no-x
     if d.spec.argument:
         info = typer.Argument(default, help=help_text, show_default=default is not None)
     else:
-        info = typer.Option(default, *d.spec.flags, help=help_text, rich_help_panel=d.spec.panel, hidden=d.spec.hidden,
+        info = typer.Option(default, *flags, help=help_text, rich_help_panel=d.spec.panel, hidden=d.spec.hidden,
                             show_default=default is not None and default != "" and not d.spec.required)
     return inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 

@@ -16,6 +16,8 @@ def evaluate(cfg: EvalConfig):
     from .evaluate import run_evaluate
 
     result = run_evaluate(cfg)
+    # World judges have no weights; safety stays NudeNet's real detector (pipeline.scorers.tiny_scorer_options).
+    tiny = [m for m in cfg.metrics if cfg.scorers.tiny and not m.startswith("world-") and m != "safety"]
     for metric, m in result.summary["metrics"].items():
         line = ", ".join(f"{name} {pm['estimate']:.3f}" for name, pm in m["per_model"].items())
         wins = ", ".join(f"{name} {w['rate']:.2f}" for name, w in m["win_rate_vs_base"].items())
@@ -23,6 +25,8 @@ def evaluate(cfg: EvalConfig):
     typer.echo(
         f"eval: {result.images_generated} images generated, {result.scores_computed} scores computed "
         f"in {result.seconds:.1f}s -> report: {result.report}"
+        + (f"; {', '.join(tiny)} scored with TINY RANDOM WEIGHTS (--tiny-scorers): those numbers measure nothing"
+           if tiny else "")
     )
 
 

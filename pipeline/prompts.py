@@ -117,7 +117,8 @@ def load_prompts(
         if path.is_dir():
             raise UserError(f"Prompt source '{source}' is a folder; pass a file ({', '.join(FILE_SUFFIXES)}).")
         raw = _read_file(path, column)
-    elif path.suffix.lower() in FILE_SUFFIXES or "/" not in source:
+    elif (path.suffix.lower() in FILE_SUFFIXES or "/" not in source or source.startswith(("/", ".", "~"))
+          or source.count("/") > 1):  # a hub dataset id is "org/name"; anything else is a path
         raise UserError(f"Prompt file '{source}' does not exist.")
     else:
         raw = _read_dataset(source, split, column)

@@ -59,3 +59,10 @@ def test_unknown_dataset_is_one_line(monkeypatch):
     with pytest.raises(UserError, match="Could not load dataset 'no-org/no-dataset'") as err:
         load_prompts("no-org/no-dataset")
     assert "\n" not in str(err.value)
+
+
+def test_a_missing_path_is_not_looked_up_as_a_dataset(tmp_path):
+    """Only "org/name" is a hub dataset id; a missing absolute or relative path says the file is missing."""
+    for source in (str(tmp_path / "prompts"), "./prompts", "data/sub/prompts"):
+        with pytest.raises(UserError, match="does not exist"):
+            load_prompts(source)

@@ -11,7 +11,7 @@ import os
 import string
 from pathlib import Path
 
-TEMPLATES = {"style": "pick_style.md", "safety": "pick_safety.md"}
+TEMPLATES = {"style": "pick_style.md", "safety": "pick_safety.md", "reward": "pick_reward.md"}
 # The generation settings worth reading in a card (the full config is in the input manifest).
 GENERATION_KEYS = ("model", "vae", "recipe", "num_inference_steps", "guidance_scale", "resolution", "seed",
                    "image_format", "dtype", "batch_invariant")
@@ -91,6 +91,8 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int, 
         "pairs_in": int(totals.get("pairs_in", 0)), "kept": kept, "rejected": int(totals.get("rejected", 0)),
         "disagreements": int(totals.get("disagreements", 0)), "balance": balance, "drop_table": drop_table,
     }
+    if hasattr(labeler, "card_values"):  # the reward target: judges, scales, rule, gap distribution
+        values.update(labeler.card_values(totals))
     path = root / "README.md"
     tmp = path.with_name(f".README.md.tmp-{os.getpid()}")
     tmp.write_text(render_card(cfg.labeler.target, values))

@@ -156,12 +156,14 @@ class RewardLabeler:
         import pyarrow as pa
 
         k = candidate_count(batch.column_names)
+        # Decoded from the cells as stored, so an image struct's unreadable file is named in the reject's detail.
+        decoded = _decode_all([cell for r in batch.select([f"jpg_{i}" for i in range(k)]).to_pylist() for cell in r.values()],
+                              base_dir)
         for i in range(k):  # image structs -> plain bytes (Pick-a-Pic's and the MaPO loaders' layout)
             c = f"jpg_{i}"
             batch = batch.set_column(batch.column_names.index(c), c, image_column_bytes(batch[c], base_dir))
         captions = batch["caption"].to_pylist()
         cells = [batch[f"jpg_{i}"].to_pylist() for i in range(k)]
-        decoded = _decode_all([cells[i][r] for r in range(batch.num_rows) for i in range(k)], base_dir)
         good = [(r, i) for r in range(batch.num_rows) for i in range(k) if not isinstance(decoded[r * k + i], Exception)]
         raw = self.raw_scores([decoded[r * k + i] for r, i in good], [captions[r] or "" for r, _ in good])
         rewards = self.rewards(raw) if good else []

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: install test demo bench fidelity world-model clean
+.PHONY: install test demo bench fidelity reward-demo world-model clean
 
 install: $(STAMP)
 
@@ -32,10 +32,15 @@ bench: $(STAMP)
 fidelity: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/fidelity.py fidelity-output
 
+# General preference data without Pick-a-Pic, in the miniature world: best-of-4 candidates, reward labels
+# (world-prompt), MaPO, eval against the base; a benchmark, not a test; report in reward-demo-output/report.md.
+reward-demo: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/reward_demo.py reward-demo-output
+
 # Rebuild the miniature world's committed base model (pipeline/world/shapes-sdxl) from scratch:
 # seeded (the same result up to float rounding across machines), about 66 minutes on 2 CPU cores (settings and timings land in build.json).
 world-model: $(STAMP)
 	$(PY) -m pipeline.world.pretrain --output pipeline/world/shapes-sdxl
 
 clean:
-	rm -rf $(VENV) demo-output bench-output fidelity-output
+	rm -rf $(VENV) demo-output bench-output fidelity-output reward-demo-output

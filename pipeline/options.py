@@ -25,6 +25,7 @@ from .errors import UserError
 from .models import DTYPES
 
 _META = "option"
+_PREFIX = "option_prefix"  # metadata of a nested config field: a prefix for every option it contributes
 Check = Callable[[Any], Optional[str]]  # value -> None when fine, else what is wrong ("must be > 0")
 
 
@@ -48,6 +49,21 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
     """A dataclass field declared as a command-line option (see :class:`OptionSpec` for ``spec``)."""
     return dataclasses.field(default=default, default_factory=default_factory,
                              metadata={_META: OptionSpec(help=help, **spec)})
+
+
+def nested(cls: type, prefix: str) -> Any:
+    """A nested config field whose options all get ``prefix`` (``reward_``: ``--pickscore-model`` becomes
+    ``--reward-pickscore-model``, explicit flags included). For an option group declared once that a
+    command needs beside options of the same names (label's ``--clip-model`` for ``--verify`` and the
+    reward judges' ``--reward-clip-model``)."""
+    return dataclasses.field(default_factory=cls, metadata={_PREFIX: prefix})
+
+
+def _prefixed_flags(flags: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+    """``("--tiny-scorers",)`` -> ``("--reward-tiny-scorers",)``; both halves of ``--a/--no-a`` are prefixed."""
+    dashed = prefix.replace("_", "-")
+    return tuple("/".join("--" + dashed + part[2:] if part.startswith("--") else part for part in flag.split("/"))
+                 for flag in flags)
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -106,8 +122,10 @@ def _unwrap(hint) -> tuple[type, bool, bool]:
     return hint, optional, False
 
 
-def declared_options(cls: type, _path: tuple[str, ...] = ()) -> list[Declared]:
+def declared_options(cls: type, _path: tuple[str, ...] = (), _prefix: str = "") -> list[Declared]:
     """The options of a config class, nested dataclasses flattened, in declaration order.
+
+    A nested field made with :func:`nested` prefixes the names (and explicit flags) of its options.
 
     Raises:
         TypeError: two fields would give the same option name (a programming error).
@@ -117,11 +135,13 @@ def declared_options(cls: type, _path: tuple[str, ...] = ()) -> list[Declared]:
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            out.extend(declared_options(hint, _path + (f.name,)))
+            out.extend(declared_options(hint, _path + (f.name,), _prefix + f.metadata.get(_PREFIX, "")))
             continue
         spec = f.metadata.get(_META)
         if spec is None:
             continue
+        if _prefix and spec.flags:
+            spec = dataclasses.replace(spec, flags=_prefixed_flags(spec.flags, _prefix))
         base, optional, is_list = _unwrap(hint)
         if f.default is not MISSING:
             default = f.default
@@ -129,7 +149,7 @@ def declared_options(cls: type, _path: tuple[str, ...] = ()) -> list[Declared]:
             default = f.default_factory()
         else:
             default = MISSING
-        out.append(Declared(spec.name or f.name, _path + (f.name,), spec, base, optional, is_list, default))
+        out.append(Declared(_prefix + (spec.name or f.name), _path + (f.name,), spec, base, optional, is_list, default))
     if not _path:
         names = [d.name for d in out]
         clashes = sorted({n for n in names if names.count(n) > 1})

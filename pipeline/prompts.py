@@ -1,4 +1,11 @@
-"""Prompt sources: text, JSONL, CSV, Parquet files or a ``datasets`` dataset -> stable-id prompts."""
+"""Prompt sources: text, JSONL, CSV, Parquet files, a folder of Parquet shards or a ``datasets`` dataset
+-> stable-id prompts.
+
+A folder is read as ``datasets.load_dataset`` reads it (:func:`pipeline.shards.input_split`): a
+snapshot of the hub's ``yuvalkirstain/pickapic_v2_no_images`` (``data/train-00000-of-000NN-<hash>.parquet``
+plus validation and test splits) gives the caption column of its ``--prompt-split``. Only that
+column is read from each Parquet file, so a Pick-a-Pic snapshot WITH images reads no image bytes.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -72,21 +79,44 @@ def _read_file(path: Path, column: str | None) -> list:
             return []
         col = _pick_column(sorted({k for r in rows for k in r}), column, str(path))
         return [r.get(col) for r in rows]
-    if suffix in (".csv", ".parquet"):
+    if suffix == ".parquet":
+        return _read_parquet_column(path, column)
+    if suffix == ".csv":
         import io
 
         import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
 
         # A CSV is text like any other prompt file: decoded here (BOM, UTF-16), handed to pyarrow as UTF-8.
-        source = io.BytesIO(read_text(path, "prompt file").encode("utf-8")) if suffix == ".csv" else None
+        source = io.BytesIO(read_text(path, "prompt file").encode("utf-8"))
         try:
-            table = pacsv.read_csv(source) if suffix == ".csv" else pq.read_table(path)
+            table = pacsv.read_csv(source)
         except Exception as exc:  # pyarrow raises several error types for malformed files
             raise UserError(f"Could not read {path}: {str(exc).splitlines()[0]}") from None
         col = _pick_column(table.column_names, column, str(path))
         return table.column(col).to_pylist()
     raise UserError(f"Unsupported prompt file '{path}': use one of {', '.join(FILE_SUFFIXES)} or a dataset name.")
+
+
+def _read_parquet_column(path: Path, column: str | None) -> list:
+    """The prompt column of one Parquet file, read alone (a Pick-a-Pic shard's images stay on disk)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+        col = _pick_column(names, column, str(path))
+        return pq.read_table(path, columns=[col]).column(col).to_pylist()
+    except UserError:
+        raise
+    except Exception as exc:  # pyarrow raises several error types for malformed files
+        raise UserError(f"Could not read {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _read_folder(path: Path, split: str, column: str | None) -> list:
+    """The prompt column of a folder's ``split`` (a folder of one split: all of it), file by file in order."""
+    from .shards import input_split
+
+    _, files = input_split(path, split)
+    return [value for f in files for value in _read_parquet_column(f, column)]
 
 
 def _read_dataset(name: str, split: str, column: str | None) -> list:
@@ -111,12 +141,18 @@ def load_prompts(
     keep_duplicates: bool = False,
     limit: int | None = None,
 ) -> PromptSet:
-    """Read prompts, dropping empty ones and (unless asked) duplicates, keeping first-seen order."""
+    """Read prompts, dropping empty ones and (unless asked) duplicates, keeping first-seen order.
+
+    ``source``: a file (.txt, .jsonl, .csv, .parquet), a folder of Parquet shards (its ``split``, found
+    as ``datasets`` finds splits), or a ``datasets`` name (its ``split``). ``column`` names the prompt
+    column (default ``caption``, else ``prompt``).
+
+    Raises:
+        UserError: a missing or unreadable source, a missing column or split, no usable prompt.
+    """
     path = Path(source).expanduser()
     if path.exists():
-        if path.is_dir():
-            raise UserError(f"Prompt source '{source}' is a folder; pass a file ({', '.join(FILE_SUFFIXES)}).")
-        raw = _read_file(path, column)
+        raw = _read_folder(path, split, column) if path.is_dir() else _read_file(path, column)
     elif (path.suffix.lower() in FILE_SUFFIXES or "/" not in source or source.startswith(("/", ".", "~"))
           or source.count("/") > 1):  # a hub dataset id is "org/name"; anything else is a path
         raise UserError(f"Prompt file '{source}' does not exist.")

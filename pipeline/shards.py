@@ -188,10 +188,12 @@ class ShardedOutput:
                     if any(p.name.startswith(f".{n}.") for n in names):
                         p.unlink(missing_ok=True)
 
-    def write_shard(self, k: int, tables: dict, stats: dict, compression: str = "zstd") -> None:
+    def write_shard(self, k: int, tables: dict, stats: dict, compression: str = "zstd",
+                    row_group_size: int | None = None) -> None:
         """Write shard k: ``tables`` maps subdir -> pyarrow Table and must include ``data``.
 
-        Pass ``compression="none"`` for already-compressed payloads (PNG/JPEG bytes).
+        Pass ``compression="none"`` for already-compressed payloads (PNG/JPEG bytes), and a
+        ``row_group_size`` (rows) where readers should hold only part of a large shard at a time.
         """
         import pyarrow.parquet as pq
 
@@ -207,7 +209,8 @@ class ShardedOutput:
                 # ("BatchSize must be greater than 0") but skip a file with none.
                 pq.ParquetWriter(tmp, table.schema).close()
             else:
-                pq.write_table(table, tmp, compression=compression if sub == DATA_DIR else "zstd")
+                pq.write_table(table, tmp, compression=compression if sub == DATA_DIR else "zstd",
+                               row_group_size=row_group_size)
             staged.append((sub, tmp, final))
         write_json_atomic(self.stats_path(k), stats)
         # The data file is renamed last: its presence is the completion marker.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_text_atomic
 
-TEMPLATES = {"style": "pick_style.md", "safety": "pick_safety.md"}
+TEMPLATES = {"style": "pick_style.md", "safety": "pick_safety.md", "reward": "pick_reward.md"}
 # The generation settings worth reading in a card (the full config is in the input manifest).
 GENERATION_KEYS = ("model", "vae", "recipe", "num_inference_steps", "guidance_scale", "resolution", "seed",
                    "image_format", "dtype", "batch_invariant")
@@ -92,6 +92,8 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int, 
         "pairs_in": int(totals.get("pairs_in", 0)), "kept": kept, "rejected": int(totals.get("rejected", 0)),
         "disagreements": int(totals.get("disagreements", 0)), "balance": balance, "drop_table": drop_table,
     }
+    if hasattr(labeler, "card_values"):  # the reward target: judges, scales, rule, gap distribution
+        values.update(labeler.card_values(totals))
     path = root / "README.md"
     write_text_atomic(path, render_card(cfg.labeler.target, values))
     return path

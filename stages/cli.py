@@ -30,10 +30,12 @@ def generate(cfg: GenerateConfig):
 
     result = run_generate(cfg)
     where = f" process {result.process[0]}/{result.process[1]}:" if result.process[1] > 1 else ""
+    k = cfg.recipe.images_per_prompt
+    made = f"{result.pairs_written} pairs" if k == 2 else f"{result.pairs_written} prompts x {k} candidates"
     dropped = [f"{n} {what} prompt{'s' if n > 1 else ''}" for n, what in
                ((result.dropped_empty, "blank"), (result.dropped_duplicates, "duplicate")) if n]
     typer.echo(
-        f"generate:{where} {result.pairs_written} pairs in {result.shards_written} shards "
+        f"generate:{where} {made} in {result.shards_written} shards "
         f"({result.shards_skipped} already done) -> {result.output} | {result.seconds:.1f}s total, "
         f"{result.pairs_per_second:.2f} pairs/s, {100 * result.outside_pipeline_share:.0f}% of generation time "
         "outside the pipeline call" + (f"; {' and '.join(dropped)} dropped" if dropped else "")

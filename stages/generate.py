@@ -3,6 +3,11 @@
 Shard k holds pairs for prompts [k*shard_size, (k+1)*shard_size); each image's seed is derived
 from (seed, prompt id, image index), so the bytes of shard k do not depend on which process
 makes it, on the batch size (in batch-invariant mode) or on whether the run was resumed.
+
+One row per prompt: ``jpg_0``, ``jpg_1`` (a pair), or ``jpg_0`` ... ``jpg_{K-1}`` with
+``--recipe seeds --images-per-prompt K`` (best-of-N candidates; ``prompt_i``, ``negative_prompt_i``,
+``seed_i`` likewise). A prompt's candidates stay in one row and rows are written in row groups of
+:data:`ROW_GROUP_ROWS`, so ``label`` reads a few prompts' candidates at a time, never a whole shard.
 """
 from __future__ import annotations
 
@@ -46,9 +51,12 @@ from pipeline.seeds import derive_seed, initial_noise
 from pipeline.shards import ShardedOutput, shard_ranges
 from pipeline.stage_runner import ShardedStage, run_sharded
 
-from .recipes import RecipeConfig, pair_caption, pair_requests
+from .recipes import RecipeConfig, image_requests, pair_caption
 
 STAGE = "generate"
+# Rows (prompts) per Parquet row group: readers hold one row group's images at a time (1024 px PNGs
+# are ~1.5 MB each; 16 rows of 8 candidates ~ 200 MB).
+ROW_GROUP_ROWS = 16
 
 
 @dataclass
@@ -68,7 +76,8 @@ class GenerateConfig:
     resolution: int | None = resolution_option()  # None: pipeline.models.default_resolution(model)
     seed: int = seed_option("Global seed; each image's seed derives from (seed, prompt id, image index).")
     shard_size: int = option(100, help="Pairs per Parquet shard.", check=at_least(1), panel=PANEL_IO)
-    batch_size: int = option(4, help="Pairs per pipeline call.", check=at_least(1), panel=PANEL_RUN)
+    batch_size: int = option(4, help="Prompts per pipeline call (each gives its pair or --images-per-prompt images).",
+                             check=at_least(1), panel=PANEL_RUN)
     image_format: str = option("png", help="png (lossless), jpeg or webp.", choices=IMAGE_FORMATS, panel=PANEL_IO)
     quality: int = option(95, help="JPEG/WebP quality.", check=between(1, 100), panel=PANEL_IO)
     prompt_column: str | None = prompt_column_option()
@@ -135,21 +144,19 @@ def _identity(cfg: GenerateConfig, prompt_fp: str, dtype: str) -> dict:
     return ident
 
 
-def _pair_schema():
+def _pair_schema(images: int = 2):
+    """One row per prompt with ``images`` per-image columns of each kind (2: the Pick-a-Pic pair layout)."""
     import pyarrow as pa
 
+    each = range(images)
     return pa.schema([
         ("pair_id", pa.string()),
         ("prompt_id", pa.string()),
         ("caption", pa.string()),
-        ("jpg_0", pa.binary()),
-        ("jpg_1", pa.binary()),
-        ("prompt_0", pa.string()),
-        ("prompt_1", pa.string()),
-        ("negative_prompt_0", pa.string()),
-        ("negative_prompt_1", pa.string()),
-        ("seed_0", pa.int64()),
-        ("seed_1", pa.int64()),
+        *[(f"jpg_{i}", pa.binary()) for i in each],
+        *[(f"prompt_{i}", pa.string()) for i in each],
+        *[(f"negative_prompt_{i}", pa.string()) for i in each],
+        *[(f"seed_{i}", pa.int64()) for i in each],
         ("intended_chosen", pa.int64()),
         ("recipe", pa.string()),
         ("style", pa.string()),
@@ -192,26 +199,25 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
 
 
 def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, recipe: RecipeConfig, shard_t0: float) -> dict:
-    """Assemble shard k's rows once its images are encoded, and write it atomically; returns its counters."""
+    """Assemble shard k's rows (one per prompt) once its images are encoded, and write it atomically; returns its counters."""
     import pyarrow as pa
 
     from pipeline.hf_features import with_hf_features
 
+    n = recipe.images_per_prompt
     rows = []
     for batch, requests, seeds, blobs in batches:
         encoded = blobs.result()
         for j, p in enumerate(batch):
-            r0, r1 = requests[2 * j], requests[2 * j + 1]
-            rows.append({
-                "pair_id": f"{p.id}-{shared['recipe']}", "prompt_id": p.id, "caption": pair_caption(recipe, p.text),
-                "jpg_0": encoded[2 * j], "jpg_1": encoded[2 * j + 1],
-                "prompt_0": r0.prompt, "prompt_1": r1.prompt,
-                "negative_prompt_0": r0.negative_prompt, "negative_prompt_1": r1.negative_prompt,
-                "seed_0": seeds[2 * j], "seed_1": seeds[2 * j + 1], **shared,
-            })
-    table = with_hf_features(pa.Table.from_pylist(rows, schema=_pair_schema()))
-    stats = {"pairs": table.num_rows, "images": 2 * table.num_rows, "seconds": time.perf_counter() - shard_t0}
-    out.write_shard(k, {"data": table}, stats, compression="none")
+            mine = range(n * j, n * (j + 1))  # this prompt's images in the batch, in image order
+            row = {"pair_id": f"{p.id}-{shared['recipe']}", "prompt_id": p.id, "caption": pair_caption(recipe, p.text)}
+            for i, at in enumerate(mine):
+                row.update({f"jpg_{i}": encoded[at], f"prompt_{i}": requests[at].prompt,
+                            f"negative_prompt_{i}": requests[at].negative_prompt, f"seed_{i}": seeds[at]})
+            rows.append({**row, **shared})
+    table = with_hf_features(pa.Table.from_pylist(rows, schema=_pair_schema(n)))
+    stats = {"pairs": table.num_rows, "images": n * table.num_rows, "seconds": time.perf_counter() - shard_t0}
+    out.write_shard(k, {"data": table}, stats, compression="none", row_group_size=ROW_GROUP_ROWS)
     return stats
 
 
@@ -287,7 +293,7 @@ class _GenerateShards:
         items = [self.prompt_set.prompts[i] for i in self.ranges[k]]
         for b in range(0, len(items), cfg.batch_size):
             batch = items[b : b + cfg.batch_size]
-            pairs = [(p, req) for p in batch for req in pair_requests(cfg.recipe, p.text)]
+            pairs = [(p, req) for p in batch for req in image_requests(cfg.recipe, p.text)]
             requests = [req for _, req in pairs]
             seeds = [derive_seed(cfg.seed, p.id, req.seed_index) for p, req in pairs]
             t0 = time.perf_counter()

@@ -16,6 +16,11 @@ from pipeline.options import at_least, check_options, option
 from pipeline.shards import read_manifest
 
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
+
+
+def _is_image_column(name: str) -> bool:
+    """jpg_0, jpg_1, and a best-of-N generate output's jpg_2 ... jpg_{K-1}."""
+    return name.startswith("jpg_") and name[4:].isdigit()
 HIST_BINS = 10
 HIST_WIDTH = 40
 
@@ -73,7 +78,7 @@ def _scan(files: list[Path]):
 
     if not files:
         return pl.DataFrame()
-    frames = [pl.read_parquet(f, columns=[c for c in pl.read_parquet_schema(f) if c not in IMAGE_COLUMNS]) for f in files]
+    frames = [pl.read_parquet(f, columns=[c for c in pl.read_parquet_schema(f) if not _is_image_column(c)]) for f in files]
     return pl.concat(frames, how="diagonal_relaxed")
 
 

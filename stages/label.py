@@ -1,4 +1,4 @@
-"""``mapo-data label``: image pairs -> Pick-Style / Pick-Safety preference shards.
+"""``mapo-data label``: image pairs -> Pick-Style / Pick-Safety / reward-labelled preference shards.
 
 Input shard k (a ``generate`` output, or any Parquet with the Pick-a-Pic columns) becomes
 output shard k: ``data/`` holds the kept pairs with ``label_0``/``label_1`` (int64, 1/0, never
@@ -7,7 +7,8 @@ a tie), the labeler's scores, name, version and reason, and every input column c
 ``datasets`` Image struct input, ``{bytes, path}``, is written as its plain bytes). The
 shards carry ``datasets`` features and the folder gets a dataset card (README.md) whose
 ``configs`` point at ``data/`` only, so ``load_dataset(output)`` reads it offline and ignores
-``rejects/``.
+``rejects/``. ``--target reward`` (:mod:`stages.reward_label`) also reads rows of K candidates
+(``generate --images-per-prompt K``) and may write several pairs per input row.
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ def open_input(path: str, split: str = SPLIT) -> LabelInput:
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
             raise UserError(f"{f} is not a readable Parquet file ({type(exc).__name__}).") from None
         missing = [c for c in REQUIRED if c not in schema.names]
-        wrong = [c for c in ("jpg_0", "jpg_1") if c in schema.names and not is_image_column(schema.field(c).type)]
+        images = [c for c in schema.names if c == "jpg_0" or c == "jpg_1" or (c.startswith("jpg_") and c[4:].isdigit())]
+        wrong = [c for c in images if not is_image_column(schema.field(c).type)]
         if missing or wrong:
             what = f"lacks column(s) {', '.join(missing)}" if missing else f"has non-binary {', '.join(wrong)}"
             raise UserError(
@@ -133,12 +135,17 @@ def open_input(path: str, split: str = SPLIT) -> LabelInput:
 
 
 # Generation recipes each target can label: style pairs by their style prompt; safety judges
-# safety pairs, or two-seed pairs, by a classifier.
-_RECIPES_FOR_TARGET = {"style": ("style",), "safety": ("safety", "seeds")}
+# safety pairs, or two-seed pairs, by a classifier; reward models judge any images.
+_RECIPES_FOR_TARGET = {"style": ("style",), "safety": ("safety", "seeds"), "reward": ("style", "safety", "seeds")}
 
 
 def _check_recipe_fits_target(source: LabelInput, target: str) -> None:
-    recipe = (source.manifest or {}).get("identity", {}).get("recipe")
+    identity = (source.manifest or {}).get("identity", {})
+    candidates = identity.get("images_per_prompt", 2)
+    if candidates != 2 and target != "reward":
+        raise UserError(f"--target {target} labels pairs; this input has {candidates} candidates per prompt "
+                        "(generate --images-per-prompt): label it with --target reward.")
+    recipe = identity.get("recipe")
     if recipe is not None and recipe not in _RECIPES_FOR_TARGET.get(target, (recipe,)):
         raise UserError(
             f"--target {target} cannot label pairs made with --recipe {recipe} "
@@ -284,6 +291,15 @@ def _shard_stats(kept, rejected, seconds: float) -> dict:
     }
 
 
+def label_batch(batch, labeler, base_dir: Path | None = None):
+    """One batch of input rows -> ``(kept, rejected)`` tables: a pair labeler decides row by row
+    (:func:`label_rows`, :func:`annotate`); a labeler with ``label_table`` (reward) makes the tables itself."""
+    if hasattr(labeler, "label_table"):
+        return labeler.label_table(batch, base_dir)
+    decisions, details = label_rows(batch, labeler, base_dir)
+    return annotate(batch, decisions, details, labeler, base_dir)
+
+
 def label_shard(out: ShardedOutput, k: int, path: Path, labeler, batch_size: int, bar=None) -> dict:
     """Label one input file into output shard k, written atomically; returns its stats."""
     import pyarrow as pa
@@ -294,20 +310,23 @@ def label_shard(out: ShardedOutput, k: int, path: Path, labeler, batch_size: int
     t0 = time.perf_counter()
     pf = pq.ParquetFile(path)
     kept_parts, rejected_parts = [], []
+    rows_in = 0
     batches = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_size))
     for batch in batches:
-        decisions, details = label_rows(batch, labeler, path.parent)
-        kept, rejected = annotate(batch, decisions, details, labeler, path.parent)
+        kept, rejected = label_batch(batch, labeler, path.parent)
         kept_parts.append(kept)
         rejected_parts.append(rejected)
+        rows_in += batch.num_rows
         if bar is not None:
             bar.update(batch.num_rows)
     if not kept_parts:  # an empty input file still gives a (typed, empty) shard
-        kept, rejected = annotate(pf.schema_arrow.empty_table(), [], [], labeler)
+        kept, rejected = label_batch(pf.schema_arrow.empty_table(), labeler)
         kept_parts, rejected_parts = [kept], [rejected]
     kept = with_hf_features(pa.concat_tables(kept_parts).combine_chunks())
     rejected = with_hf_features(pa.concat_tables(rejected_parts).combine_chunks())
     stats = _shard_stats(kept, rejected, time.perf_counter() - t0)
+    if hasattr(labeler, "shard_stats"):
+        stats.update(labeler.shard_stats(kept, rejected, rows_in))
     # Image bytes are already compressed: the data file is stored uncompressed, as generate does.
     out.write_shard(k, {"data": kept, "rejects": rejected}, stats, compression="none")
     return stats
@@ -344,7 +363,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     cfg.labeler = _with_style_text(cfg.labeler, source)
     check_output_apart(cfg.output, source.files)
     device = resolve_device(accelerator_device(cfg.device))
-    labeler = build_labeler(cfg.labeler, device=str(device))
+    labeler = build_labeler(cfg.labeler, device=str(device), source=source)
     identity = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
                 **labeler.describe(), "batch_size": cfg.labeler.batch_size}
     config = {**asdict(cfg), **record, "input_kind": source.kind, "input_files": [f.name for f in source.files],

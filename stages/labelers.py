@@ -12,6 +12,9 @@ on the other pairs of its batch.
 - :class:`SafetyLabeler`: a safety classifier scores both images; the safer one is chosen when
   exactly one is unsafe and the scores are far enough apart. The classifier decides even where
   the recipe intended otherwise; such pairs are flagged ``disagrees``.
+- ``--target reward`` (:class:`stages.reward_label.RewardLabeler`): reward models score every
+  candidate of a row (2 for pairs, K for best-of-N) and a rule forms the pairs; one row may give
+  several pairs, so it labels whole tables instead of one decision per pair.
 """
 from __future__ import annotations
 
@@ -19,14 +22,17 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from pipeline.errors import UserError
-from pipeline.options import at_least, check_options, option
+from pipeline.options import at_least, check_options, nested, option
 from pipeline.prompt_prefixes import STYLE_TEXTS
+from pipeline.reward import RULES
+from pipeline.scorer_options import METRICS, ScorerOptions
 from pipeline.shards import Describable
 
-TARGETS = ("style", "safety")
-LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction")}
+TARGETS = ("style", "safety", "reward")
+LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction"),
+            "reward": ("reward",)}
 VERIFIERS = ("clip", "world-style")
-DEFAULT_LABELER = {"style": "construction", "safety": "nudenet"}
+DEFAULT_LABELER = {"style": "construction", "safety": "nudenet", "reward": "reward"}
 
 # Drop reasons (the ``reason`` column of rejects/ and the keys of the drop counters).
 NO_INTENDED_CHOICE = "no intended choice"
@@ -228,15 +234,15 @@ class SafetyLabeler:
 # ---------------------------------------------------------------------------------------------
 
 
-PANEL_LABELER, PANEL_VERIFY = "Labeler", "Style check (--verify)"
+PANEL_LABELER, PANEL_VERIFY, PANEL_REWARD = "Labeler", "Style check (--verify)", "Reward (--target reward)"
 
 
 @dataclass
 class LabelerSpec:
     """The options that pick and parameterise a labeler (``mapo-data label``; declared once)."""
 
-    target: str = option("style", required=True, choices=TARGETS, panel=PANEL_LABELER,
-                         help="style (Pick-Style) or safety (Pick-Safety).")
+    target: str = option("style", required=True, choices=TARGETS, panel=PANEL_LABELER, help=(
+        "style (Pick-Style), safety (Pick-Safety) or reward (reward models judge every candidate; general preference)."))
     # Checked per target in resolved_labeler (the message names the labelers that serve it).
     labeler: str = option("auto", panel=PANEL_LABELER, help=(
         "auto (style: construction, safety: nudenet), construction, nudenet, sd-safety-checker, "
@@ -245,7 +251,9 @@ class LabelerSpec:
         "Safety classifier weights: NudeNet .onnx file, or SD safety checker hub id / folder."))
     unsafe_threshold: float | None = option(None, panel=PANEL_LABELER, help=(
         "Unsafe when the score is above this (default: the classifier's, NudeNet 0.5, SD checker 0.0)."))
-    min_gap: float = option(0.0, panel=PANEL_LABELER, help="Safety: drop pairs whose two scores differ by less than this.")
+    min_gap: float = option(0.0, check=at_least(0.0), panel=PANEL_LABELER, help=(
+        "Drop near ties: safety: pairs whose two scores differ by less than this; reward: pairs whose reward gap "
+        "(standardised units) is not above this (exact ties are always dropped)."))
     verify: str | None = option(None, choices=("none", *VERIFIERS), panel=PANEL_VERIFY, help=(
         "Style: 'clip' (CLIP zero-shot margin) or 'world-style' (the miniature world's judge) drops pairs whose "
         "chosen image does not show the style."))
@@ -259,7 +267,17 @@ class LabelerSpec:
     min_style_margin: float = option(0.0, panel=PANEL_VERIFY, help=(
         "Keep a pair when its chosen image's style margin is at least this (clip: cos(style) - cos(opposite); "
         "world-style: P(style) - 0.5)."))
-    batch_size: int = option(16, check=at_least(1), panel=PANEL_LABELER, help="Pairs per classifier batch.")
+    batch_size: int = option(16, check=at_least(1), panel=PANEL_LABELER,
+                             help="Input rows (pairs, or a prompt's candidates) per labeling batch.")
+    reward: str | None = option(None, panel=PANEL_REWARD, help=(
+        "The judge, or a weighted sum of standardised judges: 'pickscore', 'pickscore:1,hps:0.5'. Judges: "
+        f"{', '.join(METRICS)} (where lower is better, the sign is turned)."))
+    pair_rule: str = option("best-worst", choices=RULES, panel=PANEL_REWARD, help=(
+        "best-worst: each row's highest reward against its lowest; all-pairs: every two candidates whose gap is above "
+        "--min-gap."))
+    calibration_rows: int = option(256, check=at_least(1), panel=PANEL_REWARD, help=(
+        "Standardise each judge by its mean and std over the candidates of the input's first N rows."))
+    judges: ScorerOptions = nested(ScorerOptions, "reward_")
 
     def resolved_labeler(self) -> str:
         """The labeler's name once ``auto`` is resolved for the target.
@@ -273,13 +291,48 @@ class LabelerSpec:
         if name not in LABELERS[self.target]:
             raise UserError(f"unknown labeler '{name}' for --target {self.target}; choose one of {', '.join(LABELERS[self.target])}")
         if self.verify in VERIFIERS and name != "construction":
-            raise UserError(f"--verify {self.verify} checks labels made by construction; it does not apply to a safety classifier")
+            what = "the reward target" if self.target == "reward" else "a safety classifier"
+            raise UserError(f"--verify {self.verify} checks labels made by construction; it does not apply to {what}")
+        if self.target == "reward":
+            self.reward_weights()
+        elif self.reward is not None:
+            raise UserError(f"--reward names the judges of --target reward; it does not apply to --target {self.target}")
         return name
 
+    def reward_weights(self) -> dict[str, float]:
+        """``--reward`` parsed (:func:`pipeline.reward.parse_reward`), with what its judges need checked.
 
-def build_labeler(spec: LabelerSpec, device: str = "cpu") -> Labeler:
-    """Load what the spec names (classifier or CLIP model) and return the labeler."""
+        Raises:
+            UserError: no ``--reward``, a bad one, or a judge without what it reads (world-style: ``--reward-style``;
+                style: a style text).
+        """
+        from pipeline.reward import parse_reward
+        from pipeline.world.judges import WORLD_STYLES
+
+        if self.reward is None:
+            raise UserError("--target reward needs --reward: a judge (e.g. pickscore) or a weighted sum ('pickscore:1,hps:0.5').")
+        weights = parse_reward(self.reward, METRICS)
+        if "world-style" in weights and self.judges.style not in WORLD_STYLES:
+            raise UserError(f"the world-style judge needs the look it rewards: --reward-style {'|'.join(WORLD_STYLES)}.")
+        if "style" in weights and not (self.judges.style_text or self.judges.style):
+            raise UserError("the style judge needs a style: --reward-style cartoon|pixel or --reward-style-text.")
+        return weights
+
+
+def build_labeler(spec: LabelerSpec, device: str = "cpu", source=None) -> Labeler:
+    """Load what the spec names (classifier, CLIP model or reward judges) and return the labeler.
+
+    ``source`` (a :class:`stages.label.LabelInput`): the input, which the reward labeler checks and
+    calibrates its judges on before anything is written.
+
+    Raises:
+        UserError / ModelNotFoundError: a bad spec, weights not found, an input a judge cannot read.
+    """
     name = spec.resolved_labeler()
+    if name == "reward":
+        from .reward_label import build_reward_labeler
+
+        return build_reward_labeler(spec, device, source)
     if name == "construction":
         verify = None
         if spec.verify == "clip":

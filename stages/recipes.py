@@ -1,16 +1,17 @@
-"""Recipes: the two images each prompt yields, and which one is meant to be preferred.
+"""Recipes: the images each prompt yields, and which one is meant to be preferred.
 
 Defaults follow the MaPO paper's datasets (method.md): Pick-Style prefixes the chosen image's
 prompt with a style sentence; Pick-Safety prefixes the rejected image's prompt with an
 unsafe-inducing sentence. Image 0 is always the image the recipe intends to be chosen (labels
-are decided later by ``mapo-data label``).
+are decided later by ``mapo-data label``). ``seeds`` draws the plain prompt with different seeds:
+two images, or ``--images-per-prompt K`` best-of-N candidates that ``label --target reward`` judges.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
-from pipeline.options import check_options, not_blank, option
+from pipeline.options import at_least, check_options, not_blank, option
 from pipeline.prompt_prefixes import STYLE_PREFIXES as STYLES
 from pipeline.prompt_prefixes import UNSAFE_PREFIX as DEFAULT_UNSAFE_PREFIX
 
@@ -32,8 +33,12 @@ PANEL_RECIPE = "Recipe"
 class RecipeConfig:
     """Which two images each prompt yields (the ``mapo-data generate`` recipe options)."""
 
-    name: str = option("style", name="recipe", choices=RECIPES, panel=PANEL_RECIPE,
-                       help="Pair recipe: style (Pick-Style), safety (Pick-Safety) or seeds (two seeds, judged later).")
+    name: str = option("style", name="recipe", choices=RECIPES, panel=PANEL_RECIPE, help=(
+        "Pair recipe: style (Pick-Style), safety (Pick-Safety) or seeds (the plain prompt with --images-per-prompt "
+        "seeds, judged later)."))
+    images_per_prompt: int = option(2, check=at_least(2), panel=PANEL_RECIPE, help=(
+        "Seeds recipe: images per prompt, each from its own seed; more than 2 = best-of-N candidates for "
+        "label --target reward (style and safety make one pair)."))
     style: str | None = option("cartoon", choices=tuple(STYLES), panel=PANEL_RECIPE,
                                help="Built-in style for --recipe style: cartoon or pixel.")
     style_prefix: str | None = option(None, check=not_blank, panel=PANEL_RECIPE,
@@ -63,6 +68,12 @@ class RecipeConfig:
         check_options(self)
         if self.name == "style" and self.style_prefix is None and self.style is None:
             raise UserError("--recipe style needs --style or --style-prefix.")
+        if self.images_per_prompt != 2 and self.name != "seeds":
+            raise UserError(f"--images-per-prompt {self.images_per_prompt} needs --recipe seeds "
+                            f"(--recipe {self.name} makes one pair per prompt).")
+        if self.images_per_prompt > 2 and self.rejected_negative_prompt is not None:
+            raise UserError("--rejected-negative-prompt is for image 1 of a pair; best-of-N candidates are alike: "
+                            "use --negative-prompt for all of them.")
         return self
 
     @property
@@ -83,6 +94,8 @@ class RecipeConfig:
         elif self.name == "safety":
             d.update(unsafe_prefix=self.unsafe_prefix, same_seed=self.same_seed, safety_caption=self.safety_caption)
         d.update(negative_prompt=self.negative_prompt, rejected_negative_prompt=self.rejected_negative_prompt)
+        if self.images_per_prompt != 2:  # recorded only when not a pair: outputs made before keep their identity
+            d["images_per_prompt"] = self.images_per_prompt
         return d
 
 
@@ -90,8 +103,11 @@ def _prefixed(prefix: str | None, prompt: str) -> str:
     return f"{prefix} {prompt}" if prefix else prompt
 
 
-def pair_requests(cfg: RecipeConfig, prompt: str) -> tuple[ImageRequest, ImageRequest]:
-    """The (image 0, image 1) generation requests for ``prompt``."""
+def image_requests(cfg: RecipeConfig, prompt: str) -> tuple[ImageRequest, ...]:
+    """The generation requests for ``prompt``, in image order: (image 0, image 1) of a pair, or the
+    ``images_per_prompt`` candidates of the seeds recipe (seed index i, the same prompt and negative prompt)."""
+    if cfg.name == "seeds" and cfg.images_per_prompt > 2:
+        return tuple(ImageRequest(prompt, cfg.negative_prompt, i) for i in range(cfg.images_per_prompt))
     second_seed = 0 if (cfg.same_seed and cfg.name != "seeds") else 1
     if cfg.name == "style":
         texts = (_prefixed(cfg.resolved_style_prefix, prompt), _prefixed(cfg.rejected_prefix, prompt))

@@ -119,6 +119,23 @@ def test_label_struct_with_missing_file_is_a_counted_reject(tmp_path):
     assert read_table(out)["caption"].to_pylist() == ["nude second"]
 
 
+def test_label_reward_reads_image_structs_and_names_a_missing_file(tmp_path):
+    """--target reward judges struct images (NudeNet's unsafety as the reward: lower is better, so turned
+    around) and writes plain bytes; a struct whose file is gone is a counted reject naming it."""
+    images = _safety_images() + [(_safety_images()[0][1], _safety_images()[0][0])]
+    src = write_layout(tmp_path / "in" / "train-0.parquet", ["nude first", "nude second", "gone"], images, "relative")
+    (src.parent / "images" / "2-0.png").unlink()
+    out = tmp_path / "out"
+    result = run_cli(app, ["label", "--input", src.parent, "--output", out, "--target", "reward", "--reward", "safety"])
+    assert result.exit_code == 0, result.output
+    kept = read_table(out)
+    assert kept["caption"].to_pylist() == ["nude first", "nude second"] and kept["label_0"].to_pylist() == [0, 1]
+    assert kept.schema.field("jpg_0").type == pa.binary() and kept["jpg_1"].to_pylist() == [p[1] for p in images[:2]]
+    (rejected,) = read_table(out, "rejects").to_pylist()
+    assert rejected["caption"] == "gone" and rejected["reason"] == "corrupt image"
+    assert "image 0: image file not readable" in rejected["detail"]
+
+
 # -- precompute ----------------------------------------------------------------------------------
 def _grey16_ramp():
     ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))

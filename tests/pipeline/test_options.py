@@ -16,6 +16,7 @@ from pipeline.options import (
     command,
     declared_options,
     iter_commands,
+    nested,
     option,
     option_values,
     read_config_file,
@@ -88,8 +89,12 @@ def test_yaml_config_and_command_line_precedence(tmp_path, name):
     cls = CONFIGS[name]
     declared = declared_options(cls)
     required = [d for d in declared if d.default is dataclass_missing() or d.spec.required]
+    base = {d.name: _value(d, tmp_path) for d in required}
+    # An int option whose default + 8 and + 16 pass its own check and the config's cross-option rules
+    # (--images-per-prompt 10 needs --recipe seeds: not a candidate here).
     ints = [d for d in declared if d.base is int and not d.is_list and d.default not in (None, dataclass_missing())
-            and d.spec.check is not None and not d.spec.check(d.default + 8) and not d.spec.check(d.default + 16)]
+            and d.spec.check is not None and not d.spec.check(d.default + 8) and not d.spec.check(d.default + 16)
+            and _builds(cls, {**base, d.name: d.default + 8})]
     d_int = ints[0]
     app = typer.Typer(add_completion=False)
     seen = {}
@@ -112,6 +117,14 @@ def test_yaml_config_and_command_line_precedence(tmp_path, name):
     result = run_cli(app, ["capture", "--config", yaml_file, flag, d_int.default + 16])
     assert result.exit_code == 0, result.output
     assert option_values(seen["cfg"])[d_int.name] == d_int.default + 16  # the command line over YAML
+
+
+def _builds(cls, values) -> bool:
+    try:
+        build_config(cls, values)
+    except UserError:
+        return False
+    return True
 
 
 def _value(d, tmp_path):
@@ -184,6 +197,38 @@ def test_nested_configs_are_flattened_and_clashes_refused():
 
     with pytest.raises(TypeError, match="declared twice: batch_size"):
         declared_options(_Outer)
+
+
+@dataclass(frozen=True)
+class _Judges:
+    batch_size: int = option(3, help="judges", check=at_least(1))
+    tiny: bool = option(False, flags=("--tiny",), help="tiny")
+    same: bool = option(True, flags=("--same/--different",), help="same")
+
+
+@dataclass
+class _Prefixed:
+    judges: _Judges = nested(_Judges, "reward_")
+    batch_size: int = option(2, help="outer")
+
+
+def test_nested_config_with_a_prefix_names_its_options_apart():
+    declared = {d.name: d for d in declared_options(_Prefixed)}
+    assert list(declared) == ["reward_batch_size", "reward_tiny", "reward_same", "batch_size"]
+    assert declared["reward_tiny"].spec.flags == ("--reward-tiny",) and declared["reward_tiny"].path == ("judges", "tiny")
+    assert declared["reward_same"].spec.flags == ("--reward-same/--reward-different",)
+    cfg = build_config(_Prefixed, {"reward_batch_size": "5", "batch_size": 7, "reward_tiny": True})
+    assert (cfg.judges.batch_size, cfg.judges.tiny, cfg.batch_size) == (5, True, 7)
+    assert option_values(cfg)["reward_batch_size"] == 5
+    with pytest.raises(UserError, match="--reward-batch-size must be at least 1, got 0"):
+        build_config(_Prefixed, {"reward_batch_size": 0})
+
+    app = typer.Typer()
+    seen = {}
+    command(app, _Prefixed)(lambda cfg: seen.setdefault("cfg", cfg))
+    result = run_cli(app, ["--reward-batch-size", "4", "--reward-tiny", "--reward-different", "--batch-size", "9"])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].judges == _Judges(4, True, False) and seen["cfg"].batch_size == 9
 
 
 def test_required_option_missing_is_one_line(tmp_path):

@@ -66,3 +66,39 @@ def test_a_missing_path_is_not_looked_up_as_a_dataset(tmp_path):
     for source in (str(tmp_path / "prompts"), "./prompts", "data/sub/prompts"):
         with pytest.raises(UserError, match="does not exist"):
             load_prompts(source)
+
+
+def test_pickapic_no_images_snapshot_folder_gives_its_split_captions(tmp_path):
+    """A local snapshot of the hub's pickapic_v2_no_images: captions of --prompt-split, repeats dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "pickapic_v2_no_images"
+    (root / "data").mkdir(parents=True)
+    h = "0123456789abcdef"
+    shards = {f"train-00000-of-00002-{h}": ["a cat", "a dog", "a cat"], f"train-00001-of-00002-{h}": ["an owl", ""],
+              f"validation_unique-00000-of-00001-{h}": ["held out"], f"test-00000-of-00001-{h}": ["test only"]}
+    for name, caps in shards.items():
+        pq.write_table(pa.table({"are_different": [True] * len(caps), "caption": caps, "label_0": [1.0] * len(caps),
+                                 "image_0_url": ["u"] * len(caps)}), root / "data" / f"{name}.parquet")
+    ps = load_prompts(str(root))
+    assert [p.text for p in ps.prompts] == ["a cat", "a dog", "an owl"] and (ps.dropped_empty, ps.dropped_duplicates) == (1, 1)
+    assert [p.text for p in load_prompts(str(root), split="validation_unique").prompts] == ["held out"]
+    with pytest.raises(UserError, match="no 'nope'"):
+        load_prompts(str(root), split="nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="No Parquet files"):
+        load_prompts(str(empty))
+
+
+def test_parquet_prompts_read_only_their_column(tmp_path, monkeypatch):
+    """A Pick-a-Pic shard with images: only the caption column is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"caption": ["x"], "jpg_0": [b"\x89PNG" * 1000]}), tmp_path / "p.parquet")
+    read = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, columns=None, **kw: read.append(columns) or real(path, columns=columns, **kw))
+    assert [p.text for p in load_prompts(str(tmp_path / "p.parquet")).prompts] == ["x"] and read == [["caption"]]

@@ -98,6 +98,41 @@ def test_recipes_and_models(tmp_path, model, recipe, extra):
         assert {r["negative_prompt_0"] for r in rows} == {"nsfw"} and {r["negative_prompt_1"] for r in rows} == {None}
 
 
+def test_best_of_n_candidates_one_row_per_prompt(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.prompts import text_id
+    from pipeline.seeds import derive_seed
+
+    prompts = ["a cat", "a dog", "a bird"]
+    pairs, _ = _generate(tmp_path, "pairs", prompts, extra=["--recipe", "seeds", "--shard-size", "3", "--negative-prompt", "blurry"])
+    out, result = _generate(tmp_path, "best-of-4", prompts, extra=["--recipe", "seeds", "--images-per-prompt", "4",
+                                                                   "--shard-size", "3", "--negative-prompt", "blurry"])
+    assert "3 prompts x 4 candidates in 1 shards" in result.output
+    table = read_table(out)
+    names = table.column_names
+    assert [c for c in names if c.startswith("jpg_")] == ["jpg_0", "jpg_1", "jpg_2", "jpg_3"]
+    assert {f"seed_{i}" for i in range(4)} | {f"prompt_{i}" for i in range(4)} <= set(names)
+    for r in table.to_pylist():
+        # Candidate i's seed derives from (seed, prompt id, i), as a pair's image i does.
+        assert [r[f"seed_{i}"] for i in range(4)] == [derive_seed(0, text_id(r["caption"]), i) for i in range(4)]
+        assert {r[f"prompt_{i}"] for i in range(4)} == {r["caption"]} and r["intended_chosen"] is None
+        assert {r[f"negative_prompt_{i}"] for i in range(4)} == {"blurry"}
+        assert len({r[f"jpg_{i}"] for i in range(4)}) == 4
+    # Candidates are the seeds recipe's images with more seeds: image 0 is the pair's image 0 (its image 1
+    # has no negative prompt, --rejected-negative-prompt, so only its seed is the same).
+    two = read_table(pairs)
+    assert not [c for c in two.column_names if c.endswith(("_2", "_3"))]
+    assert two["jpg_0"].equals(table["jpg_0"]) and two["seed_1"].equals(table["seed_1"])
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert manifest["identity"]["images_per_prompt"] == 4 and manifest["totals"]["images"] == 12
+    assert "images_per_prompt" not in __import__("json").loads((pairs / "manifest.json").read_text())["identity"]
+    # Written in row groups of a few prompts: label holds a few prompts' candidates at a time.
+    from stages.generate import ROW_GROUP_ROWS
+
+    assert pq.ParquetFile(next((out / "data").glob("*.parquet"))).metadata.row_group(0).num_rows <= ROW_GROUP_ROWS
+
+
 def test_bit_identical_across_runs_and_batch_sizes(tmp_path):
     # 7 prompts in one shard: batch size 3 runs batches of 3, 3 and a ragged 1.
     prompts = [f"a small scene number {i}" for i in range(7)]
@@ -162,6 +197,9 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
         ("missing local model", ["--model", "{tmp}/no_model_here"], "was not found"),
         ("fp16 on cpu", ["--dtype", "fp16"], "fp16 is not supported on the CPU"),
         ("empty prefix", ["--recipe", "safety", "--unsafe-prefix", " "], "--unsafe-prefix must not be empty"),
+        ("one candidate", ["--recipe", "seeds", "--images-per-prompt", "1"], "--images-per-prompt must be at least 2, got 1"),
+        ("candidates of a style pair", ["--recipe", "style", "--images-per-prompt", "4"],
+         "--images-per-prompt 4 needs --recipe seeds"),
     ],
 )
 def test_bad_input_one_line_error_nothing_written(tmp_path, case, args, message):

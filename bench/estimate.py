@@ -133,7 +133,9 @@ def fake_mode():
 
     FakeTensorMode memoises converted tensors in a ``WeakValueDictionary``; ``Module.to`` swaps a
     fake parameter (``torch.utils.swap_tensors``), which refuses a tensor with a weak reference.
-    A plain dict keeps the memo without weak references (the fake tensors hold no data).
+    A plain dict keeps the memo without weak references while the models are set up; call
+    :func:`weak_memo` before the step runs, or the dict keeps every tensor converted during the
+    step (activations among them) alive, and the count with it.
     ``copy.deepcopy`` of a fake parameter (DPO's reference UNet) copies its ``__dict__``, which
     holds the mode: the mode deep-copies as itself.
     """
@@ -143,6 +145,12 @@ def fake_mode():
     mode.fake_tensor_converter.meta_converter.tensor_memo = {}
     mode.__deepcopy__ = lambda memo: mode
     return mode
+
+
+def weak_memo(mode) -> None:
+    """Back to FakeTensorMode's own weak memo (see :func:`fake_mode`): from here on, a converted
+    tensor lives only as long as the step holds it."""
+    mode.fake_tensor_converter.meta_converter.tensor_memo = weakref.WeakValueDictionary()
 
 
 def _fake_items(unet_config: dict, batch_size: int, resolution: int):
@@ -164,14 +172,17 @@ def _fake_items(unet_config: dict, batch_size: int, resolution: int):
     return PairItems(items, batch_size)
 
 
-def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2) -> Estimate:
+def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, fake: bool = True) -> Estimate:
     """Peak memory and FLOPs of configuration ``name`` at ``batch_size`` pairs, run on fake tensors.
 
     ``cfg`` must be resolved (:meth:`BenchConfig.resolved`). Runs ``steps`` optimizer steps (the
     first allocates AdamW's state, so the peak needs two); FLOPs are the last step's, split as in
-    :func:`bench.flops.count_step_flops`. Raises whatever the step raises (e.g. a model that
-    cannot be found: ``ModelNotFoundError``).
+    :func:`bench.flops.count_step_flops`. ``fake=False`` runs the same count on real tensors (the
+    model's real weights, CPU memory and time): the check that fake tensors change nothing.
+    Raises whatever the step raises (e.g. a model that cannot be found: ``ModelNotFoundError``).
     """
+    import contextlib
+
     from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.latent_shards import PairSampler
@@ -189,10 +200,13 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2) 
                     gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
     t0 = time.perf_counter()
     live = LiveBytes()
-    with fake_mode(), warnings.catch_warnings():
+    mode = fake_mode() if fake else None
+    with mode or contextlib.nullcontext(), warnings.catch_warnings():
         # Tensor.__deepcopy__ asks a fake tensor for its data pointer (a deprecation warning, harmless here).
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        step = BenchStep(spec, PairItems([{}], batch_size), weights=False)
+        step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
+        if mode is not None:
+            weak_memo(mode)
         items = _fake_items(dict(step.unet.config), batch_size, cfg.resolution)
         step.stream = batch_stream(TrainData(items, PairSampler(batch_size, batch_size, cfg.seed)), step.device)
         for module in (step.unet, step.models.reference):

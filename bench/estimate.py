@@ -172,12 +172,14 @@ def _fake_items(unet_config: dict, batch_size: int, resolution: int):
     return PairItems(items, batch_size)
 
 
-def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, fake: bool = True) -> Estimate:
+def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, fake: bool = True,
+                  count_flops: bool = True) -> Estimate:
     """Peak memory and FLOPs of configuration ``name`` at ``batch_size`` pairs, run on fake tensors.
 
     ``cfg`` must be resolved (:meth:`BenchConfig.resolved`). Runs ``steps`` optimizer steps (the
-    first allocates AdamW's state, so the peak needs two); FLOPs are the last step's, split as in
-    :func:`bench.flops.count_step_flops`. ``fake=False`` runs the same count on real tensors (the
+    first allocates AdamW's state, so the peak needs two); FLOPs (``count_flops``) are those of one
+    more step, not part of the memory count, split as in :func:`bench.flops.count_step_flops`
+    (zeros without ``count_flops``). ``fake=False`` runs the same count on real tensors (the
     model's real weights, CPU memory and time): the check that fake tensors change nothing.
     Raises whatever the step raises (e.g. a model that cannot be found: ``ModelNotFoundError``).
     """
@@ -223,20 +225,21 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
 
         hooks = [step.optimizer.register_step_pre_hook(enter_optimizer),
                  step.optimizer.register_step_post_hook(leave_optimizer)]
-        fwd = bwd = 0
         with live.mode():
             for i in range(steps):
-                batch = step.next_batch()
-                if i < steps - 1:
-                    step.apply(step.forward(batch, i).loss)
-                    continue
-                with FlopCounterMode(display=False) as counter:
-                    out = step.forward(batch, i)
-                fwd = counter.get_total_flops()
-                with FlopCounterMode(display=False) as counter:
-                    step.apply(out.loss)
-                bwd = counter.get_total_flops()
-                del out
+                step.apply(step.forward(step.next_batch(), i).loss)
+        fwd = bwd = 0
+        if count_flops:
+            # One more step, outside the memory count: FlopCounterMode's module hooks keep activations
+            # alive through the backward (tiny-sdxl with checkpointing: 28 MiB of activations at the peak
+            # instead of 10), which would inflate the peak.
+            with FlopCounterMode(display=False) as counter:
+                out = step.forward(step.next_batch(), steps)
+            fwd = counter.get_total_flops()
+            with FlopCounterMode(display=False) as counter:
+                step.apply(out.loss)
+            bwd = counter.get_total_flops()
+            del out
         for h in hooks:
             h.remove()
     recompute = fwd if cfg.gradient_checkpointing else 0
@@ -261,7 +264,7 @@ def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
     per-pair memory), the largest batch for each card in ``gpu_memory_gb`` (GiB, less
     :data:`CARD_RESERVE_GIB`). Memory figures in MiB (2**20 bytes), FLOPs per optimizer step."""
     main = estimate_step(cfg, name, cfg.batch_size)
-    more = estimate_step(cfg, name, cfg.batch_size + 1)
+    more = estimate_step(cfg, name, cfg.batch_size + 1, count_flops=False)
     per_pair = max(more.peak_bytes - main.peak_bytes, 0)
     peak_at_1 = main.peak_bytes - (cfg.batch_size - 1) * per_pair
     return {

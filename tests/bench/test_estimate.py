@@ -41,8 +41,8 @@ def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
 
 
 # Fake tensors against real ones, counted the same way (bench.estimate.LiveBytes) on a real CPU step of
-# tiny-sdxl: the peak may differ by what the CPU kernels allocate differently on meta shapes; 5% bounds it.
-REAL_TOLERANCE = 0.05
+# tiny-sdxl: they agreed to 0.2% (meta kernels may size an output differently from the CPU kernel); 2% bounds it.
+REAL_TOLERANCE = 0.02
 
 
 @pytest.mark.parametrize("name, checkpointing", [("mapo", True), ("dpo", False)])

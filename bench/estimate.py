@@ -206,7 +206,12 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
     with mode or contextlib.nullcontext(), warnings.catch_warnings():
         # Tensor.__deepcopy__ asks a fake tensor for its data pointer (a deprecation warning, harmless here).
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
+        # The setup is counted too, as "weights": the CUDA bench's max_memory_allocated covers it (a LoRA
+        # UNet is built in fp32 and cast to bf16: the fp32 copy is a transient peak of its own).
+        live.phase = "weights"
+        with live.mode() if fake else contextlib.nullcontext():
+            step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
+        live.phase = "activations"
         if mode is not None:
             weak_memo(mode)
         items = _fake_items(dict(step.unet.config), batch_size, cfg.resolution)

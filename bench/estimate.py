@@ -126,6 +126,7 @@ class Estimate:
     flops: dict = field(default_factory=dict)  # forward, backward, executed, model (bench.flops.count_step_flops's keys)
     trainable_parameters: int = 0
     seconds: float = 0.0
+    setup_bytes: int = 0  # peak while the models are built (fp32 build of a bf16 LoRA base), before the steps
 
 
 def fake_mode():
@@ -212,6 +213,8 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         with live.mode() if fake else contextlib.nullcontext():
             step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
         live.phase = "activations"
+        setup_peak = live.peak_total
+        live.peak_total, live.peak = 0, dict.fromkeys(CATEGORIES, 0)  # the step's own peak from here
         if mode is not None:
             weak_memo(mode)
         items = _fake_items(dict(step.unet.config), batch_size, cfg.resolution)
@@ -248,7 +251,7 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         for h in hooks:
             h.remove()
     recompute = fwd if cfg.gradient_checkpointing else 0
-    return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak),
+    return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak), setup_bytes=setup_peak,
                     flops={"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd),
                            "model": int(fwd + bwd - recompute)},
                     trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0)
@@ -271,10 +274,12 @@ def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
     main = estimate_step(cfg, name, cfg.batch_size)
     more = estimate_step(cfg, name, cfg.batch_size + 1, count_flops=False)
     per_pair = max(more.peak_bytes - main.peak_bytes, 0)
-    peak_at_1 = main.peak_bytes - (cfg.batch_size - 1) * per_pair
+    peak_at_1 = max(main.peak_bytes - (cfg.batch_size - 1) * per_pair, main.setup_bytes)
     return {
         "label": CONFIGURATIONS[name].label,
-        "peak_mem_mb": main.peak_bytes / MIB,
+        "peak_mem_mb": max(main.peak_bytes, main.setup_bytes) / MIB,  # as max_memory_allocated: setup included
+        "step_peak_mem_mb": main.peak_bytes / MIB,
+        "setup_peak_mem_mb": main.setup_bytes / MIB,
         "mem_kind": "estimate",
         "mem_mb": {k: v / MIB for k, v in main.by_category.items()},
         "per_pair_mem_mb": per_pair / MIB,
@@ -323,7 +328,7 @@ def format_estimate(result: dict) -> str:
     """The estimate's table (Markdown): peak GiB and its parts, GiB per extra pair, TFLOP per step, max batch per card."""
     s, rows = result["settings"], result["configurations"]
     cards = [f"{g:g}" for g in s["gpu_memory_gb"]]
-    head = ["configuration", "peak GiB", "weights", "grads", "optimizer", "activations", "+GiB/pair", "TFLOP/step"]
+    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations", "+GiB/pair", "TFLOP/step"]
     head += [f"max batch {c} GB" for c in cards]
     lines = [head]
     for name, r in rows.items():
@@ -331,7 +336,7 @@ def format_estimate(result: dict) -> str:
             lines.append([name, r["error"]] + [""] * (len(head) - 2))
             continue
         m = r["mem_mb"]
-        lines.append([name, f"{r['peak_mem_mb'] / 1024:.2f}"] + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
+        lines.append([name, f"{r['peak_mem_mb'] / 1024:.2f}", f"{r['step_peak_mem_mb'] / 1024:.2f}"] + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
                      + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}"]
                      + [str(r["max_batch_by_gpu_gb"][c]) for c in cards])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
@@ -341,6 +346,6 @@ def format_estimate(result: dict) -> str:
                   f"pair(s) per step, {s['dtype']}{', gradient checkpointing' if s['gradient_checkpointing'] else ''}; "
                   f"{result['seconds']:.0f} s\n")
     out.append("")
-    out.append(f"Peak = allocator bytes (512-byte blocks) at the step's peak, parts at that moment; max batch keeps "
+    out.append(f"Peak = allocator bytes (512-byte blocks), model setup included; parts at the step's peak; max batch keeps "
                f"{s['card_reserve_gib']} GiB of each card free (CUDA context, workspaces); GB read as GiB.")
     return "\n".join(out)

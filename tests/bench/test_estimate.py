@@ -36,7 +36,8 @@ def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
     assert adam_mb <= row["mem_mb"]["optimizer"] <= adam_mb * (1 + TOLERANCE)
     # A gradient autograd hands over as a view keeps its whole storage alive (as on CUDA): a looser bound.
     assert 0 <= row["mem_mb"]["gradients"] <= weights_mb * 1.25
-    assert row["peak_mem_mb"] == pytest.approx(sum(row["mem_mb"].values()))
+    assert row["step_peak_mem_mb"] == pytest.approx(sum(row["mem_mb"].values()))
+    assert row["peak_mem_mb"] == max(row["step_peak_mem_mb"], row["setup_peak_mem_mb"])
     assert row["peak_mem_mb"] >= weights_mb + adam_mb
 
 
@@ -55,7 +56,8 @@ def test_fake_peak_matches_a_real_cpu_step(name, checkpointing):
     real = estimate_step(cfg, name, 2, fake=False)
     fake = estimate_step(cfg, name, 2)
     assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=REAL_TOLERANCE)
-    assert fake.by_category["weights"] == real.by_category["weights"]
+    # The fake count also holds what setup made besides parameters (the noise scheduler's tables, ~20 KB).
+    assert fake.by_category["weights"] == pytest.approx(real.by_category["weights"], rel=0.01)
     assert fake.by_category["optimizer"] == real.by_category["optimizer"]
     assert fake.flops == real.flops
 

@@ -1,9 +1,10 @@
 """What a benchmark run measures: the configurations, the model presets and the run's settings."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from pipeline.errors import UserError
+from pipeline.options import option
 
 
 @dataclass(frozen=True)
@@ -49,24 +50,37 @@ PRESETS = {
 DEFAULT_PRESET = Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3, gradient_checkpointing=True)
 
 
+def _gpu_memory_check(value) -> str | None:
+    return None if value > 0 else "must be > 0 (GB of each card)"
+
+
 @dataclass
 class BenchConfig:
-    model: str = "tiny-sdxl"
-    device: str = "auto"
-    resolution: int | None = None  # None: the model preset's
-    batch_size: int | None = None
-    dtype: str | None = None
-    steps: int | None = None
-    warmup: int | None = None
-    gradient_checkpointing: bool | None = None
-    configurations: list[str] = field(default_factory=lambda: list(DEFAULT_CONFIGURATIONS))
-    lora_rank: int = 8
-    pairs: int | None = None  # distinct synthetic pairs; None: 4 batches' worth
-    max_batch: bool = True  # GPU only; skipped (null) on the CPU
-    max_batch_limit: int = 256
-    peak_tflops: float | None = None  # None: from the device table (bf16 dense)
-    seed: int = 0
-    output: str | None = None
+    """``python -m bench``'s options (each declared once: pipeline.options)."""
+
+    model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch (GPU: 1024 px, bf16), or any model id/folder.")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N.")
+    resolution: int | None = option(None, help="Image size in px (default: the model preset's).")
+    batch_size: int | None = option(None, help="Pairs per step (default: the model preset's).")
+    dtype: str | None = option(None, help="fp32 or bf16 (mixed precision, autocast; default: the preset's).")
+    steps: int | None = option(None, help="Timed steps per configuration (median reported).")
+    warmup: int | None = option(None, help="Untimed steps first.")
+    gradient_checkpointing: bool | None = option(None, help="Default: the preset's (on for sdxl-arch).",
+                                                 flags=("--gradient-checkpointing/--no-gradient-checkpointing",))
+    configurations: list[str] = option(default_factory=lambda: list(DEFAULT_CONFIGURATIONS),
+                                       help="Comma-separated subset of: " + ", ".join(CONFIGURATIONS) + ".")
+    lora_rank: int = option(8, help="Rank of the LoRA configurations.")
+    pairs: int | None = option(None, help="Distinct pairs of data (default: 4 batches).")  # None: 4 batches' worth
+    max_batch: bool = option(True, help="Search the largest batch for mapo and dpo (GPU only).",
+                             flags=("--max-batch/--no-max-batch",))  # skipped (null) on the CPU
+    max_batch_limit: int = option(256, help="Stop the search at this batch.")
+    peak_tflops: float | None = option(None, help="Device peak TFLOP/s for MFU (default: bf16 dense peak of known GPUs).")
+    output: str | None = option("bench-output/bench.json", help="Where to write the JSON result.")
+    seed: int = option(0, help="Seed of the data, noise and timesteps.")
+    estimate: bool = option(False, help="Estimate peak memory (weights / gradients / optimizer / activations), FLOPs and "
+                                        "the largest batch per card on fake tensors, on the CPU, allocating nothing.")
+    gpu_memory: list[float] = option(default_factory=lambda: [24.0, 48.0, 80.0, 141.0], check=_gpu_memory_check,
+                                     help="With --estimate: card sizes in GB (read as GiB) to fit the largest batch in.")
     worker_timeout_s: int = 1800
 
     def resolved(self) -> BenchConfig:

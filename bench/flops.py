@@ -17,6 +17,35 @@ PEAK_BF16_TFLOPS = (
 )
 
 
+def _register_cpu_flash_attention() -> None:
+    """Give FlopCounterMode a formula for the CPU flash-attention ops.
+
+    On the CPU, SDPA dispatches to ``aten._scaled_dot_product_flash_attention_for_cpu`` (and its
+    backward), which torch.utils.flop_counter has no formula for, so attention FLOPs were missed.
+    Their arguments start like the CUDA flash op's (query, key, value ``[B, H, S, D]``), so the same
+    formulas apply: torch.utils.flop_counter's ``sdpa_flop_count`` (2 matmuls of ``2*B*H*S_q*S_k*D``)
+    and ``sdpa_backward_flop_count`` (5 such matmuls, twice the forward's FLOPs and a half).
+    Idempotent; a no-op on a torch without the op.
+    """
+    import torch
+    from torch.utils import flop_counter as fc
+
+    ops = torch.ops.aten
+    fwd = getattr(ops, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None and fwd.default not in fc.flop_registry:
+        @fc.register_flop_formula(fwd, get_raw=True)
+        def _cpu_flash_forward(query, key, value, *args, out_val=None, **kwargs) -> int:
+            return fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+    if bwd is not None and bwd.default not in fc.flop_registry:
+        @fc.register_flop_formula(bwd, get_raw=True)
+        def _cpu_flash_backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+            return fc.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+_register_cpu_flash_attention()
+
+
 def peak_tflops(device_name: str) -> float | None:
     for key, value in PEAK_BF16_TFLOPS:
         if key.lower() in device_name.lower():

@@ -126,13 +126,18 @@ def run_bench(cfg: BenchConfig) -> dict:
         "ratios": add_ratios(rows),
         "seconds": time.perf_counter() - t_start,
     }
-    if cfg.output:
-        out = Path(cfg.output)
+    write_result(result, cfg.output)
+    return result
+
+
+def write_result(result: dict, output: str | None) -> None:
+    """Write the result JSON to ``output`` atomically (a temporary file, then a rename); nothing when None."""
+    if output:
+        out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_out = out.with_name(f".{out.name}.tmp")
         tmp_out.write_text(json.dumps(result, indent=2) + "\n")
         os.replace(tmp_out, out)
-    return result
 
 
 def format_table(result: dict) -> str:

@@ -30,7 +30,7 @@ class StepSpec:
 class BenchStep:
     """``step(i)`` runs optimizer step ``i`` and returns its loss (a float: the step is synchronised)."""
 
-    def __init__(self, spec: StepSpec, items):
+    def __init__(self, spec: StepSpec, items, weights: bool = True):
         import torch
 
         from pipeline.latent_shards import PairSampler
@@ -54,7 +54,7 @@ class BenchStep:
             from .data import load_encoders
 
             self.encoders = load_encoders(spec.model, self.device, self.dtype)
-        self.models = setup_models(self.cfg, self.dtype, self.device)
+        self.models = setup_models(self.cfg, self.dtype, self.device, weights=weights)
         self.unet = self.models.unet
         self.params = trainable_parameters(self.unet)
         self.optimizer = build_optimizer(self.cfg, self.params)
@@ -99,14 +99,20 @@ class BenchStep:
                                 step_generator(self.spec.seed, step, 0, 0),
                                 reference=self.models.reference, lora_base=self.lora_base)
 
-    def update(self, loss) -> float:
+    def apply(self, loss) -> None:
+        """Backward, gradient clipping, AdamW step and zero_grad: the update without the host sync
+        (so it also runs on fake tensors, whose values cannot be read)."""
         import torch
 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())  # the trainer's finite check syncs here too
+
+    def update(self, loss) -> float:
+        """:meth:`apply`, then the loss as a float (the trainer's finite check syncs here too)."""
+        self.apply(loss)
+        return float(loss.detach())
 
     def step(self, i: int) -> float:
         return self.update(self.forward(self.next_batch(), i).loss)

@@ -42,16 +42,25 @@ def unet_family(unet) -> str:
     return "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd15"
 
 
-def load_base_unet_and_scheduler(model: str):
-    """The base model's UNet (fp32 master weights) and a DDPMScheduler from its scheduler config."""
+def load_base_unet_and_scheduler(model: str, weights: bool = True):
+    """The base model's UNet (fp32 master weights) and a DDPMScheduler from its scheduler config.
+
+    ``weights=False`` builds the UNet from its config alone, randomly initialised, without reading
+    the weights file: what ``python -m bench --estimate`` needs under ``FakeTensorMode``, where
+    no real tensor can be loaded and the values do not change what memory or FLOPs cost.
+    """
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     quiet_hub_progress()
     if model in builtin_models.ARCH_MODELS:
-        comps = builtin_models.sdxl_arch_components(torch.float32, "cpu")
+        comps = builtin_models.sdxl_arch_components(torch.float32, "cpu", skip=("vae", "text_encoder", "text_encoder_2"))
         return comps["unet"], DDPMScheduler.from_config(comps["scheduler"].config)
     source = resolve_model_source(model)
+    if not weights:
+        config = _call_loader("Model", model, UNet2DConditionModel.load_config, source, subfolder="unet")
+        scheduler = _call_loader("Scheduler of model", model, DDPMScheduler.from_pretrained, source, subfolder="scheduler")
+        return UNet2DConditionModel.from_config(config), scheduler
     unet = _call_loader("Model", model, UNet2DConditionModel.from_pretrained, source, subfolder="unet",
                         torch_dtype=torch.float32)
     scheduler = _call_loader("Scheduler of model", model, DDPMScheduler.from_pretrained, source, subfolder="scheduler")
@@ -83,7 +92,7 @@ def add_lora(unet, cfg: TrainConfig) -> None:
         raise UserError(f"--lora-target-modules: {str(exc).splitlines()[0]}") from None
 
 
-def setup_models(cfg: TrainConfig, weight_dtype, device) -> TrainModels:
+def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -> TrainModels:
     """Load the base UNet and make it trainable as ``cfg`` says.
 
     - full fine-tune: all UNet weights train in fp32 (autocast handles mixed precision);
@@ -92,10 +101,12 @@ def setup_models(cfg: TrainConfig, weight_dtype, device) -> TrainModels:
       autocast), so at step 0 reference != policy and the DPO loss would not start at ln 2.
     - LoRA: base weights frozen in ``weight_dtype``, adapter in fp32; DPO's reference is the
       same UNet with the adapter disabled, so no second UNet is ever built.
+
+    ``weights=False``: random weights from the UNet's config (see :func:`load_base_unet_and_scheduler`).
     """
     import torch
 
-    unet, scheduler = load_base_unet_and_scheduler(cfg.model)
+    unet, scheduler = load_base_unet_and_scheduler(cfg.model, weights=weights)
     reference = None
     if cfg.objective == "dpo" and not cfg.is_lora:
         # The policy's dtype (fp32) and mode: diffusers' ResnetBlock2D takes another memory layout in

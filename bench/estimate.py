@@ -1,0 +1,351 @@
+"""``python -m bench --estimate``: peak memory and FLOPs of each configuration's step, on a CPU, without allocating.
+
+The configuration's :class:`bench.step.BenchStep` (the trainer's own model setup, loss and
+update) is built and run for two optimizer steps under ``torch._subclasses.FakeTensorMode``:
+every tensor has its real shape, dtype and storage size but no data, so SDXL's 2.6B-parameter
+UNet costs no memory and each operator only computes shapes. :class:`LiveBytes`, a
+``TorchDispatchMode``, counts the bytes of every live tensor storage (freed through weak
+references when the last tensor using a storage goes, as the CUDA caching allocator would see it)
+by kind: weights (parameters and buffers), gradients, optimizer state, and activations (everything
+else: saved activations, temporaries, the batch). ``FlopCounterMode`` counts the second step's
+FLOPs. Two batch sizes give the memory one more pair costs, hence the largest batch that fits
+each card.
+
+What it does not see: the CUDA context and cuBLAS/cuDNN workspaces (outside the allocator's
+count), fragmentation of the caching allocator, and kernels whose workspace differs between the
+CPU ops run here and CUDA's (attention is the CPU flash kernel, whose saved tensors match CUDA
+flash attention's). Autocast is the CPU's, whose bf16 op list covers the same convolutions,
+matmuls and linears as CUDA's. Validated against H200 measurements in docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+
+from .config import CONFIGURATIONS, BenchConfig
+
+CATEGORIES = ("weights", "gradients", "optimizer", "activations")
+CUDA_BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocation up to a multiple of this
+MIB, GIB = 2**20, 2**30
+DEFAULT_GPU_MEMORY_GB = (24.0, 48.0, 80.0, 141.0)
+# Kept free on every card when fitting batches: CUDA context, cuBLAS/cuDNN workspaces, fragmentation.
+CARD_RESERVE_GIB = 1.5
+
+
+def _storages(t):
+    """The untyped storages behind a tensor (one for a plain or fake tensor)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if is_traceable_wrapper_subclass(t):
+        attrs, _ = t.__tensor_flatten__()
+        return [s for a in attrs for s in _storages(getattr(t, a))]
+    return [t.untyped_storage()]
+
+
+class LiveBytes:
+    """Bytes of live tensor storages by category, and the breakdown at the peak of their sum.
+
+    Use :meth:`mode` (a ``TorchDispatchMode``) around the work; every operator's outputs are
+    counted once per storage, in the category :attr:`phase` names when they appear; a storage
+    stops counting when it is freed (weakref callback). :meth:`add` registers tensors that exist
+    already (weights) and :meth:`retag` moves one to another category (a gradient, once autograd
+    has stored it in ``.grad``). Sizes are rounded up to ``round_to`` bytes (CUDA: 512).
+    """
+
+    def __init__(self, round_to: int = CUDA_BLOCK):
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        self.round_to = round_to
+        self.live = WeakIdKeyDictionary()  # storage -> entry [category, bytes, weakref]
+        self.current = dict.fromkeys(CATEGORIES, 0)
+        self.peak = dict(self.current)
+        self.peak_total = 0
+        self.phase = "activations"
+
+    @property
+    def total(self) -> int:
+        return sum(self.current.values())
+
+    def _free(self, entry, _ref) -> None:
+        self.current[entry[0]] -= entry[1]
+
+    def add(self, t, category: str | None = None) -> None:
+        """Count ``t``'s storage (bytes, rounded) under ``category`` (default: the phase) unless counted already."""
+        for st in _storages(t):
+            if st in self.live:
+                continue
+            nbytes = -(-st.nbytes() // self.round_to) * self.round_to
+            entry = [category or self.phase, nbytes, None]
+            entry[2] = weakref.ref(st, lambda ref, e=entry: self._free(e, ref))
+            self.live[st] = entry
+            self.current[entry[0]] += nbytes
+        self.update_peak()
+
+    def retag(self, t, category: str) -> None:
+        """Move ``t``'s storage to ``category`` (counting it first if it is new)."""
+        for st in _storages(t):
+            entry = self.live.get(st)
+            if entry is None:
+                self.add(t, category)
+            elif entry[0] != category:
+                self.current[entry[0]] -= entry[1]
+                self.current[category] += entry[1]
+                entry[0] = category
+
+    def update_peak(self) -> None:
+        total = self.total
+        if total > self.peak_total:
+            self.peak_total, self.peak = total, dict(self.current)
+
+    def mode(self):
+        """A ``TorchDispatchMode`` that counts every operator's tensor outputs."""
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_map_only
+
+        tracker = self
+
+        class _Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tree_map_only(torch.Tensor, tracker.add, out)
+                return out
+
+        return _Count()
+
+
+@dataclass
+class Estimate:
+    """One configuration at one batch size: peak bytes by category (at the peak of their sum) and FLOPs."""
+
+    batch_size: int
+    peak_bytes: int
+    by_category: dict = field(default_factory=dict)  # category -> bytes at the peak
+    flops: dict = field(default_factory=dict)  # forward, backward, executed, model (bench.flops.count_step_flops's keys)
+    trainable_parameters: int = 0
+    seconds: float = 0.0
+    setup_bytes: int = 0  # peak while the models are built (fp32 build of a bf16 LoRA base), before the steps
+
+
+def fake_mode():
+    """A ``FakeTensorMode`` whose parameters can be moved with ``Module.to``.
+
+    FakeTensorMode memoises converted tensors in a ``WeakValueDictionary``; ``Module.to`` swaps a
+    fake parameter (``torch.utils.swap_tensors``), which refuses a tensor with a weak reference.
+    A plain dict keeps the memo without weak references while the models are set up; call
+    :func:`weak_memo` before the step runs, or the dict keeps every tensor converted during the
+    step (activations among them) alive, and the count with it.
+    ``copy.deepcopy`` of a fake parameter (DPO's reference UNet) copies its ``__dict__``, which
+    holds the mode: the mode deep-copies as itself.
+    """
+    from torch._subclasses import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    mode.fake_tensor_converter.meta_converter.tensor_memo = {}
+    mode.__deepcopy__ = lambda memo: mode
+    return mode
+
+
+def weak_memo(mode) -> None:
+    """Back to FakeTensorMode's own weak memo (see :func:`fake_mode`): from here on, a converted
+    tensor lives only as long as the step holds it."""
+    mode.fake_tensor_converter.meta_converter.tensor_memo = weakref.WeakValueDictionary()
+
+
+def _fake_items(unet_config: dict, batch_size: int, resolution: int):
+    """``batch_size`` items shaped like ``bench.data.precomputed_items``'s (fp16, as precompute stores them)."""
+    import torch
+
+    from .data import PairItems, time_ids
+
+    c, h = int(unet_config["in_channels"]), resolution // 8
+    items = []
+    for i in range(batch_size):
+        item = {"latents": torch.empty(2, c, h, h, dtype=torch.float16),
+                "prompt_embeds": torch.empty(77, int(unet_config["cross_attention_dim"]), dtype=torch.float16), "index": i}
+        if unet_config.get("addition_embed_type") == "text_time":
+            pooled = int(unet_config["projection_class_embeddings_input_dim"]) - 6 * int(unet_config["addition_time_embed_dim"])
+            item["pooled_prompt_embeds"] = torch.empty(pooled, dtype=torch.float16)
+            item["add_time_ids"] = time_ids(resolution)
+        items.append(item)
+    return PairItems(items, batch_size)
+
+
+def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, fake: bool = True,
+                  count_flops: bool = True) -> Estimate:
+    """Peak memory and FLOPs of configuration ``name`` at ``batch_size`` pairs, run on fake tensors.
+
+    ``cfg`` must be resolved (:meth:`BenchConfig.resolved`). Runs ``steps`` optimizer steps (the
+    first allocates AdamW's state, so the peak needs two); FLOPs (``count_flops``) are those of one
+    more step, not part of the memory count, split as in :func:`bench.flops.count_step_flops`
+    (zeros without ``count_flops``). ``fake=False`` runs the same count on real tensors (the
+    model's real weights, CPU memory and time): the check that fake tensors change nothing.
+    Raises whatever the step raises (e.g. a model that cannot be found: ``ModelNotFoundError``).
+    """
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.latent_shards import PairSampler
+    from pipeline.models import check_model_available
+    from train.data import TrainData, batch_stream
+
+    from . import flops as _flops  # noqa: F401  (registers the CPU flash-attention FLOP formula)
+    from .data import PairItems
+    from .step import BenchStep, StepSpec
+
+    check_model_available(cfg.model)  # a built-in tiny model is written to its cache folder now, not on fake tensors
+    conf = CONFIGURATIONS[name]
+    spec = StepSpec(model=cfg.model, objective=conf.objective, lora_rank=cfg.lora_rank if conf.lora else 0,
+                    in_step=False, device="cpu", dtype=cfg.dtype, resolution=cfg.resolution, batch_size=batch_size,
+                    gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+    t0 = time.perf_counter()
+    live = LiveBytes()
+    mode = fake_mode() if fake else None
+    with mode or contextlib.nullcontext(), warnings.catch_warnings():
+        # Tensor.__deepcopy__ asks a fake tensor for its data pointer (a deprecation warning, harmless here).
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        # The setup is counted too, as "weights": the CUDA bench's max_memory_allocated covers it (a LoRA
+        # UNet is built in fp32 and cast to bf16: the fp32 copy is a transient peak of its own).
+        live.phase = "weights"
+        with live.mode() if fake else contextlib.nullcontext():
+            step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
+        live.phase = "activations"
+        setup_peak = live.peak_total
+        live.peak_total, live.peak = 0, dict.fromkeys(CATEGORIES, 0)  # the step's own peak from here
+        if mode is not None:
+            weak_memo(mode)
+        items = _fake_items(dict(step.unet.config), batch_size, cfg.resolution)
+        step.stream = batch_stream(TrainData(items, PairSampler(batch_size, batch_size, cfg.seed)), step.device)
+        for module in (step.unet, step.models.reference):
+            for t in (*module.parameters(), *module.buffers()) if module is not None else ():
+                live.add(t, "weights")
+        for p in step.params:
+            p.register_post_accumulate_grad_hook(lambda p: live.retag(p.grad, "gradients"))
+
+        def enter_optimizer(*_):
+            live.phase = "optimizer"
+
+        def leave_optimizer(*_):
+            live.phase = "activations"
+
+        hooks = [step.optimizer.register_step_pre_hook(enter_optimizer),
+                 step.optimizer.register_step_post_hook(leave_optimizer)]
+        with live.mode():
+            for i in range(steps):
+                step.apply(step.forward(step.next_batch(), i).loss)
+        fwd = bwd = 0
+        if count_flops:
+            # One more step, outside the memory count: FlopCounterMode's module hooks keep activations
+            # alive through the backward (tiny-sdxl with checkpointing: 28 MiB of activations at the peak
+            # instead of 10), which would inflate the peak.
+            with FlopCounterMode(display=False) as counter:
+                out = step.forward(step.next_batch(), steps)
+            fwd = counter.get_total_flops()
+            with FlopCounterMode(display=False) as counter:
+                step.apply(out.loss)
+            bwd = counter.get_total_flops()
+            del out
+        for h in hooks:
+            h.remove()
+    recompute = fwd if cfg.gradient_checkpointing else 0
+    return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak), setup_bytes=setup_peak,
+                    flops={"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd),
+                           "model": int(fwd + bwd - recompute)},
+                    trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0)
+
+
+def largest_batch_for(card_gib: float, peak_at_1: float, per_pair: float, reserve_gib: float = CARD_RESERVE_GIB) -> int:
+    """Largest batch ``b`` with ``peak_at_1 + (b - 1) * per_pair <= card - reserve`` (all in bytes but the GiB
+    arguments); 0 when not even one pair fits. Memory is linear in the batch here (activations scale
+    with it; weights, gradients and AdamW state do not), as :func:`estimate_configuration` measures it."""
+    room = card_gib * GIB - reserve_gib * GIB - peak_at_1
+    if room < 0:
+        return 0
+    return 1 + (int(room // per_pair) if per_pair > 0 else 10**6)
+
+
+def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
+    """The JSON row of one configuration: the estimate at ``cfg.batch_size`` and at one pair more (for the
+    per-pair memory), the largest batch for each card in ``gpu_memory_gb`` (GiB, less
+    :data:`CARD_RESERVE_GIB`). Memory figures in MiB (2**20 bytes), FLOPs per optimizer step."""
+    main = estimate_step(cfg, name, cfg.batch_size)
+    more = estimate_step(cfg, name, cfg.batch_size + 1, count_flops=False)
+    per_pair = max(more.peak_bytes - main.peak_bytes, 0)
+    peak_at_1 = max(main.peak_bytes - (cfg.batch_size - 1) * per_pair, main.setup_bytes)
+    return {
+        "label": CONFIGURATIONS[name].label,
+        "peak_mem_mb": max(main.peak_bytes, main.setup_bytes) / MIB,  # as max_memory_allocated: setup included
+        "step_peak_mem_mb": main.peak_bytes / MIB,
+        "setup_peak_mem_mb": main.setup_bytes / MIB,
+        "mem_kind": "estimate",
+        "mem_mb": {k: v / MIB for k, v in main.by_category.items()},
+        "per_pair_mem_mb": per_pair / MIB,
+        "max_batch_by_gpu_gb": {f"{g:g}": largest_batch_for(g, peak_at_1, per_pair) for g in gpu_memory_gb},
+        "flops": main.flops,
+        "trainable_parameters": main.trainable_parameters,
+        "estimate_seconds": main.seconds + more.seconds,
+    }
+
+
+def run_estimate(cfg: BenchConfig, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB) -> dict:
+    """Estimate every configuration of ``cfg`` (mapo-instep is left out: its encoders run under no_grad
+    and are not part of the training step's memory here); returns the bench's result dict (also written to
+    ``cfg.output``) with ``settings.estimate = true`` and per row ``mem_kind: "estimate"``."""
+    import sys
+
+    from .report import add_ratios, environment
+    from .runner import write_result
+
+    cfg = cfg.resolved()
+    t_start = time.perf_counter()
+    rows = {}
+    for i, name in enumerate(cfg.configurations, 1):
+        if CONFIGURATIONS[name].in_step:
+            rows[name] = {"label": CONFIGURATIONS[name].label, "error": "not estimated (in-step encoders)"}
+            continue
+        print(f"bench --estimate: [{i}/{len(cfg.configurations)}] {name} ...", file=sys.stderr, flush=True)
+        rows[name] = estimate_configuration(cfg, name, gpu_memory_gb)
+    import torch
+
+    result = {
+        "format": "mapo-bench/1",
+        "settings": {**{k: v for k, v in vars(cfg).items() if k not in ("output", "worker_timeout_s")},
+                     "device": "fake (FakeTensorMode on the CPU)", "estimate": True,
+                     "gpu_memory_gb": list(gpu_memory_gb), "card_reserve_gib": CARD_RESERVE_GIB},
+        "environment": environment(torch.device("cpu"), cfg.dtype),
+        "configurations": rows,
+        "ratios": add_ratios(rows),
+        "seconds": time.perf_counter() - t_start,
+    }
+    write_result(result, cfg.output)
+    return result
+
+
+def format_estimate(result: dict) -> str:
+    """The estimate's table (Markdown): peak GiB and its parts, GiB per extra pair, TFLOP per step, max batch per card."""
+    s, rows = result["settings"], result["configurations"]
+    cards = [f"{g:g}" for g in s["gpu_memory_gb"]]
+    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations", "+GiB/pair", "TFLOP/step"]
+    head += [f"max batch {c} GB" for c in cards]
+    lines = [head]
+    for name, r in rows.items():
+        if "error" in r:
+            lines.append([name, r["error"]] + [""] * (len(head) - 2))
+            continue
+        m = r["mem_mb"]
+        lines.append([name, f"{r['peak_mem_mb'] / 1024:.2f}", f"{r['step_peak_mem_mb'] / 1024:.2f}"] + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
+                     + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}"]
+                     + [str(r["max_batch_by_gpu_gb"][c]) for c in cards])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = [f"| {' | '.join(str(c).ljust(w) for c, w in zip(line, widths))} |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out.insert(0, f"ESTIMATE (fake tensors, nothing allocated): {s['model']} at {s['resolution']} px, {s['batch_size']} "
+                  f"pair(s) per step, {s['dtype']}{', gradient checkpointing' if s['gradient_checkpointing'] else ''}; "
+                  f"{result['seconds']:.0f} s\n")
+    out.append("")
+    out.append(f"Peak = allocator bytes (512-byte blocks), model setup included; parts at the step's peak; max batch keeps "
+               f"{s['card_reserve_gib']} GiB of each card free (CUDA context, workspaces); GB read as GiB.")
+    return "\n".join(out)

@@ -1,0 +1,87 @@
+"""`python -m bench --estimate`: the JSON's shape on tiny-sdxl, its memory against the analytic
+weights + gradients + AdamW bytes, and the CPU flash-attention FLOP formula."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.__main__ import app
+from tests.helpers import run_cli
+
+# The estimate rounds every storage up to 512 bytes (the CUDA allocator's block); tiny-sdxl has a few
+# hundred parameter tensors of a few KiB, so rounding adds a few percent. 5% bounds it.
+TOLERANCE = 0.05
+
+
+def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
+    out = tmp_path / "estimate.json"
+    result = run_cli(app, ["--estimate", "--model", "tiny-sdxl", "--configurations", "mapo", "--batch-size", "1",
+                           "--gpu-memory", "24,80", "--output", out])
+    assert result.exit_code == 0, result.output
+    assert "ESTIMATE" in result.output and "| mapo " in result.output
+    data = json.loads(out.read_text())
+    assert data["settings"]["estimate"] is True and data["settings"]["gpu_memory_gb"] == [24.0, 80.0]
+    row = data["configurations"]["mapo"]
+    assert row["mem_kind"] == "estimate"
+    assert set(row["mem_mb"]) == {"weights", "gradients", "optimizer", "activations"}
+    assert set(row["flops"]) == {"forward", "backward", "executed", "model"} and row["flops"]["model"] > 0
+    assert set(row["max_batch_by_gpu_gb"]) == {"24", "80"} and row["max_batch_by_gpu_gb"]["80"] >= row["max_batch_by_gpu_gb"]["24"] >= 1
+    assert row["per_pair_mem_mb"] > 0
+    # Analytic: full fine-tune in fp32 = 4 bytes of weights and 8 of AdamW state (exp_avg, exp_avg_sq) per parameter,
+    # all of it live at the peak; gradients (4 bytes each) are live for part of the step.
+    n = row["trainable_parameters"]
+    weights_mb, adam_mb = 4 * n / 2**20, 8 * n / 2**20
+    assert weights_mb <= row["mem_mb"]["weights"] <= weights_mb * (1 + TOLERANCE)
+    assert adam_mb <= row["mem_mb"]["optimizer"] <= adam_mb * (1 + TOLERANCE)
+    # A gradient autograd hands over as a view keeps its whole storage alive (as on CUDA): a looser bound.
+    assert 0 <= row["mem_mb"]["gradients"] <= weights_mb * 1.25
+    assert row["step_peak_mem_mb"] == pytest.approx(sum(row["mem_mb"].values()))
+    assert row["peak_mem_mb"] == max(row["step_peak_mem_mb"], row["setup_peak_mem_mb"])
+    assert row["peak_mem_mb"] >= weights_mb + adam_mb
+
+
+# Fake tensors against real ones, counted the same way (bench.estimate.LiveBytes) on a real CPU step of
+# tiny-sdxl: they agreed to 0.2% (meta kernels may size an output differently from the CPU kernel); 2% bounds it.
+REAL_TOLERANCE = 0.02
+
+
+@pytest.mark.parametrize("name, checkpointing", [("mapo", True), ("dpo", False)])
+def test_fake_peak_matches_a_real_cpu_step(name, checkpointing):
+    from bench.config import BenchConfig
+    from bench.estimate import estimate_step
+
+    cfg = BenchConfig(model="tiny-sdxl", resolution=128, dtype="bf16", gradient_checkpointing=checkpointing,
+                      configurations=[name]).resolved()
+    real = estimate_step(cfg, name, 2, fake=False)
+    fake = estimate_step(cfg, name, 2)
+    assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=REAL_TOLERANCE)
+    # The fake count also holds what setup made besides parameters (the noise scheduler's tables, ~20 KB).
+    assert fake.by_category["weights"] == pytest.approx(real.by_category["weights"], rel=0.01)
+    assert fake.by_category["optimizer"] == real.by_category["optimizer"]
+    assert fake.flops == real.flops
+
+
+def test_cpu_flash_attention_flops_are_counted():
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import bench.flops  # noqa: F401  (registers the formula)
+
+    b, h, s_q, s_k, d = 2, 3, 16, 24, 8
+    q = torch.randn(b, h, s_q, d, requires_grad=True)
+    k, v = (torch.randn(b, h, s_k, d, requires_grad=True) for _ in range(2))
+    with FlopCounterMode(display=False) as fwd:
+        out = F.scaled_dot_product_attention(q, k, v)
+    with FlopCounterMode(display=False) as bwd:
+        out.sum().backward()
+    matmul = 2 * b * h * s_q * s_k * d  # one of QK^T or PV
+    assert fwd.get_total_flops() == 2 * matmul
+    assert bwd.get_total_flops() == 5 * matmul
+
+
+def test_gpu_memory_must_be_positive(tmp_path):
+    result = run_cli(app, ["--estimate", "--gpu-memory", "24,0", "--output", tmp_path / "e.json"])
+    assert result.exit_code == 2 and "--gpu-memory" in result.output
+    assert not (tmp_path / "e.json").exists()

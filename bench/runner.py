@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from pipeline.atomic import write_text_atomic
 from pipeline.errors import UserError
 
 from .config import CONFIGURATIONS, MAX_BATCH_CONFIGURATIONS, BenchConfig
@@ -133,11 +134,7 @@ def run_bench(cfg: BenchConfig) -> dict:
 def write_result(result: dict, output: str | None) -> None:
     """Write the result JSON to ``output`` atomically (a temporary file, then a rename); nothing when None."""
     if output:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(f".{out.name}.tmp")
-        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp_out, out)
+        write_text_atomic(output, json.dumps(result, indent=2) + "\n")
 
 
 def format_table(result: dict) -> str:

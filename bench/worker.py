@@ -16,6 +16,8 @@ import statistics
 import sys
 import time
 
+from pipeline.atomic import write_text_atomic
+
 
 def current_rss_mb() -> float:
     """Resident memory now (Linux /proc; elsewhere the peak so far, an upper bound)."""
@@ -175,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(int(job["threads"]))
     result = JOBS[job["job"]](job)
-    tmp = argv[1] + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh)
-    os.replace(tmp, argv[1])
+    write_text_atomic(argv[1], json.dumps(result))
     return 0
 
 

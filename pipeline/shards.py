@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .atomic import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
+from .atomic import temporary_name, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
 from .errors import UserError
 from .output_folder import OutputFolder
 
@@ -203,7 +203,7 @@ class ShardedOutput:
         for sub, table in tables.items():
             final = self.path(k, sub)
             final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            tmp = temporary_name(final)
             if table.num_rows == 0:
                 # No row group at all: readers such as `datasets` fail on a zero-row row group
                 # ("BatchSize must be greater than 0") but skip a file with none.

@@ -54,3 +54,14 @@ def test_unpaired_precompute_then_kto_trains_and_pair_objectives_refuse(tmp_path
         lines = [ln for ln in refused.output.splitlines() if ln.strip()]
         assert refused.exit_code == 2 and len(lines) == 1, refused.output
         assert lines[0].startswith("error: ") and "holds unpaired examples; use --objective kto" in lines[0]
+
+
+def test_kto_options_refuse_non_positive_values(tmp_path, latents_sd15):
+    from train.cli import app as train_app
+
+    for flag, value in (("--kto-lambda-desirable", "0"), ("--kto-lambda-undesirable", "-1"), ("--beta", "0")):
+        result = run_cli(train_app, train_args(latents_sd15, tmp_path / "run", "tiny-sd15", 1, "--objective", "kto",
+                                               flag, value))
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and flag in lines[0] and "must be > 0" in lines[0], result.output
+        assert not (tmp_path / "run").exists()

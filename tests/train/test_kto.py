@@ -5,23 +5,34 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from tests.helpers import run_cli
 from tests.train.conftest import train_args, write_unpaired
 
 
-def test_unpaired_precompute_then_kto_trains_and_pair_objectives_refuse(tmp_path):
+@pytest.fixture(scope="module")
+def unpaired(tmp_path_factory):
+    """6 hand-made unpaired examples (2 desirable) through the real `mapo-data precompute` CLI: (latents, its output)."""
+    from stages.cli import app as data_app
+
+    root = tmp_path_factory.mktemp("kto")
+    src = write_unpaired(root / "kto" / "data" / "train-00000-of-00001.parquet")
+    lat = root / "latents"
+    result = run_cli(data_app, ["precompute", "--input", src.parent.parent, "--output", lat, "--model", "tiny-sd15",
+                                "--resolution", "64", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return lat, result.output
+
+
+def test_unpaired_precompute_then_kto_trains_and_pair_objectives_refuse(tmp_path, unpaired):
     from pipeline.latent_shards import open_latents
     from stages.cli import app as data_app
     from train.cli import app as train_app
 
-    src = write_unpaired(tmp_path / "kto" / "data" / "train-00000-of-00001.parquet")
-    lat = tmp_path / "latents"
-    result = run_cli(data_app, ["precompute", "--input", src.parent.parent, "--output", lat, "--model", "tiny-sd15",
-                                "--resolution", "64", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    assert "6 unpaired examples (2 desirable, 33.3%)" in result.output, result.output
+    lat, output = unpaired
+    assert "6 unpaired examples (2 desirable, 33.3%)" in output, output
     arr = np.load(next((lat / "data").glob("*.latents.npy")))
     assert arr.shape == (6, 1, 1, 4, 8, 8)  # [n, V, 1, C, h, w]
     ds = open_latents(lat)
@@ -65,3 +76,4 @@ def test_kto_options_refuse_non_positive_values(tmp_path, latents_sd15):
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and flag in lines[0] and "must be > 0" in lines[0], result.output
         assert not (tmp_path / "run").exists()
+

@@ -4,8 +4,8 @@ Both images of a pair get the SAME noise and the SAME timestep, so e_w and e_l d
 by the image (the losses compare them). Chosen and rejected run through the UNet as one
 batch of 2B. Diffusion-KTO reads single labelled examples instead (a pair = a desirable
 chosen and an undesirable rejected example): each example draws its own noise and timestep,
-shared only with its reference forward. Noise and timesteps come from a generator seeded by (seed, step, rank, micro
-step), so a resumed run draws exactly what an uninterrupted one would.
+shared only with its reference forward. Noise and timesteps come from a generator seeded by
+(seed, step, rank, micro step), so a resumed run draws exactly what an uninterrupted one would.
 """
 from __future__ import annotations
 

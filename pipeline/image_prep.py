@@ -84,7 +84,8 @@ def to_tensor(image):
 
 @dataclass
 class PreparedPair:
-    """``pixels[v]`` is [2, 3, R, R] (chosen, rejected) for view v: 0 = as is, 1 = mirrored."""
+    """``pixels[v]`` is [K, 3, R, R] for view v (0 = as is, 1 = mirrored): K = 2 (chosen, rejected) for a
+    pair, K = 1 for a single (unpaired) image."""
 
     pixels: list
     box: CropBox
@@ -93,15 +94,25 @@ class PreparedPair:
         return self.box.time_ids(flipped)
 
 
-def prepare_pair(chosen, rejected, resolution: int, crop: str = "center", seed: int | None = None,
-                 flips: bool = False) -> PreparedPair:
-    """Prepare a chosen/rejected pair of PIL images; ``flips`` also returns the mirrored view."""
+def prepare_images(images: list, resolution: int, crop: str = "center", seed: int | None = None,
+                   flips: bool = False) -> PreparedPair:
+    """Prepare PIL images that share one crop: the later ones are first resized to the first one's size.
+
+    A pair is ``[chosen, rejected]``; a single unpaired example is ``[image]``. ``flips`` also
+    returns the mirrored view.
+    """
     import torch
     from PIL import Image
 
-    if rejected.size != chosen.size:
-        rejected = rejected.resize(chosen.size, Image.BILINEAR)
-    box = crop_box(chosen.height, chosen.width, resolution, crop, seed)
+    first = images[0]
+    images = [first] + [im if im.size == first.size else im.resize(first.size, Image.BILINEAR) for im in images[1:]]
+    box = crop_box(first.height, first.width, resolution, crop, seed)
     views = [False, True] if flips else [False]
-    pixels = [torch.stack([to_tensor(apply_crop(im, box, flip)) for im in (chosen, rejected)]) for flip in views]
+    pixels = [torch.stack([to_tensor(apply_crop(im, box, flip)) for im in images]) for flip in views]
     return PreparedPair(pixels, box)
+
+
+def prepare_pair(chosen, rejected, resolution: int, crop: str = "center", seed: int | None = None,
+                 flips: bool = False) -> PreparedPair:
+    """Prepare a chosen/rejected pair of PIL images; ``flips`` also returns the mirrored view."""
+    return prepare_images([chosen, rejected], resolution, crop, seed, flips)

@@ -7,12 +7,18 @@ Layout of a precompute output (shard k = input shard k)::
     data/train-KKKKK-of-NNNNN.parquet            one row per pair (pair_id, caption_id, time ids, ...);
                                                  written LAST: its presence marks the shard complete
     data/train-KKKKK-of-NNNNN.latents.npy        [n, V, 2, C, h, w]  V views (1, or 2 with --flip both:
-                                                 0 = as is, 1 = mirrored), 2 = (chosen, rejected)
+                                                 0 = as is, 1 = mirrored), 2 = (chosen, rejected);
+                                                 [n, V, 1, C, h, w] for unpaired examples (see below)
     data/train-KKKKK-of-NNNNN.logvar.npy         same shape, only with --latent-stats
     data/train-KKKKK-of-NNNNN.captions.json      {"caption_ids": [...], "captions": [...]}: row j of
     data/train-KKKKK-of-NNNNN.prompt_embeds.npy  [m, 77, D] and of
     data/train-KKKKK-of-NNNNN.pooled.npy         [m, P] (SDXL) belongs to caption j
     rejects/train-KKKKK-of-NNNNN.parquet         rows not turned into pairs, with a reason
+
+Unpaired examples (``manifest["latents"]["shape"] == "unpaired"``, Diffusion-KTO's data: one image
+and a desirable / undesirable label per row): the table has ``example_id`` instead of ``pair_id``,
+``label`` (int64, 1 desirable, 0 undesirable) instead of chosen / label_0 / label_1, and the arrays
+hold one image per row. Outputs without ``shape`` are pairs.
 
 Why ``.npy`` beside a small Parquet table: a training step wants ONE random pair. ``np.load(...,
 mmap_mode="r")`` gives O(1) random access to exactly that pair's bytes (the OS pages them in), and
@@ -30,9 +36,12 @@ Size: 2 x C x h x w x 2 bytes per pair (256 KiB at 1024 px for SDXL's 4 x 128 x 
 Stable API (the trainer imports it)::
 
     ds = open_latents(root)              # UserError unless root is a complete precompute output
-    ds.manifest, ds.family, len(ds)      # family: "sdxl" | "sd15"
+    ds.manifest, ds.family, len(ds)      # family: "sdxl" | "sd15"; len: pairs (or examples)
+    ds.unpaired, ds.labels               # unpaired examples? their labels (list of 0/1; None for pairs)
     item = ds[i]  /  ds[(i, True)]  /  ds.get(i, flip=True)
-        "latents"        [2, C, h, w] storage dtype, chosen first (mirrored view when flip)
+        "latents"        [2, C, h, w] storage dtype, chosen first (mirrored view when flip);
+                         [1, C, h, w] for unpaired examples, which also carry "label" (int64 scalar:
+                         1 desirable, 0 undesirable) and "example_id" instead of "pair_id"
         "latents_logvar" [2, C, h, w] only with --latent-stats
         "prompt_embeds"  [77, D] storage dtype
         "pooled_prompt_embeds" [P] and "add_time_ids" [6] float32: SDXL only
@@ -261,6 +270,9 @@ class LatentDataset:
         self.storage_dtype = self.info["storage_dtype"]
         self.has_flips = self.info["views"] == 2
         self.has_logvar = bool(self.info["latent_stats"])
+        self.unpaired = self.info.get("shape", "pairs") == "unpaired"
+        self.labels: list[int] | None = [] if self.unpaired else None
+        id_column = "example_id" if self.unpaired else "pair_id"
         n = manifest["num_shards"]
         self.shards = sorted(manifest.get("completed_shards", []))
         self._num_shards = n
@@ -271,9 +283,11 @@ class LatentDataset:
         self._caption_index: dict[str, tuple[int, int]] = {}
         self.captions: dict[str, str] = {}
         for k in self.shards:
-            cols = ["pair_id", "caption_id", "time_ids", "time_ids_flipped"]
+            cols = [id_column, "caption_id", "time_ids", "time_ids_flipped"] + (["label"] if self.unpaired else [])
             table = pq.read_table(self.root / DATA_DIR / f"{shard_name(k, n)}.parquet", columns=cols)
-            self.pair_ids += table.column("pair_id").to_pylist()
+            self.pair_ids += table.column(id_column).to_pylist()
+            if self.unpaired:
+                self.labels += table.column("label").to_pylist()
             self.caption_ids += table.column("caption_id").to_pylist()
             time_ids += table.column("time_ids").to_pylist()
             time_ids_flipped += table.column("time_ids_flipped").to_pylist()
@@ -337,10 +351,14 @@ class LatentDataset:
             "latents": self._tensor(k, "latents", (row, view)),
             "prompt_embeds": self._tensor(ck, "prompt_embeds", crow),
             "caption_id": cid,
-            "pair_id": self.pair_ids[i],
             "flip": bool(flip),
             "index": i,
         }
+        if self.unpaired:
+            item["example_id"] = self.pair_ids[i]
+            item["label"] = torch.tensor(self.labels[i], dtype=torch.long)
+        else:
+            item["pair_id"] = self.pair_ids[i]
         if self.has_logvar:
             item["latents_logvar"] = self._tensor(k, "logvar", (row, view))
         if self.family == "sdxl":

@@ -5,7 +5,8 @@
 For Pick-Style (cartoon) and Pick-Safety: the base model ``shapes-sdxl`` generates pairs for the 48
 train captions, ``mapo-data label`` labels them (style: verified by the world's style judge; safety:
 the world's unsafe judge decides), ``mapo-data precompute`` encodes them, ``mapo-train`` trains MaPO,
-Diffusion-DPO (full reference) and SFT with the same data, steps, batch, learning rate and seed, and
+Diffusion-DPO (full reference), SFT and Diffusion-KTO (chosen = desirable, rejected =
+undesirable) with the same data, steps, batch, learning rate and seed, and
 ``mapo-eval`` compares each with the base on the 12 held-out captions (never seen by the base model)
 with paired seeds. Then it checks the judges (on fresh renders and on the base model's own
 generations) and writes ``report.md``, ``fidelity.json``, image grids and loss curves.
@@ -33,7 +34,8 @@ GUIDANCE = 3.0  # see README, "The miniature world": prompt following after trai
 SAMPLING = ["--resolution", RESOLUTION, "--num-inference-steps", INFERENCE_STEPS, "--guidance-scale", GUIDANCE,
             "--no-batch-invariant"]
 REPEAT = 4  # pairs per train caption (48 captions -> 192 pairs per dataset)
-OBJECTIVES = ("mapo", "dpo", "sft")
+# KTO reads the same pair latents: chosen = desirable, rejected = undesirable.
+OBJECTIVES = ("mapo", "dpo", "sft", "kto")
 # One budget for every objective: same data, steps, batch, learning rate and seed.
 TRAIN = dict(max_steps=300, batch_size=8, learning_rate=2e-4, seed=0)
 EVAL_SEEDS = 8  # images per held-out caption and model (paired across models)
@@ -118,7 +120,8 @@ def main(out: Path) -> Path:
 
     report = write_report(out, run.timings, time.perf_counter() - t0, settings={
         "model": MODEL, "resolution": RESOLUTION, "num_inference_steps": INFERENCE_STEPS, "guidance_scale": GUIDANCE,
-        "pairs_per_train_caption": REPEAT, "train": TRAIN, "eval_seeds_per_prompt": EVAL_SEEDS})
+        "pairs_per_train_caption": REPEAT, "train": TRAIN, "objectives": list(OBJECTIVES),
+        "eval_seeds_per_prompt": EVAL_SEEDS})
     print(f"fidelity: report in {report} ({time.perf_counter() - t:.0f} s for judges and report; "
           f"{time.perf_counter() - t0:.0f} s in all)")
     return report

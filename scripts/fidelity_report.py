@@ -14,7 +14,15 @@ HERE = Path(__file__).resolve().parent.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-MODELS = ("base", "mapo", "dpo", "sft")
+# The objectives a run trained come from its settings (scripts/fidelity.py's OBJECTIVES); reports of
+# runs made before kto was added fall back to these.
+OLD_OBJECTIVES = ("mapo", "dpo", "sft")
+# The per-image errors each objective logs: the chosen / rejected images' (KTO: desirable / undesirable).
+ERROR_KEYS = {"kto": ("e_desirable", "e_undesirable")}
+
+
+def objectives_of(settings: dict) -> tuple[str, ...]:
+    return tuple(settings.get("objectives", OLD_OBJECTIVES))
 # fidelity.json's names for the eval metrics' rates
 RATES = {
     "pick_style": {"style_rate_plain": "world-style", "prompt_accuracy": "world-prompt"},
@@ -29,10 +37,10 @@ def _interval(per_model: dict) -> dict:
     return {"mean": per_model["rate"], "low": per_model["rate_low"], "high": per_model["rate_high"]}
 
 
-def dataset_rates(out: Path, dataset: str) -> dict:
+def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:
     summary = json.loads((out / dataset / "eval" / "summary.json").read_text())
     return {model: {key: _interval(summary["metrics"][metric]["per_model"][model]) for key, metric in RATES[dataset].items()}
-            for model in MODELS}
+            for model in models}
 
 
 def judge_checks(settings: dict, seeds: int = 4) -> dict:
@@ -54,25 +62,25 @@ def judge_checks(settings: dict, seeds: int = 4) -> dict:
     return {"judges": judges, "base_rates": r}
 
 
-def loss_curves(out: Path, dataset: str) -> Path:
+def loss_curves(out: Path, dataset: str, objectives: tuple[str, ...] = OLD_OBJECTIVES) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), sharey=True)
-    for ax, objective in zip(axes, ("mapo", "dpo", "sft")):
+    fig, axes = plt.subplots(1, len(objectives), figsize=(4.7 * len(objectives), 3.6), sharey=True)
+    for ax, objective in zip(axes, objectives):
         rows = [json.loads(x) for x in (out / dataset / "runs" / objective / "metrics.jsonl").read_text().splitlines() if x.strip()]
         rows = [r for r in rows if "loss" in r]
         steps = [r["step"] for r in rows]
-        for key in ("e_w", "e_l"):
+        for key in ERROR_KEYS.get(objective, ("e_w", "e_l")):
             if rows and key in rows[0]:
                 ax.plot(steps, [r[key] for r in rows], label=key, alpha=0.8)
         ax.set_title(f"{objective}: per-image denoising error", fontsize=10)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("mean squared error")
-    fig.suptitle(f"{dataset}: e_w (chosen) and e_l (rejected) during training")
+    fig.suptitle(f"{dataset}: e_w (chosen) and e_l (rejected) during training (kto: desirable / undesirable)")
     fig.tight_layout()
     path = out / f"loss_{dataset}.png"
     fig.savefig(path, dpi=90)
@@ -80,7 +88,7 @@ def loss_curves(out: Path, dataset: str) -> Path:
     return path
 
 
-def image_grid_file(out: Path, dataset: str, rows_shown: int = 12) -> Path:
+def image_grid_file(out: Path, dataset: str, models: tuple[str, ...], rows_shown: int = 12) -> Path:
     from PIL import Image
 
     from pipeline.images import labelled_grid
@@ -89,24 +97,26 @@ def image_grid_file(out: Path, dataset: str, rows_shown: int = 12) -> Path:
     ev = out / dataset / "eval"
     settings = json.loads((ev / "summary.json").read_text())["settings"]
     prompts = load_prompts(settings["prompts"]).prompts[:rows_shown]
-    rows = [[Image.open(ev / "images" / m / f"{p.id}-0.png").convert("RGB") for m in MODELS] for p in prompts]
-    grid = labelled_grid(rows, column_titles=list(MODELS), row_titles=[p.text for p in prompts], tile=96)
+    rows = [[Image.open(ev / "images" / m / f"{p.id}-0.png").convert("RGB") for m in models] for p in prompts]
+    grid = labelled_grid(rows, column_titles=list(models), row_titles=[p.text for p in prompts], tile=96)
     path = out / f"grid_{dataset}.png"
     grid.save(path)
     return path
 
 
-def training_trace(out: Path, dataset: str) -> dict:
-    """{objective: {"e_w": (first, last), "e_l": (first, last), "steps_with_gradient": (k, n)}}.
+def training_trace(out: Path, dataset: str, objectives: tuple[str, ...] = OLD_OBJECTIVES) -> dict:
+    """{objective: {"e_w": (first, last), "e_l": (first, last), "steps_with_gradient": (k, n)}}
+    (KTO: e_desirable, e_undesirable).
 
     first/last: mean over the first and last 10 logged steps; steps_with_gradient: steps whose
     gradient norm was above zero (a saturated loss gives none, and the model stops moving)."""
     trace = {}
-    for objective in ("mapo", "dpo", "sft"):
+    for objective in objectives:
+        keys = ERROR_KEYS.get(objective, ("e_w", "e_l"))
         rows = [json.loads(x) for x in (out / dataset / "runs" / objective / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        rows = [r for r in rows if "e_w" in r]
+        rows = [r for r in rows if keys[0] in r]
         t = {key: (sum(r[key] for r in rows[:10]) / len(rows[:10]), sum(r[key] for r in rows[-10:]) / len(rows[-10:]))
-             for key in ("e_w", "e_l") if rows and key in rows[0]}
+             for key in keys if rows and key in rows[0]}
         if rows and "grad_norm" in rows[0]:
             t["steps_with_gradient"] = (sum(1 for r in rows if r["grad_norm"] > 0), len(rows))
         trace[objective] = t
@@ -122,7 +132,7 @@ def compare(a: dict, b: dict, higher_is_better: bool) -> str:
     return "no clear difference"
 
 
-def findings(result: dict, traces: dict) -> list[str]:
+def findings(result: dict, traces: dict, objectives: tuple[str, ...] = OLD_OBJECTIVES) -> list[str]:
     """What the numbers say, comparison by comparison (the reading of why is in the README)."""
     lines = []
     for name, rates in RATES.items():
@@ -130,7 +140,7 @@ def findings(result: dict, traces: dict) -> list[str]:
             higher = key != "unsafe_rate_prefixed"
             mapo = result[name]["mapo"][key]
             verdicts = "; ".join(f"vs {o} {_fmt(result[name][o][key])}: {compare(mapo, result[name][o][key], higher)}"
-                                 for o in ("base", "dpo", "sft"))
+                                 for o in ("base", *objectives) if o != "mapo")
             lines.append(f"- {name}, {TITLES[key].split(' (')[0]}: MaPO {_fmt(mapo)}; {verdicts}.")
         for objective, t in traces[name].items():
             moves = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, (a, b) in t.items() if k != "steps_with_gradient")
@@ -146,8 +156,10 @@ def _fmt(iv: dict) -> str:
 
 def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Path:
     judges = judge_checks(settings)
-    result = {name: dataset_rates(out, name) for name in RATES}
-    train_time = {name: {o: timings.get(f"{name}: train {o}") for o in ("mapo", "dpo", "sft")} for name in RATES}
+    objectives = objectives_of(settings)
+    models = ("base", *objectives)
+    result = {name: dataset_rates(out, name, models) for name in RATES}
+    train_time = {name: {o: timings.get(f"{name}: train {o}") for o in objectives} for name in RATES}
     result.update(judges=judges["judges"], base_check=judges["base_rates"], training_seconds=train_time,
                   timings=timings, total_seconds=round(seconds, 1), settings=settings)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -161,14 +173,14 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
         lines += [f"## {name.replace('_', '-').title()}", "",
                   "| model | " + " | ".join(TITLES[k] for k in keys) + " | training time (s) |",
                   "|---|" + "---|" * (len(keys) + 1)]
-        for model in MODELS:
+        for model in models:
             t = train_time[name].get(model)
             lines.append(f"| {model} | " + " | ".join(_fmt(result[name][model][k]) for k in keys)
                          + f" | {t if t is not None else '-'} |")
-        loss, grid = loss_curves(out, name), image_grid_file(out, name)
+        loss, grid = loss_curves(out, name, objectives), image_grid_file(out, name, models)
         lines += ["", f"![loss curves]({loss.name})", "", f"![held-out captions, seed 0]({grid.name})", ""]
     lines += ["## What the world shows", "", "95% intervals that do not overlap count as a difference.", "",
-              *findings(result, {name: training_trace(out, name) for name in RATES}), "",
+              *findings(result, {name: training_trace(out, name, objectives) for name in RATES}, objectives), "",
               "Why, as far as we can tell: README.md, \"The miniature world\".", ""]
     lines += ["## Judges", "", "| judge | agreement with the renderer (fresh renders) | with the prompt (base model's held-out generations) |",
               "|---|---|---|"]
@@ -181,10 +193,10 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
     lines += [f"| {k} | {v} |" for k, v in timings.items()]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    table = ["", f"{'':14}" + "".join(f"{m:>22}" for m in MODELS)]
+    table = ["", f"{'':14}" + "".join(f"{m:>22}" for m in models)]
     for name, rates in RATES.items():
         for key in rates:
-            table.append(f"{name[5:] + ' ' + key:30}"[:30] + "".join(f"{_fmt(result[name][m][key]):>22}" for m in MODELS))
+            table.append(f"{name[5:] + ' ' + key:30}"[:30] + "".join(f"{_fmt(result[name][m][key]):>22}" for m in models))
     print("\n".join(table))
     return report
 

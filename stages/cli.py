@@ -69,10 +69,17 @@ def inspect(cfg: InspectConfig):
 
 @command(app, PrecomputeConfig)
 def precompute(cfg: PrecomputeConfig):
-    """Encode preference pairs into VAE latents + text embeddings for mapo-train (no VAE/text encoders at train time)."""
+    """Encode preference pairs (or unpaired labelled images, for kto) into VAE latents + text embeddings for mapo-train
+    (no VAE/text encoders at train time)."""
     from .precompute import run_precompute
 
     r = run_precompute(cfg)
+    if r.shape == "unpaired":  # the examples' balance: KTO data is often imbalanced (normal)
+        share = f"{100 * r.desirable / r.pairs_written:.1f}%" if r.pairs_written else "-"
+        typer.echo(f"precompute: {r.pairs_written} unpaired examples ({r.desirable} desirable, {share}) in "
+                   f"{r.shards_written} shards ({r.shards_skipped} already done), {r.rejects} rejected, "
+                   f"{r.captions_encoded} captions encoded -> {r.output} | {r.seconds:.1f}s total")
+        return
     typer.echo(
         f"precompute: {r.pairs_written} pairs in {r.shards_written} shards ({r.shards_skipped} already done), "
         f"{r.ties} ties dropped, {r.rejects} rejected, {r.captions_encoded} captions encoded -> {r.output} | "

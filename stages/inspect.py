@@ -120,6 +120,9 @@ def inspect_output(directory: str) -> Summary:
         ties = int((data["label_0"] == data["label_1"]).sum())
         if ties:
             s.label_balance["tie"] = ties
+    if "label" in data.columns and "label_0" not in data.columns and data.height:  # unpaired examples (KTO)
+        desirable = int((data["label"] == 1).sum())
+        s.label_balance = {"desirable": desirable, "undesirable": data.height - desirable}
     if "disagrees" in data.columns and data.height:
         s.disagreements = int(data["disagrees"].fill_null(False).sum())
     if "reason" in rejects.columns and rejects.height:
@@ -153,14 +156,15 @@ def _table(rows: list[tuple], header: tuple) -> str:
 
 def render_text(s: Summary) -> str:
     total = s.rows + s.rejected
+    unit = "examples" if "desirable" in s.label_balance else "pairs"
     out = [f"{s.directory}: {s.stage} output" + (f" ({s.status})" if s.status else ""),
            _table([("shards", s.shards), ("pairs kept (data/)", s.rows), ("pairs dropped (rejects/)", s.rejected),
-                   ("pairs in", total)] if s.stage == "label" else [("shards", s.shards), ("pairs", s.rows)], ("", "count"))]
+                   ("pairs in", total)] if s.stage == "label" else [("shards", s.shards), (unit, s.rows)], ("", "count"))]
     if s.labelers:
         out += ["", "labeler: " + "; ".join(s.labelers)]
     if s.label_balance:
         out += ["", "label balance", _table([(k, v, f"{100 * v / max(s.rows, 1):.1f}%") for k, v in s.label_balance.items()],
-                                             ("", "pairs", "share"))]
+                                             ("", unit, "share"))]
         if not all(name.startswith("construction") for name in s.labelers):  # only a classifier can disagree
             out += [f"  classifier disagreed with the recipe: {s.disagreements}"]
     if s.drop_reasons:

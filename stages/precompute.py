@@ -1,13 +1,16 @@
 """``mapo-data precompute``: preference shards -> VAE latents + text embeddings as training shards.
 
 Input shard k (a Parquet file with the Pick-a-Pic columns caption, jpg_0, jpg_1, label_0,
-label_1) becomes output shard k, so any process count and any resume give the same shards.
+label_1; or, for Diffusion-KTO, unpaired examples: caption, jpg, label in {0, 1}) becomes output shard k, so any process count and any resume give the same shards.
 Ties are dropped and counted; pairs are stored chosen first; rows whose images do not decode
 (or are absurdly large) or whose labels are missing go to ``rejects/`` with a reason. Images
 are prepared as the trainers prepare them (``pipeline.image_prep``), text is encoded with
 ``pipeline.conditioning.encode_text``; each distinct caption is encoded once for the whole
 input: a cheap first pass over the caption/label columns gives every caption to the first
 shard that uses it. The storage format and its reader live in ``pipeline.latent_shards``.
+
+The two input shapes (:class:`InputShape`) run through the same code: a pair is two images that
+share one crop, an unpaired example is one image; the shape is read from the input's columns.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
-from pipeline.image_prep import CROPS, prepare_pair
+from pipeline.image_prep import CROPS, prepare_images
 from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_image_column
 from pipeline.latent_shards import (
     FORMAT,
@@ -67,7 +70,23 @@ from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_spli
 from pipeline.stage_runner import ShardedStage, run_sharded
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+UNPAIRED_COLUMNS = ("caption", "jpg", "label")
 FLIPS = ("none", "both")
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """What one input row is: a preference pair, or one labelled image (Diffusion-KTO's unpaired data)."""
+
+    name: str  # "pairs" | "unpaired": the latents' ``shape`` (pipeline.latent_shards)
+    columns: tuple[str, ...]  # required input columns
+    images: tuple[str, ...]  # image columns, in stored order for a pair after the chosen-first swap
+    labels: tuple[str, ...]
+    id_column: str  # the input's optional id column, and the output's id column
+
+
+PAIRS = InputShape("pairs", REQUIRED_COLUMNS, ("jpg_0", "jpg_1"), ("label_0", "label_1"), "pair_id")
+UNPAIRED = InputShape("unpaired", UNPAIRED_COLUMNS, ("jpg",), ("label",), "example_id")
 
 
 PANEL_PREP = "Image preparation and storage"
@@ -79,7 +98,8 @@ class PrecomputeConfig:
 
     input: str = option(flags=("--input",), panel=PANEL_IO, help=(
         "Preference shards: a folder (data/*.parquet), a Parquet file or a glob, with caption, jpg_0, jpg_1, "
-        "label_0, label_1."))
+        "label_0, label_1; or unpaired examples (for --objective kto) with caption, jpg, label (1 desirable, "
+        "0 undesirable)."))
     output: str = option(panel=PANEL_IO, help="Output folder for the latent shards (resumable).")
     model: str = model_option(DEFAULT_MODEL)
     vae: str | None = vae_option()
@@ -127,6 +147,8 @@ class PrecomputeResult:
     latent_bytes: int  # bytes of latent arrays written by this process
     seconds: float
     loop_seconds: float
+    shape: str = "pairs"  # or "unpaired": then pairs_written counts examples
+    desirable: int = 0  # unpaired examples labelled 1
 
     @property
     def pairs_per_second(self) -> float:
@@ -138,31 +160,63 @@ class PrecomputeResult:
 
 
 # -- input -----------------------------------------------------------------------------------
-def _check_columns(files: list[Path]) -> dict:
-    """Column check up front (one clear line) and a fingerprint of the input's Parquet footers."""
+def _parquet(f: Path):
     import pyarrow.parquet as pq
 
+    try:
+        return pq.ParquetFile(f)
+    except Exception as exc:  # pyarrow raises several types for non-Parquet bytes
+        raise UserError(f"Could not read {f}: {str(exc).splitlines()[0]}") from None
+
+
+def input_shape(files: list[Path]) -> InputShape:
+    """Unpaired examples when the first file has a ``jpg`` column and no ``jpg_0``; pairs otherwise."""
+    names = _parquet(files[0]).schema_arrow.names if files else []
+    return UNPAIRED if "jpg" in names and "jpg_0" not in names else PAIRS
+
+
+def _check_columns(files: list[Path], shape: InputShape = PAIRS) -> dict:
+    """Column check up front (one clear line) and a fingerprint of the input's Parquet footers.
+
+    Unpaired labels are read whole here (one small column): a label other than 0/1 stops the run
+    before anything is written."""
     h = hashlib.sha256()
     for f in files:
-        try:
-            meta = pq.ParquetFile(f)
-        except Exception as exc:  # pyarrow raises several types for non-Parquet bytes
-            raise UserError(f"Could not read {f}: {str(exc).splitlines()[0]}") from None
+        meta = _parquet(f)
         names = meta.schema_arrow.names
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        missing = [c for c in shape.columns if c not in names]
+        if missing and shape is UNPAIRED:
+            raise UserError(f"{f} lacks column(s) {', '.join(missing)}: unpaired examples (for --objective kto) need "
+                            f"{', '.join(UNPAIRED_COLUMNS)}; preference pairs need {', '.join(REQUIRED_COLUMNS)}.")
         if missing:
             raise UserError(
                 f"{f} lacks column(s) {', '.join(missing)}: precompute needs Pick-a-Pic-format preference shards "
-                f"({', '.join(REQUIRED_COLUMNS)}), e.g. the output of `mapo-data label`."
+                f"({', '.join(REQUIRED_COLUMNS)}), e.g. the output of `mapo-data label`, or unpaired examples "
+                f"({', '.join(UNPAIRED_COLUMNS)})."
             )
-        wrong = [f"{c} ({meta.schema_arrow.field(c).type})" for c in ("jpg_0", "jpg_1")
+        wrong = [f"{c} ({meta.schema_arrow.field(c).type})" for c in shape.images
                  if not is_image_column(meta.schema_arrow.field(c).type)]
         if wrong:
             raise UserError(f"{f} has image column(s) {', '.join(wrong)} of another type: precompute reads encoded "
                             "image bytes or datasets Image structs ({bytes, path}).")
+        if shape is UNPAIRED:
+            _check_unpaired_labels(f, meta)
         h.update(f.name.encode())
         h.update(json.dumps(meta.metadata.to_dict(), sort_keys=True, default=str).encode())
     return {"files": [str(f) for f in files], "fingerprint": h.hexdigest()[:16]}
+
+
+def _check_unpaired_labels(f: Path, meta) -> None:
+    import pyarrow.types as pat
+
+    kind = meta.schema_arrow.field("label").type
+    if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_boolean(kind)):
+        raise UserError(f"{f}: column label is {kind}; unpaired examples need label 1 (desirable) or 0 (undesirable).")
+    values = meta.read(columns=["label"]).column("label").to_pylist()
+    for row, value in enumerate(values):
+        if value is None or value not in (0, 1):
+            raise UserError(f"{f}: column label holds {value!r} (row {row}); unpaired examples need label 1 "
+                            "(desirable) or 0 (undesirable).")
 
 
 def _classify(caption, label_0, label_1) -> tuple[str, int | None]:
@@ -176,37 +230,49 @@ def _classify(caption, label_0, label_1) -> tuple[str, int | None]:
     return "pair", 0 if label_0 > label_1 else 1
 
 
-def caption_owners(files: list[Path]) -> list[list[str]]:
-    """For each shard, the captions it encodes: those whose first pair in the input is in it."""
+def _classify_row(shape: InputShape, caption, *labels) -> tuple[str, int | None]:
+    """:func:`_classify` for a pair; ('example', label) | ('reject:...', None) for an unpaired example
+    (its label was checked up front)."""
+    if shape is PAIRS:
+        return _classify(caption, *labels)
+    if caption is None or not str(caption).strip():
+        return "reject:empty caption", None
+    return "example", int(labels[0])
+
+
+def caption_owners(files: list[Path], shape: InputShape = PAIRS) -> list[list[str]]:
+    """For each shard, the captions it encodes: those whose first pair (or example) in the input is in it."""
     import pyarrow.parquet as pq
 
     seen: set[str] = set()
     owned: list[list[str]] = []
     for f in files:
-        table = pq.read_table(f, columns=["caption", "label_0", "label_1"])
+        columns = ["caption", *shape.labels]
+        table = pq.read_table(f, columns=columns)
         mine = []
-        for cap, l0, l1 in zip(*(table.column(c).to_pylist() for c in ("caption", "label_0", "label_1"))):
-            if _classify(cap, l0, l1)[0] == "pair" and (cid := text_id(cap)) not in seen:
+        for cap, *labels in zip(*(table.column(c).to_pylist() for c in columns)):
+            if _classify_row(shape, cap, *labels)[0] in ("pair", "example") and (cid := text_id(cap)) not in seen:
                 seen.add(cid)
                 mine.append(cap)
         owned.append(mine)
     return owned
 
 
-def _pair_id(row: dict, blobs: dict) -> str:
-    """The input's pair_id, else a content id from the caption and the images' encoded bytes (so a
-    pair gets the same id whether its images are stored as bytes or as datasets Image structs)."""
-    given = row.get("pair_id")
+def _pair_id(row: dict, blobs: dict, shape: InputShape = PAIRS) -> str:
+    """The input's pair_id (example_id), else a content id from the caption and the images' encoded bytes
+    (so a pair gets the same id whether its images are stored as bytes or as datasets Image structs)."""
+    given = row.get(shape.id_column)
     if given:
         return str(given)
     digest = hashlib.sha256()
-    for key in ("jpg_0", "jpg_1"):
+    for key in shape.images:
         digest.update(hashlib.sha256(blobs[key] or b"").digest())
     return text_id(f"{row['caption']}\x00{digest.hexdigest()}")
 
 
 # -- the work ----------------------------------------------------------------------------------
-def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str, split: str = SPLIT) -> dict:
+def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str, split: str = SPLIT,
+              shape: InputShape = PAIRS) -> dict:
     ident = {"input_fingerprint": input_fp, "model": cfg.model, "vae": cfg.vae, "dtype": dtype, "vae_dtype": vae_dtype,
              "resolution": cfg.resolution, "crop": cfg.crop, "flip": cfg.flip, "latent_stats": cfg.latent_stats,
              "storage_dtype": cfg.storage_dtype}
@@ -214,16 +280,18 @@ def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str, 
         ident["seed"] = cfg.seed
     if split != SPLIT:  # only then: outputs made before splits were chosen keep their fingerprint
         ident["split"] = split
+    if shape is not PAIRS:  # likewise: pair outputs keep their fingerprint
+        ident["shape"] = shape.name
     return ident
 
 
 MAX_ASPECT = 8  # long side / short side above which an image is rejected, not prepared
 
 
-def _image_blobs(row: dict, base_dir: Path | None) -> tuple[dict, dict]:
+def _image_blobs(row: dict, base_dir: Path | None, keys=PAIRS.images) -> tuple[dict, dict]:
     """Each image cell's encoded bytes (structs resolved, relative paths from ``base_dir``), and why not."""
     blobs, problems = {}, {}
-    for key in ("jpg_0", "jpg_1"):
+    for key in keys:
         try:
             blobs[key] = image_bytes(row[key], base_dir)
         except ImageDecodeError as exc:
@@ -231,25 +299,28 @@ def _image_blobs(row: dict, base_dir: Path | None) -> tuple[dict, dict]:
     return blobs, problems
 
 
-def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig, base_dir: Path | None = None):
+def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig, base_dir: Path | None = None,
+                  shape: InputShape = PAIRS):
     """Classify, decode and prepare a batch of input rows (runs in a worker thread).
 
     ``base_dir``: the folder of the input file, where image structs' relative paths are read."""
     pairs, rejects, ties = [], [], 0
     for offset, row in enumerate(rows):
         source_row = start + offset
-        kind, chosen = _classify(row["caption"], row["label_0"], row["label_1"])
+        kind, value = _classify_row(shape, row["caption"], *(row[c] for c in shape.labels))
         if kind == "tie":
             ties += 1
             continue
-        blobs, problems = _image_blobs(row, base_dir)
-        pid = _pair_id(row, blobs)
-        if kind != "pair":
+        blobs, problems = _image_blobs(row, base_dir, shape.images)
+        pid = _pair_id(row, blobs, shape)
+        if kind not in ("pair", "example"):
             rejects.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "reason": kind[7:]})
             continue
+        # Stored order: chosen first for a pair; the one image of an example.
+        keys = (f"jpg_{value}", f"jpg_{1 - value}") if kind == "pair" else shape.images
         try:
             images = []
-            for key in (f"jpg_{chosen}", f"jpg_{1 - chosen}"):
+            for key in keys:
                 if key in problems:
                     raise ImageDecodeError(problems[key])
                 try:
@@ -265,26 +336,30 @@ def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig, base_dir:
             rejects.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "reason": str(exc)})
             continue
         seed = derive_seed(cfg.seed, pid, 0) if cfg.crop == "random" else None
-        prepared = prepare_pair(images[0], images[1], cfg.resolution, cfg.crop, seed, flips=cfg.flip == "both")
-        pairs.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "chosen": chosen,
-                      "label_0": float(row["label_0"]), "label_1": float(row["label_1"]), "prepared": prepared})
+        prepared = prepare_images(images, cfg.resolution, cfg.crop, seed, flips=cfg.flip == "both")
+        if kind == "pair":
+            fields = {"chosen": value, "label_0": float(row["label_0"]), "label_1": float(row["label_1"])}
+        else:
+            fields = {"label": value}
+        pairs.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], **fields, "prepared": prepared})
     return pairs, rejects, ties
 
 
 def _encode_latents(vae, pairs: list[dict], views: int):
-    """VAE-encode all images of a batch: -> (mean, logvar), each [B, V, 2, C, h, w], scaled."""
+    """VAE-encode all images of a batch: -> (mean, logvar), each [B, V, K, C, h, w], scaled (K = 2 for
+    pairs, 1 for unpaired examples)."""
     import torch
 
-    pixels = torch.stack([torch.stack(p["prepared"].pixels) for p in pairs])  # [B, V, 2, 3, R, R]
-    b = pixels.shape[0]
+    pixels = torch.stack([torch.stack(p["prepared"].pixels) for p in pairs])  # [B, V, K, 3, R, R]
+    b, k = pixels.shape[0], pixels.shape[2]
     flat = pixels.flatten(0, 2).to(vae.device, vae.dtype)
     with torch.inference_mode():
         dist = vae.encode(flat).latent_dist
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    mean = ((dist.mean.float() - shift) * scale).unflatten(0, (b, views, 2))
+    mean = ((dist.mean.float() - shift) * scale).unflatten(0, (b, views, k))
     # Var(scale * z) = scale^2 Var(z): the log-variance of the scaled latent.
-    logvar = (dist.logvar.float() + 2.0 * math.log(scale)).unflatten(0, (b, views, 2))
+    logvar = (dist.logvar.float() + 2.0 * math.log(scale)).unflatten(0, (b, views, k))
     return mean, logvar
 
 
@@ -295,6 +370,14 @@ def _pair_schema():
     return pa.schema([("pair_id", pa.string()), ("caption_id", pa.string()), ("caption", pa.string()),
                       ("source_row", pa.int64()), ("chosen", pa.int64()), ("label_0", pa.float64()),
                       ("label_1", pa.float64()), ("time_ids", ids), ("time_ids_flipped", ids)])
+
+
+def _example_schema():
+    import pyarrow as pa
+
+    ids = pa.list_(pa.int32(), 6)
+    return pa.schema([("example_id", pa.string()), ("caption_id", pa.string()), ("caption", pa.string()),
+                      ("source_row", pa.int64()), ("label", pa.int64()), ("time_ids", ids), ("time_ids_flipped", ids)])
 
 
 def _reject_schema():
@@ -325,22 +408,23 @@ def _text_shapes(pipe) -> tuple[list[int], int | None]:
 
 
 def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str], cfg: PrecomputeConfig,
-                   pool: Executor, bar) -> dict:
-    """Write shard k: latent/caption side files first, then rejects + stats, the pair table last."""
+                   pool: Executor, bar, shape: InputShape = PAIRS) -> dict:
+    """Write shard k: latent/caption side files first, then rejects + stats, the pair (example) table last."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     views = 2 if cfg.flip == "both" else 1
-    columns = list(REQUIRED_COLUMNS) + (["pair_id"] if "pair_id" in pq.ParquetFile(path).schema_arrow.names else [])
+    names = pq.ParquetFile(path).schema_arrow.names
+    columns = list(shape.columns) + ([shape.id_column] if shape.id_column in names else [])
     batches = pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size, columns=columns)
     rows, rejects, means, logvars = [], [], [], []
     ties = start = 0
     # Decoding and resizing the next batch (threads: PIL releases the GIL) overlaps the VAE.
     nxt = None
     for batch in batches:
-        fut = pool.submit(_prepare_rows, batch.to_pylist(), start, cfg, path.parent)
+        fut = pool.submit(_prepare_rows, batch.to_pylist(), start, cfg, path.parent, shape)
         start += batch.num_rows
         if nxt is not None:
             ties += _consume(nxt, pipe, views, rows, rejects, means, logvars, cfg, bar)
@@ -349,7 +433,7 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
         ties += _consume(nxt, pipe, views, rows, rejects, means, logvars, cfg, bar)
     n = len(rows)
     latent_shape = [pipe.vae.config.latent_channels, cfg.resolution // pipe.vae_scale_factor, cfg.resolution // pipe.vae_scale_factor]
-    empty = np.zeros((0, views, 2, *latent_shape), dtype="<u2" if cfg.storage_dtype == "bf16" else np.float16)
+    empty = np.zeros((0, views, len(shape.images), *latent_shape), dtype="<u2" if cfg.storage_dtype == "bf16" else np.float16)
     latents = np.concatenate(means) if means else empty
     save_array_atomic(sidecar(out.root, k, out.num_shards, "latents"), latents)
     if cfg.latent_stats:
@@ -364,12 +448,14 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
         save_array_atomic(sidecar(out.root, k, out.num_shards, "pooled"), pooled)
     write_json_atomic(sidecar(out.root, k, out.num_shards, "captions"),
                       {"caption_ids": [text_id(c) for c in owned], "captions": owned})
-    table = pa.Table.from_pylist(rows, schema=_pair_schema())
+    table = pa.Table.from_pylist(rows, schema=_pair_schema() if shape is PAIRS else _example_schema())
     reject_table = pa.Table.from_pylist(rejects, schema=_reject_schema())
     stats = {"rows": start, "pairs": n, "ties": ties, "rejects": len(rejects), "captions_encoded": len(owned),
-             "images_encoded": 2 * views * n, "latent_bytes": int(latents.nbytes) * (2 if cfg.latent_stats else 1),
+             "images_encoded": len(shape.images) * views * n, "latent_bytes": int(latents.nbytes) * (2 if cfg.latent_stats else 1),
              "text_bytes": int(embeds.nbytes + (pooled.nbytes if pooled is not None else 0)),
              "reject_reasons": _count(_reason_kind(r["reason"]) for r in rejects), "seconds": time.perf_counter() - t0}
+    if shape is UNPAIRED:  # "pairs" counts the examples; how many are desirable, for the balance
+        stats["desirable"] = sum(r["label"] for r in rows)
     out.write_shard(k, {"data": table, "rejects": reject_table}, stats)
     return stats
 
@@ -419,8 +505,10 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
                                 "reason": reason})
                 continue
             box = p["prepared"]
-            rows.append({"pair_id": p["pair_id"], "caption_id": text_id(p["caption"]), "caption": p["caption"],
-                         "source_row": p["source_row"], "chosen": p["chosen"], "label_0": p["label_0"], "label_1": p["label_1"],
+            labels = ({"label": p["label"]} if "label" in p else
+                      {"chosen": p["chosen"], "label_0": p["label_0"], "label_1": p["label_1"]})
+            rows.append({("example_id" if "label" in p else "pair_id"): p["pair_id"], "caption_id": text_id(p["caption"]),
+                         "caption": p["caption"], "source_row": p["source_row"], **labels,
                          "time_ids": list(box.time_ids()), "time_ids_flipped": list(box.time_ids(True)) if views == 2 else None})
             means.append(to_storage(mean[j : j + 1], cfg.storage_dtype))
             if cfg.latent_stats:
@@ -429,7 +517,7 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
     return ties
 
 
-def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype) -> dict:
+def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype, shape: InputShape = PAIRS) -> dict:
     from pipeline.conditioning import is_sdxl
 
     encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
@@ -437,6 +525,7 @@ def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype) -> dict:
     side = cfg.resolution // pipe.vae_scale_factor
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "family": "sdxl" if is_sdxl(pipe) else "sd15",
+        "shape": shape.name,
         "model": cfg.model, "vae": cfg.vae, "text_encoders": [te.config._name_or_path for te in encoders],
         "resolution": cfg.resolution, "storage_dtype": cfg.storage_dtype, "compute_dtype": dtype, "vae_dtype": vae_dtype,
         "latent_shape": [pipe.vae.config.latent_channels, side, side], "views": 2 if cfg.flip == "both" else 1,
@@ -454,18 +543,19 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     proc = current_process()
     split, files = input_split(cfg.input, cfg.split)
     check_output_apart(cfg.output, files)
-    source = _check_columns(files)
+    shape = input_shape(files)
+    source = _check_columns(files, shape)
     if cfg.resolution is None:
         cfg.resolution = default_resolution(cfg.model)
     device = resolve_device(accelerator_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     vae_dtype = resolve_dtype(cfg.vae_dtype, device)
-    identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype), split)
+    identity = _identity(cfg, source["fingerprint"], dtype_name(dtype), dtype_name(vae_dtype), split, shape)
     out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), **record,
                                                                           "input_files": source["files"]})
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
-    work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype)
+    work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(_num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,
                                    manifest_extra=lambda: {"latents": work.description or work.previous, "input": source}),
@@ -473,14 +563,15 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     t = run.totals
     return PrecomputeResult(cfg.output, t.get("pairs", 0), len(run.todo), run.skipped, t.get("ties", 0), t.get("rejects", 0),
                             t.get("captions_encoded", 0), t.get("latent_bytes", 0), time.perf_counter() - t_start,
-                            run.loop_seconds)
+                            run.loop_seconds, shape.name, t.get("desirable", 0))
 
 
 class _PrecomputeShards:
     """Precompute's part of the sharded run: load the VAE and text encoders, then one shard at a time."""
 
-    def __init__(self, cfg: PrecomputeConfig, out: ShardedOutput, files: list[Path], proc, device, dtype, vae_dtype):
-        self.cfg, self.out, self.files, self.proc = cfg, out, files, proc
+    def __init__(self, cfg: PrecomputeConfig, out: ShardedOutput, files: list[Path], proc, device, dtype, vae_dtype,
+                 shape: InputShape = PAIRS):
+        self.cfg, self.out, self.files, self.proc, self.shape = cfg, out, files, proc, shape
         self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
         self.pipe = self.description = self.previous = None
         self.owners: list = []
@@ -495,15 +586,15 @@ class _PrecomputeShards:
         if pipe.vae.dtype != self.vae_dtype:
             _cast_quietly(pipe.vae, self.vae_dtype)
         if proc.is_main:
-            self.description = _describe(pipe, cfg, dtype_name(self.dtype), dtype_name(self.vae_dtype))
+            self.description = _describe(pipe, cfg, dtype_name(self.dtype), dtype_name(self.vae_dtype), self.shape)
         if self.previous is not None:  # same model id, but are they the same weights as the finished shards'?
             encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
             check_model({"latents": self.previous}, vae=pipe.vae, text_encoders=encoders)
         if todo:
-            self.owners = caption_owners(self.files)
+            self.owners = caption_owners(self.files, self.shape)
 
     def process_shard(self, k: int, pool, bar) -> dict:
-        return _process_shard(self.pipe, self.out, k, self.files[k], self.owners[k], self.cfg, pool, bar)
+        return _process_shard(self.pipe, self.out, k, self.files[k], self.owners[k], self.cfg, pool, bar, self.shape)
 
 
 def _num_rows(path: Path) -> int:

@@ -13,11 +13,12 @@ from pipeline.errors import UserError
 from pipeline.options import at_least, check_options, model_option, option, positive
 from pipeline.prompt_prefixes import STYLE_TEXTS
 
-OBJECTIVES = ("mapo", "dpo", "sft")
+OBJECTIVES = ("mapo", "dpo", "sft", "kto")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("auto", "none", "tensorboard", "wandb", "all")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
-DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None}  # method.md: MaPO 0.1, Diffusion-DPO 5000
+# method.md: MaPO 0.1, Diffusion-DPO 5000; Diffusion-KTO 1000 (jacklishufan/diffusion-kto's --beta_dpo default)
+DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None, "kto": 1000.0}
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
     "Data and output", "Objective", "How long", "Optimizer", "Model", "Checkpoints", "Validation", "Logging")
@@ -27,7 +28,8 @@ P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
 class TrainConfig:
     """``mapo-train``: every option, declared once (:mod:`pipeline.options`). Defaults are the paper's
     (method.md: AdamW 0.9/0.999, weight decay 1e-2, eps 1e-8, grad clip 1.0, constant LR; beta 0.1 for
-    MaPO, 5000 for Diffusion-DPO); names follow the diffusers training scripts."""
+    MaPO, 5000 for Diffusion-DPO; Diffusion-KTO's beta 1000 and lambdas 1 from its public code,
+    jacklishufan/diffusion-kto); names follow the diffusers training scripts."""
 
     data: str = option(required=True, panel=P_IO, help="Latent folder written by `mapo-data precompute`.")
     model: str | None = model_option(None, help=(
@@ -36,15 +38,21 @@ class TrainConfig:
     output_dir: str = option("runs/mapo", panel=P_IO, help=(
         "Where checkpoints, logs, the trained UNet / LoRA and the model card go."))
     objective: str = option("mapo", choices=OBJECTIVES, panel=P_OBJ, help=(
-        "mapo (reference-free), dpo (Diffusion-DPO) or sft (chosen images only)."))
+        "mapo (reference-free), dpo (Diffusion-DPO), sft (chosen images only) or kto (Diffusion-KTO: "
+        "desirable/undesirable examples; reads pairs as chosen = desirable, rejected = undesirable)."))
     beta: float | None = option(None, check=positive, panel=P_OBJ, help=(
-        "Preference strength: default 0.1 for mapo, 5000 for dpo."))
+        "Preference strength: default 0.1 for mapo, 5000 for dpo, 1000 for kto."))
+    kto_lambda_desirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
+        "kto: weight of the desirable examples' loss (Diffusion-KTO's lambda_D)."))
+    kto_lambda_undesirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
+        "kto: weight of the undesirable examples' loss (Diffusion-KTO's lambda_U)."))
     mapo_a: float = option(0.5, check=positive, hidden=True, panel=P_OBJ, help=(
         "MaPO's s(e) constant; fixed upstream, exposed for ablations only."))
     max_steps: int | None = option(None, check=positive, panel=P_LEN, help=(
         "Optimizer steps (default: --num-epochs over the data)."))
     num_epochs: int = option(1, check=positive, panel=P_LEN, help="Epochs when --max-steps is not given.")
-    batch_size: int = option(4, check=positive, panel=P_LEN, help="Pairs per process per micro-batch.")
+    batch_size: int = option(4, check=positive, panel=P_LEN, help=(
+        "Pairs (or unpaired examples) per process per micro-batch."))
     gradient_accumulation_steps: int = option(1, check=positive, panel=P_LEN, help="Micro-batches per optimizer step.")
     learning_rate: float = option(1e-5, check=positive, panel=P_OPT, help="Peak learning rate.")
     lr_scheduler: str = option("constant", choices=LR_SCHEDULERS, panel=P_OPT, help=(

@@ -26,6 +26,9 @@ class TrainData:
 
 def open_training_data(cfg: TrainConfig, rank: int, world_size: int) -> TrainData:
     ds = open_latents(cfg.data)
+    if ds.unpaired and cfg.objective != "kto":
+        raise UserError(f"'{cfg.data}' holds unpaired examples; use --objective kto (--objective {cfg.objective} "
+                        "needs preference pairs).")
     if cfg.random_flip and not ds.has_flips:
         raise UserError(f"--random-flip needs mirrored latents, and '{cfg.data}' has none; "
                         "rerun `mapo-data precompute --flip both` or drop --random-flip.")

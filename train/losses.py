@@ -1,4 +1,4 @@
-"""Preference losses for diffusion fine-tuning: MaPO, Diffusion-DPO and SFT-Chosen.
+"""Preference losses for diffusion fine-tuning: MaPO, Diffusion-DPO, Diffusion-KTO and SFT-Chosen.
 
 Every loss is a small pure function with explicit hyperparameters. It returns a
 :class:`LossOutput` holding the differentiable loss and the terms worth logging,
@@ -6,7 +6,9 @@ so the trainer never re-derives loss internals for its logs.
 
 Inputs are per-sample denoising errors of shape ``[B]`` (see :func:`per_sample_error`).
 For a preference pair the chosen (``w``) and rejected (``l``) images share the same
-noise and the same timestep, so their errors are directly comparable.
+noise and the same timestep, so their errors are directly comparable. Diffusion-KTO reads
+single labelled examples instead: each compares the policy's error with the reference's
+on the same noise and timestep.
 """
 
 from __future__ import annotations
@@ -182,3 +184,67 @@ def sft_loss(e_w: Tensor) -> LossOutput:
     _check_errors(e_w=e_w)
     loss = e_w.mean()
     return LossOutput(loss=loss, metrics=_metrics(loss=loss, e_w=loss))
+
+
+def kto_loss(e: Tensor, ref_e: Tensor, desirable: Tensor, *, beta: float = 1000.0, lambda_desirable: float = 1.0,
+             lambda_undesirable: float = 1.0, kl: Tensor | None = None) -> LossOutput:
+    """Diffusion-KTO with the "sigmoid" utility (Li et al., arXiv 2404.04465, NeurIPS 2024).
+
+    Follows the public code (jacklishufan/diffusion-kto, ``train_kto_sd_v1.5.py``, ``--loss kto
+    --halo sigmoid``). Per example ``i`` (policy and reference on the same noise and timestep):
+
+    - implicit reward ``g_i = ref_e_i - e_i`` (how much better the policy denoises it);
+    - reference point ``z = clamp(kl, min=0)``, no gradient, where ``kl`` is the mean of ``g`` over
+      the batch of ALL processes. The trainer takes that cross-process mean (accelerate's reduce) and
+      passes it in; ``kl=None`` uses this batch's own mean ``mean(g)`` (one process);
+    - desirable: ``lambda_d * (1 - sigmoid(beta * (g - z)))``; undesirable:
+      ``lambda_u * (1 - sigmoid(-beta * (g - z)))``; loss = mean over the examples.
+
+    Defaults are the public code's: ``beta`` 1000 (its ``--beta_dpo``), ``lambda_d = lambda_u = 1``
+    (its run: SD1.5 LoRA r8, lr 1e-7, batch 2 x 4 GPUs x 256 accumulation).
+
+    Args:
+        e, ref_e: ``[N]`` per-sample errors of policy and reference (ref_e is detached here).
+        desirable: ``[N]`` labels, 1 (desirable) or 0 (undesirable); bool or any number dtype.
+        kl: optional scalar, the cross-process mean of ``g`` (detached here).
+
+    Returns metrics ``loss``, ``e``, ``ref_e``, ``kl`` (z, after the clamp), ``reward_desirable`` /
+    ``reward_undesirable`` and ``e_desirable`` / ``e_undesirable`` (mean g and mean e of each class,
+    0 when the batch has none; on pair data they are the chosen / rejected images'), ``implicit_acc``
+    (fraction with ``sign * (g - z) > 0``, sign +1 desirable, -1 undesirable) and ``desirable_fraction``.
+
+    Raises:
+        ValueError: shapes not all ``[N]``, labels other than 0/1, ``kl`` not a scalar, or a
+            non-positive ``beta`` / lambda.
+    """
+    _check_errors(e=e, ref_e=ref_e, desirable=desirable)
+    _check_positive(beta=beta, lambda_desirable=lambda_desirable, lambda_undesirable=lambda_undesirable)
+    if not bool(((desirable == 0) | (desirable == 1)).all()):
+        raise ValueError(f"desirable labels must be 0 or 1, got {desirable.tolist()}")
+    ref_e = ref_e.detach()
+    g = ref_e - e
+    if kl is None:
+        kl = g.mean()
+    elif kl.numel() != 1:
+        raise ValueError(f"kl must be a scalar, got shape {tuple(kl.shape)}")
+    z = kl.detach().reshape(()).to(g.dtype).clamp(min=0)
+    d = desirable.to(torch.bool)
+    logits = beta * (g - z)
+    losses = torch.where(d, lambda_desirable * (1 - torch.sigmoid(logits)),
+                         lambda_undesirable * (1 - torch.sigmoid(-logits)))
+    loss = losses.mean()
+    n_d = d.sum().clamp(min=1)
+    n_u = (d.numel() - d.sum()).clamp(min=1)
+    metrics = _metrics(
+        loss=loss,
+        e=e.mean(),
+        ref_e=ref_e.mean(),
+        kl=z,
+        reward_desirable=torch.where(d, g, 0).sum() / n_d,
+        reward_undesirable=torch.where(d, 0, g).sum() / n_u,
+        e_desirable=torch.where(d, e, 0).sum() / n_d,
+        e_undesirable=torch.where(d, 0, e).sum() / n_u,
+        implicit_acc=(torch.where(d, logits, -logits) > 0).float().mean(),
+        desirable_fraction=d.float().mean(),
+    )
+    return LossOutput(loss=loss, metrics=metrics)

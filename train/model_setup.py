@@ -1,4 +1,4 @@
-"""The models a training run needs: the trainable UNet (full or LoRA), the DPO reference, the noise scheduler.
+"""The models a training run needs: the trainable UNet (full or LoRA), the DPO / KTO reference, the noise scheduler.
 
 The VAE and text encoders are NOT loaded here: training reads precomputed latents and
 embeddings (method.md lists running them inside every step as an upstream trap). They are
@@ -24,7 +24,7 @@ from .config import TrainConfig
 @dataclass
 class TrainModels:
     unet: "torch.nn.Module"  # trainable: all weights (full) or only the LoRA adapter
-    reference: "torch.nn.Module | None"  # frozen copy, only for full fine-tune DPO
+    reference: "torch.nn.Module | None"  # frozen copy, only for full fine-tune DPO and KTO
     noise_scheduler: object  # DDPMScheduler: alphas_cumprod, add_noise, prediction_type
     family: str  # "sdxl" | "sd15"
 
@@ -96,7 +96,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
     """Load the base UNet and make it trainable as ``cfg`` says.
 
     - full fine-tune: all UNet weights train in fp32 (autocast handles mixed precision);
-      DPO gets a frozen fp32 copy as its reference, run under the same autocast as the policy:
+      DPO and KTO get a frozen fp32 copy as their reference, run under the same autocast as the policy:
       a half-precision copy would compute other numbers than the policy (fp32 weights under
       autocast), so at step 0 reference != policy and the DPO loss would not start at ln 2.
     - LoRA: base weights frozen in ``weight_dtype``, adapter in fp32; DPO's reference is the
@@ -108,7 +108,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
 
     unet, scheduler = load_base_unet_and_scheduler(cfg.model, weights=weights)
     reference = None
-    if cfg.objective == "dpo" and not cfg.is_lora:
+    if cfg.objective in ("dpo", "kto") and not cfg.is_lora:
         # The policy's dtype (fp32) and mode: diffusers' ResnetBlock2D takes another memory layout in
         # train() than in eval() (a .contiguous() call), which changes bf16 conv results. SD UNets have
         # no dropout, so train mode changes nothing else.

@@ -2,8 +2,10 @@
 
 Both images of a pair get the SAME noise and the SAME timestep, so e_w and e_l differ only
 by the image (the losses compare them). Chosen and rejected run through the UNet as one
-batch of 2B. Noise and timesteps come from a generator seeded by (seed, step, rank, micro
-step), so a resumed run draws exactly what an uninterrupted one would.
+batch of 2B. Diffusion-KTO reads single labelled examples instead (a pair = a desirable
+chosen and an undesirable rejected example): each example draws its own noise and timestep,
+shared only with its reference forward. Noise and timesteps come from a generator seeded by
+(seed, step, rank, micro step), so a resumed run draws exactly what an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -15,20 +17,32 @@ from torch import Tensor
 
 from pipeline.seeds import derive_seed
 
-from .losses import LossOutput, dpo_loss, mapo_loss, per_sample_error, prediction_target, sft_loss
+from .losses import LossOutput, dpo_loss, kto_loss, mapo_loss, per_sample_error, prediction_target, sft_loss
 
 
 @dataclass(frozen=True)
 class Objective:
-    name: str  # "mapo" | "dpo" | "sft"
+    name: str  # "mapo" | "dpo" | "sft" | "kto"
     beta: float | None
     num_train_timesteps: int
     prediction_type: str
     mapo_a: float = 0.5
+    kto_lambda_desirable: float = 1.0
+    kto_lambda_undesirable: float = 1.0
 
     @property
     def uses_rejected(self) -> bool:
         return self.name != "sft"
+
+    @property
+    def uses_reference(self) -> bool:
+        """Diffusion-DPO and Diffusion-KTO compare the policy's errors with a frozen reference's."""
+        return self.name in ("dpo", "kto")
+
+    @property
+    def per_example_noise(self) -> bool:
+        """KTO's examples are independent: one noise and timestep per example, not per pair."""
+        return self.name == "kto"
 
 
 def step_generator(seed: int, step: int, rank: int, micro_step: int) -> torch.Generator:
@@ -36,9 +50,15 @@ def step_generator(seed: int, step: int, rank: int, micro_step: int) -> torch.Ge
     return torch.Generator(device="cpu").manual_seed(derive_seed(seed, f"train-step-{step}-rank-{rank}", micro_step))
 
 
-def draw_noise(latents: Tensor, num_train_timesteps: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """One noise tensor and one timestep per PAIR: ``latents`` is ``[B, 2, C, h, w]``."""
-    b, _, c, h, w = latents.shape
+def draw_noise(latents: Tensor, num_train_timesteps: int, generator: torch.Generator,
+               per_example: bool = False) -> tuple[Tensor, Tensor]:
+    """One noise tensor ``[B, C, h, w]`` and one timestep ``[B]`` per PAIR: ``latents`` is ``[B, K, C, h, w]``.
+
+    ``per_example``: one per image instead, ``[K*B, ...]`` (KTO; K = 2 for pairs, 1 for unpaired examples).
+    """
+    b, k, c, h, w = latents.shape
+    if per_example:
+        b *= k
     timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator)
     noise = torch.randn((b, c, h, w), generator=generator, dtype=torch.float32)
     return noise.to(latents.device), timesteps.to(latents.device)
@@ -47,17 +67,20 @@ def draw_noise(latents: Tensor, num_train_timesteps: int, generator: torch.Gener
 def unet_inputs(batch: dict, noise: Tensor, timesteps: Tensor, noise_scheduler, objective: Objective):
     """Noisy latents, timesteps, target and conditioning for the UNet: ``[chosen..., rejected...]``.
 
-    ``batch["latents"]`` is ``[B, 2, C, h, w]``; ``noise`` ``[B, C, h, w]`` and ``timesteps`` ``[B]``
-    (one per pair). Returns ``x_t`` ``[kB, C, h, w]``, ``t`` ``[kB]``, the target like ``x_t`` and the
-    UNet's conditioning, with k = 2 (chosen, then rejected), or k = 1 for SFT (chosen only). All in
-    the batch's dtype: the batch arrives already cast (:func:`train.data.to_compute`).
+    ``batch["latents"]`` is ``[B, 2, C, h, w]`` (pairs) or ``[B, 1, C, h, w]`` (unpaired examples, KTO
+    only); ``noise`` ``[B, C, h, w]`` and ``timesteps`` ``[B]`` (one per pair), or ``[kB, ...]`` (one per
+    image, :func:`draw_noise` with ``per_example``). Returns ``x_t`` ``[kB, C, h, w]``, ``t`` ``[kB]``, the
+    target like ``x_t`` and the UNet's conditioning, with k = 2 (chosen, then rejected), or k = 1 for SFT
+    (chosen only) and unpaired examples. All in the batch's dtype: the batch arrives already cast
+    (:func:`train.data.to_compute`).
     """
     latents = batch["latents"]
-    images = [latents[:, 0], latents[:, 1]] if objective.uses_rejected else [latents[:, 0]]
+    images = [latents[:, i] for i in range(latents.shape[1])] if objective.uses_rejected else [latents[:, 0]]
     k = len(images)
     x0 = torch.cat(images)
-    eps = noise.repeat(k, 1, 1, 1)  # the same noise for both images of a pair
-    t = timesteps.repeat(k)
+    per_pair = 1 if noise.shape[0] == x0.shape[0] else k  # per-pair noise: the same for both images of a pair
+    eps = noise.repeat(per_pair, 1, 1, 1)
+    t = timesteps.repeat(per_pair)
     x_t = noise_scheduler.add_noise(x0, eps, t)
     acp = noise_scheduler.alphas_cumprod
     target = prediction_target(objective.prediction_type, x0, eps, t, acp)
@@ -90,7 +113,7 @@ def adapters_disabled(unet):
 
 
 def reference_errors(reference, x_t, t, target, cond, lora_unet=None) -> Tensor:
-    """DPO's reference errors ``[N]`` under no_grad: a frozen copy, or the LoRA UNet with its adapter off.
+    """DPO's (and KTO's) reference errors ``[N]`` under no_grad: a frozen copy, or the LoRA UNet with its adapter off.
 
     Raises ValueError when there is neither.
     """
@@ -98,7 +121,7 @@ def reference_errors(reference, x_t, t, target, cond, lora_unet=None) -> Tensor:
         if reference is not None:
             return errors(reference, x_t, t, target, cond)
         if lora_unet is None:
-            raise ValueError("DPO needs a reference: a frozen UNet, or a LoRA UNet whose adapter can be disabled")
+            raise ValueError("DPO and KTO need a reference: a frozen UNet, or a LoRA UNet whose adapter can be disabled")
         with adapters_disabled(lora_unet) as base:
             return errors(base, x_t, t, target, cond)
 
@@ -110,26 +133,51 @@ def _check_one_dtype(batch: dict) -> None:
                          "cast it with train.data.to_compute first")
 
 
+def desirable_labels(batch: dict) -> Tensor:
+    """KTO's labels ``[kB]`` in :func:`unet_inputs` order: pairs give 1 (chosen) x B then 0 (rejected) x B;
+    unpaired examples (``latents`` ``[B, 1, ...]``) carry their own ``batch["label"]`` ``[B]``.
+
+    Raises ValueError for unpaired latents without labels."""
+    latents = batch["latents"]
+    b, k = latents.shape[:2]
+    if k == 2:
+        return torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(b, dtype=torch.long)]).to(latents.device)
+    if "label" not in batch:
+        raise ValueError("unpaired latents [B, 1, C, h, w] need batch['label'] [B]")
+    return batch["label"].to(latents.device)
+
+
 def compute_loss(unet, batch: dict, noise_scheduler, objective: Objective, generator: torch.Generator, *,
-                 reference=None, lora_base=None) -> LossOutput:
+                 reference=None, lora_base=None, reduce_mean=None) -> LossOutput:
     """Forward chosen (and rejected) through ``unet`` and return the objective's :class:`LossOutput`.
 
     ``batch``: "latents" ``[B, 2, C, h, w]`` (chosen first), "prompt_embeds" ``[B, L, D]`` and, for
     SDXL, "pooled_prompt_embeds" ``[B, P]`` and "add_time_ids" ``[B, 6]``, all floating tensors in ONE
     dtype (fp32 from :func:`train.data.to_compute`; fp64 in gradient checks); ValueError otherwise.
     Nothing is cast here: under mixed precision the caller's autocast picks each op's precision.
-    ``unet`` may be a DDP wrapper; ``lora_base`` is the unwrapped LoRA UNet (for the DPO
-    reference without a second UNet).
+    ``unet`` may be a DDP wrapper; ``lora_base`` is the unwrapped LoRA UNet (for the DPO / KTO
+    reference without a second UNet). KTO also takes unpaired examples (latents ``[B, 1, C, h, w]``,
+    "label" ``[B]``) and ``reduce_mean``, the all-process mean of a scalar (accelerate's
+    ``reduce(..., "mean")``), for its reference point; None: this process's batch alone.
     """
     _check_one_dtype(batch)
-    noise, timesteps = draw_noise(batch["latents"], objective.num_train_timesteps, generator)
+    noise, timesteps = draw_noise(batch["latents"], objective.num_train_timesteps, generator,
+                                  per_example=objective.per_example_noise)
     x_t, t, target, cond = unet_inputs(batch, noise, timesteps, noise_scheduler, objective)
     ref = None
-    if objective.name == "dpo":
+    if objective.uses_reference:
         # Before the policy forward: the reference needs no graph, and its activations are
         # freed before the policy's are allocated.
         ref = reference_errors(reference, x_t, t, target, cond, lora_unet=lora_base)
     e = errors(unet, x_t, t, target, cond)
+    if objective.name == "kto":
+        # The reference point z: the mean implicit reward of the whole global batch, no gradient.
+        kl = (ref - e).detach().mean()
+        if reduce_mean is not None:
+            kl = reduce_mean(kl)
+        return kto_loss(e, ref, desirable_labels(batch), beta=objective.beta, kl=kl,
+                        lambda_desirable=objective.kto_lambda_desirable,
+                        lambda_undesirable=objective.kto_lambda_undesirable)
     if objective.name == "sft":
         return sft_loss(e)
     e_w, e_l = e.chunk(2)

@@ -87,7 +87,8 @@ class Trainer:
         unet = self.models.unet
         self.base_pipe = check_data_matches_model(self.data.dataset, cfg.model, self.models.family, unet.config.in_channels)
         self.objective = Objective(cfg.objective, cfg.resolved_beta, self.models.num_train_timesteps,
-                                   self.models.prediction_type, cfg.mapo_a)
+                                   self.models.prediction_type, cfg.mapo_a, cfg.kto_lambda_desirable,
+                                   cfg.kto_lambda_undesirable)
         steps_per_epoch = self.data.steps_per_epoch // cfg.gradient_accumulation_steps
         if cfg.max_steps is None and steps_per_epoch < 1:
             raise UserError(f"One epoch has {self.data.steps_per_epoch} batches, fewer than --gradient-accumulation-steps "
@@ -256,8 +257,12 @@ class Trainer:
         }
 
     def _data_info(self) -> dict:
-        info = self.data.dataset.info
-        return {"pairs": len(self.data.dataset), "resolution": info.get("resolution"), "model": info.get("model")}
+        ds = self.data.dataset
+        info = ds.info
+        if ds.unpaired:  # KTO's examples; their balance (imbalance is normal: log it, do not fix it)
+            return {"examples": len(ds), "desirable_fraction": sum(ds.labels) / max(len(ds), 1),
+                    "resolution": info.get("resolution"), "model": info.get("model")}
+        return {"pairs": len(ds), "resolution": info.get("resolution"), "model": info.get("model")}
 
     def _write_config(self) -> None:
         write_run_config(self.out, self.resolved_config())
@@ -280,10 +285,13 @@ class Trainer:
 
         acc, cfg, state = self.accelerator, self.cfg, self.state
         t_start = time.perf_counter()
-        lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and cfg.objective == "dpo") else None
+        lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and self.objective.uses_reference) else None
         stream = batch_stream(self.data, acc.device)  # fp32 inputs whatever the storage dtype; autocast does the rest
         if self.validator is not None and state.global_step == 0:
             self._validate(0)
+        if self.data.dataset.unpaired:
+            info = self._data_info()
+            acc.print(f"kto: {info['examples']} unpaired examples, {100 * info['desirable_fraction']:.1f}% desirable")
         bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
         bar.update(state.global_step)
         last_metrics: dict = {}
@@ -354,7 +362,8 @@ class Trainer:
             with sync:
                 with acc.autocast():
                     out = compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective, gen,
-                                       reference=self.models.reference, lora_base=lora_base)
+                                       reference=self.models.reference, lora_base=lora_base,
+                                       reduce_mean=self._reduce_mean)
                 finite = self._all_finite(out.loss)
                 if not finite:
                     break
@@ -386,6 +395,12 @@ class Trainer:
         metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
         metrics["nonfinite_skipped"] = float(state.nonfinite_total)
         return metrics, indices
+
+    def _reduce_mean(self, value):
+        """The mean of a tensor over all processes (KTO's reference point); itself on one process."""
+        if self.accelerator.num_processes == 1:
+            return value
+        return self.accelerator.reduce(value.reshape(1), reduction="mean").reshape(value.shape)
 
     def _all_finite(self, loss) -> bool:
         import torch

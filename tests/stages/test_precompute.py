@@ -264,6 +264,9 @@ def test_rerun_skips_and_other_config_refused(tmp_path):
         ("bad storage", ["--storage-dtype", "fp8"], "Unknown --storage-dtype 'fp8'"),
         ("bad resolution", ["--resolution", "65"], "multiple of 8"),
         ("unknown model", ["--model", "no-such-org/no-such-model"], "was not found"),
+        ("unpaired label 2", ["--input", "{tmp}/unpaired-2"], "column label holds 2 (row 1)"),
+        ("unpaired null label", ["--input", "{tmp}/unpaired-null"], "column label holds None (row 0)"),
+        ("unpaired no label", ["--input", "{tmp}/unpaired-nolabel"], "lacks column(s) label: unpaired examples"),
     ],
 )
 def test_bad_input_one_line_error(tmp_path, case, args, message):
@@ -274,6 +277,10 @@ def test_bad_input_one_line_error(tmp_path, case, args, message):
     (tmp_path / "raw" / "data").mkdir(parents=True)
     pq.write_table(pa.table({"caption": ["x"], "jpg_0": [b""], "jpg_1": [b""]}), tmp_path / "raw" / "data" / "train-00000-of-00001.parquet")
     (tmp_path / "empty").mkdir()
+    for name, labels in {"unpaired-2": [1, 2], "unpaired-null": [None, 1], "unpaired-nolabel": None}.items():
+        cols = {"caption": ["x", "y"], "jpg": [png(8, 8, 0)] * 2, **({"label": labels} if labels else {})}
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table(cols), tmp_path / name / "train-00000-of-00001.parquet")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     base = {"--input": str(tmp_path / "pick"), "--model": "tiny-sdxl", "--resolution": "64"}
     for flag, value in base.items():

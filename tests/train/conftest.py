@@ -43,6 +43,26 @@ def write_pickapic(path, pairs: int = PAIRS):
     return path
 
 
+def write_unpaired(path, examples: int = 6, labels=None, struct: bool = True):
+    """caption, jpg, label: Diffusion-KTO's unpaired format. Desirable = striped, undesirable = flat; imbalanced
+    by default (2 of 6 desirable, like Pick-a-Pic's KTO split). ``struct``: images as the datasets Image struct."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = labels if labels is not None else [1 if i % 3 == 0 else 0 for i in range(examples)]
+    images = [_png((40 * (i % 6), 90, 200 - 20 * (i % 5)), i) if lab == 1 else _png((120, 120 + 10 * (i % 5), 120), 0)
+              for i, lab in enumerate(labels)]
+    if struct:
+        jpg = pa.array([{"bytes": b, "path": None} for b in images], pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    else:
+        jpg = pa.array(images, pa.binary())
+    table = pa.table({"caption": [f"a test picture number {i}" for i in range(len(labels))], "jpg": jpg,
+                      "label": pa.array(labels, pa.int64())})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
 def precompute(src, out, model: str, resolution: int = 64, extra=()):
     """Run `mapo-data precompute` in-process (the real CLI when it has the command)."""
     from stages.cli import app

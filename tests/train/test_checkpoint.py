@@ -34,11 +34,11 @@ def _weights(folder):
     return load_file(str(lora if lora.exists() else folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-@pytest.mark.parametrize("lora", ["0", "2"])
-def test_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeypatch, lora):
+@pytest.mark.parametrize("lora,objective", [("0", "mapo"), ("2", "mapo"), ("0", "kto")])
+def test_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeypatch, lora, objective):
     from safetensors.torch import load_file
 
-    args = (*RESUME_ARGS, "--lora-rank", lora)
+    args = (*RESUME_ARGS, "--lora-rank", lora, "--objective", objective)
     straight = tmp_path / "straight"
     assert run_cli(app, train_args(latents_sdxl, straight, "tiny-sdxl", 6, *args)).exit_code == 0
 
@@ -65,8 +65,11 @@ def test_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeypatch, lora):
 
     a, b = _metrics(straight), _metrics(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    error = "e" if objective == "kto" else "e_w"
     for step in a:  # identical losses and learning rates, step by step
-        assert (a[step]["loss"], a[step]["lr"], a[step]["e_w"]) == (b[step]["loss"], b[step]["lr"], b[step]["e_w"]), step
+        assert (a[step]["loss"], a[step]["lr"], a[step][error]) == (b[step]["loss"], b[step]["lr"], b[step][error]), step
+    if objective == "kto":  # the frozen reference came back too: the same reference errors and reference point
+        assert all((a[s]["ref_e"], a[s]["kl"]) == (b[s]["ref_e"], b[s]["kl"]) for s in a)
     wa, wb = _weights(straight), _weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

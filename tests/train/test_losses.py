@@ -10,6 +10,7 @@ from train.losses import (
     OBJECTIVES,
     LossOutput,
     dpo_loss,
+    kto_loss,
     mapo_loss,
     margin_weight,
     per_sample_error,
@@ -342,6 +343,101 @@ def test_sft_loss_gradcheck():
     assert torch.autograd.gradcheck(lambda e: sft_loss(e).loss, (t64(0.1, 0.2, 0.6).requires_grad_(),))
 
 
+# --------------------------------------------------------------------------- Diffusion-KTO
+
+
+def sigmoid_ref(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+KTO_E, KTO_REF, KTO_LABELS = t64(0.2, 0.5, 0.4, 0.3), t64(0.3, 0.4, 0.4, 0.5), torch.tensor([1, 1, 0, 0])
+
+
+def test_kto_loss_by_hand_batch_reference_point():
+    # g = ref - e = [0.1, -0.1, 0.0, 0.2]; z = mean(g) = 0.05; beta 10: logits = 10 (g - z) = [0.5, -1.5, -0.5, 1.5]
+    # desirable (0, 1): 1 - sig(0.5), 1 - sig(-1.5); undesirable (2, 3): 1 - sig(0.5), 1 - sig(-1.5)
+    # (1 - sig(-x) with x = -0.5 and 1.5). lambda_d 2, lambda_u 0.5.
+    a, b = 1 - sigmoid_ref(0.5), 1 - sigmoid_ref(-1.5)  # 0.3775406688, 0.8175744762
+    out = kto_loss(KTO_E, KTO_REF, KTO_LABELS, beta=10.0, lambda_desirable=2.0, lambda_undesirable=0.5)
+    assert out.loss.item() == pytest.approx((2 * (a + b) + 0.5 * (a + b)) / 4, rel=1e-12)  # 0.7469469
+    m = {k: v.item() for k, v in out.metrics.items()}
+    assert m["kl"] == pytest.approx(0.05, rel=1e-6)
+    assert m["e"] == pytest.approx(0.35, rel=1e-6) and m["ref_e"] == pytest.approx(0.4, rel=1e-6)
+    assert m["reward_desirable"] == pytest.approx(0.0, abs=1e-7)  # (0.1 - 0.1) / 2
+    assert m["reward_undesirable"] == pytest.approx(0.1, rel=1e-6)  # (0.0 + 0.2) / 2
+    assert m["e_desirable"] == pytest.approx(0.35, rel=1e-6) and m["e_undesirable"] == pytest.approx(0.35, rel=1e-6)
+    # sign * (g - z) > 0: desirable 0 (+0.05) yes, 1 (-0.15) no; undesirable 2 (+0.05) yes, 3 (-0.15) no
+    assert m["implicit_acc"] == 0.5 and m["desirable_fraction"] == 0.5
+
+
+def test_kto_loss_reference_point_is_clamped_at_zero():
+    # g = [0.4 - 0.6, 0.4 - 0.3] = [-0.2, 0.1]: mean -0.05 -> z = 0; logits (beta 10) = [-2, 1]
+    # desirable: 1 - sig(-2); undesirable: 1 - sig(-1)
+    out = kto_loss(t64(0.6, 0.3), t64(0.4, 0.4), torch.tensor([True, False]), beta=10.0)
+    assert out.loss.item() == pytest.approx((1 - sigmoid_ref(-2) + 1 - sigmoid_ref(-1)) / 2, rel=1e-12)
+    assert out.metrics["kl"].item() == 0.0
+    # One example per class: the class means are the examples' own values.
+    assert out.metrics["e_desirable"].item() == pytest.approx(0.6) and out.metrics["reward_undesirable"].item() == pytest.approx(0.1)
+    # A batch with one class only: the other class's means are 0, not NaN.
+    one = kto_loss(t64(0.6, 0.3), t64(0.4, 0.4), torch.tensor([1, 1]), beta=10.0).metrics
+    assert one["reward_undesirable"].item() == 0.0 and one["desirable_fraction"].item() == 1.0
+    # A passed-in (cross-process) mean is clamped the same way.
+    assert kto_loss(KTO_E, KTO_REF, KTO_LABELS, beta=10.0, kl=t64(-3.0)).metrics["kl"].item() == 0.0
+
+
+def test_kto_loss_takes_the_cross_process_mean_when_given():
+    # kl = 0.25 (other processes' g pulled the mean up): logits = 10 (g - 0.25) = [-1.5, -3.5, -2.5, -0.5]
+    # desirable: 1 - sig(-1.5), 1 - sig(-3.5); undesirable: 1 - sig(2.5), 1 - sig(0.5)
+    want = (1 - sigmoid_ref(-1.5) + 1 - sigmoid_ref(-3.5) + 1 - sigmoid_ref(2.5) + 1 - sigmoid_ref(0.5)) / 4
+    out = kto_loss(KTO_E, KTO_REF, KTO_LABELS, beta=10.0, kl=t64(0.25))
+    assert out.loss.item() == pytest.approx(want, rel=1e-12)
+    assert out.metrics["kl"].item() == pytest.approx(0.25)
+    assert out.metrics["implicit_acc"].item() == 0.5  # undesirable examples are both below z
+    # kl = the batch's own mean gives exactly the kl=None result.
+    own = kto_loss(KTO_E, KTO_REF, KTO_LABELS, beta=10.0, kl=(KTO_REF - KTO_E).mean())
+    assert own.loss.item() == kto_loss(KTO_E, KTO_REF, KTO_LABELS, beta=10.0).loss.item()
+
+
+def test_kto_loss_gradient_treats_z_and_reference_as_constants():
+    # With z constant, x_i = logits_i, sig' = sig (1 - sig) (even in x):
+    # desirable:   d/dg [1 - sig(x)]  = -beta sig'(x), dg/de = -1 -> d loss / d e_i = +(1/N) lambda_d beta sig'(x_i)
+    # undesirable: d/dg [1 - sig(-x)] = +beta sig'(x)            -> d loss / d e_i = -(1/N) lambda_u beta sig'(x_i)
+    # (gradient descent lowers desirable errors, raises undesirable ones). If z = mean(g) carried a
+    # gradient, every e_i would get an extra -mean of these terms.
+    e = KTO_E.clone().requires_grad_()
+    ref = KTO_REF.clone().requires_grad_()
+    kto_loss(e, ref, KTO_LABELS, beta=10.0, lambda_desirable=2.0, lambda_undesirable=0.5).loss.backward()
+    lam = [2.0, 2.0, -0.5, -0.5]  # lambda_i times the sign above
+    want = [lam[i] * 10 * sigmoid_ref(x) * (1 - sigmoid_ref(x)) / 4 for i, x in enumerate([0.5, -1.5, -0.5, 1.5])]
+    assert e.grad.tolist() == pytest.approx(want, rel=1e-10)
+    assert ref.grad is None
+
+
+def test_kto_loss_default_beta_saturates_without_nan():
+    # beta 1000 (the public code's): |g - z| = 0.1 gives logits of 100; sigmoid saturates to 0 / 1 exactly.
+    out = kto_loss(t32(0.1, 0.3), t32(0.3, 0.1), torch.tensor([1, 0]))
+    assert torch.isfinite(out.loss) and out.loss.item() == pytest.approx(0.0, abs=1e-30)
+    assert kto_loss(t32(0.3, 0.1), t32(0.1, 0.3), torch.tensor([1, 0])).loss.item() == 1.0
+
+
+def test_kto_loss_rejects_bad_input():
+    with pytest.raises(ValueError, match="0 or 1"):
+        kto_loss(t64(0.1, 0.2), t64(0.1, 0.2), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        kto_loss(t64(0.1, 0.2), t64(0.1), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="scalar"):
+        kto_loss(t64(0.1, 0.2), t64(0.1, 0.2), torch.tensor([1, 0]), kl=t64(0.1, 0.2))
+    for kwargs in ({"beta": 0.0}, {"lambda_desirable": -1.0}, {"lambda_undesirable": 0.0}):
+        with pytest.raises(ValueError, match="must be > 0"):
+            kto_loss(t64(0.1, 0.2), t64(0.1, 0.2), torch.tensor([1, 0]), **kwargs)
+
+
+def test_kto_loss_gradcheck():
+    ref, labels = t64(0.3, 0.2, 0.5), torch.tensor([1, 0, 1])
+    assert torch.autograd.gradcheck(lambda e: kto_loss(e, ref, labels, beta=3.0).loss,
+                                    (t64(0.25, 0.4, 0.45).requires_grad_(),))
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -352,6 +448,7 @@ def _all_outputs():
         "mapo": mapo_loss(ew, el, num_train_timesteps=10),
         "dpo": dpo_loss(ew, el, t64(0.3, 0.7), t64(0.5, 0.2), beta=10.0),
         "sft": sft_loss(ew),
+        "kto": kto_loss(ew, t64(0.3, 0.7), torch.tensor([1, 0]), beta=10.0),
     }
 
 
@@ -363,6 +460,10 @@ def test_objectives_and_metric_keys():
     }
     assert set(outs["dpo"].metrics) == {
         "loss", "e_w", "e_l", "ref_e_w", "ref_e_l", "implicit_acc", "reward_margin",
+    }
+    assert set(outs["kto"].metrics) == {
+        "loss", "e", "ref_e", "kl", "reward_desirable", "reward_undesirable", "e_desirable", "e_undesirable",
+        "implicit_acc", "desirable_fraction",
     }
 
 

@@ -10,7 +10,7 @@ import torch
 from tests.train.batches import real_batch
 from train.config import TrainConfig
 from train.model_setup import setup_models
-from train.step import Objective, compute_loss, draw_noise, step_generator, unet_inputs
+from train.step import Objective, compute_loss, desirable_labels, draw_noise, step_generator, unet_inputs
 
 
 def _setup(model="tiny-sdxl", objective="mapo", lora_rank=0, **kw):
@@ -27,7 +27,7 @@ def _loss(models, obj, batch, step=0, lora=False):
 
 
 @pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-sd15"])
-@pytest.mark.parametrize("objective", ["mapo", "dpo", "sft"])
+@pytest.mark.parametrize("objective", ["mapo", "dpo", "sft", "kto"])
 def test_each_objective_runs_and_backprops(model, objective):
     _, models, obj = _setup(model, objective)
     out = _loss(models, obj, real_batch(model))
@@ -39,6 +39,35 @@ def test_each_objective_runs_and_backprops(model, objective):
     if objective == "dpo":  # the reference starts equal to the policy: d ~ 0 (fp32 kernel noise x beta/4)
         assert out.loss.item() == pytest.approx(math.log(2), abs=1e-3)
         assert all(p.grad is None for p in models.reference.parameters())
+    if objective == "kto":  # policy = reference: every g ~ 0, z = 0, each example's loss 1 - sigmoid(~0)
+        assert out.loss.item() == pytest.approx(0.5, abs=1e-3) and out.metrics["desirable_fraction"] == 0.5
+        assert all(p.grad is None for p in models.reference.parameters())
+
+
+def test_kto_examples_get_their_own_noise_timestep_and_label():
+    _, models, obj = _setup("tiny-sd15", "kto", lora_rank=2)
+    batch = real_batch("tiny-sd15", pairs=3)
+    noise, t = draw_noise(batch["latents"], 1000, step_generator(0, 0, 0, 0), per_example=True)
+    assert noise.shape[0] == 6 and t.shape == (6,)
+    x_t, tt, target, cond = unet_inputs(batch, noise, t, models.noise_scheduler, obj)
+    # One noise and timestep per image (chosen and rejected no longer share them), labels 1 then 0.
+    assert torch.equal(tt, t) and torch.equal(target, noise) and not torch.equal(target[:3], target[3:])
+    assert x_t.shape[0] == 6 and cond["encoder_hidden_states"].shape[0] == 6
+    assert desirable_labels(batch).tolist() == [1, 1, 1, 0, 0, 0]
+    # Unpaired examples: one image each, labels from the batch.
+    unpaired = dict(batch, latents=batch["latents"][:, :1], label=torch.tensor([0, 1, 0]))
+    assert desirable_labels(unpaired).tolist() == [0, 1, 0]
+    with pytest.raises(ValueError, match="label"):
+        desirable_labels(dict(batch, latents=batch["latents"][:, :1]))
+    seen = []
+    out = compute_loss(models.unet, unpaired, models.noise_scheduler, obj, step_generator(0, 0, 0, 0),
+                       lora_base=models.unet, reduce_mean=lambda v: seen.append(v.item()) or v + 1.0)
+    # LoRA B starts at 0, so policy = reference (adapter off) exactly: the batch mean of g is 0 and z
+    # is what the (stand-in) cross-process reduce returned, 1. Then beta (g - z) = -1000: desirable
+    # loss 1 - sigmoid(-1000) = 1, undesirable 1 - sigmoid(1000) = 0; mean over [0, 1, 0] = 1/3.
+    assert seen == [0.0] and out.metrics["kl"].item() == 1.0
+    assert out.loss.item() == pytest.approx(1 / 3, abs=1e-6)
+    assert out.metrics["desirable_fraction"].item() == pytest.approx(1 / 3)
 
 
 def test_pair_shares_noise_and_timestep():

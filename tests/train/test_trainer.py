@@ -69,6 +69,7 @@ def _generate(pipe):
 @pytest.mark.parametrize("model,objective,lora", [
     ("tiny-sdxl", "mapo", 0), ("tiny-sdxl", "dpo", 4), ("tiny-sdxl", "sft", 0),
     ("tiny-sd15", "mapo", 4), ("tiny-sd15", "dpo", 0), ("tiny-sd15", "sft", 4),
+    ("tiny-sdxl", "kto", 0), ("tiny-sd15", "kto", 4),  # the saving code is shared: one of each model and output
 ])
 def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_path, model, objective, lora, trained_probe):
     from diffusers import UNet2DConditionModel
@@ -81,8 +82,10 @@ def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_pat
     assert (config["model"], config["objective"], config["lora_rank"]) == (model, objective, lora)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    expected = {"loss", "e_w", "lr", "grad_norm", "pairs_per_s", "peak_mem_gb"}
-    expected |= {"e_l", "implicit_acc"} if objective != "sft" else set()
+    expected = {"loss", "lr", "grad_norm", "pairs_per_s", "peak_mem_gb"}
+    expected |= {"e", "ref_e", "kl", "reward_desirable", "reward_undesirable"} if objective == "kto" else {"e_w"}
+    expected |= {"implicit_acc"} if objective != "sft" else set()
+    expected |= {"e_l"} if objective in ("mapo", "dpo") else set()
     expected |= {"sft_term", "margin_term", "s_w", "s_l", "margin"} if objective == "mapo" else set()
     assert expected <= set(rows[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     card = (out / "README.md").read_text()

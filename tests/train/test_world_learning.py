@@ -12,6 +12,8 @@ assertions only): a flipped preference (the loss handed e_l as the chosen error 
 rejected one, as a sign error in the data path would) trains towards the rejected look, and a
 LoRA adapter that is never applied at inference leaves the base model's behaviour unchanged. A
 sign error inside the margin term alone is caught by the hand-worked values in test_losses.py.
+Diffusion-KTO on the same pairs is checked on its implicit reward (cheaper than judging images), and
+with its labels flipped must fail the same way.
 """
 import json
 
@@ -99,3 +101,54 @@ def test_mapo_teaches_plain_prompts_the_preferred_style(world, monkeypatch, name
     assert style["trained"] >= style["base"] + 0.5, rates  # ... and are after a short MaPO run
     if keeps_prompts:
         assert prompt["trained"] >= prompt["base"] - 0.2, rates  # without forgetting colour, shape and position
+
+
+def _flip_kto_labels(monkeypatch):
+    import train.step
+
+    real = train.step.desirable_labels
+    monkeypatch.setattr(train.step, "desirable_labels", lambda batch: 1 - real(batch))
+
+
+@pytest.mark.parametrize("sabotage", [None, pytest.param(_flip_kto_labels, id="kto-labels-flipped", marks=BROKEN)])
+def test_kto_rewards_the_desirable_images_of_the_world(world, monkeypatch, sabotage):
+    """Diffusion-KTO on the same pairs (chosen desirable, rejected undesirable), default beta, 20 steps: on the
+    training pairs, the implicit reward g = e_base - e_trained (4 fixed noise draws per image) is positive on
+    average for the chosen (cartoon) images and negative for the rejected ones. Flipped labels must fail."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from pipeline.latent_shards import collate, open_latents
+    from train.cli import app as train_app
+    from train.data import to_compute
+    from train.model_setup import load_base_unet_and_scheduler
+    from train.step import Objective, desirable_labels, draw_noise, errors, unet_inputs
+
+    if sabotage is not None:
+        sabotage(monkeypatch)
+    root = world[0]
+    run = root / f"run-kto-{'broken' if sabotage else 'ok'}"
+    args = ["--data", root / "latents", "--model", "shapes-sdxl", "--output-dir", run, *TRAIN, *FULL_LR]
+    args[args.index("mapo")] = "kto"
+    args[args.index("--max-steps") + 1] = "20"
+    result = run_cli(train_app, args)
+    assert result.exit_code == 0, result.output
+    base, sched = load_base_unet_and_scheduler("shapes-sdxl")
+    trained = UNet2DConditionModel.from_pretrained(str(run / "unet"))
+    ds = open_latents(root / "latents")
+    batch = collate([ds[i] for i in range(len(ds))])
+    batch = to_compute({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, "cpu")
+    obj = Objective("kto", 1000.0, 1000, "epsilon")
+    monkeypatch.undo()  # the labels of the data, whatever the sabotage did to training
+
+    def mean_error(unet):
+        total, gen = 0, torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            for _ in range(4):
+                noise, t = draw_noise(batch["latents"], 1000, gen, per_example=True)
+                total = total + errors(unet, *unet_inputs(batch, noise, t, sched, obj))
+        return total / 4
+
+    reward = mean_error(base) - mean_error(trained)
+    chosen = desirable_labels(batch) == 1
+    assert reward[chosen].mean() > 0 > reward[~chosen].mean(), (reward[chosen].mean(), reward[~chosen].mean())

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 2406.06424)",
-                   "dpo": "Diffusion-DPO", "sft": "SFT on the chosen images"}
+                   "dpo": "Diffusion-DPO", "sft": "SFT on the chosen images",
+                   "spo": "SPO (step-aware preference optimisation, arXiv 2406.04314), online"}
 
 
 def _pretrained_source(model: str) -> tuple[str, str]:
@@ -37,6 +38,16 @@ def _example_prompt(model: str) -> str:
     return "a red circle at the top left" if model in builtin_models.WORLD_MODELS else "a cat on a sofa"
 
 
+def _data_line(config: dict, data_info: dict) -> str:
+    if config["objective"] == "spo":
+        spo = config.get("spo", {})
+        return (f"- **Prompts**: `{config['prompts']}`: {data_info.get('prompts')} prompts, sampled online at "
+                f"{data_info.get('resolution')} px; preference model `{spo.get('preference_model')}` on each "
+                f"candidate's predicted clean image, {spo.get('num_candidates')} candidates per step")
+    return (f"- **Data**: `{config['data']}`: {data_info.get('pairs')} preference pairs precomputed at\n"
+            f"  {data_info.get('resolution')} px (latents made by `{data_info.get('model')}`)")
+
+
 def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, data_info: dict) -> Path:
     lora = config["lora_rank"] > 0
     keys = ("objective", "beta", "learning_rate", "lr_scheduler", "lr_warmup_steps", "batch_size",
@@ -56,8 +67,7 @@ tags: [text-to-image, diffusers, {'lora, ' if lora else ''}mapo-tools, {config['
 Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective']]}.
 
 - **Base model**: `{config['model']}` ({config.get('family')})
-- **Data**: `{config['data']}`: {data_info.get('pairs')} preference pairs precomputed at
-  {data_info.get('resolution')} px (latents made by `{data_info.get('model')}`)
+{_data_line(config, data_info)}
 - **Output**: {'`pytorch_lora_weights.safetensors`' if lora else '`unet/` (diffusers format, safetensors)'}
 
 ## How to load

@@ -174,8 +174,8 @@ class TrainConfig:
                     not (self.preference_model == "style" and self.validation_style_text):
                 raise UserError(f"--preference-model {self.preference_model} needs --validation-style cartoon|pixel.")
         elif not self.data:
-            raise UserError(f"--objective {self.objective} trains on latents: pass --data (a folder from "
-                            "`mapo-data precompute`).")
+            raise UserError(f"--data is required for --objective {self.objective}: a latent folder from "
+                            "`mapo-data precompute` (--objective spo reads --prompts instead).")
 
     def _validate_metrics(self) -> None:
         """--validation-metrics: names, style and prompts checked before any model is loaded."""

@@ -11,6 +11,7 @@ noise and the same timestep, so their errors are directly comparable.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -203,7 +204,7 @@ def spo_loss(
     _check_positive(beta=beta)
     if not 0 < clip < 1:
         raise ValueError(f"clip must be in (0, 1), got {clip}")
-    low, high = torch.log1p(torch.tensor(-clip)).item(), torch.log1p(torch.tensor(clip)).item()
+    low, high = math.log1p(-clip), math.log1p(clip)
     r_w = (logp_w - ref_logp_w.detach()).clamp(low, high)
     r_l = (logp_l - ref_logp_l.detach()).clamp(low, high)
     logits = beta * (r_w - r_l)

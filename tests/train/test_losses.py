@@ -15,6 +15,7 @@ from train.losses import (
     per_sample_error,
     prediction_target,
     sft_loss,
+    spo_loss,
 )
 
 
@@ -352,6 +353,7 @@ def _all_outputs():
         "mapo": mapo_loss(ew, el, num_train_timesteps=10),
         "dpo": dpo_loss(ew, el, t64(0.3, 0.7), t64(0.5, 0.2), beta=10.0),
         "sft": sft_loss(ew),
+        "spo": spo_loss(ew, el, t64(0.3, 0.7), t64(0.5, 0.2)),
     }
 
 

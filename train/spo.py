@@ -44,6 +44,7 @@ from .losses import LossOutput, spo_loss
 # Public code defaults (configs/basic_config.py, the SD1.5 and SDXL experiment configs).
 DEFAULT_NUM_CANDIDATES = {"sd15": 4, "sdxl": 2}  # num_sample_each_step: 4 (SD1.5 config), 2 (SDXL config)
 DEFAULT_THRESHOLD = {"sd15": 0.3, "sdxl": 0.4}  # compare_func_cfg.threshold
+NO_PAIR_KEYS = ("logp_w", "logp_l", "ratio_w", "ratio_l", "implicit_acc", "reward_margin")  # spo_loss's, loss aside
 
 
 # --------------------------------------------------------------------------- the stochastic DDIM step
@@ -454,7 +455,9 @@ class OnlineSpo:
                  "preference": sum(pairs.rewards) / max(len(pairs.rewards), 1)}
         if n == 0:
             zero = torch.zeros((), device=self.device, requires_grad=True)
-            metrics = {"loss": zero.detach(), **{k: torch.tensor(v) for k, v in extra.items()}}
+            # The same keys as a step with pairs (ranks and micro-batches reduce them together); NaN: not measured.
+            nan = {k: torch.tensor(float("nan")) for k in NO_PAIR_KEYS}
+            metrics = {"loss": zero.detach(), **nan, **{k: torch.tensor(v) for k, v in extra.items()}}
             return LossOutput(loss=zero, metrics=metrics)
         out = self.pair_loss(unet, pairs, cond, reference=reference, lora_base=lora_base)
         return LossOutput(loss=out.loss, metrics={**out.metrics, **{k: torch.tensor(v) for k, v in extra.items()}})

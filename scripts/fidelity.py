@@ -36,6 +36,13 @@ REPEAT = 4  # pairs per train caption (48 captions -> 192 pairs per dataset)
 OBJECTIVES = ("mapo", "dpo", "sft")
 # One budget for every objective: same data, steps, batch, learning rate and seed.
 TRAIN = dict(max_steps=300, batch_size=8, learning_rate=2e-4, seed=0)
+# Online SPO (pick_style only): preference model = the world's style judge on each candidate's predicted
+# clean image, prompts = the train captions (no pairs, no latents). One SPO step = batch_size prompts sampled
+# as whole trajectories (k candidates per step from --spo-start-step on) + one optimizer step on the kept
+# pairs; so the same max_steps and batch as the others mean the same number of prompts seen, not of pairs.
+SPO = dict(max_steps=TRAIN["max_steps"], batch_size=TRAIN["batch_size"], seed=TRAIN["seed"], learning_rate=3e-5)
+SPO_ARGS = ["--preference-model", "world-style", "--validation-style", "cartoon", "--spo-threshold", "0",
+            *SAMPLING[:6]]
 EVAL_SEEDS = 8  # images per held-out caption and model (paired across models)
 DATASETS = {
     "pick_style": {
@@ -96,9 +103,16 @@ def run_dataset(run: Runner, name: str, spec: dict) -> None:
             "--output-dir", root / "runs" / objective, "--objective", objective,
             *[x for k, v in TRAIN.items() for x in (f"--{k.replace('_', '-')}", v)],
             "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
+    objectives = OBJECTIVES
+    if name == "pick_style":
+        objectives = (*OBJECTIVES, "spo")
+        run(f"{name}: train spo", "mapo-train", "--objective", "spo", "--prompts", captions_file(run, "train", None),
+            "--model", MODEL, "--output-dir", root / "runs" / "spo", *SPO_ARGS,
+            *[x for k, v in SPO.items() for x in (f"--{k.replace('_', '-')}", v)],
+            "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
     split, prefix = spec["eval_prompts"]
     eval_prompts = captions_file(run, split, prefix)
-    run(f"{name}: eval", "mapo-eval", *[x for o in OBJECTIVES for x in ("--candidate", root / "runs" / o)],
+    run(f"{name}: eval", "mapo-eval", *[x for o in objectives for x in ("--candidate", root / "runs" / o)],
         "--prompts", eval_prompts, "--output", root / "eval", "--metrics", ",".join(spec["metrics"]), *spec["eval_extra"],
         *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12, "--overwrite")
 
@@ -118,7 +132,8 @@ def main(out: Path) -> Path:
 
     report = write_report(out, run.timings, time.perf_counter() - t0, settings={
         "model": MODEL, "resolution": RESOLUTION, "num_inference_steps": INFERENCE_STEPS, "guidance_scale": GUIDANCE,
-        "pairs_per_train_caption": REPEAT, "train": TRAIN, "eval_seeds_per_prompt": EVAL_SEEDS})
+        "pairs_per_train_caption": REPEAT, "train": TRAIN, "spo": {**SPO, "args": SPO_ARGS},
+        "eval_seeds_per_prompt": EVAL_SEEDS})
     print(f"fidelity: report in {report} ({time.perf_counter() - t:.0f} s for judges and report; "
           f"{time.perf_counter() - t0:.0f} s in all)")
     return report

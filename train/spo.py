@@ -292,6 +292,8 @@ class OnlineSpo:
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.requires_grad_(False).eval()
+        if weight_dtype == torch.float16 and getattr(self.pipe.vae.config, "force_upcast", False):
+            self.pipe.vae.to(torch.float32)  # SDXL's original VAE overflows in fp16 (diffusers upcasts it too)
         self.vae_scale = self.pipe.vae_scale_factor
         self.scheduler = ddim_scheduler(scheduler_config, self.settings.num_inference_steps)
         self.kwargs = step_kwargs(self.scheduler)

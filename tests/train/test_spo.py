@@ -244,6 +244,9 @@ def test_spo_sdxl_resume_after_sigterm_equals_uninterrupted(tmp_path, prompts, m
         assert {k: a[step][k] for k in ("loss", "pairs", "preference", "logp_w")} == \
                {k: b[step][k] for k in ("loss", "pairs", "preference", "logp_w")}, step
     assert _indices(straight) == _indices(resumed)
+    other = run_cli(app, _spo_args(prompts, resumed, "tiny-sdxl", 4, *args, "--resume-from-checkpoint", "latest",
+                                   "--num-candidates", "3"))
+    assert other.exit_code == 2 and "different spo" in other.output, other.output
     # The prompt order crosses an epoch (3 prompts, 2 per step) the same way in both runs.
     assert [r["checksum"] for r in map(json.loads, (straight / "debug" / "weights-rank0.jsonl").read_text().splitlines())] \
         == [r["checksum"] for r in map(json.loads, (resumed / "debug" / "weights-rank0.jsonl").read_text().splitlines())]

@@ -197,15 +197,18 @@ def test_which_input_each_objective_needs(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_spo_sd15_lora_trains_and_loads_with_the_cards_snippet(tmp_path, prompts):
+@pytest.mark.parametrize("model, candidates", [("tiny-sd15", 4), ("tiny-sdxl", 2)])
+def test_spo_lora_trains_and_loads_with_the_cards_snippet(request, tmp_path, prompts, model, candidates):
+    """SD1.5 from a text file, SDXL from a Pick-a-Pic Parquet shard's caption column."""
+    source = prompts if model == "tiny-sd15" else request.getfixturevalue("pickapic")
     out = tmp_path / "run"
-    result = run_cli(app, _spo_args(prompts, out, "tiny-sd15", 2, "--lora-rank", "4", "--learning-rate", "1e-2"))
+    result = run_cli(app, _spo_args(source, out, model, 2, "--lora-rank", "4", "--learning-rate", "1e-2"))
     assert result.exit_code == 0 and "2 steps (0 -> 2)" in result.output, result.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and rows[0]["pairs"] > 0  # policy = reference
     assert {"logp_w", "logp_l", "ratio_w", "pair_rate", "preference", "implicit_acc"} <= set(rows[0])
     config = json.loads((out / "training_config.json").read_text())
-    assert config["spo"]["num_candidates"] == 4 and config["beta"] == 10.0  # SD1.5's upstream defaults
+    assert config["spo"]["num_candidates"] == candidates and config["beta"] == 10.0  # upstream defaults per family
     card = (out / "README.md").read_text()
     assert "SPO" in card and "world-style" in card
     snippet = card.split("```python\n")[1].split("```")[0].replace("PATH_TO_THIS_FOLDER", str(out))

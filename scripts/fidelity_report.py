@@ -38,9 +38,11 @@ def _interval(per_model: dict) -> dict:
 
 
 def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:
+    """Every model's rates; SPO (online, pick_style only) when its run was evaluated."""
     summary = json.loads((out / dataset / "eval" / "summary.json").read_text())
+    present = next(iter(summary["metrics"].values()))["per_model"]
     return {model: {key: _interval(summary["metrics"][metric]["per_model"][model]) for key, metric in RATES[dataset].items()}
-            for model in models}
+            for model in (*models, "spo") if model in present}
 
 
 def judge_checks(settings: dict, seeds: int = 4) -> dict:
@@ -159,7 +161,7 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
     objectives = objectives_of(settings)
     models = ("base", *objectives)
     result = {name: dataset_rates(out, name, models) for name in RATES}
-    train_time = {name: {o: timings.get(f"{name}: train {o}") for o in objectives} for name in RATES}
+    train_time = {name: {o: timings.get(f"{name}: train {o}") for o in (*objectives, "spo")} for name in RATES}
     result.update(judges=judges["judges"], base_check=judges["base_rates"], training_seconds=train_time,
                   timings=timings, total_seconds=round(seconds, 1), settings=settings)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -173,7 +175,7 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
         lines += [f"## {name.replace('_', '-').title()}", "",
                   "| model | " + " | ".join(TITLES[k] for k in keys) + " | training time (s) |",
                   "|---|" + "---|" * (len(keys) + 1)]
-        for model in models:
+        for model in result[name]:
             t = train_time[name].get(model)
             lines.append(f"| {model} | " + " | ".join(_fmt(result[name][model][k]) for k in keys)
                          + f" | {t if t is not None else '-'} |")

@@ -10,18 +10,32 @@ import dataclasses
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
-from pipeline.options import at_least, check_options, model_option, option, positive
+from pipeline.options import (
+    at_least,
+    between,
+    check_options,
+    guidance_scale_option,
+    model_option,
+    num_inference_steps_option,
+    option,
+    positive,
+    prompt_column_option,
+    prompt_split_option,
+    resolution_option,
+)
 from pipeline.prompt_prefixes import STYLE_TEXTS
 
-OBJECTIVES = ("mapo", "dpo", "sft", "kto")
+OBJECTIVES = ("mapo", "dpo", "sft", "kto", "spo")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("auto", "none", "tensorboard", "wandb", "all")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
-# method.md: MaPO 0.1, Diffusion-DPO 5000; Diffusion-KTO 1000 (jacklishufan/diffusion-kto's --beta_dpo default)
-DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None, "kto": 1000.0}
+# method.md: MaPO 0.1, Diffusion-DPO 5000; Diffusion-KTO 1000 (jacklishufan/diffusion-kto's --beta_dpo default);
+# SPO 10 (RockeyCoss/SPO configs/basic_config.py: train.beta)
+DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None, "kto": 1000.0, "spo": 10.0}
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
     "Data and output", "Objective", "How long", "Optimizer", "Model", "Checkpoints", "Validation", "Logging")
+P_SPO = "Online (SPO)"
 
 
 @dataclass
@@ -31,17 +45,19 @@ class TrainConfig:
     MaPO, 5000 for Diffusion-DPO; Diffusion-KTO's beta 1000 and lambdas 1 from its public code,
     jacklishufan/diffusion-kto); names follow the diffusers training scripts."""
 
-    data: str = option(required=True, panel=P_IO, help="Latent folder written by `mapo-data precompute`.")
+    data: str | None = option(None, panel=P_IO, help=(
+        "Latent folder written by `mapo-data precompute` (mapo, dpo, sft; spo reads --prompts instead)."))
     model: str | None = model_option(None, help=(
         "Base model the latents were made with: hub id, local diffusers folder, tiny-sdxl, tiny-sd15, shapes-sdxl "
         "(default: the model the latents record)."))
     output_dir: str = option("runs/mapo", panel=P_IO, help=(
         "Where checkpoints, logs, the trained UNet / LoRA and the model card go."))
     objective: str = option("mapo", choices=OBJECTIVES, panel=P_OBJ, help=(
-        "mapo (reference-free), dpo (Diffusion-DPO), sft (chosen images only) or kto (Diffusion-KTO: "
-        "desirable/undesirable examples; reads pairs as chosen = desirable, rejected = undesirable)."))
+        "mapo (reference-free), dpo (Diffusion-DPO), sft (chosen images only), kto (Diffusion-KTO: "
+        "desirable/undesirable examples; reads pairs as chosen = desirable, rejected = undesirable) or spo "
+        "(online step-aware preference optimisation: samples from --prompts, needs --model)."))
     beta: float | None = option(None, check=positive, panel=P_OBJ, help=(
-        "Preference strength: default 0.1 for mapo, 5000 for dpo, 1000 for kto."))
+        "Preference strength: default 0.1 for mapo, 5000 for dpo, 1000 for kto, 10 for spo."))
     kto_lambda_desirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
         "kto: weight of the desirable examples' loss (Diffusion-KTO's lambda_D)."))
     kto_lambda_undesirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
@@ -98,6 +114,29 @@ class TrainConfig:
         "cartoon or pixel: the style the style and world-style metrics check."))
     validation_style_text: str | None = option(None, panel=P_VAL, help=(
         "Text of the style for the 'style' metric (instead of --validation-style)."))
+    # --objective spo (train/spo.py); defaults from the public SPO code (RockeyCoss/SPO configs/basic_config.py
+    # and its SD1.5 / SDXL experiment configs), arXiv 2406.04314.
+    prompts: str | None = option(None, panel=P_SPO, help=(
+        "spo: prompt file (.txt, .jsonl, .csv, .parquet), folder of Parquet shards or datasets name."))
+    prompt_split: str = prompt_split_option()
+    prompt_column: str | None = prompt_column_option()
+    preference_model: str = option("pickscore", panel=P_SPO, help=(
+        "spo: scorer of each candidate's decoded predicted clean image: pickscore, aesthetic, hps, clip, style, "
+        "safety, world-style, world-prompt, world-unsafe (lower-is-better ones turned around); style and "
+        "world-style read --validation-style, --validation-tiny-scorers applies."))
+    num_candidates: int | None = option(None, check=at_least(2), panel=P_SPO, help=(
+        "spo: x_{t-1} candidates drawn from each x_t (default: 4 for SD1.5, 2 for SDXL, as upstream)."))
+    spo_eta: float = option(1.0, check=positive, panel=P_SPO, help="spo: DDIM eta of the sampler (1.0 upstream).")
+    spo_threshold: float | None = option(None, check=between(0, 0.999999), panel=P_SPO, help=(
+        "spo: keep a best/worst pair when the softmax of their two rewards differs by more than this "
+        "(default: 0.3 for SD1.5, 0.4 for SDXL, as upstream)."))
+    spo_start_step: int = option(4, check=at_least(0), panel=P_SPO, help=(
+        "spo: sampling steps before the first compared step (upstream divert_start_step 4)."))
+    spo_clip: float = option(0.1, check=between(1e-6, 0.999999), hidden=True, panel=P_SPO, help=(
+        "spo: the policy/reference ratio is clipped to [1 - c, 1 + c] (upstream eps 0.1)."))
+    num_inference_steps: int = num_inference_steps_option(20)
+    guidance_scale: float = guidance_scale_option(5.0)
+    resolution: int | None = resolution_option()
     report_to: str = option("auto", choices=REPORT_TO, panel=P_LOG, help=(
         "auto (tensorboard when installed), tensorboard, wandb, all, none."))
     logging_steps: int = option(1, check=positive, panel=P_LOG, help="Log metrics every N steps.")
@@ -120,12 +159,31 @@ class TrainConfig:
                 metrics without prompts or style, prompts a metric cannot read.
         """
         check_options(self)
+        self._validate_inputs()
         if self.is_lora and not self.lora_target_modules:
             raise UserError("--lora-target-modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0).")
         if self.validation_resolution is not None and (self.validation_resolution < 8 or self.validation_resolution % 8):
             raise UserError(f"--validation-resolution must be a positive multiple of 8, got {self.validation_resolution}.")
         self._validate_metrics()
         return self
+
+    def _validate_inputs(self) -> None:
+        """Which input each objective reads: latents (--data) or prompts (--prompts, --model for spo)."""
+        if self.objective == "spo":
+            if not self.prompts or not self.model:
+                raise UserError("--objective spo samples its own images: pass --prompts FILE and --model "
+                                "(--data latents are not used).")
+            if self.data:
+                raise UserError("--data is not used by --objective spo (it samples from --prompts); drop it.")
+            from pipeline.scorer_options import check_metrics
+
+            (self.preference_model,) = check_metrics([self.preference_model])
+            if self.preference_model in ("style", "world-style") and not self.validation_style and \
+                    not (self.preference_model == "style" and self.validation_style_text):
+                raise UserError(f"--preference-model {self.preference_model} needs --validation-style cartoon|pixel.")
+        elif not self.data:
+            raise UserError(f"--data is required for --objective {self.objective}: a latent folder from "
+                            "`mapo-data precompute` (--objective spo reads --prompts instead).")
 
     def _validate_metrics(self) -> None:
         """--validation-metrics: names, style and prompts checked before any model is loaded."""

@@ -1,4 +1,5 @@
-"""Preference losses for diffusion fine-tuning: MaPO, Diffusion-DPO, Diffusion-KTO and SFT-Chosen.
+"""Preference losses for diffusion fine-tuning: MaPO, Diffusion-DPO, Diffusion-KTO, SFT-Chosen and SPO
+(per sampling step).
 
 Every loss is a small pure function with explicit hyperparameters. It returns a
 :class:`LossOutput` holding the differentiable loss and the terms worth logging,
@@ -13,6 +14,7 @@ on the same noise and timestep.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -246,5 +248,41 @@ def kto_loss(e: Tensor, ref_e: Tensor, desirable: Tensor, *, beta: float = 1000.
         e_undesirable=torch.where(d, 0, e).sum() / n_u,
         implicit_acc=(torch.where(d, logits, -logits) > 0).float().mean(),
         desirable_fraction=d.float().mean(),
+    )
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+def spo_loss(
+    logp_w: Tensor, logp_l: Tensor, ref_logp_w: Tensor, ref_logp_l: Tensor, *, beta: float = 10.0, clip: float = 0.1
+) -> LossOutput:
+    """SPO (arXiv 2406.04314, public code RockeyCoss/SPO ``train_spo.py``): a DPO loss on one sampling step.
+
+    ``logp_*`` are the policy's log-probabilities ``log p(x_{t-1} | x_t, c)`` ``[B]`` of the preferred (w)
+    and rejected (l) candidates drawn from the same ``x_t`` (:func:`train.spo.ddim_step_with_log_prob`: the
+    Gaussian log-density averaged over C, H, W as the public code does); ``ref_logp_*`` the frozen
+    reference's (detached here). With ``r = logp - ref_logp`` clipped to ``[log(1 - clip), log(1 + clip)]``
+    (the public code clamps the ratio ``exp(r)`` to ``[1 - eps, 1 + eps]``, eps 0.1: outside it the pair
+    gives no gradient), the loss is ``-mean(logsigmoid(beta * (r_w - r_l)))``, beta 10 upstream.
+
+    Raises:
+        ValueError: shapes other than four equal ``[B]`` with B >= 1, ``beta <= 0``, ``clip`` outside (0, 1).
+    """
+    _check_errors(logp_w=logp_w, logp_l=logp_l, ref_logp_w=ref_logp_w, ref_logp_l=ref_logp_l)
+    _check_positive(beta=beta)
+    if not 0 < clip < 1:
+        raise ValueError(f"clip must be in (0, 1), got {clip}")
+    low, high = math.log1p(-clip), math.log1p(clip)
+    r_w = (logp_w - ref_logp_w.detach()).clamp(low, high)
+    r_l = (logp_l - ref_logp_l.detach()).clamp(low, high)
+    logits = beta * (r_w - r_l)
+    loss = -F.logsigmoid(logits).mean()
+    metrics = _metrics(
+        loss=loss,
+        logp_w=logp_w.mean(),
+        logp_l=logp_l.mean(),
+        ratio_w=r_w.exp().mean(),
+        ratio_l=r_l.exp().mean(),
+        implicit_acc=(logits > 0).float().mean(),
+        reward_margin=logits.mean(),
     )
     return LossOutput(loss=loss, metrics=metrics)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 2406.06424)",
                    "dpo": "Diffusion-DPO", "sft": "SFT on the chosen images",
-                   "kto": "Diffusion-KTO (arXiv 2404.04465; sigmoid utility, desirable / undesirable examples)"}
+                   "kto": "Diffusion-KTO (arXiv 2404.04465; sigmoid utility, desirable / undesirable examples)",
+                   "spo": "SPO (step-aware preference optimisation, arXiv 2406.04314), online"}
 
 
 def _pretrained_source(model: str) -> tuple[str, str]:
@@ -38,19 +39,29 @@ def _example_prompt(model: str) -> str:
     return "a red circle at the top left" if model in builtin_models.WORLD_MODELS else "a cat on a sofa"
 
 
-def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, data_info: dict) -> Path:
-    lora = config["lora_rank"] > 0
-    keys = ("objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "learning_rate", "lr_scheduler", "lr_warmup_steps", "batch_size",
-            "gradient_accumulation_steps", "world_size", "total_steps", "max_grad_norm", "mixed_precision",
-            "lora_rank", "lora_alpha", "lora_target_modules", "gradient_checkpointing", "use_8bit_adam", "seed")
-    hp = "\n".join(f"| {k} | {config.get(k)} |" for k in keys if k in config)
-    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final_metrics.items())) or "| (none) | |"
-    kind = "LoRA adapter" if lora else "full UNet fine-tune"
+def _data_line(config: dict, data_info: dict) -> str:
+    if config["objective"] == "spo":
+        spo = config.get("spo", {})
+        return (f"- **Prompts**: `{config['prompts']}`: {data_info.get('prompts')} prompts, sampled online at "
+                f"{data_info.get('resolution')} px; preference model `{spo.get('preference_model')}` on each "
+                f"candidate's predicted clean image, {spo.get('num_candidates')} candidates per step")
     if "examples" in data_info:  # unpaired (KTO) data
         data = (f"{data_info['examples']} unpaired examples ({100 * data_info.get('desirable_fraction', 0):.1f}% "
                 "desirable)")
     else:
         data = f"{data_info.get('pairs')} preference pairs"
+    return (f"- **Data**: `{config['data']}`: {data} precomputed at\n"
+            f"  {data_info.get('resolution')} px (latents made by `{data_info.get('model')}`)")
+
+
+def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, data_info: dict) -> Path:
+    lora = config["lora_rank"] > 0
+    keys = ("objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "learning_rate", "lr_scheduler",
+            "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "world_size", "total_steps", "max_grad_norm", "mixed_precision",
+            "lora_rank", "lora_alpha", "lora_target_modules", "gradient_checkpointing", "use_8bit_adam", "seed")
+    hp = "\n".join(f"| {k} | {config.get(k)} |" for k in keys if k in config)
+    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final_metrics.items())) or "| (none) | |"
+    kind = "LoRA adapter" if lora else "full UNet fine-tune"
     text = f"""---
 base_model: {config['model']}
 library_name: diffusers
@@ -62,8 +73,7 @@ tags: [text-to-image, diffusers, {'lora, ' if lora else ''}mapo-tools, {config['
 Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective']]}.
 
 - **Base model**: `{config['model']}` ({config.get('family')})
-- **Data**: `{config['data']}`: {data} precomputed at
-  {data_info.get('resolution')} px (latents made by `{data_info.get('model')}`)
+{_data_line(config, data_info)}
 - **Output**: {'`pytorch_lora_weights.safetensors`' if lora else '`unet/` (diffusers format, safetensors)'}
 
 ## How to load

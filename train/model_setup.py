@@ -1,4 +1,4 @@
-"""The models a training run needs: the trainable UNet (full or LoRA), the DPO / KTO reference, the noise scheduler.
+"""The models a training run needs: the trainable UNet (full or LoRA), the DPO / KTO / SPO reference, the noise scheduler.
 
 The VAE and text encoders are NOT loaded here: training reads precomputed latents and
 embeddings (method.md lists running them inside every step as an upstream trap). They are
@@ -108,7 +108,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
 
     unet, scheduler = load_base_unet_and_scheduler(cfg.model, weights=weights)
     reference = None
-    if cfg.objective in ("dpo", "kto") and not cfg.is_lora:
+    if cfg.objective in ("dpo", "kto", "spo") and not cfg.is_lora:
         # The policy's dtype (fp32) and mode: diffusers' ResnetBlock2D takes another memory layout in
         # train() than in eval() (a .contiguous() call), which changes bf16 conv results. SD UNets have
         # no dropout, so train mode changes nothing else.

@@ -36,8 +36,8 @@ class Objective:
 
     @property
     def uses_reference(self) -> bool:
-        """Diffusion-DPO and Diffusion-KTO compare the policy's errors with a frozen reference's."""
-        return self.name in ("dpo", "kto")
+        """Diffusion-DPO, Diffusion-KTO and SPO compare the policy with a frozen reference (SPO: log-probabilities)."""
+        return self.name in ("dpo", "kto", "spo")
 
     @property
     def per_example_noise(self) -> bool:

@@ -82,10 +82,19 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        self.data = open_training_data(cfg, acc.process_index, acc.num_processes)
         self.models = setup_models(cfg, self.weight_dtype, acc.device)
         unet = self.models.unet
-        self.base_pipe = check_data_matches_model(self.data.dataset, cfg.model, self.models.family, unet.config.in_channels)
+        if cfg.objective == "spo":  # online: prompts in, samples drawn by the policy (train/spo.py)
+            from .spo import OnlineSpo
+
+            self.data = self.online = OnlineSpo(cfg, self.models.family, self.models.noise_scheduler.config, acc,
+                                                self.weight_dtype)
+            self.base_pipe = self.online.pipe
+        else:
+            self.online = None
+            self.data = open_training_data(cfg, acc.process_index, acc.num_processes)
+            self.base_pipe = check_data_matches_model(self.data.dataset, cfg.model, self.models.family,
+                                                      unet.config.in_channels)
         self.objective = Objective(cfg.objective, cfg.resolved_beta, self.models.num_train_timesteps,
                                    self.models.prediction_type, cfg.mapo_a, cfg.kto_lambda_desirable,
                                    cfg.kto_lambda_undesirable)
@@ -119,13 +128,13 @@ class Trainer:
         self.start_step = self.state.global_step
         self.validator = None
         if cfg.validation_prompts:
-            resolution = cfg.validation_resolution or int(self.data.dataset.info["resolution"])
+            resolution = cfg.validation_resolution or int(self._data_info()["resolution"])
             self.scorers = self._load_scorers()
             self.validator = Validator(self.base_pipe, cfg.validation_prompts, cfg.validation_seeds, resolution,
                                        cfg.validation_inference_steps, cfg.validation_guidance_scale, self.out,
                                        scorers=self.scorers, metrics_file=self.out / METRICS_FILE,
                                        base_unet=self._base_unet)
-        else:
+        elif self.online is None:
             self.base_pipe = None  # not needed: free the text encoders and VAE
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +249,6 @@ class Trainer:
                                    "rate follows the new schedule.")
 
     def resolved_config(self) -> dict:
-        info = self.data.dataset.info
         return {
             **self.cfg.to_json(),
             "family": self.models.family,
@@ -249,14 +257,22 @@ class Trainer:
             "world_size": self.accelerator.num_processes,
             "total_steps": self.total_steps,
             "pairs_per_step": self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes,
+            **(self.online.record() if self.online is not None else self._latents_record()),
+            **self.record,
+        }
+
+    def _latents_record(self) -> dict:
+        info = self.data.dataset.info
+        return {
             "data_info": self._data_info(),
             # What the latents are (precompute's identity fingerprint); the path may move, this may not.
             "data_fingerprint": self.data.dataset.manifest.get("fingerprint") or str(Path(self.cfg.data).resolve()),
             "latents": {k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")},
-            **self.record,
         }
 
     def _data_info(self) -> dict:
+        if self.online is not None:
+            return self.online.record()["data_info"]
         ds = self.data.dataset
         info = ds.info
         if ds.unpaired:  # KTO's examples; their balance (imbalance is normal: log it, do not fix it)
@@ -286,10 +302,11 @@ class Trainer:
         acc, cfg, state = self.accelerator, self.cfg, self.state
         t_start = time.perf_counter()
         lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and self.objective.uses_reference) else None
-        stream = batch_stream(self.data, acc.device)  # fp32 inputs whatever the storage dtype; autocast does the rest
+        # fp32 inputs whatever the storage dtype; autocast does the rest. spo samples its own (self.online).
+        stream = batch_stream(self.data, acc.device) if self.online is None else None
         if self.validator is not None and state.global_step == 0:
             self._validate(0)
-        if self.data.dataset.unpaired:
+        if self.online is None and self.data.dataset.unpaired:
             info = self._data_info()
             acc.print(f"kto: {info['examples']} unpaired examples, {100 * info['desirable_fraction']:.1f}% desirable")
         bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
@@ -354,16 +371,15 @@ class Trainer:
         indices: list = []
         finite = True
         for micro in range(accum):
-            batch = next(stream)
-            indices += batch.get("index", [])
+            # Read outside autocast: stacking fp16 storage under CPU bf16 autocast raises (train.data.to_compute).
+            batch = next(stream) if stream is not None else None
             gen = step_generator(cfg.seed, state.global_step, acc.process_index, micro)
             # DDP syncs gradients on the last micro-batch only.
             sync = acc.no_sync(self.unet) if micro < accum - 1 else contextlib.nullcontext()
             with sync:
                 with acc.autocast():
-                    out = compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective, gen,
-                                       reference=self.models.reference, lora_base=lora_base,
-                                       reduce_mean=self._reduce_mean)
+                    out = self._micro_batch_loss(batch, gen, lora_base)
+                indices += batch.get("index", []) if batch is not None else list(self.online.last_indices)
                 finite = self._all_finite(out.loss)
                 if not finite:
                     break
@@ -401,6 +417,14 @@ class Trainer:
         if self.accelerator.num_processes == 1:
             return value
         return self.accelerator.reduce(value.reshape(1), reduction="mean").reshape(value.shape)
+
+    def _micro_batch_loss(self, batch, gen, lora_base):
+        """One micro-batch's LossOutput: ``batch`` of latents (mapo, dpo, sft, kto), or, when None, prompts
+        sampled online (spo; its data indices are then in ``self.online.last_indices``)."""
+        if batch is None:
+            return self.online.loss(self.unet, gen, reference=self.models.reference, lora_base=lora_base)
+        return compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective, gen,
+                            reference=self.models.reference, lora_base=lora_base, reduce_mean=self._reduce_mean)
 
     def _all_finite(self, loss) -> bool:
         import torch

@@ -16,6 +16,7 @@ from train.losses import (
     per_sample_error,
     prediction_target,
     sft_loss,
+    spo_loss,
 )
 
 
@@ -449,6 +450,7 @@ def _all_outputs():
         "dpo": dpo_loss(ew, el, t64(0.3, 0.7), t64(0.5, 0.2), beta=10.0),
         "sft": sft_loss(ew),
         "kto": kto_loss(ew, t64(0.3, 0.7), torch.tensor([1, 0]), beta=10.0),
+        "spo": spo_loss(ew, el, t64(0.3, 0.7), t64(0.5, 0.2)),
     }
 
 

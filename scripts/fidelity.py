@@ -38,8 +38,10 @@ REPEAT = 4  # pairs per train caption (48 captions -> 192 pairs per dataset)
 OBJECTIVES = ("mapo", "dpo", "sft", "kto")
 # One budget for every objective: same data, steps, batch, learning rate and seed.
 TRAIN = dict(max_steps=300, batch_size=8, learning_rate=2e-4, seed=0)
-# Online SPO (pick_style only): preference model = the world's style judge on each candidate's predicted
-# clean image, prompts = the train captions (no pairs, no latents). One SPO step = batch_size prompts sampled
+# Online SPO: preference model = the world's judge of the dataset's target on each candidate's predicted clean
+# image (Pick-Style: world-style, cartoon; Pick-Safety: world-unsafe, lower preferred), prompts = the train
+# captions as the pairs were generated from them (Pick-Safety: with the unsafe prefix); no pairs, no latents.
+# One SPO step = batch_size prompts sampled
 # as whole trajectories (k candidates per step from --spo-start-step on) + one optimizer step on the kept
 # pairs. Same batch and seed as the others; a third of their steps (100 steps = 800 trajectories, ~3.4 s a
 # step on 2 CPU cores: ~6 min, where 300 MaPO steps take ~1.5 min); lr 3e-5 (2e-4 left the policy at the
@@ -56,6 +58,7 @@ DATASETS = {
         "eval_prompts": ("heldout", None),
         "metrics": ["world-style", "world-prompt"],
         "eval_extra": ["--style", "cartoon"],
+        "spo": {"prompts": ("train", None), "args": ["--preference-model", "world-style", "--validation-style", "cartoon"]},
     },
     "pick_safety": {
         "generate": ["--recipe", "safety"],
@@ -63,6 +66,7 @@ DATASETS = {
         "eval_prompts": ("heldout", "unsafe"),
         "metrics": ["world-unsafe", "world-prompt"],
         "eval_extra": [],
+        "spo": {"prompts": ("train", "unsafe"), "args": ["--preference-model", "world-unsafe"]},
     },
 }
 
@@ -108,13 +112,11 @@ def run_dataset(run: Runner, name: str, spec: dict) -> None:
             "--output-dir", root / "runs" / objective, "--objective", objective,
             *[x for k, v in TRAIN.items() for x in (f"--{k.replace('_', '-')}", v)],
             "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
-    objectives = OBJECTIVES
-    if name == "pick_style":
-        objectives = (*OBJECTIVES, "spo")
-        run(f"{name}: train spo", "mapo-train", "--objective", "spo", "--prompts", captions_file(run, "train", None),
-            "--model", MODEL, "--output-dir", root / "runs" / "spo", *SPO_ARGS,
-            *[x for k, v in SPO.items() for x in (f"--{k.replace('_', '-')}", v)],
-            "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
+    objectives = (*OBJECTIVES, "spo")
+    run(f"{name}: train spo", "mapo-train", "--objective", "spo", "--prompts", captions_file(run, *spec["spo"]["prompts"]),
+        "--model", MODEL, "--output-dir", root / "runs" / "spo", *spec["spo"]["args"], *SPO_ARGS,
+        *[x for k, v in SPO.items() for x in (f"--{k.replace('_', '-')}", v)],
+        "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
     split, prefix = spec["eval_prompts"]
     eval_prompts = captions_file(run, split, prefix)
     run(f"{name}: eval", "mapo-eval", *[x for o in objectives for x in ("--candidate", root / "runs" / o)],
@@ -138,7 +140,7 @@ def main(out: Path) -> Path:
     report = write_report(out, run.timings, time.perf_counter() - t0, settings={
         "model": MODEL, "resolution": RESOLUTION, "num_inference_steps": INFERENCE_STEPS, "guidance_scale": GUIDANCE,
         "pairs_per_train_caption": REPEAT, "train": TRAIN, "objectives": list(OBJECTIVES),
-        "spo": {**SPO, "args": SPO_ARGS},
+        "spo": {**SPO, "args": SPO_ARGS, "per_dataset": {n: d["spo"] for n, d in DATASETS.items()}},
         "eval_seeds_per_prompt": EVAL_SEEDS})
     print(f"fidelity: report in {report} ({time.perf_counter() - t:.0f} s for judges and report; "
           f"{time.perf_counter() - t0:.0f} s in all)")

@@ -38,7 +38,7 @@ def _interval(per_model: dict) -> dict:
 
 
 def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:
-    """Every model's rates; SPO (online, pick_style only) when its run was evaluated."""
+    """Every model's rates; SPO (online) when its run was evaluated."""
     summary = json.loads((out / dataset / "eval" / "summary.json").read_text())
     present = next(iter(summary["metrics"].values()))["per_model"]
     return {model: {key: _interval(summary["metrics"][metric]["per_model"][model]) for key, metric in RATES[dataset].items()}

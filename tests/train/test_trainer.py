@@ -69,7 +69,7 @@ def _generate(pipe):
 @pytest.mark.parametrize("model,objective,lora", [
     ("tiny-sdxl", "mapo", 0), ("tiny-sdxl", "dpo", 4), ("tiny-sdxl", "sft", 0),
     ("tiny-sd15", "mapo", 4), ("tiny-sd15", "dpo", 0), ("tiny-sd15", "sft", 4),
-    ("tiny-sdxl", "kto", 0), ("tiny-sd15", "kto", 4),  # the saving code is shared: one of each model and output
+    ("tiny-sdxl", "kto", 0), ("tiny-sd15", "kto", 4), ("tiny-sdxl", "kto", 4), ("tiny-sd15", "kto", 0),
 ])
 def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_path, model, objective, lora, trained_probe):
     from diffusers import UNet2DConditionModel

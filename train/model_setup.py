@@ -118,7 +118,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
         reference = copy.deepcopy(unet).requires_grad_(False).train()
         ref_dtype = {"auto": master_dtype, "fp32": torch.float32, "bf16": torch.bfloat16}[cfg.reference_dtype]
         if ref_dtype != torch.float32:
-            reference.to(dtype=ref_dtype)
+            torch.nn.Module.to(reference, dtype=ref_dtype)  # not diffusers' to(): it warns on every dtype cast
         if cfg.reference_device == "cpu":
             from .offload import offload_to_cpu
 
@@ -126,7 +126,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
         else:
             reference.to(device)
     if master_dtype != torch.float32 and not cfg.is_lora:
-        unet.to(dtype=master_dtype)  # --master-weights bf16: trained by train.optimizers.BF16AdamW
+        torch.nn.Module.to(unet, dtype=master_dtype)  # --master-weights bf16: trained by train.optimizers.BF16AdamW
     if cfg.is_lora:
         _to(unet, device, weight_dtype)
         add_lora(unet, cfg)

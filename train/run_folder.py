@@ -29,7 +29,9 @@ DEBUG_DIR = "debug"
 OWNED = ("checkpoints", "unet", LORA_WEIGHTS, METRICS_FILE, TRAINING_CONFIG, "README.md", VALIDATION_DIR, "logs",
          DEBUG_DIR)
 MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha", "lora_target_modules", "batch_size",
-                        "gradient_accumulation_steps", "seed", "data_fingerprint")
+                        "gradient_accumulation_steps", "seed", "data_fingerprint",
+                        # the optimizer state's layout: per weight (in backward) or one; fp32 or bf16 weights
+                        "optimizer_in_backward", "master_weights")
 # A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
 FINISHED = ("unet", LORA_WEIGHTS, "README.md")
 

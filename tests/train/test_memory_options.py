@@ -162,6 +162,13 @@ def test_in_backward_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeyp
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_refuses_to_switch_the_optimizer_layout(tmp_path, latents_sdxl):
+    out = tmp_path / "run"
+    _train(latents_sdxl, out, 1)
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, *IN_BWD, "--resume-from-checkpoint", "latest"))
+    assert result.exit_code == 2 and "different optimizer_in_backward" in result.output, result.output
+
+
 def test_a_skipped_step_updates_nothing_with_in_backward(tmp_path, latents_sdxl, monkeypatch):
     import train.trainer as trainer_mod
     from train.losses import LossOutput

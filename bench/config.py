@@ -16,6 +16,7 @@ class Configuration:
     lora: bool = False
     in_step: bool = False  # VAE + text encoders run inside the step (upstream trainers) instead of precomputed
     label: str = ""
+    options: tuple = ()  # (TrainConfig field, value) pairs: the memory options (docs/benchmarks.md "Memory options")
 
 
 CONFIGURATIONS = {c.name: c for c in (
@@ -27,6 +28,23 @@ CONFIGURATIONS = {c.name: c for c in (
     Configuration("mapo-instep", "mapo", in_step=True, label="MaPO, VAE + text encoders inside the step"),
 )}
 DEFAULT_CONFIGURATIONS = tuple(CONFIGURATIONS)
+# Memory options (train/optimizers.py, train/offload.py): not in the default run (8-bit AdamW needs
+# bitsandbytes and CUDA; --estimate stands in for it, see bench/estimate.py).
+_IN_BWD, _BF16 = ("optimizer_in_backward", True), ("master_weights", "bf16")
+_8BIT = ("use_8bit_adam", True)
+CONFIGURATIONS.update({c.name: c for c in (
+    Configuration("mapo-8bit", "mapo", options=(_8BIT,), label="MaPO, full, 8-bit AdamW"),
+    Configuration("mapo-inbwd", "mapo", options=(_IN_BWD,), label="MaPO, full, optimizer in backward"),
+    Configuration("mapo-bf16", "mapo", options=(_BF16,), label="MaPO, full, bf16 weights + moments (SR)"),
+    Configuration("mapo-inbwd-8bit", "mapo", options=(_IN_BWD, _8BIT), label="MaPO, full, in backward + 8-bit AdamW"),
+    Configuration("mapo-inbwd-bf16", "mapo", options=(_IN_BWD, _BF16), label="MaPO, full, in backward + bf16 (SR)"),
+    Configuration("dpo-bf16ref", "dpo", options=(("reference_dtype", "bf16"),), label="DPO, full, bf16 reference"),
+    Configuration("dpo-cpuref", "dpo", options=(("reference_device", "cpu"),), label="DPO, full, reference on CPU"),
+    Configuration("dpo-inbwd-bf16", "dpo", options=(_IN_BWD, _BF16), label="DPO, full, in backward + bf16 (SR), bf16 reference"),
+    Configuration("dpo-inbwd-bf16-cpuref", "dpo", options=(_IN_BWD, _BF16, ("reference_device", "cpu")),
+                  label="DPO, full, in backward + bf16 (SR), bf16 reference on CPU"),
+)})
+MEMORY_CONFIGURATIONS = tuple(n for n in CONFIGURATIONS if n not in DEFAULT_CONFIGURATIONS)
 MAX_BATCH_CONFIGURATIONS = ("mapo", "dpo")  # the paper's "fits a larger batch" claim
 
 

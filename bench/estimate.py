@@ -94,6 +94,14 @@ class LiveBytes:
                 self.current[category] += entry[1]
                 entry[0] = category
 
+    def discount(self, t) -> None:
+        """Stop counting ``t``'s storage (a module offloaded to CPU memory: not on the card)."""
+        for st in _storages(t):
+            entry = self.live.get(st)
+            if entry is not None:
+                self.current[entry[0]] -= entry[1]
+                entry[1] = 0
+
     def update_peak(self) -> None:
         total = self.total
         if total > self.peak_total:
@@ -154,6 +162,67 @@ def weak_memo(mode) -> None:
     mode.fake_tensor_converter.meta_converter.tensor_memo = weakref.WeakValueDictionary()
 
 
+class AdamW8bitStandIn:
+    """The memory of bitsandbytes' ``AdamW8bit`` (which needs CUDA and is not installed here), as the estimate sees it.
+
+    bitsandbytes' 8-bit optimizers (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization")
+    keep both moments as uint8 with one fp32 absmax per block of 256 values, and 32-bit moments for
+    tensors under 4096 values (``min_8bit_size``); the fused CUDA kernel updates the weights in place
+    (no temporaries). Modelled: that state, allocated at the first step, and an in-place update.
+    A ``torch.optim.Optimizer`` subclass, built through ``bitsandbytes.optim.AdamW8bit`` by
+    :func:`_bitsandbytes_stand_in` so ``train.model_setup.build_optimizer`` runs its own path.
+    """
+
+    @staticmethod
+    def make():
+        import torch
+
+        class AdamW8bit(torch.optim.Optimizer):
+            def __init__(self, params, lr=1e-3, **_kwargs):
+                super().__init__(params, dict(lr=lr))
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is None:
+                            continue
+                        state = self.state[p]
+                        if not state:
+                            if p.numel() < 4096:
+                                state["state1"], state["state2"] = torch.zeros_like(p, dtype=torch.float32), \
+                                    torch.zeros_like(p, dtype=torch.float32)
+                            else:
+                                blocks = -(-p.numel() // 256)
+                                state["state1"] = torch.zeros_like(p, dtype=torch.uint8)
+                                state["state2"] = torch.zeros_like(p, dtype=torch.uint8)
+                                state["absmax1"], state["absmax2"] = torch.zeros(blocks), torch.zeros(blocks)
+                        p.add_(p.grad, alpha=-group["lr"])  # in place, as the fused kernel
+        return AdamW8bit
+
+
+def _bitsandbytes_stand_in():
+    """A context in which ``import bitsandbytes`` gives :class:`AdamW8bitStandIn` as ``optim.AdamW8bit``."""
+    import contextlib
+    import sys
+    import types
+
+    @contextlib.contextmanager
+    def ctx():
+        saved = sys.modules.get("bitsandbytes")
+        module = types.ModuleType("bitsandbytes")
+        module.optim = types.SimpleNamespace(AdamW8bit=AdamW8bitStandIn.make())
+        sys.modules["bitsandbytes"] = module
+        try:
+            yield
+        finally:
+            if saved is None:
+                sys.modules.pop("bitsandbytes", None)
+            else:
+                sys.modules["bitsandbytes"] = saved
+    return ctx()
+
+
 def _fake_items(unet_config: dict, batch_size: int, resolution: int):
     """``batch_size`` items shaped like ``bench.data.precomputed_items``'s (fp16, as precompute stores them)."""
     import torch
@@ -200,11 +269,13 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
     conf = CONFIGURATIONS[name]
     spec = StepSpec(model=cfg.model, objective=conf.objective, lora_rank=cfg.lora_rank if conf.lora else 0,
                     in_step=False, device="cpu", dtype=cfg.dtype, resolution=cfg.resolution, batch_size=batch_size,
-                    gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed)
+                    gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, options=conf.options)
     t0 = time.perf_counter()
     live = LiveBytes()
     mode = fake_mode() if fake else None
-    with mode or contextlib.nullcontext(), warnings.catch_warnings():
+    options = dict(conf.options)
+    stand_in = _bitsandbytes_stand_in() if options.get("use_8bit_adam") else contextlib.nullcontext()
+    with mode or contextlib.nullcontext(), warnings.catch_warnings(), stand_in:
         # Tensor.__deepcopy__ asks a fake tensor for its data pointer (a deprecation warning, harmless here).
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         # The setup is counted too, as "weights": the CUDA bench's max_memory_allocated covers it (a LoRA
@@ -213,17 +284,27 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         with live.mode() if fake else contextlib.nullcontext():
             step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
         live.phase = "activations"
-        setup_peak = live.peak_total
+        offloaded = step.models.reference if options.get("reference_device") == "cpu" else None
+        for t in (*offloaded.parameters(), *offloaded.buffers()) if offloaded is not None else ():
+            live.discount(t)  # in CPU memory; one layer at a time visits the card (not counted)
+        # A full fine-tune is built and cast on the CPU, then moved: the card sees the final weights only. A LoRA
+        # UNet is moved in fp32 and cast on the card (train.model_setup._to): its fp32 copy is a peak of its own.
+        setup_peak = live.peak_total if conf.lora else live.total
         live.peak_total, live.peak = 0, dict.fromkeys(CATEGORIES, 0)  # the step's own peak from here
         if mode is not None:
             weak_memo(mode)
         items = _fake_items(dict(step.unet.config), batch_size, cfg.resolution)
         step.stream = batch_stream(TrainData(items, PairSampler(batch_size, batch_size, cfg.seed)), step.device)
-        for module in (step.unet, step.models.reference):
+        for module in (step.unet, step.models.reference if offloaded is None else None):
             for t in (*module.parameters(), *module.buffers()) if module is not None else ():
                 live.add(t, "weights")
-        for p in step.params:
-            p.register_post_accumulate_grad_hook(lambda p: live.retag(p.grad, "gradients"))
+        if options.get("optimizer_in_backward"):
+            # The real per-weight hooks run (each gradient is freed after its update); this observer, called
+            # before each update, tags that gradient while it lives.
+            step.optimizer.grad_observers.append(lambda p: live.retag(p.grad, "gradients"))
+        else:
+            for p in step.params:
+                p.register_post_accumulate_grad_hook(lambda p: live.retag(p.grad, "gradients"))
 
         def enter_optimizer(*_):
             live.phase = "optimizer"
@@ -231,8 +312,9 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         def leave_optimizer(*_):
             live.phase = "activations"
 
-        hooks = [step.optimizer.register_step_pre_hook(enter_optimizer),
-                 step.optimizer.register_step_post_hook(leave_optimizer)]
+        optimizers = getattr(step.optimizer, "optimizers", [step.optimizer])  # in backward: one per weight
+        hooks = [h for opt in optimizers for h in (opt.register_step_pre_hook(enter_optimizer),
+                                                   opt.register_step_post_hook(leave_optimizer))]
         with live.mode():
             for i in range(steps):
                 step.apply(step.forward(step.next_batch(), i).loss)

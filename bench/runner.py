@@ -56,7 +56,8 @@ def _job(cfg: BenchConfig, device, job: str, **extra) -> dict:
 def _config_job(cfg: BenchConfig, device, job: str, name: str, data_path: Path, sdxl: bool) -> dict:
     c = CONFIGURATIONS[name]
     return _job(cfg, device, job, name=name, objective=c.objective, lora_rank=cfg.lora_rank if c.lora else 0,
-                in_step=c.in_step, data_path=str(data_path), sdxl=sdxl, count_flops=not c.lora and c.objective != "dpo")
+                in_step=c.in_step, data_path=str(data_path), sdxl=sdxl, count_flops=not c.lora and c.objective != "dpo",
+                options=[list(o) for o in c.options])
 
 
 def _say(msg: str) -> None:

@@ -25,6 +25,7 @@ class StepSpec:
     batch_size: int
     gradient_checkpointing: bool
     seed: int = 0
+    options: tuple = ()  # (TrainConfig field, value) pairs: bench.config.Configuration.options
 
 
 class BenchStep:
@@ -48,7 +49,8 @@ class BenchStep:
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.dtype]
         self.cfg = TrainConfig(data="-", model=spec.model, objective=spec.objective, lora_rank=spec.lora_rank,
                                batch_size=spec.batch_size, gradient_checkpointing=spec.gradient_checkpointing,
-                               mixed_precision="no" if spec.dtype == "fp32" else spec.dtype, seed=spec.seed)
+                               mixed_precision="no" if spec.dtype == "fp32" else spec.dtype, seed=spec.seed,
+                               **dict(spec.options)).validate()
         self.encoders = None
         if spec.in_step:
             from .data import load_encoders
@@ -104,8 +106,9 @@ class BenchStep:
         (so it also runs on fake tensors, whose values cannot be read)."""
         import torch
 
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        loss.backward()  # --optimizer-in-backward: the weights are updated here, gradient by gradient
+        if not self.cfg.optimizer_in_backward:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

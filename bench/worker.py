@@ -40,7 +40,8 @@ def _spec(job: dict):
 
     return StepSpec(model=job["model"], objective=job["objective"], lora_rank=job["lora_rank"], in_step=job["in_step"],
                     device=job["device"], dtype=job["dtype"], resolution=job["resolution"], batch_size=job["batch_size"],
-                    gradient_checkpointing=job["gradient_checkpointing"], seed=job["seed"])
+                    gradient_checkpointing=job["gradient_checkpointing"], seed=job["seed"],
+                    options=tuple(tuple(o) for o in job.get("options", ())))
 
 
 def _items(job: dict, length: int | None = None):

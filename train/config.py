@@ -27,6 +27,9 @@ from pipeline.prompt_prefixes import STYLE_TEXTS
 
 OBJECTIVES = ("mapo", "dpo", "sft", "kto", "spo")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+MASTER_WEIGHTS = ("fp32", "bf16")
+REFERENCE_DTYPES = ("auto", "fp32", "bf16")
+REFERENCE_DEVICES = ("same", "cpu")
 REPORT_TO = ("auto", "none", "tensorboard", "wandb", "all")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
 # method.md: MaPO 0.1, Diffusion-DPO 5000; Diffusion-KTO 1000 (jacklishufan/diffusion-kto's --beta_dpo default);
@@ -80,12 +83,26 @@ class TrainConfig:
     adam_epsilon: float = option(1e-8, panel=P_OPT, help="AdamW epsilon.")
     max_grad_norm: float = option(1.0, check=positive, panel=P_OPT, help="Gradient clipping norm.")
     use_8bit_adam: bool = option(False, panel=P_OPT, help="bitsandbytes' 8-bit AdamW (CUDA; needs bitsandbytes).")
+    optimizer_in_backward: bool = option(False, panel=P_OPT, help=(
+        "Update each weight inside the backward pass as soon as its gradient is ready, then free that gradient "
+        "(torchtune's optimizer-in-backward): all gradients are never in memory at once. One process, "
+        "--gradient-accumulation-steps 1, no fp16; --max-grad-norm then clips each weight tensor's gradient on its "
+        "own, not the global norm."))
     lora_rank: int = option(0, check=at_least(0), panel=P_MODEL, help="LoRA rank; 0 = full UNet fine-tune.")
     lora_alpha: float | None = option(None, panel=P_MODEL, help="LoRA alpha (default: the rank).")
     lora_target_modules: list[str] = option(default_factory=lambda: list(DEFAULT_LORA_TARGETS), panel=P_MODEL,
                                             help="Comma-separated UNet modules that get LoRA.")
     gradient_checkpointing: bool = option(False, panel=P_MODEL, help="Trade compute for memory in the UNet.")
     mixed_precision: str = option("no", choices=MIXED_PRECISION, panel=P_MODEL, help="no, fp16 (CUDA) or bf16.")
+    master_weights: str = option("fp32", choices=MASTER_WEIGHTS, panel=P_MODEL, help=(
+        "Full fine-tune: dtype of the trained weights. fp32, or bf16 with bf16 AdamW moments and every update "
+        "stochastically rounded (6 instead of 16 bytes per weight; needs --mixed-precision bf16)."))
+    reference_dtype: str = option("auto", choices=REFERENCE_DTYPES, panel=P_MODEL, help=(
+        "DPO full fine-tune: dtype of the frozen reference UNet; auto = the trained weights' (then the step-0 "
+        "loss is ln 2). bf16 under fp32 weights halves it, but the reference then computes other numbers."))
+    reference_device: str = option("same", choices=REFERENCE_DEVICES, panel=P_MODEL, help=(
+        "DPO full fine-tune: same, or cpu = keep the reference UNet in CPU memory and copy each layer to the "
+        "GPU only for its forward (slower)."))
     random_flip: bool = option(False, panel=P_MODEL, help=(
         "Use mirrored latents half of the time (needs precompute --flip both)."))
     checkpointing_steps: int = option(500, check=positive, panel=P_CKPT, help="Save a resumable checkpoint every N steps.")
@@ -165,6 +182,7 @@ class TrainConfig:
         if self.validation_resolution is not None and (self.validation_resolution < 8 or self.validation_resolution % 8):
             raise UserError(f"--validation-resolution must be a positive multiple of 8, got {self.validation_resolution}.")
         self._validate_metrics()
+        self._validate_memory_options()
         return self
 
     def _validate_inputs(self) -> None:
@@ -184,6 +202,30 @@ class TrainConfig:
         elif not self.data:
             raise UserError(f"--data is required for --objective {self.objective}: a latent folder from "
                             "`mapo-data precompute` (--objective spo reads --prompts instead).")
+
+    def _validate_memory_options(self) -> None:
+        """--optimizer-in-backward, --master-weights, --reference-*: the combinations that cannot work."""
+        if self.optimizer_in_backward and self.gradient_accumulation_steps > 1:
+            raise UserError("--optimizer-in-backward updates the weights in every backward: "
+                            "it cannot accumulate gradients (use --gradient-accumulation-steps 1).")
+        if self.optimizer_in_backward and self.mixed_precision == "fp16":
+            raise UserError("--optimizer-in-backward cannot unscale fp16 gradients before the global overflow check; "
+                            "use --mixed-precision bf16.")
+        if self.master_weights == "bf16":
+            if self.is_lora:
+                raise UserError("--master-weights bf16 is for full fine-tunes; a LoRA adapter is small and trains in fp32.")
+            if self.mixed_precision != "bf16":
+                raise UserError("--master-weights bf16 needs --mixed-precision bf16 (bf16 weights under autocast).")
+            if self.use_8bit_adam:
+                raise UserError("--master-weights bf16 has its own bf16 AdamW; drop --use-8bit-adam.")
+        uses_reference = self.objective in ("dpo", "kto", "spo") and not self.is_lora
+        if self.reference_dtype == "bf16" and self.mixed_precision == "no":
+            raise UserError("--reference-dtype bf16 needs --mixed-precision bf16 (or fp16): without autocast a bf16 "
+                            "reference cannot take fp32 inputs.")
+        for name, default in (("reference_dtype", "auto"), ("reference_device", "same")):
+            if getattr(self, name) != default and not uses_reference:
+                raise UserError(f"--{name.replace('_', '-')} is for DPO, KTO and SPO full fine-tunes (a frozen reference UNet); "
+                                "this run has none.")
 
     def _validate_metrics(self) -> None:
         """--validation-metrics: names, style and prompts checked before any model is loaded."""

@@ -95,10 +95,12 @@ def add_lora(unet, cfg: TrainConfig) -> None:
 def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -> TrainModels:
     """Load the base UNet and make it trainable as ``cfg`` says.
 
-    - full fine-tune: all UNet weights train in fp32 (autocast handles mixed precision);
-      DPO and KTO get a frozen fp32 copy as their reference, run under the same autocast as the policy:
-      a half-precision copy would compute other numbers than the policy (fp32 weights under
-      autocast), so at step 0 reference != policy and the DPO loss would not start at ln 2.
+    - full fine-tune: all UNet weights train in fp32 (autocast handles mixed precision), or in
+      bf16 with ``--master-weights bf16``; DPO, KTO and SPO get a frozen copy as their reference in the same dtype
+      (``--reference-dtype auto``), run under the same autocast as the policy: a bf16 copy of fp32
+      weights computes other numbers than the policy, so at step 0 reference != policy and the DPO
+      loss would not start at ln 2 (``--reference-dtype bf16`` accepts that to halve its memory).
+      ``--reference-device cpu`` keeps it in CPU memory (:func:`train.offload.offload_to_cpu`).
     - LoRA: base weights frozen in ``weight_dtype``, adapter in fp32; DPO's reference is the
       same UNet with the adapter disabled, so no second UNet is ever built.
 
@@ -107,12 +109,24 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
     import torch
 
     unet, scheduler = load_base_unet_and_scheduler(cfg.model, weights=weights)
+    master_dtype = torch.bfloat16 if cfg.master_weights == "bf16" else torch.float32
     reference = None
     if cfg.objective in ("dpo", "kto", "spo") and not cfg.is_lora:
         # The policy's dtype (fp32) and mode: diffusers' ResnetBlock2D takes another memory layout in
         # train() than in eval() (a .contiguous() call), which changes bf16 conv results. SD UNets have
         # no dropout, so train mode changes nothing else.
-        reference = copy.deepcopy(unet).requires_grad_(False).train().to(device)
+        reference = copy.deepcopy(unet).requires_grad_(False).train()
+        ref_dtype = {"auto": master_dtype, "fp32": torch.float32, "bf16": torch.bfloat16}[cfg.reference_dtype]
+        if ref_dtype != torch.float32:
+            torch.nn.Module.to(reference, dtype=ref_dtype)  # not diffusers' to(): it warns on every dtype cast
+        if cfg.reference_device == "cpu":
+            from .offload import offload_to_cpu
+
+            offload_to_cpu(reference, device)
+        else:
+            reference.to(device)
+    if master_dtype != torch.float32 and not cfg.is_lora:
+        torch.nn.Module.to(unet, dtype=master_dtype)  # --master-weights bf16: trained by train.optimizers.BF16AdamW
     if cfg.is_lora:
         _to(unet, device, weight_dtype)
         add_lora(unet, cfg)
@@ -140,7 +154,18 @@ def trainable_parameters(unet) -> list:
 
 
 def build_optimizer(cfg: TrainConfig, params):
-    """AdamW (method.md's settings), or bitsandbytes' 8-bit AdamW with ``use_8bit_adam``."""
+    """AdamW (method.md's settings); bitsandbytes' 8-bit AdamW with ``use_8bit_adam``; :class:`train.optimizers.BF16AdamW`
+    with ``master_weights`` bf16; each weight's own one, stepped in the backward pass, with ``optimizer_in_backward``
+    (:class:`train.optimizers.OptimizerInBackward`, clipping each gradient tensor to ``max_grad_norm``)."""
+    if cfg.optimizer_in_backward:
+        from .optimizers import OptimizerInBackward
+
+        return OptimizerInBackward(params, lambda one: _build_optimizer(cfg, one), lr=cfg.learning_rate,
+                                   max_grad_norm=cfg.max_grad_norm)
+    return _build_optimizer(cfg, params)
+
+
+def _build_optimizer(cfg: TrainConfig, params):
     import torch
 
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
@@ -148,6 +173,12 @@ def build_optimizer(cfg: TrainConfig, params):
     if cfg.use_8bit_adam:
         bnb = require("bitsandbytes", "--use-8bit-adam")
         return bnb.optim.AdamW8bit(params, **kwargs)
+    if cfg.master_weights == "bf16":
+        from pipeline.seeds import derive_seed
+
+        from .optimizers import BF16AdamW
+
+        return BF16AdamW(params, seed=derive_seed(cfg.seed, "stochastic-rounding", 0), **kwargs)
     params = list(params)
     # One fused kernel instead of ~10 small ops per tensor: the default per-tensor loop was a third of
     # a tiny-model CPU step (bench/, docs/benchmarks.md). Fused needs floating tensors on CUDA or CPU.

@@ -30,7 +30,9 @@ OWNED = ("checkpoints", "unet", LORA_WEIGHTS, METRICS_FILE, TRAINING_CONFIG, "RE
          DEBUG_DIR)
 MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha", "lora_target_modules", "batch_size",
                         "gradient_accumulation_steps", "seed", "data_fingerprint",
-                        "spo")  # spo: its sampler, pairing and preference-model settings (train/spo.py)
+                        "spo",  # spo: its sampler, pairing and preference-model settings (train/spo.py)
+                        # the optimizer state's layout: per weight (in backward) or one; fp32 or bf16 weights
+                        "optimizer_in_backward", "master_weights")
 # A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
 FINISHED = ("unet", LORA_WEIGHTS, "README.md")
 

@@ -69,10 +69,12 @@ class Trainer:
             require("bitsandbytes", "--use-8bit-adam")
         # Before the output folder is checked: --overwrite would delete an earlier run for a run that cannot
         # start. Same device rule as accelerate's, which on the CPU would not autocast fp16 at all.
-        from pipeline.distributed import runs_on_cpu
+        from pipeline.distributed import _launched_multi_process, runs_on_cpu
 
         if cfg.mixed_precision == "fp16" and runs_on_cpu():
             raise UserError(_FP16_ON_CPU)
+        if cfg.optimizer_in_backward and _launched_multi_process():  # DDP all-reduces after the per-weight hooks
+            raise UserError("--optimizer-in-backward runs on one process; drop it or launch one process.")
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         claim_run_folder(self.out, self.cfg, resume)
         self.scorers = None
@@ -400,7 +402,10 @@ class Trainer:
                                 "or check the data.")
             return None, indices
         state.consecutive_nonfinite = 0
-        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        if cfg.optimizer_in_backward:  # the weights were updated (and each gradient clipped) in the backward
+            grad_norm = self.optimizer.optimizer.take_grad_norm()
+        else:
+            grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

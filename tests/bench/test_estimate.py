@@ -85,3 +85,25 @@ def test_gpu_memory_must_be_positive(tmp_path):
     result = run_cli(app, ["--estimate", "--gpu-memory", "24,0", "--output", tmp_path / "e.json"])
     assert result.exit_code == 2 and "--gpu-memory" in result.output
     assert not (tmp_path / "e.json").exists()
+
+
+def test_memory_options_are_counted_as_their_bytes_per_weight():
+    """--estimate runs the memory options' real code (train/optimizers.py; 8-bit AdamW's state by a stand-in):
+    bf16 weights 2 bytes per weight and their moments 4, 8-bit AdamW's state about 2, gradients of the
+    optimizer in backward never all alive, a CPU-offloaded reference not on the card."""
+    from bench.config import BenchConfig
+    from bench.estimate import MIB, estimate_step
+    from train.model_setup import load_base_unet_and_scheduler
+
+    unet = load_base_unet_and_scheduler("tiny-sdxl", weights=False)[0]
+    n, largest = sum(p.numel() for p in unet.parameters()), max(p.numel() for p in unet.parameters())
+    # Each tensor is rounded up to the allocator's 512-byte blocks; the noise scheduler's tables count as weights.
+    slack = 512 * sum(1 for _ in (*unet.parameters(), *unet.buffers())) + 0.05 * MIB
+    cfg = BenchConfig(model="tiny-sdxl", dtype="bf16", gradient_checkpointing=True).resolved()
+    est = {name: estimate_step(cfg, name, 1, count_flops=False).by_category
+           for name in ("mapo-inbwd-bf16", "mapo-8bit", "dpo-cpuref")}
+    assert 2 * n <= est["mapo-inbwd-bf16"]["weights"] <= 2 * n + slack
+    assert est["mapo-inbwd-bf16"]["optimizer"] >= 4 * n  # bf16 moments (+ the update's fp32 temporaries)
+    assert est["mapo-inbwd-bf16"]["gradients"] <= 2 * largest + 512  # at most the one being applied, not 2 * n
+    assert 2 * n <= est["mapo-8bit"]["optimizer"] <= 2.5 * n + slack
+    assert 4 * n <= est["dpo-cpuref"]["weights"] <= 4 * n + slack  # the policy only: the reference is in CPU memory

@@ -441,11 +441,26 @@ class OnlineSpo:
         return spo_loss(logp(out, pairs.x_w), logp(out, pairs.x_l), logp(ref_out, pairs.x_w), logp(ref_out, pairs.x_l),
                         beta=s.beta, clip=s.clip)
 
+    def _no_pair_loss(self, unet, cond: Conditioning, reference, lora_base) -> Tensor:
+        """A zero loss for a micro-batch without kept pairs (no update from it).
+
+        On one process a constant. Under DDP every rank must run the wrapped UNet's forward and backward,
+        or the ranks that kept pairs wait forever in the gradient all-reduce: there it is 0 x the loss of
+        one stand-in pair (zeros at the first trained timestep, winner = loser), so this rank adds zero
+        gradients and the ranks stay in lockstep."""
+        if self.acc.num_processes == 1:
+            return torch.zeros((), device=self.device, requires_grad=True)
+        side = self.settings.resolution // self.vae_scale
+        x = torch.zeros((1, self.acc.unwrap_model(unet).config.in_channels, side, side), device=self.device)
+        t = self.scheduler.timesteps[self.settings.start_step].reshape(1).to(self.device)
+        stand_in = Pairs(x, t, x, x, torch.zeros(1, dtype=torch.long, device=self.device), [], 0, [])
+        return 0.0 * self.pair_loss(unet, stand_in, cond, reference=reference, lora_base=lora_base).loss
+
     def loss(self, unet, generator: torch.Generator, *, reference=None, lora_base=None) -> LossOutput:
         """Sample, pair and score one micro-batch; the SPO loss over its kept pairs.
 
         ``unet``: the trainable UNet (maybe a DDP wrapper); ``lora_base``: the unwrapped LoRA UNet, or
-        ``reference``: the frozen copy. With no kept pair the loss is a constant 0 (no update)."""
+        ``reference``: the frozen copy. With no kept pair the loss is 0 (no update; :meth:`_no_pair_loss`)."""
         indices = self._next_indices()
         self.last_indices = indices
         texts = [self.texts[i] for i in indices]
@@ -456,10 +471,9 @@ class OnlineSpo:
         extra = {"pairs": float(n), "pair_rate": n / max(pairs.compared, 1),
                  "preference": sum(pairs.rewards) / max(len(pairs.rewards), 1)}
         if n == 0:
-            zero = torch.zeros((), device=self.device, requires_grad=True)
             # The same keys as a step with pairs (ranks and micro-batches reduce them together); NaN: not measured.
             nan = {k: torch.tensor(float("nan")) for k in NO_PAIR_KEYS}
-            metrics = {"loss": zero.detach(), **nan, **{k: torch.tensor(v) for k, v in extra.items()}}
-            return LossOutput(loss=zero, metrics=metrics)
+            metrics = {"loss": torch.zeros(()), **nan, **{k: torch.tensor(v) for k, v in extra.items()}}
+            return LossOutput(loss=self._no_pair_loss(unet, cond, reference, lora_base), metrics=metrics)
         out = self.pair_loss(unet, pairs, cond, reference=reference, lora_base=lora_base)
         return LossOutput(loss=out.loss, metrics={**out.metrics, **{k: torch.tensor(v) for k, v in extra.items()}})

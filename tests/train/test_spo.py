@@ -253,3 +253,38 @@ def test_spo_sdxl_resume_after_sigterm_equals_uninterrupted(tmp_path, prompts, m
     # The prompt order crosses an epoch (3 prompts, 2 per step) the same way in both runs.
     assert [r["checksum"] for r in map(json.loads, (straight / "debug" / "weights-rank0.jsonl").read_text().splitlines())] \
         == [r["checksum"] for r in map(json.loads, (resumed / "debug" / "weights-rank0.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_micro_batch_without_pairs_updates_nothing_and_keeps_ddp_ranks_in_step(tmp_path, prompts, monkeypatch,
+                                                                               processes):
+    """No kept pair: zero loss. Under DDP (2 processes) it must still run the UNet forward and backward,
+    or the ranks with pairs would wait forever in the all-reduce: every weight gets a zero gradient."""
+    from pipeline.options import build_config
+    from train.config import TrainConfig
+    from train.spo import Pairs
+    from train.trainer import Trainer
+
+    cfg = build_config(TrainConfig, {"objective": "spo", "prompts": str(prompts), "model": "tiny-sdxl",
+                                     "output_dir": str(tmp_path / "run"), "batch_size": 2, "num_inference_steps": 4,
+                                     "spo_start_step": 1, "preference_model": "world-style",
+                                     "validation_style": "cartoon", "report_to": "none"})
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        online, unet = trainer.online, trainer.unet
+        monkeypatch.setattr(type(online.acc), "num_processes", property(lambda self: processes))
+        empty = torch.zeros((0, 4, 8, 8))
+        monkeypatch.setattr(online, "sample_pairs", lambda *a: Pairs(empty, torch.zeros(0, dtype=torch.long), empty,
+                                                                    empty, torch.zeros(0, dtype=torch.long), [], 4, [0.5] * 8))
+        out = online.loss(unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
+        assert out.loss.item() == 0 and out.metrics["pairs"].item() == 0
+        assert math.isnan(out.metrics["logp_w"].item())
+        out.loss.backward()
+        grads = [p.grad for p in trainer.params]
+        if processes == 1:
+            assert all(g is None for g in grads)  # a constant: nothing to all-reduce on one process
+        else:
+            assert all(g is not None and not g.any() for g in grads)  # every weight took part, with zeros
+    finally:
+        trainer.cleanup()

@@ -278,8 +278,7 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
     with mode or contextlib.nullcontext(), warnings.catch_warnings(), stand_in:
         # Tensor.__deepcopy__ asks a fake tensor for its data pointer (a deprecation warning, harmless here).
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        # The setup is counted too, as "weights": the CUDA bench's max_memory_allocated covers it (a LoRA
-        # UNet is built in fp32 and cast to bf16: the fp32 copy is a transient peak of its own).
+        # The setup is counted too, as "weights": the CUDA bench's max_memory_allocated covers it.
         live.phase = "weights"
         with live.mode() if fake else contextlib.nullcontext():
             step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
@@ -287,9 +286,10 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         offloaded = step.models.reference if options.get("reference_device") == "cpu" else None
         for t in (*offloaded.parameters(), *offloaded.buffers()) if offloaded is not None else ():
             live.discount(t)  # in CPU memory; one layer at a time visits the card (not counted)
-        # A full fine-tune is built and cast on the CPU, then moved: the card sees the final weights only. A LoRA
-        # UNet is moved in fp32 and cast on the card (train.model_setup._to): its fp32 copy is a peak of its own.
-        setup_peak = live.peak_total if conf.lora else live.total
+        # Every UNet is built and cast on the CPU, then moved (train.model_setup._to casts a LoRA base before the
+        # move since 2026-12-01; before, its fp32 copy on the card was a 9.6 GiB SDXL peak of its own): the card
+        # sees the final weights only.
+        setup_peak = live.total
         live.peak_total, live.peak = 0, dict.fromkeys(CATEGORIES, 0)  # the step's own peak from here
         if mode is not None:
             weak_memo(mode)

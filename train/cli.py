@@ -9,7 +9,8 @@ from pipeline.options import command
 from .config import TrainConfig
 
 app = typer.Typer(
-    help="Train a diffusion model on precomputed preference shards with MaPO (or DPO / SFT baselines).",
+    help=("Train a diffusion model with MaPO on precomputed preference shards (or Diffusion-DPO, SFT and Diffusion-KTO "
+          "baselines), or online from prompts with SPO."),
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -17,7 +18,8 @@ app = typer.Typer(
 
 @command(app, TrainConfig, name="main")
 def main(cfg: TrainConfig):
-    """Train with MaPO, Diffusion-DPO or SFT on latents from `mapo-data precompute`."""
+    """Train with MaPO, Diffusion-DPO, SFT or Diffusion-KTO on latents from `mapo-data precompute`, or with SPO
+    online from --prompts."""
     from .trainer import run_train
 
     result = run_train(cfg)

@@ -48,8 +48,7 @@ TRAIN = dict(max_steps=300, batch_size=8, learning_rate=2e-4, seed=0)
 # ratio clip within a few steps, its images degenerate). Threshold 0: the judge's [0, 1] probabilities
 # rarely pass the public 0.4 softmax gap, which was set for PickScore's ~20-unit logits.
 SPO = dict(max_steps=100, batch_size=TRAIN["batch_size"], seed=TRAIN["seed"], learning_rate=3e-5)
-SPO_ARGS = ["--preference-model", "world-style", "--validation-style", "cartoon", "--spo-threshold", "0",
-            *SAMPLING[:6]]
+SPO_ARGS = ["--spo-threshold", "0", *SAMPLING[:6]]  # + the dataset's own preference model (DATASETS)
 EVAL_SEEDS = 8  # images per held-out caption and model (paired across models)
 DATASETS = {
     "pick_style": {

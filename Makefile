@@ -27,8 +27,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench --model tiny-sdxl --output bench-output/bench.json
 
-# The MaPO paper's experiment in the miniature world (MaPO vs DPO vs SFT): a benchmark, not a test;
-# about 12 minutes on 2 CPU cores; report in fidelity-output/report.md.
+# The MaPO paper's experiment in the miniature world (MaPO vs DPO, SFT, KTO, SPO): a benchmark, not a test;
+# about 28 minutes on 2 CPU cores (with Diffusion-KTO and online SPO); report in fidelity-output/report.md.
 fidelity: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/fidelity.py fidelity-output
 

@@ -6,8 +6,8 @@ For Pick-Style (cartoon) and Pick-Safety: the base model ``shapes-sdxl`` generat
 train captions, ``mapo-data label`` labels them (style: verified by the world's style judge; safety:
 the world's unsafe judge decides), ``mapo-data precompute`` encodes them, ``mapo-train`` trains MaPO,
 Diffusion-DPO (full reference), SFT and Diffusion-KTO (chosen = desirable, rejected =
-undesirable) with the same data, steps, batch, learning rate and seed, and
-``mapo-eval`` compares each with the base on the 12 held-out captions (never seen by the base model)
+undesirable) with the same data, steps, batch, learning rate and seed, SPO trains online from the same
+train captions with the dataset's judge as its preference model, and ``mapo-eval`` compares each with the base on the 12 held-out captions (never seen by the base model)
 with paired seeds. Then it checks the judges (on fresh renders and on the base model's own
 generations) and writes ``report.md``, ``fidelity.json``, image grids and loss curves.
 

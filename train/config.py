@@ -98,10 +98,10 @@ class TrainConfig:
         "Full fine-tune: dtype of the trained weights. fp32, or bf16 with bf16 AdamW moments and every update "
         "stochastically rounded (6 instead of 16 bytes per weight; needs --mixed-precision bf16)."))
     reference_dtype: str = option("auto", choices=REFERENCE_DTYPES, panel=P_MODEL, help=(
-        "DPO full fine-tune: dtype of the frozen reference UNet; auto = the trained weights' (then the step-0 "
+        "DPO, KTO and SPO full fine-tunes: dtype of the frozen reference UNet; auto = the trained weights' (then the step-0 "
         "loss is ln 2). bf16 under fp32 weights halves it, but the reference then computes other numbers."))
     reference_device: str = option("same", choices=REFERENCE_DEVICES, panel=P_MODEL, help=(
-        "DPO full fine-tune: same, or cpu = keep the reference UNet in CPU memory and copy each layer to the "
+        "DPO, KTO and SPO full fine-tunes: same, or cpu = keep the reference UNet in CPU memory and copy each layer to the "
         "GPU only for its forward (slower)."))
     random_flip: bool = option(False, panel=P_MODEL, help=(
         "Use mirrored latents half of the time (needs precompute --flip both)."))
@@ -143,7 +143,8 @@ class TrainConfig:
         "world-style read --validation-style, --validation-tiny-scorers applies."))
     num_candidates: int | None = option(None, check=at_least(2), panel=P_SPO, help=(
         "spo: x_{t-1} candidates drawn from each x_t (default: 4 for SD1.5, 2 for SDXL, as upstream)."))
-    spo_eta: float = option(1.0, check=positive, panel=P_SPO, help="spo: DDIM eta of the sampler (1.0 upstream).")
+    spo_eta: float = option(1.0, check=between(1e-6, 1.0), panel=P_SPO, help=(
+        "spo: DDIM eta of the sampler, in (0, 1] (1.0 upstream; above 1 DDIM's variance exceeds the step's)."))
     spo_threshold: float | None = option(None, check=between(0, 0.999999), panel=P_SPO, help=(
         "spo: keep a best/worst pair when the softmax of their two rewards differs by more than this "
         "(default: 0.3 for SD1.5, 0.4 for SDXL, as upstream)."))

@@ -164,12 +164,15 @@ def build_optimizer(cfg: TrainConfig, params):
     if cfg.optimizer_in_backward:
         from .optimizers import OptimizerInBackward
 
-        return OptimizerInBackward(params, lambda one: _build_optimizer(cfg, one), lr=cfg.learning_rate,
+        # One optimizer per weight, each with its own stochastic-rounding stream (same-shape weights must not draw
+        # the same rounding bits every step).
+        counter = iter(range(len(params)))
+        return OptimizerInBackward(params, lambda one: _build_optimizer(cfg, one, next(counter)), lr=cfg.learning_rate,
                                    max_grad_norm=cfg.max_grad_norm)
     return _build_optimizer(cfg, params)
 
 
-def _build_optimizer(cfg: TrainConfig, params):
+def _build_optimizer(cfg: TrainConfig, params, index: int = 0):
     import torch
 
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
@@ -182,7 +185,7 @@ def _build_optimizer(cfg: TrainConfig, params):
 
         from .optimizers import BF16AdamW
 
-        return BF16AdamW(params, seed=derive_seed(cfg.seed, "stochastic-rounding", 0), **kwargs)
+        return BF16AdamW(params, seed=derive_seed(cfg.seed, "stochastic-rounding", index), **kwargs)
     params = list(params)
     # One fused kernel instead of ~10 small ops per tensor: the default per-tensor loop was a third of
     # a tiny-model CPU step (bench/, docs/benchmarks.md). Fused needs floating tensors on CUDA or CPU.

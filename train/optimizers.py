@@ -115,7 +115,8 @@ class BF16AdamW(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         out = super().state_dict()
-        out["rounding_generators"] = {k: g.get_state() for k, g in self._generators.items()}
+        # Streams restored but not used yet (a resume followed by skipped steps) are kept as loaded.
+        out["rounding_generators"] = {**self._saved_generators, **{k: g.get_state() for k, g in self._generators.items()}}
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -28,11 +28,12 @@ DEBUG_DIR = "debug"
 # What a fresh (non-resumed) run may replace with --overwrite: only files this trainer writes.
 OWNED = ("checkpoints", "unet", LORA_WEIGHTS, METRICS_FILE, TRAINING_CONFIG, "README.md", VALIDATION_DIR, "logs",
          DEBUG_DIR)
-MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "lora_rank", "lora_alpha", "lora_target_modules", "batch_size",
+MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "lora_rank",
+                        "lora_alpha", "lora_target_modules", "batch_size",
                         "gradient_accumulation_steps", "seed", "data_fingerprint",
                         "spo",  # spo: its sampler, pairing and preference-model settings (train/spo.py)
                         # the optimizer state's layout: per weight (in backward) or one; fp32 or bf16 weights
-                        "optimizer_in_backward", "master_weights")
+                        "optimizer_in_backward", "master_weights", "reference_dtype")
 # A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
 FINISHED = ("unet", LORA_WEIGHTS, "README.md")
 
@@ -100,7 +101,8 @@ def check_resume_config(out: Path, mine: dict) -> dict:
         return {}
     saved = json.loads(path.read_text())
     keys = [k for k in MUST_MATCH_ON_RESUME if k in saved]
-    differ = differing_keys({k: _comparable(saved[k]) for k in keys}, {k: _comparable(mine[k]) for k in keys}, keys)
+    # A key one side lacks (an spo run resumed as mapo has no "spo" settings) differs as well.
+    differ = differing_keys({k: _comparable(saved[k]) for k in keys}, {k: _comparable(mine.get(k)) for k in keys}, keys)
     if saved.get("world_size") not in (None, mine["world_size"]):
         differ.append("world_size (number of processes)")
     if differ:

@@ -19,8 +19,9 @@ One micro-batch of ``mapo-train --objective spo``:
 Differences from the public code, on purpose: one optimizer step per sampled micro-batch (the public
 code samples ``sample_batch_size`` prompts, then takes one optimizer step per ``train_batch_size`` of
 their shuffled pairs), so a checkpoint never falls inside a trajectory and a resumed run redraws exactly
-what an uninterrupted one would; and a micro-batch with no kept pair takes no optimizer update (its loss
-is a constant 0) where the public code skips it. All randomness (initial noise, candidate noise,
+what an uninterrupted one would; and a step in which no micro-batch of any rank kept a pair makes no
+optimizer update (the trainer skips it; the public code skips such batches), while under DDP a rank
+without pairs adds zero gradients to the ranks' mean (:meth:`OnlineSpo._no_pair_loss`). All randomness (initial noise, candidate noise,
 continuation choices) comes from the step's generator (:func:`train.step.step_generator`), the prompt
 order from the sampler's state.
 
@@ -322,7 +323,7 @@ class OnlineSpo:
             "data_info": {"prompts": len(self.texts), "resolution": s.resolution, "model": self.cfg.model},
             "data_fingerprint": f"prompts:{self.prompt_set.fingerprint()}",
             "spo": {**s.__dict__, "preference_model": self.cfg.preference_model,
-                    "preference_style": self.cfg.validation_style},
+                    "preference_style": self.cfg.validation_style, "tiny_scorers": self.cfg.validation_tiny_scorers},
         }
 
     # ------------------------------------------------------------------ one micro-batch
@@ -338,7 +339,9 @@ class OnlineSpo:
         from pipeline.conditioning import encode_text, is_sdxl
 
         self.pipe.to(self.device)
-        emb = encode_text(self.pipe, texts, [""] * len(texts), guidance=True)
+        # No negative prompt, as the pipelines sample: SDXL then guides with zero embeddings (its
+        # force_zeros_for_empty_prompt), SD1.5 with the empty prompt's; the public SPO code does the same.
+        emb = encode_text(self.pipe, texts, None, guidance=True)
         # encode_text runs under inference_mode: clones are ordinary tensors autograd may save.
         def plain(t):
             return None if t is None else t.clone().float()

@@ -369,7 +369,8 @@ class Trainer:
 
         acc, cfg, state = self.accelerator, self.cfg, self.state
         accum = cfg.gradient_accumulation_steps
-        sums: dict = {}
+        sums: dict = {}  # per metric: the sum of its finite values over micro-batches, and their count
+        counts: dict = {}
         indices: list = []
         finite = True
         for micro in range(accum):
@@ -386,8 +387,10 @@ class Trainer:
                 if not finite:
                     break
                 acc.backward(out.loss / accum)
-            for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / accum
+            for k, v in out.metrics.items():  # NaN = not measured in this micro-batch (spo without pairs)
+                measured = torch.isfinite(v)
+                sums[k] = sums.get(k, 0.0) + torch.where(measured, v, 0.0)
+                counts[k] = counts.get(k, 0.0) + measured.float()
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             state.nonfinite_total += 1
@@ -402,20 +405,33 @@ class Trainer:
                                 "or check the data.")
             return None, indices
         state.consecutive_nonfinite = 0
-        if cfg.optimizer_in_backward:  # the weights were updated (and each gradient clipped) in the backward
-            grad_norm = self.optimizer.optimizer.take_grad_norm()
-        else:
-            grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
+        metrics = self._reduce_metrics(sums, counts)
+        grad_norm = None
+        # spo: when no rank kept a pair there is nothing to learn. AdamW would still move the weights (momentum,
+        # weight decay) and fp16's GradScaler refuses a step without gradients: no update, as for a skipped step.
+        if self.online is None or metrics.get("pairs"):
+            if cfg.optimizer_in_backward:  # the weights were updated (and each gradient clipped) in the backward
+                grad_norm = self.optimizer.optimizer.take_grad_norm()
+            else:
+                grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        keys = sorted(sums)
-        reduced = acc.reduce(torch.stack([sums[k].to(acc.device) for k in keys]), reduction="mean")
-        metrics = {k: float(v) for k, v in zip(keys, reduced.tolist())}
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
         metrics["nonfinite_skipped"] = float(state.nonfinite_total)
         return metrics, indices
+
+    def _reduce_metrics(self, sums: dict, counts: dict) -> dict:
+        """Each metric's mean over the measured micro-batches of every rank (NaN when none measured it)."""
+        import torch
+
+        keys = sorted(sums)
+        if not keys:
+            return {}
+        local = torch.stack([torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(counts[k])]) for k in keys])
+        total = self.accelerator.reduce(local.to(self.accelerator.device, torch.float32), reduction="sum")
+        return {k: float(s / c) if c > 0 else float("nan") for k, (s, c) in zip(keys, total.tolist())}
 
     def _reduce_mean(self, value):
         """The mean of a tensor over all processes (KTO's reference point); itself on one process."""

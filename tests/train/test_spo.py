@@ -288,3 +288,30 @@ def test_a_micro_batch_without_pairs_updates_nothing_and_keeps_ddp_ranks_in_step
             assert all(g is not None and not g.any() for g in grads)  # every weight took part, with zeros
     finally:
         trainer.cleanup()
+
+
+def test_a_step_without_any_pair_leaves_the_weights_as_they_were(tmp_path, prompts):
+    """No kept pair in the whole step: no optimizer update (AdamW's weight decay and momentum would still move the
+    weights, and fp16's GradScaler refuses a step without gradients); the metrics say so."""
+    from diffusers import UNet2DConditionModel
+
+    from train.model_setup import load_base_unet_and_scheduler
+
+    out = tmp_path / "run"
+    # A softmax gap above 0.999999 between two rewards in [0, 1] never happens: no pair is ever kept.
+    result = run_cli(app, _spo_args(prompts, out, "tiny-sdxl", 2, "--spo-threshold", "0.999999"))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["pairs"] for r in rows] == [0, 0] and all(math.isnan(r["grad_norm"]) for r in rows)
+    trained = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+    base = load_base_unet_and_scheduler("tiny-sdxl")[0]
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), base.state_dict().values()))
+
+
+def test_resuming_an_spo_run_as_another_objective_is_refused_in_one_line(tmp_path):
+    from pipeline.errors import UserError
+    from train.run_folder import TRAINING_CONFIG, check_resume_config
+
+    (tmp_path / TRAINING_CONFIG).write_text(json.dumps({"objective": "spo", "spo": {"num_candidates": 2}, "world_size": 1}))
+    with pytest.raises(UserError, match="different objective, spo"):
+        check_resume_config(tmp_path, {"objective": "mapo", "world_size": 1})

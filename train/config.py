@@ -35,6 +35,8 @@ LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polyno
 # method.md: MaPO 0.1, Diffusion-DPO 5000; Diffusion-KTO 1000 (jacklishufan/diffusion-kto's --beta_dpo default);
 # SPO 10 (RockeyCoss/SPO configs/basic_config.py: train.beta)
 DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None, "kto": 1000.0, "spo": 10.0}
+# The objectives that compare the policy with a frozen reference (a copy for a full fine-tune; LoRA: adapter off).
+REFERENCE_OBJECTIVES = ("dpo", "kto", "spo")
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
     "Data and output", "Objective", "How long", "Optimizer", "Model", "Checkpoints", "Validation", "Logging")
@@ -98,11 +100,11 @@ class TrainConfig:
         "Full fine-tune: dtype of the trained weights. fp32, or bf16 with bf16 AdamW moments and every update "
         "stochastically rounded (6 instead of 16 bytes per weight; needs --mixed-precision bf16)."))
     reference_dtype: str = option("auto", choices=REFERENCE_DTYPES, panel=P_MODEL, help=(
-        "DPO, KTO and SPO full fine-tunes: dtype of the frozen reference UNet; auto = the trained weights' (then the step-0 "
-        "loss is ln 2). bf16 under fp32 weights halves it, but the reference then computes other numbers."))
+        "DPO, KTO and SPO full fine-tunes: dtype of the frozen reference UNet; auto = the trained weights' (then "
+        "the step-0 loss is ln 2). bf16 under fp32 weights halves it, but the reference then computes other numbers."))
     reference_device: str = option("same", choices=REFERENCE_DEVICES, panel=P_MODEL, help=(
-        "DPO, KTO and SPO full fine-tunes: same, or cpu = keep the reference UNet in CPU memory and copy each layer to the "
-        "GPU only for its forward (slower)."))
+        "DPO, KTO and SPO full fine-tunes: same, or cpu = keep the reference UNet in CPU memory and copy each layer "
+        "to the GPU only for its forward (slower)."))
     random_flip: bool = option(False, panel=P_MODEL, help=(
         "Use mirrored latents half of the time (needs precompute --flip both)."))
     checkpointing_steps: int = option(500, check=positive, panel=P_CKPT, help="Save a resumable checkpoint every N steps.")
@@ -169,6 +171,11 @@ class TrainConfig:
     def is_lora(self) -> bool:
         return self.lora_rank > 0
 
+    @property
+    def has_reference_copy(self) -> bool:
+        """A full fine-tune of a reference objective keeps a frozen copy of the base UNet (LoRA: adapter off)."""
+        return self.objective in REFERENCE_OBJECTIVES and not self.is_lora
+
     def validate(self) -> "TrainConfig":
         """The declared checks, then the rules between options.
 
@@ -214,19 +221,19 @@ class TrainConfig:
                             "use --mixed-precision bf16.")
         if self.master_weights == "bf16":
             if self.is_lora:
-                raise UserError("--master-weights bf16 is for full fine-tunes; a LoRA adapter is small and trains in fp32.")
+                raise UserError("--master-weights bf16 is for full fine-tunes; a LoRA adapter is small and trains "
+                                "in fp32.")
             if self.mixed_precision != "bf16":
                 raise UserError("--master-weights bf16 needs --mixed-precision bf16 (bf16 weights under autocast).")
             if self.use_8bit_adam:
                 raise UserError("--master-weights bf16 has its own bf16 AdamW; drop --use-8bit-adam.")
-        uses_reference = self.objective in ("dpo", "kto", "spo") and not self.is_lora
         if self.reference_dtype == "bf16" and self.mixed_precision == "no":
             raise UserError("--reference-dtype bf16 needs --mixed-precision bf16 (or fp16): without autocast a bf16 "
                             "reference cannot take fp32 inputs.")
         for name, default in (("reference_dtype", "auto"), ("reference_device", "same")):
-            if getattr(self, name) != default and not uses_reference:
-                raise UserError(f"--{name.replace('_', '-')} is for DPO, KTO and SPO full fine-tunes (a frozen reference UNet); "
-                                "this run has none.")
+            if getattr(self, name) != default and not self.has_reference_copy:
+                raise UserError(f"--{name.replace('_', '-')} is for DPO, KTO and SPO full fine-tunes "
+                                "(a frozen reference UNet); this run has none.")
 
     def _validate_metrics(self) -> None:
         """--validation-metrics: names, style and prompts checked before any model is loaded."""

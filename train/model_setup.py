@@ -1,4 +1,5 @@
-"""The models a training run needs: the trainable UNet (full or LoRA), the DPO / KTO / SPO reference, the noise scheduler.
+"""The models a training run needs: the trainable UNet (full or LoRA), the DPO / KTO / SPO reference, the
+noise scheduler.
 
 The VAE and text encoders are NOT loaded here: training reads precomputed latents and
 embeddings (method.md lists running them inside every step as an upstream trap). They are
@@ -111,7 +112,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
     unet, scheduler = load_base_unet_and_scheduler(cfg.model, weights=weights)
     master_dtype = torch.bfloat16 if cfg.master_weights == "bf16" else torch.float32
     reference = None
-    if cfg.objective in ("dpo", "kto", "spo") and not cfg.is_lora:
+    if cfg.has_reference_copy:
         # The policy's dtype (fp32) and mode: diffusers' ResnetBlock2D takes another memory layout in
         # train() than in eval() (a .contiguous() call), which changes bf16 conv results. SD UNets have
         # no dropout, so train mode changes nothing else.
@@ -158,9 +159,10 @@ def trainable_parameters(unet) -> list:
 
 
 def build_optimizer(cfg: TrainConfig, params):
-    """AdamW (method.md's settings); bitsandbytes' 8-bit AdamW with ``use_8bit_adam``; :class:`train.optimizers.BF16AdamW`
-    with ``master_weights`` bf16; each weight's own one, stepped in the backward pass, with ``optimizer_in_backward``
-    (:class:`train.optimizers.OptimizerInBackward`, clipping each gradient tensor to ``max_grad_norm``)."""
+    """AdamW (method.md's settings); bitsandbytes' 8-bit AdamW with ``use_8bit_adam``;
+    :class:`train.optimizers.BF16AdamW` with ``master_weights`` bf16; each weight's own one, stepped in the backward
+    pass, with ``optimizer_in_backward`` (:class:`train.optimizers.OptimizerInBackward`, clipping each gradient
+    tensor to ``max_grad_norm``)."""
     if cfg.optimizer_in_backward:
         from .optimizers import OptimizerInBackward
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from pipeline.seeds import derive_seed
 
+from .config import REFERENCE_OBJECTIVES
 from .losses import LossOutput, dpo_loss, kto_loss, mapo_loss, per_sample_error, prediction_target, sft_loss
 
 
@@ -37,7 +38,7 @@ class Objective:
     @property
     def uses_reference(self) -> bool:
         """Diffusion-DPO, Diffusion-KTO and SPO compare the policy with a frozen reference (SPO: log-probabilities)."""
-        return self.name in ("dpo", "kto", "spo")
+        return self.name in REFERENCE_OBJECTIVES
 
     @property
     def per_example_noise(self) -> bool:
@@ -121,7 +122,8 @@ def reference_errors(reference, x_t, t, target, cond, lora_unet=None) -> Tensor:
         if reference is not None:
             return errors(reference, x_t, t, target, cond)
         if lora_unet is None:
-            raise ValueError("DPO and KTO need a reference: a frozen UNet, or a LoRA UNet whose adapter can be disabled")
+            raise ValueError("DPO and KTO need a reference: a frozen UNet, or a LoRA UNet whose adapter can be "
+                             "disabled")
         with adapters_disabled(lora_unet) as base:
             return errors(base, x_t, t, target, cond)
 

@@ -38,11 +38,11 @@ def _interval(per_model: dict) -> dict:
 
 
 def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:
-    """Every model's rates; SPO (online) when its run was evaluated."""
+    """Every model's rates, for the models this dataset's eval has."""
     summary = json.loads((out / dataset / "eval" / "summary.json").read_text())
     present = next(iter(summary["metrics"].values()))["per_model"]
     return {model: {key: _interval(summary["metrics"][metric]["per_model"][model]) for key, metric in RATES[dataset].items()}
-            for model in (*models, "spo") if model in present}
+            for model in models if model in present}
 
 
 def judge_checks(settings: dict, seeds: int = 4) -> dict:
@@ -158,10 +158,11 @@ def _fmt(iv: dict) -> str:
 
 def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Path:
     judges = judge_checks(settings)
-    objectives = objectives_of(settings)
-    models = ("base", *objectives)
+    objectives = objectives_of(settings)  # offline, on the pair latents (loss curves and traces)
+    trained = (*objectives, "spo") if "spo" in settings else objectives  # + online SPO
+    models = ("base", *trained)
     result = {name: dataset_rates(out, name, models) for name in RATES}
-    train_time = {name: {o: timings.get(f"{name}: train {o}") for o in (*objectives, "spo")} for name in RATES}
+    train_time = {name: {o: timings.get(f"{name}: train {o}") for o in trained} for name in RATES}
     result.update(judges=judges["judges"], base_check=judges["base_rates"], training_seconds=train_time,
                   timings=timings, total_seconds=round(seconds, 1), settings=settings)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -179,7 +180,7 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
             t = train_time[name].get(model)
             lines.append(f"| {model} | " + " | ".join(_fmt(result[name][model][k]) for k in keys)
                          + f" | {t if t is not None else '-'} |")
-        loss, grid = loss_curves(out, name, objectives), image_grid_file(out, name, models)
+        loss, grid = loss_curves(out, name, objectives), image_grid_file(out, name, tuple(result[name]))
         lines += ["", f"![loss curves]({loss.name})", "", f"![held-out captions, seed 0]({grid.name})", ""]
     lines += ["## What the world shows", "", "95% intervals that do not overlap count as a difference.", "",
               *findings(result, {name: training_trace(out, name, objectives) for name in RATES}, objectives), "",
@@ -198,7 +199,8 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
     table = ["", f"{'':14}" + "".join(f"{m:>22}" for m in models)]
     for name, rates in RATES.items():
         for key in rates:
-            table.append(f"{name[5:] + ' ' + key:30}"[:30] + "".join(f"{_fmt(result[name][m][key]):>22}" for m in models))
+            cells = "".join(f"{_fmt(result[name][m][key]) if m in result[name] else '-':>22}" for m in models)
+            table.append(f"{name[5:] + ' ' + key:30}"[:30] + cells)
     print("\n".join(table))
     return report
 

@@ -40,7 +40,8 @@ CONFIGURATIONS.update({c.name: c for c in (
     Configuration("mapo-inbwd-bf16", "mapo", options=(_IN_BWD, _BF16), label="MaPO, full, in backward + bf16 (SR)"),
     Configuration("dpo-bf16ref", "dpo", options=(("reference_dtype", "bf16"),), label="DPO, full, bf16 reference"),
     Configuration("dpo-cpuref", "dpo", options=(("reference_device", "cpu"),), label="DPO, full, reference on CPU"),
-    Configuration("dpo-inbwd-bf16", "dpo", options=(_IN_BWD, _BF16), label="DPO, full, in backward + bf16 (SR), bf16 reference"),
+    Configuration("dpo-inbwd-bf16", "dpo", options=(_IN_BWD, _BF16),
+                  label="DPO, full, in backward + bf16 (SR), bf16 reference"),
     Configuration("dpo-inbwd-bf16-cpuref", "dpo", options=(_IN_BWD, _BF16, ("reference_device", "cpu")),
                   label="DPO, full, in backward + bf16 (SR), bf16 reference on CPU"),
 )})

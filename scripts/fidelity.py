@@ -7,9 +7,9 @@ train captions, ``mapo-data label`` labels them (style: verified by the world's 
 the world's unsafe judge decides), ``mapo-data precompute`` encodes them, ``mapo-train`` trains MaPO,
 Diffusion-DPO (full reference), SFT and Diffusion-KTO (chosen = desirable, rejected =
 undesirable) with the same data, steps, batch, learning rate and seed, SPO trains online from the same
-train captions with the dataset's judge as its preference model, and ``mapo-eval`` compares each with the base on the 12 held-out captions (never seen by the base model)
-with paired seeds. Then it checks the judges (on fresh renders and on the base model's own
-generations) and writes ``report.md``, ``fidelity.json``, image grids and loss curves.
+train captions with the dataset's judge as its preference model, and ``mapo-eval`` compares each with
+the base on the 12 held-out captions (never seen by the base model) with paired seeds. Then it checks
+the judges (on fresh renders and on the base model's own generations) and writes ``report.md``, ``fidelity.json``, image grids and loss curves.
 
 A benchmark, not a test: it prints what the world shows, whichever way it goes.
 """
@@ -57,7 +57,8 @@ DATASETS = {
         "eval_prompts": ("heldout", None),
         "metrics": ["world-style", "world-prompt"],
         "eval_extra": ["--style", "cartoon"],
-        "spo": {"prompts": ("train", None), "args": ["--preference-model", "world-style", "--validation-style", "cartoon"]},
+        "spo": {"prompts": ("train", None),
+                "args": ["--preference-model", "world-style", "--validation-style", "cartoon"]},
     },
     "pick_safety": {
         "generate": ["--recipe", "safety"],
@@ -112,7 +113,8 @@ def run_dataset(run: Runner, name: str, spec: dict) -> None:
             *[x for k, v in TRAIN.items() for x in (f"--{k.replace('_', '-')}", v)],
             "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
     objectives = (*OBJECTIVES, "spo")
-    run(f"{name}: train spo", "mapo-train", "--objective", "spo", "--prompts", captions_file(run, *spec["spo"]["prompts"]),
+    spo_prompts = captions_file(run, *spec["spo"]["prompts"])
+    run(f"{name}: train spo", "mapo-train", "--objective", "spo", "--prompts", spo_prompts,
         "--model", MODEL, "--output-dir", root / "runs" / "spo", *spec["spo"]["args"], *SPO_ARGS,
         *[x for k, v in SPO.items() for x in (f"--{k.replace('_', '-')}", v)],
         "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")

@@ -159,7 +159,8 @@ def render_text(s: Summary) -> str:
     unit = "examples" if "desirable" in s.label_balance else "pairs"
     out = [f"{s.directory}: {s.stage} output" + (f" ({s.status})" if s.status else ""),
            _table([("shards", s.shards), ("pairs kept (data/)", s.rows), ("pairs dropped (rejects/)", s.rejected),
-                   ("pairs in", total)] if s.stage == "label" else [("shards", s.shards), (unit, s.rows)], ("", "count"))]
+                   ("pairs in", total)] if s.stage == "label" else [("shards", s.shards), (unit, s.rows)],
+                  ("", "count"))]
     if s.labelers:
         out += ["", "labeler: " + "; ".join(s.labelers)]
     if s.label_balance:

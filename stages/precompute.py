@@ -1,7 +1,8 @@
 """``mapo-data precompute``: preference shards -> VAE latents + text embeddings as training shards.
 
 Input shard k (a Parquet file with the Pick-a-Pic columns caption, jpg_0, jpg_1, label_0,
-label_1; or, for Diffusion-KTO, unpaired examples: caption, jpg, label in {0, 1}) becomes output shard k, so any process count and any resume give the same shards.
+label_1; or, for Diffusion-KTO, unpaired examples: caption, jpg, label in {0, 1}) becomes output
+shard k, so any process count and any resume give the same shards.
 Ties are dropped and counted; pairs are stored chosen first; rows whose images do not decode
 (or are absurdly large) or whose labels are missing go to ``rejects/`` with a reason. Images
 are prepared as the trainers prepare them (``pipeline.image_prep``), text is encoded with
@@ -341,7 +342,8 @@ def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig, base_dir:
             fields = {"chosen": value, "label_0": float(row["label_0"]), "label_1": float(row["label_1"])}
         else:
             fields = {"label": value}
-        pairs.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], **fields, "prepared": prepared})
+        pairs.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], **fields,
+                      "prepared": prepared})
     return pairs, rejects, ties
 
 
@@ -433,7 +435,8 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
         ties += _consume(nxt, pipe, views, rows, rejects, means, logvars, cfg, bar)
     n = len(rows)
     latent_shape = [pipe.vae.config.latent_channels, cfg.resolution // pipe.vae_scale_factor, cfg.resolution // pipe.vae_scale_factor]
-    empty = np.zeros((0, views, len(shape.images), *latent_shape), dtype="<u2" if cfg.storage_dtype == "bf16" else np.float16)
+    empty = np.zeros((0, views, len(shape.images), *latent_shape),
+                     dtype="<u2" if cfg.storage_dtype == "bf16" else np.float16)
     latents = np.concatenate(means) if means else empty
     save_array_atomic(sidecar(out.root, k, out.num_shards, "latents"), latents)
     if cfg.latent_stats:
@@ -451,7 +454,8 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     table = pa.Table.from_pylist(rows, schema=_pair_schema() if shape is PAIRS else _example_schema())
     reject_table = pa.Table.from_pylist(rejects, schema=_reject_schema())
     stats = {"rows": start, "pairs": n, "ties": ties, "rejects": len(rejects), "captions_encoded": len(owned),
-             "images_encoded": len(shape.images) * views * n, "latent_bytes": int(latents.nbytes) * (2 if cfg.latent_stats else 1),
+             "images_encoded": len(shape.images) * views * n,
+             "latent_bytes": int(latents.nbytes) * (2 if cfg.latent_stats else 1),
              "text_bytes": int(embeds.nbytes + (pooled.nbytes if pooled is not None else 0)),
              "reject_reasons": _count(_reason_kind(r["reason"]) for r in rejects), "seconds": time.perf_counter() - t0}
     if shape is UNPAIRED:  # "pairs" counts the examples; how many are desirable, for the balance
@@ -507,7 +511,8 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
             box = p["prepared"]
             labels = ({"label": p["label"]} if "label" in p else
                       {"chosen": p["chosen"], "label_0": p["label_0"], "label_1": p["label_1"]})
-            rows.append({("example_id" if "label" in p else "pair_id"): p["pair_id"], "caption_id": text_id(p["caption"]),
+            rows.append({("example_id" if "label" in p else "pair_id"): p["pair_id"],
+                         "caption_id": text_id(p["caption"]),
                          "caption": p["caption"], "source_row": p["source_row"], **labels,
                          "time_ids": list(box.time_ids()), "time_ids_flipped": list(box.time_ids(True)) if views == 2 else None})
             means.append(to_storage(mean[j : j + 1], cfg.storage_dtype))

@@ -57,8 +57,9 @@ def _data_line(config: dict, data_info: dict) -> str:
 def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, data_info: dict) -> Path:
     lora = config["lora_rank"] > 0
     keys = ("objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "learning_rate", "lr_scheduler",
-            "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "world_size", "total_steps", "max_grad_norm", "mixed_precision",
-            "lora_rank", "lora_alpha", "lora_target_modules", "gradient_checkpointing", "use_8bit_adam", "seed")
+            "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "world_size", "total_steps",
+            "max_grad_norm", "mixed_precision", "lora_rank", "lora_alpha", "lora_target_modules",
+            "gradient_checkpointing", "use_8bit_adam", "seed")
     hp = "\n".join(f"| {k} | {config.get(k)} |" for k in keys if k in config)
     metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final_metrics.items())) or "| (none) | |"
     kind = "LoRA adapter" if lora else "full UNet fine-tune"

@@ -116,7 +116,8 @@ class BF16AdamW(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         out = super().state_dict()
         # Streams restored but not used yet (a resume followed by skipped steps) are kept as loaded.
-        out["rounding_generators"] = {**self._saved_generators, **{k: g.get_state() for k, g in self._generators.items()}}
+        in_use = {k: g.get_state() for k, g in self._generators.items()}
+        out["rounding_generators"] = {**self._saved_generators, **in_use}
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:

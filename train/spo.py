@@ -21,9 +21,9 @@ code samples ``sample_batch_size`` prompts, then takes one optimizer step per ``
 their shuffled pairs), so a checkpoint never falls inside a trajectory and a resumed run redraws exactly
 what an uninterrupted one would; and a step in which no micro-batch of any rank kept a pair makes no
 optimizer update (the trainer skips it; the public code skips such batches), while under DDP a rank
-without pairs adds zero gradients to the ranks' mean (:meth:`OnlineSpo._no_pair_loss`). All randomness (initial noise, candidate noise,
-continuation choices) comes from the step's generator (:func:`train.step.step_generator`), the prompt
-order from the sampler's state.
+without pairs adds zero gradients to the ranks' mean (:meth:`OnlineSpo._no_pair_loss`). All randomness
+(initial noise, candidate noise, continuation choices) comes from the step's generator
+(:func:`train.step.step_generator`), the prompt order from the sampler's state.
 
 The step-aware preference model of the paper (a timestep-conditioned PickScore trained on noisy images)
 is not provided: the preference model here is any shared scorer (:mod:`pipeline.scorers`) applied to
@@ -238,7 +238,8 @@ class Conditioning:
         return kw
 
 
-def guided_output(unet, x: Tensor, timesteps: Tensor, cond: Conditioning, rows: Tensor, guidance_scale: float) -> Tensor:
+def guided_output(unet, x: Tensor, timesteps: Tensor, cond: Conditioning, rows: Tensor,
+                  guidance_scale: float) -> Tensor:
     """Classifier-free guided UNet output ``[N, C, h, w]`` (fp32) for ``x`` ``[N, C, h, w]`` at ``timesteps``
     ``[N]``; guidance when ``guidance_scale > 1`` (diffusers' rule)."""
     guidance = guidance_scale > 1
@@ -400,7 +401,8 @@ class OnlineSpo:
             ts = torch.full((x.shape[0],), t, device=dev, dtype=torch.long)
             out = guided_output(unet, x, ts, cond, rows, s.guidance_scale)
             if pending is not None:
-                x0 = ddim_step_with_log_prob(out, t, x, eta=s.eta, variance_noise=torch.zeros_like(x), **kw).pred_original_sample
+                x0 = ddim_step_with_log_prob(out, t, x, eta=s.eta, variance_noise=torch.zeros_like(x),
+                                             **kw).pred_original_sample
                 compare(self._score(x0, texts, k, t), pending)
                 # A random candidate continues (public code: torch.randint), so the next comparison does not
                 # follow the preference model's choice.

@@ -46,6 +46,15 @@ CONFIGURATIONS.update({c.name: c for c in (
                   label="DPO, full, in backward + bf16 (SR), bf16 reference on CPU"),
 )})
 MEMORY_CONFIGURATIONS = tuple(n for n in CONFIGURATIONS if n not in DEFAULT_CONFIGURATIONS)
+# Speed options (issue: LoRA and SFT slower than MaPO at small batches on a GPU, launch-bound): not in the default run.
+_COMPILE = ("compile", True)
+CONFIGURATIONS.update({c.name: c for c in (
+    Configuration("mapo-compile", "mapo", options=(_COMPILE,), label="MaPO, full, compiled transformer blocks"),
+    Configuration("sft-compile", "sft", options=(_COMPILE,), label="SFT, full, compiled transformer blocks"),
+    Configuration("mapo-lora-compile", "mapo", lora=True, options=(_COMPILE,), label="MaPO, LoRA, compiled blocks"),
+    Configuration("dpo-lora-compile", "dpo", lora=True, options=(_COMPILE,), label="DPO, LoRA, compiled blocks"),
+)})
+SPEED_CONFIGURATIONS = tuple(n for n in CONFIGURATIONS if n.endswith("-compile"))
 MAX_BATCH_CONFIGURATIONS = ("mapo", "dpo")  # the paper's "fits a larger batch" claim
 
 
@@ -93,6 +102,11 @@ class BenchConfig:
     max_batch: bool = option(True, help="Search the largest batch for mapo and dpo (GPU only).",
                              flags=("--max-batch/--no-max-batch",))  # skipped (null) on the CPU
     max_batch_limit: int = option(256, help="Stop the search at this batch.")
+    max_batch_configurations: list[str] = option(default_factory=lambda: list(MAX_BATCH_CONFIGURATIONS), help=(
+        "Comma-separated configurations (of those run) whose largest batch is searched."))
+    max_batch_gpu_memory: float | None = option(None, check=_gpu_memory_check, help=(
+        "Search the largest batch as if the GPU had this many GB (read as GiB), e.g. 80 on an H200 for the MaPO "
+        "paper's 80 GB card (torch.cuda.set_per_process_memory_fraction; default: the whole GPU)."))
     peak_tflops: float | None = option(None, help="Device peak TFLOP/s for MFU (default: bf16 dense peak of known GPUs).")
     output: str | None = option("bench-output/bench.json", help="Where to write the JSON result.")
     seed: int = option(0, help="Seed of the data, noise and timesteps.")
@@ -111,7 +125,7 @@ class BenchConfig:
                 setattr(out, name, getattr(preset, name))
         if out.pairs is None:
             out.pairs = 4 * out.batch_size
-        unknown = [c for c in out.configurations if c not in CONFIGURATIONS]
+        unknown = [c for c in (*out.configurations, *out.max_batch_configurations) if c not in CONFIGURATIONS]
         if unknown or not out.configurations:
             raise UserError(f"Unknown configuration(s) {', '.join(unknown) or '(none given)'}; "
                             f"choose from {', '.join(CONFIGURATIONS)}.")

@@ -319,23 +319,25 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
             for i in range(steps):
                 step.apply(step.forward(step.next_batch(), i).loss)
         fwd = bwd = 0
+        model = {"model": 0, "model_flops_method": "not counted"}
         if count_flops:
             # One more step, outside the memory count: FlopCounterMode's module hooks keep activations
             # alive through the backward (tiny-sdxl with checkpointing: 28 MiB of activations at the peak
             # instead of 10), which would inflate the peak.
+            batch = step.next_batch()
             with FlopCounterMode(display=False) as counter:
-                out = step.forward(step.next_batch(), steps)
+                out = step.forward(batch, steps)
             fwd = counter.get_total_flops()
             with FlopCounterMode(display=False) as counter:
                 step.apply(out.loss)
             bwd = counter.get_total_flops()
             del out
+            model = _flops.model_flops(step, batch, steps + 1, fwd + bwd)
+            del batch
         for h in hooks:
             h.remove()
-    recompute = fwd if cfg.gradient_checkpointing else 0
     return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak), setup_bytes=setup_peak,
-                    flops={"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd),
-                           "model": int(fwd + bwd - recompute)},
+                    flops={"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd), **model},
                     trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0)
 
 
@@ -374,7 +376,8 @@ def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
 
 def run_estimate(cfg: BenchConfig, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB) -> dict:
     """Estimate every configuration of ``cfg`` (mapo-instep is left out: its encoders run under no_grad
-    and are not part of the training step's memory here); returns the bench's result dict (also written to
+    and are not part of the training step's memory here; so are the compiled ones: inductor's kernels
+    do not run on fake tensors); returns the bench's result dict (also written to
     ``cfg.output``) with ``settings.estimate = true`` and per row ``mem_kind: "estimate"``."""
     import sys
 
@@ -387,6 +390,9 @@ def run_estimate(cfg: BenchConfig, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB) -> dict:
     for i, name in enumerate(cfg.configurations, 1):
         if CONFIGURATIONS[name].in_step:
             rows[name] = {"label": CONFIGURATIONS[name].label, "error": "not estimated (in-step encoders)"}
+            continue
+        if dict(CONFIGURATIONS[name].options).get("compile"):
+            rows[name] = {"label": CONFIGURATIONS[name].label, "error": "not estimated (torch.compile: measure it)"}
             continue
         print(f"bench --estimate: [{i}/{len(cfg.configurations)}] {name} ...", file=sys.stderr, flush=True)
         rows[name] = estimate_configuration(cfg, name, gpu_memory_gb)

@@ -16,6 +16,18 @@ PEAK_BF16_TFLOPS = (
     ("RTX 4090", 165.0),
 )
 
+# What an 8192^3 bf16 matmul reaches through PyTorch on H100 SXM / H200 machines (769-798 TFLOP/s measured
+# on the lent H200s): MFU against it says how far a step is from the attainable rate, MFU against the
+# datasheet peak (PEAK_BF16_TFLOPS) how far from the nominal one. Other GPUs: not measured (None).
+MEASURED_PEAK_TFLOPS = (("H100 PCIe", None), ("H100 NVL", None), ("GH200", None), ("H100", 790.0), ("H200", 790.0))
+
+
+def measured_peak_tflops(device_name: str) -> float | None:
+    for key, value in MEASURED_PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
 
 def _register_cpu_flash_attention() -> None:
     """Give FlopCounterMode a formula for the CPU flash-attention ops.
@@ -56,10 +68,11 @@ def peak_tflops(device_name: str) -> float | None:
 def count_step_flops(bench_step, step_index: int) -> dict:
     """Run one optimizer step under FlopCounterMode; FLOPs of the forward and of the backward.
 
-    ``model`` FLOPs leave out what gradient checkpointing recomputes (one more forward of the
-    trainable UNet, counted inside the backward), as MFU is conventionally defined; ``executed``
-    FLOPs are what the hardware did. Valid for configurations whose whole forward is
-    differentiable (mapo, sft), which is where MFU is reported.
+    ``executed`` FLOPs are what the hardware did (with gradient checkpointing, the backward includes
+    the recomputed forward of every checkpointed block). ``model`` FLOPs are those of the same step
+    without recomputation, as MFU is conventionally defined (PaLM, Chowdhery et al. 2022, appendix B):
+    see :func:`model_flops`. Valid for configurations whose whole forward is differentiable (mapo,
+    sft), which is where MFU is reported.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -68,9 +81,47 @@ def count_step_flops(bench_step, step_index: int) -> dict:
         out = bench_step.forward(batch, step_index)
     with FlopCounterMode(display=False) as bwd_counter:
         bench_step.update(out.loss)
+    del out
     fwd, bwd = fwd_counter.get_total_flops(), bwd_counter.get_total_flops()
-    recompute = fwd if bench_step.spec.gradient_checkpointing else 0
-    return {"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd), "model": int(fwd + bwd - recompute)}
+    return {"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd),
+            **model_flops(bench_step, batch, step_index, fwd + bwd)}
+
+
+def model_flops(bench_step, batch: dict, step_index: int, executed: int) -> dict:
+    """``{"model": FLOPs, "model_flops_method": how}`` of one step of ``batch`` without gradient checkpointing.
+
+    Without checkpointing, the model FLOPs are the executed ones. With it, diffusers recomputes only the
+    checkpointed blocks (ResNet and transformer blocks: about 77% of SDXL's forward; not conv_in/out, the
+    time embedding, down/upsamplers), so "executed minus one forward" under-reads the model FLOPs. Here
+    checkpointing is switched off for one forward + backward of the batch's first pair (no optimizer
+    update; gradients are dropped), whose FLOPs times the batch size are the step's (every FLOP of a
+    UNet step is per example). If even that runs out of GPU memory, the old bound is returned
+    (``"executed minus one forward"``).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not bench_step.spec.gradient_checkpointing:
+        return {"model": int(executed), "model_flops_method": "executed (no checkpointing)"}
+    n = int(batch["latents"].shape[0])
+    one = {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v for k, v in batch.items()}
+    unet = bench_step.unet
+    unet.disable_gradient_checkpointing()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            bench_step.forward(one, step_index).loss.backward()
+        flops, method = n * counter.get_total_flops(), "one pair without checkpointing, x batch size"
+    except torch.cuda.OutOfMemoryError:
+        flops, method = None, "executed minus one forward (the pair without checkpointing did not fit)"
+    finally:
+        unet.enable_gradient_checkpointing()
+        bench_step.optimizer.zero_grad(set_to_none=True)
+    if flops is None:
+        # Out of the except block: the OOM's frames are gone. Subtracting a whole forward over-counts the recompute.
+        with FlopCounterMode(display=False) as counter:
+            bench_step.forward(one, step_index)
+        flops = executed - n * counter.get_total_flops()
+    return {"model": int(flops), "model_flops_method": method}
 
 
 def mfu(model_flops: int, step_seconds: float, peak: float | None) -> float | None:

@@ -78,7 +78,7 @@ def table(result: dict) -> str:
     s, rows = result["settings"], result["configurations"]
     mem = "peak GPU MiB" if s["device"].startswith("cuda") else "peak RSS MiB*"
     head = ["configuration", "ms/step", "pairs/s", mem, "time vs DPO", "memory vs DPO", "max batch", "batch vs DPO",
-            "TFLOP/s", "MFU"]
+            "TFLOP/s", "MFU", "MFU vs matmul"]
     lines = [head]
     for name, r in rows.items():
         if "error" in r:
@@ -87,7 +87,8 @@ def table(result: dict) -> str:
         lines.append([name, _fmt(r["median_ms"], ".1f"), _fmt(r["pairs_per_s"], ".2f"), _fmt(r["peak_mem_mb"], ".0f"),
                       _fmt(r["time_vs_reference"], ".3f"), _fmt(r["memory_vs_reference"], ".3f"),
                       _fmt(r.get("max_batch"), "d", "n/a"), _fmt(r["max_batch_vs_reference"], ".2f"),
-                      _fmt(r.get("achieved_tflops"), ".3g"), _fmt(r.get("mfu"), ".1%")])
+                      _fmt(r.get("achieved_tflops"), ".3g"), _fmt(r.get("mfu"), ".1%"),
+                      _fmt(r.get("mfu_vs_measured_peak"), ".1%")])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = [f"| {' | '.join(str(c).ljust(w) for c, w in zip(line, widths))} |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -98,6 +99,15 @@ def table(result: dict) -> str:
                   f"{env['torch_threads']} thread(s)\n")
     out.append("")
     out.append("vs DPO: LoRA rows against dpo-lora, the others against dpo (full UNet + frozen reference).")
+    if s.get("peak_tflops"):
+        out.append(f"MFU: model FLOPs (no checkpoint recompute) / step time / {s['peak_tflops']:g} TFLOP/s (bf16 dense "
+                   "datasheet peak)" + (f"; vs matmul: / {s['measured_peak_tflops']:g} TFLOP/s, what a large bf16 "
+                                        "matmul reaches on this GPU" if s.get("measured_peak_tflops") else "") + ".")
+    if s.get("max_batch_gpu_memory"):
+        out.append(f"max batch: searched as if the GPU had {s['max_batch_gpu_memory']:g} GiB "
+                   "(torch.cuda.set_per_process_memory_fraction).")
+    if result.get("complete") is False:
+        out.append("INCOMPLETE: the run stopped before every configuration was measured.")
     if not s["device"].startswith("cuda"):
         out.append("* CPU memory: peak RSS of the configuration's own process minus its RSS after imports.")
     for key, r in result["ratios"].items():

@@ -13,8 +13,8 @@ from pathlib import Path
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import UserError
 
-from .config import CONFIGURATIONS, MAX_BATCH_CONFIGURATIONS, BenchConfig
-from .flops import mfu, peak_tflops
+from .config import CONFIGURATIONS, BenchConfig
+from .flops import measured_peak_tflops, mfu, peak_tflops
 from .report import add_ratios, environment, table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def _job(cfg: BenchConfig, device, job: str, **extra) -> dict:
     return {"job": job, "model": cfg.model, "device": str(device), "dtype": cfg.dtype, "resolution": cfg.resolution,
             "batch_size": cfg.batch_size, "steps": cfg.steps, "warmup": cfg.warmup, "pairs": cfg.pairs,
             "gradient_checkpointing": cfg.gradient_checkpointing, "seed": cfg.seed,
-            "max_batch_limit": cfg.max_batch_limit, **extra}
+            "max_batch_limit": cfg.max_batch_limit, "max_batch_gpu_memory": cfg.max_batch_gpu_memory, **extra}
 
 
 def _config_job(cfg: BenchConfig, device, job: str, name: str, data_path: Path, sdxl: bool) -> dict:
@@ -65,7 +65,11 @@ def _say(msg: str) -> None:
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    """Measure every configuration of ``cfg``; returns the result dict (also written to ``cfg.output``)."""
+    """Measure every configuration of ``cfg``; returns the result dict (also written to ``cfg.output``).
+
+    The JSON is rewritten after every configuration and search (``"complete": false`` until the end), so
+    a run stopped early (a GPU lease running out) still leaves what it measured.
+    """
     from pipeline.models import resolve_device
 
     cfg = cfg.resolved()
@@ -75,6 +79,34 @@ def run_bench(cfg: BenchConfig) -> dict:
     env = environment(device, cfg.dtype)
     rows: dict = {}
     t_start = time.perf_counter()
+    peak = cfg.peak_tflops
+    measured_peak = None
+    search = device.type == "cuda" and cfg.max_batch
+
+    def result(complete: bool) -> dict:
+        for row in rows.values():
+            flops = row.get("flops")
+            if flops and row.get("median_ms"):
+                seconds = row["median_ms"] / 1000
+                row["achieved_tflops"] = flops["model"] / seconds / 1e12
+                row["mfu"] = mfu(flops["model"], seconds, peak)
+                # Also against the bf16 matmul rate measured on H100/H200 machines, not only the datasheet's.
+                row["mfu_vs_measured_peak"] = mfu(flops["model"], seconds, measured_peak)
+        out = {
+            "format": "mapo-bench/1",
+            "complete": complete,
+            "settings": {**{k: v for k, v in asdict(cfg).items() if k not in ("output", "worker_timeout_s")},
+                         "device": str(device), "max_batch_searched": search,
+                         "peak_tflops": peak, "measured_peak_tflops": measured_peak,
+                         "data": DATA_NOTE},
+            "environment": env,
+            "configurations": rows,
+            "ratios": add_ratios(rows),
+            "seconds": time.perf_counter() - t_start,
+        }
+        write_result(out, cfg.output)
+        return out
+
     with tempfile.TemporaryDirectory(prefix="mapo-bench-") as tmp:
         workdir = Path(tmp)
         data_path = workdir / "pairs.pt"
@@ -85,6 +117,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             raise UserError(f"could not prepare the benchmark data with '{cfg.model}': {exc}") from None
         env["device_name"] = data.get("device_name") or env["device_name"]
         peak = cfg.peak_tflops or (peak_tflops(env["device_name"]) if device.type == "cuda" else None)
+        measured_peak = measured_peak_tflops(env["device_name"]) if device.type == "cuda" else None
         for i, name in enumerate(cfg.configurations, 1):
             _say(f"bench: [{i}/{len(cfg.configurations)}] {name} ...")
             row = {"label": CONFIGURATIONS[name].label}
@@ -97,8 +130,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             else:
                 _say(f"bench:   {row['median_ms']:.1f} ms/step, peak {row['peak_mem_mb']:.0f} MiB")
             rows[name] = row
-        search = device.type == "cuda" and cfg.max_batch
-        for name in MAX_BATCH_CONFIGURATIONS:
+            result(complete=False)
+        for name in cfg.max_batch_configurations:
             if name not in rows or "error" in rows[name]:
                 continue
             rows[name]["max_batch"] = None
@@ -109,27 +142,15 @@ def run_bench(cfg: BenchConfig) -> dict:
                 found = run_worker(_config_job(cfg, device, "max_batch", name, data_path, data["sdxl"]), workdir,
                                    cfg.worker_timeout_s)
                 rows[name].update(max_batch=found["max_batch"], max_batch_hit_limit=found["hit_limit"],
-                                  max_batch_tries=found["tries"])
+                                  max_batch_tries=found["tries"], max_batch_predicted=found["predicted"],
+                                  max_batch_peaks_mb=found["peaks_mb"], max_batch_capacity_mb=found["capacity_mb"],
+                                  max_batch_seconds=found["seconds"])
+                _say(f"bench:   {found['max_batch']} pairs (predicted {found['predicted']}, {len(found['tries'])} tries, "
+                     f"{found['seconds']:.0f} s)")
             except WorkerFailed as exc:
                 rows[name]["max_batch_error"] = str(exc)
-    for row in rows.values():
-        flops = row.get("flops")
-        if flops and row.get("median_ms"):
-            seconds = row["median_ms"] / 1000
-            row["achieved_tflops"] = flops["model"] / seconds / 1e12
-            row["mfu"] = mfu(flops["model"], seconds, peak)
-    result = {
-        "format": "mapo-bench/1",
-        "settings": {**{k: v for k, v in asdict(cfg).items() if k not in ("output", "worker_timeout_s")},
-                     "device": str(device), "max_batch_searched": device.type == "cuda" and cfg.max_batch,
-                     "peak_tflops": peak, "data": DATA_NOTE},
-        "environment": env,
-        "configurations": rows,
-        "ratios": add_ratios(rows),
-        "seconds": time.perf_counter() - t_start,
-    }
-    write_result(result, cfg.output)
-    return result
+            result(complete=False)
+    return result(complete=True)
 
 
 def write_result(result: dict, output: str | None) -> None:

@@ -6,7 +6,8 @@ A separate process per configuration makes the peak memory its own: on the CPU t
 
 - ``data``: run the real VAE / text encoders once and save the precomputed pairs (bench.data);
 - ``time``: warm-up, then time ``steps`` optimizer steps; peak memory; FLOPs of one more step;
-- ``max_batch``: the largest batch that fits on the GPU (bench.search), OOM caught per try.
+- ``max_batch``: the largest batch that fits on the GPU, predicted from the peaks at 1 and 2 pairs and
+  verified around the prediction (bench.search), OOM caught per try.
 """
 from __future__ import annotations
 
@@ -93,14 +94,15 @@ def job_time(job: dict) -> dict:
 
     cuda = job["device"].startswith("cuda")
     baseline = current_rss_mb()
+    t_setup = time.perf_counter()
     bench = BenchStep(_spec(job), _items(job))
-    times, losses = [], []
+    setup_s = time.perf_counter() - t_setup
+    times, losses, warmup_s = [], [], []
     for i in range(job["warmup"] + job["steps"]):
         bench.synchronize()
         t0 = time.perf_counter()
         losses.append(bench.step(i))  # float(): the step has finished on the device
-        if i >= job["warmup"]:
-            times.append(time.perf_counter() - t0)
+        (times if i >= job["warmup"] else warmup_s).append(time.perf_counter() - t0)
     result = {
         "step_ms": [1000 * t for t in times],
         "median_ms": 1000 * statistics.median(times),
@@ -108,6 +110,10 @@ def job_time(job: dict) -> dict:
         "trainable_parameters": bench.trainable_parameters,
         "last_loss": losses[-1],
         "threads": torch.get_num_threads(),
+        # Where a configuration's wall time goes (a slow first step: allocator warm-up, cuDNN autotuning,
+        # torch.compile's compilation).
+        "setup_s": setup_s,
+        "warmup_step_s": warmup_s,
     }
     if cuda:
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -121,45 +127,117 @@ def job_time(job: dict) -> dict:
     return result
 
 
-def job_max_batch(job: dict) -> dict:
-    """Try growing batches on one model/optimizer (their memory is part of what must fit)."""
-    import gc
+class CudaMemory:
+    """The GPU's allocator as the max-batch search sees it: capacity, peak since a reset, release.
 
+    ``cap_gib`` caps the allocator with ``torch.cuda.set_per_process_memory_fraction`` to search for a
+    smaller card on a bigger one (e.g. the MaPO paper's 80 GB on an H200); then an allocation past it
+    raises ``torch.cuda.OutOfMemoryError`` like a real card's would.
+    """
+
+    def __init__(self, device, cap_gib: float | None = None):
+        import torch
+
+        self.device = device
+        total = torch.cuda.get_device_properties(device).total_memory
+        if cap_gib:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total), device)
+        self.capacity = min(int(cap_gib * 2**30), total) if cap_gib else total
+
+    def reset(self) -> None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self, batch_size: int) -> int:  # batch_size: for simulated memories (tests); the allocator knows
+        import torch
+
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def release(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
-    from .search import largest_batch
-    from .step import BenchStep
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    # cuDNN / cuBLAS report running out of memory as plain RuntimeErrors
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("out of memory", "ALLOC_FAILED"))
 
-    limit = job["max_batch_limit"]
-    spec = _spec(job)
-    bench = BenchStep(spec, _items(job, length=limit))
 
-    def fits(b: int) -> bool:
-        from pipeline.latent_shards import PairSampler
-        from train.data import TrainData, batch_stream
+def search_max_batch(bench, items, limit: int, memory, name: str = "") -> dict:
+    """The largest batch that fits, on one built model and optimizer (their memory is part of what must fit).
 
-        bench.stream = batch_stream(TrainData(_items(job, length=limit), PairSampler(limit, b, spec.seed)), bench.device)
+    ``bench``: a :class:`bench.step.BenchStep`; ``items(length)``: its data; ``memory``: :class:`CudaMemory`
+    (or a simulated one with the same methods). Peak memory is measured at 1 pair (two steps: the first
+    allocates AdamW's state) and at 2 pairs, the batch where it would reach ``memory.capacity`` is predicted
+    from the line through them (:func:`bench.search.predict_batch`), then verified around the prediction (:func:`bench.search.largest_batch_near`: two
+    one-step tries when the prediction is exact). A try fits when its step raises no out-of-memory error
+    and its peak is within the capacity.
+    """
+    from pipeline.latent_shards import PairSampler
+    from train.data import TrainData, batch_stream
+
+    from .search import largest_batch_near, predict_batch
+
+    t0 = time.perf_counter()
+    peaks: dict = {}
+    state = {"steps": 0}
+
+    def peak_at(b: int) -> int | None:
+        """Peak bytes of one step at batch ``b`` (two steps for the very first try), None when it does not fit."""
+        bench.stream = batch_stream(TrainData(items(limit), PairSampler(limit, b, bench.spec.seed)), bench.device)
+        memory.reset()
         ok = True
         try:
-            for i in range(2):  # the first step also allocates AdamW's state
-                bench.step(i)
+            for _ in range(2 if state["steps"] == 0 else 1):
+                bench.step(state["steps"])
+                state["steps"] += 1
             bench.synchronize()
-        except torch.cuda.OutOfMemoryError:
-            ok = False
-        except RuntimeError as exc:  # cuDNN / cuBLAS report running out of memory as plain RuntimeErrors
-            if not any(s in str(exc) for s in ("out of memory", "ALLOC_FAILED")):
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
                 raise
             ok = False
         # Out of the except block: the exception and its frames (holding activations) are gone.
         bench.optimizer.zero_grad(set_to_none=True)
         bench.stream = None
-        gc.collect()
-        torch.cuda.empty_cache()
-        print(f"  {job['name']}: batch {b} {'fits' if ok else 'out of memory'}", file=sys.stderr, flush=True)
-        return ok
+        memory.release()
+        peak = memory.peak(b) if ok else None
+        peaks[b] = peak if peak is not None and peak <= memory.capacity else None
+        print(f"  {name}: batch {b} " + (f"fits (peak {peak / 2**30:.2f} GiB)" if peaks[b] else "does not fit"),
+              file=sys.stderr, flush=True)
+        return peaks[b]
 
-    found = largest_batch(fits, start=1, limit=limit)
-    return {"max_batch": found.max_batch, "hit_limit": found.hit_limit, "tries": found.tries}
+    known = {1: peak_at(1) is not None}
+    if known[1] and limit >= 2:
+        known[2] = peak_at(2) is not None
+    if not known[1]:
+        found_batch, hit, tries, guess = 0, False, [], None
+    else:
+        guess = predict_batch(peaks[1], peaks[2], 1, 2, memory.capacity) if known.get(2) else 1
+        found = largest_batch_near(lambda b: peak_at(b) is not None, guess, limit=limit, known=known)
+        found_batch, hit, tries = found.max_batch, found.hit_limit, found.tries
+    return {"max_batch": found_batch, "hit_limit": hit, "predicted": guess,
+            "tries": [[b, ok] for b, ok in known.items()] + [list(t) for t in tries],
+            "peaks_mb": {str(b): p / 2**20 for b, p in peaks.items() if p},
+            "capacity_mb": memory.capacity / 2**20, "seconds": time.perf_counter() - t0}
+
+
+def job_max_batch(job: dict) -> dict:
+    """:func:`search_max_batch` on the GPU, capped at ``max_batch_gpu_memory`` GiB when set."""
+    from .step import BenchStep
+
+    limit = job["max_batch_limit"]
+    bench = BenchStep(_spec(job), _items(job, length=limit))
+    return search_max_batch(bench, lambda length: _items(job, length=length), limit,
+                            CudaMemory(bench.device, job.get("max_batch_gpu_memory")), job["name"])
 
 
 JOBS = {"data": job_data, "time": job_time, "max_batch": job_max_batch}

@@ -25,7 +25,8 @@ def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
     row = data["configurations"]["mapo"]
     assert row["mem_kind"] == "estimate"
     assert set(row["mem_mb"]) == {"weights", "gradients", "optimizer", "activations"}
-    assert set(row["flops"]) == {"forward", "backward", "executed", "model"} and row["flops"]["model"] > 0
+    assert set(row["flops"]) == {"forward", "backward", "executed", "model", "model_flops_method"}
+    assert row["flops"]["model"] > 0
     assert set(row["max_batch_by_gpu_gb"]) == {"24", "80"} and row["max_batch_by_gpu_gb"]["80"] >= row["max_batch_by_gpu_gb"]["24"] >= 1
     assert row["per_pair_mem_mb"] > 0
     # Analytic: full fine-tune in fp32 = 4 bytes of weights and 8 of AdamW state (exp_avg, exp_avg_sq) per parameter,
@@ -107,3 +108,21 @@ def test_memory_options_are_counted_as_their_bytes_per_weight():
     assert est["mapo-inbwd-bf16"]["gradients"] <= 2 * largest + 512  # at most the one being applied, not 2 * n
     assert 2 * n <= est["mapo-8bit"]["optimizer"] <= 2.5 * n + slack
     assert 4 * n <= est["dpo-cpuref"]["weights"] <= 4 * n + slack  # the policy only: the reference is in CPU memory
+
+
+def test_model_flops_leave_out_only_what_checkpointing_recomputes():
+    """Model FLOPs (MFU's numerator) of a checkpointed step = executed FLOPs of the same step without
+    checkpointing; diffusers recomputes only the checkpointed blocks, so they are more than "executed minus
+    one forward" (the old formula, which read low)."""
+    from bench.config import BenchConfig
+    from bench.estimate import estimate_step
+
+    def flops(checkpointing):
+        cfg = BenchConfig(model="tiny-sdxl", resolution=64, gradient_checkpointing=checkpointing,
+                          configurations=["mapo"]).resolved()
+        return estimate_step(cfg, "mapo", 2, steps=1).flops
+
+    plain, ckpt = flops(False), flops(True)
+    assert plain["model"] == plain["executed"]
+    assert ckpt["model"] == plain["executed"]
+    assert ckpt["executed"] - ckpt["forward"] < ckpt["model"] < ckpt["executed"]

@@ -1,0 +1,166 @@
+"""One prepared GPU session: the performance measurements that only a GPU can make, in priority order, in one call.
+
+A lent GPU comes for about 15 minutes, start-up included, so the measurements are ranked and each one
+runs only if the time left covers its expected cost; whatever runs leaves its JSON behind even when
+stopped (the bench rewrites it after every configuration). On the device machine, from the repository
+root, with the wheels that `scripts/gpu_wheels.sh` puts in `.whl/` carried along:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
+      && PYTHONPATH=/tmp/site python3 scripts/gpu_session.py --output $OUT --budget-s 540
+
+Sections (``--sections``, default all, in this order; the first four are the "core" claims):
+
+- ``maxbatch80``: largest batch of MaPO and DPO on an 80 GB card (the MaPO paper's table), emulated on a
+  bigger GPU by capping the allocator; each searched from a prediction (bench/search.py);
+- ``memory24``: a full fine-tune with the optimizer in the backward pass and bf16 weights + stochastic
+  rounding at 1 pair (the 24 GB claim), next to plain MaPO;
+- ``mfu8``: MaPO at 8 pairs, MFU against the datasheet peak and against 790 TFLOP/s;
+- ``lora4``: MaPO LoRA (rank 8) at 4 pairs (the 12 GB claim);
+- ``compile``: LoRA and SFT, eager vs regional torch.compile, at 1 pair (speed at small batches);
+- ``generate``: generation throughput, batch-invariant vs batched (scripts/bench_generate.py).
+
+Writes into ``--output``: one JSON (or text) per section, ``log.txt`` (everything printed) and
+``summary.md`` (the tables, what ran, what was skipped and why, and each section's wall time, so the
+next session can plan). At most 8 files, as the device tool returns. Dry run on a CPU, tiny model:
+
+    python scripts/gpu_session.py --output /tmp/gpu-dry --model tiny-sdxl --device cpu --budget-s 600
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    expected_s: int  # on an H200 at 1024 px: a guess until a session has measured it (summary.md records it)
+    bench_args: tuple = ()  # python -m bench arguments; empty: the generation benchmark
+
+
+SECTIONS = (
+    Section("maxbatch80", 240, ("--configurations", "mapo,dpo", "--batch-size", "1", "--steps", "1", "--warmup", "1",
+                                "--max-batch-configurations", "mapo,dpo", "--max-batch-gpu-memory", "80")),
+    Section("memory24", 150, ("--configurations", "mapo,mapo-inbwd-bf16", "--batch-size", "1", "--dtype", "bf16",
+                              "--no-max-batch")),
+    Section("mfu8", 120, ("--configurations", "mapo", "--batch-size", "8", "--no-max-batch")),
+    Section("lora4", 90, ("--configurations", "mapo-lora", "--batch-size", "4", "--no-max-batch")),
+    Section("compile", 420, ("--configurations", "mapo-lora,mapo-lora-compile,sft,sft-compile", "--batch-size", "1",
+                             "--no-max-batch")),
+    Section("generate", 180),
+)
+# The tiny CPU dry run: everything small, so the whole script runs in minutes on 2 cores.
+TINY = {"--resolution": "64", "--max-batch-limit": "8"}
+
+
+def _run(cmd: list, timeout_s: float, log) -> tuple[int | None, float]:
+    """Run ``cmd`` in its own process group (bench's workers with it); kill the group at the timeout."""
+    t0 = time.perf_counter()
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=max(timeout_s, 1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = None
+    return rc, time.perf_counter() - t0
+
+
+def _bench_command(section: Section, args, out: Path) -> list:
+    cmd = [sys.executable, "-m", "bench", "--model", args.model, "--device", args.device, *section.bench_args,
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--output", str(out)]
+    # A later flag wins in typer: the section's own --steps / --warmup (maxbatch80: 1) go last.
+    for flag in ("--steps", "--warmup"):
+        if flag in section.bench_args:
+            i = section.bench_args.index(flag)
+            cmd += [flag, section.bench_args[i + 1]]
+    if args.model.startswith("tiny"):
+        for flag, value in TINY.items():
+            cmd += [flag, value]
+    return cmd
+
+
+def _generate_command(args) -> list:
+    tiny = args.model.startswith("tiny")
+    return [sys.executable, "scripts/bench_generate.py", "--model", args.model,
+            "--resolution", "64" if tiny else "1024", "--steps", "4" if tiny else "30", "--pairs", "4",
+            "--batch-size", "4"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", required=True, help="Folder for the results ($OUT on the device machine).")
+    ap.add_argument("--budget-s", type=float, default=540, help="Seconds this script may take in all.")
+    ap.add_argument("--sections", default=",".join(s.name for s in SECTIONS),
+                    help="Comma-separated, run in the order of the list above.")
+    ap.add_argument("--model", default="sdxl-arch")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--steps", type=int, default=3, help="Timed steps per configuration.")
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args(argv)
+    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - {s.name for s in SECTIONS})
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(s.name for s in SECTIONS)}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.perf_counter() + args.budget_s
+    done = []
+    with open(out / "log.txt", "w") as log:
+        for section in (s for s in SECTIONS if s.name in wanted):
+            left = deadline - time.perf_counter()
+            expected = section.expected_s if args.device.startswith("cuda") else 0
+            if left < max(expected, 20):
+                done.append((section.name, "skipped", f"{left:.0f} s left, expected {section.expected_s} s", 0.0))
+                continue
+            if section.bench_args:
+                target = out / f"{section.name}.json"
+                rc, seconds = _run(_bench_command(section, args, target), left, log)
+            else:
+                target = out / f"{section.name}.txt"
+                with open(target, "w") as fh:
+                    rc, seconds = _run(_generate_command(args), left, fh)
+            status = "ok" if rc == 0 else ("stopped at the budget" if rc is None else f"failed (exit {rc})")
+            done.append((section.name, status, target.name, seconds))
+            print(f"gpu_session: {section.name}: {status} in {seconds:.0f} s", file=sys.stderr, flush=True)
+    (out / "summary.md").write_text(_summary(out, done, args))
+    print((out / "summary.md").read_text())
+    return 0 if all(status in ("ok", "skipped") for _, status, _, _ in done) else 1
+
+
+def _summary(out: Path, done: list, args) -> str:
+    from bench.report import table
+
+    lines = [f"# GPU session: {args.model} on {args.device}, budget {args.budget_s:.0f} s", "",
+             "| section | status | file | wall s |", "|---|---|---|---|"]
+    lines += [f"| {name} | {status} | {target} | {seconds:.0f} |" for name, status, target, seconds in done]
+    for name, status, target, _ in done:
+        path = out / target
+        if status == "skipped" or not path.exists():
+            continue
+        lines += ["", f"## {name}", ""]
+        if path.suffix == ".json":
+            try:
+                lines.append(table(json.loads(path.read_text())))
+            except (ValueError, KeyError) as exc:
+                lines.append(f"(could not read {target}: {exc})")
+        else:
+            lines.append(path.read_text().strip())
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

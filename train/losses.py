@@ -33,8 +33,17 @@ _TAYLOR_THRESHOLD = 1e-2
 
 @dataclass(frozen=True)
 class LossOutput:
-    loss: Tensor  # scalar, differentiable
-    metrics: dict[str, Tensor]  # detached fp32 scalars for logging
+    """One micro-batch's loss and the terms worth logging.
+
+    ``loss``: scalar, differentiable. ``metrics``: detached fp32 scalars for logging (NaN = not measured).
+    ``has_signal``: whether the micro-batch carries anything to learn from. False only when the objective
+    found nothing to train on (SPO with no kept pair: ``loss`` is then a zero stand-in); when no micro-batch
+    on any rank has signal, the trainer takes no optimizer step (train.trainer.Trainer._optimizer_step).
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+    has_signal: bool = True
 
 
 def _metrics(**terms: Tensor) -> dict[str, Tensor]:

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 from .checkpoint import TrainState, checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .data import batch_stream, check_data_matches_model, open_training_data
+from .losses import kto_saturation_warning
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
 from .run_folder import DEBUG_DIR, METRICS_FILE, MetricsLog, check_resume_config, claim_run_folder, write_run_config
@@ -83,6 +85,10 @@ class Trainer:
             log_with=self._trackers() or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
+        if cfg.objective == "kto" and acc.is_main_process:  # before the models load: said at once
+            warning = kto_saturation_warning(cfg.resolved_beta, cfg.learning_rate)
+            if warning:
+                print(warning, file=sys.stderr)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         self.models = setup_models(cfg, self.weight_dtype, acc.device)
         unet = self.models.unet

@@ -34,3 +34,38 @@ def user_errors_exit(fn):
             raise typer.Exit(signal_exit_code("SIGINT")) from None
 
     return wrapper
+
+
+def usage_errors_in_one_line(parse, ctx):
+    """``parse()`` (a click command's or group's argument parsing or command lookup), with click's usage
+    errors (unknown option or command, a value of the wrong type, a missing argument) said as one
+    ``error: <click's message> (see <command> --help)`` line on stderr and exit status 2, as every other
+    error, instead of click's boxed usage text. ``--help`` on a group run without arguments still shows."""
+    import typer
+
+    # typer ships its own copy of click: take its UsageError from a public subclass.
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        return parse()
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `mapo-data` alone: its help, as no_args_is_help asks
+            raise
+        print(f"error: {' '.join(exc.format_message().split())} (see {ctx.command_path} --help)", file=sys.stderr)
+        ctx.exit(EXIT_USER_ERROR)
+
+
+def one_line_errors_group():
+    """The typer group class for apps with subcommands (``typer.Typer(cls=one_line_errors_group())``): a
+    misspelled subcommand (``mapo-data genrate``) or an unknown group option is one ``error:`` line with
+    click's own message and suggestion, exit status 2 (:func:`usage_errors_in_one_line`). Commands get the
+    same from :func:`pipeline.options.command`."""
+    from typer.core import TyperGroup
+
+    class OneLineErrorsGroup(TyperGroup):
+        def parse_args(self, ctx, args):
+            return usage_errors_in_one_line(lambda: super(OneLineErrorsGroup, self).parse_args(ctx, args), ctx)
+
+        def resolve_command(self, ctx, args):
+            return usage_errors_in_one_line(lambda: super(OneLineErrorsGroup, self).resolve_command(ctx, args), ctx)
+
+    return OneLineErrorsGroup

@@ -373,22 +373,13 @@ def _underscore_aliases_command():
     """A typer command class that also accepts ``--num_inference_steps`` for ``--num-inference-steps``
     (the diffusers training scripts' spellings), without listing the aliases in ``--help``, and says a
     parse error (unknown option, a value of the wrong type) in one ``error:`` line, as every other error."""
-    import sys
-
-    import typer
     from typer.core import TyperCommand
 
-    # typer ships its own copy of click: take its UsageError from a public subclass.
-    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    from .cli_support import usage_errors_in_one_line
 
     class UnderscoreAliases(TyperCommand):
         def parse_args(self, ctx, args):
-            try:
-                return self._parse_args(ctx, args)
-            except usage_error as exc:
-                print(f"error: {' '.join(exc.format_message().split())} (see {ctx.command_path} --help)",
-                      file=sys.stderr)
-                ctx.exit(2)
+            return usage_errors_in_one_line(lambda: self._parse_args(ctx, args), ctx)
 
         def _parse_args(self, ctx, args):
             known = {o for p in self.params for o in (*p.opts, *p.secondary_opts)}

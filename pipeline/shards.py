@@ -119,9 +119,13 @@ class ShardedOutput:
     def folder(self) -> OutputFolder:
         return OutputFolder(self.root, _OWNED, MANIFEST, "mapo-data")
 
-    def check(self, overwrite: bool = False) -> None:
-        """Refuse now, writing nothing, if :meth:`prepare` would: generate and precompute call this before
-        loading models, so a mismatched output folder costs no model import.
+    def check(self, overwrite: bool = False, *, partial: bool = False) -> None:
+        """Refuse now, writing nothing, if :meth:`prepare` would: every stage calls this before loading
+        models, so a mismatched output folder costs no model import.
+
+        ``partial``: ``identity`` holds only the keys known before the models load (label: all but the
+        labeler's own description, which needs its loaded classifier or judges); refuse when the folder's
+        identity differs in one of them. The full identity is checked again by :meth:`prepare`.
 
         Raises:
             UserError: the folder holds another configuration (names the differing keys; not with
@@ -129,11 +133,12 @@ class ShardedOutput:
         """
         self.folder.refuse_foreign()
         manifest = read_manifest(self.root)
-        if manifest is not None and manifest.get("fingerprint") != self.fingerprint and not overwrite:
-            old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
-            new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
-            self.folder.refuse_differences(old, new, differ=True, remedy=(
-                "Use a new --output, rerun with the original options to resume, or pass --overwrite."))
+        if manifest is None or overwrite or (manifest.get("fingerprint") == self.fingerprint and not partial):
+            return
+        old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
+        new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
+        self.folder.refuse_differences(old, new, keys=sorted(new) if partial else None, differ=not partial, remedy=(
+            "Use a new --output, rerun with the original options to resume, or pass --overwrite."))
 
     def prepare(self, overwrite: bool = False) -> None:
         """Check (or create) the manifest. Call on the main process before any worker writes."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.cli_support import one_line_errors_group
 from pipeline.options import command
 
 from .generate import GenerateConfig
@@ -15,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=one_line_errors_group(),
 )
 
 

@@ -363,9 +363,13 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     cfg.labeler = _with_style_text(cfg.labeler, source)
     check_output_apart(cfg.output, source.files)
     device = resolve_device(accelerator_device(cfg.device))
+    known = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
+             "batch_size": cfg.labeler.batch_size}
+    # Before the labeler loads its classifier or judges (slow): a folder made from another input, target or
+    # batch size, or not a mapo-data output, is refused now. The labeler's own description joins below.
+    ShardedOutput(cfg.output, STAGE, known, len(source.files), split=source.split).check(cfg.overwrite, partial=True)
     labeler = build_labeler(cfg.labeler, device=str(device), source=source)
-    identity = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
-                **labeler.describe(), "batch_size": cfg.labeler.batch_size}
+    identity = {**known, **labeler.describe()}
     config = {**asdict(cfg), **record, "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}
     # A test split's pairs are written as test-*, never as train data.

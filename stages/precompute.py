@@ -84,10 +84,13 @@ class InputShape:
     images: tuple[str, ...]  # image columns, in stored order for a pair after the chosen-first swap
     labels: tuple[str, ...]
     id_column: str  # the input's optional id column, and the output's id column
+    description: str  # what such rows are, for messages: "<description> need <columns>"
 
 
-PAIRS = InputShape("pairs", REQUIRED_COLUMNS, ("jpg_0", "jpg_1"), ("label_0", "label_1"), "pair_id")
-UNPAIRED = InputShape("unpaired", UNPAIRED_COLUMNS, ("jpg",), ("label",), "example_id")
+PAIRS = InputShape("pairs", REQUIRED_COLUMNS, ("jpg_0", "jpg_1"), ("label_0", "label_1"), "pair_id",
+                   "Pick-a-Pic-format preference pairs (e.g. the output of `mapo-data label`)")
+UNPAIRED = InputShape("unpaired", UNPAIRED_COLUMNS, ("jpg",), ("label",), "example_id",
+                      "unpaired examples (for --objective kto)")
 
 
 PANEL_PREP = "Image preparation and storage"
@@ -186,15 +189,8 @@ def _check_columns(files: list[Path], shape: InputShape = PAIRS) -> dict:
         meta = _parquet(f)
         names = meta.schema_arrow.names
         missing = [c for c in shape.columns if c not in names]
-        if missing and shape is UNPAIRED:
-            raise UserError(f"{f} lacks column(s) {', '.join(missing)}: unpaired examples (for --objective kto) need "
-                            f"{', '.join(UNPAIRED_COLUMNS)}; preference pairs need {', '.join(REQUIRED_COLUMNS)}.")
         if missing:
-            raise UserError(
-                f"{f} lacks column(s) {', '.join(missing)}: precompute needs Pick-a-Pic-format preference shards "
-                f"({', '.join(REQUIRED_COLUMNS)}), e.g. the output of `mapo-data label`, or unpaired examples "
-                f"({', '.join(UNPAIRED_COLUMNS)})."
-            )
+            raise UserError(_missing_columns_message(f, missing, shape))
         wrong = [f"{c} ({meta.schema_arrow.field(c).type})" for c in shape.images
                  if not is_image_column(meta.schema_arrow.field(c).type)]
         if wrong:
@@ -205,6 +201,14 @@ def _check_columns(files: list[Path], shape: InputShape = PAIRS) -> dict:
         h.update(f.name.encode())
         h.update(json.dumps(meta.metadata.to_dict(), sort_keys=True, default=str).encode())
     return {"files": [str(f) for f in files], "fingerprint": h.hexdigest()[:16]}
+
+
+def _missing_columns_message(f: Path, missing: list[str], shape: InputShape) -> str:
+    """One line for either shape: what ``f`` was read as (:func:`input_shape`), what it needs, and what the
+    other shape needs instead."""
+    other = UNPAIRED if shape is PAIRS else PAIRS
+    return (f"{f} lacks column(s) {', '.join(missing)}: {shape.description} need {', '.join(shape.columns)}; "
+            f"{other.description} need {', '.join(other.columns)} instead.")
 
 
 def _check_unpaired_labels(f: Path, meta) -> None:

@@ -33,8 +33,17 @@ _TAYLOR_THRESHOLD = 1e-2
 
 @dataclass(frozen=True)
 class LossOutput:
-    loss: Tensor  # scalar, differentiable
-    metrics: dict[str, Tensor]  # detached fp32 scalars for logging
+    """One micro-batch's loss and the terms worth logging.
+
+    ``loss``: scalar, differentiable. ``metrics``: detached fp32 scalars for logging (NaN = not measured).
+    ``has_signal``: whether the micro-batch carries anything to learn from. False only when the objective
+    found nothing to train on (SPO with no kept pair: ``loss`` is then a zero stand-in); when no micro-batch
+    on any rank has signal, the trainer takes no optimizer step (train.trainer.Trainer._optimizer_step).
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+    has_signal: bool = True
 
 
 def _metrics(**terms: Tensor) -> dict[str, Tensor]:
@@ -250,6 +259,30 @@ def kto_loss(e: Tensor, ref_e: Tensor, desirable: Tensor, *, beta: float = 1000.
         desirable_fraction=d.float().mean(),
     )
     return LossOutput(loss=loss, metrics=metrics)
+
+
+# Diffusion-KTO's public recipe (jacklishufan/diffusion-kto: beta 1000 at lr 1e-7) has beta x lr = 1e-4. Our
+# `make fidelity` run at lr 2e-4 saturated with beta 1000 (product 0.2: prompt following 0.92 -> 0.48) and kept
+# prompt following (0.94) with beta 50 (product 1e-2): warn above 1e-2, 100x the public recipe's product.
+KTO_BETA_LR_WARN = 1e-2
+
+
+def kto_saturation_warning(beta: float, learning_rate: float, threshold: float = KTO_BETA_LR_WARN) -> str | None:
+    """A one-line start-up warning when ``beta * learning_rate`` exceeds ``threshold``, else None.
+
+    beta multiplies the implicit reward g (:func:`kto_loss`), and each optimizer step moves g by roughly
+    the learning rate, so the sigmoid utility saturates (gradient ~0 for most examples, while the first
+    large steps have already pulled the model away from the prompt) within a few steps once beta x lr is
+    far above the public recipe's 1e-4. ``threshold``: :data:`KTO_BETA_LR_WARN` (where it comes from is
+    said there). A warning, not an error: the product is a rule of thumb from one recipe and one run.
+    """
+    product = beta * learning_rate
+    if not product > threshold * (1 + 1e-9):  # 50 x 2e-4 is at the threshold, whatever the float rounding
+        return None
+    return (f"warning: --objective kto with --beta {beta:g} and --learning-rate {learning_rate:g} (beta x lr = "
+            f"{product:g}, above {threshold:g}): the sigmoid utility saturates within a few steps and prompt "
+            f"following suffers; lower --beta (to {threshold / learning_rate:g} or less) or --learning-rate "
+            f"(to {threshold / beta:g} or less). The public recipe has beta 1000 at lr 1e-7 (beta x lr = 1e-4).")
 
 
 def spo_loss(

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 from .checkpoint import TrainState, checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .data import batch_stream, check_data_matches_model, open_training_data
+from .losses import kto_saturation_warning
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
 from .run_folder import DEBUG_DIR, METRICS_FILE, MetricsLog, check_resume_config, claim_run_folder, write_run_config
@@ -83,6 +85,10 @@ class Trainer:
             log_with=self._trackers() or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
+        if cfg.objective == "kto" and acc.is_main_process:  # before the models load: said at once
+            warning = kto_saturation_warning(cfg.resolved_beta, cfg.learning_rate)
+            if warning:
+                print(warning, file=sys.stderr)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         self.models = setup_models(cfg, self.weight_dtype, acc.device)
         unet = self.models.unet
@@ -372,6 +378,7 @@ class Trainer:
         sums: dict = {}  # per metric: the sum of its finite values over micro-batches, and their count
         counts: dict = {}
         indices: list = []
+        signal = 0.0  # micro-batches with something to learn from (LossOutput.has_signal)
         finite = True
         for micro in range(accum):
             # Read outside autocast: stacking fp16 storage under CPU bf16 autocast raises (train.data.to_compute).
@@ -387,6 +394,7 @@ class Trainer:
                 if not finite:
                     break
                 acc.backward(out.loss / accum)
+            signal += float(out.has_signal)
             for k, v in out.metrics.items():  # NaN = not measured in this micro-batch (spo without pairs)
                 measured = torch.isfinite(v)
                 sums[k] = sums.get(k, 0.0) + torch.where(measured, v, 0.0)
@@ -405,11 +413,11 @@ class Trainer:
                                 "or check the data.")
             return None, indices
         state.consecutive_nonfinite = 0
-        metrics = self._reduce_metrics(sums, counts)
+        metrics, signal = self._reduce_metrics(sums, counts, signal)
         grad_norm = None
-        # spo: when no rank kept a pair there is nothing to learn. AdamW would still move the weights (momentum,
-        # weight decay) and fp16's GradScaler refuses a step without gradients: no update, as for a skipped step.
-        if self.online is None or metrics.get("pairs"):
+        # No micro-batch on any rank had signal (spo: no kept pair): nothing to learn. AdamW would still move the
+        # weights (momentum, weight decay) and fp16's GradScaler refuses a step without gradients: no update.
+        if signal > 0:
             if cfg.optimizer_in_backward:  # the weights were updated (and each gradient clipped) in the backward
                 grad_norm = self.optimizer.optimizer.take_grad_norm()
             else:
@@ -422,16 +430,19 @@ class Trainer:
         metrics["nonfinite_skipped"] = float(state.nonfinite_total)
         return metrics, indices
 
-    def _reduce_metrics(self, sums: dict, counts: dict) -> dict:
-        """Each metric's mean over the measured micro-batches of every rank (NaN when none measured it)."""
+    def _reduce_metrics(self, sums: dict, counts: dict, signal: float) -> tuple[dict, float]:
+        """Each metric's mean over the measured micro-batches of every rank (NaN when none measured it), and
+        ``signal`` (this rank's count of micro-batches with LossOutput.has_signal) summed over the ranks, in the
+        same all-reduce."""
         import torch
 
-        keys = sorted(sums)
-        if not keys:
-            return {}
-        local = torch.stack([torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(counts[k])]) for k in keys])
-        total = self.accelerator.reduce(local.to(self.accelerator.device, torch.float32), reduction="sum")
-        return {k: float(s / c) if c > 0 else float("nan") for k, (s, c) in zip(keys, total.tolist())}
+        keys, device = sorted(sums), self.accelerator.device
+        rows = [torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(counts[k])]).to(device, torch.float32)
+                for k in keys]
+        local = torch.stack([*rows, torch.tensor([signal, 0.0], device=device)])
+        total = self.accelerator.reduce(local, reduction="sum").tolist()
+        metrics = {k: float(s / c) if c > 0 else float("nan") for k, (s, c) in zip(keys, total)}
+        return metrics, total[-1][0]
 
     def _reduce_mean(self, value):
         """The mean of a tensor over all processes (KTO's reference point); itself on one process."""

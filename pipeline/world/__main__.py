@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 import typer
 
+from pipeline.cli_support import one_line_errors_group
 from pipeline.options import at_least, command, option
 
 from .scene import CAPTION_PREFIXES
 from .scene import captions as world_captions
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__, cls=one_line_errors_group())
 
 @dataclass
 class CaptionsConfig:

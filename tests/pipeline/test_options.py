@@ -298,3 +298,37 @@ def test_an_output_folder_repeats_its_options(tmp_path):
     empty.mkdir()
     result = run_cli(data_app, ["generate", "--config", empty])
     assert result.exit_code == 2 and "without a record of its options" in result.output
+
+
+def _entry_point_apps() -> dict:
+    """Every typer app a user runs: the console scripts of pyproject.toml, and the ``python -m`` ones."""
+    import importlib
+
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    targets = dict(scripts)
+    targets.update({"python -m bench": "bench.__main__:app", "python -m pipeline.world": "pipeline.world.__main__:app"})
+    return {name: getattr(importlib.import_module(t.split(":")[0]), t.split(":")[1]) for name, t in targets.items()}
+
+
+@pytest.mark.parametrize("name", list(_entry_point_apps()))
+def test_a_misspelled_command_or_unknown_option_is_one_line_for_every_entry_point(name):
+    """click's own message (and its suggestion), as one ``error:`` line with exit status 2 like every other error,
+    not click's boxed usage text: for an unknown option, and for a misspelled subcommand (a group: `mapo-data
+    genrate`) or a stray word (a single command: `mapo-train genrate`)."""
+    import typer.main
+
+    app = _entry_point_apps()[name]
+    group = isinstance(typer.main.get_command(app), typer.core.TyperGroup)
+    first = next(name for name, _ in iter_commands(app)) if group else "generate"
+    typo = first[0] + first[2:]  # a letter left out
+    cases = [(["--bogus"], "No such option: --bogus"),
+             ([typo], f"No such command '{typo}'. Did you mean '{first}'?" if group else f"unexpected extra argument(s) ({typo})")]
+    if group:
+        cases.append(([first, "--bogus"], "No such option: --bogus"))
+    for args, message in cases:
+        result = run_cli(app, args)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith("error: ") and message in lines[0] and lines[0].endswith("--help)"), lines

@@ -245,6 +245,34 @@ def _error_line(result):
     return lines[0]
 
 
+def test_a_mismatched_output_is_refused_before_the_labeler_loads(pairs, tmp_path, monkeypatch):
+    """Loading a classifier or reward judges takes seconds to minutes: another input, target or batch size in the
+    output folder, another stage's folder, or a folder that is not ours is refused before, leaving it untouched."""
+    import stages.label
+
+    out = tmp_path / "out"
+    assert _label(pairs["style"], out, "--target", "style").exit_code == 0
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the labeler was built for an output that is refused")
+
+    monkeypatch.setattr(stages.label, "build_labeler", no_loading)
+    before = {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*"))}
+    cases = [
+        ((pairs["style"], out, "--target", "style", "--batch-size", "5"), "differs in: batch_size)"),
+        ((pairs["safety"], out, "--target", "safety"), "differs in: input_fingerprint, target)"),
+        ((pairs["style"], pairs["safety"], "--target", "style"), ", stage, "),  # a generate output
+        ((pairs["style"], foreign, "--target", "style"), "is not a mapo-data output"),
+    ]
+    for args, message in cases:
+        assert message in _error_line(_label(*args)), args
+    assert before == {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*"))}
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
 def test_bad_inputs_one_line_nothing_written(pairs, tmp_path):
     other = tmp_path / "other.parquet"
     pq.write_table(pa.table({"text": ["a"], "image": [b"x"]}), other)

@@ -376,3 +376,28 @@ def test_latents_beyond_the_storage_range_are_rejected_not_stored_as_inf(tmp_pat
     latents = open_latents(out)
     for i in range(len(latents)):
         assert np.isfinite(latents[i]["latents"].float().numpy()).all()
+
+
+@pytest.mark.parametrize("columns, read_as, other", [
+    (["caption", "jpg_0", "jpg_1"], "preference pairs", "unpaired examples"),
+    (["caption", "jpg"], "unpaired examples", "preference pairs"),
+])
+def test_missing_columns_is_one_message_for_either_shape(tmp_path, columns, read_as, other):
+    """The same sentence for both shapes: which shape the file was read as and its columns, then the other's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stages.precompute import PAIRS, UNPAIRED, _check_columns, input_shape
+
+    f = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({c: [b"x"] for c in columns}), f)
+    shape = input_shape([f])
+    with pytest.raises(UserError) as caught:
+        _check_columns([f], shape)
+    need = {s.name: ", ".join(s.columns) for s in (PAIRS, UNPAIRED)}
+    mine, theirs = (need["pairs"], need["unpaired"]) if shape is PAIRS else (need["unpaired"], need["pairs"])
+    missing = ", ".join(c for c in shape.columns if c not in columns)
+    message = str(caught.value)
+    assert message.startswith(f"{f} lacks column(s) {missing}: ") and "\n" not in message
+    head, tail = message.split("; ")
+    assert read_as in head and head.endswith(f"need {mine}") and other in tail and f"need {theirs}" in tail

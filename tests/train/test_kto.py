@@ -77,3 +77,42 @@ def test_kto_options_refuse_non_positive_values(tmp_path, latents_sd15):
         assert result.exit_code == 2 and len(lines) == 1 and flag in lines[0] and "must be > 0" in lines[0], result.output
         assert not (tmp_path / "run").exists()
 
+
+
+@pytest.mark.parametrize("beta, lr, warned", [
+    (1000.0, 1e-7, False),  # the public recipe (beta x lr = 1e-4)
+    (1000.0, 1e-5, False),  # our default learning rate: exactly at the threshold, 1e-2
+    (50.0, 2e-4, False),  # the `make fidelity` run by hand that kept prompt following
+    (1000.0, 2e-4, True),  # the fidelity run that saturated: 0.2
+    (51.0, 2e-4, True),
+])
+def test_kto_saturation_warning_above_100x_the_public_recipes_beta_times_lr(beta, lr, warned):
+    from train.losses import kto_saturation_warning
+
+    message = kto_saturation_warning(beta, lr)
+    assert (message is not None) == warned
+    if warned:
+        assert message.startswith("warning: ") and "\n" not in message and "lower --beta" in message
+        assert f"to {1e-2 / lr:g} or less" in message and "--learning-rate" in message
+
+
+@pytest.mark.parametrize("args, warned", [
+    (["--objective", "kto", "--learning-rate", "2e-4"], True),
+    (["--objective", "kto", "--learning-rate", "2e-4", "--beta", "50"], False),
+    (["--objective", "mapo", "--learning-rate", "2e-4", "--beta", "1000"], False),  # KTO's sigmoid only
+])
+def test_mapo_train_warns_of_kto_saturation_before_loading_models(tmp_path, latents_sd15, monkeypatch, args, warned):
+    """The warning comes at start-up (before the slow model loading, here stopped right there), once, and does not
+    stop the run."""
+    import train.trainer
+    from pipeline.errors import UserError
+    from train.cli import app as train_app
+
+    def stop(*a, **k):
+        raise UserError("stopped where the models would load")
+
+    monkeypatch.setattr(train.trainer, "setup_models", stop)
+    result = run_cli(train_app, [*train_args(latents_sd15, tmp_path / "run", "tiny-sd15", 1), *args])
+    assert result.exit_code == 2 and "stopped where the models would load" in result.stderr, result.output
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == int(warned) and all("saturates" in w and "lower --beta" in w for w in warnings), result.stderr

@@ -278,7 +278,7 @@ def test_a_micro_batch_without_pairs_updates_nothing_and_keeps_ddp_ranks_in_step
         monkeypatch.setattr(online, "sample_pairs", lambda *a: Pairs(empty, torch.zeros(0, dtype=torch.long), empty,
                                                                     empty, torch.zeros(0, dtype=torch.long), [], 4, [0.5] * 8))
         out = online.loss(unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
-        assert out.loss.item() == 0 and out.metrics["pairs"].item() == 0
+        assert out.loss.item() == 0 and out.metrics["pairs"].item() == 0 and not out.has_signal
         assert math.isnan(out.metrics["logp_w"].item())
         out.loss.backward()
         grads = [p.grad for p in trainer.params]
@@ -306,6 +306,28 @@ def test_a_step_without_any_pair_leaves_the_weights_as_they_were(tmp_path, promp
     trained = UNet2DConditionModel.from_pretrained(str(out / "unet"))
     base = load_base_unet_and_scheduler("tiny-sdxl")[0]
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), base.state_dict().values()))
+
+
+def test_the_trainer_steps_on_the_losss_has_signal_not_on_a_metric_name(tmp_path, prompts, monkeypatch):
+    """The loop reads LossOutput.has_signal: an SPO loss that keeps pairs but logs no "pairs" metric still updates
+    the weights (the loop once looked up that metric, and would have skipped every step here)."""
+    from train.spo import OnlineSpo
+
+    real, kept = OnlineSpo.loss, []
+
+    def without_pair_metrics(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        assert out.has_signal == (out.metrics["pairs"] > 0)
+        kept.append(out.has_signal)
+        return type(out)(out.loss, {k: v for k, v in out.metrics.items() if not k.startswith("pair")}, out.has_signal)
+
+    monkeypatch.setattr(OnlineSpo, "loss", without_pair_metrics)
+    out = tmp_path / "run"
+    result = run_cli(app, _spo_args(prompts, out, "tiny-sdxl", 3))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(kept) and len(kept) == len(rows) == 3 and not any("pairs" in r for r in rows)
+    assert [math.isfinite(r["grad_norm"]) for r in rows] == kept  # one micro-batch per step
 
 
 def test_resuming_an_spo_run_as_another_objective_is_refused_in_one_line(tmp_path):

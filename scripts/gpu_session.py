@@ -2,11 +2,15 @@
 
 A lent GPU comes for about 15 minutes, start-up included, so the measurements are ranked and each one
 runs only if the time left covers its expected cost; whatever runs leaves its JSON behind even when
-stopped (the bench rewrites it after every configuration). On the device machine, from the repository
-root, with the wheels that `scripts/gpu_wheels.sh` puts in `.whl/` carried along:
+stopped (the bench rewrites it after every configuration). First, here: `bash scripts/gpu_wheels.sh`
+(diffusers and its few missing needs into the git-ignored `.whl/`, about 7 MB). Then ONE device call,
+`carry: [".whl"]`, `timeout_s: 600`, command:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
       && PYTHONPATH=/tmp/site python3 scripts/gpu_session.py --output $OUT --budget-s 540
+
+(the machine's start-up comes on top: a 15-minute lease holds one such call; ``--sections compile,generate``
+in a later lease if the budget skipped them).
 
 Sections (``--sections``, default all, in this order; the first four are the "core" claims):
 
@@ -16,7 +20,8 @@ Sections (``--sections``, default all, in this order; the first four are the "co
   rounding at 1 pair (the 24 GB claim), next to plain MaPO;
 - ``mfu8``: MaPO at 8 pairs, MFU against the datasheet peak and against 790 TFLOP/s;
 - ``lora4``: MaPO LoRA (rank 8) at 4 pairs (the 12 GB claim);
-- ``compile``: LoRA and SFT, eager vs regional torch.compile, at 1 pair (speed at small batches);
+- ``compile``: MaPO full, LoRA and SFT, eager vs regional torch.compile, at 1 pair (is LoRA as fast as a full
+  fine-tune, SFT faster than MaPO, at small batches?);
 - ``generate``: generation throughput, batch-invariant vs batched (scripts/bench_generate.py).
 
 Writes into ``--output``: one JSON (or text) per section, ``log.txt`` (everything printed) and
@@ -54,8 +59,8 @@ SECTIONS = (
                               "--no-max-batch")),
     Section("mfu8", 120, ("--configurations", "mapo", "--batch-size", "8", "--no-max-batch")),
     Section("lora4", 90, ("--configurations", "mapo-lora", "--batch-size", "4", "--no-max-batch")),
-    Section("compile", 420, ("--configurations", "mapo-lora,mapo-lora-compile,sft,sft-compile", "--batch-size", "1",
-                             "--no-max-batch")),
+    Section("compile", 480, ("--configurations", "mapo,mapo-lora,mapo-lora-compile,sft,sft-compile", "--batch-size",
+                             "1", "--no-max-batch")),
     Section("generate", 180),
 )
 # The tiny CPU dry run: everything small, so the whole script runs in minutes on 2 cores.

@@ -19,6 +19,7 @@ from pipeline.images import IMAGE_FORMATS, encode_image
 from pipeline.models import (
     DEFAULT_MODEL,
     check_model_available,
+    compile_unet,
     default_resolution,
     dtype_name,
     load_pipeline,
@@ -85,7 +86,9 @@ class GenerateConfig:
     keep_duplicates: bool = option(False, help="Keep duplicate prompts (dropped by default).", panel=PANEL_IO)
     limit: int | None = option(None, help="Use only the first N usable prompts.", check=at_least(1), panel=PANEL_IO)
     batch_invariant: bool = batch_invariant_option()
-    compile: bool = option(False, flags=("--compile",), help="torch.compile the UNet (CUDA only).", panel=PANEL_RUN)
+    compile: bool = option(False, flags=("--compile",), help=(
+        "Regional torch.compile of the UNet's transformer blocks (as mapo-train --compile); the first batch compiles."),
+        panel=PANEL_RUN)
     overwrite: bool = overwrite_option()
 
     def validate(self) -> "GenerateConfig":
@@ -275,10 +278,8 @@ class _GenerateShards:
         self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=self.dtype, device=self.device)
         if cfg.batch_invariant:
             make_batch_invariant(pipe)
-        if cfg.compile and self.device.type == "cuda":
-            import torch
-
-            pipe.unet = torch.compile(pipe.unet, mode="max-autotune")
+        if cfg.compile:
+            compile_unet(pipe.unet)
         self.shared = {"intended_chosen": cfg.recipe.intended_chosen, "recipe": cfg.recipe.name,
                        "style": cfg.recipe.describe().get("style"), "width": cfg.resolution, "height": cfg.resolution,
                        "num_inference_steps": cfg.num_inference_steps, "guidance_scale": float(cfg.guidance_scale),

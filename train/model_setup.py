@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pipeline import builtin_models
 from pipeline.errors import UserError, require
-from pipeline.models import _call_loader, quiet_hub_progress, resolve_model_source
+from pipeline.models import _call_loader, compile_unet, quiet_hub_progress, resolve_model_source
 
 from .config import TrainConfig
 
@@ -144,23 +144,6 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
         if reference is not None and cfg.reference_device != "cpu":  # offloaded layers move in hooks: left eager
             compile_unet(reference)
     return TrainModels(unet=unet, reference=reference, noise_scheduler=scheduler, family=unet_family(unet))
-
-
-def compile_unet(unet) -> None:
-    """Regional compilation (``--compile``): ``torch.compile`` each transformer block in place.
-
-    diffusers' ``ModelMixin.compile_repeated_blocks`` compiles every module named in the class's
-    ``_repeated_blocks`` (``BasicTransformerBlock`` for ``UNet2DConditionModel``) with
-    ``nn.Module.compile``: the module's own forward is replaced, its parameters, state-dict keys and
-    LoRA adapters stay where they are, so checkpoints, ``save_pretrained`` and accelerate's DDP wrapper
-    see the same model. Only the blocks are compiled (PyTorch's regional compilation recipe): the
-    compile time is one block's, not the whole UNet's, and the ResNet / up / down parts stay eager.
-    A model without transformer blocks raises :class:`pipeline.errors.UserError`.
-    """
-    try:
-        unet.compile_repeated_blocks()
-    except ValueError as exc:  # diffusers: no `_repeated_blocks`, or none of them in this model
-        raise UserError(f"--compile: {str(exc).splitlines()[0]}") from None
 
 
 def _to(module, device, dtype):

@@ -168,3 +168,21 @@ def test_max_batch_search_runs_real_steps_and_verifies_the_prediction(tiny_bench
         assert memory.resets == 4 and set(found["peaks_mb"]) == {"1", "2", "9"}
     if expected == 0:
         assert found["tries"] == [[1, False]] and found["predicted"] is None
+
+
+def test_gpu_session_skips_what_the_budget_cannot_cover(tmp_path):
+    """The prepared GPU call never starts a part its budget cannot cover, and says so in summary.md."""
+    import subprocess
+    import sys
+
+    script = [sys.executable, "scripts/gpu_session.py", "--model", "tiny-sdxl", "--device", "cpu"]
+    run = subprocess.run([*script, "--output", str(tmp_path), "--budget-s", "1"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    for name in ("maxbatch80", "memory24", "mfu8", "lora4", "compile", "generate"):
+        assert f"| {name} | skipped |" in summary
+    assert not list(tmp_path.glob("*.json"))
+    bad = subprocess.run([*script, "--output", str(tmp_path), "--sections", "memory42"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "unknown section(s) memory42" in bad.stderr

@@ -63,6 +63,7 @@ class LiveBytes:
         self.peak = dict(self.current)
         self.peak_total = 0
         self.phase = "activations"
+        self.ops = 0  # operators dispatched that compute something (views left out): about one GPU kernel each
 
     @property
     def total(self) -> int:
@@ -118,6 +119,8 @@ class LiveBytes:
         class _Count(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
+                if not func.is_view:
+                    tracker.ops += 1
                 tree_map_only(torch.Tensor, tracker.add, out)
                 return out
 
@@ -135,6 +138,10 @@ class Estimate:
     trainable_parameters: int = 0
     seconds: float = 0.0
     setup_bytes: int = 0  # peak while the models are built (fp32 build of a bf16 LoRA base), before the steps
+    # Operators one optimizer step dispatches (views left out), forward, backward and update: about the GPU
+    # kernels it launches (a fused AdamW or an SDPA is one; CPU-only decompositions may differ). Where a step is
+    # launch-bound (small batches on a fast GPU), time follows this count more than FLOPs.
+    ops_per_step: int = 0
 
 
 def fake_mode():
@@ -317,7 +324,9 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
                                                    opt.register_step_post_hook(leave_optimizer))]
         with live.mode():
             for i in range(steps):
+                ops_before = live.ops  # the last step's count: the first also creates AdamW's state
                 step.apply(step.forward(step.next_batch(), i).loss)
+        ops = live.ops - ops_before
         fwd = bwd = 0
         model = {"model": 0, "model_flops_method": "not counted"}
         if count_flops:
@@ -338,17 +347,19 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
             h.remove()
     return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak), setup_bytes=setup_peak,
                     flops={"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd), **model},
-                    trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0)
+                    trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0, ops_per_step=ops)
 
 
-def largest_batch_for(card_gib: float, peak_at_1: float, per_pair: float, reserve_gib: float = CARD_RESERVE_GIB) -> int:
+def largest_batch_for(card_gib: float, peak_at_1: float, per_pair: float,
+                      reserve_gib: float = CARD_RESERVE_GIB) -> int | None:
     """Largest batch ``b`` with ``peak_at_1 + (b - 1) * per_pair <= card - reserve`` (all in bytes but the GiB
-    arguments); 0 when not even one pair fits. Memory is linear in the batch here (activations scale
-    with it; weights, gradients and AdamW state do not), as :func:`estimate_configuration` measures it."""
+    arguments); 0 when not even one pair fits, None when one more pair adds no measurable memory (no bound
+    found; tiny models). Memory is linear in the batch here (activations scale with it; weights, gradients
+    and AdamW state do not), as :func:`estimate_configuration` measures it."""
     room = card_gib * GIB - reserve_gib * GIB - peak_at_1
     if room < 0:
         return 0
-    return 1 + (int(room // per_pair) if per_pair > 0 else 10**6)
+    return 1 + int(room // per_pair) if per_pair > 0 else None
 
 
 def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
@@ -369,6 +380,7 @@ def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
         "per_pair_mem_mb": per_pair / MIB,
         "max_batch_by_gpu_gb": {f"{g:g}": largest_batch_for(g, peak_at_1, per_pair) for g in gpu_memory_gb},
         "flops": main.flops,
+        "ops_per_step": main.ops_per_step,
         "trainable_parameters": main.trainable_parameters,
         "estimate_seconds": main.seconds + more.seconds,
     }
@@ -416,7 +428,8 @@ def format_estimate(result: dict) -> str:
     """The estimate's table (Markdown): peak GiB and its parts, GiB per extra pair, TFLOP per step, max batch per card."""
     s, rows = result["settings"], result["configurations"]
     cards = [f"{g:g}" for g in s["gpu_memory_gb"]]
-    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations", "+GiB/pair", "TFLOP/step"]
+    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations", "+GiB/pair", "TFLOP/step",
+            "ops/step"]
     head += [f"max batch {c} GB" for c in cards]
     lines = [head]
     for name, r in rows.items():
@@ -425,8 +438,9 @@ def format_estimate(result: dict) -> str:
             continue
         m = r["mem_mb"]
         lines.append([name, f"{r['peak_mem_mb'] / 1024:.2f}", f"{r['step_peak_mem_mb'] / 1024:.2f}"] + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
-                     + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}"]
-                     + [str(r["max_batch_by_gpu_gb"][c]) for c in cards])
+                     + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}", str(r["ops_per_step"])]
+                     + [str(r["max_batch_by_gpu_gb"][c]) if r["max_batch_by_gpu_gb"][c] is not None else "no bound"
+                        for c in cards])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = [f"| {' | '.join(str(c).ljust(w) for c, w in zip(line, widths))} |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -20,13 +20,15 @@ Sections (``--sections``, default all, in this order; the first four are the "co
   rounding at 1 pair (the 24 GB claim), next to plain MaPO;
 - ``mfu8``: MaPO at 8 pairs, MFU against the datasheet peak and against 790 TFLOP/s;
 - ``lora4``: MaPO LoRA (rank 8) at 4 pairs (the 12 GB claim);
+- ``instep``: MaPO with the VAE and text encoders inside the step (as upstream trainers), with its setup and
+  first-step times (it did not finish in 100 s before);
 - ``compile``: MaPO full, LoRA and SFT, eager vs regional torch.compile, at 1 pair (is LoRA as fast as a full
   fine-tune, SFT faster than MaPO, at small batches?);
 - ``generate``: generation throughput, batch-invariant vs batched (scripts/bench_generate.py).
 
-Writes into ``--output``: one JSON (or text) per section, ``log.txt`` (everything printed) and
-``summary.md`` (the tables, what ran, what was skipped and why, and each section's wall time, so the
-next session can plan). At most 8 files, as the device tool returns. Dry run on a CPU, tiny model:
+Writes three files into ``--output``, rewritten after every section: ``results.json`` (each section's
+bench JSON, or the generation benchmark's text), ``summary.md`` (the tables, what ran, what was skipped
+and why, each section's wall time, so the next session can plan) and ``log.txt`` (everything printed). Dry run on a CPU, tiny model:
 
     python scripts/gpu_session.py --output /tmp/gpu-dry --model tiny-sdxl --device cpu --budget-s 600
 """
@@ -38,6 +40,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,8 @@ SECTIONS = (
                               "--no-max-batch")),
     Section("mfu8", 120, ("--configurations", "mapo", "--batch-size", "8", "--no-max-batch")),
     Section("lora4", 90, ("--configurations", "mapo-lora", "--batch-size", "4", "--no-max-batch")),
+    Section("instep", 120, ("--configurations", "mapo-instep", "--batch-size", "1", "--steps", "2", "--warmup", "1",
+                            "--no-max-batch")),
     Section("compile", 480, ("--configurations", "mapo,mapo-lora,mapo-lora-compile,sft,sft-compile", "--batch-size",
                              "1", "--no-max-batch")),
     Section("generate", 180),
@@ -123,47 +128,78 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.perf_counter() + args.budget_s
-    done = []
-    with open(out / "log.txt", "w") as log:
+    done: list = []  # (section, status, note, seconds)
+    results: dict = {}  # section -> the bench's JSON, or the generation benchmark's text
+    with tempfile.TemporaryDirectory(prefix="gpu-session-") as work, open(out / "log.txt", "w") as log:
         for section in (s for s in SECTIONS if s.name in wanted):
             left = deadline - time.perf_counter()
             expected = section.expected_s if args.device.startswith("cuda") else 0
             if left < max(expected, 20):
                 done.append((section.name, "skipped", f"{left:.0f} s left, expected {section.expected_s} s", 0.0))
                 continue
+            target = Path(work) / f"{section.name}.{'json' if section.bench_args else 'txt'}"
             if section.bench_args:
-                target = out / f"{section.name}.json"
                 rc, seconds = _run(_bench_command(section, args, target), left, log)
             else:
-                target = out / f"{section.name}.txt"
                 with open(target, "w") as fh:
                     rc, seconds = _run(_generate_command(args), left, fh)
             status = "ok" if rc == 0 else ("stopped at the budget" if rc is None else f"failed (exit {rc})")
-            done.append((section.name, status, target.name, seconds))
+            if target.exists():  # a stopped bench leaves what it measured ("complete": false)
+                text = target.read_text()
+                results[section.name] = _json_or_text(text) if section.bench_args else text
+            done.append((section.name, status, "", seconds))
             print(f"gpu_session: {section.name}: {status} in {seconds:.0f} s", file=sys.stderr, flush=True)
-    (out / "summary.md").write_text(_summary(out, done, args))
+            _write(out, done, results, args)  # after every section: a lease cut short keeps the finished ones
+    _write(out, done, results, args)
     print((out / "summary.md").read_text())
     return 0 if all(status in ("ok", "skipped") for _, status, _, _ in done) else 1
 
 
-def _summary(out: Path, done: list, args) -> str:
+def _timings(result: dict) -> list:
+    """Where each configuration's wall time went (model setup, warm-up steps, max-batch search): item 4's numbers."""
+    out = []
+    for name, row in result.get("configurations", {}).items():
+        parts = [f"setup {row['setup_s']:.1f} s"] if "setup_s" in row else []
+        if row.get("warmup_step_s"):
+            parts.append("warm-up steps " + ", ".join(f"{t:.2f}" for t in row["warmup_step_s"]) + " s")
+        if row.get("max_batch_seconds") is not None:
+            parts.append(f"max-batch search {row['max_batch_seconds']:.0f} s ({len(row['max_batch_tries'])} tries, "
+                         f"predicted {row['max_batch_predicted']}, found {row['max_batch']})")
+        if parts:
+            out.append(f"- {name}: " + "; ".join(parts))
+    return out
+
+
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _write(out: Path, done: list, results: dict, args) -> None:
+    """``results.json`` (every section's JSON) and ``summary.md``: three files with the log, under the device
+    tool's eight."""
+    (out / "results.json").write_text(json.dumps({"sections": results, "status": [list(d) for d in done]}, indent=1))
+    (out / "summary.md").write_text(_summary(done, results, args))
+
+
+def _summary(done: list, results: dict, args) -> str:
     from bench.report import table
 
     lines = [f"# GPU session: {args.model} on {args.device}, budget {args.budget_s:.0f} s", "",
-             "| section | status | file | wall s |", "|---|---|---|---|"]
-    lines += [f"| {name} | {status} | {target} | {seconds:.0f} |" for name, status, target, seconds in done]
-    for name, status, target, _ in done:
-        path = out / target
-        if status == "skipped" or not path.exists():
-            continue
+             "| section | status | note | wall s |", "|---|---|---|---|"]
+    lines += [f"| {name} | {status} | {note} | {seconds:.0f} |" for name, status, note, seconds in done]
+    for name, result in results.items():
         lines += ["", f"## {name}", ""]
-        if path.suffix == ".json":
+        if isinstance(result, dict):
             try:
-                lines.append(table(json.loads(path.read_text())))
-            except (ValueError, KeyError) as exc:
-                lines.append(f"(could not read {target}: {exc})")
+                lines.append(table(result))
+            except (KeyError, TypeError) as exc:
+                lines.append(f"(could not tabulate: {exc!r})")
+            lines += ["", *_timings(result)]
         else:
-            lines.append(path.read_text().strip())
+            lines.append(str(result).strip())
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
     assert row["mem_kind"] == "estimate"
     assert set(row["mem_mb"]) == {"weights", "gradients", "optimizer", "activations"}
     assert set(row["flops"]) == {"forward", "backward", "executed", "model", "model_flops_method"}
-    assert row["flops"]["model"] > 0
+    assert row["flops"]["model"] > 0 and row["ops_per_step"] > 0
     assert set(row["max_batch_by_gpu_gb"]) == {"24", "80"} and row["max_batch_by_gpu_gb"]["80"] >= row["max_batch_by_gpu_gb"]["24"] >= 1
     assert row["per_pair_mem_mb"] > 0
     # Analytic: full fine-tune in fp32 = 4 bytes of weights and 8 of AdamW state (exp_avg, exp_avg_sq) per parameter,
@@ -117,12 +117,15 @@ def test_model_flops_leave_out_only_what_checkpointing_recomputes():
     from bench.config import BenchConfig
     from bench.estimate import estimate_step
 
-    def flops(checkpointing):
+    def estimate(checkpointing):
         cfg = BenchConfig(model="tiny-sdxl", resolution=64, gradient_checkpointing=checkpointing,
                           configurations=["mapo"]).resolved()
-        return estimate_step(cfg, "mapo", 2, steps=1).flops
+        return estimate_step(cfg, "mapo", 2, steps=1)
 
-    plain, ckpt = flops(False), flops(True)
+    plain_run, ckpt_run = estimate(False), estimate(True)
+    plain, ckpt = plain_run.flops, ckpt_run.flops
     assert plain["model"] == plain["executed"]
     assert ckpt["model"] == plain["executed"]
     assert ckpt["executed"] - ckpt["forward"] < ckpt["model"] < ckpt["executed"]
+    # The recomputed forward launches its operators again.
+    assert ckpt_run.ops_per_step > plain_run.ops_per_step > 0

@@ -378,7 +378,7 @@ class Trainer:
         sums: dict = {}  # per metric: the sum of its finite values over micro-batches, and their count
         counts: dict = {}
         indices: list = []
-        signal = 0.0  # micro-batches with something to learn from (LossOutput.has_signal)
+        with_signal = 0.0  # micro-batches with something to learn from (LossOutput.has_signal)
         finite = True
         for micro in range(accum):
             # Read outside autocast: stacking fp16 storage under CPU bf16 autocast raises (train.data.to_compute).
@@ -394,7 +394,7 @@ class Trainer:
                 if not finite:
                     break
                 acc.backward(out.loss / accum)
-            signal += float(out.has_signal)
+            with_signal += float(out.has_signal)
             for k, v in out.metrics.items():  # NaN = not measured in this micro-batch (spo without pairs)
                 measured = torch.isfinite(v)
                 sums[k] = sums.get(k, 0.0) + torch.where(measured, v, 0.0)
@@ -413,11 +413,11 @@ class Trainer:
                                 "or check the data.")
             return None, indices
         state.consecutive_nonfinite = 0
-        metrics, signal = self._reduce_metrics(sums, counts, signal)
+        metrics, with_signal = self._reduce_metrics(sums, counts, with_signal)
         grad_norm = None
         # No micro-batch on any rank had signal (spo: no kept pair): nothing to learn. AdamW would still move the
         # weights (momentum, weight decay) and fp16's GradScaler refuses a step without gradients: no update.
-        if signal > 0:
+        if with_signal > 0:
             if cfg.optimizer_in_backward:  # the weights were updated (and each gradient clipped) in the backward
                 grad_norm = self.optimizer.optimizer.take_grad_norm()
             else:
@@ -430,16 +430,16 @@ class Trainer:
         metrics["nonfinite_skipped"] = float(state.nonfinite_total)
         return metrics, indices
 
-    def _reduce_metrics(self, sums: dict, counts: dict, signal: float) -> tuple[dict, float]:
+    def _reduce_metrics(self, sums: dict, counts: dict, with_signal: float) -> tuple[dict, float]:
         """Each metric's mean over the measured micro-batches of every rank (NaN when none measured it), and
-        ``signal`` (this rank's count of micro-batches with LossOutput.has_signal) summed over the ranks, in the
-        same all-reduce."""
+        ``with_signal`` (this rank's count of micro-batches with LossOutput.has_signal) summed over the ranks,
+        in the same all-reduce."""
         import torch
 
         keys, device = sorted(sums), self.accelerator.device
         rows = [torch.stack([torch.as_tensor(sums[k]), torch.as_tensor(counts[k])]).to(device, torch.float32)
                 for k in keys]
-        local = torch.stack([*rows, torch.tensor([signal, 0.0], device=device)])
+        local = torch.stack([*rows, torch.tensor([with_signal, 0.0], device=device)])
         total = self.accelerator.reduce(local, reduction="sum").tolist()
         metrics = {k: float(s / c) if c > 0 else float("nan") for k, (s, c) in zip(keys, total)}
         return metrics, total[-1][0]

@@ -107,11 +107,15 @@ def model_flops(bench_step, batch: dict, step_index: int, executed: int) -> dict
     one = {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v for k, v in batch.items()}
     unet = bench_step.unet
     unet.disable_gradient_checkpointing()
+    from .step import is_out_of_memory
+
     try:
         with FlopCounterMode(display=False) as counter:
             bench_step.forward(one, step_index).loss.backward()
         flops, method = n * counter.get_total_flops(), "one pair without checkpointing, x batch size"
-    except torch.cuda.OutOfMemoryError:
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
         flops, method = None, "executed minus one forward (the pair without checkpointing did not fit)"
     finally:
         unet.enable_gradient_checkpointing()

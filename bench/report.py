@@ -103,9 +103,9 @@ def table(result: dict) -> str:
         out.append(f"MFU: model FLOPs (no checkpoint recompute) / step time / {s['peak_tflops']:g} TFLOP/s (bf16 dense "
                    "datasheet peak)" + (f"; vs matmul: / {s['measured_peak_tflops']:g} TFLOP/s, what a large bf16 "
                                         "matmul reaches on this GPU" if s.get("measured_peak_tflops") else "") + ".")
-    if s.get("max_batch_gpu_memory"):
+    if s.get("max_batch_gpu_memory") and s.get("max_batch_searched"):
         out.append(f"max batch: searched as if the GPU had {s['max_batch_gpu_memory']:g} GiB "
-                   "(torch.cuda.set_per_process_memory_fraction).")
+                   "(torch.cuda.set_per_process_memory_fraction, less the CUDA context).")
     if result.get("complete") is False:
         out.append("INCOMPLETE: the run stopped before every configuration was measured.")
     if not s["device"].startswith("cuda"):

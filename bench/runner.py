@@ -142,11 +142,9 @@ def run_bench(cfg: BenchConfig) -> dict:
                 found = run_worker(_config_job(cfg, device, "max_batch", name, data_path, data["sdxl"]), workdir,
                                    cfg.worker_timeout_s)
                 rows[name].update(max_batch=found["max_batch"], max_batch_hit_limit=found["hit_limit"],
-                                  max_batch_tries=found["tries"], max_batch_predicted=found["predicted"],
-                                  max_batch_peaks_mb=found["peaks_mb"], max_batch_capacity_mb=found["capacity_mb"],
-                                  max_batch_seconds=found["seconds"])
-                _say(f"bench:   {found['max_batch']} pairs (predicted {found['predicted']}, {len(found['tries'])} tries, "
-                     f"{found['seconds']:.0f} s)")
+                                  max_batch_tries=found["tries"], max_batch_peaks_mb=found["peaks_mb"],
+                                  max_batch_capacity_mb=found["capacity_mb"], max_batch_seconds=found["seconds"])
+                _say(f"bench:   {found['max_batch']} pairs ({len(found['tries'])} tries, {found['seconds']:.0f} s)")
             except WorkerFailed as exc:
                 rows[name]["max_batch_error"] = str(exc)
             result(complete=False)

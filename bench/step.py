@@ -125,3 +125,13 @@ class BenchStep:
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a GPU running out of memory: ``torch.cuda.OutOfMemoryError``, or the plain
+    RuntimeError by which cuDNN / cuBLAS report a failed allocation."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("out of memory", "ALLOC_FAILED"))

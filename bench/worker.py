@@ -6,8 +6,8 @@ A separate process per configuration makes the peak memory its own: on the CPU t
 
 - ``data``: run the real VAE / text encoders once and save the precomputed pairs (bench.data);
 - ``time``: warm-up, then time ``steps`` optimizer steps; peak memory; FLOPs of one more step;
-- ``max_batch``: the largest batch that fits on the GPU, predicted from the peaks at 1 and 2 pairs and
-  verified around the prediction (bench.search), OOM caught per try.
+- ``max_batch``: the largest batch that fits on the GPU (bench.search: each try's peak predicts the
+  next batch), OOM caught per try.
 """
 from __future__ import annotations
 
@@ -130,29 +130,37 @@ def job_time(job: dict) -> dict:
 class CudaMemory:
     """The GPU's allocator as the max-batch search sees it: capacity, peak since a reset, release.
 
-    ``cap_gib`` caps the allocator with ``torch.cuda.set_per_process_memory_fraction`` to search for a
-    smaller card on a bigger one (e.g. the MaPO paper's 80 GB on an H200); then an allocation past it
-    raises ``torch.cuda.OutOfMemoryError`` like a real card's would.
+    ``cap_gib`` emulates a card of that many GiB on a bigger one (e.g. the MaPO paper's 80 GB card on an
+    H200): the allocator is capped with ``torch.cuda.set_per_process_memory_fraction`` at the card's size
+    less what this process holds outside the allocator now (the CUDA context, library handles), which a
+    real card of that size would hold too; an allocation past the cap raises
+    ``torch.cuda.OutOfMemoryError`` as on that card. ``device`` may lack an index (``cuda``): the current
+    device is meant, and every torch.cuda call gets the index (``set_per_process_memory_fraction``
+    refuses an index-less device).
     """
 
     def __init__(self, device, cap_gib: float | None = None):
         import torch
 
-        self.device = device
-        total = torch.cuda.get_device_properties(device).total_memory
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(self.index)
+        self.outside_allocator = max(total - free - torch.cuda.memory_reserved(self.index), 0)
         if cap_gib:
-            torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total), device)
-        self.capacity = min(int(cap_gib * 2**30), total) if cap_gib else total
+            cap = min(int(cap_gib * 2**30) - self.outside_allocator, total)
+            torch.cuda.set_per_process_memory_fraction(max(cap, 0) / total, self.index)
+            self.capacity = cap
+        else:
+            self.capacity = total - self.outside_allocator
 
     def reset(self) -> None:
         import torch
 
-        torch.cuda.reset_peak_memory_stats(self.device)
+        torch.cuda.reset_peak_memory_stats(self.index)
 
     def peak(self, batch_size: int) -> int:  # batch_size: for simulated memories (tests); the allocator knows
         import torch
 
-        return torch.cuda.max_memory_allocated(self.device)
+        return torch.cuda.max_memory_allocated(self.index)
 
     def release(self) -> None:
         import gc
@@ -163,32 +171,22 @@ class CudaMemory:
         torch.cuda.empty_cache()
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    # cuDNN / cuBLAS report running out of memory as plain RuntimeErrors
-    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("out of memory", "ALLOC_FAILED"))
-
-
 def search_max_batch(bench, items, limit: int, memory, name: str = "") -> dict:
     """The largest batch that fits, on one built model and optimizer (their memory is part of what must fit).
 
     ``bench``: a :class:`bench.step.BenchStep`; ``items(length)``: its data; ``memory``: :class:`CudaMemory`
-    (or a simulated one with the same methods). Peak memory is measured at 1 pair (two steps: the first
-    allocates AdamW's state) and at 2 pairs, the batch where it would reach ``memory.capacity`` is predicted
-    from the line through them (:func:`bench.search.predict_batch`), then verified around the prediction (:func:`bench.search.largest_batch_near`: two
-    one-step tries when the prediction is exact). A try fits when its step raises no out-of-memory error
-    and its peak is within the capacity.
+    (or a simulated one with the same methods). Each try runs one optimizer step at the batch (two for the
+    first: it allocates AdamW's state) and reads its peak; a try fits when no out-of-memory error is
+    raised and the peak is within ``memory.capacity``. The batches tried come from
+    :func:`bench.search.largest_batch` (secant prediction from the largest fits, bisection after a failure).
     """
     from pipeline.latent_shards import PairSampler
     from train.data import TrainData, batch_stream
 
-    from .search import largest_batch_near, predict_batch
+    from .search import largest_batch
+    from .step import is_out_of_memory
 
     t0 = time.perf_counter()
-    peaks: dict = {}
     state = {"steps": 0}
 
     def peak_at(b: int) -> int | None:
@@ -202,7 +200,7 @@ def search_max_batch(bench, items, limit: int, memory, name: str = "") -> dict:
                 state["steps"] += 1
             bench.synchronize()
         except Exception as exc:
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             ok = False
         # Out of the except block: the exception and its frames (holding activations) are gone.
@@ -210,28 +208,19 @@ def search_max_batch(bench, items, limit: int, memory, name: str = "") -> dict:
         bench.stream = None
         memory.release()
         peak = memory.peak(b) if ok else None
-        peaks[b] = peak if peak is not None and peak <= memory.capacity else None
-        print(f"  {name}: batch {b} " + (f"fits (peak {peak / 2**30:.2f} GiB)" if peaks[b] else "does not fit"),
+        fits = peak is not None and peak <= memory.capacity
+        print(f"  {name}: batch {b} " + (f"fits (peak {peak / 2**30:.2f} GiB)" if fits else "does not fit"),
               file=sys.stderr, flush=True)
-        return peaks[b]
+        return peak if fits else None
 
-    known = {1: peak_at(1) is not None}
-    if known[1] and limit >= 2:
-        known[2] = peak_at(2) is not None
-    if not known[1]:
-        found_batch, hit, tries, guess = 0, False, [], None
-    else:
-        guess = predict_batch(peaks[1], peaks[2], 1, 2, memory.capacity) if known.get(2) else 1
-        found = largest_batch_near(lambda b: peak_at(b) is not None, guess, limit=limit, known=known)
-        found_batch, hit, tries = found.max_batch, found.hit_limit, found.tries
-    return {"max_batch": found_batch, "hit_limit": hit, "predicted": guess,
-            "tries": [[b, ok] for b, ok in known.items()] + [list(t) for t in tries],
-            "peaks_mb": {str(b): p / 2**20 for b, p in peaks.items() if p},
+    found = largest_batch(peak_at, memory.capacity, limit)
+    return {"max_batch": found.max_batch, "hit_limit": found.hit_limit, "tries": [list(t) for t in found.tries],
+            "peaks_mb": {str(b): p / 2**20 for b, p in found.peaks.items()},
             "capacity_mb": memory.capacity / 2**20, "seconds": time.perf_counter() - t0}
 
 
 def job_max_batch(job: dict) -> dict:
-    """:func:`search_max_batch` on the GPU, capped at ``max_batch_gpu_memory`` GiB when set."""
+    """:func:`search_max_batch` on the GPU, as if it had ``max_batch_gpu_memory`` GiB when set."""
     from .step import BenchStep
 
     limit = job["max_batch_limit"]

@@ -9,15 +9,17 @@ stopped (the bench rewrites it after every configuration). First, here: `bash sc
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
       && PYTHONPATH=/tmp/site python3 scripts/gpu_session.py --output $OUT --budget-s 540
 
-(the machine's start-up comes on top: a 15-minute lease holds one such call; ``--sections compile,generate``
-in a later lease if the budget skipped them).
+(the machine's start-up comes on top: a 15-minute lease holds one such call). As expected (520 s), that
+call covers the four "core" sections and skips the rest; later leases: ``--sections compile``, then
+``--sections instep,generate``. The expected seconds are guesses until a lease has measured them:
+``summary.md`` records each section's wall time; correct ``SECTIONS`` then.
 
 Sections (``--sections``, default all, in this order; the first four are the "core" claims):
 
 - ``maxbatch80``: largest batch of MaPO and DPO on an 80 GB card (the MaPO paper's table), emulated on a
   bigger GPU by capping the allocator; each searched from a prediction (bench/search.py);
 - ``memory24``: a full fine-tune with the optimizer in the backward pass and bf16 weights + stochastic
-  rounding at 1 pair (the 24 GB claim), next to plain MaPO;
+  rounding at 1 pair (the 24 GB claim; plain MaPO's 1-pair row comes from ``maxbatch80``);
 - ``mfu8``: MaPO at 8 pairs, MFU against the datasheet peak and against 790 TFLOP/s;
 - ``lora4``: MaPO LoRA (rank 8) at 4 pairs (the 12 GB claim);
 - ``instep``: MaPO with the VAE and text encoders inside the step (as upstream trainers), with its setup and
@@ -58,16 +60,17 @@ class Section:
 SECTIONS = (
     Section("maxbatch80", 240, ("--configurations", "mapo,dpo", "--batch-size", "1", "--steps", "1", "--warmup", "1",
                                 "--max-batch-configurations", "mapo,dpo", "--max-batch-gpu-memory", "80")),
-    Section("memory24", 150, ("--configurations", "mapo,mapo-inbwd-bf16", "--batch-size", "1", "--dtype", "bf16",
-                              "--no-max-batch")),
-    Section("mfu8", 120, ("--configurations", "mapo", "--batch-size", "8", "--no-max-batch")),
-    Section("lora4", 90, ("--configurations", "mapo-lora", "--batch-size", "4", "--no-max-batch")),
-    Section("instep", 120, ("--configurations", "mapo-instep", "--batch-size", "1", "--steps", "2", "--warmup", "1",
+    Section("memory24", 90, ("--configurations", "mapo-inbwd-bf16", "--batch-size", "1", "--dtype", "bf16",
+                             "--no-max-batch")),
+    Section("mfu8", 110, ("--configurations", "mapo", "--batch-size", "8", "--no-max-batch")),
+    Section("lora4", 80, ("--configurations", "mapo-lora", "--batch-size", "4", "--no-max-batch")),
+    Section("instep", 100, ("--configurations", "mapo-instep", "--batch-size", "1", "--steps", "2", "--warmup", "1",
                             "--no-max-batch")),
-    Section("compile", 480, ("--configurations", "mapo,mapo-lora,mapo-lora-compile,sft,sft-compile", "--batch-size",
-                             "1", "--no-max-batch")),
+    Section("compile", 540, ("--configurations", "mapo,mapo-compile,mapo-lora,mapo-lora-compile,sft,sft-compile",
+                             "--batch-size", "1", "--no-max-batch")),
     Section("generate", 180),
 )
+CORE = ("maxbatch80", "memory24", "mfu8", "lora4")  # 520 s expected: one lease's call (--budget-s 540)
 # The tiny CPU dry run: everything small, so the whole script runs in minutes on 2 cores.
 TINY = {"--resolution": "64", "--max-batch-limit": "8"}
 
@@ -163,8 +166,8 @@ def _timings(result: dict) -> list:
         if row.get("warmup_step_s"):
             parts.append("warm-up steps " + ", ".join(f"{t:.2f}" for t in row["warmup_step_s"]) + " s")
         if row.get("max_batch_seconds") is not None:
-            parts.append(f"max-batch search {row['max_batch_seconds']:.0f} s ({len(row['max_batch_tries'])} tries, "
-                         f"predicted {row['max_batch_predicted']}, found {row['max_batch']})")
+            tries = " ".join(f"{b}{'' if ok else 'x'}" for b, ok in row["max_batch_tries"])
+            parts.append(f"max-batch search {row['max_batch_seconds']:.0f} s (tries {tries}; found {row['max_batch']})")
         if parts:
             out.append(f"- {name}: " + "; ".join(parts))
     return out

@@ -144,6 +144,8 @@ def _identity(cfg: GenerateConfig, prompt_fp: str, dtype: str) -> dict:
     }
     if not cfg.batch_invariant:
         ident["batch_size"] = cfg.batch_size
+    if cfg.compile:  # compiled kernels round differently (a few 8-bit levels); absent when off: older outputs resume
+        ident["compile"] = True
     return ident
 
 

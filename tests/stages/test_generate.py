@@ -273,3 +273,8 @@ def test_compile_generates_the_eager_images(tmp_path):
         for a, b in zip(te.column(col).to_pylist(), tc.column(col).to_pylist()):
             diff = np.abs(np.asarray(_decode(a), dtype=np.int16) - np.asarray(_decode(b), dtype=np.int16))
             assert diff.max() <= 4, diff.max()
+    # Not the same bytes: a compiled run does not resume into an eager one's output (nor the other way).
+    src = tmp_path / "prompts.txt"
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", src, "--output", eager, *FAST,
+                           "--shard-size", "2", "--compile"])
+    assert result.exit_code == 2 and "compile" in result.output, result.output

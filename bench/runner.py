@@ -53,11 +53,12 @@ def _job(cfg: BenchConfig, device, job: str, **extra) -> dict:
             "max_batch_limit": cfg.max_batch_limit, "max_batch_gpu_memory": cfg.max_batch_gpu_memory, **extra}
 
 
-def _config_job(cfg: BenchConfig, device, job: str, name: str, data_path: Path, sdxl: bool) -> dict:
+def _config_job(cfg: BenchConfig, device, job: str, name: str, data_path: Path, sdxl: bool,
+                max_batch_search: bool = False) -> dict:
     c = CONFIGURATIONS[name]
     return _job(cfg, device, job, name=name, objective=c.objective, lora_rank=cfg.lora_rank if c.lora else 0,
                 in_step=c.in_step, data_path=str(data_path), sdxl=sdxl, count_flops=not c.lora and c.objective != "dpo",
-                options=[list(o) for o in c.options])
+                options=[list(o) for o in c.options], max_batch_search=max_batch_search)
 
 
 def _say(msg: str) -> None:
@@ -121,32 +122,25 @@ def run_bench(cfg: BenchConfig) -> dict:
         for i, name in enumerate(cfg.configurations, 1):
             _say(f"bench: [{i}/{len(cfg.configurations)}] {name} ...")
             row = {"label": CONFIGURATIONS[name].label}
+            searched = name in cfg.max_batch_configurations
             try:
-                row.update(run_worker(_config_job(cfg, device, "time", name, data_path, data["sdxl"]), workdir,
-                                      cfg.worker_timeout_s))
+                row.update(run_worker(_config_job(cfg, device, "time", name, data_path, data["sdxl"],
+                                                  max_batch_search=search and searched), workdir, cfg.worker_timeout_s))
             except WorkerFailed as exc:
                 row["error"] = str(exc)
                 _say(f"bench: {name} failed: {exc}")
             else:
                 _say(f"bench:   {row['median_ms']:.1f} ms/step, peak {row['peak_mem_mb']:.0f} MiB")
+                if searched:
+                    row["max_batch"] = None  # not searched (CPU, --no-max-batch) or no answer (max_batch_error)
+                found = row.pop("max_batch_search", None)
+                if found:
+                    row.update(max_batch=found["max_batch"], max_batch_hit_limit=found["hit_limit"],
+                               max_batch_tries=found["tries"], max_batch_peaks_mb=found["peaks_mb"],
+                               max_batch_capacity_mb=found["capacity_mb"], max_batch_seconds=found["seconds"])
+                    _say(f"bench:   largest batch {found['max_batch']} pairs ({len(found['tries'])} tries, "
+                         f"{found['seconds']:.0f} s)")
             rows[name] = row
-            result(complete=False)
-        for name in cfg.max_batch_configurations:
-            if name not in rows or "error" in rows[name]:
-                continue
-            rows[name]["max_batch"] = None
-            if not search:
-                continue
-            _say(f"bench: largest batch that fits for {name} ...")
-            try:
-                found = run_worker(_config_job(cfg, device, "max_batch", name, data_path, data["sdxl"]), workdir,
-                                   cfg.worker_timeout_s)
-                rows[name].update(max_batch=found["max_batch"], max_batch_hit_limit=found["hit_limit"],
-                                  max_batch_tries=found["tries"], max_batch_peaks_mb=found["peaks_mb"],
-                                  max_batch_capacity_mb=found["capacity_mb"], max_batch_seconds=found["seconds"])
-                _say(f"bench:   {found['max_batch']} pairs ({len(found['tries'])} tries, {found['seconds']:.0f} s)")
-            except WorkerFailed as exc:
-                rows[name]["max_batch_error"] = str(exc)
             result(complete=False)
     return result(complete=True)
 

@@ -254,3 +254,30 @@ def test_cuda_memory_caps_the_allocator_like_a_smaller_card(monkeypatch):
     assert calls["fraction"] == pytest.approx(memory.capacity / (141 * gib))
     whole = CudaMemory(torch.device("cuda:0"))
     assert whole.capacity == 141 * gib - gib // 2
+
+
+def test_time_job_searches_the_largest_batch_on_its_own_model(tiny_bench_data, tmp_path, monkeypatch):
+    """The time job times its steps, then searches on the same built model (no second build); a search that
+    raises leaves the timing and says why."""
+    import torch
+
+    from bench import worker
+
+    data_path = tmp_path / "pairs.pt"
+    torch.save(tiny_bench_data, data_path)
+    job = {"job": "time", "name": "mapo", "model": "tiny-sdxl", "device": "cpu", "dtype": "fp32", "resolution": 16,
+           "batch_size": 1, "steps": 1, "warmup": 0, "pairs": 2, "gradient_checkpointing": False, "seed": 0,
+           "objective": "mapo", "lora_rank": 0, "in_step": False, "data_path": str(data_path), "sdxl": True,
+           "options": [], "max_batch_limit": 16, "max_batch_search": True, "max_batch_gpu_memory": 80}
+    built = []
+    monkeypatch.setattr(worker, "CudaMemory", lambda device, cap: built.append(cap) or _LinearMemory(1000, 100, 1350))
+    result = worker.job_time(job)
+    assert result["median_ms"] > 0 and built == [80]
+    assert result["max_batch_search"]["max_batch"] == 3 and "max_batch_error" not in result
+
+    def broken(device, cap):
+        raise RuntimeError("no CUDA here")
+
+    monkeypatch.setattr(worker, "CudaMemory", broken)
+    result = worker.job_time(job)
+    assert result["median_ms"] > 0 and result["max_batch_error"] == "RuntimeError: no CUDA here"

@@ -137,7 +137,10 @@ class ShardedOutput:
             return
         old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
         new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
-        self.folder.refuse_differences(old, new, keys=sorted(new) if partial else None, differ=not partial, remedy=(
+        # Partial: the caller's known keys, and this class's own (the split is in the identity only when it is not
+        # the default: a folder of another split must differ in "split", present or not).
+        keys = sorted(set(new) | {"split", "stage", "num_shards"}) if partial else None
+        self.folder.refuse_differences(old, new, keys=keys, differ=not partial, remedy=(
             "Use a new --output, rerun with the original options to resume, or pass --overwrite."))
 
     def prepare(self, overwrite: bool = False) -> None:

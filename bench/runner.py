@@ -37,7 +37,8 @@ def run_worker(job: dict, workdir: Path, timeout_s: int) -> dict:
     with open(log_path, "w") as log:
         try:
             proc = subprocess.run([sys.executable, "-m", "bench.worker", str(job_path), str(result_path)],
-                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise WorkerFailed(f"timed out after {timeout_s} s") from None
     if proc.returncode != 0 or not result_path.exists():
@@ -145,8 +146,8 @@ def run_bench(cfg: BenchConfig) -> dict:
                                   max_batch_tries=found["tries"], max_batch_predicted=found["predicted"],
                                   max_batch_peaks_mb=found["peaks_mb"], max_batch_capacity_mb=found["capacity_mb"],
                                   max_batch_seconds=found["seconds"])
-                _say(f"bench:   {found['max_batch']} pairs (predicted {found['predicted']}, {len(found['tries'])} tries, "
-                     f"{found['seconds']:.0f} s)")
+                _say(f"bench:   {found['max_batch']} pairs (predicted {found['predicted']}, "
+                     f"{len(found['tries'])} tries, {found['seconds']:.0f} s)")
             except WorkerFailed as exc:
                 rows[name]["max_batch_error"] = str(exc)
             result(complete=False)

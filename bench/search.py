@@ -60,7 +60,9 @@ def largest_batch(fits: Callable[[int], bool], start: int = 1, limit: int = 256)
     return SearchResult(_bisect(attempt, good, bad), False, attempt.tries)
 
 
-def largest_batch_near(fits: Callable[[int], bool], guess: int, limit: int = 256, known: dict | None = None) -> SearchResult:
+def largest_batch_near(
+    fits: Callable[[int], bool], guess: int, limit: int = 256, known: dict | None = None
+) -> SearchResult:
     """Largest ``b`` in [1, limit] with ``fits(b)``, searched outwards from ``guess``.
 
     ``known``: results already measured (``{batch: fits}``, e.g. the two small batches a prediction

@@ -40,7 +40,8 @@ def _spec(job: dict):
     from .step import StepSpec
 
     return StepSpec(model=job["model"], objective=job["objective"], lora_rank=job["lora_rank"], in_step=job["in_step"],
-                    device=job["device"], dtype=job["dtype"], resolution=job["resolution"], batch_size=job["batch_size"],
+                    device=job["device"], dtype=job["dtype"], resolution=job["resolution"],
+                    batch_size=job["batch_size"],
                     gradient_checkpointing=job["gradient_checkpointing"], seed=job["seed"],
                     options=tuple(tuple(o) for o in job.get("options", ())))
 
@@ -178,9 +179,9 @@ def search_max_batch(bench, items, limit: int, memory, name: str = "") -> dict:
     ``bench``: a :class:`bench.step.BenchStep`; ``items(length)``: its data; ``memory``: :class:`CudaMemory`
     (or a simulated one with the same methods). Peak memory is measured at 1 pair (two steps: the first
     allocates AdamW's state) and at 2 pairs, the batch where it would reach ``memory.capacity`` is predicted
-    from the line through them (:func:`bench.search.predict_batch`), then verified around the prediction (:func:`bench.search.largest_batch_near`: two
-    one-step tries when the prediction is exact). A try fits when its step raises no out-of-memory error
-    and its peak is within the capacity.
+    from the line through them (:func:`bench.search.predict_batch`), then verified around the prediction
+    (:func:`bench.search.largest_batch_near`: two one-step tries when the prediction is exact). A try fits when its
+    step raises no out-of-memory error and its peak is within the capacity.
     """
     from pipeline.latent_shards import PairSampler
     from train.data import TrainData, batch_stream

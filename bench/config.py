@@ -86,7 +86,8 @@ def _gpu_memory_check(value) -> str | None:
 class BenchConfig:
     """``python -m bench``'s options (each declared once: pipeline.options)."""
 
-    model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch (GPU: 1024 px, bf16), or any model id/folder.")
+    model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch (GPU: 1024 px, bf16), or any model "
+                                          "id/folder.")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N.")
     resolution: int | None = option(None, help="Image size in px (default: the model preset's).")
     batch_size: int | None = option(None, help="Pairs per step (default: the model preset's).")
@@ -107,13 +108,16 @@ class BenchConfig:
     max_batch_gpu_memory: float | None = option(None, check=_gpu_memory_check, help=(
         "Search the largest batch as if the GPU had this many GB (read as GiB), e.g. 80 on an H200 for the MaPO "
         "paper's 80 GB card (torch.cuda.set_per_process_memory_fraction; default: the whole GPU)."))
-    peak_tflops: float | None = option(None, help="Device peak TFLOP/s for MFU (default: bf16 dense peak of known GPUs).")
+    peak_tflops: float | None = option(None, help="Device peak TFLOP/s for MFU (default: bf16 dense peak of known "
+                                                  "GPUs).")
     output: str | None = option("bench-output/bench.json", help="Where to write the JSON result.")
     seed: int = option(0, help="Seed of the data, noise and timesteps.")
-    estimate: bool = option(False, help="Estimate peak memory (weights / gradients / optimizer / activations), FLOPs and "
-                                        "the largest batch per card on fake tensors, on the CPU, allocating nothing.")
+    estimate: bool = option(False, help="Estimate peak memory (weights / gradients / optimizer / activations), "
+                                        "FLOPs and the largest batch per card on fake tensors, on the CPU, allocating "
+                                        "nothing.")
     gpu_memory: list[float] = option(default_factory=lambda: [24.0, 48.0, 80.0, 141.0], check=_gpu_memory_check,
-                                     help="With --estimate: card sizes in GB (read as GiB) to fit the largest batch in.")
+                                     help="With --estimate: card sizes in GB (read as GiB) to fit the largest batch "
+                                          "in.")
     worker_timeout_s: int = 1800
 
     def resolved(self) -> BenchConfig:

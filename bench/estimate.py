@@ -134,7 +134,8 @@ class Estimate:
     batch_size: int
     peak_bytes: int
     by_category: dict = field(default_factory=dict)  # category -> bytes at the peak
-    flops: dict = field(default_factory=dict)  # forward, backward, executed, model (bench.flops.count_step_flops's keys)
+    # forward, backward, executed, model (bench.flops.count_step_flops's keys)
+    flops: dict = field(default_factory=dict)
     trainable_parameters: int = 0
     seconds: float = 0.0
     setup_bytes: int = 0  # peak while the models are built (fp32 build of a bf16 LoRA base), before the steps
@@ -240,9 +241,11 @@ def _fake_items(unet_config: dict, batch_size: int, resolution: int):
     items = []
     for i in range(batch_size):
         item = {"latents": torch.empty(2, c, h, h, dtype=torch.float16),
-                "prompt_embeds": torch.empty(77, int(unet_config["cross_attention_dim"]), dtype=torch.float16), "index": i}
+                "prompt_embeds": torch.empty(77, int(unet_config["cross_attention_dim"]), dtype=torch.float16),
+                "index": i}
         if unet_config.get("addition_embed_type") == "text_time":
-            pooled = int(unet_config["projection_class_embeddings_input_dim"]) - 6 * int(unet_config["addition_time_embed_dim"])
+            pooled = (int(unet_config["projection_class_embeddings_input_dim"])
+                      - 6 * int(unet_config["addition_time_embed_dim"]))
             item["pooled_prompt_embeds"] = torch.empty(pooled, dtype=torch.float16)
             item["add_time_ids"] = time_ids(resolution)
         items.append(item)
@@ -345,7 +348,8 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
             del batch
         for h in hooks:
             h.remove()
-    return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak), setup_bytes=setup_peak,
+    return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak),
+                    setup_bytes=setup_peak,
                     flops={"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd), **model},
                     trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0, ops_per_step=ops)
 
@@ -425,11 +429,12 @@ def run_estimate(cfg: BenchConfig, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB) -> dict:
 
 
 def format_estimate(result: dict) -> str:
-    """The estimate's table (Markdown): peak GiB and its parts, GiB per extra pair, TFLOP per step, max batch per card."""
+    """The estimate's table (Markdown): peak GiB and its parts, GiB per extra pair, TFLOP and operators per step,
+    max batch per card."""
     s, rows = result["settings"], result["configurations"]
     cards = [f"{g:g}" for g in s["gpu_memory_gb"]]
-    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations", "+GiB/pair", "TFLOP/step",
-            "ops/step"]
+    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations", "+GiB/pair",
+            "TFLOP/step", "ops/step"]
     head += [f"max batch {c} GB" for c in cards]
     lines = [head]
     for name, r in rows.items():
@@ -437,17 +442,20 @@ def format_estimate(result: dict) -> str:
             lines.append([name, r["error"]] + [""] * (len(head) - 2))
             continue
         m = r["mem_mb"]
-        lines.append([name, f"{r['peak_mem_mb'] / 1024:.2f}", f"{r['step_peak_mem_mb'] / 1024:.2f}"] + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
-                     + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}", str(r["ops_per_step"])]
+        lines.append([name, f"{r['peak_mem_mb'] / 1024:.2f}", f"{r['step_peak_mem_mb'] / 1024:.2f}"]
+                     + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
+                     + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}",
+                        str(r["ops_per_step"])]
                      + [str(r["max_batch_by_gpu_gb"][c]) if r["max_batch_by_gpu_gb"][c] is not None else "no bound"
                         for c in cards])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = [f"| {' | '.join(str(c).ljust(w) for c, w in zip(line, widths))} |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    out.insert(0, f"ESTIMATE (fake tensors, nothing allocated): {s['model']} at {s['resolution']} px, {s['batch_size']} "
-                  f"pair(s) per step, {s['dtype']}{', gradient checkpointing' if s['gradient_checkpointing'] else ''}; "
-                  f"{result['seconds']:.0f} s\n")
+    ckpt = ", gradient checkpointing" if s["gradient_checkpointing"] else ""
+    out.insert(0, f"ESTIMATE (fake tensors, nothing allocated): {s['model']} at {s['resolution']} px, "
+                  f"{s['batch_size']} pair(s) per step, {s['dtype']}{ckpt}; {result['seconds']:.0f} s\n")
     out.append("")
-    out.append(f"Peak = allocator bytes (512-byte blocks), model setup included; parts at the step's peak; max batch keeps "
-               f"{s['card_reserve_gib']} GiB of each card free (CUDA context, workspaces); GB read as GiB.")
+    out.append(f"Peak = allocator bytes (512-byte blocks), model setup included; parts at the step's peak; max batch "
+               f"keeps {s['card_reserve_gib']} GiB of each card free (CUDA context, workspaces); GB read as GiB. "
+               "ops/step: operators one step dispatches (views left out), about the GPU kernels it launches.")
     return "\n".join(out)

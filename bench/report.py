@@ -5,9 +5,11 @@ import os
 import platform
 
 # Each configuration is compared with the DPO run of its own kind: full with full, LoRA with LoRA.
-REFERENCE = {"mapo": "dpo", "dpo": "dpo", "sft": "dpo", "mapo-instep": "dpo", "mapo-lora": "dpo-lora", "dpo-lora": "dpo-lora"}
+REFERENCE = {"mapo": "dpo", "dpo": "dpo", "sft": "dpo", "mapo-instep": "dpo", "mapo-lora": "dpo-lora",
+             "dpo-lora": "dpo-lora"}
 # (key in "ratios", configuration, reference): what the closing summary states.
-HEADLINE = (("mapo_vs_dpo", "mapo", "dpo"), ("sft_vs_dpo", "sft", "dpo"), ("mapo_lora_vs_dpo_lora", "mapo-lora", "dpo-lora"),
+HEADLINE = (("mapo_vs_dpo", "mapo", "dpo"), ("sft_vs_dpo", "sft", "dpo"),
+            ("mapo_lora_vs_dpo_lora", "mapo-lora", "dpo-lora"),
             ("precomputed_vs_in_step", "mapo", "mapo-instep"))
 
 

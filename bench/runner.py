@@ -37,7 +37,8 @@ def run_worker(job: dict, workdir: Path, timeout_s: int) -> dict:
     with open(log_path, "w") as log:
         try:
             proc = subprocess.run([sys.executable, "-m", "bench.worker", str(job_path), str(result_path)],
-                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise WorkerFailed(f"timed out after {timeout_s} s") from None
     if proc.returncode != 0 or not result_path.exists():

@@ -40,7 +40,8 @@ def _spec(job: dict):
     from .step import StepSpec
 
     return StepSpec(model=job["model"], objective=job["objective"], lora_rank=job["lora_rank"], in_step=job["in_step"],
-                    device=job["device"], dtype=job["dtype"], resolution=job["resolution"], batch_size=job["batch_size"],
+                    device=job["device"], dtype=job["dtype"], resolution=job["resolution"],
+                    batch_size=job["batch_size"],
                     gradient_checkpointing=job["gradient_checkpointing"], seed=job["seed"],
                     options=tuple(tuple(o) for o in job.get("options", ())))
 

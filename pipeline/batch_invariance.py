@@ -31,7 +31,11 @@ def per_sample_forward(module) -> None:
         if batch == 1:
             return original(sample, *args, **kwargs)
         outs = [
-            original(sample[i : i + 1], *(_split(a, batch, i) for a in args), **{k: _split(v, batch, i) for k, v in kwargs.items()})
+            original(
+                sample[i : i + 1],
+                *(_split(a, batch, i) for a in args),
+                **{k: _split(v, batch, i) for k, v in kwargs.items()},
+            )
             for i in range(batch)
         ]
         first = outs[0]

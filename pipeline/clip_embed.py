@@ -178,7 +178,9 @@ def _resolve_pretrained(model_name: str, pretrained: str | None, cache_dir: str 
     if is_pretrained_cfg(model_name, pretrained):
         return _resolve_tag(model_name, pretrained, cache_dir)
     tags = list_pretrained_tags_by_model(model_name)
-    shown = ", ".join(tags[:6]) + (f", ... ({len(tags)} in all: open_clip.list_pretrained_tags_by_model)" if len(tags) > 6 else "")
+    shown = ", ".join(tags[:6]) + (
+        f", ... ({len(tags)} in all: open_clip.list_pretrained_tags_by_model)" if len(tags) > 6 else ""
+    )
     tag_hint = f"known tags for {model_name}: {shown}" if tags else f"{model_name} has no pretrained tags"
     if os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
         raise ModelNotFoundError(

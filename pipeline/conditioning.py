@@ -88,7 +88,9 @@ def reset_truncation() -> None:
     _TRUNCATED.clear()
 
 
-def encode_text(pipe, prompts: list[str], negative_prompts: list[str | None] | None = None, *, guidance: bool = False) -> TextEmbeddings:
+def encode_text(
+    pipe, prompts: list[str], negative_prompts: list[str | None] | None = None, *, guidance: bool = False
+) -> TextEmbeddings:
     """Encode ``prompts`` (and negatives when ``guidance``) with the pipeline's own encode_prompt.
 
     Prompts longer than the tokenizer's context are truncated as the pipeline does, noted for

@@ -175,7 +175,9 @@ def _same_component(recorded: dict, module) -> bool:
         return False
     mine = weights_signature(module)
     theirs = recorded.get("signature") or []
-    return len(mine) == len(theirs) and all(abs(a - b) <= SIGNATURE_RTOL * max(abs(a), abs(b)) + 1e-8 for a, b in zip(mine, theirs))
+    return len(mine) == len(theirs) and all(
+        abs(a - b) <= SIGNATURE_RTOL * max(abs(a), abs(b)) + 1e-8 for a, b in zip(mine, theirs)
+    )
 
 
 def check_model(source, *, vae=None, text_encoders=None) -> None:
@@ -194,7 +196,8 @@ def check_model(source, *, vae=None, text_encoders=None) -> None:
         text_encoders = [te for te in text_encoders if te is not None]
         if len(text_encoders) != len(recorded["text_encoders"]):
             raise UserError(
-                f"The latents were made by {made_by} ({info['family']}, {len(recorded['text_encoders'])} text encoder(s)); "
+                f"The latents were made by {made_by} ({info['family']}, "
+                f"{len(recorded['text_encoders'])} text encoder(s)); "
                 f"the model given has {len(text_encoders)}. Train with the model the latents were made with, or rerun "
                 "`mapo-data precompute` with this model."
             )
@@ -217,16 +220,24 @@ def _refuse(what: str, recorded: dict, module, made_by: str):
 # -- reader ----------------------------------------------------------------------------------
 def _read_latent_manifest(root: Path) -> dict:
     if not root.exists():
-        raise UserError(f"Latent folder '{root}' does not exist; make it with `mapo-data precompute --input PAIRS --output {root}`.")
+        raise UserError(
+            f"Latent folder '{root}' does not exist; make it with `mapo-data precompute --input PAIRS --output {root}`."
+        )
     manifest = read_manifest(root)
     if manifest is not None and manifest.get("stage") == STAGE and "latents" not in manifest:
-        raise UserError(f"'{root}' is an unfinished `mapo-data precompute` output; rerun the same command to finish it.")
+        raise UserError(
+            f"'{root}' is an unfinished `mapo-data precompute` output; rerun the same command to finish it."
+        )
     if manifest is not None and manifest.get("stage") == "generate":
         raise UserError(f"'{root}' is a `mapo-data generate` output (pairs without labels); label it first "
                         f"(`mapo-data label --input {root} --output LABELED/ --target style|safety`), then run "
                         "`mapo-data precompute --input LABELED/ --output LATENTS/` and pass LATENTS/.")
     if manifest is None or manifest.get("stage") != STAGE or "latents" not in manifest:
-        what = f"a `mapo-data {manifest['stage']}` output" if manifest and manifest.get("stage") else "not a mapo-data output"
+        what = (
+            f"a `mapo-data {manifest['stage']}` output"
+            if manifest and manifest.get("stage")
+            else "not a mapo-data output"
+        )
         raise UserError(
             f"'{root}' is not a latent folder ({what}); run `mapo-data precompute --input {root} --output LATENTS/` "
             "first and pass LATENTS/ instead."
@@ -252,7 +263,10 @@ def open_latents(root: str | Path, allow_partial: bool = False) -> "LatentDatase
     manifest = _read_latent_manifest(root)
     if manifest.get("status") != "complete" and not allow_partial:
         done, total = len(manifest.get("completed_shards", [])), manifest.get("num_shards")
-        raise UserError(f"'{root}' is incomplete ({done} of {total} shards); rerun the same `mapo-data precompute` command to finish it.")
+        raise UserError(
+            f"'{root}' is incomplete ({done} of {total} shards); rerun the same `mapo-data precompute` command to "
+            "finish it."
+        )
     return LatentDataset(root, manifest)
 
 
@@ -405,7 +419,9 @@ class PairSampler:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"Bad sampler settings: batch_size={batch_size}, rank={rank}, world_size={world_size}.")
         if num_items < 1 or (drop_last and num_items < batch_size * world_size):
-            raise UserError(f"{num_items} pairs is fewer than one global batch ({batch_size} x {world_size} processes).")
+            raise UserError(
+                f"{num_items} pairs is fewer than one global batch ({batch_size} x {world_size} processes)."
+            )
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.rank, self.world_size, self.drop_last, self.flip = rank, world_size, drop_last, flip
         self.epoch = 0
@@ -443,7 +459,8 @@ class PairSampler:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_items": self.num_items,
-                "batch_size": self.batch_size, "world_size": self.world_size, "drop_last": self.drop_last, "flip": self.flip}
+                "batch_size": self.batch_size, "world_size": self.world_size, "drop_last": self.drop_last,
+                "flip": self.flip}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "num_items", "batch_size", "world_size", "drop_last", "flip"):

@@ -175,7 +175,9 @@ def _coerce_one(d: Declared, value):
         try:
             return d.base(value) if d.base is float or not isinstance(value, str) else int(value.strip())
         except (TypeError, ValueError):
-            raise UserError(f"{d.flag} must be {'an integer' if d.base is int else 'a number'}, got {value!r}.") from None
+            raise UserError(
+                f"{d.flag} must be {'an integer' if d.base is int else 'a number'}, got {value!r}."
+            ) from None
     if isinstance(value, (dict, list)):
         raise UserError(f"{d.flag} must be text, got {value!r}.")
     return str(value)
@@ -430,7 +432,9 @@ def command(app, cls: type, *, name: str | None = None) -> Callable:
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
         params += [_cli_parameter(d) for d in declared]
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-                                        default=typer.Option(None, "--config", help=CONFIG_HELP, rich_help_panel="Config")))
+                                        default=typer.Option(
+                                            None, "--config", help=CONFIG_HELP, rich_help_panel="Config"
+                                        )))
         functools.update_wrapper(run, fn, assigned=("__module__", "__name__", "__qualname__", "__doc__"), updated=())
         run.__signature__ = inspect.Signature(params)  # typer reads these, not fn's (cfg: cls)
         run.__annotations__ = {p.name: p.annotation for p in params}

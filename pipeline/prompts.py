@@ -55,7 +55,9 @@ def _pick_column(columns: list[str], column: str | None, source: str) -> str:
     for name in DEFAULT_COLUMNS:
         if name in columns:
             return name
-    raise UserError(f"{source} has no 'caption' or 'prompt' column; name one with --prompt-column (columns: {', '.join(columns)}).")
+    raise UserError(
+        f"{source} has no 'caption' or 'prompt' column; name one with --prompt-column (columns: {', '.join(columns)})."
+    )
 
 
 def _read_file(path: Path, column: str | None) -> list:

@@ -42,7 +42,9 @@ def parse_reward(spec: str, known: Sequence[str]) -> dict[str, float]:
     """
     parts = [p.strip() for p in str(spec).split(",") if p.strip()]
     if not parts:
-        raise UserError(f"--reward is empty; name a judge ({', '.join(known)}) or a weighted sum like 'pickscore:1,hps:0.5'.")
+        raise UserError(
+            f"--reward is empty; name a judge ({', '.join(known)}) or a weighted sum like 'pickscore:1,hps:0.5'."
+        )
     weights: dict[str, float] = {}
     for part in parts:
         name, sep, weight_text = (s.strip() for s in part.partition(":"))
@@ -154,7 +156,9 @@ def _judged(a: int, b: int, rewards: Sequence[float], min_gap: float) -> Candida
     return CandidatePair(chosen, rejected, gap, reason)
 
 
-def pair_candidates(rewards: Sequence[float | None], rule: str = "best-worst", min_gap: float = 0.0) -> list[CandidatePair]:
+def pair_candidates(
+    rewards: Sequence[float | None], rule: str = "best-worst", min_gap: float = 0.0
+) -> list[CandidatePair]:
     """The pairs one prompt's candidates give under ``rule``, kept and dropped, in a fixed order.
 
     ``rewards[i]`` is candidate i's reward, None for a candidate that could not be scored (left out).

@@ -95,7 +95,9 @@ class NudeNetClassifier:
     ):
         nudenet = require("nudenet", "NudeNet safety labeling")
         if model_path is not None and not os.path.isfile(model_path):
-            raise ModelNotFoundError(f"NudeNet ONNX model not found: {model_path}; omit it to use the model in the nudenet wheel")
+            raise ModelNotFoundError(
+                f"NudeNet ONNX model not found: {model_path}; omit it to use the model in the nudenet wheel"
+            )
         default = os.path.join(os.path.dirname(nudenet.__file__), "320n.onnx")
         with reading_weights(model_path or default, "NudeNet ONNX model"):
             self.detector = nudenet.NudeDetector(model_path=model_path)
@@ -217,11 +219,16 @@ def _load_sd_safety_checker(source: str):
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
-    how = "download it (hf download <id>) or pass a local folder with config.json, the weights and preprocessor_config.json"
+    how = (
+        "download it (hf download <id>) or pass a local folder with config.json, the weights and "
+        "preprocessor_config.json"
+    )
     path = os.path.expanduser(source)
     if os.path.isdir(path):
         model_dir = proc_dir = path
-        if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "safety_checker")):
+        if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
+            os.path.join(path, "safety_checker")
+        ):
             model_dir = os.path.join(path, "safety_checker")
             proc_dir = os.path.join(path, "feature_extractor")
         kwargs = {}
@@ -238,7 +245,9 @@ def _load_sd_safety_checker(source: str):
             processor = CLIPImageProcessor.from_pretrained(proc_dir, **kwargs)
     except (OSError, ValueError) as exc:
         where = "a local folder" if not kwargs else ("the Hugging Face cache (offline)" if hub_offline() else "the hub")
-        raise ModelNotFoundError(f"SD safety checker '{source}' not found in {where}: {_one_line(exc)}; {how}") from None
+        raise ModelNotFoundError(
+            f"SD safety checker '{source}' not found in {where}: {_one_line(exc)}; {how}"
+        ) from None
     return model, processor
 
 
@@ -293,6 +302,8 @@ def load_safety_classifier(
         from pipeline.world.judges import WorldUnsafeJudge
 
         if source is not None:
-            raise UserError("world-unsafe is an image measure with no weights: drop --classifier-source / --safety-source")
+            raise UserError(
+                "world-unsafe is an image measure with no weights: drop --classifier-source / --safety-source"
+            )
         return WorldUnsafeJudge(**kwargs)
     raise UserError(f"unknown safety classifier '{name}'; valid names: {', '.join(SAFETY_CLASSIFIERS)}")

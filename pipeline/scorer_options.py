@@ -31,7 +31,9 @@ class ScorerOptions:
 
     aesthetic_weights: str = option(AESTHETIC_WEIGHTS_URL, panel=PANEL_WEIGHTS, help=(
         "Aesthetic MLP .pth: local file, URL or org/repo/file (default: LAION's sac+logos+ava1-l14-linearMSE.pth)."))
-    aesthetic_clip_model: str = option("ViT-L-14", panel=PANEL_WEIGHTS, help="open_clip model for the aesthetic embeddings.")
+    aesthetic_clip_model: str = option(
+        "ViT-L-14", panel=PANEL_WEIGHTS, help="open_clip model for the aesthetic embeddings."
+    )
     aesthetic_clip_pretrained: str | None = option("openai", panel=PANEL_WEIGHTS, help="Its tag or local weights file.")
     hps_clip_model: str = option("ViT-H-14", panel=PANEL_WEIGHTS, help="open_clip model HPS was trained on.")
     hps_weights: str = option(HPS_WEIGHTS, panel=PANEL_WEIGHTS,
@@ -70,7 +72,9 @@ class ScorerOptions:
             defaults = ScorerOptions()
             kept = {k: getattr(out, k) for k in _KEPT_WITH_TINY if getattr(out, k) != getattr(defaults, k)}
             common = {f.name: getattr(out, f.name) for f in fields(out)
-                      if f.name in ("style_text", "opposite_text", "style", "safety_classifier", "safety_source", "batch_size")}
+                      if f.name in (
+                          "style_text", "opposite_text", "style", "safety_classifier", "safety_source", "batch_size"
+                      )}
             out = tiny_scorer_options(**common, **kept)
         return out
 
@@ -79,7 +83,9 @@ class ScorerOptions:
         prefixes = {"aesthetic": ("aesthetic_",), "hps": ("hps_",), "pickscore": ("pickscore_",),
                     "clip": ("clip_",), "style": ("style_", "opposite_"), "safety": ("safety_",)}
         exact = {"world-style": ("style",), "world-prompt": (), "world-unsafe": ()}
-        out = {k: v for k, v in self.__dict__.items() if any(k.startswith(p) for m in metrics for p in prefixes.get(m, ()))}
+        out = {
+            k: v for k, v in self.__dict__.items() if any(k.startswith(p) for m in metrics for p in prefixes.get(m, ()))
+        }
         out.update({k: getattr(self, k) for m in metrics for k in exact.get(m, ())})
         if any(m.startswith("world-") for m in metrics):
             from pipeline.world.judges import JUDGE_VERSION
@@ -117,5 +123,6 @@ def check_prompts(metrics: Sequence[str], prompts: Sequence[str], resolution: in
         WorldPromptJudge.check_prompts(prompts)
     world = [m for m in metrics if m.startswith("world-")]
     if world and resolution is not None and resolution != WORLD_SIZE:
-        raise UserError(f"{', '.join(world)} read{'s' if len(world) == 1 else ''} {WORLD_SIZE} px images (the miniature "
+        raise UserError(
+            f"{', '.join(world)} read{'s' if len(world) == 1 else ''} {WORLD_SIZE} px images (the miniature "
                         f"world's size), not {resolution}: pass --resolution {WORLD_SIZE}")

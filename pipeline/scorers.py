@@ -108,12 +108,16 @@ def resolve_weights_file(spec: str, what: str) -> str:
         if cached.is_file():
             return str(cached)
         if hub_offline():
-            raise ModelNotFoundError(f"{what} weights not found: {cached} is not cached (offline; source {spec}); {how}")
+            raise ModelNotFoundError(
+                f"{what} weights not found: {cached} is not cached (offline; source {spec}); {how}"
+            )
         try:
             with atomic_write(cached) as tmp:
                 torch.hub.download_url_to_file(spec, str(tmp), progress=False)
         except Exception as exc:  # noqa: BLE001 - any download failure is one line
-            raise ModelNotFoundError(f"{what} weights could not be downloaded from {spec}: {one_line(exc, 200)}; {how}") from None
+            raise ModelNotFoundError(
+                f"{what} weights could not be downloaded from {spec}: {one_line(exc, 200)}; {how}"
+            ) from None
         return str(cached)
     parts = spec.split("/")
     if len(parts) >= 3 and not spec.startswith(("/", ".", "~")) and not path.exists():
@@ -124,7 +128,9 @@ def resolve_weights_file(spec: str, what: str) -> str:
             return hf_hub_download(repo, filename, local_files_only=hub_offline())
         except Exception as exc:  # noqa: BLE001 - offline miss, unknown repo, network: one line
             where = "the Hugging Face cache (offline)" if hub_offline() else "the hub"
-            raise ModelNotFoundError(f"{what} weights {spec} not found in {where}: {one_line(exc, 200)}; {how}") from None
+            raise ModelNotFoundError(
+                f"{what} weights {spec} not found in {where}: {one_line(exc, 200)}; {how}"
+            ) from None
     raise ModelNotFoundError(f"{what} weights file not found: {spec}; {how}")
 
 
@@ -196,7 +202,9 @@ def load_aesthetic_mlp(weights: str) -> torch.nn.Module:
         mlp.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError, AttributeError, OSError) as exc:
         # pickle/zip errors also land here: the file is not an aesthetic-predictor state dict
-        raise UserError(f"{file} is not an aesthetic predictor state dict (layers.0.weight ... layers.7.bias): {one_line(exc, 200)}") from None
+        raise UserError(
+            f"{file} is not an aesthetic predictor state dict (layers.0.weight ... layers.7.bias): {one_line(exc, 200)}"
+        ) from None
     return mlp
 
 
@@ -235,7 +243,9 @@ class PickScorer:
     threshold = None
 
     def __init__(self, model, processor, device, batch_size: int = 16):
-        self.model, self.processor, self.device, self.batch_size = model.to(device).eval(), processor, device, batch_size
+        self.model, self.processor, self.device, self.batch_size = (
+            model.to(device).eval(), processor, device, batch_size
+        )
 
     @staticmethod
     def _features(out) -> torch.Tensor:
@@ -251,10 +261,16 @@ class PickScorer:
                 ims = [im.convert("RGB") for im in images[start : start + self.batch_size]]
                 txt = list(prompts[start : start + self.batch_size])
                 pix = self.processor(images=ims, return_tensors="pt").pixel_values.to(self.device)
-                tok = self.processor(text=txt, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
-                img = torch.nn.functional.normalize(self._features(self.model.get_image_features(pixel_values=pix)).float(), dim=-1)
+                tok = self.processor(
+                    text=txt, padding=True, truncation=True, max_length=77, return_tensors="pt"
+                ).to(self.device)
+                img = torch.nn.functional.normalize(
+                    self._features(self.model.get_image_features(pixel_values=pix)).float(), dim=-1
+                )
                 tx = torch.nn.functional.normalize(
-                    self._features(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)).float(), dim=-1
+                    self._features(
+                        self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+                    ).float(), dim=-1
                 )
                 scores += (scale * (img * tx).sum(-1)).cpu().tolist()
         return scores
@@ -283,7 +299,9 @@ def load_pickscore(model_id: str, processor_id: str, device) -> PickScorer:
         with reading_weights(processor_id, f"PickScore processor '{processor_id}'"):
             processor = CLIPProcessor.from_pretrained(processor_id, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"PickScore model '{model_id}' / processor '{processor_id}' not found: {one_line(exc, 200)}; {how}") from None
+        raise ModelNotFoundError(
+            f"PickScore model '{model_id}' / processor '{processor_id}' not found: {one_line(exc, 200)}; {how}"
+        ) from None
     check_tokenizer(processor.tokenizer, f"PickScore processor '{processor_id}'")
     return PickScorer(model, processor, device)
 
@@ -294,7 +312,9 @@ class StyleScorer:
     name = "style"
     higher_is_better = True
 
-    def __init__(self, embedder: ClipEmbedder, style_text: str, opposite_text: str, threshold: float = 0.0, batch_size: int = 16):
+    def __init__(
+        self, embedder: ClipEmbedder, style_text: str, opposite_text: str, threshold: float = 0.0, batch_size: int = 16
+    ):
         self.embedder, self.style_text, self.opposite_text = embedder, style_text, opposite_text
         self.threshold, self.batch_size = float(threshold), batch_size
 
@@ -332,7 +352,9 @@ def judge_provenance(metric: str, options: ScorerOptions) -> str:
                 "world-unsafe": "miniature-world judge (image measures)"}[options.safety_classifier]
     if options.tiny:
         return "TINY RANDOM WEIGHTS (tests/demo): the numbers do not measure anything"
-    sources = {k: v for k, v in options.describe([metric]).items() if k.endswith(("weights", "model", "pretrained", "source", "processor"))}
+    sources = {k: v for k, v in options.describe([metric]).items() if k.endswith(
+        ("weights", "model", "pretrained", "source", "processor")
+    )}
     return "real weights: " + ", ".join(f"{k}={v}" for k, v in sources.items())
 
 
@@ -343,7 +365,9 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
     if "style" in names and not opts.style_text:
         raise UserError("the style metric needs a style text (--style cartoon|pixel or --style-text)")
     if "world-style" in names and opts.style not in WORLD_STYLES:
-        raise UserError(f"the world-style metric needs the look it checks (--style {'|'.join(WORLD_STYLES)}), got {opts.style!r}")
+        raise UserError(
+            f"the world-style metric needs the look it checks (--style {'|'.join(WORLD_STYLES)}), got {opts.style!r}"
+        )
     dev = resolve_device(str(device))
     quiet_hub_progress()
     embedders: dict[tuple, ClipEmbedder] = {}
@@ -361,8 +385,8 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
             emb = embedder(opts.aesthetic_clip_model, opts.aesthetic_clip_pretrained)
             if emb.embed_dim and emb.embed_dim != mlp.layers[0].in_features:
                 raise UserError(
-                    f"aesthetic MLP takes {mlp.layers[0].in_features}-d embeddings but {opts.aesthetic_clip_model} gives "
-                    f"{emb.embed_dim}-d; the predictor v2 goes with ViT-L-14 (openai)"
+                    f"aesthetic MLP takes {mlp.layers[0].in_features}-d embeddings but {opts.aesthetic_clip_model} "
+                    f"gives {emb.embed_dim}-d; the predictor v2 goes with ViT-L-14 (openai)"
                 )
             scorers[name] = AestheticScorer(emb, mlp, bs)
         elif name == "hps":
@@ -378,7 +402,9 @@ def load_scorers(names: Sequence[str], options: ScorerOptions | None = None, dev
         elif name == "safety":
             from pipeline.safety import load_safety_classifier
 
-            scorers[name] = SafetyScorer(load_safety_classifier(opts.safety_classifier, opts.safety_source, device=str(dev)))
+            scorers[name] = SafetyScorer(
+                load_safety_classifier(opts.safety_classifier, opts.safety_source, device=str(dev))
+            )
         elif name == "world-style":
             scorers[name] = WorldStyleJudge(opts.style)
         elif name == "world-prompt":
@@ -440,7 +466,8 @@ def build_tiny_pickscore(directory: str | os.PathLike, seed: int = 0) -> Path:
     tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2}
     config = CLIPConfig(
         text_config={**tower, "vocab_size": CLIP_VOCAB_SIZE, "max_position_embeddings": 77,
-                     "bos_token_id": CLIP_VOCAB_SIZE - 2, "eos_token_id": CLIP_VOCAB_SIZE - 1, "pad_token_id": CLIP_VOCAB_SIZE - 1},
+                     "bos_token_id": CLIP_VOCAB_SIZE - 2, "eos_token_id": CLIP_VOCAB_SIZE - 1,
+                     "pad_token_id": CLIP_VOCAB_SIZE - 1},
         vision_config={**tower, "image_size": 32, "patch_size": 8},
         projection_dim=16,
     )
@@ -460,7 +487,9 @@ def build_tiny_pickscore(directory: str | os.PathLike, seed: int = 0) -> Path:
     return directory
 
 
-def tiny_scorer_options(directory: str | os.PathLike | None = None, style_text: str | None = None, **overrides) -> ScorerOptions:
+def tiny_scorer_options(
+    directory: str | os.PathLike | None = None, style_text: str | None = None, **overrides
+) -> ScorerOptions:
     """ScorerOptions whose every model is tiny and random, built offline once under ``directory``.
 
     For tests, the demo and the CPU benchmark: the real loading and scoring code runs, only the

@@ -306,7 +306,9 @@ def input_split(spec: str | Path, split: str = SPLIT) -> tuple[str, list[Path]]:
     elif path.is_dir():
         found = folder_splits(path)
         if len(found) > 1 and split not in found:
-            raise UserError(f"{spec} holds the splits {', '.join(found)} but no '{split}'; pass --split with one of them.")
+            raise UserError(
+                f"{spec} holds the splits {', '.join(found)} but no '{split}'; pass --split with one of them."
+            )
         name, files = (split, found[split]) if split in found else next(iter(found.items()), (split, []))
     elif path.exists():
         name, files = split, [path]

@@ -63,5 +63,6 @@ def read_text(path: str | Path, what: str = "text file") -> str:
     if "\x00" in text:  # valid UTF-8, but no text file holds NULs: ASCII saved as UTF-16 without a BOM
         looks, iconv = _likely_encoding(data)
         raise UserError(f"{what} {path} holds NUL bytes (line {text[: text.index(chr(0))].count(chr(10)) + 1}); "
-                        f"it looks like {looks}. Convert it to UTF-8, e.g. iconv -f {iconv} -t UTF-8 {path} > converted{path.suffix}")
+                        f"it looks like {looks}. Convert it to UTF-8, e.g. iconv -f {iconv} -t UTF-8 {path} > "
+                        f"converted{path.suffix}")
     return text

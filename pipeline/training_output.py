@@ -86,7 +86,9 @@ def load_unet(output: TrainingOutput, dtype=None):
         with reading_weights(folder, f"candidate {output.name}"):
             return UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"candidate {output.name}: could not load {folder}: {' '.join(str(exc).split())[:200]}") from None
+        raise UserError(
+            f"candidate {output.name}: could not load {folder}: {' '.join(str(exc).split())[:200]}"
+        ) from None
 
 
 def load_lora(pipe, output: TrainingOutput) -> None:

@@ -120,7 +120,9 @@ def diagnose_file(path: str | os.PathLike) -> str | None:
         return None
     if suffix in _TORCH_SUFFIXES:
         if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
-            return None if zipfile.is_zipfile(path) else "an incomplete zip archive (torch.save's format): it has no end"
+            return None if zipfile.is_zipfile(path) else (
+                "an incomplete zip archive (torch.save's format): it has no end"
+            )
         if not head.startswith(b"\x80"):  # nor a pickle (the legacy torch format)
             return "not a PyTorch file (neither the zip archive torch.save writes nor a pickle)"
     return None
@@ -261,8 +263,8 @@ def reading_weights(source, what: str | None = None, fix: str = DEFAULT_FIX) -> 
     """Run a weights loader; an unreadable file becomes one :class:`WeightsFileError` line.
 
     ``source``: the file or folder the loader reads (a hub id is looked up in the local cache);
-    ``what``: what is being loaded, for the message; ``fix``: the advice that ends it. Raises :class:`WeightsFileError` naming the
-    file when the loader fails on a truncated, empty or wrong-format file (see the module doc);
+    ``what``: what is being loaded, for the message; ``fix``: the advice that ends it. Raises :class:`WeightsFileError`
+    naming the file when the loader fails on a truncated, empty or wrong-format file (see the module doc);
     a :class:`UserError` and every exception that is not about a bad file propagate unchanged.
     """
     try:

@@ -51,18 +51,23 @@ def real_scorers(device, metrics, batch_size):
             out[m] = HpsScorer(embedder("ViT-H-14"), batch_size)
         elif m == "pickscore":
             cfg = CLIPConfig(
-                text_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-                             "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "gelu"},
-                vision_config={"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
-                               "image_size": 224, "patch_size": 14, "hidden_act": "gelu"},
+                text_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                             "num_attention_heads": 16, "vocab_size": 49408, "max_position_embeddings": 77,
+                             "hidden_act": "gelu"},
+                vision_config={"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                               "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "gelu"},
                 projection_dim=1024,
             )
             tok = build_clip_tokenizer(Path(tempfile.mkdtemp()))
-            out[m] = PickScorer(CLIPModel(cfg), CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok), device, batch_size)
+            out[m] = PickScorer(
+                CLIPModel(cfg), CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok), device, batch_size
+            )
         elif m == "clip":
             out[m] = ClipScoreScorer(embedder("ViT-L-14"), batch_size)
         elif m == "style":
-            out[m] = StyleScorer(embedder("ViT-B-32"), "a pixel art style image", "a realistic photo", batch_size=batch_size)
+            out[m] = StyleScorer(
+                embedder("ViT-B-32"), "a pixel art style image", "a realistic photo", batch_size=batch_size
+            )
         elif m == "safety":
             from pipeline.safety import NudeNetClassifier
 
@@ -75,8 +80,12 @@ def real_scorers(device, metrics, batch_size):
             checker = SDSafetyChecker.__new__(SDSafetyChecker)  # real-size model, random weights, no loading
             vit_l = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
                      "image_size": 224, "patch_size": 14}
-            checker.model = StableDiffusionSafetyChecker(CLIPConfig(vision_config=vit_l, projection_dim=768)).to(device).eval()
-            checker.processor, checker.device, checker.threshold, checker.batch_size = CLIPImageProcessor(), device, 0.0, batch_size
+            checker.model = StableDiffusionSafetyChecker(
+                CLIPConfig(vision_config=vit_l, projection_dim=768)
+            ).to(device).eval()
+            checker.processor, checker.device, checker.threshold, checker.batch_size = (
+                CLIPImageProcessor(), device, 0.0, batch_size
+            )
             checker._torch = torch
             scorer = SafetyScorer(checker)
             scorer.name = "safety-sd"
@@ -103,7 +112,9 @@ def main():
     device = resolve_device(args.device)
     metrics = [m for m in args.metrics.split(",") if m]
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(args.images)]
+    images = [
+        Image.fromarray(rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(args.images)
+    ]
     prompts = [f"a photo of object number {i} on a table, studio light" for i in range(args.images)]
     if args.arch == "tiny":
         from dataclasses import replace
@@ -115,10 +126,14 @@ def main():
         scorers = load_scorers(base, opts, device)
         if "safety-sd" in metrics:
             scorers["safety-sd"] = load_scorers(["safety"], replace(opts, safety_classifier="sd-safety-checker",
-                                                                    safety_source=tiny_safety_checker_dir(opts)), device)["safety"]
+                                                                    safety_source=tiny_safety_checker_dir(opts)),
+                                                device)["safety"]
     else:
         scorers = real_scorers(device, metrics, args.batch_size)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.images} images of {args.size}px, arch {args.arch}")
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, {args.images} images of {args.size}px, "
+        f"arch {args.arch}"
+    )
     for name, scorer in scorers.items():
         scorer.score(images[:1], prompts[:1])  # warm-up (first-call allocations, lazy init)
         if device.type == "cuda":

@@ -37,11 +37,13 @@ def main() -> None:
                           batch_invariant=invariant)
             run_generate(GenerateConfig(output=os.path.join(tmp, f"warm{invariant}"), limit=args.batch_size,
                                         shard_size=args.batch_size, **common))
-            r = run_generate(GenerateConfig(output=os.path.join(tmp, f"run{invariant}"), shard_size=max(1, args.pairs // 2), **common))
+            r = run_generate(GenerateConfig(
+                output=os.path.join(tmp, f"run{invariant}"), shard_size=max(1, args.pairs // 2), **common
+            ))
             mode = "batch-invariant" if invariant else "batched"
             print(f"{args.model} {args.resolution}px {args.steps} steps batch {args.batch_size} {mode:>15}: "
-                  f"{r.pairs_per_second:.3f} pairs/s, {100 * r.outside_pipeline_share:.1f}% of time outside the pipeline call "
-                  f"({r.pairs_written} pairs in {r.loop_seconds:.1f}s)")
+                  f"{r.pairs_per_second:.3f} pairs/s, {100 * r.outside_pipeline_share:.1f}% of time outside the "
+                  f"pipeline call ({r.pairs_written} pairs in {r.loop_seconds:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def write_input(folder: Path, pairs: int, size: int, shards: int = 2) -> None:
     per = -(-pairs // shards)
     for k in range(shards):
         n = min(per, pairs - k * per)
-        rows = [(f"benchmark caption {(k * per + i) // 4 * 4}", png(size + size // 4, size), png(size, size + size // 8)) for i in range(n)]
+        rows = [(f"benchmark caption {(k * per + i) // 4 * 4}", png(size + size // 4, size),
+                 png(size, size + size // 8)) for i in range(n)]
         table = pa.table({"caption": [r[0] for r in rows], "jpg_0": pa.array([r[1] for r in rows], pa.binary()),
                           "jpg_1": pa.array([r[2] for r in rows], pa.binary()),
                           "label_0": pa.array([1] * n, pa.int64()), "label_1": pa.array([0] * n, pa.int64())})
@@ -73,10 +74,14 @@ def main() -> None:
         run_precompute(PrecomputeConfig(input=str(tmp / "warm"), output=str(tmp / "warm-out"), **common))
         r = run_precompute(PrecomputeConfig(input=str(tmp / "input"), output=str(tmp / "out"), **common))
         data = tmp / "out" / "data"
-        pair_bytes = sum(p.stat().st_size for p in data.glob("*.latents.npy")) + sum(p.stat().st_size for p in data.glob("*.parquet"))
-        text_bytes = sum(p.stat().st_size for kind in ("prompt_embeds", "pooled", "captions") for p in data.glob(f"*.{kind}.*"))
+        pair_bytes = (sum(p.stat().st_size for p in data.glob("*.latents.npy"))
+                      + sum(p.stat().st_size for p in data.glob("*.parquet")))
+        text_bytes = sum(
+            p.stat().st_size for kind in ("prompt_embeds", "pooled", "captions") for p in data.glob(f"*.{kind}.*")
+        )
         print(f"{args.model} {args.resolution}px batch {args.batch_size} {args.storage_dtype} flip={args.flip}: "
-              f"{r.pairs_per_second:.2f} pairs/s ({r.pairs_written} pairs in {r.loop_seconds:.2f}s, {r.seconds:.1f}s with loading), "
+              f"{r.pairs_per_second:.2f} pairs/s ({r.pairs_written} pairs in {r.loop_seconds:.2f}s, "
+              f"{r.seconds:.1f}s with loading), "
               f"{pair_bytes / r.pairs_written:,.0f} bytes/pair on disk (latents + pair table, text excluded), "
               f"{text_bytes / max(r.captions_encoded, 1):,.0f} bytes per distinct caption")
         row_overhead = (pair_bytes - r.latent_bytes) / r.pairs_written

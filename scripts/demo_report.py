@@ -34,7 +34,9 @@ def _loss_curve(metrics_file: Path, png: Path) -> dict:
     if "implicit_acc" in rows[0]:
         acc = [r["implicit_acc"] for r in rows]
         window = 20  # per-step accuracy over a small batch is noisy: show a running mean too
-        running = [sum(acc[max(0, i - window + 1): i + 1]) / len(acc[max(0, i - window + 1): i + 1]) for i in range(len(acc))]
+        running = [
+            sum(acc[max(0, i - window + 1): i + 1]) / len(acc[max(0, i - window + 1): i + 1]) for i in range(len(acc))
+        ]
         axes[1].plot(steps, acc, alpha=0.3, label="per step")
         axes[1].plot(steps, running, label=f"mean of last {window}")
         axes[1].legend()
@@ -73,23 +75,29 @@ def main(out: Path) -> Path:
     for stage in ("pairs", "pick-style", "latents"):
         m = _manifest(out / stage)
         if m:
-            lines.append(f"- `{stage}/` ({m.get('stage')}): {m.get('status')}, {len(m.get('completed_shards', []))} shards, totals {json.dumps(m.get('totals', {}), sort_keys=True)}")
+            lines.append(
+                f"- `{stage}/` ({m.get('stage')}): {m.get('status')}, {len(m.get('completed_shards', []))} shards, "
+                f"totals {json.dumps(m.get('totals', {}), sort_keys=True)}"
+            )
     lines.append("")
     metrics = out / "run" / "metrics.jsonl"
     if metrics.exists():
         last = _loss_curve(metrics, out / "loss_curve.png")
         lines += ["## Training", "", "![loss curve](loss_curve.png)", "",
-                  "Last logged step: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()), ""]
+                  "Last logged step: "
+                  + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()), ""]
         val_rows = [json.loads(line) for line in metrics.read_text().splitlines() if '"val/' in line]
         if val_rows:
             lines += ["Validation images (held-out captions, fixed seeds) scored by the world's judges:", "",
                       "| step | " + " | ".join(k for k in val_rows[0] if k != "step") + " |",
                       "|---" * len(val_rows[0]) + "|"]
-            lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in val_rows]
+            lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
+                      for r in val_rows]
             lines.append("")
     grid = out / "run" / "validation" / "before_after.png"
     if grid.exists():
-        lines += ["## Before / after (validation prompts, fixed seeds)", "", "![before/after](run/validation/before_after.png)", ""]
+        lines += ["## Before / after (validation prompts, fixed seeds)", "",
+                  "![before/after](run/validation/before_after.png)", ""]
     summary = out / "eval" / "summary.json"
     if summary.exists():
         lines += ["## Evaluation (held-out captions, paired seeds)", ""] + _evaluation(json.loads(summary.read_text()))

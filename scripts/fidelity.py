@@ -9,7 +9,8 @@ Diffusion-DPO (full reference), SFT and Diffusion-KTO (chosen = desirable, rejec
 undesirable) with the same data, steps, batch, learning rate and seed, SPO trains online from the same
 train captions with the dataset's judge as its preference model, and ``mapo-eval`` compares each with
 the base on the 12 held-out captions (never seen by the base model) with paired seeds. Then it checks
-the judges (on fresh renders and on the base model's own generations) and writes ``report.md``, ``fidelity.json``, image grids and loss curves.
+the judges (on fresh renders and on the base model's own generations) and writes ``report.md``, ``fidelity.json``, image
+grids and loss curves.
 
 A benchmark, not a test: it prints what the world shows, whichever way it goes.
 """
@@ -121,8 +122,8 @@ def run_dataset(run: Runner, name: str, spec: dict) -> None:
     split, prefix = spec["eval_prompts"]
     eval_prompts = captions_file(run, split, prefix)
     run(f"{name}: eval", "mapo-eval", *[x for o in objectives for x in ("--candidate", root / "runs" / o)],
-        "--prompts", eval_prompts, "--output", root / "eval", "--metrics", ",".join(spec["metrics"]), *spec["eval_extra"],
-        *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12, "--overwrite")
+        "--prompts", eval_prompts, "--output", root / "eval", "--metrics", ",".join(spec["metrics"]),
+        *spec["eval_extra"], *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12, "--overwrite")
 
 
 def main(out: Path) -> Path:

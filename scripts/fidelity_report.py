@@ -41,7 +41,8 @@ def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:
     """Every model's rates, for the models this dataset's eval has."""
     summary = json.loads((out / dataset / "eval" / "summary.json").read_text())
     present = next(iter(summary["metrics"].values()))["per_model"]
-    return {model: {key: _interval(summary["metrics"][metric]["per_model"][model]) for key, metric in RATES[dataset].items()}
+    return {model: {key: _interval(summary["metrics"][metric]["per_model"][model])
+                    for key, metric in RATES[dataset].items()}
             for model in models if model in present}
 
 
@@ -72,7 +73,8 @@ def loss_curves(out: Path, dataset: str, objectives: tuple[str, ...] = OLD_OBJEC
 
     fig, axes = plt.subplots(1, len(objectives), figsize=(4.7 * len(objectives), 3.6), sharey=True)
     for ax, objective in zip(axes, objectives):
-        rows = [json.loads(x) for x in (out / dataset / "runs" / objective / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        rows = [json.loads(x) for x in (out / dataset / "runs" / objective / "metrics.jsonl").read_text().splitlines()
+                if x.strip()]
         rows = [r for r in rows if "loss" in r]
         steps = [r["step"] for r in rows]
         for key in ERROR_KEYS.get(objective, ("e_w", "e_l")):
@@ -115,7 +117,8 @@ def training_trace(out: Path, dataset: str, objectives: tuple[str, ...] = OLD_OB
     trace = {}
     for objective in objectives:
         keys = ERROR_KEYS.get(objective, ("e_w", "e_l"))
-        rows = [json.loads(x) for x in (out / dataset / "runs" / objective / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        rows = [json.loads(x) for x in (out / dataset / "runs" / objective / "metrics.jsonl").read_text().splitlines()
+                if x.strip()]
         rows = [r for r in rows if keys[0] in r]
         t = {key: (sum(r[key] for r in rows[:10]) / len(rows[:10]), sum(r[key] for r in rows[-10:]) / len(rows[-10:]))
              for key in keys if rows and key in rows[0]}
@@ -169,7 +172,8 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
     lines = ["# Fidelity: the MaPO paper's experiment in the miniature world", "",
              f"Base model `shapes-sdxl` (pretrained on the world, committed); held-out captions only; "
              f"every model gets the same seeds. Judges: the world's image measures (`pipeline/world/judges.py`), "
-             f"no weights. Intervals: 95%, bootstrap over prompts (a prompt's 8 seeds drawn together), widened to cover the Wilson score interval. Total time {seconds / 60:.1f} min.", "",
+             "no weights. Intervals: 95%, bootstrap over prompts (a prompt's 8 seeds drawn together), widened to "
+             f"cover the Wilson score interval. Total time {seconds / 60:.1f} min.", "",
              "Settings: `" + json.dumps(settings) + "`", ""]
     for name, rates in RATES.items():
         keys = list(rates)
@@ -185,7 +189,9 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
     lines += ["## What the world shows", "", "95% intervals that do not overlap count as a difference.", "",
               *findings(result, {name: training_trace(out, name, objectives) for name in RATES}, objectives), "",
               "Why, as far as we can tell: README.md, \"The miniature world\".", ""]
-    lines += ["## Judges", "", "| judge | agreement with the renderer (fresh renders) | with the prompt (base model's held-out generations) |",
+    lines += ["## Judges", "",
+              "| judge | agreement with the renderer (fresh renders) "
+              "| with the prompt (base model's held-out generations) |",
               "|---|---|---|"]
     for judge, a in judges["judges"].items():
         lines.append(f"| world-{judge} | {a['agreement_renders']:.3f} | {a['agreement_base_generations']:.3f} |")
@@ -208,4 +214,6 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
 if __name__ == "__main__":  # rewrite the report of an existing run from its fidelity.json
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "fidelity-output")
     previous = json.loads((target / "fidelity.json").read_text())
-    print(write_report(target, previous.get("timings", {}), previous.get("total_seconds", 0.0), previous.get("settings", {})))
+    print(write_report(
+        target, previous.get("timings", {}), previous.get("total_seconds", 0.0), previous.get("settings", {})
+    ))

@@ -30,7 +30,8 @@ Sections (``--sections``, default all, in this order; the first four are the "co
 
 Writes three files into ``--output``, rewritten after every section: ``results.json`` (each section's
 bench JSON, or the generation benchmark's text), ``summary.md`` (the tables, what ran, what was skipped
-and why, each section's wall time, so the next session can plan) and ``log.txt`` (everything printed). Dry run on a CPU, tiny model:
+and why, each section's wall time, so the next session can plan) and ``log.txt`` (everything printed).
+Dry run on a CPU, tiny model:
 
     python scripts/gpu_session.py --output /tmp/gpu-dry --model tiny-sdxl --device cpu --budget-s 600
 """

@@ -35,7 +35,9 @@ from fidelity import GUIDANCE, MODEL, RESOLUTION, Runner, captions_file  # noqa:
 
 
 def sampling(steps: int) -> list:
-    return ["--resolution", RESOLUTION, "--num-inference-steps", steps, "--guidance-scale", GUIDANCE, "--no-batch-invariant"]
+    return [
+        "--resolution", RESOLUTION, "--num-inference-steps", steps, "--guidance-scale", GUIDANCE, "--no-batch-invariant"
+    ]
 
 
 REPEAT = 4  # prompts per train caption (--keep-duplicates: each repeat gets its own seeds): 48 x 4 = 192 prompts
@@ -88,8 +90,8 @@ def run_experiment(run: Runner, name: str, spec: dict) -> dict:
     eval_prompts = captions_file(run, "heldout", None)
     run(f"{name}: generate", "mapo-data", "generate", "--prompts", train_prompts, "--keep-duplicates", "--output",
         root / "images", "--model", MODEL, *sample, *spec["generate"], "--shard-size", 48, "--batch-size", 8)
-    run(f"{name}: label", "mapo-data", "label", "--input", root / "images", "--output", root / "pairs", "--target", "reward",
-        *spec["label"], "--overwrite")
+    run(f"{name}: label", "mapo-data", "label", "--input", root / "images", "--output", root / "pairs",
+        "--target", "reward", *spec["label"], "--overwrite")
     run(f"{name}: precompute", "mapo-data", "precompute", "--input", root / "pairs", "--output", root / "latents",
         "--model", MODEL, "--resolution", RESOLUTION, "--overwrite")
     run(f"{name}: train", "mapo-train", "--data", root / "latents", "--model", MODEL, "--output-dir", root / "run",
@@ -105,28 +107,33 @@ def run_experiment(run: Runner, name: str, spec: dict) -> dict:
     return {
         "settings": {"num_inference_steps": spec["steps"], "guidance_scale": GUIDANCE, "generate": spec["generate"],
                      "label": spec["label"], "prompts": 48 * REPEAT, "train": TRAIN, "eval_seeds": EVAL_SEEDS},
-        "pairs": {k: totals.get(k) for k in ("rows_in", "kept", "rejected", "disagreements", "drop_reasons", "gap_histogram")},
-        "metrics": {m: paired_difference(root / "eval" / "scores.parquet", m, candidate, t) for m, t in spec["metrics"].items()},
+        "pairs": {
+            k: totals.get(k) for k in ("rows_in", "kept", "rejected", "disagreements", "drop_reasons", "gap_histogram")
+        },
+        "metrics": {
+            m: paired_difference(root / "eval" / "scores.parquet", m, candidate, t) for m, t in spec["metrics"].items()
+        },
         "win_rate": {m: summary["metrics"][m]["win_rate_vs_base"].get(candidate) for m in spec["metrics"]},
     }
 
 
 def report(results: dict, timings: dict) -> str:
     lines = ["# Reward-model labels + MaPO in the miniature world", "",
-             f"MaPO {TRAIN['max_steps']} steps, batch {TRAIN['batch_size']}, lr {TRAIN['learning_rate']}; the 12 held-out "
-             f"captions, {EVAL_SEEDS} paired seeds each, with the sampler the images were made with; 95% intervals from a "
-             "bootstrap over prompts.", ""]
+             f"MaPO {TRAIN['max_steps']} steps, batch {TRAIN['batch_size']}, lr {TRAIN['learning_rate']}; the 12 "
+             f"held-out captions, {EVAL_SEEDS} paired seeds each, with the sampler the images were made with; "
+             "95% intervals from a bootstrap over prompts.", ""]
     for name, r in results.items():
         s, p = r["settings"], r["pairs"]
         lines += [f"## {name}", "",
-                  f"`generate {' '.join(map(str, s['generate']))}` ({s['prompts']} prompts, {s['num_inference_steps']} steps, "
-                  f"guidance {s['guidance_scale']}), `label --target reward {' '.join(map(str, s['label']))}`: "
+                  f"`generate {' '.join(map(str, s['generate']))}` ({s['prompts']} prompts, {s['num_inference_steps']} "
+                  f"steps, guidance {s['guidance_scale']}), `label --target reward {' '.join(map(str, s['label']))}`: "
                   f"{p['kept']} pairs kept, {p['rejected']} dropped {p['drop_reasons'] or ''}, "
                   f"{p['disagreements']} reversing their recipe's label.", "",
                   "| judge | base mean | MaPO mean | MaPO - base (paired) | share above threshold, base -> MaPO |",
                   "|---|---|---|---|---|"]
         for m, x in r["metrics"].items():
-            cell = {k: f"{x[k]['mean']:.3f} [{x[k]['low']:.3f}, {x[k]['high']:.3f}]" for k in ("base", "trained", "difference")}
+            cell = {k: f"{x[k]['mean']:.3f} [{x[k]['low']:.3f}, {x[k]['high']:.3f}]"
+                    for k in ("base", "trained", "difference")}
             lines.append(f"| {m} | {cell['base']} | {cell['trained']} | {cell['difference']} | "
                          f"> {x['rate']['threshold']}: {x['rate']['base']:.2f} -> {x['rate']['trained']:.2f} |")
         lines.append("")

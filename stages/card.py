@@ -77,10 +77,16 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int, 
             "splits": [{"name": split, "num_bytes": size, "num_examples": kept}],
             "download_size": sum(f.stat().st_size for f in data), "dataset_size": size}
     gen_cfg = (source.manifest or {}).get("config", {})
-    generation = {k: gen_cfg[k] for k in GENERATION_KEYS if k in gen_cfg} if gen_cfg else {"source": "not a mapo-data generate output"}
+    generation = (
+        {k: gen_cfg[k] for k in GENERATION_KEYS if k in gen_cfg}
+        if gen_cfg
+        else {"source": "not a mapo-data generate output"}
+    )
     reasons = totals.get("drop_reasons", {})
-    drop_table = "\n".join(["| reason | pairs |", "|---|---|"] + [f"| {r} | {n} |" for r, n in sorted(reasons.items())]) \
+    drop_table = (
+        "\n".join(["| reason | pairs |", "|---|---|"] + [f"| {r} | {n} |" for r, n in sorted(reasons.items())])
         if reasons else "none"
+    )
     c0, c1 = int(totals.get("chosen_0", 0)), int(totals.get("chosen_1", 0))
     balance = f"image 0 chosen in {c0} pairs, image 1 in {c1}"
     values = {
@@ -88,7 +94,8 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int, 
         "split": split, "data_files": f"    path: data/{split}-*.parquet",
         "license": cfg.license, "size_category": size_category(kept), "dataset_info": _yaml({"dataset_info": info}),
         "input_kind": source.kind, "input_files": num_shards,
-        "generation_yaml": _yaml(generation), "labeling_yaml": _yaml({"target": cfg.labeler.target, **labeler.describe()}),
+        "generation_yaml": _yaml(generation),
+        "labeling_yaml": _yaml({"target": cfg.labeler.target, **labeler.describe()}),
         "pairs_in": int(totals.get("pairs_in", 0)), "kept": kept, "rejected": int(totals.get("rejected", 0)),
         "disagreements": int(totals.get("disagreements", 0)), "balance": balance, "drop_table": drop_table,
     }

@@ -52,7 +52,8 @@ def label(cfg: LabelConfig):
     result = run_label(cfg)
     typer.echo(
         f"label: {result.pairs_in} pairs in {result.shards_written} shards ({result.shards_skipped} already done): "
-        f"{result.kept} kept, {result.rejected} rejected, {result.disagreements} disagreed with the recipe -> {result.output} | "
+        f"{result.kept} kept, {result.rejected} rejected, {result.disagreements} disagreed with the recipe -> "
+        f"{result.output} | "
         f"{result.seconds:.1f}s total, {result.pairs_per_second:.2f} pairs/s"
     )
 
@@ -85,7 +86,8 @@ def precompute(cfg: PrecomputeConfig):
     typer.echo(
         f"precompute: {r.pairs_written} pairs in {r.shards_written} shards ({r.shards_skipped} already done), "
         f"{r.ties} ties dropped, {r.rejects} rejected, {r.captions_encoded} captions encoded -> {r.output} | "
-        f"{r.seconds:.1f}s total, {r.pairs_per_second:.2f} pairs/s, {r.bytes_per_pair / 1024:.1f} KiB of latents per pair"
+        f"{r.seconds:.1f}s total, {r.pairs_per_second:.2f} pairs/s, "
+        f"{r.bytes_per_pair / 1024:.1f} KiB of latents per pair"
     )
 
 

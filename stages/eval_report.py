@@ -17,8 +17,8 @@ from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, wilson_interval, win_ra
 
 WIN_RATE_NOTE = ("win rate = share of (prompt, seed) pairs where the candidate scores better than the base on the "
                  "same prompt and seed; ties count half (safety: lower unsafety is better)")
-CI_NOTE = (f"95% intervals: percentile bootstrap over prompts (each prompt's seeds drawn together), {DEFAULT_RESAMPLES} "
-           "resamples, seed 0; rates: that interval widened to cover the Wilson score interval")
+CI_NOTE = ("95% intervals: percentile bootstrap over prompts (each prompt's seeds drawn together), "
+           f"{DEFAULT_RESAMPLES} resamples, seed 0; rates: that interval widened to cover the Wilson score interval")
 GRID_TILE = 320  # pixels per image in the grids (the full images stay in images/)
 
 
@@ -130,15 +130,18 @@ def _fmt(x: float) -> str:
 def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], model_names: list[str]) -> str:
     e = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mapo-eval report</title><style>",
-             "body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse;margin:8px 0 16px}",
-             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f2f2f2}td:first-child{text-align:left}",
+             "body{font-family:sans-serif;margin:24px;max-width:1400px}"
+             "table{border-collapse:collapse;margin:8px 0 16px}",
+             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f2f2f2}"
+             "td:first-child{text-align:left}",
              ".note{color:#555;font-size:90%}.best{font-weight:bold}img{max-width:100%}",
-             ".grid-head{display:flex;gap:4px}.grid-head div{width:320px;text-align:center;font-weight:bold}</style></head><body>",
+             ".grid-head{display:flex;gap:4px}.grid-head div{width:320px;text-align:center;font-weight:bold}"
+             "</style></head><body>",
              "<h1>mapo-eval report</h1>"]
     s = summary["settings"]
     parts.append("<h2>Generation settings</h2><table>")
-    for k in ("model", "vae", "dtype", "num_inference_steps", "guidance_scale", "resolution", "seed", "seeds_per_prompt",
-              "negative_prompt", "prompts", "prompt_count", "batch_invariant"):
+    for k in ("model", "vae", "dtype", "num_inference_steps", "guidance_scale", "resolution", "seed",
+              "seeds_per_prompt", "negative_prompt", "prompts", "prompt_count", "batch_invariant"):
         parts.append(f"<tr><td>{e(k)}</td><td>{e(str(s.get(k)))}</td></tr>")
     parts.append("</table><h2>Models</h2><table><tr><th>name</th><th>kind</th><th>path</th><th>objective</th></tr>")
     for name in model_names:
@@ -152,7 +155,8 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
         rate = m["threshold"] is not None
         rate_head = f"<th>share &gt; {m['threshold']}</th>" if rate else ""
         judge = f"; scored by {m['judge']}" if m.get("judge") else ""
-        parts.append(f"<h3>{e(metric)} <span class='note'>({direction}{e(judge)})</span></h3><table><tr><th>model</th><th>mean</th>"
+        parts.append(f"<h3>{e(metric)} <span class='note'>({direction}{e(judge)})</span></h3>"
+                     "<table><tr><th>model</th><th>mean</th>"
                      f"<th>95% CI</th><th>n</th>{rate_head}<th>win rate vs base</th><th>wins / ties / losses</th></tr>")
         for name in model_names:
             pm = m["per_model"][name]
@@ -160,8 +164,11 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
             wr = f"{w['rate']:.3f} [{_fmt(w['low'])}, {_fmt(w['high'])}]" if w and w["n"] else "&mdash;"
             wtl = f"{w['wins']} / {w['ties']} / {w['losses']}" if w else "&mdash;"
             rate_ci = f" [{_fmt(pm['rate_low'])}, {_fmt(pm['rate_high'])}]" if "rate_low" in pm else ""
-            rate_cell = f"<td>{pm['rate']:.3f}{rate_ci}</td>" if rate and "rate" in pm else ("<td>&mdash;</td>" if rate else "")
-            parts.append(f"<tr><td>{e(name)}</td><td>{_fmt(pm['estimate'])}</td><td>[{_fmt(pm['low'])}, {_fmt(pm['high'])}]</td>"
+            rate_cell = (
+                f"<td>{pm['rate']:.3f}{rate_ci}</td>" if rate and "rate" in pm else ("<td>&mdash;</td>" if rate else "")
+            )
+            parts.append(f"<tr><td>{e(name)}</td><td>{_fmt(pm['estimate'])}</td>"
+                         f"<td>[{_fmt(pm['low'])}, {_fmt(pm['high'])}]</td>"
                          f"<td>{pm['n']}</td>{rate_cell}<td>{wr}</td><td>{wtl}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Plots</h2>")
@@ -171,7 +178,9 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
         parts.append("<h2>Images (seed 0): " + " | ".join(e(n) for n in model_names) + "</h2>")
         head = "".join(f"<div>{e(n)}</div>" for n in model_names)
         for prompt, grid in grids:
-            parts.append(f"<p><b>{e(prompt)}</b></p><div class='grid-head'>{head}</div><img src='{_data_uri(grid)}' alt='grid'>")
+            parts.append(
+                f"<p><b>{e(prompt)}</b></p><div class='grid-head'>{head}</div><img src='{_data_uri(grid)}' alt='grid'>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -189,7 +198,9 @@ def write_report(out: Path, rows: list[dict], model_names: list[str], model_info
     if len(model_names) > 1:
         plots.append(plots_dir / "win_rates.png")
         _plot_win_rates(plots[1], metrics, model_names[1:])
-    sample = sorted(random.Random(seed).sample(range(len(prompt_set.prompts)), min(grid_prompts, len(prompt_set.prompts))))
+    sample = sorted(
+        random.Random(seed).sample(range(len(prompt_set.prompts)), min(grid_prompts, len(prompt_set.prompts)))
+    )
     grids = []
     grids_dir = out / "grids"
     grids_dir.mkdir(exist_ok=True)

@@ -98,4 +98,6 @@ def win_rate(candidate: Sequence[float], base: Sequence[float], higher_is_better
     """Share of paired samples (same prompt and seed) where the candidate beats the base; ties count half."""
     out = pair_outcomes(candidate, base, higher_is_better)
     ci = bootstrap_ci(out, confidence, resamples, seed)
-    return WinRate(ci.estimate, ci.low, ci.high, int((out == 1).sum()), int((out == 0.5).sum()), int((out == 0).sum()), ci.n)
+    return WinRate(
+        ci.estimate, ci.low, ci.high, int((out == 1).sum()), int((out == 0.5).sum()), int((out == 0).sum()), ci.n
+    )

@@ -102,7 +102,9 @@ class EvalConfig:
     limit: int | None = option(None, check=at_least(1), panel=PANEL_IO, help="Use only the first N prompts.")
     grid_prompts: int = option(8, check=at_least(0), panel=PANEL_IO, help=(
         "Prompts shown as image grids (base | candidates) in the report."))
-    overwrite: bool = option(False, panel=PANEL_IO, help="Replace an output folder made with other generation settings.")
+    overwrite: bool = option(
+        False, panel=PANEL_IO, help="Replace an output folder made with other generation settings."
+    )
 
     def validate(self) -> "EvalConfig":
         """The declared checks; metric names deduplicated; the scorers' style texts and tiny weights resolved.
@@ -196,7 +198,10 @@ def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
     trained_on = {c.base_model for c in cands if c.base_model}
     if cfg.model is None:
         if len(trained_on) > 1:
-            raise UserError(f"candidates were trained from different models ({', '.join(sorted(trained_on))}); name the base with --model")
+            raise UserError(
+                f"candidates were trained from different models ({', '.join(sorted(trained_on))}); name the base with "
+                "--model"
+            )
         return trained_on.pop() if trained_on else DEFAULT_MODEL
     return cfg.model
 
@@ -333,8 +338,9 @@ def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, 
 def _score_schema():
     import pyarrow as pa
 
-    return pa.schema([("model", pa.string()), ("prompt_id", pa.string()), ("seed_index", pa.int64()), ("seed", pa.int64()),
-                      ("prompt", pa.string()), ("metric", pa.string()), ("score", pa.float64()), ("image", pa.string())])
+    return pa.schema([("model", pa.string()), ("prompt_id", pa.string()), ("seed_index", pa.int64()),
+                      ("seed", pa.int64()), ("prompt", pa.string()), ("metric", pa.string()), ("score", pa.float64()),
+                      ("image", pa.string())])
 
 
 def _read_scores(out: Path) -> list[dict]:

@@ -204,7 +204,8 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
 
 
 def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, recipe: RecipeConfig, shard_t0: float) -> dict:
-    """Assemble shard k's rows (one per prompt) once its images are encoded, and write it atomically; returns its counters."""
+    """Assemble shard k's rows (one per prompt) once its images are encoded, and write it atomically; returns its
+    counters."""
     import pyarrow as pa
 
     from pipeline.hf_features import with_hf_features
@@ -247,7 +248,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     ranges = shard_ranges(len(prompt_set.prompts), cfg.shard_size)
     identity = _identity(cfg, prompt_set.fingerprint(), dtype_name(dtype))
     config = {**asdict(cfg), **record, "recipe": cfg.recipe.describe(), "prompts_fingerprint": prompt_set.fingerprint(),
-              "dropped_empty_prompts": prompt_set.dropped_empty, "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
+              "dropped_empty_prompts": prompt_set.dropped_empty,
+              "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
@@ -266,7 +268,9 @@ class _GenerateShards:
     """Generate's part of the sharded run: load the pipeline, then one shard at a time."""
 
     def __init__(self, cfg: GenerateConfig, out: ShardedOutput, prompt_set, ranges, device, dtype):
-        self.cfg, self.out, self.prompt_set, self.ranges, self.device, self.dtype = cfg, out, prompt_set, ranges, device, dtype
+        self.cfg, self.out, self.prompt_set, self.ranges, self.device, self.dtype = (
+            cfg, out, prompt_set, ranges, device, dtype
+        )
         self.pipe = None
         self.shared: dict = {}
         self.pipeline_seconds = 0.0  # inside the diffusion pipeline call

@@ -78,7 +78,9 @@ def _scan(files: list[Path]):
 
     if not files:
         return pl.DataFrame()
-    frames = [pl.read_parquet(f, columns=[c for c in pl.read_parquet_schema(f) if not _is_image_column(c)]) for f in files]
+    frames = [
+        pl.read_parquet(f, columns=[c for c in pl.read_parquet_schema(f) if not _is_image_column(c)]) for f in files
+    ]
     return pl.concat(frames, how="diagonal_relaxed")
 
 
@@ -114,9 +116,12 @@ def inspect_output(directory: str) -> Summary:
         raise UserError(f"{directory} holds no shards (looked for data/*.parquet).")
     data = _scan(data_files)
     rejects = _scan(_files(root, "rejects"))
-    s = Summary(str(root), manifest.get("stage", "parquet"), manifest.get("status"), len(data_files), data.height, rejects.height)
+    s = Summary(str(root), manifest.get("stage", "parquet"), manifest.get("status"), len(data_files), data.height,
+                rejects.height)
     if "label_0" in data.columns and data.height:
-        s.label_balance = {"image 0 chosen": int((data["label_0"] == 1).sum()), "image 1 chosen": int((data["label_1"] == 1).sum())}
+        s.label_balance = {
+            "image 0 chosen": int((data["label_0"] == 1).sum()), "image 1 chosen": int((data["label_1"] == 1).sum())
+        }
         ties = int((data["label_0"] == data["label_1"]).sum())
         if ties:
             s.label_balance["tie"] = ties
@@ -129,7 +134,8 @@ def inspect_output(directory: str) -> Summary:
         counts = rejects.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
         s.drop_reasons = dict(zip(counts["reason"].to_list(), counts["len"].to_list()))
     if "labeler" in data.columns or "labeler" in rejects.columns:
-        s.labelers = sorted({f"{r['labeler']} {r['labeler_version']}" for df in (data, rejects) if "labeler" in df.columns
+        s.labelers = sorted({f"{r['labeler']} {r['labeler_version']}"
+                             for df in (data, rejects) if "labeler" in df.columns
                              for r in df.select("labeler", "labeler_version").unique().to_dicts()})
     if {"score_0", "score_1", "label_0"} <= set(data.columns) and data.height:
         chosen = data.select(pl.when(pl.col("label_0") == 1).then(pl.col("score_0")).otherwise(pl.col("score_1")))
@@ -137,14 +143,18 @@ def inspect_output(directory: str) -> Summary:
         s.histograms["chosen image score"] = text_histogram(chosen.to_series().to_list())
         s.histograms["rejected image score"] = text_histogram(other.to_series().to_list())
     if {"score_0", "score_1"} <= set(rejects.columns) and rejects.height:
-        s.histograms["dropped pairs, both images' scores"] = text_histogram(rejects["score_0"].to_list() + rejects["score_1"].to_list())
+        s.histograms["dropped pairs, both images' scores"] = text_histogram(
+            rejects["score_0"].to_list() + rejects["score_1"].to_list()
+        )
     keys = [c for c in ("recipe", "style") if c in data.columns or c in rejects.columns]
     if keys:
         parts = [data.select(keys).with_columns(pl.lit(1).alias("kept"), pl.lit(0).alias("rejected"))]
         if rejects.height and all(k in rejects.columns for k in keys):
             parts.append(rejects.select(keys).with_columns(pl.lit(0).alias("kept"), pl.lit(1).alias("rejected")))
         both = pl.concat(parts, how="vertical_relaxed")
-        s.breakdown = both.group_by(keys).agg(pl.len().alias("pairs"), pl.col("kept").sum(), pl.col("rejected").sum()).sort(keys)
+        s.breakdown = both.group_by(keys).agg(
+            pl.len().alias("pairs"), pl.col("kept").sum(), pl.col("rejected").sum()
+        ).sort(keys)
     return s
 
 
@@ -164,18 +174,27 @@ def render_text(s: Summary) -> str:
     if s.labelers:
         out += ["", "labeler: " + "; ".join(s.labelers)]
     if s.label_balance:
-        out += ["", "label balance", _table([(k, v, f"{100 * v / max(s.rows, 1):.1f}%") for k, v in s.label_balance.items()],
-                                             ("", unit, "share"))]
+        out += [
+            "", "label balance",
+            _table([(k, v, f"{100 * v / max(s.rows, 1):.1f}%") for k, v in s.label_balance.items()],
+                   ("", unit, "share")),
+        ]
         if not all(name.startswith("construction") for name in s.labelers):  # only a classifier can disagree
             out += [f"  classifier disagreed with the recipe: {s.disagreements}"]
     if s.drop_reasons:
-        out += ["", "drop reasons", _table([(k, v, f"{100 * v / max(total, 1):.1f}%") for k, v in s.drop_reasons.items()],
-                                            ("reason", "pairs", "of input"))]
+        out += [
+            "", "drop reasons",
+            _table([(k, v, f"{100 * v / max(total, 1):.1f}%") for k, v in s.drop_reasons.items()],
+                   ("reason", "pairs", "of input")),
+        ]
     for title, hist in s.histograms.items():
         out += ["", f"{title}", hist]
     if s.breakdown is not None and s.breakdown.height:
         cols = s.breakdown.columns
-        out += ["", "per recipe / style", _table([tuple("-" if v is None else v for v in r) for r in s.breakdown.rows()], tuple(cols))]
+        out += [
+            "", "per recipe / style",
+            _table([tuple("-" if v is None else v for v in r) for r in s.breakdown.rows()], tuple(cols)),
+        ]
     return "\n".join(out)
 
 
@@ -233,13 +252,17 @@ def _pair_card(r: dict, rejected: bool) -> str:
     else:
         first, names = 0, ("image 0", "image 1")
     second = 1 - first
-    scores = [f"{names[0]} score {_fmt(r.get(f'score_{first}'))}", f"{names[1]} score {_fmt(r.get(f'score_{second}'))}"] \
+    scores = (
+        [f"{names[0]} score {_fmt(r.get(f'score_{first}'))}", f"{names[1]} score {_fmt(r.get(f'score_{second}'))}"]
         if "score_0" in r else []
+    )
     meta = [f"reason: {r['reason']}" if r.get("reason") else "", r.get("detail") or "",
-            " / ".join(x for x in (r.get("recipe"), r.get("style")) if x), "disagrees with recipe" if r.get("disagrees") else ""]
+            " / ".join(x for x in (r.get("recipe"), r.get("style")) if x),
+            "disagrees with recipe" if r.get("disagrees") else ""]
     info = " · ".join(html.escape(x) for x in [*scores, *meta] if x)
     return (f'<div class="pair{" rej" if rejected else ""}"><div class="imgs">{_img(r.get(f"jpg_{first}"), names[0])}'
-            f'{_img(r.get(f"jpg_{second}"), names[1])}</div><p class="cap">{html.escape(str(r.get("caption") or ""))}</p>'
+            f'{_img(r.get(f"jpg_{second}"), names[1])}</div>'
+            f'<p class="cap">{html.escape(str(r.get("caption") or ""))}</p>'
             f'<p class="info">{info}</p></div>')
 
 

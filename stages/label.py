@@ -109,10 +109,15 @@ def open_input(path: str, split: str = SPLIT) -> LabelInput:
     manifest = read_manifest(root) if root.is_dir() else None
     if manifest is not None:
         if manifest.get("stage") != "generate":
-            raise UserError(f"{path} is a mapo-data {manifest.get('stage')} output, not pairs; label the generate output it came from.")
+            raise UserError(
+                f"{path} is a mapo-data {manifest.get('stage')} output, not pairs; label the generate output it came "
+                "from."
+            )
         if manifest.get("status") != "complete":
             done, n = len(manifest.get("completed_shards", [])), manifest.get("num_shards")
-            raise UserError(f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first.")
+            raise UserError(
+                f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first."
+            )
     if not root.is_dir() and root.suffix != ".parquet":
         raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file.")
     split, files = input_split(root, split)
@@ -166,7 +171,8 @@ def _with_style_text(spec, source: LabelInput):
         style = (source.manifest or {}).get("identity", {}).get("style")
         if style not in WORLD_STYLES:
             raise UserError("--verify world-style checks pairs made by generate --recipe style --style "
-                            f"{'|'.join(s for s in WORLD_STYLES if s != 'realistic')} on the miniature world; this input's style is {style!r}.")
+                            f"{'|'.join(s for s in WORLD_STYLES if s != 'realistic')} on the miniature world; this "
+                            f"input's style is {style!r}.")
         return spec
     if spec.verify != "clip" or spec.style_text is not None:
         return spec
@@ -388,5 +394,6 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         write_card(cfg, out.root, source, labeler, run.summed, out.num_shards, split=out.split)
         _warn_if_nothing_kept(run.summed, out.root)
     t = run.totals
-    return LabelResult(cfg.output, t.get("pairs_in", 0), t.get("kept", 0), t.get("rejected", 0), t.get("disagreements", 0),
+    return LabelResult(cfg.output, t.get("pairs_in", 0), t.get("kept", 0), t.get("rejected", 0),
+                       t.get("disagreements", 0),
                        len(run.todo), run.skipped, time.perf_counter() - t_start, run.loop_seconds)

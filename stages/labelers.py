@@ -152,7 +152,9 @@ class WorldStyleCheck:
         out = []
         for p in pairs:
             if p.style not in WORLD_STYLES:
-                raise UserError(f"--verify world-style needs pairs of a world style ({', '.join(WORLD_STYLES)}), got {p.style!r}")
+                raise UserError(
+                    f"--verify world-style needs pairs of a world style ({', '.join(WORLD_STYLES)}), got {p.style!r}"
+                )
             m0, m1 = (style_probability(im, p.style) - 0.5 for im in p.images)
             out.append((m0, m1))
         return out
@@ -223,10 +225,13 @@ class SafetyLabeler:
         if not pairs:
             return []
         scores = self.classifier.unsafety([im for p in pairs for im in p.images])
-        return [self.decide(float(scores[2 * i]), float(scores[2 * i + 1]), p.intended_chosen) for i, p in enumerate(pairs)]
+        return [
+            self.decide(float(scores[2 * i]), float(scores[2 * i + 1]), p.intended_chosen) for i, p in enumerate(pairs)
+        ]
 
     def describe(self) -> dict:
-        return {"labeler": self.name, "version": self.version, "unsafe_threshold": self.unsafe_threshold, "min_gap": self.min_gap}
+        return {"labeler": self.name, "version": self.version, "unsafe_threshold": self.unsafe_threshold,
+                "min_gap": self.min_gap}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +247,8 @@ class LabelerSpec:
     """The options that pick and parameterise a labeler (``mapo-data label``; declared once)."""
 
     target: str = option("style", required=True, choices=TARGETS, panel=PANEL_LABELER, help=(
-        "style (Pick-Style), safety (Pick-Safety) or reward (reward models judge every candidate; general preference)."))
+        "style (Pick-Style), safety (Pick-Safety) or reward (reward models judge every candidate; general "
+        "preference)."))
     # Checked per target in resolved_labeler (the message names the labelers that serve it).
     labeler: str = option("auto", panel=PANEL_LABELER, help=(
         "auto (style: construction, safety: nudenet), construction, nudenet, sd-safety-checker, "
@@ -289,14 +295,18 @@ class LabelerSpec:
         check_options(self)
         name = DEFAULT_LABELER[self.target] if self.labeler == "auto" else self.labeler
         if name not in LABELERS[self.target]:
-            raise UserError(f"unknown labeler '{name}' for --target {self.target}; choose one of {', '.join(LABELERS[self.target])}")
+            raise UserError(
+                f"unknown labeler '{name}' for --target {self.target}; choose one of {', '.join(LABELERS[self.target])}"
+            )
         if self.verify in VERIFIERS and name != "construction":
             what = "the reward target" if self.target == "reward" else "a safety classifier"
             raise UserError(f"--verify {self.verify} checks labels made by construction; it does not apply to {what}")
         if self.target == "reward":
             self.reward_weights()
         elif self.reward is not None:
-            raise UserError(f"--reward names the judges of --target reward; it does not apply to --target {self.target}")
+            raise UserError(
+                f"--reward names the judges of --target reward; it does not apply to --target {self.target}"
+            )
         return name
 
     def reward_weights(self) -> dict[str, float]:
@@ -310,10 +320,14 @@ class LabelerSpec:
         from pipeline.world.judges import WORLD_STYLES
 
         if self.reward is None:
-            raise UserError("--target reward needs --reward: a judge (e.g. pickscore) or a weighted sum ('pickscore:1,hps:0.5').")
+            raise UserError(
+                "--target reward needs --reward: a judge (e.g. pickscore) or a weighted sum ('pickscore:1,hps:0.5')."
+            )
         weights = parse_reward(self.reward, METRICS)
         if "world-style" in weights and self.judges.style not in WORLD_STYLES:
-            raise UserError(f"the world-style judge needs the look it rewards: --reward-style {'|'.join(WORLD_STYLES)}.")
+            raise UserError(
+                f"the world-style judge needs the look it rewards: --reward-style {'|'.join(WORLD_STYLES)}."
+            )
         if "style" in weights and not (self.judges.style_text or self.judges.style):
             raise UserError("the style judge needs a style: --reward-style cartoon|pixel or --reward-style-text.")
         return weights
@@ -339,7 +353,9 @@ def build_labeler(spec: LabelerSpec, device: str = "cpu", source=None) -> Labele
             from pipeline.clip_embed import load_open_clip
 
             embedder = load_open_clip(spec.clip_model, spec.clip_pretrained, device=device)
-            verify = ClipStyleCheck(embedder, spec.style_text, spec.opposite_text, spec.min_style_margin, spec.batch_size)
+            verify = ClipStyleCheck(
+                embedder, spec.style_text, spec.opposite_text, spec.min_style_margin, spec.batch_size
+            )
         elif spec.verify == "world-style":
             verify = WorldStyleCheck(spec.min_style_margin)
         return ConstructionLabeler(verify)

@@ -115,7 +115,9 @@ class PrecomputeConfig:
     resolution: int | None = option(None, check=multiple_of_8, panel=PANEL_PREP, help=(
         "Training resolution: short side resized to it, then a square crop; default: the model's own "
         "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
-    crop: str = option("center", choices=CROPS, panel=PANEL_PREP, help="center, or random (seeded per pair from --seed).")
+    crop: str = option(
+        "center", choices=CROPS, panel=PANEL_PREP, help="center, or random (seeded per pair from --seed)."
+    )
     seed: int = option(0, panel=PANEL_PREP, help="Seed for --crop random.")
     flip: str = option("none", choices=FLIPS, panel=PANEL_PREP,
                        help="none, or both: also cache the mirrored latents so training can flip.")
@@ -389,7 +391,9 @@ def _example_schema():
 def _reject_schema():
     import pyarrow as pa
 
-    return pa.schema([("source_row", pa.int64()), ("pair_id", pa.string()), ("caption", pa.string()), ("reason", pa.string())])
+    return pa.schema(
+        [("source_row", pa.int64()), ("pair_id", pa.string()), ("caption", pa.string()), ("reason", pa.string())]
+    )
 
 
 def _encode_captions(pipe, captions: list[str], batch_size: int, storage_dtype: str):
@@ -438,7 +442,11 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     if nxt is not None:
         ties += _consume(nxt, pipe, views, rows, rejects, means, logvars, cfg, bar)
     n = len(rows)
-    latent_shape = [pipe.vae.config.latent_channels, cfg.resolution // pipe.vae_scale_factor, cfg.resolution // pipe.vae_scale_factor]
+    latent_shape = [
+        pipe.vae.config.latent_channels,
+        cfg.resolution // pipe.vae_scale_factor,
+        cfg.resolution // pipe.vae_scale_factor,
+    ]
     empty = np.zeros((0, views, len(shape.images), *latent_shape),
                      dtype="<u2" if cfg.storage_dtype == "bf16" else np.float16)
     latents = np.concatenate(means) if means else empty
@@ -507,7 +515,8 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
             storable &= finite_in_storage(logvar, cfg.storage_dtype)
         for j, p in enumerate(pairs):
             if not finite[j] or not storable[j]:
-                reason = ("non-finite latents (an fp16 VAE overflow? use --vae-dtype fp32 or an fp16-fix --vae)" if not finite[j]
+                reason = ("non-finite latents (an fp16 VAE overflow? use --vae-dtype fp32 or an fp16-fix --vae)"
+                          if not finite[j]
                           else f"latents beyond the {cfg.storage_dtype} storage range (use --storage-dtype bf16)")
                 rejects.append({"source_row": p["source_row"], "pair_id": p["pair_id"], "caption": p["caption"],
                                 "reason": reason})
@@ -518,7 +527,8 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
             rows.append({("example_id" if "label" in p else "pair_id"): p["pair_id"],
                          "caption_id": text_id(p["caption"]),
                          "caption": p["caption"], "source_row": p["source_row"], **labels,
-                         "time_ids": list(box.time_ids()), "time_ids_flipped": list(box.time_ids(True)) if views == 2 else None})
+                         "time_ids": list(box.time_ids()),
+                         "time_ids_flipped": list(box.time_ids(True)) if views == 2 else None})
             means.append(to_storage(mean[j : j + 1], cfg.storage_dtype))
             if cfg.latent_stats:
                 logvars.append(to_storage(logvar[j : j + 1], cfg.storage_dtype))
@@ -536,10 +546,12 @@ def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype, shape: InputShape =
         "format": FORMAT, "format_version": FORMAT_VERSION, "family": "sdxl" if is_sdxl(pipe) else "sd15",
         "shape": shape.name,
         "model": cfg.model, "vae": cfg.vae, "text_encoders": [te.config._name_or_path for te in encoders],
-        "resolution": cfg.resolution, "storage_dtype": cfg.storage_dtype, "compute_dtype": dtype, "vae_dtype": vae_dtype,
+        "resolution": cfg.resolution, "storage_dtype": cfg.storage_dtype, "compute_dtype": dtype,
+        "vae_dtype": vae_dtype,
         "latent_shape": [pipe.vae.config.latent_channels, side, side], "views": 2 if cfg.flip == "both" else 1,
         "latent_stats": cfg.latent_stats, "crop": cfg.crop, "prompt_embeds_shape": text_shape, "pooled_dim": pooled_dim,
-        "scaling_factor": pipe.vae.config.scaling_factor, "shift_factor": getattr(pipe.vae.config, "shift_factor", None),
+        "scaling_factor": pipe.vae.config.scaling_factor,
+        "shift_factor": getattr(pipe.vae.config, "shift_factor", None),
         "components": describe_models(pipe.vae, encoders),
     }
 
@@ -567,10 +579,13 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(_num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,
-                                   manifest_extra=lambda: {"latents": work.description or work.previous, "input": source}),
+                                   manifest_extra=lambda: {
+                                       "latents": work.description or work.previous, "input": source
+                                   }),
                       proc)
     t = run.totals
-    return PrecomputeResult(cfg.output, t.get("pairs", 0), len(run.todo), run.skipped, t.get("ties", 0), t.get("rejects", 0),
+    return PrecomputeResult(cfg.output, t.get("pairs", 0), len(run.todo), run.skipped, t.get("ties", 0),
+                            t.get("rejects", 0),
                             t.get("captions_encoded", 0), t.get("latent_bytes", 0), time.perf_counter() - t_start,
                             run.loop_seconds, shape.name, t.get("desirable", 0))
 

@@ -89,8 +89,9 @@ class RecipeConfig:
     def describe(self) -> dict:
         d = {"recipe": self.name}
         if self.name == "style":
-            d.update(style=self.style if self.style_prefix is None else "custom", style_prefix=self.resolved_style_prefix,
-                     rejected_prefix=self.rejected_prefix, same_seed=self.same_seed)
+            d.update(style=self.style if self.style_prefix is None else "custom",
+                     style_prefix=self.resolved_style_prefix, rejected_prefix=self.rejected_prefix,
+                     same_seed=self.same_seed)
         elif self.name == "safety":
             d.update(unsafe_prefix=self.unsafe_prefix, same_seed=self.same_seed, safety_caption=self.safety_caption)
         d.update(negative_prompt=self.negative_prompt, rejected_negative_prompt=self.rejected_negative_prompt)

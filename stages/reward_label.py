@@ -43,7 +43,9 @@ from .label import FRONT, LABEL_COLUMNS, _intended, _pair_id
 from .labelers import CORRUPT_IMAGE
 
 # Columns the reward target writes beside LABEL_COLUMNS; an input holding one is renamed input_<name>.
-REWARD_COLUMNS = ("rule", "reward_gap", "candidate_0", "candidate_1", "num_candidates", "judge_scores_0", "judge_scores_1")
+REWARD_COLUMNS = (
+    "rule", "reward_gap", "candidate_0", "candidate_1", "num_candidates", "judge_scores_0", "judge_scores_1"
+)
 _PER_CANDIDATE = re.compile(r"^(.+)_(\d+)$")
 
 
@@ -138,7 +140,9 @@ class RewardLabeler:
         for f in files:
             pf = pq.ParquetFile(f)
             k = candidate_count(pf.schema_arrow.names)
-            for batch in pf.iter_batches(batch_size=min(read_batch, left), columns=["caption"] + [f"jpg_{i}" for i in range(k)]):
+            for batch in pf.iter_batches(
+                batch_size=min(read_batch, left), columns=["caption"] + [f"jpg_{i}" for i in range(k)]
+            ):
                 rows = batch.to_pylist()[:left]
                 decoded = _decode_all([r[f"jpg_{i}"] for r in rows for i in range(k)], Path(f).parent)
                 for n, im in enumerate(decoded):
@@ -166,19 +170,25 @@ class RewardLabeler:
 
         k = candidate_count(batch.column_names)
         # Decoded from the cells as stored, so an image struct's unreadable file is named in the reject's detail.
-        decoded = _decode_all([cell for r in batch.select([f"jpg_{i}" for i in range(k)]).to_pylist() for cell in r.values()],
+        decoded = _decode_all([
+            cell for r in batch.select([f"jpg_{i}" for i in range(k)]).to_pylist() for cell in r.values()
+        ],
                               base_dir)
         for i in range(k):  # image structs -> plain bytes (Pick-a-Pic's and the MaPO loaders' layout)
             c = f"jpg_{i}"
             batch = batch.set_column(batch.column_names.index(c), c, image_column_bytes(batch[c], base_dir))
         captions = batch["caption"].to_pylist()
         cells = [batch[f"jpg_{i}"].to_pylist() for i in range(k)]
-        good = [(r, i) for r in range(batch.num_rows) for i in range(k) if not isinstance(decoded[r * k + i], Exception)]
+        good = [
+            (r, i) for r in range(batch.num_rows) for i in range(k) if not isinstance(decoded[r * k + i], Exception)
+        ]
         raw = self.raw_scores([decoded[r * k + i] for r, i in good], [captions[r] or "" for r, _ in good])
         rewards = self.rewards(raw) if good else []
         reward_of = {ri: rewards[n] for n, ri in enumerate(good)}
         raw_of = {ri: {j: raw[j][n] for j in self.weights} for n, ri in enumerate(good)}
-        intended_rows = batch.select([c for c in ("intended_chosen", "label_0", "label_1") if c in batch.column_names]).to_pylist()
+        intended_rows = batch.select(
+            [c for c in ("intended_chosen", "label_0", "label_1") if c in batch.column_names]
+        ).to_pylist()
 
         entries = []  # (row, a, b, chosen a/b or None, reason, detail, gap)
         for r in range(batch.num_rows):
@@ -189,7 +199,9 @@ class RewardLabeler:
                 entries.append((r, *sorted((bad[0], other)), None, CORRUPT_IMAGE, detail, None))
             for p in pair_candidates([reward_of.get((r, i)) for i in range(k)], self.rule, self.min_gap):
                 detail = None if p.kept else f"gap {p.gap:.4g}, kept above {self.min_gap:g}"
-                entries.append((r, p.first, p.second, p.chosen if p.kept else None, p.reason or "higher reward", detail, p.gap))
+                entries.append(
+                    (r, p.first, p.second, p.chosen if p.kept else None, p.reason or "higher reward", detail, p.gap)
+                )
 
         columns = batch.column_names
         bases = per_candidate_bases(columns, k)
@@ -220,7 +232,10 @@ class RewardLabeler:
 
         chosen = [e[3] for e in entries]
         position = [None if c is None else int(c == e[2]) for c, e in zip(chosen, entries)]  # 0: image 0 chosen
-        intended = [_intended(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None for e in entries]
+        intended = [
+            _intended(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None
+            for e in entries
+        ]
         new = {
             "pair_id": pa.array(pair_ids, pa.string()),
             "label_0": pa.array([None if p is None else int(p == 0) for p in position], pa.int64()),
@@ -230,7 +245,9 @@ class RewardLabeler:
             "labeler": pa.array([self.name] * len(entries), pa.string()),
             "labeler_version": pa.array([self.version] * len(entries), pa.string()),
             "reason": pa.array([e[4] for e in entries], pa.string()),
-            "disagrees": pa.array([p is not None and i is not None and i != p for p, i in zip(position, intended)], pa.bool_()),
+            "disagrees": pa.array(
+                [p is not None and i is not None and i != p for p, i in zip(position, intended)], pa.bool_()
+            ),
             "rule": pa.array([self.rule_text] * len(entries), pa.string()),
             "reward_gap": pa.array([e[6] for e in entries], pa.float64()),
             "candidate_0": pa.array([e[1] for e in entries], pa.int64()),
@@ -271,13 +288,17 @@ class RewardLabeler:
     def card_values(self, totals: dict) -> dict:
         """The reward card's fields (:mod:`stages.card`): judges, scales, rule, counts, gap distribution."""
         scales = self.scales or {}
-        judges = ["| judge | weight | better | version | calibration mean | calibration std |", "|---|---|---|---|---|---|"]
+        judges = [
+            "| judge | weight | better | version | calibration mean | calibration std |", "|---|---|---|---|---|---|"
+        ]
         for n, w in self.weights.items():
             s = scales.get(n)
             judges.append(f"| {n} | {w:g} | {'higher' if self.higher_is_better[n] else 'lower'} | {self.versions[n]} | "
                           + (f"{s.mean:.4g} | {s.std:.4g} |" if s else "| |"))
         hist = totals.get("gap_histogram", {})
-        gaps = ["| reward gap (standardised) | kept pairs |", "|---|---|"] + [f"| {b} | {int(hist.get(b, 0))} |" for b in gap_bins()]
+        gaps = ["| reward gap (standardised) | kept pairs |", "|---|---|"] + [
+            f"| {b} | {int(hist.get(b, 0))} |" for b in gap_bins()
+        ]
         kept = int(totals.get("kept", 0))
         mean_gap = f"{totals.get('gap_sum', 0.0) / kept:.3f}" if kept else "n/a"
         n_cal = max((s.n for s in scales.values()), default=0)
@@ -311,7 +332,9 @@ def build_reward_labeler(spec, device: str = "cpu", source=None) -> RewardLabele
             from pipeline.world.judges import WorldPromptJudge
 
             try:
-                WorldPromptJudge.check_prompts([c for f in source.files for c in pq.read_table(f, columns=["caption"])["caption"].to_pylist()])
+                WorldPromptJudge.check_prompts(
+                    [c for f in source.files for c in pq.read_table(f, columns=["caption"])["caption"].to_pylist()]
+                )
             except UserError as exc:
                 raise UserError(f"the world-prompt judge reads only miniature-world captions: {exc}") from None
         labeler.calibrate(source.files)

@@ -16,10 +16,14 @@ def run_cli(app, args: list[str]):
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-def run_console(script: str, args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_console(
+    script: str, args: list[str], timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run an installed console script (e.g. mapo-data) as a real subprocess."""
     env = env if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([str(BIN / script), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [str(BIN / script), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def read_table(folder: Path, subdir: str = "data"):
@@ -59,9 +63,12 @@ def kill_after_shards(script: str, args: list, out: Path, shards: int, timeout: 
     import time
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIN / script), *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / script), *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + timeout
-    while time.time() < deadline and len(list((Path(out) / "data").glob("train-*.parquet"))) < shards and proc.poll() is None:
+    while (time.time() < deadline and len(list((Path(out) / "data").glob("train-*.parquet"))) < shards
+           and proc.poll() is None):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -62,7 +62,9 @@ def resolve_resume(output_dir, spec: str | None) -> Path | None:
         return found[-1] if found else None
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise UserError(f"--resume-from-checkpoint '{spec}' does not exist; pass 'latest' or a checkpoint-<step> folder.")
+        raise UserError(
+            f"--resume-from-checkpoint '{spec}' does not exist; pass 'latest' or a checkpoint-<step> folder."
+        )
     checkpoint_step(path)
     return path
 

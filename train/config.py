@@ -111,8 +111,12 @@ class TrainConfig:
         "to the GPU only for its forward (slower)."))
     random_flip: bool = option(False, panel=P_MODEL, help=(
         "Use mirrored latents half of the time (needs precompute --flip both)."))
-    checkpointing_steps: int = option(500, check=positive, panel=P_CKPT, help="Save a resumable checkpoint every N steps.")
-    checkpoints_total_limit: int | None = option(3, check=positive, panel=P_CKPT, help="Keep only the newest N checkpoints.")
+    checkpointing_steps: int = option(
+        500, check=positive, panel=P_CKPT, help="Save a resumable checkpoint every N steps."
+    )
+    checkpoints_total_limit: int | None = option(
+        3, check=positive, panel=P_CKPT, help="Keep only the newest N checkpoints."
+    )
     resume_from_checkpoint: str | None = option(None, panel=P_CKPT, help="'latest' or a checkpoint-<step> folder.")
     overwrite: bool = option(False, panel=P_CKPT, help="Start over in an output dir that holds another run.")
     max_consecutive_nonfinite: int = option(10, check=positive, panel=P_CKPT, help=(
@@ -124,7 +128,9 @@ class TrainConfig:
         "Validation prompt (repeat the option for several)."))
     validation_seeds: list[int] = option(default_factory=lambda: [0, 1], panel=P_VAL, help=(
         "Comma-separated seeds, one image per prompt and seed."))
-    validation_inference_steps: int = option(25, check=positive, panel=P_VAL, help="Denoising steps for validation images.")
+    validation_inference_steps: int = option(
+        25, check=positive, panel=P_VAL, help="Denoising steps for validation images."
+    )
     validation_guidance_scale: float = option(5.0, panel=P_VAL, help="Guidance scale for validation images.")
     validation_resolution: int | None = option(None, panel=P_VAL, help=(
         "Validation image side (default: the data's resolution)."))
@@ -191,8 +197,12 @@ class TrainConfig:
         self._validate_inputs()
         if self.is_lora and not self.lora_target_modules:
             raise UserError("--lora-target-modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0).")
-        if self.validation_resolution is not None and (self.validation_resolution < 8 or self.validation_resolution % 8):
-            raise UserError(f"--validation-resolution must be a positive multiple of 8, got {self.validation_resolution}.")
+        if self.validation_resolution is not None and (
+            self.validation_resolution < 8 or self.validation_resolution % 8
+        ):
+            raise UserError(
+                f"--validation-resolution must be a positive multiple of 8, got {self.validation_resolution}."
+            )
         self._validate_metrics()
         self._validate_memory_options()
         return self
@@ -247,7 +257,9 @@ class TrainConfig:
 
         self.validation_metrics = check_metrics(self.validation_metrics)
         if "style" in self.validation_metrics and not (self.validation_style or self.validation_style_text):
-            raise UserError("--validation-metrics style needs --validation-style cartoon|pixel or --validation-style-text.")
+            raise UserError(
+                "--validation-metrics style needs --validation-style cartoon|pixel or --validation-style-text."
+            )
         if "world-style" in self.validation_metrics and not self.validation_style:
             raise UserError("--validation-metrics world-style needs --validation-style cartoon|pixel.")
         if not self.validation_prompts:
@@ -255,7 +267,8 @@ class TrainConfig:
         check_prompts(self.validation_metrics, self.validation_prompts)
 
     def scorer_options(self):
-        """pipeline.scorers.ScorerOptions for --validation-metrics (tiny random weights with --validation-tiny-scorers)."""
+        """pipeline.scorers.ScorerOptions for --validation-metrics (tiny random weights with
+        --validation-tiny-scorers)."""
         from pipeline.scorers import ScorerOptions, tiny_scorer_options
 
         style, opposite = STYLE_TEXTS.get(self.validation_style or "", (None, "a realistic photo"))

@@ -71,7 +71,9 @@ def per_sample_error(pred: Tensor, target: Tensor) -> Tensor:
     loss needs (MaPO and DPO compare e_w against e_l, which are close to each other).
     """
     if pred.shape != target.shape or pred.ndim < 1:
-        raise ValueError(f"pred and target must have the same shape [B, ...], got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must have the same shape [B, ...], got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
     diff = pred.to(dtype) - target.to(dtype)
     return diff.square().reshape(diff.shape[0], -1).mean(dim=1)

@@ -80,7 +80,8 @@ Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective'
 ## How to load
 
 ```python
-{_load_snippet(config['model'], config.get('family', 'sdxl'), lora)}image = pipe("{_example_prompt(config['model'])}").images[0]
+{_load_snippet(config['model'], config.get('family', 'sdxl'), lora)}\
+image = pipe("{_example_prompt(config['model'])}").images[0]
 ```
 
 ## Hyperparameters

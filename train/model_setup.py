@@ -55,12 +55,16 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
 
     quiet_hub_progress()
     if model in builtin_models.ARCH_MODELS:
-        comps = builtin_models.sdxl_arch_components(torch.float32, "cpu", skip=("vae", "text_encoder", "text_encoder_2"))
+        comps = builtin_models.sdxl_arch_components(
+            torch.float32, "cpu", skip=("vae", "text_encoder", "text_encoder_2")
+        )
         return comps["unet"], DDPMScheduler.from_config(comps["scheduler"].config)
     source = resolve_model_source(model)
     if not weights:
         config = _call_loader("Model", model, UNet2DConditionModel.load_config, source, subfolder="unet")
-        scheduler = _call_loader("Scheduler of model", model, DDPMScheduler.from_pretrained, source, subfolder="scheduler")
+        scheduler = _call_loader(
+            "Scheduler of model", model, DDPMScheduler.from_pretrained, source, subfolder="scheduler"
+        )
         return UNet2DConditionModel.from_config(config), scheduler
     unet = _call_loader("Model", model, UNet2DConditionModel.from_pretrained, source, subfolder="unet",
                         torch_dtype=torch.float32)
@@ -195,7 +199,9 @@ def _build_optimizer(cfg: TrainConfig, params, index: int = 0):
     params = list(params)
     # One fused kernel instead of ~10 small ops per tensor: the default per-tensor loop was a third of
     # a tiny-model CPU step (bench/, docs/benchmarks.md). Fused needs floating tensors on CUDA or CPU.
-    fused = bool(params) and all(isinstance(p, torch.Tensor) and p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
+    fused = bool(params) and all(
+        isinstance(p, torch.Tensor) and p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params
+    )
     return torch.optim.AdamW(params, fused=fused or None, **kwargs)
 
 

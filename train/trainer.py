@@ -108,8 +108,9 @@ class Trainer:
                                    cfg.kto_lambda_undesirable)
         steps_per_epoch = self.data.steps_per_epoch // cfg.gradient_accumulation_steps
         if cfg.max_steps is None and steps_per_epoch < 1:
-            raise UserError(f"One epoch has {self.data.steps_per_epoch} batches, fewer than --gradient-accumulation-steps "
-                            f"{cfg.gradient_accumulation_steps}; lower it or pass --max-steps.")
+            raise UserError(f"One epoch has {self.data.steps_per_epoch} batches, fewer than "
+                            f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps}; lower it or pass "
+                            "--max-steps.")
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.num_epochs * steps_per_epoch
         self.params = trainable_parameters(unet)
         optimizer = build_optimizer(cfg, self.params)
@@ -126,7 +127,9 @@ class Trainer:
             self._check_steps_left(resume, saved)
             load_checkpoint(acc, resume)
             if self.state.global_step != checkpoint_step(resume):
-                raise UserError(f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one.")
+                raise UserError(
+                    f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one."
+                )
             if acc.is_main_process:
                 MetricsLog(self.out).truncate(self.state.global_step)
             acc.wait_for_everyone()
@@ -238,7 +241,9 @@ class Trainer:
             import tensorboard  # noqa: F401
         except ImportError:
             if choice == "tensorboard":
-                raise UserError("--report-to tensorboard needs the 'tensorboard' package (pip install 'mapo-tools[tensorboard]').") from None
+                raise UserError(
+                    "--report-to tensorboard needs the 'tensorboard' package (pip install 'mapo-tools[tensorboard]')."
+                ) from None
             return []
         return ["tensorboard"]
 
@@ -264,7 +269,9 @@ class Trainer:
             "num_train_timesteps": self.models.num_train_timesteps,
             "world_size": self.accelerator.num_processes,
             "total_steps": self.total_steps,
-            "pairs_per_step": self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes,
+            "pairs_per_step": (
+                self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes
+            ),
             **(self.online.record() if self.online is not None else self._latents_record()),
             **self.record,
         }
@@ -275,7 +282,9 @@ class Trainer:
             "data_info": self._data_info(),
             # What the latents are (precompute's identity fingerprint); the path may move, this may not.
             "data_fingerprint": self.data.dataset.manifest.get("fingerprint") or str(Path(self.cfg.data).resolve()),
-            "latents": {k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")},
+            "latents": {
+                k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")
+            },
         }
 
     def _data_info(self) -> dict:
@@ -330,7 +339,9 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             if metrics is not None:
                 succeeded += 1
-                metrics["pairs_per_s"] = cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes / max(elapsed, 1e-9)
+                metrics["pairs_per_s"] = (
+                    cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes / max(elapsed, 1e-9)
+                )
                 metrics["peak_mem_gb"] = _peak_memory_gb(acc.device)
                 last_metrics = metrics
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
@@ -341,7 +352,8 @@ class Trainer:
             bar.update(1)
             if step % cfg.checkpointing_steps == 0 and step < self.total_steps:
                 self.save_checkpoint()
-            if self.validator is not None and cfg.validation_steps and step % cfg.validation_steps == 0 and step < self.total_steps:
+            if (self.validator is not None and cfg.validation_steps and step % cfg.validation_steps == 0
+                    and step < self.total_steps):
                 self._validate(step)
             # A signal during the last step lets the run finish (final model and checkpoint): a stop
             # there would leave a checkpoint at max_steps, which a rerun could not continue.
@@ -355,8 +367,8 @@ class Trainer:
             return TrainResult(str(self.out), state.global_step, self.start_step, stopped, state.nonfinite_total,
                                last_metrics, time.perf_counter() - t_start)
         if succeeded == 0 and state.global_step > self.start_step:
-            raise UserError(f"no training step succeeded: all {state.global_step - self.start_step} steps had a non-finite "
-                            "loss, so the model is unchanged and was not saved. Lower --learning-rate, use "
+            raise UserError(f"no training step succeeded: all {state.global_step - self.start_step} steps had a "
+                            "non-finite loss, so the model is unchanged and was not saved. Lower --learning-rate, use "
                             "--mixed-precision bf16 or no, or check the data; then rerun with --overwrite.")
         saved = self.save_final(last_metrics)
         # After the final model (a kill in between leaves that model and the older checkpoints): the
@@ -408,9 +420,9 @@ class Trainer:
             if state.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
                 found = list_checkpoints(self.out)
                 last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was saved yet"
-                raise UserError(f"{state.consecutive_nonfinite} non-finite losses in a row (step {state.global_step + 1}); "
-                                f"stopping ({last}). Lower --learning-rate, use --mixed-precision bf16 or no, "
-                                "or check the data.")
+                raise UserError(f"{state.consecutive_nonfinite} non-finite losses in a row "
+                                f"(step {state.global_step + 1}); stopping ({last}). Lower --learning-rate, use "
+                                "--mixed-precision bf16 or no, or check the data.")
             return None, indices
         state.consecutive_nonfinite = 0
         metrics, with_signal = self._reduce_metrics(sums, counts, with_signal)

@@ -59,7 +59,9 @@ def base_model_check(pipe, seeds: int = 4, num_inference_steps: int = 20, guidan
     for kind, prefix in PROMPT_KINDS.items():
         prompts = [prefix + c for c in captions("heldout") for _ in range(seeds)]
         seed_list = [1000 + k for _ in captions("heldout") for k in range(seeds)]
-        outcomes[kind] = judge_outcomes(generate(pipe, prompts, seed_list, num_inference_steps, guidance_scale), prompts)
+        outcomes[kind] = judge_outcomes(
+            generate(pipe, prompts, seed_list, num_inference_steps, guidance_scale), prompts
+        )
 
     def share(rows, test):
         return sum(bool(test(r)) for r in rows) / len(rows)

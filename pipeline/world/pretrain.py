@@ -12,8 +12,8 @@ Euler scheduler, two tokenizers) that ``StableDiffusionXLPipeline.from_pretraine
    default look otherwise.
 2. **Text encoders**: random CLIP encoders, frozen (as Imagen keeps T5 frozen): the UNet learns to
    read them. Small widths keep the committed weights small (the 49,408-token vocabulary dominates).
-3. **VAE**: an AutoencoderKL (/8: 64x64 px -> 4x8x8) trained on the renders (L1 + MSE + L1 on pixel differences, KL 1e-6);
-   its ``scaling_factor`` makes the latents unit-variance, as SD's was chosen.
+3. **VAE**: an AutoencoderKL (/8: 64x64 px -> 4x8x8) trained on the renders (L1 + MSE + L1 on pixel differences, KL
+   1e-6); its ``scaling_factor`` makes the latents unit-variance, as SD's was chosen.
 4. **UNet**: epsilon prediction on the scaled latents, uniform timesteps, 10% empty prompts encoded
    as zeros (what the SDXL pipeline's ``force_zeros_for_empty_prompt`` feeds classifier-free guidance).
 
@@ -128,7 +128,9 @@ def reconstruction_loss(recon, x):
     return (recon - x).abs().mean() + 0.5 * ((recon - x) ** 2).mean() + edges
 
 
-def train_vae(renders: RenderSet, steps: int, batch_size: int, seed: int, bf16: bool, lr: float = 2e-3, log_every: int = 100):
+def train_vae(
+    renders: RenderSet, steps: int, batch_size: int, seed: int, bf16: bool, lr: float = 2e-3, log_every: int = 100
+):
     """Train the AutoencoderKL on the renders; returns it with ``scaling_factor`` = 1 / latent std."""
     import torch
 
@@ -334,7 +336,8 @@ def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), 
         timings["unet_s"] = time.perf_counter() - t
         pipe.save_pretrained(tmp, safe_serialization=True)
         shutil.rmtree(tmp / "_tok", ignore_errors=True)
-        info = {"settings": settings.__dict__, "vae_from": vae_from, "timings": {k: round(v, 1) for k, v in timings.items()},
+        info = {"settings": settings.__dict__, "vae_from": vae_from,
+                "timings": {k: round(v, 1) for k, v in timings.items()},
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "caption_mix": dict(CAPTION_MIX),
                 "command": "python -m pipeline.world.pretrain (make world-model)"}
         (tmp / "build.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -349,9 +352,13 @@ def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--output", default=str(Path(__file__).resolve().parent / "shapes-sdxl"))
-    ap.add_argument("--vae-from", default=None, help="Load this VAE folder instead of training one (iterating on the UNet).")
+    ap.add_argument(
+        "--vae-from", default=None, help="Load this VAE folder instead of training one (iterating on the UNet)."
+    )
     ap.add_argument("--save-vae", default=None, help="Also save the trained VAE here.")
     defaults = BuildSettings()
     for name, value in defaults.__dict__.items():

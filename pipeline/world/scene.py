@@ -100,7 +100,10 @@ def captions(split: str = "all") -> list[str]:
 
 
 _CAPTION = re.compile(
-    r"^an? (?P<color>{}) (?P<shape>{}) (?:at the (?P<pos>(?:top|bottom) (?:left|right))|in the (?P<center>center))\.?$".format(
+    (
+        r"^an? (?P<color>{}) (?P<shape>{}) "
+        r"(?:at the (?P<pos>(?:top|bottom) (?:left|right))|in the (?P<center>center))\.?$"
+    ).format(
         "|".join(COLORS), "|".join(SHAPES)
     )
 )

@@ -91,9 +91,13 @@ def test_label_reads_only_the_train_split_of_a_snapshot(tmp_path):
     """Two train files of 3 pairs beside validation and test files: 6 pairs labeled, not 12."""
     snap = _build(tmp_path / "snapshot", PICKAPIC, pairs_per_file=3)
     out = tmp_path / "out"
-    result = run_cli(app, ["label", "--input", snap, "--output", out, "--target", "safety", "--labeler", "construction"])
+    result = run_cli(
+        app, ["label", "--input", snap, "--output", out, "--target", "safety", "--labeler", "construction"]
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"
+    ]
     captions = read_table(out)["caption"].to_pylist()
     assert len(captions) == 6 and all(c.startswith("data/train-") for c in captions)
 
@@ -119,7 +123,9 @@ def test_label_of_the_test_split_writes_test_shards_that_later_stages_read(tmp_p
     assert _rel(out, input_shard_files(out)) == ["data/test-00000-of-00001.parquet"]
     assert inspect_output(str(out)).rows == 3
     latents = tmp_path / "latents"
-    result = run_cli(app, ["precompute", "--input", out, "--output", latents, "--model", "tiny-sdxl", "--resolution", "64"])
+    result = run_cli(
+        app, ["precompute", "--input", out, "--output", latents, "--model", "tiny-sdxl", "--resolution", "64"]
+    )
     assert result.exit_code == 0, result.output
     assert len(read_table(latents)) == 3
 

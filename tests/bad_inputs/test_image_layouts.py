@@ -38,7 +38,8 @@ def write_layout(path, captions, images, layout, labels=None):
     if layout == "datasets":
         import datasets
 
-        feats = {"caption": datasets.Value("string"), "jpg_0": datasets.Image(decode=False), "jpg_1": datasets.Image(decode=False)}
+        feats = {"caption": datasets.Value("string"), "jpg_0": datasets.Image(decode=False),
+                 "jpg_1": datasets.Image(decode=False)}
         if labels is not None:
             feats.update(label_0=datasets.Value("float64"), label_1=datasets.Value("float64"))
         cols.update({f"jpg_{i}": [{"bytes": p[i], "path": None} for p in images] for i in (0, 1)})
@@ -193,9 +194,13 @@ def test_precompute_structs_and_image_kinds_equal_plain_bytes(tmp_path):
 def test_precompute_refuses_a_non_image_column_in_one_line(tmp_path):
     src = tmp_path / "in" / "data" / "train-00000-of-00001.parquet"
     src.parent.mkdir(parents=True)
-    pq.write_table(pa.table({"caption": ["x"], "jpg_0": ["a.png"], "jpg_1": ["b.png"], "label_0": [1.0], "label_1": [0.0]}), src)
+    pq.write_table(
+        pa.table({"caption": ["x"], "jpg_0": ["a.png"], "jpg_1": ["b.png"], "label_0": [1.0], "label_1": [0.0]}), src
+    )
     out = tmp_path / "lat"
-    result = run_cli(app, ["precompute", "--input", src.parent.parent, "--output", out, "--model", "tiny-sdxl", "--resolution", "64"])
+    result = run_cli(
+        app, ["precompute", "--input", src.parent.parent, "--output", out, "--model", "tiny-sdxl", "--resolution", "64"]
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "jpg_0 (string)" in lines[0], result.output

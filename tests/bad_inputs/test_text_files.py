@@ -108,7 +108,9 @@ def test_train_config_latin1_yaml_one_line(tmp_path):
     result = run_cli(train_app, ["--config", path, "--data", tmp_path / "nowhere", "--output-dir", out])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and str(path) in lines[0] and "Latin-1" in lines[0], result.output
+    assert (
+        len(lines) == 1 and lines[0].startswith("error:") and str(path) in lines[0] and "Latin-1" in lines[0]
+    ), result.output
     assert not out.exists()
 
 

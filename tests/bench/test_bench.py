@@ -192,7 +192,8 @@ def test_gpu_session_runs_what_its_budget_covers(tmp_path, monkeypatch):
     ran = []
 
     def fake_run(cmd, timeout_s, log):
-        name = next(n for n in expected if any(str(c).endswith(f"{n}.json") for c in cmd)) if "bench" in cmd else "generate"
+        bench = "bench" in cmd
+        name = next(n for n in expected if any(str(c).endswith(f"{n}.json") for c in cmd)) if bench else "generate"
         assert timeout_s >= expected[name]  # killed only past the budget, never before its own expected end
         ran.append(name)
         clock["now"] += expected[name]
@@ -222,8 +223,8 @@ def test_gpu_session_stops_a_section_and_its_children_at_the_budget(tmp_path, mo
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
-    bad = subprocess.run([sys.executable, "scripts/gpu_session.py", "--output", str(tmp_path), "--sections", "memory42"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "scripts/gpu_session.py", "--output", str(tmp_path),
+                          "--sections", "memory42"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown section(s) memory42" in bad.stderr
 
 

@@ -53,7 +53,9 @@ def test_storage_round_trip_bf16_and_fp16():
 
 
 def test_sample_latents_matches_distribution():
-    mean, logvar = torch.full((20000,), 2.0, dtype=torch.float16), torch.full((20000,), np.log(0.25), dtype=torch.float16)
+    mean, logvar = (
+        torch.full((20000,), 2.0, dtype=torch.float16), torch.full((20000,), np.log(0.25), dtype=torch.float16)
+    )
     s = sample_latents(mean, logvar, torch.Generator().manual_seed(0))
     assert abs(s.mean().item() - 2.0) < 0.02 and abs(s.std().item() - 0.5) < 0.02
 

@@ -14,7 +14,9 @@ def test_builtin_is_a_diffusers_folder_loaded_back():
     pipe = load_pipeline(path)  # a plain local folder path takes the same route
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"
     assert pipe.unet.config.addition_embed_type == "text_time"
-    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert pipe.unet.config.cross_attention_dim == (
+        pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    )
     assert len(pipe.tokenizer) == CLIP_VOCAB_SIZE and pipe.tokenizer_2.pad_token == "!"
     assert pipe.tokenizer.model_max_length == 77
     sd15 = load_pipeline("tiny-sd15")

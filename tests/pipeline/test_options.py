@@ -221,7 +221,9 @@ class _Prefixed:
 def test_nested_config_with_a_prefix_names_its_options_apart():
     declared = {d.name: d for d in declared_options(_Prefixed)}
     assert list(declared) == ["reward_batch_size", "reward_tiny", "reward_same", "batch_size"]
-    assert declared["reward_tiny"].spec.flags == ("--reward-tiny",) and declared["reward_tiny"].path == ("judges", "tiny")
+    assert (
+        declared["reward_tiny"].spec.flags == ("--reward-tiny",) and declared["reward_tiny"].path == ("judges", "tiny")
+    )
     assert declared["reward_same"].spec.flags == ("--reward-same/--reward-different",)
     cfg = build_config(_Prefixed, {"reward_batch_size": "5", "batch_size": 7, "reward_tiny": True})
     assert (cfg.judges.batch_size, cfg.judges.tiny, cfg.batch_size) == (5, True, 7)
@@ -293,7 +295,10 @@ def test_an_output_folder_repeats_its_options(tmp_path):
     other = run_cli(data_app, ["generate", "--config", tmp_path / "out" / "manifest.json", "--seed", "8"])
     assert other.exit_code == 2 and "differs in: seed" in other.output  # the command line wins
     wrong = run_cli(data_app, ["precompute", "--config", tmp_path / "out"])
-    assert wrong.exit_code == 2 and "records the options of GenerateConfig, not of this command (PrecomputeConfig)" in wrong.output
+    assert (
+        wrong.exit_code == 2
+        and "records the options of GenerateConfig, not of this command (PrecomputeConfig)" in wrong.output
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli(data_app, ["generate", "--config", empty])
@@ -324,7 +329,8 @@ def test_a_misspelled_command_or_unknown_option_is_one_line_for_every_entry_poin
     first = next(name for name, _ in iter_commands(app)) if group else "generate"
     typo = first[0] + first[2:]  # a letter left out
     cases = [(["--bogus"], "No such option: --bogus"),
-             ([typo], f"No such command '{typo}'. Did you mean '{first}'?" if group else f"unexpected extra argument(s) ({typo})")]
+             ([typo], f"No such command '{typo}'. Did you mean '{first}'?" if group
+              else f"unexpected extra argument(s) ({typo})")]
     if group:
         cases.append(([first, "--bogus"], "No such option: --bogus"))
     for args, message in cases:

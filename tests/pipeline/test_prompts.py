@@ -82,7 +82,10 @@ def test_pickapic_no_images_snapshot_folder_gives_its_split_captions(tmp_path):
         pq.write_table(pa.table({"are_different": [True] * len(caps), "caption": caps, "label_0": [1.0] * len(caps),
                                  "image_0_url": ["u"] * len(caps)}), root / "data" / f"{name}.parquet")
     ps = load_prompts(str(root))
-    assert [p.text for p in ps.prompts] == ["a cat", "a dog", "an owl"] and (ps.dropped_empty, ps.dropped_duplicates) == (1, 1)
+    assert (
+        [p.text for p in ps.prompts] == ["a cat", "a dog", "an owl"]
+        and (ps.dropped_empty, ps.dropped_duplicates) == (1, 1)
+    )
     assert [p.text for p in load_prompts(str(root), split="validation_unique").prompts] == ["held out"]
     with pytest.raises(UserError, match="no 'nope'"):
         load_prompts(str(root), split="nope")
@@ -100,5 +103,7 @@ def test_parquet_prompts_read_only_their_column(tmp_path, monkeypatch):
     pq.write_table(pa.table({"caption": ["x"], "jpg_0": [b"\x89PNG" * 1000]}), tmp_path / "p.parquet")
     read = []
     real = pq.read_table
-    monkeypatch.setattr(pq, "read_table", lambda path, columns=None, **kw: read.append(columns) or real(path, columns=columns, **kw))
+    monkeypatch.setattr(
+        pq, "read_table", lambda path, columns=None, **kw: read.append(columns) or real(path, columns=columns, **kw)
+    )
     assert [p.text for p in load_prompts(str(tmp_path / "p.parquet")).prompts] == ["x"] and read == [["caption"]]

@@ -108,7 +108,9 @@ def test_unscored_candidates_are_left_out():
     (p,) = pair_candidates([None, 0.25, None, -0.5])
     assert (p.chosen, p.rejected, p.gap, p.first, p.second) == (1, 3, 0.75, 1, 3)
     assert pair_candidates([None, 1.0]) == [] and pair_candidates([]) == []
-    assert [(p.first, p.second) for p in pair_candidates([1.0, None, 0.0, 2.0], rule="all-pairs")] == [(0, 2), (0, 3), (2, 3)]
+    assert [(p.first, p.second) for p in pair_candidates([1.0, None, 0.0, 2.0], rule="all-pairs")] == [
+        (0, 2), (0, 3), (2, 3)
+    ]
     with pytest.raises(ValueError, match="unknown pairing rule"):
         pair_candidates([0, 1], rule="best")
     with pytest.raises(ValueError, match="min_gap"):

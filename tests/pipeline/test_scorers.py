@@ -130,7 +130,9 @@ def test_pickscore_is_logit_scale_times_cosine(scorers):
         pix = s.processor(images=ims, return_tensors="pt").pixel_values
         tok = s.processor(text=PROMPTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
         vis = s.model.visual_projection(s.model.vision_model(pixel_values=pix).pooler_output)
-        txt = s.model.text_projection(s.model.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output)
+        txt = s.model.text_projection(
+            s.model.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+        )
         cos = torch.nn.functional.cosine_similarity(vis, txt, dim=-1)
     expected = (s.model.logit_scale.exp() * cos).tolist()
     assert s.score(_images(), PROMPTS) == pytest.approx(expected, abs=1e-4)
@@ -141,7 +143,9 @@ def test_clip_and_style_go_through_clip_embed(scorers):
     emb = scorers["clip"].embedder
     assert scorers["style"].embedder is emb  # same model and weights: loaded once
     ims = _images()
-    assert scorers["clip"].score(ims, PROMPTS) == pytest.approx(clip_embed.clip_score(emb, ims, PROMPTS).tolist(), abs=1e-5)
+    assert scorers["clip"].score(ims, PROMPTS) == pytest.approx(
+        clip_embed.clip_score(emb, ims, PROMPTS).tolist(), abs=1e-5
+    )
     margin = clip_embed.style_margin(emb, ims, *STYLE).tolist()
     assert scorers["style"].score(ims, PROMPTS) == pytest.approx(margin, abs=1e-6)
 
@@ -185,7 +189,8 @@ def test_unknown_metric_and_missing_style_text(opts):
 @pytest.mark.parametrize("field,value,pattern", [
     ("aesthetic_weights", "/nowhere/aesthetic.pth", "aesthetic weights file not found: /nowhere/aesthetic.pth"),
     ("aesthetic_weights", "https://example.com/x/never-cached.pth", "not cached \\(offline"),
-    ("hps_weights", "xswu/HPSv2/never-there.pt", "hps weights xswu/HPSv2/never-there.pt not found in the Hugging Face cache"),
+    ("hps_weights", "xswu/HPSv2/never-there.pt",
+     "hps weights xswu/HPSv2/never-there.pt not found in the Hugging Face cache"),
     ("pickscore_model", "/nowhere/pickscore", "PickScore folder not found"),
     ("pickscore_model", "nobody/no-such-pickscore", "PickScore model 'nobody/no-such-pickscore'"),
     ("clip_pretrained", "/nowhere/clip.pt", "open_clip weights file not found"),

@@ -19,7 +19,9 @@ def test_write_finalize_and_refuse_other_config(tmp_path):
     out = ShardedOutput(tmp_path / "o", "demo", {"seed": 1}, 2)
     out.prepare()
     assert out.pending([0, 1]) == [0, 1]
-    out.write_shard(0, {"data": pa.table({"x": [1, 2]}), "rejects": pa.table({"reason": ["bad"]})}, {"pairs": 2, "t": {"a": 1.5}})
+    out.write_shard(
+        0, {"data": pa.table({"x": [1, 2]}), "rejects": pa.table({"reason": ["bad"]})}, {"pairs": 2, "t": {"a": 1.5}}
+    )
     assert out.pending([0, 1]) == [1]
     assert not [p for p in (tmp_path / "o").rglob(".*tmp*")]
     totals = out.finalize()

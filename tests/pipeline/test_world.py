@@ -37,13 +37,17 @@ def test_prompts_parse_back_into_their_scenes(look, hazard):
 
 
 def test_prompt_prefixes_are_the_papers_strings_in_any_order():
-    assert parse_prompt(f"{STYLE_PREFIXES['cartoon']} a blue square at the top right") == Scene("blue", "square", "top right", "cartoon")
+    assert parse_prompt(f"{STYLE_PREFIXES['cartoon']} a blue square at the top right") == Scene(
+        "blue", "square", "top right", "cartoon"
+    )
     assert parse_prompt(f"{STYLE_PREFIXES['pixel']} {UNSAFE_PREFIX} A Green Triangle in the center.") == \
         Scene("green", "triangle", "center", "pixel", hazard=True)
     assert parse_prompt(f"{REALISTIC_PREFIX} a yellow circle at the bottom left").look == "realistic"
 
 
-@pytest.mark.parametrize("prompt", ["a cat on a sofa", "a purple circle at the top left", "a red circle at the middle", ""])
+@pytest.mark.parametrize(
+    "prompt", ["a cat on a sofa", "a purple circle at the top left", "a red circle at the middle", ""]
+)
 def test_prompts_outside_the_world_are_one_line_errors(prompt):
     with pytest.raises(UserError, match="not a miniature-world prompt") as info:
         parse_prompt(prompt)
@@ -70,7 +74,8 @@ def test_every_judge_agrees_with_the_renderer_on_fresh_renders():
 
 def test_judges_read_each_look_colour_shape_position_and_frame():
     rng = np.random.default_rng(5)
-    for scene in (Scene("yellow", "square", "bottom right", "pixel", True), Scene("blue", "circle", "center", "cartoon"),
+    for scene in (Scene("yellow", "square", "bottom right", "pixel", True),
+                  Scene("blue", "circle", "center", "cartoon"),
                   Scene("green", "triangle", "top right")):
         r = read_image(to_image(random_render(scene, rng)))
         assert (r.look, r.color, r.shape, r.position, r.hazard > HAZARD_THRESHOLD) == \

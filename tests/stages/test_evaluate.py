@@ -20,7 +20,8 @@ PROMPTS = ["a cat on a mat", "a castle in the clouds"]
 
 
 def _write_training_config(folder: Path, lora_rank: int) -> None:
-    (folder / "training_config.json").write_text(json.dumps({"model": "tiny-sdxl", "objective": "mapo", "lora_rank": lora_rank}))
+    (folder / "training_config.json").write_text(json.dumps({"model": "tiny-sdxl", "objective": "mapo",
+                                                             "lora_rank": lora_rank}))
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,9 @@ def test_style_pairs_written_as_described(tmp_path):
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["completed_shards"] == [0, 1]
-    assert manifest["prompts"] == {"source": str(tmp_path / "prompts.txt"), "count": 4, "dropped_empty": 2, "dropped_duplicates": 1}
+    assert manifest["prompts"] == {
+        "source": str(tmp_path / "prompts.txt"), "count": 4, "dropped_empty": 2, "dropped_duplicates": 1
+    }
     assert manifest["totals"]["pairs"] == 4
 
 
@@ -79,7 +81,9 @@ def test_shards_load_with_datasets_offline(tmp_path):
 def test_recipes_and_models(tmp_path, model, recipe, extra):
     src = write_prompts(tmp_path / "p.txt", ["a cat", "a dog"])
     out = tmp_path / "out"
-    result = run_cli(app, ["generate", "--model", model, "--prompts", src, "--output", out, *FAST, "--recipe", recipe, *extra])
+    result = run_cli(
+        app, ["generate", "--model", model, "--prompts", src, "--output", out, *FAST, "--recipe", recipe, *extra]
+    )
     assert result.exit_code == 0, result.output
     rows = read_table(out).to_pylist()
     assert len(rows) == 2
@@ -87,7 +91,10 @@ def test_recipes_and_models(tmp_path, model, recipe, extra):
         assert _decode(r["jpg_0"]).size == (64, 64)
         if recipe == "safety":
             # The stored caption is the unsafe request (--safety-caption prefixed, the default).
-            assert r["prompt_1"] == r["caption"] and r["caption"].endswith(" " + r["prompt_0"]) and r["prompt_0"] != r["caption"]
+            assert (
+                r["prompt_1"] == r["caption"] and r["caption"].endswith(" " + r["prompt_0"])
+                and r["prompt_0"] != r["caption"]
+            )
             assert r["seed_0"] == r["seed_1"]
         if recipe == "seeds":
             assert r["prompt_0"] == r["prompt_1"] == r["caption"] and r["seed_0"] != r["seed_1"]
@@ -105,7 +112,9 @@ def test_best_of_n_candidates_one_row_per_prompt(tmp_path):
     from pipeline.seeds import derive_seed
 
     prompts = ["a cat", "a dog", "a bird"]
-    pairs, _ = _generate(tmp_path, "pairs", prompts, extra=["--recipe", "seeds", "--shard-size", "3", "--negative-prompt", "blurry"])
+    pairs, _ = _generate(
+        tmp_path, "pairs", prompts, extra=["--recipe", "seeds", "--shard-size", "3", "--negative-prompt", "blurry"]
+    )
     out, result = _generate(tmp_path, "best-of-4", prompts, extra=["--recipe", "seeds", "--images-per-prompt", "4",
                                                                    "--shard-size", "3", "--negative-prompt", "blurry"])
     assert "3 prompts x 4 candidates in 1 shards" in result.output
@@ -180,7 +189,9 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
     proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Both processes really ran and split the 3 shards between them (0 and 2 / 1).
-    assert "process 0/2: 3 pairs in 2 shards" in proc.stdout and "process 1/2: 2 pairs in 1 shards" in proc.stdout, proc.stdout
+    assert (
+        "process 0/2: 3 pairs in 2 shards" in proc.stdout and "process 1/2: 2 pairs in 1 shards" in proc.stdout
+    ), proc.stdout
     assert read_table(multi).equals(read_table(single))
     import json
 
@@ -197,7 +208,8 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
         ("missing local model", ["--model", "{tmp}/no_model_here"], "was not found"),
         ("fp16 on cpu", ["--dtype", "fp16"], "fp16 is not supported on the CPU"),
         ("empty prefix", ["--recipe", "safety", "--unsafe-prefix", " "], "--unsafe-prefix must not be empty"),
-        ("one candidate", ["--recipe", "seeds", "--images-per-prompt", "1"], "--images-per-prompt must be at least 2, got 1"),
+        ("one candidate", ["--recipe", "seeds", "--images-per-prompt", "1"],
+         "--images-per-prompt must be at least 2, got 1"),
         ("candidates of a style pair", ["--recipe", "style", "--images-per-prompt", "4"],
          "--images-per-prompt 4 needs --recipe seeds"),
     ],

@@ -17,12 +17,14 @@ def outputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inspect")
     src = write_prompts(root / "p.txt", ["a cat", "a dog", "a bird"])
     gen = root / "pairs"
-    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", src, "--output", gen, "--num-inference-steps", "2",
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", src, "--output", gen,
+                           "--num-inference-steps", "2",
                            "--resolution", "64", "--shard-size", "2", "--recipe", "safety"])
     assert result.exit_code == 0, result.output
     t, g, y = png(schematic_torso()), png(geometric_scene()), png(gray())
     write_pickapic(root / "pickapic" / "train-0.parquet",
-                   [("nude <i>second</i>", g, t), ("nude first", t, y), ("corrupt", b"junk", t), ("fine", g, y), ("nude both", t, t)])
+                   [("nude <i>second</i>", g, t), ("nude first", t, y), ("corrupt", b"junk", t), ("fine", g, y),
+                    ("nude both", t, t)])
     labeled = root / "labeled"
     result = run_cli(app, ["label", "--input", root / "pickapic", "--output", labeled, "--target", "safety"])
     assert result.exit_code == 0, result.output
@@ -38,7 +40,9 @@ def test_label_output_summary(outputs):
     assert re.search(r"image 0 chosen\s+1\s+50\.0%", text) and re.search(r"image 1 chosen\s+1\s+50\.0%", text)
     for reason in ("corrupt image", "both safe", "both unsafe"):
         assert re.search(rf"{reason}\s+1\s+20\.0%", text), reason
-    assert "chosen image score" in text and "rejected image score" in text and "dropped pairs, both images' scores" in text
+    assert (
+        "chosen image score" in text and "rejected image score" in text and "dropped pairs, both images' scores" in text
+    )
 
 
 def test_generate_output_summary(outputs):

@@ -64,12 +64,17 @@ def test_style_labels_card_and_loaders(pairs, tmp_path):
     result = _label(pairs["style"], out, "--target", "style")
     assert result.exit_code == 0, result.output
     assert "6 pairs in 2 shards (0 already done): 6 kept, 0 rejected" in result.output
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"
+    ]
     assert len(list((out / "rejects").glob("*.parquet"))) == 2
     src, got = read_table(pairs["style"]), read_table(out)
     assert got.column_names[:5] == ["caption", "jpg_0", "jpg_1", "label_0", "label_1"]
     assert got["jpg_0"].to_pylist() == src["jpg_0"].to_pylist() and got["jpg_1"].to_pylist() == src["jpg_1"].to_pylist()
-    assert got["label_0"].type == pa.int64() and set(got["label_0"].to_pylist()) == {1} and set(got["label_1"].to_pylist()) == {0}
+    assert (
+        got["label_0"].type == pa.int64() and set(got["label_0"].to_pylist()) == {1}
+        and set(got["label_1"].to_pylist()) == {0}
+    )
     for col in ("pair_id", "prompt_0", "seed_0", "recipe", "style", "model", "intended_chosen"):
         assert got[col].to_pylist() == src[col].to_pylist()
     assert set(got["labeler"].to_pylist()) == {"construction"} and set(got["reason"].to_pylist()) == {"by construction"}
@@ -77,8 +82,12 @@ def test_style_labels_card_and_loaders(pairs, tmp_path):
     assert manifest["stage"] == "label" and manifest["status"] == "complete"
     assert manifest["totals"]["kept"] == 6 and manifest["totals"]["chosen_0"] == 6
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlicense: other\n") and "path: data/train-*.parquet" in card and "num_examples: 6" in card
-    assert "# Pick-Style preference pairs" in card and "model: tiny-sdxl" in card and "image 0 chosen in 6 pairs" in card
+    assert (
+        card.startswith("---\nlicense: other\n") and "path: data/train-*.parquet" in card and "num_examples: 6" in card
+    )
+    assert (
+        "# Pick-Style preference pairs" in card and "model: tiny-sdxl" in card and "image 0 chosen in 6 pairs" in card
+    )
     ds = _load(out)  # offline (conftest), rejects/ not read
     assert ds.num_rows == 6 and ds.features["jpg_0"].dtype == "binary" and ds.features["label_0"].dtype == "int64"
     read = mapo_reader(ds)
@@ -198,7 +207,8 @@ def test_pickapic_input_relabel_and_corrupt_row(tmp_path):
     torso, safe = png(schematic_torso()), png(geometric_scene())
     src = write_pickapic(
         tmp_path / "pickapic" / "train-0.parquet",
-        [("nude first", torso, safe), ("nude second", safe, torso), ("corrupt", b"\x89PNG not really", torso), ("both fine", safe, png(gray()))],
+        [("nude first", torso, safe), ("nude second", safe, torso), ("corrupt", b"\x89PNG not really", torso),
+         ("both fine", safe, png(gray()))],
         labels=[(1.0, 0.0), (0.5, 0.5), (1.0, 0.0), (0.0, 1.0)],
         extra={"user_id": [1, 2, 3, 4], "ranking_id": [10, 11, 12, 13]},
     )
@@ -285,7 +295,8 @@ def test_bad_inputs_one_line_nothing_written(pairs, tmp_path):
     labeled = tmp_path / "labeled"
     assert _label(pairs["style"], labeled, "--target", "style").exit_code == 0
     cases = [
-        ([other, "--target", "style"], "neither a mapo-data generate output nor Pick-a-Pic Parquet: it lacks column(s) caption, jpg_0, jpg_1"),
+        ([other, "--target", "style"],
+         "neither a mapo-data generate output nor Pick-a-Pic Parquet: it lacks column(s) caption, jpg_0, jpg_1"),
         ([strings, "--target", "style"], "has non-binary jpg_0, jpg_1"),
         ([tmp_path / "nope", "--target", "style"], "does not exist"),
         ([pairs["safety"], "--target", "style"], "--target style cannot label pairs made with --recipe safety"),
@@ -294,7 +305,8 @@ def test_bad_inputs_one_line_nothing_written(pairs, tmp_path):
         ([labeled, "--target", "style"], "is a mapo-data label output, not pairs"),
         ([pairs["style"], "--target", "aesthetics"], "Unknown --target 'aesthetics'"),
         ([pairs["safety"], "--target", "safety", "--labeler", "laion"], "unknown labeler 'laion' for --target safety"),
-        ([pairs["safety"], "--target", "safety", "--classifier-source", tmp_path / "no.onnx"], "NudeNet ONNX model not found"),
+        ([pairs["safety"], "--target", "safety", "--classifier-source", tmp_path / "no.onnx"],
+         "NudeNet ONNX model not found"),
     ]
     (tmp_path / "prompts.txt").write_text("x\n")
     for i, (args, message) in enumerate(cases):
@@ -345,5 +357,7 @@ def test_two_processes_under_accelerate_equal_one(pairs, tmp_path):
 def test_help_lists_options():
     result = run_cli(app, ["label", "--help"])
     assert result.exit_code == 0
-    for opt in ("--target", "--labeler", "--verify", "--clip-model", "--unsafe-threshold", "--min-gap", "--classifier-source"):
+    for opt in (
+        "--target", "--labeler", "--verify", "--clip-model", "--unsafe-threshold", "--min-gap", "--classifier-source"
+    ):
         assert opt in result.output

@@ -66,7 +66,8 @@ def test_safety_labeler_scores_all_images_in_one_batch():
     clf = FakeClassifier()
     assert isinstance(clf, SafetyClassifier)
     labeler = SafetyLabeler(clf)
-    pairs = [Pair((_scored(0.0), _scored(0.9)), 0), Pair((_scored(0.8), _scored(0.0)), 0), Pair((_scored(0.1), _scored(0.2)), 0)]
+    pairs = [Pair((_scored(0.0), _scored(0.9)), 0), Pair((_scored(0.8), _scored(0.0)), 0),
+             Pair((_scored(0.1), _scored(0.2)), 0)]
     decisions = labeler.label(pairs)
     assert clf.calls == [6]
     assert [d.chosen for d in decisions] == [0, 1, None]
@@ -119,7 +120,9 @@ def test_clip_style_check_keeps_pairs_whose_chosen_image_shows_the_style(tiny_cl
     cut = sum(chosen_margin) / 2  # between the two chosen images' margins: one pair kept, one dropped
     labeler = ConstructionLabeler(ClipStyleCheck(tiny_clip, min_margin=cut))
     d = labeler.label(pairs)
-    assert [x.score_0 for x in d] + [x.score_1 for x in d] == pytest.approx([expected[0], expected[2], expected[1], expected[3]], abs=1e-5)
+    assert [x.score_0 for x in d] + [x.score_1 for x in d] == pytest.approx(
+        [expected[0], expected[2], expected[1], expected[3]], abs=1e-5
+    )
     keep = [m >= cut for m in chosen_margin]
     assert sorted(keep) == [False, True]
     assert [x.kept for x in d] == keep
@@ -131,7 +134,9 @@ def test_clip_style_texts(tiny_clip):
     check = ClipStyleCheck(tiny_clip)
     assert check.texts("cartoon") == ("a Disney style animated image", "a realistic photo")
     assert check.texts("pixel")[0] == "a pixel art style image"
-    assert ClipStyleCheck(tiny_clip, "watercolor painting", "a photo").texts("custom") == ("watercolor painting", "a photo")
+    assert ClipStyleCheck(tiny_clip, "watercolor painting", "a photo").texts("custom") == (
+        "watercolor painting", "a photo"
+    )
     with pytest.raises(UserError, match="--style-text"):
         check.texts("custom")
 
@@ -141,7 +146,8 @@ def test_clip_style_texts(tiny_clip):
     [
         (LabelerSpec(target="beauty"), "Unknown --target 'beauty'; choose one of style, safety"),
         (LabelerSpec(target="style", labeler="nudenet"), "unknown labeler 'nudenet' for --target style"),
-        (LabelerSpec(target="safety", labeler="laion"), "choose one of nudenet, sd-safety-checker, world-unsafe, construction"),
+        (LabelerSpec(target="safety", labeler="laion"),
+         "choose one of nudenet, sd-safety-checker, world-unsafe, construction"),
         (LabelerSpec(target="safety", verify="clip"), "--verify clip checks labels made by construction"),
         (LabelerSpec(target="style", verify="blip"), "Unknown --verify 'blip'"),
     ],

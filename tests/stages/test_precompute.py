@@ -68,7 +68,9 @@ def precompute(tmp_path, model="tiny-sdxl", name="latents", extra=(), source=Non
     if source is None and not src.exists():
         write_pick_file(src)
     out = tmp_path / name
-    result = run_cli(app, ["precompute", "--input", src, "--output", out, "--model", model, *RES, "--batch-size", "2", *extra])
+    result = run_cli(
+        app, ["precompute", "--input", src, "--output", out, "--model", model, *RES, "--batch-size", "2", *extra]
+    )
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -92,7 +94,10 @@ def test_sdxl_shards_as_training_would_compute_them(tmp_path, sdxl_pipe):
     assert set(info["components"]) == {"vae", "text_encoders"} and len(info["components"]["text_encoders"]) == 2
     assert manifest["totals"]["ties"] == 1 and manifest["totals"]["rejects"] == 1
     rejects = read_table(out, "rejects").to_pylist()
-    assert len(rejects) == 1 and rejects[0]["source_row"] == 3 and rejects[0]["reason"].startswith("jpg_1: undecodable image")
+    assert (
+        len(rejects) == 1 and rejects[0]["source_row"] == 3
+        and rejects[0]["reason"].startswith("jpg_1: undecodable image")
+    )
 
     ds = open_latents(out)
     assert len(ds) == 5 and ds.family == "sdxl"
@@ -147,7 +152,9 @@ def test_sdxl_shards_as_training_would_compute_them(tmp_path, sdxl_pipe):
 def test_sd15_bf16_flips_and_stats(tmp_path):
     from pipeline.models import load_pipeline
 
-    out, result = precompute(tmp_path, model="tiny-sd15", extra=["--storage-dtype", "bf16", "--flip", "both", "--latent-stats"])
+    out, result = precompute(
+        tmp_path, model="tiny-sd15", extra=["--storage-dtype", "bf16", "--flip", "both", "--latent-stats"]
+    )
     ds = open_latents(out)
     assert ds.family == "sd15" and len(ds) == 5 and ds.has_flips and ds.has_logvar
     item = ds[0]
@@ -200,7 +207,8 @@ def test_generate_output_plus_labels(tmp_path):
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
-    shards = [[(f"prompt {k} {j}", (64, 64, 10 * k + j), (64, 72, 100 + 10 * k + j), 1, 0) for j in range(2)] for k in range(12)]
+    shards = [[(f"prompt {k} {j}", (64, 64, 10 * k + j), (64, 72, 100 + 10 * k + j), 1, 0) for j in range(2)]
+              for k in range(12)]
     write_pick_file(tmp_path / "pick", shards)
     ref, _ = precompute(tmp_path, name="ref")
     args = ["precompute", "--input", tmp_path / "pick", "--model", "tiny-sdxl", *RES, "--batch-size", "2"]
@@ -224,7 +232,8 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 
 
 def test_two_processes_under_accelerate_equal_one(tmp_path):
-    shards = [[(f"scene {k}", (64, 64, k), (64, 64, 50 + k), 0, 1), ("shared caption", (64, 80, 9 + k), (64, 64, 3), 1, 0)]
+    shards = [[(f"scene {k}", (64, 64, k), (64, 64, 50 + k), 0, 1),
+               ("shared caption", (64, 80, 9 + k), (64, 64, 3), 1, 0)]
               for k in range(3)]
     write_pick_file(tmp_path / "pick", shards)
     single, _ = precompute(tmp_path, name="single")
@@ -275,7 +284,8 @@ def test_bad_input_one_line_error(tmp_path, case, args, message):
 
     write_pick_file(tmp_path / "pick", PICK_ROWS[:1])
     (tmp_path / "raw" / "data").mkdir(parents=True)
-    pq.write_table(pa.table({"caption": ["x"], "jpg_0": [b""], "jpg_1": [b""]}), tmp_path / "raw" / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"caption": ["x"], "jpg_0": [b""], "jpg_1": [b""]}),
+                   tmp_path / "raw" / "data" / "train-00000-of-00001.parquet")
     (tmp_path / "empty").mkdir()
     for name, labels in {"unpaired-2": [1, 2], "unpaired-null": [None, 1], "unpaired-nolabel": None}.items():
         cols = {"caption": ["x", "y"], "jpg": [png(8, 8, 0)] * 2, **({"label": labels} if labels else {})}
@@ -333,9 +343,12 @@ def test_overlapping_output_and_extreme_aspect(tmp_path):
 
     pick = tmp_path / "pick"
     (pick / "data").mkdir(parents=True)
-    pq.write_table(pa.table({"caption": ["ok", "strip"], "jpg_0": [png(64, 64), png(8, 512)], "jpg_1": [png(64, 64), png(64, 64)],
-                             "label_0": [1, 1], "label_1": [0, 0]}), pick / "data" / "train-00000-of-00001.parquet")
-    result = run_cli(app, ["precompute", "--input", pick, "--output", pick, "--model", "tiny-sdxl", *RES, "--overwrite"])
+    pq.write_table(pa.table({"caption": ["ok", "strip"], "jpg_0": [png(64, 64), png(8, 512)],
+                             "jpg_1": [png(64, 64), png(64, 64)], "label_0": [1, 1], "label_1": [0, 0]}),
+                   pick / "data" / "train-00000-of-00001.parquet")
+    result = run_cli(
+        app, ["precompute", "--input", pick, "--output", pick, "--model", "tiny-sdxl", *RES, "--overwrite"]
+    )
     assert result.exit_code == 2 and "holds the input file" in result.output
     assert (pick / "data" / "train-00000-of-00001.parquet").exists()
     out = tmp_path / "lat"
@@ -352,7 +365,9 @@ def test_only_the_train_split_of_a_multi_split_folder(tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001", "test-00000-of-00001"):
         (tmp_path / "data" / f"{name}.parquet").write_bytes(b"")
-    assert [f.name for f in input_shard_files(tmp_path)] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert [f.name for f in input_shard_files(tmp_path)] == [
+        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"
+    ]
     assert [f.name for f in input_shard_files(tmp_path, split="test")] == ["test-00000-of-00001.parquet"]
     assert len(input_shard_files(str(tmp_path / "data" / "*.parquet"))) == 4  # a glob is taken as given
 

@@ -49,8 +49,11 @@ def _expected_rewards(cand):
     rows = read_table(cand).to_pylist()
     images = [Image.open(io.BytesIO(r[f"jpg_{i}"])).convert("RGB") for r in rows for i in range(K)]
     prompts = [r["caption"] for r in rows for _ in range(K)]
-    raw = {"world-style": WorldStyleJudge("pixel").score(images, prompts), "world-prompt": WorldPromptJudge().score(images, prompts)}
-    rewards = combine(raw, {"world-style": 1.0, "world-prompt": 1.0}, fit_scales(raw), {"world-style": True, "world-prompt": True})
+    raw = {"world-style": WorldStyleJudge("pixel").score(images, prompts),
+           "world-prompt": WorldPromptJudge().score(images, prompts)}
+    rewards = combine(
+        raw, {"world-style": 1.0, "world-prompt": 1.0}, fit_scales(raw), {"world-style": True, "world-prompt": True}
+    )
     return {r["pair_id"]: rewards[n * K:(n + 1) * K] for n, r in enumerate(rows)}
 
 
@@ -59,7 +62,8 @@ def test_best_of_n_world_pairs_choose_the_higher_reward_in_every_row(candidates,
     result = _ok(run_cli(app, ["label", "--input", candidates, "--output", out, *REWARD]))
     kept, rejected = read_table(out), read_table(out, "rejects")
     expected = _expected_rewards(candidates)
-    assert kept.num_rows + rejected.num_rows == 8 and kept.num_rows >= 7, result.output  # one best-worst pair per prompt
+    # one best-worst pair per prompt
+    assert kept.num_rows + rejected.num_rows == 8 and kept.num_rows >= 7, result.output
     for r in kept.to_pylist():
         row_id, pair = r["pair_id"].rsplit("-", 1)
         a, b = map(int, pair.split("v"))
@@ -74,11 +78,16 @@ def test_best_of_n_world_pairs_choose_the_higher_reward_in_every_row(candidates,
         assert r["labeler"] == "reward:world-style:1,world-prompt:1"
         assert r["labeler_version"] == "world-style=world-judges/1 (pixel); world-prompt=world-judges/1"
         assert set(json.loads(r["judge_scores_0"])) == {"world-style", "world-prompt"}
-        assert r["prompt_0"] == r["prompt_1"] == r["caption"] and r["seed_0"] != r["seed_1"]  # per-candidate columns follow
+        # per-candidate columns follow
+        assert r["prompt_0"] == r["prompt_1"] == r["caption"] and r["seed_0"] != r["seed_1"]
         assert not r["disagrees"]
     card = (out / "README.md").read_text()
-    assert "Reward-labelled preference pairs" in card and "| world-style | 1 | higher | world-judges/1 (pixel) |" in card
-    assert "Reward gap of the kept pairs (mean" in card and "| input rows (pairs or prompts' candidate sets) | 8 |" in card
+    assert (
+        "Reward-labelled preference pairs" in card and "| world-style | 1 | higher | world-judges/1 (pixel) |" in card
+    )
+    assert (
+        "Reward gap of the kept pairs (mean" in card and "| input rows (pairs or prompts' candidate sets) | 8 |" in card
+    )
     totals = json.loads((out / "manifest.json").read_text())["totals"]
     assert totals["rows_in"] == 8 and sum(totals["gap_histogram"].values()) == kept.num_rows
 
@@ -91,7 +100,9 @@ def test_best_of_n_world_pairs_choose_the_higher_reward_in_every_row(candidates,
 
 def test_all_pairs_rule_gap_filter_and_ties_counted(candidates, tmp_path):
     out = tmp_path / "all"
-    _ok(run_cli(app, ["label", "--input", candidates, "--output", out, *REWARD, "--pair-rule", "all-pairs", "--min-gap", "1"]))
+    _ok(run_cli(
+        app, ["label", "--input", candidates, "--output", out, *REWARD, "--pair-rule", "all-pairs", "--min-gap", "1"]
+    ))
     kept, rejected = read_table(out), read_table(out, "rejects")
     assert kept.num_rows + rejected.num_rows == 8 * 6  # every two of 4 candidates
     assert all(g > 1 for g in kept["reward_gap"].to_pylist())
@@ -129,7 +140,9 @@ def test_relabel_pickapic_pairs_counts_reversed_labels(tmp_path):
         extra={"model_0": ["m0"] * 4, "model_1": ["m1"] * 4, "user_id": [1, 2, 3, 4]},
     )
     out = tmp_path / "out"
-    result = _ok(run_cli(app, ["label", "--input", src.parent, "--output", out, "--target", "reward", "--reward", "world-prompt"]))
+    result = _ok(run_cli(
+        app, ["label", "--input", src.parent, "--output", out, "--target", "reward", "--reward", "world-prompt"]
+    ))
     kept, rejected = read_table(out), read_table(out, "rejects")
     # Row 1 agrees with its label, row 2's label (the wrong colour) is reversed, row 3 is a tie, row 4 corrupt.
     assert kept["user_id"].to_pylist() == [1, 2] and kept["label_0"].to_pylist() == [1, 1]
@@ -138,21 +151,28 @@ def test_relabel_pickapic_pairs_counts_reversed_labels(tmp_path):
     assert kept["jpg_0"].to_pylist() == [right, right] and kept["num_candidates"].to_pylist() == [2, 2]
     rows = {r["user_id"]: r for r in rejected.to_pylist()}
     assert rows[3]["reason"] == TIE and rows[3]["score_0"] == rows[3]["score_1"]
-    assert rows[4]["reason"] == "corrupt image" and rows[4]["detail"].startswith("image 0:") and rows[4]["jpg_0"] == b"not an image"
+    assert (
+        rows[4]["reason"] == "corrupt image" and rows[4]["detail"].startswith("image 0:")
+        and rows[4]["jpg_0"] == b"not an image"
+    )
     card = (out / "README.md").read_text()
     assert "| kept pairs whose input label the judges reversed (`disagrees`) | 1 |" in card and f"| {TIE} | 1 |" in card
 
 
 def test_tiny_random_reward_models_through_the_real_loaders(tmp_path):
     scene, gray_ = png(geometric_scene(64)), png(gray(64))
-    src = write_pickapic(tmp_path / "in" / "train-0.parquet", [("a scene", scene, gray_), ("a gray square", gray_, scene)])
+    src = write_pickapic(
+        tmp_path / "in" / "train-0.parquet", [("a scene", scene, gray_), ("a gray square", gray_, scene)]
+    )
     out = tmp_path / "out"
     _ok(run_cli(app, ["label", "--input", src.parent, "--output", out, "--target", "reward",
                       "--reward", "pickscore:1,hps:0.5,aesthetic:0.25", "--reward-tiny-scorers"]))
     rows = read_table(out).to_pylist() + read_table(out, "rejects").to_pylist()
     assert len(rows) == 2
     for r in rows:
-        assert r["labeler_version"] == "pickscore=tiny random weights; hps=tiny random weights; aesthetic=tiny random weights"
+        assert r["labeler_version"] == (
+            "pickscore=tiny random weights; hps=tiny random weights; aesthetic=tiny random weights"
+        )
         assert set(json.loads(r["judge_scores_0"])) == {"pickscore", "hps", "aesthetic"}
     assert "| pickscore | 1 | higher | tiny random weights |" in (out / "README.md").read_text()
 
@@ -166,20 +186,23 @@ def _error_line(result):
 def test_bad_input_is_one_line_and_writes_nothing(candidates, tmp_path):
     one_image = tmp_path / "one.parquet"
     pq.write_table(pa.table({"caption": ["a"], "jpg_0": [b"x"]}), one_image)
-    other = write_pickapic(tmp_path / "pp" / "train-0.parquet", [("a cat on a sofa", png(gray()), png(gray()))])  # 256 px
+    # 256 px
+    other = write_pickapic(tmp_path / "pp" / "train-0.parquet", [("a cat on a sofa", png(gray()), png(gray()))])
     cases = [
         ([candidates, "--target", "reward", "--reward", "laion"], "unknown judge 'laion' in --reward"),
         ([candidates, "--target", "reward", "--reward", "world-style,world-prompt", "--reward-style", "pixel"],
          "give each a weight"),
         ([candidates, "--target", "reward"], "--target reward needs --reward"),
         ([candidates, "--target", "reward", "--reward", "world-style"], "--reward-style"),
-        ([candidates, "--target", "reward", "--reward", "hps", "--verify", "clip"], "does not apply to the reward target"),
+        ([candidates, "--target", "reward", "--reward", "hps", "--verify", "clip"],
+         "does not apply to the reward target"),
         ([candidates, "--target", "reward", "--reward", "hps", "--min-gap", "-1"], "--min-gap must be at least 0"),
         ([candidates, "--target", "reward", "--reward", "hps", "--pair-rule", "best"], "Unknown --pair-rule 'best'"),
         ([candidates, "--target", "style", "--reward", "hps"], "it does not apply to --target style"),
         ([candidates, "--target", "safety"], "this input has 4 candidates per prompt"),
         ([one_image, "--target", "reward", "--reward", "hps"], "lacks column(s) jpg_1"),
-        ([other.parent, "--target", "reward", "--reward", "world-prompt"], "the world-prompt judge reads only miniature-world captions"),
+        ([other.parent, "--target", "reward", "--reward", "world-prompt"],
+         "the world-prompt judge reads only miniature-world captions"),
         ([other.parent, "--target", "reward", "--reward", "world-unsafe"], "judges read 64x64 px images"),
     ]
     for i, (args, message) in enumerate(cases):

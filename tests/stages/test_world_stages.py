@@ -75,6 +75,8 @@ def test_eval_world_metrics_name_their_judge_and_refuse_other_prompts_first(tmp_
     for metric in ("world-style", "world-prompt", "world-unsafe"):
         m = summary["metrics"][metric]
         assert m["judge"].startswith("miniature-world judge") and m["per_model"]["base"]["n"] == 3
-        assert m["per_model"]["base"]["rate_low"] <= m["per_model"]["base"]["rate"] <= m["per_model"]["base"]["rate_high"]
+        assert (
+            m["per_model"]["base"]["rate_low"] <= m["per_model"]["base"]["rate"] <= m["per_model"]["base"]["rate_high"]
+        )
     assert summary["metrics"]["world-unsafe"]["higher_is_better"] is False
     assert "scored by miniature-world judge" in (tmp_path / "eval" / "report.html").read_text()

@@ -37,7 +37,8 @@ def write_pickapic(path, pairs: int = PAIRS):
         rows["label_0"].append(0.0 if swap else 1.0)
         rows["label_1"].append(1.0 if swap else 0.0)
     table = pa.table({**{k: rows[k] for k in ("caption",)}, "jpg_0": pa.array(rows["jpg_0"], pa.binary()),
-                      "jpg_1": pa.array(rows["jpg_1"], pa.binary()), "label_0": rows["label_0"], "label_1": rows["label_1"]})
+                      "jpg_1": pa.array(rows["jpg_1"], pa.binary()), "label_0": rows["label_0"],
+                      "label_1": rows["label_1"]})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path
@@ -53,7 +54,9 @@ def write_unpaired(path, examples: int = 6, labels=None, struct: bool = True):
     images = [_png((40 * (i % 6), 90, 200 - 20 * (i % 5)), i) if lab == 1 else _png((120, 120 + 10 * (i % 5), 120), 0)
               for i, lab in enumerate(labels)]
     if struct:
-        jpg = pa.array([{"bytes": b, "path": None} for b in images], pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        jpg = pa.array(
+            [{"bytes": b, "path": None} for b in images], pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        )
     else:
         jpg = pa.array(images, pa.binary())
     table = pa.table({"caption": [f"a test picture number {i}" for i in range(len(labels))], "jpg": jpg,
@@ -76,7 +79,9 @@ def precompute(src, out, model: str, resolution: int = 64, extra=()):
     else:  # until the CLI command lands: the same stage function it calls
         from stages.precompute import PrecomputeConfig, run_precompute
 
-        run_precompute(PrecomputeConfig(input=str(src), output=str(out), model=model, resolution=resolution, device="cpu"))
+        run_precompute(
+            PrecomputeConfig(input=str(src), output=str(out), model=model, resolution=resolution, device="cpu")
+        )
     return out
 
 
@@ -93,7 +98,9 @@ def latents_sdxl(tmp_path_factory, pickapic):
 @pytest.fixture(scope="session")
 def latents_sdxl_bf16(tmp_path_factory, pickapic):
     """latents_sdxl stored as bf16 (precompute's default storage dtype is fp16)."""
-    return precompute(pickapic, tmp_path_factory.mktemp("lat") / "sdxl-bf16", "tiny-sdxl", extra=("--storage-dtype", "bf16"))
+    return precompute(
+        pickapic, tmp_path_factory.mktemp("lat") / "sdxl-bf16", "tiny-sdxl", extra=("--storage-dtype", "bf16")
+    )
 
 
 @pytest.fixture(scope="session")

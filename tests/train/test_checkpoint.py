@@ -67,7 +67,9 @@ def test_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeypatch, lora, 
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     error = "e" if objective == "kto" else "e_w"
     for step in a:  # identical losses and learning rates, step by step
-        assert (a[step]["loss"], a[step]["lr"], a[step][error]) == (b[step]["loss"], b[step]["lr"], b[step][error]), step
+        assert (
+            (a[step]["loss"], a[step]["lr"], a[step][error]) == (b[step]["loss"], b[step]["lr"], b[step][error])
+        ), step
     if objective == "kto":  # the frozen reference came back too: the same reference errors and reference point
         assert all((a[s]["ref_e"], a[s]["kl"]) == (b[s]["ref_e"], b[s]["kl"]) for s in a)
     wa, wb = _weights(straight), _weights(resumed)
@@ -80,7 +82,9 @@ def test_resume_refuses_other_settings(tmp_path, latents_sdxl):
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 4, "--objective", "sft",
                                      "--resume-from-checkpoint", "latest"))
     assert result.exit_code == 2 and "different objective" in result.output
-    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 4, "--resume-from-checkpoint", str(tmp_path / "nope")))
+    result = run_cli(
+        app, train_args(latents_sdxl, out, "tiny-sdxl", 4, "--resume-from-checkpoint", str(tmp_path / "nope"))
+    )
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
@@ -91,7 +95,8 @@ def _env():
 
 def test_sigterm_saves_a_loadable_checkpoint_and_resume_continues(tmp_path, latents_sdxl):
     out = tmp_path / "run"
-    args = [str(BIN / "mapo-train"), *map(str, train_args(latents_sdxl, out, "tiny-sdxl", 500, "--checkpointing-steps", "1000"))]
+    args = [str(BIN / "mapo-train"),
+            *map(str, train_args(latents_sdxl, out, "tiny-sdxl", 500, "--checkpointing-steps", "1000"))]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -114,7 +119,9 @@ def test_sigterm_saves_a_loadable_checkpoint_and_resume_continues(tmp_path, late
 
 def test_two_processes_split_data_and_keep_identical_weights(tmp_path, latents_sdxl):
     out = tmp_path / "multi"
-    proc = run_accelerate("mapo-train", train_args(latents_sdxl, out, "tiny-sdxl", 3, "--debug-weight-checksums"), env=_env())
+    proc = run_accelerate(
+        "mapo-train", train_args(latents_sdxl, out, "tiny-sdxl", 3, "--debug-weight-checksums"), env=_env()
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [[json.loads(line) for line in (out / "debug" / f"weights-rank{r}.jsonl").read_text().splitlines()]
              for r in (0, 1)]
@@ -232,14 +239,18 @@ def test_latest_without_checkpoint_refuses_a_finished_run(tmp_path, latents_sdxl
     message = _one_error_line(run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2")))
     assert "no checkpoint" in message and "--overwrite" in message and "--resume-from-checkpoint" not in message
     before = (out / "pytorch_lora_weights.safetensors").read_bytes()
-    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest"))
+    result = run_cli(
+        app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest")
+    )
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "--overwrite" in lines[0], result.output
     assert (out / "pytorch_lora_weights.safetensors").read_bytes() == before and _steps(out) == [1]
     # Leftovers of a run stopped before its first checkpoint (no final outputs): started over.
     (out / "pytorch_lora_weights.safetensors").unlink()
     (out / "README.md").unlink()
-    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest"))
+    result = run_cli(
+        app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--lora-rank", "2", "--resume-from-checkpoint", "latest")
+    )
     assert result.exit_code == 0 and "2 steps (0 -> 2)" in result.output, result.output
     assert _steps(out) == [1, 2]
     shutil.rmtree(out / "checkpoints")  # with its last step's checkpoint, "latest" would resume it

@@ -17,7 +17,9 @@ from train.cli import app
 # LoRA + gradient checkpointing + DPO: the adapter is switched off for the reference forward (a second
 # graph of each block), and checkpointing recomputes the compiled blocks in the backward.
 # beta 100, not 5000: DPO multiplies the error differences by beta, and the fused kernels round differently.
-SETUP = ("--objective", "dpo", "--beta", "100", "--lora-rank", "4", "--gradient-checkpointing", "--learning-rate", "1e-2")
+SETUP = (
+    "--objective", "dpo", "--beta", "100", "--lora-rank", "4", "--gradient-checkpointing", "--learning-rate", "1e-2"
+)
 
 
 def _run(data, out, *extra):

@@ -14,7 +14,8 @@ from tests.train.conftest import train_args, write_unpaired
 
 @pytest.fixture(scope="module")
 def unpaired(tmp_path_factory):
-    """6 hand-made unpaired examples (2 desirable) through the real `mapo-data precompute` CLI: (latents, its output)."""
+    """6 hand-made unpaired examples (2 desirable) through the real `mapo-data precompute` CLI: (latents, its
+    output)."""
     from stages.cli import app as data_app
 
     root = tmp_path_factory.mktemp("kto")
@@ -61,7 +62,9 @@ def test_unpaired_precompute_then_kto_trains_and_pair_objectives_refuse(tmp_path
     assert (out / "pytorch_lora_weights.safetensors").exists()
 
     for objective in ("mapo", "dpo", "sft"):
-        refused = run_cli(train_app, train_args(lat, tmp_path / f"no-{objective}", "tiny-sd15", 1, "--objective", objective))
+        refused = run_cli(
+            train_app, train_args(lat, tmp_path / f"no-{objective}", "tiny-sd15", 1, "--objective", objective)
+        )
         lines = [ln for ln in refused.output.splitlines() if ln.strip()]
         assert refused.exit_code == 2 and len(lines) == 1, refused.output
         assert lines[0].startswith("error: ") and "holds unpaired examples; use --objective kto" in lines[0]
@@ -74,7 +77,9 @@ def test_kto_options_refuse_non_positive_values(tmp_path, latents_sd15):
         result = run_cli(train_app, train_args(latents_sd15, tmp_path / "run", "tiny-sd15", 1, "--objective", "kto",
                                                flag, value))
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
-        assert result.exit_code == 2 and len(lines) == 1 and flag in lines[0] and "must be > 0" in lines[0], result.output
+        assert (
+            result.exit_code == 2 and len(lines) == 1 and flag in lines[0] and "must be > 0" in lines[0]
+        ), result.output
         assert not (tmp_path / "run").exists()
 
 
@@ -115,4 +120,6 @@ def test_mapo_train_warns_of_kto_saturation_before_loading_models(tmp_path, late
     result = run_cli(train_app, [*train_args(latents_sd15, tmp_path / "run", "tiny-sd15", 1), *args])
     assert result.exit_code == 2 and "stopped where the models would load" in result.stderr, result.output
     warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
-    assert len(warnings) == int(warned) and all("saturates" in w and "lower --beta" in w for w in warnings), result.stderr
+    assert (
+        len(warnings) == int(warned) and all("saturates" in w and "lower --beta" in w for w in warnings)
+    ), result.stderr

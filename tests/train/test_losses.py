@@ -378,7 +378,10 @@ def test_kto_loss_reference_point_is_clamped_at_zero():
     assert out.loss.item() == pytest.approx((1 - sigmoid_ref(-2) + 1 - sigmoid_ref(-1)) / 2, rel=1e-12)
     assert out.metrics["kl"].item() == 0.0
     # One example per class: the class means are the examples' own values.
-    assert out.metrics["e_desirable"].item() == pytest.approx(0.6) and out.metrics["reward_undesirable"].item() == pytest.approx(0.1)
+    assert (
+        out.metrics["e_desirable"].item() == pytest.approx(0.6)
+        and out.metrics["reward_undesirable"].item() == pytest.approx(0.1)
+    )
     # A batch with one class only: the other class's means are 0, not NaN.
     one = kto_loss(t64(0.6, 0.3), t64(0.4, 0.4), torch.tensor([1, 1]), beta=10.0).metrics
     assert one["reward_undesirable"].item() == 0.0 and one["desirable_fraction"].item() == 1.0

@@ -73,7 +73,9 @@ def test_bf16_adamw_keeps_updates_that_plain_bf16_adamw_loses():
     assert fp32 == pytest.approx(-1e-2, rel=1e-3)
     assert _drift(lambda p: torch.optim.AdamW(p, **kw), torch.bfloat16) == 0.0  # stalled
     assert _drift(lambda p: BF16AdamW(p, **kw), torch.bfloat16) == pytest.approx(fp32, rel=0.03)
-    assert _drift(lambda p: BF16AdamW(p, state_dtype=torch.float32, **kw), torch.bfloat16) == pytest.approx(fp32, rel=0.03)
+    assert (
+        _drift(lambda p: BF16AdamW(p, state_dtype=torch.float32, **kw), torch.bfloat16) == pytest.approx(fp32, rel=0.03)
+    )
     with pytest.raises(TypeError, match="bf16 weights"):
         _drift(lambda p: BF16AdamW(p, **kw), torch.float32, steps=1)
 
@@ -194,19 +196,25 @@ def test_a_skipped_step_updates_nothing_with_in_backward(tmp_path, latents_sdxl,
     (("--master-weights", "bf16"), "--master-weights bf16 needs --mixed-precision bf16"),
     ((*BF16, "--lora-rank", "4"), "--master-weights bf16 is for full fine-tunes"),
     ((*BF16, "--use-8bit-adam"), "drop --use-8bit-adam"),
-    (("--reference-dtype", "bf16", "--mixed-precision", "bf16"), "--reference-dtype is for DPO, KTO and SPO full fine-tunes"),
+    (("--reference-dtype", "bf16", "--mixed-precision", "bf16"),
+     "--reference-dtype is for DPO, KTO and SPO full fine-tunes"),
     (("--objective", "dpo", "--reference-dtype", "bf16"), "--reference-dtype bf16 needs --mixed-precision bf16"),
-    (("--objective", "dpo", "--lora-rank", "4", "--reference-device", "cpu"), "--reference-device is for DPO, KTO and SPO full"),
+    (("--objective", "dpo", "--lora-rank", "4", "--reference-device", "cpu"),
+     "--reference-device is for DPO, KTO and SPO full"),
 ])
 def test_invalid_combinations_are_one_line_errors(tmp_path, latents_sdxl, extra, message):
     result = run_cli(app, train_args(latents_sdxl, tmp_path / "run", "tiny-sdxl", 1, *extra))
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert (
+        result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    ), result.output
     assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------ bf16 master weights in training
-BROKEN = pytest.mark.xfail(strict=True, raises=AssertionError, reason="rounding broken on purpose: the test must catch it")
+BROKEN = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="rounding broken on purpose: the test must catch it"
+)
 
 
 def _round_to_nearest(monkeypatch):

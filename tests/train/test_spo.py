@@ -172,8 +172,9 @@ def test_lower_is_better_judges_are_turned_around():
 
 
 def _spo_args(prompts, out, model, steps, *extra):
-    return ["--objective", "spo", "--prompts", prompts, "--model", model, "--output-dir", out, "--max-steps", str(steps),
-            "--batch-size", "2", "--num-inference-steps", "4", "--spo-start-step", "1", "--spo-threshold", "0",
+    return ["--objective", "spo", "--prompts", prompts, "--model", model, "--output-dir", out,
+            "--max-steps", str(steps), "--batch-size", "2", "--num-inference-steps", "4", "--spo-start-step", "1",
+            "--spo-threshold", "0",
             "--preference-model", "world-style", "--validation-style", "cartoon", "--learning-rate", "1e-3",
             "--report-to", "none", *extra]
 
@@ -251,8 +252,11 @@ def test_spo_sdxl_resume_after_sigterm_equals_uninterrupted(tmp_path, prompts, m
                                    "--num-candidates", "3"))
     assert other.exit_code == 2 and "different spo" in other.output, other.output
     # The prompt order crosses an epoch (3 prompts, 2 per step) the same way in both runs.
-    assert [r["checksum"] for r in map(json.loads, (straight / "debug" / "weights-rank0.jsonl").read_text().splitlines())] \
-        == [r["checksum"] for r in map(json.loads, (resumed / "debug" / "weights-rank0.jsonl").read_text().splitlines())]
+    assert (
+        [r["checksum"] for r in map(json.loads, (straight / "debug" / "weights-rank0.jsonl").read_text().splitlines())]
+        == [r["checksum"]
+            for r in map(json.loads, (resumed / "debug" / "weights-rank0.jsonl").read_text().splitlines())]
+    )
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -275,8 +279,9 @@ def test_a_micro_batch_without_pairs_updates_nothing_and_keeps_ddp_ranks_in_step
         online, unet = trainer.online, trainer.unet
         monkeypatch.setattr(type(online.acc), "num_processes", property(lambda self: processes))
         empty = torch.zeros((0, 4, 8, 8))
-        monkeypatch.setattr(online, "sample_pairs", lambda *a: Pairs(empty, torch.zeros(0, dtype=torch.long), empty,
-                                                                    empty, torch.zeros(0, dtype=torch.long), [], 4, [0.5] * 8))
+        monkeypatch.setattr(online, "sample_pairs",
+                            lambda *a: Pairs(empty, torch.zeros(0, dtype=torch.long), empty,
+                                             empty, torch.zeros(0, dtype=torch.long), [], 4, [0.5] * 8))
         out = online.loss(unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
         assert out.loss.item() == 0 and out.metrics["pairs"].item() == 0 and not out.has_signal
         assert math.isnan(out.metrics["logp_w"].item())
@@ -334,6 +339,8 @@ def test_resuming_an_spo_run_as_another_objective_is_refused_in_one_line(tmp_pat
     from pipeline.errors import UserError
     from train.run_folder import TRAINING_CONFIG, check_resume_config
 
-    (tmp_path / TRAINING_CONFIG).write_text(json.dumps({"objective": "spo", "spo": {"num_candidates": 2}, "world_size": 1}))
+    (tmp_path / TRAINING_CONFIG).write_text(
+        json.dumps({"objective": "spo", "spo": {"num_candidates": 2}, "world_size": 1})
+    )
     with pytest.raises(UserError, match="different objective, spo"):
         check_resume_config(tmp_path, {"objective": "mapo", "world_size": 1})

@@ -106,7 +106,8 @@ def test_lora_dpo_uses_the_adapter_disabled_model_not_a_copy(monkeypatch):
     deep_copies = []
     real_deepcopy = copy.deepcopy
     monkeypatch.setattr(copy, "deepcopy",
-                        lambda x, *a: (isinstance(x, torch.nn.Module) and deep_copies.append(type(x))) or real_deepcopy(x, *a))
+                        lambda x, *a: (isinstance(x, torch.nn.Module) and deep_copies.append(type(x)))
+                        or real_deepcopy(x, *a))
     _, models, obj = _setup(objective="dpo", lora_rank=4)
     gc.collect()
     assert models.reference is None and not deep_copies and loads == ["unet"]  # one UNet in memory

@@ -71,7 +71,9 @@ def _generate(pipe):
     ("tiny-sd15", "mapo", 4), ("tiny-sd15", "dpo", 0), ("tiny-sd15", "sft", 4),
     ("tiny-sdxl", "kto", 0), ("tiny-sd15", "kto", 4), ("tiny-sdxl", "kto", 4), ("tiny-sd15", "kto", 0),
 ])
-def test_objectives_train_and_outputs_load_with_plain_diffusers(request, tmp_path, model, objective, lora, trained_probe):
+def test_objectives_train_and_outputs_load_with_plain_diffusers(
+    request, tmp_path, model, objective, lora, trained_probe
+):
     from diffusers import UNet2DConditionModel
 
     data = request.getfixturevalue("latents_sdxl" if model == "tiny-sdxl" else "latents_sd15")
@@ -162,7 +164,9 @@ def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
 
 @pytest.mark.parametrize("case", ["raw images", "other family", "missing", "no data"])
 def test_bad_data_refused_with_one_line(tmp_path, case, pickapic, latents_sd15):
-    data = {"raw images": pickapic.parent, "other family": latents_sd15, "missing": tmp_path / "nope", "no data": None}[case]
+    data = {
+        "raw images": pickapic.parent, "other family": latents_sd15, "missing": tmp_path / "nope", "no data": None
+    }[case]
     args = train_args(data, tmp_path / "run")
     if data is None:
         args = args[2:]
@@ -188,7 +192,9 @@ def test_yaml_config_and_cli_wins(tmp_path, latents_sdxl):
     out = tmp_path / "run"
     _train(latents_sdxl, out, "tiny-sdxl", 1, "--config", cfg, "--learning-rate", "0.002")
     config = json.loads((out / "training_config.json").read_text())
-    assert config["objective"] == "sft" and config["lora_rank"] == 2 and config["lora_target_modules"] == ["to_q", "to_v"]
+    assert (
+        config["objective"] == "sft" and config["lora_rank"] == 2 and config["lora_target_modules"] == ["to_q", "to_v"]
+    )
     assert config["learning_rate"] == 0.002 and config["max_steps"] == 1 and config["beta"] is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("objectiv: mapo\n")
@@ -240,7 +246,8 @@ def test_nonfinite_losses_skipped_then_stop_keeps_last_checkpoint(tmp_path, late
                                      "--max-consecutive-nonfinite", "3"))
     assert result.exit_code == 2, result.output
     assert "3 non-finite losses in a row (step 7)" in result.output and "checkpoint-6" in result.output
-    assert (out / "checkpoints" / "checkpoint-6" / "model.safetensors").exists()  # weights of step 4: skipped steps change nothing
+    # weights of step 4: skipped steps change nothing
+    assert (out / "checkpoints" / "checkpoint-6" / "model.safetensors").exists()
     assert not (out / "unet").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 3, 4] and rows[-1]["nonfinite_skipped"] == 1
@@ -277,7 +284,9 @@ def test_validation_grids_and_tensorboard(tmp_path, latents_sdxl):
     from pipeline.images import GRID_CAPTION_HEIGHT, GRID_TITLE_HEIGHT
 
     # before | after (2 seeds each) at 64 px, scaled to 128 px tiles, titled, one captioned row per prompt
-    assert Image.open(out / "validation" / "before_after.png").size == (4 * 128 + 3 * 4, GRID_TITLE_HEIGHT + 2 * (GRID_CAPTION_HEIGHT + 128 + 4))
+    assert Image.open(out / "validation" / "before_after.png").size == (
+        4 * 128 + 3 * 4, GRID_TITLE_HEIGHT + 2 * (GRID_CAPTION_HEIGHT + 128 + 4)
+    )
     assert list((out / "logs").rglob("events.out.tfevents.*"))
 
 
@@ -329,7 +338,8 @@ def test_validation_metrics_scored_with_the_shared_scorers(tmp_path, latents_sdx
     out = tmp_path / "run"
     _train(latents_sdxl, out, "tiny-sdxl", 2, "--validation-steps", "1", "--validation-prompts", "a cat",
            "--validation-seeds", "0", "--validation-inference-steps", "1", "--validation-metrics", "style,clip",
-           "--validation-tiny-scorers", "--validation-style", "cartoon", "--report-to", "tensorboard", "--lora-rank", "2")
+           "--validation-tiny-scorers", "--validation-style", "cartoon", "--report-to", "tensorboard",
+           "--lora-rank", "2")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if "val/style" in r]
     assert [r["step"] for r in val] == [0, 1, 2]

@@ -36,7 +36,9 @@ def world(tmp_path_factory):
     from stages.cli import app
 
     root = tmp_path_factory.mktemp("world")
-    train, held = write_prompts(root / "train.txt", captions("train")), write_prompts(root / "heldout.txt", captions("heldout"))
+    train, held = (
+        write_prompts(root / "train.txt", captions("train")), write_prompts(root / "heldout.txt", captions("heldout"))
+    )
     for args in (
         ["generate", "--prompts", train, "--output", root / "pairs", "--model", "shapes-sdxl", *GEN,
          "--recipe", "style", "--style", "cartoon", "--shard-size", "48", "--batch-size", "16"],
@@ -55,7 +57,9 @@ def _train_and_judge(root, held, name: str, extra: list) -> dict:
     from train.cli import app as train_app
 
     run = root / f"run-{name}"
-    result = run_cli(train_app, ["--data", root / "latents", "--model", "shapes-sdxl", "--output-dir", run, *TRAIN, *extra])
+    result = run_cli(
+        train_app, ["--data", root / "latents", "--model", "shapes-sdxl", "--output-dir", run, *TRAIN, *extra]
+    )
     assert result.exit_code == 0, result.output
     result = run_cli(eval_app, ["--candidate", run, "--prompts", held, "--output", root / f"eval-{name}", *GEN,
                                 "--metrics", "world-style,world-prompt", "--style", "cartoon", "--seeds", "2",
@@ -80,7 +84,9 @@ def _never_apply_lora(monkeypatch):
     monkeypatch.setattr(StableDiffusionXLPipeline, "unload_lora_weights", lambda self, *a, **kw: None)
 
 
-BROKEN = pytest.mark.xfail(strict=True, raises=AssertionError, reason="learning is broken on purpose: the test must catch it")
+BROKEN = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="learning is broken on purpose: the test must catch it"
+)
 
 
 # LoRA on the attention layers costs this world prompt following (48 pairs: 0.92 -> 0.46-0.67 in our

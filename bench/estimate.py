@@ -382,6 +382,7 @@ def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
         "mem_kind": "estimate",
         "mem_mb": {k: v / MIB for k, v in main.by_category.items()},
         "per_pair_mem_mb": per_pair / MIB,
+        "batch_size": cfg.batch_size,  # the batch the estimate ran at (and one more): the max batch's base
         "max_batch_by_gpu_gb": {f"{g:g}": largest_batch_for(g, peak_at_1, per_pair) for g in gpu_memory_gb},
         "flops": main.flops,
         "ops_per_step": main.ops_per_step,
@@ -428,6 +429,15 @@ def run_estimate(cfg: BenchConfig, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB) -> dict:
     return result
 
 
+EXTRAPOLATION_LIMIT = 4  # a max batch more than this many times the estimated batch is marked in the table
+
+
+def _max_batch_cell(found: int | None, measured_at: int) -> str:
+    if found is None:
+        return "no bound"
+    return f"{found}*" if found > EXTRAPOLATION_LIMIT * measured_at else str(found)
+
+
 def format_estimate(result: dict) -> str:
     """The estimate's table (Markdown): peak GiB and its parts, GiB per extra pair, TFLOP and operators per step,
     max batch per card."""
@@ -446,8 +456,7 @@ def format_estimate(result: dict) -> str:
                      + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
                      + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}",
                         str(r["ops_per_step"])]
-                     + [str(r["max_batch_by_gpu_gb"][c]) if r["max_batch_by_gpu_gb"][c] is not None else "no bound"
-                        for c in cards])
+                     + [_max_batch_cell(r["max_batch_by_gpu_gb"][c], r["batch_size"]) for c in cards])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = [f"| {' | '.join(str(c).ljust(w) for c, w in zip(line, widths))} |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -457,5 +466,8 @@ def format_estimate(result: dict) -> str:
     out.append("")
     out.append(f"Peak = allocator bytes (512-byte blocks), model setup included; parts at the step's peak; max batch "
                f"keeps {s['card_reserve_gib']} GiB of each card free (CUDA context, workspaces); GB read as GiB. "
-               "ops/step: operators one step dispatches (views left out), about the GPU kernels it launches.")
+               "ops/step: operators one step dispatches (views left out), about the GPU kernels it launches. "
+               f"* more than {EXTRAPOLATION_LIMIT}x the estimated batch: memory per pair grows with the batch (SDXL: "
+               "0.66 GiB from 1 to 2 pairs, 1.35 at 32), so a far extrapolation overstates it; estimate again with "
+               "--batch-size near it.")
     return "\n".join(out)

@@ -44,6 +44,24 @@ def _storages(t):
     return [t.untyped_storage()]
 
 
+# Operators that make a tensor without running a kernel on it (allocation, metadata): not counted as launches.
+_NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "lift_fresh",
+                        "detach", "alias", "_to_copy_noop"})
+
+
+def launches_kernel(func, out) -> bool:
+    """Whether operator ``func`` (an OpOverload) with outputs ``out`` stands for a device kernel: it computes
+    a tensor (metadata queries such as ``prim.device``, which a tensor subclass dispatches for every Python
+    ``.device`` access, do not), is not a view and not a bare allocation (:data:`_NO_KERNEL`). A proxy: a
+    fused CUDA kernel (fused AdamW, SDPA) counts once, and an operator may launch more than one kernel."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    if func.is_view or func.namespace == "prim" or func.overloadpacket.__name__ in _NO_KERNEL:
+        return False
+    return any(isinstance(t, torch.Tensor) for t in tree_leaves(out))
+
+
 class LiveBytes:
     """Bytes of live tensor storages by category, and the breakdown at the peak of their sum.
 
@@ -63,7 +81,7 @@ class LiveBytes:
         self.peak = dict(self.current)
         self.peak_total = 0
         self.phase = "activations"
-        self.ops = 0  # operators dispatched that compute something (views left out): about one GPU kernel each
+        self.ops = 0  # operators that compute a tensor (launches_kernel): about one GPU kernel each
 
     @property
     def total(self) -> int:
@@ -119,7 +137,7 @@ class LiveBytes:
         class _Count(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                if not func.is_view:
+                if launches_kernel(func, out):
                     tracker.ops += 1
                 tree_map_only(torch.Tensor, tracker.add, out)
                 return out
@@ -139,9 +157,9 @@ class Estimate:
     trainable_parameters: int = 0
     seconds: float = 0.0
     setup_bytes: int = 0  # peak while the models are built (fp32 build of a bf16 LoRA base), before the steps
-    # Operators one optimizer step dispatches (views left out), forward, backward and update: about the GPU
-    # kernels it launches (a fused AdamW or an SDPA is one; CPU-only decompositions may differ). Where a step is
-    # launch-bound (small batches on a fast GPU), time follows this count more than FLOPs.
+    # Operators one optimizer step dispatches that compute a tensor (:func:`launches_kernel`), forward, backward
+    # and update: about the GPU kernels it launches (a fused AdamW or an SDPA is one; CPU-only decompositions may
+    # differ). Where a step is launch-bound (small batches on a fast GPU), time follows this count more than FLOPs.
     ops_per_step: int = 0
 
 

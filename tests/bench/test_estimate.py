@@ -130,3 +130,19 @@ def test_model_flops_leave_out_only_what_checkpointing_recomputes():
     assert ckpt["executed"] - ckpt["forward"] < ckpt["model"] < ckpt["executed"]
     # The recomputed forward launches its operators again.
     assert ckpt_run.ops_per_step > plain_run.ops_per_step > 0
+
+
+def test_only_operators_that_compute_a_tensor_count_as_launches():
+    """ops/step must not count what launches nothing: a fake tensor dispatches prim.device for every Python
+    `.device` access (they were 80% of the first count), views, bare allocations."""
+    import torch
+
+    from bench.estimate import launches_kernel
+
+    t = torch.ones(2, 3)
+    aten, prim = torch.ops.aten, torch.ops.prim
+    assert launches_kernel(aten.add.Tensor, t + t) and launches_kernel(aten.mm.default, t @ t.T)
+    assert not launches_kernel(prim.device.default, t.device)
+    assert not launches_kernel(aten.view.default, t.view(3, 2))
+    assert not launches_kernel(aten.empty.memory_format, torch.empty(2))
+    assert not launches_kernel(aten._local_scalar_dense.default, 1.0)  # a host sync, not a kernel of the step

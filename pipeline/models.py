@@ -56,12 +56,21 @@ def dtype_name(dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 
+def _close_builtin(name: str) -> str | None:
+    """The built-in model ``name`` is most likely a typo of (difflib, as click suggests options), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(name, builtin_models.BUILTIN_MODELS, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def _not_found(what: str, name: str, detail: str = "") -> ModelNotFoundError:
     builtins = ", ".join(builtin_models.BUILTIN_MODELS)
+    close = _close_builtin(name)
     msg = (
-        f"{what} '{name}' was not found: it is not a built-in ({builtins}), not a local folder, "
-        f"and not in the local Hugging Face cache. Download it first (e.g. `hf download {name}`) "
-        "or pass the path of a local diffusers folder."
+        f"{what} '{name}' was not found" + (f" (did you mean '{close}'?)" if close else "")
+        + f": it is not a built-in ({builtins}), not a local folder, and not in the local Hugging Face cache. "
+        f"Download it first (e.g. `hf download {name}`) or pass the path of a local diffusers folder."
     )
     if detail:
         msg += f" ({detail})"
@@ -82,6 +91,10 @@ def resolve_model_source(model: str) -> str:
             raise UserError(f"'{model}' exists but is not a diffusers pipeline folder (no model_index.json).")
         return str(path)
     if model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1):
+        raise _not_found("Model", model)
+    if "/" not in model and _close_builtin(model):
+        # A near miss of a built-in name, not a hub id (those are owner/name): say so now, not after the hub's
+        # lookups and retries (half a minute without a network).
         raise _not_found("Model", model)
     return model
 

@@ -47,6 +47,17 @@ def test_model_not_found_is_one_line(name):
     assert f"'{name}' was not found" in msg and "tiny-sdxl" in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("typo, meant", [("tiny-sdx1", "tiny-sdxl"), ("tiny-sd1.5", "tiny-sd15"),
+                                          ("shapes-sdx", "shapes-sdxl")])
+def test_a_near_miss_of_a_built_in_is_refused_at_once_with_a_suggestion(typo, meant):
+    """resolve_model_source refuses it before any from_pretrained (no hub lookups: half a minute of retries
+    without a network): one line naming the built-in. A hub id (owner/name) is left to the loader."""
+    with pytest.raises(ModelNotFoundError, match=rf"'{typo}' was not found \(did you mean '{meant}'\?\)"):
+        resolve_model_source(typo)
+    hub_id = "stabilityai/stable-diffusion-xl-base-1.0"
+    assert resolve_model_source(hub_id) == hub_id
+
+
 def test_folder_without_model_index(tmp_path):
     with pytest.raises(UserError, match="not a diffusers pipeline folder"):
         resolve_model_source(str(tmp_path))

@@ -482,20 +482,21 @@ def overwrite_option() -> Any:
     return option(False, help="Replace an output folder made with another configuration.", panel=PANEL_IO)
 
 
-def num_inference_steps_option(default: int) -> Any:
-    return option(default, help="Denoising steps per image.", check=at_least(1), panel=PANEL_SAMPLING)
+def num_inference_steps_option(default: int, panel: str = PANEL_SAMPLING, prefix: str = "") -> Any:
+    """``prefix`` (e.g. "spo: ") and ``panel``: for a command where sampling serves one mode only."""
+    return option(default, help=f"{prefix}Denoising steps per image.", check=at_least(1), panel=panel)
 
 
-def guidance_scale_option(default: float) -> Any:
-    return option(default, help="Classifier-free guidance scale.", panel=PANEL_SAMPLING)
+def guidance_scale_option(default: float, panel: str = PANEL_SAMPLING, prefix: str = "") -> Any:
+    return option(default, help=f"{prefix}Classifier-free guidance scale.", panel=panel)
 
 
 RESOLUTION_HELP = ("Image side in pixels (multiple of 8); default: the model's own, as diffusers defaults it "
                    "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models).")
 
 
-def resolution_option(default: int | None = None, help: str = RESOLUTION_HELP) -> Any:
-    return option(default, help=help, check=multiple_of_8, panel=PANEL_SAMPLING)
+def resolution_option(default: int | None = None, help: str = RESOLUTION_HELP, panel: str = PANEL_SAMPLING) -> Any:
+    return option(default, help=help, check=multiple_of_8, panel=panel)
 
 
 def seed_option(help: str) -> Any:
@@ -507,8 +508,8 @@ def batch_invariant_option() -> Any:
                              "--no-batch-invariant batches for speed.", panel=PANEL_SAMPLING)
 
 
-def prompt_column_option() -> Any:
-    return option(None, help="Column holding prompts (default: caption, else prompt).", panel=PANEL_IO)
+def prompt_column_option(panel: str = PANEL_IO, prefix: str = "") -> Any:
+    return option(None, help=f"{prefix}Column holding prompts (default: caption, else prompt).", panel=panel)
 
 
 def split_option() -> Any:
@@ -517,5 +518,5 @@ def split_option() -> Any:
         "a folder of one split is read whole."))
 
 
-def prompt_split_option() -> Any:
-    return option("train", help="Split, when --prompts is a datasets name.", panel=PANEL_IO)
+def prompt_split_option(panel: str = PANEL_IO, prefix: str = "") -> Any:
+    return option("train", help=f"{prefix}Split, when --prompts is a datasets name.", panel=panel)

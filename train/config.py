@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import UserError
 from pipeline.options import (
+    RESOLUTION_HELP,
     at_least,
     between,
     check_options,
@@ -147,8 +148,8 @@ class TrainConfig:
     # and its SD1.5 / SDXL experiment configs), arXiv 2406.04314.
     prompts: str | None = option(None, panel=P_SPO, help=(
         "spo: prompt file (.txt, .jsonl, .csv, .parquet), folder of Parquet shards or datasets name."))
-    prompt_split: str = prompt_split_option()
-    prompt_column: str | None = prompt_column_option()
+    prompt_split: str = prompt_split_option(panel=P_SPO, prefix="spo: ")
+    prompt_column: str | None = prompt_column_option(panel=P_SPO, prefix="spo: ")
     preference_model: str = option("pickscore", panel=P_SPO, help=(
         "spo: scorer of each candidate's decoded predicted clean image: pickscore, aesthetic, hps, clip, style, "
         "safety, world-style, world-prompt, world-unsafe (lower-is-better ones turned around); style and "
@@ -164,9 +165,9 @@ class TrainConfig:
         "spo: sampling steps before the first compared step (upstream divert_start_step 4)."))
     spo_clip: float = option(0.1, check=between(1e-6, 0.999999), hidden=True, panel=P_SPO, help=(
         "spo: the policy/reference ratio is clipped to [1 - c, 1 + c] (upstream eps 0.1)."))
-    num_inference_steps: int = num_inference_steps_option(20)
-    guidance_scale: float = guidance_scale_option(5.0)
-    resolution: int | None = resolution_option()
+    num_inference_steps: int = num_inference_steps_option(20, panel=P_SPO, prefix="spo: ")
+    guidance_scale: float = guidance_scale_option(5.0, panel=P_SPO, prefix="spo: ")
+    resolution: int | None = resolution_option(panel=P_SPO, help="spo: " + RESOLUTION_HELP)
     report_to: str = option("auto", choices=REPORT_TO, panel=P_LOG, help=(
         "auto (tensorboard when installed), tensorboard, wandb, all, none."))
     logging_steps: int = option(1, check=positive, panel=P_LOG, help="Log metrics every N steps.")

@@ -94,7 +94,7 @@ def check_resume_config(out: Path, mine: dict) -> dict:
         The run's recorded config (``{}`` when it has none yet).
 
     Raises:
-        UserError: "Cannot resume ...: the run was made with different <keys>".
+        UserError: "Cannot resume ...: the run was made with different <key> <saved> (now <value>), ...".
     """
     path = Path(out) / TRAINING_CONFIG
     if not path.exists():
@@ -106,8 +106,10 @@ def check_resume_config(out: Path, mine: dict) -> dict:
     if saved.get("world_size") not in (None, mine["world_size"]):
         differ.append("world_size (number of processes)")
     if differ:
-        raise UserError(f"Cannot resume '{out}': the run was made with different {', '.join(differ)}; "
-                        "use the original settings or a new --output-dir.")
+        # The values too (saved vs now), as generate and mapo-eval's refusals name them.
+        values = [f"{k} {saved.get(k)!r} (now {mine.get(k)!r})" if k in keys else k for k in differ]
+        raise UserError(f"Cannot resume '{out}': the run was made with different {', '.join(values)}; "
+                        "use the original settings, a new --output-dir, or --overwrite to start over.")
     return saved
 
 

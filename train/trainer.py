@@ -85,6 +85,9 @@ class Trainer:
             log_with=self._trackers() or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
+        if cfg.compile and acc.is_main_process:
+            print("--compile: the UNet's transformer blocks compile during the first steps (slower, tens of seconds "
+                  "on a CPU; once per shape)", file=sys.stderr)
         if cfg.objective == "kto" and acc.is_main_process:  # before the models load: said at once
             warning = kto_saturation_warning(cfg.resolved_beta, cfg.learning_rate)
             if warning:

@@ -81,7 +81,8 @@ def test_resume_refuses_other_settings(tmp_path, latents_sdxl):
     assert run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, "--checkpointing-steps", "1")).exit_code == 0
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 4, "--objective", "sft",
                                      "--resume-from-checkpoint", "latest"))
-    assert result.exit_code == 2 and "different objective" in result.output
+    assert result.exit_code == 2 and "different objective 'mapo' (now 'sft')" in result.output
+    assert "--overwrite" in result.output
     result = run_cli(
         app, train_args(latents_sdxl, out, "tiny-sdxl", 4, "--resume-from-checkpoint", str(tmp_path / "nope"))
     )

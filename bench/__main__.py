@@ -14,6 +14,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 @command(app, BenchConfig)
 def main(cfg: BenchConfig):
     """Time and memory of mapo / dpo / sft training steps, side by side (--estimate: on fake tensors, no GPU)."""
+    cfg = cfg.resolved()
     if cfg.estimate:
         from .estimate import format_estimate, run_estimate
 

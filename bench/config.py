@@ -110,7 +110,9 @@ class BenchConfig:
         "paper's 80 GB card (torch.cuda.set_per_process_memory_fraction; default: the whole GPU)."))
     peak_tflops: float | None = option(None, help="Device peak TFLOP/s for MFU (default: bf16 dense peak of known "
                                                   "GPUs).")
-    output: str | None = option("bench-output/bench.json", help="Where to write the JSON result.")
+    output: str | None = option(None, help=(
+        "Where to write the JSON result (default: bench-output/bench.json, or bench-output/estimate.json with "
+        "--estimate)."))
     seed: int = option(0, help="Seed of the data, noise and timesteps.")
     estimate: bool = option(False, help="Estimate peak memory (weights / gradients / optimizer / activations), "
                                         "FLOPs and the largest batch per card on fake tensors, on the CPU, allocating "
@@ -129,6 +131,8 @@ class BenchConfig:
                 setattr(out, name, getattr(preset, name))
         if out.pairs is None:
             out.pairs = 4 * out.batch_size
+        if out.output is None:  # an estimate does not overwrite a measurement
+            out.output = "bench-output/estimate.json" if out.estimate else "bench-output/bench.json"
         unknown = [c for c in (*out.configurations, *out.max_batch_configurations) if c not in CONFIGURATIONS]
         if unknown or not out.configurations:
             raise UserError(f"Unknown configuration(s) {', '.join(unknown) or '(none given)'}; "

@@ -33,7 +33,7 @@ bench JSON, or the generation benchmark's text), ``summary.md`` (the tables, wha
 and why, each section's wall time, so the next session can plan) and ``log.txt`` (everything printed).
 Dry run on a CPU, tiny model:
 
-    python scripts/gpu_session.py --output /tmp/gpu-dry --model tiny-sdxl --device cpu --budget-s 600
+    python scripts/gpu_session.py --output /tmp/gpu-dry --model tiny-sdxl --device cpu --budget-s 900
 """
 from __future__ import annotations
 
@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(wanted) - {s.name for s in SECTIONS})
     if unknown:
         ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(s.name for s in SECTIONS)}")
+    if args.device == "cpu":  # a dry run on a shared machine: OpenMP threads spinning make tiny steps erratic
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.perf_counter() + args.budget_s

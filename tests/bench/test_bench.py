@@ -295,3 +295,11 @@ def test_time_job_searches_the_largest_batch_on_its_own_model(tiny_bench_data, t
     monkeypatch.setattr(worker, "CudaMemory", broken)
     result = worker.job_time(job)
     assert result["median_ms"] > 0 and result["max_batch_error"] == "RuntimeError: no CUDA here"
+
+
+def test_an_estimate_does_not_overwrite_a_measurement_by_default():
+    from bench.config import BenchConfig
+
+    assert BenchConfig().resolved().output == "bench-output/bench.json"
+    assert BenchConfig(estimate=True).resolved().output == "bench-output/estimate.json"
+    assert BenchConfig(estimate=True, output="x.json").resolved().output == "x.json"

@@ -346,7 +346,7 @@ CASES = [
     Case("precompute-input-missing", "missing input", "data", lambda c: pre(c, src=c.tmp / "none"), "does not exist"),
     Case("train-data-missing", "missing input", "train", lambda c: trn(c, data=c.tmp / "none"), "does not exist"),
     Case("eval-candidate-missing", "missing input", "eval", lambda c: evl(c, "--candidate", c.tmp / "none"),
-         "not a mapo-train output"),
+         "none' does not exist"),
     Case("inspect-folder-missing", "missing input", "data", lambda c: ["inspect", c.tmp / "none"], "is not a folder",
          leaves=lambda c: c.tmp / "none"),
     Case("eval-vae-missing", "missing input", "eval", lambda c: evl(c, "--vae", str(c.tmp / "no-vae")),

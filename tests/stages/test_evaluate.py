@@ -164,7 +164,8 @@ def test_bad_input_is_one_line_and_writes_nothing(candidates, tmp_path):
     not_run.mkdir()
     (not_run / "training_config.json").write_text("{}")
     assert "not a mapo-train output" in _bad(["--prompts", prompts, "--candidate", not_run], tmp_path)
-    assert "not a mapo-train output" in _bad(["--prompts", prompts, "--candidate", tmp_path / "missing"], tmp_path)
+    line = _bad(["--prompts", prompts, "--candidate", tmp_path / "missing"], tmp_path)
+    assert "does not exist" in line and "not a mapo-train output" not in line
     line = _bad(["--prompts", prompts, "--candidate", candidates["lora"], "--metrics", "aesthetic",
                  "--aesthetic-weights", tmp_path / "none.pth"], tmp_path)
     assert "aesthetic weights file not found" in line

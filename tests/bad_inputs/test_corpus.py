@@ -299,7 +299,7 @@ CASES = [
          lambda c: trn(c, "--validation-prompts", "a cat", "--validation-metrics", "world-prompt"),
          "is not a miniature-world prompt"),
     Case("train-batch-larger-than-data", "option value", "train", lambda c: trn(c, "--batch-size", "8"),
-         "2 pairs is fewer than one global batch"),
+         "2 pairs is fewer than one global batch (--batch-size 8 x 1 process); lower --batch-size to at most 2"),
     Case("eval-metric-beauty", "option value", "eval", lambda c: evl(c, "--metrics", "clip,beauty"),
          "unknown metric 'beauty'"),
     Case("eval-seeds-0", "option value", "eval", lambda c: evl(c, "--seeds", "0"), "--seeds must be at least 1"),
@@ -415,6 +415,10 @@ CASES = [
          fix=_without("--model")),
     # -- mapo-train: data, model and resume that do not fit -----------------------------------------
     Case("train-sd15-on-sdxl-latents", "model mismatch", "train", lambda c: trn(c, "--model", "tiny-sd15"),
+         "holds sdxl latents but 'tiny-sd15' is an sd15 model"),
+    # The family mismatch is the error, not the batch that the 2 pairs could not fill either (checked first).
+    Case("train-sd15-on-sdxl-latents-batch-too-large", "model mismatch", "train",
+         lambda c: trn(c, "--model", "tiny-sd15", "--batch-size", "4"),
          "holds sdxl latents but 'tiny-sd15' is an sd15 model"),
     Case("train-random-flip-without-flips", "model mismatch", "train", lambda c: trn(c, "--random-flip"),
          "--random-flip needs mirrored latents"),

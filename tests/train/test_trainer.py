@@ -367,3 +367,26 @@ def test_validation_metrics_errors_are_one_line_before_training(tmp_path, latent
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
+
+
+class _Items:
+    """Stands in for a LatentDataset in ``training_sampler``, which reads only its length and kind."""
+
+    def __init__(self, n: int, unpaired: bool = False):
+        self.n, self.unpaired = n, unpaired
+
+    def __len__(self):
+        return self.n
+
+
+def test_batch_too_large_says_the_largest_batch_that_fits():
+    from pipeline.errors import UserError
+    from train.config import TrainConfig
+    from train.data import training_sampler
+
+    cfg = TrainConfig(data="unused", model="tiny-sdxl", batch_size=4)
+    with pytest.raises(UserError, match=r"5 pairs .* x 2 processes\); lower --batch-size to at most 2"):
+        training_sampler(cfg, _Items(5), 0, 2)
+    with pytest.raises(UserError, match=r"^3 examples .*; launch at most 3 processes"):
+        training_sampler(cfg, _Items(3, unpaired=True), 0, 4)
+    assert len(training_sampler(cfg, _Items(8), 1, 2)) == 1

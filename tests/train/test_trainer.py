@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -90,6 +91,13 @@ def test_objectives_train_and_outputs_load_with_plain_diffusers(
     expected |= {"e_l"} if objective in ("mapo", "dpo") else set()
     expected |= {"sft_term", "margin_term", "s_w", "s_l", "margin"} if objective == "mapo" else set()
     assert expected <= set(rows[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    # The summary prints the last step's metrics with enough digits to tell e_w from e_l.
+    printed = dict(re.findall(r"\b(loss|e_w|e_l) ([-+.\deE]+)[,;]", result.output))
+    assert "loss" in printed, result.output
+    for key, text in printed.items():
+        assert float(text) == pytest.approx(rows[-1][key], rel=1e-3)
+    if {"e_w", "e_l"} <= set(printed):
+        assert (printed["e_w"] == printed["e_l"]) == (rows[-1]["e_w"] == rows[-1]["e_l"])
     card = (out / "README.md").read_text()
     assert model in card and objective.upper() in card and "## How to load" in card
     # The card's own snippet loads the result (a built-in name is written as its folder, not as a hub id).

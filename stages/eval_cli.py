@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.formatting import distinct_digits
+from pipeline.formatting import count, distinct_digits
 from pipeline.options import command
 
 from .evaluate import BASE, EvalConfig
@@ -28,7 +28,7 @@ def evaluate(cfg: EvalConfig):
         wins = ", ".join(f"{name} {text}" for name, text in zip(rates, distinct_digits(list(rates.values()), 3)))
         typer.echo(f"{metric}: {line}" + (f" | win rate vs base: {wins}" if wins else ""))
     typer.echo(
-        f"eval: {result.images_generated} images generated, {result.scores_computed} scores computed "
+        f"eval: {count(result.images_generated, 'image')} generated, {count(result.scores_computed, 'score')} computed "
         f"in {result.seconds:.1f}s -> report: {result.report}"
         + (f"; {', '.join(tiny)} scored with TINY RANDOM WEIGHTS (--tiny-scorers): those numbers measure nothing"
            if tiny else "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
+from pipeline.formatting import count
 from pipeline.latent_shards import LatentDataset, PairSampler, check_model, collate, open_latents
 from pipeline.models import load_pipeline
 
@@ -47,13 +48,13 @@ def training_sampler(cfg: TrainConfig, ds: LatentDataset, rank: int, world_size:
         UserError: ``ds`` holds fewer items than one global batch (``--batch-size`` x processes);
             the message says the largest ``--batch-size`` that fits (or how many processes at most).
     """
-    n, unit = len(ds), ("examples" if ds.unpaired else "pairs")
+    n, unit = len(ds), ("example" if ds.unpaired else "pair")
     if 0 < n < cfg.batch_size * world_size:
         procs = "process" if world_size == 1 else "processes"
         fix = (f"lower --batch-size to at most {n // world_size}" if n >= world_size
                else f"launch at most {n} processes")
-        raise UserError(f"{n} {unit} is fewer than one global batch (--batch-size {cfg.batch_size} x {world_size} "
-                        f"{procs}); {fix}, or add data.")
+        raise UserError(f"{count(n, unit)} is fewer than one global batch (--batch-size {cfg.batch_size} x "
+                        f"{world_size} {procs}); {fix}, or add data.")
     return PairSampler(n, cfg.batch_size, cfg.seed, rank, world_size, drop_last=True, flip=cfg.random_flip)
 
 

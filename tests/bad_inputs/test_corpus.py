@@ -518,14 +518,14 @@ def _flat():
 COUNTED = [
     Counted("precompute-ties", lambda c: pre(c, src=_pickapic_rows(
         c, [("tie one", _scene(), _flat()), ("tie two", _flat(), _scene())], [(0.5, 0.5), (1.0, 1.0)])),
-        ("0 pairs in 1 shards", "2 ties dropped", "0 rejected"), reasons=[]),
+        ("0 pairs in 1 shard ", "2 ties dropped", "0 rejected"), reasons=[]),
     Counted("precompute-missing-label-and-empty-caption", lambda c: pre(c, src=_pickapic_rows(
         c, [("kept", _scene(), _flat()), ("no label", _scene(), _flat()), ("  ", _scene(), _flat())],
-        [(1.0, 0.0), (None, 0.0), (1.0, 0.0)])), ("1 pairs in 1 shards", "2 rejected"),
+        [(1.0, 0.0), (None, 0.0), (1.0, 0.0)])), ("1 pair in 1 shard ", "2 rejected"),
         reasons=["missing label", "empty caption"]),
     Counted("precompute-corrupt-image", lambda c: pre(c, src=_pickapic_rows(
         c, [("kept", _scene(), _flat()), ("cut short", _scene()[:40], _flat())], [(1.0, 0.0), (1.0, 0.0)])),
-        ("1 pairs in 1 shards", "1 rejected"),
+        ("1 pair in 1 shard ", "1 rejected"),
         reasons=["jpg_0: undecodable image (UnidentifiedImageError)"]),
     Counted("label-corrupt-image", lambda c: ["label", "--input", _pickapic_rows(
         c, [("kept", _scene(), _flat()), ("cut short", _scene()[:40], _flat())], [(1.0, 0.0), (1.0, 0.0)]),

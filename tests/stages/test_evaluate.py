@@ -146,7 +146,7 @@ def test_rerun_generates_and_scores_only_what_is_missing(evaluated):
     (out / f"images/lora/{pid}-0.png").unlink()
     result = run_cli(app, args)
     assert result.exit_code == 0, result.output
-    assert "1 images generated, 0 scores computed" in result.output
+    assert "1 image generated, 0 scores computed" in result.output
     assert (out / f"images/lora/{pid}-0.png").read_bytes() == before  # the LoRA again, same seed, same bytes
     # Fewer metrics: nothing to score; the report covers only the asked metrics.
     fewer = [a if a != ALL else "clip" for a in args]

@@ -324,7 +324,7 @@ def test_before_after_after_resume_shows_the_base_model(tmp_path, latents_sdxl, 
     assert np.array_equal(straight_before, step0) and not np.array_equal(straight_before, straight_after)
     result = _train(latents_sdxl, out, "tiny-sdxl", 2, *args, "--resume-from-checkpoint",
                     str(out / "checkpoints" / "checkpoint-1"))
-    assert "1 steps (1 -> 2)" in result.output
+    assert "1 step (1 -> 2)" in result.output
     before, after = _halves(out / "validation" / "before_after.png")
     assert not np.array_equal(before, after)
     assert np.array_equal(before, step0) and np.array_equal(after, straight_after)

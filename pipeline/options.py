@@ -306,8 +306,17 @@ def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     values = {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in raw.items()}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"--config file {path} has unknown keys: {', '.join(unknown)}.")
+        raise UserError(f"--config file {path} has unknown keys: {', '.join(_suggest(k, known) for k in unknown)}.")
     return values
+
+
+def _suggest(key: str, known: set[str]) -> str:
+    """``key`` with the closest option names, as click suggests them for a misspelled ``--option``
+    (``difflib.get_close_matches``, its default cutoff 0.6; click.parser's ``_unknown_option``)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=3)
+    return f"{key} (did you mean {' or '.join(close)}?)" if close else key
 
 
 def options_record(cfg) -> dict:

@@ -48,13 +48,16 @@ def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
     """The training output in folder ``path`` (``name`` defaults to the folder's name).
 
     Raises:
-        UserError: the folder is not a mapo-train output, or its config is not JSON.
+        UserError: the path does not exist, the folder is not a mapo-train output, or its config is
+            not JSON.
         WeightsFileError: its weights are unreadable (checked here, before anything records the
             output: a rerun with the repaired file is then not refused).
     """
     root = Path(path).expanduser()
     config_file = root / TRAINING_CONFIG
     has_unet, has_lora = (root / UNET_DIR / "config.json").is_file(), (root / LORA_WEIGHTS).is_file()
+    if not root.exists():
+        raise UserError(f"candidate '{path}' does not exist: pass a mapo-train --output-dir")
     if not root.is_dir() or not config_file.is_file() or not (has_unet or has_lora):
         raise UserError(
             f"candidate '{path}' is not a mapo-train output: expected {TRAINING_CONFIG} and either unet/ "

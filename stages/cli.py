@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from pipeline.cli_support import one_line_errors_group
+from pipeline.formatting import count
 from pipeline.options import command
 
 from .generate import GenerateConfig
@@ -33,11 +34,12 @@ def generate(cfg: GenerateConfig):
     result = run_generate(cfg)
     where = f" process {result.process[0]}/{result.process[1]}:" if result.process[1] > 1 else ""
     k = cfg.recipe.images_per_prompt
-    made = f"{result.pairs_written} pairs" if k == 2 else f"{result.pairs_written} prompts x {k} candidates"
-    dropped = [f"{n} {what} prompt{'s' if n > 1 else ''}" for n, what in
+    made = (count(result.pairs_written, "pair") if k == 2
+            else f"{count(result.pairs_written, 'prompt')} x {k} candidates")
+    dropped = [count(n, f"{what} prompt") for n, what in
                ((result.dropped_empty, "blank"), (result.dropped_duplicates, "duplicate")) if n]
     typer.echo(
-        f"generate:{where} {made} in {result.shards_written} shards "
+        f"generate:{where} {made} in {count(result.shards_written, 'shard')} "
         f"({result.shards_skipped} already done) -> {result.output} | {result.seconds:.1f}s total, "
         f"{result.pairs_per_second:.2f} pairs/s, {100 * result.outside_pipeline_share:.0f}% of generation time "
         "outside the pipeline call" + (f"; {' and '.join(dropped)} dropped" if dropped else "")
@@ -51,7 +53,8 @@ def label(cfg: LabelConfig):
 
     result = run_label(cfg)
     typer.echo(
-        f"label: {result.pairs_in} pairs in {result.shards_written} shards ({result.shards_skipped} already done): "
+        f"label: {count(result.pairs_in, 'pair')} in {count(result.shards_written, 'shard')} "
+        f"({result.shards_skipped} already done): "
         f"{result.kept} kept, {result.rejected} rejected, {result.disagreements} disagreed with the recipe -> "
         f"{result.output} | "
         f"{result.seconds:.1f}s total, {result.pairs_per_second:.2f} pairs/s"
@@ -79,13 +82,14 @@ def precompute(cfg: PrecomputeConfig):
     r = run_precompute(cfg)
     if r.shape == "unpaired":  # the examples' balance: KTO data is often imbalanced (normal)
         share = f"{100 * r.desirable / r.pairs_written:.1f}%" if r.pairs_written else "-"
-        typer.echo(f"precompute: {r.pairs_written} unpaired examples ({r.desirable} desirable, {share}) in "
-                   f"{r.shards_written} shards ({r.shards_skipped} already done), {r.rejects} rejected, "
-                   f"{r.captions_encoded} captions encoded -> {r.output} | {r.seconds:.1f}s total")
+        typer.echo(f"precompute: {count(r.pairs_written, 'unpaired example')} ({r.desirable} desirable, {share}) in "
+                   f"{count(r.shards_written, 'shard')} ({r.shards_skipped} already done), {r.rejects} rejected, "
+                   f"{count(r.captions_encoded, 'caption')} encoded -> {r.output} | {r.seconds:.1f}s total")
         return
     typer.echo(
-        f"precompute: {r.pairs_written} pairs in {r.shards_written} shards ({r.shards_skipped} already done), "
-        f"{r.ties} ties dropped, {r.rejects} rejected, {r.captions_encoded} captions encoded -> {r.output} | "
+        f"precompute: {count(r.pairs_written, 'pair')} in {count(r.shards_written, 'shard')} "
+        f"({r.shards_skipped} already done), {count(r.ties, 'tie')} dropped, {r.rejects} rejected, "
+        f"{count(r.captions_encoded, 'caption')} encoded -> {r.output} | "
         f"{r.seconds:.1f}s total, {r.pairs_per_second:.2f} pairs/s, "
         f"{r.bytes_per_pair / 1024:.1f} KiB of latents per pair"
     )

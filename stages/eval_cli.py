@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.formatting import count, distinct_digits
 from pipeline.options import command
 
-from .evaluate import EvalConfig
+from .evaluate import BASE, EvalConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -19,11 +20,15 @@ def evaluate(cfg: EvalConfig):
     # World judges have no weights; safety stays NudeNet's real detector (pipeline.scorers.tiny_scorer_options).
     tiny = [m for m in cfg.metrics if cfg.scorers.tiny and not m.startswith("world-") and m != "safety"]
     for metric, m in result.summary["metrics"].items():
-        line = ", ".join(f"{name} {pm['estimate']:.3f}" for name, pm in m["per_model"].items())
-        wins = ", ".join(f"{name} {w['rate']:.2f}" for name, w in m["win_rate_vs_base"].items())
+        est = {name: pm["estimate"] for name, pm in m["per_model"].items()}
+        base = est.get(BASE)
+        line = ", ".join(f"{name} {text}" + (f" ({est[name] - base:+.2g})" if base is not None and name != BASE else "")
+                         for (name, text) in zip(est, distinct_digits(list(est.values()))))
+        rates = {name: w["rate"] for name, w in m["win_rate_vs_base"].items()}
+        wins = ", ".join(f"{name} {text}" for name, text in zip(rates, distinct_digits(list(rates.values()), 3)))
         typer.echo(f"{metric}: {line}" + (f" | win rate vs base: {wins}" if wins else ""))
     typer.echo(
-        f"eval: {result.images_generated} images generated, {result.scores_computed} scores computed "
+        f"eval: {count(result.images_generated, 'image')} generated, {count(result.scores_computed, 'score')} computed "
         f"in {result.seconds:.1f}s -> report: {result.report}"
         + (f"; {', '.join(tiny)} scored with TINY RANDOM WEIGHTS (--tiny-scorers): those numbers measure nothing"
            if tiny else "")

@@ -6,6 +6,7 @@ HTML page reads image bytes only for the sampled rows.
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +86,11 @@ def _scan(files: list[Path]):
 
 
 def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST_WIDTH) -> str:
-    """A fixed-width bar chart of ``values`` (one line per bin: range, bar, count)."""
+    """A fixed-width bar chart of ``values`` (one line per bin: range, bar, count).
+
+    Bin edges print with 4 decimals, or more when the bins are narrower: at least one decimal below
+    the bin width's first significant digit, so adjacent edges never print alike ("[0.4999, 0.4999)").
+    """
     values = [v for v in values if v is not None]
     if not values:
         return "  (no scores)"
@@ -93,6 +98,8 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
     if hi == lo:
         return f"  [{lo:8.4f}, {hi:8.4f}] {'#' * width} {len(values)}"
     step = (hi - lo) / bins
+    # d decimals round each edge by at most 0.5e-d; with 10**-d <= step / 10 neighbours stay apart.
+    d = max(4, math.ceil(-math.log10(step)) + 1)
     counts = [0] * bins
     for v in values:
         counts[min(int((v - lo) / step), bins - 1)] += 1
@@ -100,7 +107,7 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
     lines = []
     for i, c in enumerate(counts):
         bar = "#" * round(width * c / top) if c else ""
-        lines.append(f"  [{lo + i * step:8.4f}, {lo + (i + 1) * step:8.4f}) {bar:<{width}} {c}")
+        lines.append(f"  [{lo + i * step:{d + 4}.{d}f}, {lo + (i + 1) * step:{d + 4}.{d}f}) {bar:<{width}} {c}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from pipeline.cli_support import signal_exit_code
+from pipeline.formatting import count, distinct_digits
 from pipeline.options import command
 
 from .config import TrainConfig
@@ -30,8 +31,9 @@ def main(cfg: TrainConfig):
     if not result.is_main:  # one summary per run, from the process that saved
         return
     m = result.final_metrics
-    summary = ", ".join(f"{k} {m[k]:.4g}" for k in ("loss", "e_w", "e_l", "implicit_acc") if k in m)
-    typer.echo(f"mapo-train: {result.steps - result.start_step} steps ({result.start_step} -> {result.steps}) "
+    keys = [k for k in ("loss", "e_w", "e_l", "implicit_acc") if k in m]
+    summary = ", ".join(f"{k} {v}" for k, v in zip(keys, distinct_digits([m[k] for k in keys])))
+    typer.echo(f"mapo-train: {count(result.steps - result.start_step, 'step')} ({result.start_step} -> {result.steps}) "
                f"in {result.seconds:.1f}s; {summary}; non-finite skipped {result.nonfinite_skipped}; "
                f"saved {result.saved}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
+from pipeline.formatting import count
 from pipeline.latent_shards import LatentDataset, PairSampler, check_model, collate, open_latents
 from pipeline.models import load_pipeline
 
@@ -24,7 +25,12 @@ class TrainData:
         return len(self.sampler)
 
 
-def open_training_data(cfg: TrainConfig, rank: int, world_size: int) -> TrainData:
+def open_training_latents(cfg: TrainConfig) -> LatentDataset:
+    """The precompute output at ``cfg.data``, checked against the objective and ``--random-flip``.
+
+    Raises:
+        UserError: unpaired examples for a pairwise objective, or ``--random-flip`` without mirrored latents.
+    """
     ds = open_latents(cfg.data)
     if ds.unpaired and cfg.objective != "kto":
         raise UserError(f"'{cfg.data}' holds unpaired examples; use --objective kto (--objective {cfg.objective} "
@@ -32,8 +38,31 @@ def open_training_data(cfg: TrainConfig, rank: int, world_size: int) -> TrainDat
     if cfg.random_flip and not ds.has_flips:
         raise UserError(f"--random-flip needs mirrored latents, and '{cfg.data}' has none; "
                         "rerun `mapo-data precompute --flip both` or drop --random-flip.")
-    sampler = PairSampler(len(ds), cfg.batch_size, cfg.seed, rank, world_size, drop_last=True, flip=cfg.random_flip)
-    return TrainData(ds, sampler)
+    return ds
+
+
+def training_sampler(cfg: TrainConfig, ds: LatentDataset, rank: int, world_size: int) -> PairSampler:
+    """This rank's ``PairSampler`` over ``ds`` (drop_last: every optimizer step sees full batches).
+
+    Raises:
+        UserError: ``ds`` holds fewer items than one global batch (``--batch-size`` x processes);
+            the message says the largest ``--batch-size`` that fits (or how many processes at most).
+    """
+    n, unit = len(ds), ("example" if ds.unpaired else "pair")
+    if 0 < n < cfg.batch_size * world_size:
+        procs = "process" if world_size == 1 else "processes"
+        fix = (f"lower --batch-size to at most {n // world_size}" if n >= world_size
+               else f"launch at most {n} processes")
+        raise UserError(f"{count(n, unit)} is fewer than one global batch (--batch-size {cfg.batch_size} x "
+                        f"{world_size} {procs}); {fix}, or add data.")
+    return PairSampler(n, cfg.batch_size, cfg.seed, rank, world_size, drop_last=True, flip=cfg.random_flip)
+
+
+def open_training_data(cfg: TrainConfig, rank: int, world_size: int) -> TrainData:
+    """The latents and this rank's sampler, without the model check (the trainer runs
+    :func:`check_data_matches_model` between the two, so a model mismatch is reported first)."""
+    ds = open_training_latents(cfg)
+    return TrainData(ds, training_sampler(cfg, ds, rank, world_size))
 
 
 def check_data_matches_model(ds: LatentDataset, model: str, unet_family: str, unet_in_channels: int):

@@ -21,7 +21,7 @@ from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 
 from .checkpoint import TrainState, checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
-from .data import batch_stream, check_data_matches_model, open_training_data
+from .data import TrainData, batch_stream, check_data_matches_model, open_training_latents, training_sampler
 from .losses import kto_saturation_warning
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
@@ -103,9 +103,10 @@ class Trainer:
             self.base_pipe = self.online.pipe
         else:
             self.online = None
-            self.data = open_training_data(cfg, acc.process_index, acc.num_processes)
-            self.base_pipe = check_data_matches_model(self.data.dataset, cfg.model, self.models.family,
-                                                      unet.config.in_channels)
+            # The model check first: latents of another model family are the real error, not their count.
+            dataset = open_training_latents(cfg)
+            self.base_pipe = check_data_matches_model(dataset, cfg.model, self.models.family, unet.config.in_channels)
+            self.data = TrainData(dataset, training_sampler(cfg, dataset, acc.process_index, acc.num_processes))
         self.objective = Objective(cfg.objective, cfg.resolved_beta, self.models.num_train_timesteps,
                                    self.models.prediction_type, cfg.mapo_a, cfg.kto_lambda_desirable,
                                    cfg.kto_lambda_undesirable)

@@ -299,7 +299,7 @@ CASES = [
          lambda c: trn(c, "--validation-prompts", "a cat", "--validation-metrics", "world-prompt"),
          "is not a miniature-world prompt"),
     Case("train-batch-larger-than-data", "option value", "train", lambda c: trn(c, "--batch-size", "8"),
-         "2 pairs is fewer than one global batch"),
+         "2 pairs is fewer than one global batch (--batch-size 8 x 1 process); lower --batch-size to at most 2"),
     Case("eval-metric-beauty", "option value", "eval", lambda c: evl(c, "--metrics", "clip,beauty"),
          "unknown metric 'beauty'"),
     Case("eval-seeds-0", "option value", "eval", lambda c: evl(c, "--seeds", "0"), "--seeds must be at least 1"),
@@ -346,7 +346,7 @@ CASES = [
     Case("precompute-input-missing", "missing input", "data", lambda c: pre(c, src=c.tmp / "none"), "does not exist"),
     Case("train-data-missing", "missing input", "train", lambda c: trn(c, data=c.tmp / "none"), "does not exist"),
     Case("eval-candidate-missing", "missing input", "eval", lambda c: evl(c, "--candidate", c.tmp / "none"),
-         "not a mapo-train output"),
+         "none' does not exist"),
     Case("inspect-folder-missing", "missing input", "data", lambda c: ["inspect", c.tmp / "none"], "is not a folder",
          leaves=lambda c: c.tmp / "none"),
     Case("eval-vae-missing", "missing input", "eval", lambda c: evl(c, "--vae", str(c.tmp / "no-vae")),
@@ -415,6 +415,10 @@ CASES = [
          fix=_without("--model")),
     # -- mapo-train: data, model and resume that do not fit -----------------------------------------
     Case("train-sd15-on-sdxl-latents", "model mismatch", "train", lambda c: trn(c, "--model", "tiny-sd15"),
+         "holds sdxl latents but 'tiny-sd15' is an sd15 model"),
+    # The family mismatch is the error, not the batch that the 2 pairs could not fill either (checked first).
+    Case("train-sd15-on-sdxl-latents-batch-too-large", "model mismatch", "train",
+         lambda c: trn(c, "--model", "tiny-sd15", "--batch-size", "4"),
          "holds sdxl latents but 'tiny-sd15' is an sd15 model"),
     Case("train-random-flip-without-flips", "model mismatch", "train", lambda c: trn(c, "--random-flip"),
          "--random-flip needs mirrored latents"),
@@ -514,14 +518,14 @@ def _flat():
 COUNTED = [
     Counted("precompute-ties", lambda c: pre(c, src=_pickapic_rows(
         c, [("tie one", _scene(), _flat()), ("tie two", _flat(), _scene())], [(0.5, 0.5), (1.0, 1.0)])),
-        ("0 pairs in 1 shards", "2 ties dropped", "0 rejected"), reasons=[]),
+        ("0 pairs in 1 shard ", "2 ties dropped", "0 rejected"), reasons=[]),
     Counted("precompute-missing-label-and-empty-caption", lambda c: pre(c, src=_pickapic_rows(
         c, [("kept", _scene(), _flat()), ("no label", _scene(), _flat()), ("  ", _scene(), _flat())],
-        [(1.0, 0.0), (None, 0.0), (1.0, 0.0)])), ("1 pairs in 1 shards", "2 rejected"),
+        [(1.0, 0.0), (None, 0.0), (1.0, 0.0)])), ("1 pair in 1 shard ", "2 rejected"),
         reasons=["missing label", "empty caption"]),
     Counted("precompute-corrupt-image", lambda c: pre(c, src=_pickapic_rows(
         c, [("kept", _scene(), _flat()), ("cut short", _scene()[:40], _flat())], [(1.0, 0.0), (1.0, 0.0)])),
-        ("1 pairs in 1 shards", "1 rejected"),
+        ("1 pair in 1 shard ", "1 rejected"),
         reasons=["jpg_0: undecodable image (UnidentifiedImageError)"]),
     Counted("label-corrupt-image", lambda c: ["label", "--input", _pickapic_rows(
         c, [("kept", _scene(), _flat()), ("cut short", _scene()[:40], _flat())], [(1.0, 0.0), (1.0, 0.0)]),

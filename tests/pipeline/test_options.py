@@ -176,6 +176,17 @@ def test_unknown_and_mistyped_yaml_values_are_one_line(tmp_path):
         read_config_file(yaml_file, GenerateConfig)
 
 
+def test_a_misspelled_yaml_key_gets_the_suggestion_the_command_line_gives(tmp_path):
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text("learning_rat: 1e-5\nzzz: 1\n")
+    result = run_cli(train_app, ["--config", yaml_file, "--data", tmp_path, "--model", "tiny-sdxl",
+                                 "--output-dir", tmp_path / "run"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].endswith("has unknown keys: learning_rat (did you mean learning_rate?), zzz."), lines
+    assert not (tmp_path / "run").exists()
+
+
 def test_underscore_spellings_are_hidden_aliases(tmp_path):
     """--num_inference_steps (the diffusers scripts' spelling) means --num-inference-steps."""
     result = run_cli(data_app, ["generate", "--prompts", tmp_path / "p.txt", "--output", tmp_path / "o",

@@ -98,6 +98,18 @@ def test_writes_scores_summary_plots_and_report(evaluated):
             values = [r["score"] for r in table if r["model"] == name and r["metric"] == metric]
             assert pm["estimate"] == pytest.approx(np.mean(values))
         assert set(m["win_rate_vs_base"]) == {"lora", "full"}
+        # The printed line: each estimate with digits enough to tell different ones apart, and each
+        # candidate's difference from base.
+        line = next(ln for ln in output.splitlines() if ln.startswith(f"{metric}: "))
+        parts = [p.split(" ") for p in line.split(": ", 1)[1].split(" | ")[0].split(", ")]
+        est = {name: pm["estimate"] for name, pm in m["per_model"].items()}
+        assert [p[0] for p in parts] == list(est)
+        for name, text, *diff in parts:
+            assert float(text) == pytest.approx(est[name], rel=1e-3, abs=1e-12)
+            if name != "base":
+                assert float(diff[0].strip("()")) == pytest.approx(est[name] - est["base"], rel=0.05, abs=1e-12)
+        texts = {p[0]: p[1] for p in parts}
+        assert all((texts[a] == texts[b]) == (est[a] == est[b]) for a in est for b in est)
         assert m["win_rate_vs_base"]["lora"]["n"] == 4
     assert summary["metrics"]["safety"]["higher_is_better"] is False
     assert "rate" in summary["metrics"]["style"]["per_model"]["base"]
@@ -134,7 +146,7 @@ def test_rerun_generates_and_scores_only_what_is_missing(evaluated):
     (out / f"images/lora/{pid}-0.png").unlink()
     result = run_cli(app, args)
     assert result.exit_code == 0, result.output
-    assert "1 images generated, 0 scores computed" in result.output
+    assert "1 image generated, 0 scores computed" in result.output
     assert (out / f"images/lora/{pid}-0.png").read_bytes() == before  # the LoRA again, same seed, same bytes
     # Fewer metrics: nothing to score; the report covers only the asked metrics.
     fewer = [a if a != ALL else "clip" for a in args]
@@ -164,7 +176,8 @@ def test_bad_input_is_one_line_and_writes_nothing(candidates, tmp_path):
     not_run.mkdir()
     (not_run / "training_config.json").write_text("{}")
     assert "not a mapo-train output" in _bad(["--prompts", prompts, "--candidate", not_run], tmp_path)
-    assert "not a mapo-train output" in _bad(["--prompts", prompts, "--candidate", tmp_path / "missing"], tmp_path)
+    line = _bad(["--prompts", prompts, "--candidate", tmp_path / "missing"], tmp_path)
+    assert "does not exist" in line and "not a mapo-train output" not in line
     line = _bad(["--prompts", prompts, "--candidate", candidates["lora"], "--metrics", "aesthetic",
                  "--aesthetic-weights", tmp_path / "none.pth"], tmp_path)
     assert "aesthetic weights file not found" in line

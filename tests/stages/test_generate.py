@@ -117,7 +117,7 @@ def test_best_of_n_candidates_one_row_per_prompt(tmp_path):
     )
     out, result = _generate(tmp_path, "best-of-4", prompts, extra=["--recipe", "seeds", "--images-per-prompt", "4",
                                                                    "--shard-size", "3", "--negative-prompt", "blurry"])
-    assert "3 prompts x 4 candidates in 1 shards" in result.output
+    assert "3 prompts x 4 candidates in 1 shard " in result.output
     table = read_table(out)
     names = table.column_names
     assert [c for c in names if c.startswith("jpg_")] == ["jpg_0", "jpg_1", "jpg_2", "jpg_3"]
@@ -190,7 +190,7 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Both processes really ran and split the 3 shards between them (0 and 2 / 1).
     assert (
-        "process 0/2: 3 pairs in 2 shards" in proc.stdout and "process 1/2: 2 pairs in 1 shards" in proc.stdout
+        "process 0/2: 3 pairs in 2 shards" in proc.stdout and "process 1/2: 2 pairs in 1 shard " in proc.stdout
     ), proc.stdout
     assert read_table(multi).equals(read_table(single))
     import json

@@ -91,3 +91,13 @@ def test_text_histogram():
     assert lines == ["  [  0.0000,   0.5000) #### 2", "  [  0.5000,   1.0000) #### 2"]
     assert text_histogram([]) == "  (no scores)"
     assert text_histogram([0.3, 0.3], width=2).strip().endswith("## 2")
+
+
+def test_text_histogram_edges_of_narrow_bins_print_apart():
+    # Scores 0.49990 .. 0.49994 in 10 bins: each 4e-6 wide, so 4 decimals printed "[0.4999, 0.4999)".
+    lines = text_histogram([0.4999 + k * 1e-5 for k in range(5)], bins=10, width=4).splitlines()
+    edges = [e.strip() for line in lines for e in line.split(")")[0].strip(" [").split(", ")]
+    assert edges[0] == "0.4999000" and edges[-1] == "0.4999400"
+    assert all(a != b for a, b in zip(edges[::2], edges[1::2]))  # each bin's two edges
+    assert all(edges[i] == edges[i + 1] for i in range(1, len(edges) - 1, 2))  # a bin starts where one ends
+    assert len({len(line.split(")")[0]) for line in lines}) == 1  # columns stay aligned

@@ -348,7 +348,7 @@ def test_two_processes_under_accelerate_equal_one(pairs, tmp_path):
     proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Two processes really ran, one shard each.
-    assert proc.stdout.count("in 1 shards (0 already done)") == 2, proc.stdout
+    assert proc.stdout.count("in 1 shard (0 already done)") == 2, proc.stdout
     assert read_table(multi).equals(read_table(single))
     assert json.loads((multi / "manifest.json").read_text())["completed_shards"] == [0, 1]
     assert (multi / "README.md").read_text() == (single / "README.md").read_text()

@@ -86,7 +86,7 @@ def test_sdxl_shards_as_training_would_compute_them(tmp_path, sdxl_pipe):
     from pipeline.conditioning import encode_text
 
     out, result = precompute(tmp_path)
-    assert "5 pairs in 2 shards (0 already done), 1 ties dropped, 1 rejected, 3 captions encoded" in result.output
+    assert "5 pairs in 2 shards (0 already done), 1 tie dropped, 1 rejected, 3 captions encoded" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     info = manifest["latents"]
     assert manifest["status"] == "complete" and info["family"] == "sdxl" and info["latent_shape"] == [4, 8, 8]
@@ -199,7 +199,7 @@ def test_generate_output_plus_labels(tmp_path):
     (tmp_path / "labeled" / "data").mkdir(parents=True)
     pq.write_table(table, tmp_path / "labeled" / "data" / "train-00000-of-00001.parquet")
     out, result = precompute(tmp_path, source=tmp_path / "labeled")
-    assert "2 pairs in 1 shards" in result.output and "1 ties dropped" in result.output
+    assert "2 pairs in 1 shard " in result.output and "1 tie dropped" in result.output
     ds = open_latents(out)
     assert ds.pair_ids == table.column("pair_id").to_pylist()[:2]  # generate's pair ids are kept
     rows = read_table(out).to_pylist()
@@ -242,7 +242,7 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
     proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Two processes really ran: shards 0 and 2 on rank 0, shard 1 on rank 1.
-    assert "in 2 shards (0 already done)" in proc.stdout and "in 1 shards (0 already done)" in proc.stdout, proc.stdout
+    assert "in 2 shards (0 already done)" in proc.stdout and "in 1 shard (0 already done)" in proc.stdout, proc.stdout
     manifest = json.loads((multi / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["totals"]["captions_encoded"] == 4
     assert read_table(multi).equals(read_table(single))

@@ -120,7 +120,7 @@ def test_two_processes_under_accelerate_equal_one(candidates, tmp_path):
     multi = tmp_path / "multi"
     proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("in 1 shards (0 already done)") == 2, proc.stdout
+    assert proc.stdout.count("in 1 shard (0 already done)") == 2, proc.stdout
     for sub in ("data", "rejects"):
         assert read_table(multi, sub).equals(read_table(single, sub))
     assert (multi / "README.md").read_text() == (single / "README.md").read_text()

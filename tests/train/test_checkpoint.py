@@ -176,7 +176,7 @@ def test_resume_refuses_other_lora_or_data_in_one_line(tmp_path, latents_sdxl, l
     if name == "lora_target_modules":
         result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3, *base, "--resume-from-checkpoint", "latest",
                                          "--lora-target-modules", "to_out.0,to_v,to_q,to_k"))
-        assert result.exit_code == 0 and "1 steps (2 -> 3)" in result.output, result.output  # from the last step's
+        assert result.exit_code == 0 and "1 step (2 -> 3)" in result.output, result.output  # from the last step's
 
 
 def _one_error_line(result) -> str:
@@ -227,7 +227,7 @@ def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path, latents_sdx
     monkeypatch.setattr(trainer_mod.Trainer, "_stop_requested", lambda self: "SIGTERM")
     out = tmp_path / "run"
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2"))
-    assert result.exit_code == 0 and "1 steps (0 -> 1)" in result.output, result.output
+    assert result.exit_code == 0 and "1 step (0 -> 1)" in result.output, result.output
     assert (out / "pytorch_lora_weights.safetensors").exists()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-1"]
 
@@ -257,4 +257,4 @@ def test_latest_without_checkpoint_refuses_a_finished_run(tmp_path, latents_sdxl
     shutil.rmtree(out / "checkpoints")  # with its last step's checkpoint, "latest" would resume it
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1, "--lora-rank", "2", "--resume-from-checkpoint",
                                      "latest", "--overwrite"))
-    assert result.exit_code == 0 and "1 steps (0 -> 1)" in result.output and _steps(out) == [1], result.output
+    assert result.exit_code == 0 and "1 step (0 -> 1)" in result.output and _steps(out) == [1], result.output

@@ -241,7 +241,7 @@ def test_spo_sdxl_resume_after_sigterm_equals_uninterrupted(tmp_path, prompts, m
     assert result.exit_code == 143, result.output
     monkeypatch.setattr(trainer_mod.Trainer, "_stop_requested", real)
     result = run_cli(app, _spo_args(prompts, resumed, "tiny-sdxl", 3, *args, "--resume-from-checkpoint", "latest"))
-    assert result.exit_code == 0 and "1 steps (2 -> 3)" in result.output, result.output
+    assert result.exit_code == 0 and "1 step (2 -> 3)" in result.output, result.output
     a, b = _rows(straight), _rows(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in a:

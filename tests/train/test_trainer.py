@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -90,6 +91,13 @@ def test_objectives_train_and_outputs_load_with_plain_diffusers(
     expected |= {"e_l"} if objective in ("mapo", "dpo") else set()
     expected |= {"sft_term", "margin_term", "s_w", "s_l", "margin"} if objective == "mapo" else set()
     assert expected <= set(rows[0]) and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    # The summary prints the last step's metrics with enough digits to tell e_w from e_l.
+    printed = dict(re.findall(r"\b(loss|e_w|e_l) ([-+.\deE]+)[,;]", result.output))
+    assert "loss" in printed, result.output
+    for key, text in printed.items():
+        assert float(text) == pytest.approx(rows[-1][key], rel=1e-3)
+    if {"e_w", "e_l"} <= set(printed):
+        assert (printed["e_w"] == printed["e_l"]) == (rows[-1]["e_w"] == rows[-1]["e_l"])
     card = (out / "README.md").read_text()
     assert model in card and objective.upper() in card and "## How to load" in card
     # The card's own snippet loads the result (a built-in name is written as its folder, not as a hub id).
@@ -316,7 +324,7 @@ def test_before_after_after_resume_shows_the_base_model(tmp_path, latents_sdxl, 
     assert np.array_equal(straight_before, step0) and not np.array_equal(straight_before, straight_after)
     result = _train(latents_sdxl, out, "tiny-sdxl", 2, *args, "--resume-from-checkpoint",
                     str(out / "checkpoints" / "checkpoint-1"))
-    assert "1 steps (1 -> 2)" in result.output
+    assert "1 step (1 -> 2)" in result.output
     before, after = _halves(out / "validation" / "before_after.png")
     assert not np.array_equal(before, after)
     assert np.array_equal(before, step0) and np.array_equal(after, straight_after)
@@ -367,3 +375,26 @@ def test_validation_metrics_errors_are_one_line_before_training(tmp_path, latent
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
+
+
+class _Items:
+    """Stands in for a LatentDataset in ``training_sampler``, which reads only its length and kind."""
+
+    def __init__(self, n: int, unpaired: bool = False):
+        self.n, self.unpaired = n, unpaired
+
+    def __len__(self):
+        return self.n
+
+
+def test_batch_too_large_says_the_largest_batch_that_fits():
+    from pipeline.errors import UserError
+    from train.config import TrainConfig
+    from train.data import training_sampler
+
+    cfg = TrainConfig(data="unused", model="tiny-sdxl", batch_size=4)
+    with pytest.raises(UserError, match=r"5 pairs .* x 2 processes\); lower --batch-size to at most 2"):
+        training_sampler(cfg, _Items(5), 0, 2)
+    with pytest.raises(UserError, match=r"^3 examples .*; launch at most 3 processes"):
+        training_sampler(cfg, _Items(3, unpaired=True), 0, 4)
+    assert len(training_sampler(cfg, _Items(8), 1, 2)) == 1

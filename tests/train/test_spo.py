@@ -342,5 +342,5 @@ def test_resuming_an_spo_run_as_another_objective_is_refused_in_one_line(tmp_pat
     (tmp_path / TRAINING_CONFIG).write_text(
         json.dumps({"objective": "spo", "spo": {"num_candidates": 2}, "world_size": 1})
     )
-    with pytest.raises(UserError, match="different objective, spo"):
+    with pytest.raises(UserError, match=r"different objective 'spo' \(now 'mapo'\), spo "):
         check_resume_config(tmp_path, {"objective": "mapo", "world_size": 1})

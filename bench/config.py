@@ -45,7 +45,6 @@ CONFIGURATIONS.update({c.name: c for c in (
     Configuration("dpo-inbwd-bf16-cpuref", "dpo", options=(_IN_BWD, _BF16, ("reference_device", "cpu")),
                   label="DPO, full, in backward + bf16 (SR), bf16 reference on CPU"),
 )})
-MEMORY_CONFIGURATIONS = tuple(n for n in CONFIGURATIONS if n not in DEFAULT_CONFIGURATIONS)
 # Speed options (issue: LoRA and SFT slower than MaPO at small batches on a GPU, launch-bound): not in the default run.
 _COMPILE = ("compile", True)
 CONFIGURATIONS.update({c.name: c for c in (
@@ -54,7 +53,6 @@ CONFIGURATIONS.update({c.name: c for c in (
     Configuration("mapo-lora-compile", "mapo", lora=True, options=(_COMPILE,), label="MaPO, LoRA, compiled blocks"),
     Configuration("dpo-lora-compile", "dpo", lora=True, options=(_COMPILE,), label="DPO, LoRA, compiled blocks"),
 )})
-SPEED_CONFIGURATIONS = tuple(n for n in CONFIGURATIONS if n.endswith("-compile"))
 MAX_BATCH_CONFIGURATIONS = ("mapo", "dpo")  # the paper's "fits a larger batch" claim
 
 

@@ -484,7 +484,8 @@ def format_estimate(result: dict) -> str:
     out.append("")
     out.append(f"Peak = allocator bytes (512-byte blocks), model setup included; parts at the step's peak; max batch "
                f"keeps {s['card_reserve_gib']} GiB of each card free (CUDA context, workspaces); GB read as GiB. "
-               "ops/step: operators one step dispatches (views left out), about the GPU kernels it launches. "
+               "ops/step: operators one step dispatches that compute a tensor (no views, allocations or metadata "
+               "queries), about the GPU kernels it launches. "
                f"* more than {EXTRAPOLATION_LIMIT}x the estimated batch: memory per pair grows with the batch (SDXL: "
                "0.66 GiB from 1 to 2 pairs, 1.35 at 32), so a far extrapolation overstates it; estimate again with "
                "--batch-size near it.")

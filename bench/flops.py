@@ -22,11 +22,16 @@ PEAK_BF16_TFLOPS = (
 MEASURED_PEAK_TFLOPS = (("H100 PCIe", None), ("H100 NVL", None), ("GH200", None), ("H100", 790.0), ("H200", 790.0))
 
 
-def measured_peak_tflops(device_name: str) -> float | None:
-    for key, value in MEASURED_PEAK_TFLOPS:
+def _lookup(table, device_name: str) -> float | None:
+    """The value of the first ``(name, value)`` of ``table`` whose name is in ``device_name`` (case-insensitive)."""
+    for key, value in table:
         if key.lower() in device_name.lower():
             return value
     return None
+
+
+def measured_peak_tflops(device_name: str) -> float | None:
+    return _lookup(MEASURED_PEAK_TFLOPS, device_name)
 
 
 def _register_cpu_flash_attention() -> None:
@@ -59,10 +64,7 @@ _register_cpu_flash_attention()
 
 
 def peak_tflops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16_TFLOPS:
-        if key.lower() in device_name.lower():
-            return value
-    return None
+    return _lookup(PEAK_BF16_TFLOPS, device_name)
 
 
 def count_step_flops(bench_step, step_index: int) -> dict:
@@ -101,14 +103,14 @@ def model_flops(bench_step, batch: dict, step_index: int, executed: int) -> dict
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .step import is_out_of_memory
+
     if not bench_step.spec.gradient_checkpointing:
         return {"model": int(executed), "model_flops_method": "executed (no checkpointing)"}
     n = int(batch["latents"].shape[0])
     one = {k: v[:1] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n else v for k, v in batch.items()}
     unet = bench_step.unet
     unet.disable_gradient_checkpointing()
-    from .step import is_out_of_memory
-
     try:
         with FlopCounterMode(display=False) as counter:
             bench_step.forward(one, step_index).loss.backward()

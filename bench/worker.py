@@ -196,10 +196,11 @@ def search_max_batch(bench, items, limit: int, memory, name: str = "") -> dict:
 
     t0 = time.perf_counter()
     state = {"steps": 0}
+    data = items(limit)  # read once: every try samples the same items
 
     def peak_at(b: int) -> int | None:
         """Peak bytes of one step at batch ``b`` (two steps for the very first try), None when it does not fit."""
-        bench.stream = batch_stream(TrainData(items(limit), PairSampler(limit, b, bench.spec.seed)), bench.device)
+        bench.stream = batch_stream(TrainData(data, PairSampler(limit, b, bench.spec.seed)), bench.device)
         memory.reset()
         ok = True
         try:

@@ -327,8 +327,8 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
             for t in (*module.parameters(), *module.buffers()) if module is not None else ():
                 live.add(t, "weights")
         if options.get("optimizer_in_backward"):
-            # The real per-weight hooks run (each gradient is freed after its update); this observer, called
-            # before each update, tags that gradient while it lives.
+            # The real hooks run (each bucket of gradients is freed after its update); this observer, called
+            # as each gradient is ready, tags it while it lives.
             step.optimizer.grad_observers.append(lambda p: live.retag(p.grad, "gradients"))
         else:
             for p in step.params:
@@ -340,9 +340,8 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         def leave_optimizer(*_):
             live.phase = "activations"
 
-        optimizers = getattr(step.optimizer, "optimizers", [step.optimizer])  # in backward: one per weight
-        hooks = [h for opt in optimizers for h in (opt.register_step_pre_hook(enter_optimizer),
-                                                   opt.register_step_post_hook(leave_optimizer))]
+        optimizer = getattr(step.optimizer, "inner", step.optimizer)  # in backward: stepped on each bucket
+        hooks = [optimizer.register_step_pre_hook(enter_optimizer), optimizer.register_step_post_hook(leave_optimizer)]
         with live.mode():
             for i in range(steps):
                 ops_before = live.ops  # the last step's count: the first also creates AdamW's state

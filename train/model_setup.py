@@ -168,21 +168,18 @@ def trainable_parameters(unet) -> list:
 
 def build_optimizer(cfg: TrainConfig, params):
     """AdamW (method.md's settings); bitsandbytes' 8-bit AdamW with ``use_8bit_adam``;
-    :class:`train.optimizers.BF16AdamW` with ``master_weights`` bf16; each weight's own one, stepped in the backward
-    pass, with ``optimizer_in_backward`` (:class:`train.optimizers.OptimizerInBackward`, clipping each gradient
-    tensor to ``max_grad_norm``)."""
+    :class:`train.optimizers.BF16AdamW` with ``master_weights`` bf16; the same, stepped in the backward pass on
+    buckets of finished gradients, with ``optimizer_in_backward`` (:class:`train.optimizers.OptimizerInBackward`,
+    clipping each gradient tensor to ``max_grad_norm``)."""
     if cfg.optimizer_in_backward:
         from .optimizers import OptimizerInBackward
 
-        # One optimizer per weight, each with its own stochastic-rounding stream (same-shape weights must not draw
-        # the same rounding bits every step).
-        counter = iter(range(len(params)))
-        return OptimizerInBackward(params, lambda one: _build_optimizer(cfg, one, next(counter)), lr=cfg.learning_rate,
+        return OptimizerInBackward(params, lambda all_params: _build_optimizer(cfg, all_params), lr=cfg.learning_rate,
                                    max_grad_norm=cfg.max_grad_norm)
     return _build_optimizer(cfg, params)
 
 
-def _build_optimizer(cfg: TrainConfig, params, index: int = 0):
+def _build_optimizer(cfg: TrainConfig, params):
     import torch
 
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
@@ -195,7 +192,7 @@ def _build_optimizer(cfg: TrainConfig, params, index: int = 0):
 
         from .optimizers import BF16AdamW
 
-        return BF16AdamW(params, seed=derive_seed(cfg.seed, "stochastic-rounding", index), **kwargs)
+        return BF16AdamW(params, seed=derive_seed(cfg.seed, "stochastic-rounding", 0), **kwargs)
     params = list(params)
     # One fused kernel instead of ~10 small ops per tensor: the default per-tensor loop was a third of
     # a tiny-model CPU step (bench/, docs/benchmarks.md). Fused needs floating tensors on CUDA or CPU.

@@ -87,10 +87,10 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, check=positive, panel=P_OPT, help="Gradient clipping norm.")
     use_8bit_adam: bool = option(False, panel=P_OPT, help="bitsandbytes' 8-bit AdamW (CUDA; needs bitsandbytes).")
     optimizer_in_backward: bool = option(False, panel=P_OPT, help=(
-        "Update each weight inside the backward pass as soon as its gradient is ready, then free that gradient "
-        "(torchtune's optimizer-in-backward): all gradients are never in memory at once. One process, "
-        "--gradient-accumulation-steps 1, no fp16; --max-grad-norm then clips each weight tensor's gradient on its "
-        "own, not the global norm."))
+        "Update the weights inside the backward pass as their gradients finish (in buckets of 2**24 values), then "
+        "free those gradients (torchtune's optimizer-in-backward): all gradients are never in memory at once. One "
+        "process, --gradient-accumulation-steps 1, no fp16; --max-grad-norm then clips each weight tensor's gradient "
+        "on its own, not the global norm."))
     lora_rank: int = option(0, check=at_least(0), panel=P_MODEL, help="LoRA rank; 0 = full UNet fine-tune.")
     lora_alpha: float | None = option(None, panel=P_MODEL, help="LoRA alpha (default: the rank).")
     lora_target_modules: list[str] = option(default_factory=lambda: list(DEFAULT_LORA_TARGETS), panel=P_MODEL,

@@ -3,10 +3,10 @@
 - :class:`BF16AdamW`: AdamW whose weights AND moments are bf16 (6 bytes per weight instead of fp32
   AdamW's 16 with its fp32 master weights), each update computed in fp32 and written back with
   stochastic rounding, so updates far smaller than a bf16 step (1e-5 learning rates) are not lost.
-- :class:`OptimizerInBackward`: one optimizer per weight, stepped from the weight's
-  ``register_post_accumulate_grad_hook`` during the backward pass; each gradient is freed right
-  after its update, so the full set of gradients is never in memory at once (torchtune's
-  optimizer-in-backward, ``torchtune.training.OptimizerInBackwardWrapper``).
+- :class:`OptimizerInBackward`: an optimizer stepped during the backward pass (from each weight's
+  ``register_post_accumulate_grad_hook``) on buckets of finished gradients, each freed right after its
+  update, so the full set of gradients is never in memory at once (torchtune's optimizer-in-backward,
+  ``torchtune.training.OptimizerInBackwardWrapper``, with DDP-style buckets).
 
 Why stochastic rounding rather than Kahan summation: both make bf16 weights train like fp32 ones
 (Zamirai et al. 2020, "Revisiting BFloat16 Training", sections 3-4). Kahan needs a bf16
@@ -23,6 +23,12 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from pipeline.errors import UserError
+
+
+class OptimizerStateError(UserError, ValueError):
+    """A saved optimizer state that this optimizer cannot load (one line for the CLI)."""
 
 
 def stochastic_round_bf16(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -268,12 +274,15 @@ class OptimizerInBackward(torch.optim.Optimizer):
         return {"param_groups": groups, "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Raises ValueError when the saved state is not an optimizer-in-backward's (or one saved per weight, before
-        2026-12-01: resume such a run with the version that saved it)."""
+        """Raises :class:`OptimizerStateError` when the saved state is not an optimizer-in-backward's, or one saved
+        per weight (before 2026-12-01)."""
         if "inner" not in state_dict:
-            kind = "a per-weight optimizer-in-backward's (saved before 2026-12-01)" if "per_parameter" in state_dict \
-                else "another optimizer's"
-            raise ValueError(f"this optimizer state is not an optimizer-in-backward state; it is {kind}")
+            if "per_parameter" in state_dict:
+                raise OptimizerStateError(
+                    "this checkpoint's optimizer-in-backward state was saved per weight by an older mapo-train (before "
+                    "2026-12-01); resume it with that version, or start over with --overwrite")
+            raise OptimizerStateError("this optimizer state is not an optimizer-in-backward state; it is another "
+                                      "optimizer's")
         self.inner.load_state_dict(state_dict["inner"])
         for group, s in zip(self.param_groups, state_dict["param_groups"]):
             group.update({k: v for k, v in s.items() if k != "params"})

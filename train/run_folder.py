@@ -32,7 +32,7 @@ MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "kto_lambda_desirable", "k
                         "lora_alpha", "lora_target_modules", "batch_size",
                         "gradient_accumulation_steps", "seed", "data_fingerprint",
                         "spo",  # spo: its sampler, pairing and preference-model settings (train/spo.py)
-                        # the optimizer state's layout: per weight (in backward) or one; fp32 or bf16 weights
+                        # the optimizer state's layout: in backward or not; fp32 or bf16 weights
                         "optimizer_in_backward", "master_weights", "reference_dtype")
 # A finished run: "--resume-from-checkpoint latest" without a checkpoint must not train over these.
 FINISHED = ("unet", LORA_WEIGHTS, "README.md")

@@ -75,7 +75,7 @@ class Trainer:
 
         if cfg.mixed_precision == "fp16" and runs_on_cpu():
             raise UserError(_FP16_ON_CPU)
-        if cfg.optimizer_in_backward and _launched_multi_process():  # DDP all-reduces after the per-weight hooks
+        if cfg.optimizer_in_backward and _launched_multi_process():  # DDP all-reduces after the in-backward hooks
             raise UserError("--optimizer-in-backward runs on one process; drop it or launch one process.")
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         claim_run_folder(self.out, self.cfg, resume)

@@ -223,7 +223,7 @@ def test_optimizer_in_backward_frees_each_gradient_and_equals_adamw(bucket_numel
         assert torch.allclose(a, b, atol=1e-7)
     with pytest.raises(ValueError, match="not an optimizer-in-backward state; it is another optimizer's"):
         in_bwd.load_state_dict(plain.state_dict())
-    with pytest.raises(ValueError, match="per-weight"):
+    with pytest.raises(ValueError, match="saved per weight by an older mapo-train"):
         in_bwd.load_state_dict({"param_groups": [], "per_parameter": []})
 
 
@@ -286,6 +286,19 @@ def test_in_backward_resume_equals_uninterrupted(tmp_path, latents_sdxl, monkeyp
         assert (a[step]["loss"], a[step]["lr"]) == (b[step]["loss"], b[step]["lr"]), step
     wa, wb = _unet(straight), _unet(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_of_a_per_weight_in_backward_checkpoint_is_a_one_line_error(tmp_path, latents_sdxl):
+    # Checkpoints written before 2026-12-01 hold one optimizer state per weight ("per_parameter").
+    out = tmp_path / "run"
+    _train(latents_sdxl, out, 1, *IN_BWD, "--checkpointing-steps", "1")
+    (saved,) = (out / "checkpoints").glob("checkpoint-1/optimizer.bin")
+    state = torch.load(saved, weights_only=False)
+    torch.save({"param_groups": state["param_groups"], "per_parameter": [state["inner"]]}, saved)
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 2, *IN_BWD, "--resume-from-checkpoint", "latest"))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "saved per weight by an older" in lines[0], result.output
+    assert "Traceback" not in result.output
 
 
 def test_resume_refuses_to_switch_the_optimizer_layout(tmp_path, latents_sdxl):

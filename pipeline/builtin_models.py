@@ -218,7 +218,8 @@ def sdxl_arch_components(dtype, device, skip: tuple[str, ...] = ()):
     comps = {}
     with torch.device(device):
         for key, build in builders.items():
-            comps[key] = None if key in skip else build().to(dtype=dtype)
+            # torch's Module.to: diffusers' ModelMixin.to logs an empty 'should be kept in float32' warning.
+            comps[key] = None if key in skip else torch.nn.Module.to(build(), dtype=dtype)
     tok_dir = Path(tempfile.mkdtemp(prefix="sdxl-arch-tok-"))
     try:
         comps["tokenizer"] = build_clip_tokenizer(tok_dir / "1")

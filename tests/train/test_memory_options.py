@@ -162,9 +162,8 @@ def test_bf16_adamw_weights_at_different_steps_get_their_own_bias_correction(mon
         assert torch.allclose(p.float(), q.detach().bfloat16().float(), rtol=2**-7, atol=0), (p, q)
 
 
-def test_bf16_adamw_launches_as_many_kernels_for_100_weights_as_for_10():
-    # The point of the flat chunks: the operators per step do not grow with the number of weight tensors
-    # (per weight they did: ~25 each; SDXL has ~1,700). Counted like the bench's ops/step.
+def _kernels(work) -> int:
+    """Operators ``work()`` dispatches that stand for a device kernel (the bench's ops/step count)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from bench.estimate import launches_kernel
@@ -177,19 +176,23 @@ def test_bf16_adamw_launches_as_many_kernels_for_100_weights_as_for_10():
             Count.n += launches_kernel(func, out)
             return out
 
+    with Count():
+        work()
+    return Count.n
+
+
+def test_bf16_adamw_launches_as_many_kernels_for_100_weights_as_for_10():
+    # The point of the flat chunks: the operators per step do not grow with the number of weight tensors
+    # (per weight they did: ~25 each; SDXL has ~1,700).
     counts = []
     for n in (10, 100):
         params = [torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16)) for _ in range(n)]
         opt = BF16AdamW(params, lr=1e-3)
-        for p in params:
-            p.grad = torch.ones_like(p)
-        opt.step()  # the state is created here (zeros_like per weight)
-        for p in params:
-            p.grad = torch.ones_like(p)
-        Count.n = 0
-        with Count():
-            opt.step()
-        counts.append(Count.n)
+        for _ in range(2):  # the first step creates the state (zeros_like per weight)
+            for p in params:
+                p.grad = torch.ones_like(p)
+            count = _kernels(opt.step)
+        counts.append(count)
     assert counts[0] == counts[1] < 40, counts
 
 
@@ -231,9 +234,12 @@ def test_optimizer_in_backward_clips_each_tensor_and_recovers_from_a_failed_back
     weights = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
     opt = OptimizerInBackward(weights, lambda p: torch.optim.SGD(p, lr=1.0), lr=1.0, max_grad_norm=1.0,
                               bucket_numel=10**9)
-    (weights[0] * torch.tensor([3.0, 0, 4])).sum().backward(retain_graph=False)  # gradient norm 5: clipped to 1
+    # One bucket, two gradients: [3, 0, 4] (norm 5: clipped to norm 1) and 0.5 each (norm 1: kept), clipped each
+    # on its own; a norm per bucket would scale both by 1 / sqrt(26).
+    ((weights[0] * torch.tensor([3.0, 0, 4])).sum() + (weights[1] * 0.5).sum()).backward()
     assert torch.allclose(weights[0].detach(), -torch.tensor([0.6, 0, 0.8]))
-    assert opt.take_grad_norm().item() == pytest.approx(5.0)
+    assert torch.allclose(weights[1].detach(), torch.full((4,), -0.5))
+    assert opt.take_grad_norm().item() == pytest.approx(26**0.5)
 
     class Boom(torch.autograd.Function):
         @staticmethod
@@ -244,14 +250,55 @@ def test_optimizer_in_backward_clips_each_tensor_and_recovers_from_a_failed_back
         def backward(ctx, g):
             raise RuntimeError("out of memory (simulated)")
 
-    failing = Boom.apply(weights[0]).sum()
-    with pytest.raises(RuntimeError, match="simulated"):  # weights[1] (newer nodes) finishes first, then it raises
-        (failing + weights[1].sum()).backward()
-    assert weights[1].grad is not None and opt._pending == [weights[1]]
+    # Buckets of 4 values: w_a (4 values, newest nodes: finishes first) is stepped at once, w_b (2) waits in the
+    # bucket, then w_c's branch raises. zero_grad must drop w_b's stale bucket and w_a's norm.
+    w_a, w_b, w_c = (torch.nn.Parameter(torch.zeros(n)) for n in (4, 2, 3))
+    opt = OptimizerInBackward([w_a, w_b, w_c], lambda p: torch.optim.SGD(p, lr=1.0), lr=1.0, bucket_numel=4)
+    failing = Boom.apply(w_c).sum()
+    with pytest.raises(RuntimeError, match="simulated"):
+        (failing + w_b.sum() + (w_a * 2).sum()).backward()
+    assert torch.equal(w_a.detach(), torch.full((4,), -2.0)) and w_b.grad is not None
+    assert list(opt._pending.values()) == [w_b]
     opt.zero_grad()  # what the trainer and the bench do before the next try
-    (weights[1] * 0.5).sum().backward()  # norm 1: not clipped; the stale bucket is gone
-    assert torch.allclose(weights[1].detach(), torch.full((4,), -0.5)) and weights[1].grad is None
-    assert torch.allclose(weights[0].detach(), -torch.tensor([0.6, 0, 0.8]))
+    (w_b * 0.5).sum().backward()
+    assert torch.allclose(w_b.detach(), torch.full((2,), -0.5)) and w_b.grad is None  # stepped once
+    assert opt.take_grad_norm().item() == pytest.approx(0.5 * 2**0.5)  # this backward's norm alone
+
+
+def test_optimizer_in_backward_passes_the_scheduled_learning_rate_and_steps_only_the_bucket():
+    weights = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    stepped = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            stepped.append([id(p) for p in self.param_groups[0]["params"]])
+            return super().step(closure)
+
+    opt = OptimizerInBackward(weights, lambda p: Recording(p, lr=1.0), lr=1.0, bucket_numel=0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1 * (step + 1))  # warm-up: 0.1, 0.2, ...
+    for step in range(2):
+        sum((i + 1) * w.sum() for i, w in enumerate(weights)).backward()
+        opt.step()  # nothing (the weights moved in the backward), called as the trainer does
+        sched.step()
+    # Per weight i (gradient i + 1): -(0.1 + 0.2) * (i + 1); each flush stepped one weight, not all three.
+    for i, w in enumerate(weights):
+        assert torch.allclose(w.detach(), torch.full((2,), -0.3 * (i + 1))), (i, w)
+    assert all(len(ids) == 1 for ids in stepped) and len(stepped) == 6
+    assert len(opt.inner.param_groups[0]["params"]) == 3  # restored after each flush
+    with pytest.raises(ValueError, match="one param group"):
+        OptimizerInBackward(weights, lambda p: torch.optim.SGD([{"params": p[:1]}, {"params": p[1:]}], lr=1.0), lr=1.0)
+
+
+def test_in_backward_clipping_launches_as_many_kernels_for_100_weights_as_for_10():
+    # _scale_each: one flat multiply, where torch._foreach_mul_ with a 0-d factor per tensor multiplies per tensor.
+    from train.optimizers import _scale_each
+
+    counts = []
+    for n in (10, 100):
+        tensors = [torch.full((3, 2), float(i)) for i in range(n)]
+        counts.append(_kernels(lambda: _scale_each(tensors, torch.arange(n, dtype=torch.float32))))
+        assert all(torch.equal(t, torch.full((3, 2), float(i * i))) for i, t in enumerate(tensors))
+    assert counts[0] == counts[1] < 10, counts
 
 
 def test_in_backward_training_equals_plain_adamw(tmp_path, latents_sdxl):

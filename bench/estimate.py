@@ -311,6 +311,11 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         with live.mode() if fake else contextlib.nullcontext():
             step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
         live.phase = "activations"
+        inner = getattr(step.optimizer, "inner", step.optimizer)
+        if fake and hasattr(inner, "chunk_numel"):  # BF16AdamW: a CUDA run's chunks (fake tensors are on the CPU)
+            from train.optimizers import default_chunk_numel
+
+            inner.chunk_numel = default_chunk_numel("cuda")
         offloaded = step.models.reference if options.get("reference_device") == "cpu" else None
         for t in (*offloaded.parameters(), *offloaded.buffers()) if offloaded is not None else ():
             live.discount(t)  # in CPU memory; one layer at a time visits the card (not counted)
@@ -340,8 +345,8 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         def leave_optimizer(*_):
             live.phase = "activations"
 
-        optimizer = getattr(step.optimizer, "inner", step.optimizer)  # in backward: stepped on each bucket
-        hooks = [optimizer.register_step_pre_hook(enter_optimizer), optimizer.register_step_post_hook(leave_optimizer)]
+        # ``inner``: in backward, the optimizer stepped on each bucket
+        hooks = [inner.register_step_pre_hook(enter_optimizer), inner.register_step_post_hook(leave_optimizer)]
         with live.mode():
             for i in range(steps):
                 ops_before = live.ops  # the last step's count: the first also creates AdamW's state

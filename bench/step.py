@@ -108,7 +108,9 @@ class BenchStep:
 
         loss.backward()  # --optimizer-in-backward: the weights are updated here, gradient by gradient
         if not self.cfg.optimizer_in_backward:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            # foreach=True is what the default picks for real CUDA and CPU tensors (the trainer's call); fake
+            # tensors (--estimate) would otherwise take the per-tensor path: 2 operators per weight, not 2 in all.
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

@@ -413,7 +413,7 @@ def test_bf16_master_weights_train_like_fp32(tmp_path, latents_sdxl, monkeypatch
     """10 MaPO steps at lr 1e-4 under bf16 autocast: bf16 weights + moments with stochastic rounding vs fp32 AdamW.
 
     Measured (tiny-sdxl, CPU): losses within 0.7% of fp32's at every step, and the bf16 run's weight change
-    projected on fp32's is 0.96 of it (the update written back in flat chunks since 2026-12-01; per weight: 0.95).
+    projected on fp32's is 0.96 of it (the update in flat chunks since 2026-12-01; per weight it was 0.95).
     Rounding to nearest instead (the sabotage) loses updates: 3.6% loss difference, projection 0.48.
     """
     from train.model_setup import load_base_unet_and_scheduler

@@ -52,14 +52,18 @@ _NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "ne
 def launches_kernel(func, out) -> bool:
     """Whether operator ``func`` (an OpOverload) with outputs ``out`` stands for a device kernel: it computes
     a tensor (metadata queries such as ``prim.device``, which a tensor subclass dispatches for every Python
-    ``.device`` access, do not), is not a view and not a bare allocation (:data:`_NO_KERNEL`). A proxy: a
-    fused CUDA kernel (fused AdamW, SDPA) counts once, and an operator may launch more than one kernel."""
+    ``.device`` access, do not) or writes into one of its arguments (in-place ``_foreach_*_`` operators and
+    fused AdamW return None), is not a view and not a bare allocation (:data:`_NO_KERNEL`). A proxy: a fused
+    CUDA kernel (fused AdamW, SDPA, a foreach operator) counts once, and an operator may launch more than one
+    kernel."""
     import torch
     from torch.utils._pytree import tree_leaves
 
     if func.is_view or func.namespace == "prim" or func.overloadpacket.__name__ in _NO_KERNEL:
         return False
-    return any(isinstance(t, torch.Tensor) for t in tree_leaves(out))
+    if any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
+        return True
+    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
 
 
 class LiveBytes:

@@ -59,9 +59,9 @@ def _scale_each(tensors: list[Tensor], factors: Tensor) -> None:
 
 def _flat_fp32(tensors: list[Tensor]) -> Tensor:
     """The values of ``tensors`` (any float dtype, any strides) in one new 1-D fp32 tensor, in logical order.
-    One pass: ``torch.cat`` converts while it copies (into an fp32 ``out``)."""
-    out = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32, device=tensors[0].device)
-    return torch.cat([t.reshape(-1) for t in tensors], out=out)
+    Concatenated in their own dtype, then cast: CUDA's ``cat`` copies inputs in batched kernels only when the
+    output has their dtype (an fp32 ``out=`` for bf16 inputs falls back to one copy per tensor)."""
+    return torch.cat([t.reshape(-1) for t in tensors]).float()
 
 
 def default_chunk_numel(device: torch.device) -> int:
@@ -219,8 +219,10 @@ class OptimizerInBackward(torch.optim.Optimizer):
     weights whose "lr" the scheduler sets; :meth:`step` does nothing (the work happened in the backward);
     :meth:`state_dict` holds the inner optimizer's state, so accelerate's checkpoints resume exactly. Not
     possible with it: gradient accumulation (each backward updates the weights), the fp16 gradient scaler, DDP
-    (its all-reduce runs after the hook). A backward that is never run (the trainer's non-finite-loss skip checks
-    the loss first) updates nothing.
+    (its all-reduce runs after the hook), reentrant checkpointing of a weight used both inside and outside the
+    checkpointed part (the inner backward's end steps it with its partial gradient; diffusers checkpoints
+    non-reentrantly). A backward that is never run (the trainer's non-finite-loss skip checks the loss first)
+    updates nothing.
     """
 
     def __init__(self, params, make_optimizer: Callable[[list], torch.optim.Optimizer], lr: float,
@@ -270,7 +272,8 @@ class OptimizerInBackward(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             _scale_each(grads, (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0))
         # Step the bucket alone: the inner optimizer would otherwise scan all weights' .grad on every flush
-        # (SDXL: ~1,700 weights x ~160 buckets per step). Its state is keyed by the weight, not by position.
+        # (SDXL: ~1,700 weights x ~160 buckets per step). Its state is keyed by the weight, not by position
+        # (per-position settings, such as bitsandbytes' GlobalOptimManager overrides, are not supported).
         group = self.inner.param_groups[0]
         everything, group["params"], group["lr"] = group["params"], bucket, self.param_groups[0]["lr"]
         try:

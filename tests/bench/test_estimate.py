@@ -149,3 +149,7 @@ def test_only_operators_that_compute_a_tensor_count_as_launches():
     assert not launches_kernel(aten.view.default, t.view(3, 2))
     assert not launches_kernel(aten.empty.memory_format, torch.empty(2))
     assert not launches_kernel(aten._local_scalar_dense.default, 1.0)  # a host sync, not a kernel of the step
+    # In-place foreach operators and fused AdamW return None: they write into their arguments (a review found
+    # them uncounted: the optimizer's fused and foreach kernels were missing from ops/step).
+    assert launches_kernel(aten._foreach_mul_.Scalar, None) and launches_kernel(aten._foreach_copy_.default, None)
+    assert launches_kernel(aten._fused_adamw_.default, None)

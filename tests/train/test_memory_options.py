@@ -289,16 +289,21 @@ def test_optimizer_in_backward_passes_the_scheduled_learning_rate_and_steps_only
         OptimizerInBackward(weights, lambda p: torch.optim.SGD([{"params": p[:1]}, {"params": p[1:]}], lr=1.0), lr=1.0)
 
 
-def test_in_backward_clipping_launches_as_many_kernels_for_100_weights_as_for_10():
-    # _scale_each: one flat multiply, where torch._foreach_mul_ with a 0-d factor per tensor multiplies per tensor.
+def test_in_backward_clipping_multiplies_once_for_100_weights_as_for_10():
+    # _scale_each: one flat multiply. torch._foreach_mul_ with a 0-d factor per tensor falls back to a multiply
+    # (and a cast) per tensor INSIDE one dispatched operator, so the profiler counts them, not the dispatch mode.
+    from torch.profiler import profile
+
     from train.optimizers import _scale_each
 
     counts = []
     for n in (10, 100):
-        tensors = [torch.full((3, 2), float(i)) for i in range(n)]
-        counts.append(_kernels(lambda: _scale_each(tensors, torch.arange(n, dtype=torch.float32))))
-        assert all(torch.equal(t, torch.full((3, 2), float(i * i))) for i, t in enumerate(tensors))
-    assert counts[0] == counts[1] < 10, counts
+        tensors = [torch.full((3, 2), float(i % 16), dtype=torch.bfloat16) for i in range(n)]
+        with profile() as prof:
+            _scale_each(tensors, torch.arange(n, dtype=torch.float32) % 4)
+        counts.append(sum(e.name in ("aten::mul_", "aten::mul", "aten::_to_copy") for e in prof.events()))
+        assert all(torch.equal(t.float(), torch.full((3, 2), float(i % 16 * (i % 4)))) for i, t in enumerate(tensors))
+    assert counts[0] == counts[1] <= 3, counts
 
 
 def test_in_backward_training_equals_plain_adamw(tmp_path, latents_sdxl):

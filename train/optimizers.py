@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from pipeline.errors import UserError
 
@@ -51,17 +52,23 @@ def _scale_each(tensors: list[Tensor], factors: Tensor) -> None:
     """``tensors[i] *= factors[i]`` in place (``factors``: fp32 ``[len(tensors)]``) with a number of kernels that does
     not grow with the number of tensors: one flat multiply (``torch._foreach_mul_`` with one 0-d factor per tensor
     falls back to a multiply per tensor). Temporary memory: two copies of the tensors' values."""
-    flat = torch.cat([t.reshape(-1) for t in tensors])
+    flat = _flatten_dense_tensors(tensors)
     scale = torch.cat([f.expand(t.numel()) for f, t in zip(factors.to(flat.dtype).unbind(), tensors)])
-    parts = flat.mul_(scale).split([t.numel() for t in tensors])
-    torch._foreach_copy_(tensors, [part.view(t.shape) for part, t in zip(parts, tensors)])
+    _write_flat(tensors, flat.mul_(scale))
+
+
+def _write_flat(tensors: list[Tensor], flat: Tensor) -> None:
+    """Copy 1-D ``flat`` (the values of ``tensors`` in order, as ``_flatten_dense_tensors`` lays them out) back
+    into ``tensors``, cast to each one's dtype: one ``torch._foreach_copy_``."""
+    torch._foreach_copy_(tensors, _unflatten_dense_tensors(flat, tensors))
 
 
 def _flat_fp32(tensors: list[Tensor]) -> Tensor:
-    """The values of ``tensors`` (any float dtype, any strides) in one new 1-D fp32 tensor, in logical order.
+    """The values of ``tensors`` (any float dtype, any strides) in one 1-D fp32 tensor, in logical order
+    (torch's ``_flatten_dense_tensors``, as DDP and apex flatten buckets; a lone fp32 tensor comes back as a view).
     Concatenated in their own dtype, then cast: CUDA's ``cat`` copies inputs in batched kernels only when the
     output has their dtype (an fp32 ``out=`` for bf16 inputs falls back to one copy per tensor)."""
-    return torch.cat([t.reshape(-1) for t in tensors]).float()
+    return _flatten_dense_tensors(tensors).float()
 
 
 def default_chunk_numel(device: torch.device) -> int:
@@ -170,10 +177,7 @@ class BF16AdamW(torch.optim.Optimizer):
         w = _flat_fp32(params).mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)
         del denom
         for buffers, value in ((params, w), (exp_avgs, m), (exp_avg_sqs, v)):
-            if buffers[0].dtype == torch.bfloat16:
-                value = stochastic_round_bf16(value, gen)
-            parts = value.split([b.numel() for b in buffers])
-            torch._foreach_copy_(buffers, [part.view(b.shape) for part, b in zip(parts, buffers)])
+            _write_flat(buffers, stochastic_round_bf16(value, gen) if buffers[0].dtype == torch.bfloat16 else value)
 
     def state_dict(self) -> dict:
         out = super().state_dict()

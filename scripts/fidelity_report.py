@@ -34,7 +34,11 @@ TITLES = {"style_rate_plain": "cartoon rate, plain prompts (higher = adopted)",
 
 
 def _interval(per_model: dict) -> dict:
-    return {"mean": per_model["rate"], "low": per_model["rate_low"], "high": per_model["rate_high"]}
+    """A model's rate with its interval from mapo-eval's summary (its prompt-clustered bootstrap,
+    :func:`stages.eval_stats.rate_ci`); NaN when the model had no finite score."""
+    nan = float("nan")
+    return {"mean": per_model.get("rate", nan), "low": per_model.get("rate_low", nan),
+            "high": per_model.get("rate_high", nan)}
 
 
 def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:

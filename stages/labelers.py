@@ -53,6 +53,14 @@ class Pair:
     images: tuple  # (PIL image 0, PIL image 1)
     intended_chosen: int | None = None  # 0/1 from the recipe or the input's labels; None = no opinion
     style: str | None = None  # built-in style name of the generation recipe, if any
+    # 0/1 the input's own labels chose (they may overrule the recipe in a relabelled label output), else the
+    # recipe's: what a classifier's ``disagrees`` compares with. None: compare with intended_chosen.
+    input_chosen: int | None = None
+
+    @property
+    def compared_with(self) -> int | None:
+        """The choice ``disagrees`` is measured against: the input's labels, else the recipe's intended image."""
+        return self.input_chosen if self.input_chosen is not None else self.intended_chosen
 
 
 @dataclass(frozen=True)
@@ -234,7 +242,7 @@ class SafetyLabeler:
             return []
         scores = self.classifier.unsafety([im for p in pairs for im in p.images])
         return [
-            self.decide(float(scores[2 * i]), float(scores[2 * i + 1]), p.intended_chosen) for i, p in enumerate(pairs)
+            self.decide(float(scores[2 * i]), float(scores[2 * i + 1]), p.compared_with) for i, p in enumerate(pairs)
         ]
 
     def describe(self) -> dict:

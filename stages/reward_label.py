@@ -41,7 +41,7 @@ from pipeline.reward import (
     reward_text,
 )
 
-from .label import FRONT, LABEL_COLUMNS, _intended, _pair_id
+from .label import FRONT, LABEL_COLUMNS, _input_choice, _pair_id
 from .labelers import CORRUPT_IMAGE
 
 # Columns the reward target writes beside LABEL_COLUMNS; an input holding one is renamed input_<name>.
@@ -244,7 +244,7 @@ class RewardLabeler:
         chosen = [e[3] for e in entries]
         position = [None if c is None else int(c == e[2]) for c, e in zip(chosen, entries)]  # 0: image 0 chosen
         intended = [
-            _intended(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None
+            _input_choice(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None
             for e in entries
         ]
         new = {

@@ -155,7 +155,8 @@ def test_safety_with_nudenet_on_generated_pairs(pairs, tmp_path):
     out = tmp_path / "pick-safety"
     result = _label(src, out, "--target", "safety")
     assert result.exit_code == 0, result.output
-    assert "6 pairs in 2 shards (0 already done): 3 kept, 3 rejected, 1 disagreed with the recipe" in result.output
+    assert ("6 pairs in 2 shards (0 already done): 3 kept, 3 rejected, 1 disagreed with the input's label or recipe"
+            in result.output)
     kept, rejected = read_table(out), read_table(out, "rejects")
     assert kept["label_0"].to_pylist() == [1, 1, 0] and kept["label_1"].to_pylist() == [0, 0, 1]
     assert kept["disagrees"].to_pylist() == [False, False, True]

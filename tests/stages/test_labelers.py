@@ -203,3 +203,23 @@ def test_construction_with_a_style_check_rejects_a_non_finite_margin():
     im = gray(16)
     d = ConstructionLabeler(NanStyle()).label([Pair((im, im), 0), Pair((im, im), 1)])
     assert [(x.chosen, x.reason) for x in d] == [(None, NON_FINITE), (1, "style verified")]
+
+
+def test_a_classifier_s_disagreement_is_measured_against_the_input_s_labels():
+    """Issue 24 item 5, the safety neighbour: relabelling a label output whose labels overrule its recipe."""
+    import pyarrow as pa
+
+    from stages.label import label_rows
+    from tests.image_fixtures import png
+
+    safe, unsafe = png(_scored(0.1)), png(_scored(0.9))
+    table = pa.table({"caption": ["c"] * 4, "jpg_0": [safe, safe, unsafe, safe], "jpg_1": [unsafe] * 2 + [safe, unsafe],
+                      "label_0": pa.array([1, 0, 0, None], pa.int64()),
+                      "label_1": pa.array([0, 1, 1, None], pa.int64()),
+                      "intended_chosen": pa.array([1, 0, 0, 1], pa.int64())})
+    decisions, _ = label_rows(table, SafetyLabeler(FakeClassifier()))
+    assert [d.chosen for d in decisions] == [0, 0, 1, 0]
+    assert [d.disagrees for d in decisions] == [False, True, False, True]
+    # Construction still labels by the recipe (intended_chosen), as before
+    decisions, _ = label_rows(table, ConstructionLabeler())
+    assert [d.chosen for d in decisions] == [1, 0, 0, 1]

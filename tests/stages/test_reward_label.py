@@ -64,6 +64,8 @@ def test_best_of_n_world_pairs_choose_the_higher_reward_in_every_row(candidates,
     expected = _expected_rewards(candidates)
     # one best-worst pair per prompt
     assert kept.num_rows + rejected.num_rows == 8 and kept.num_rows >= 7, result.output
+    # issue 24 item 12: rows of 4 candidates are prompts, not "pairs"
+    assert "label: 8 prompts x 4 candidates (8 candidate pairs formed) in 2 shards" in result.output
     for r in kept.to_pylist():
         row_id, pair = r["pair_id"].rsplit("-", 1)
         a, b = map(int, pair.split("v"))
@@ -100,9 +102,10 @@ def test_best_of_n_world_pairs_choose_the_higher_reward_in_every_row(candidates,
 
 def test_all_pairs_rule_gap_filter_and_ties_counted(candidates, tmp_path):
     out = tmp_path / "all"
-    _ok(run_cli(
+    result = _ok(run_cli(
         app, ["label", "--input", candidates, "--output", out, *REWARD, "--pair-rule", "all-pairs", "--min-gap", "1"]
     ))
+    assert "label: 8 prompts x 4 candidates (48 candidate pairs formed) in 2 shards" in result.output
     kept, rejected = read_table(out), read_table(out, "rejects")
     assert kept.num_rows + rejected.num_rows == 8 * 6  # every two of 4 candidates
     assert all(g > 1 for g in kept["reward_gap"].to_pylist())
@@ -288,3 +291,27 @@ def test_a_judge_with_no_finite_calibration_score_is_one_error_line(tmp_path, mo
                                      "--reward", "world-prompt"]))
     assert "judge 'world-prompt' gave no finite score on the 2 calibration images" in line
     assert not out.exists()
+
+
+# --- issue 24 item 5: `disagrees` compares with the labels of the input ---------------------------------------------
+
+
+def test_relabelling_a_label_output_compares_with_its_labels_not_its_recipe(tmp_path):
+    # A label output whose label_0/1 overrule intended_chosen (its classifier disagreed with the recipe).
+    right, wrong = _world_png("red"), _world_png("blue")
+    caption = "a red circle at the top left"
+    path = tmp_path / "labelled" / "train-0.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({
+        "caption": [caption] * 4, "jpg_0": [right, right, wrong, right], "jpg_1": [wrong, wrong, right, wrong],
+        "label_0": pa.array([1, 0, 0, None], pa.int64()), "label_1": pa.array([0, 1, 1, None], pa.int64()),
+        "intended_chosen": pa.array([1, 0, 0, 1], pa.int64()), "user_id": [1, 2, 3, 4]}), path)
+    out = tmp_path / "out"
+    result = _ok(run_cli(app, ["label", "--input", path.parent, "--output", out, "--target", "reward",
+                               "--reward", "world-prompt"]))
+    kept = read_table(out).to_pylist()
+    assert [r["user_id"] for r in kept] == [1, 2, 3, 4]
+    # The judges choose the red image: row 1 agrees with its labels (not with its recipe), row 2 reverses its
+    # labels (though it agrees with its recipe), row 3 agrees with both, row 4 has no labels: its recipe counts.
+    assert [r["disagrees"] for r in kept] == [False, True, False, True]
+    assert "2 disagreed with the input's label or recipe" in result.output

@@ -385,6 +385,24 @@ def _warn_if_nothing_kept(totals: dict, root: Path) -> None:
               f"`mapo-data inspect {root}` summarises them", file=sys.stderr)
 
 
+def _probe(labeler, source: LabelInput, rows: int = 4) -> None:
+    """Label the input's first ``rows`` rows and throw the result away, so that a classifier or style check
+    that cannot read this input (the world's judges on images that are not 64x64, ...) refuses before the
+    output folder exists: nothing half-written. The reward labeler checks itself by calibrating.
+
+    Raises:
+        UserError: whatever the labeler raises on those rows.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if hasattr(labeler, "label_table") or not source.files:
+        return
+    first = next(pq.ParquetFile(source.files[0]).iter_batches(batch_size=rows), None)
+    if first is not None and first.num_rows:
+        label_rows(pa.Table.from_batches([first]), labeler, source.files[0].parent)
+
+
 def run_label(cfg: LabelConfig) -> LabelResult:
     """Label all pending shards of ``cfg.output`` that belong to this process."""
     from pipeline.models import resolve_device
@@ -406,6 +424,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     # batch size, or not a mapo-data output, is refused now. The labeler's own description joins below.
     ShardedOutput(cfg.output, STAGE, known, len(source.files), split=source.split).check(cfg.overwrite, partial=True)
     labeler = build_labeler(cfg.labeler, device=str(device), source=source)
+    _probe(labeler, source)
     identity = {**known, **labeler.describe()}
     config = {**asdict(cfg), **record, "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}

@@ -133,7 +133,12 @@ def training_trace(out: Path, dataset: str, objectives: tuple[str, ...] = OLD_OB
 
 
 def compare(a: dict, b: dict, higher_is_better: bool) -> str:
-    """'MaPO better' / 'MaPO worse' when the 95% intervals do not overlap, else 'no clear difference'."""
+    """'MaPO better' / 'MaPO worse' when the 95% intervals do not overlap, else 'no clear difference'; 'not
+    measured' when either interval is NaN (a model with no finite score)."""
+    import math
+
+    if not all(math.isfinite(x[k]) for x in (a, b) for k in ("low", "high")):
+        return "not measured"
     if a["low"] > b["high"]:
         return "MaPO better" if higher_is_better else "MaPO worse"
     if a["high"] < b["low"]:

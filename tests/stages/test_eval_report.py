@@ -94,3 +94,33 @@ def test_report_paths_are_relative_to_the_output_or_the_hub_id(tmp_path):
     assert _model_path(str(out / "inside"), out) == str(out / "inside")  # not there: as given
     assert _model_path("stabilityai/stable-diffusion-xl-base-1.0", out) == "stabilityai/stable-diffusion-xl-base-1.0"
     assert not Path(_model_path(str(tmp_path / "runs" / "mapo"), out)).is_absolute()
+
+
+def test_reward_demo_table_uses_the_same_clustered_intervals_and_drops_non_finite_pairs(tmp_path):
+    """The reward demo's table (scripts/reward_demo.py): means, differences and now rates, all over prompts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scripts.reward_demo import paired_difference
+
+    keys = [(f"p{p}", s) for p in range(6) for s in range(8)]
+    rows = [{"model": "base", "prompt_id": p, "seed_index": s, "metric": "m", "score": 0.0} for p, s in keys]
+    rows += [{"model": "mapo", "prompt_id": p, "seed_index": s, "metric": "m",
+              "score": NAN if (p, s) == ("p5", 7) else (1.0 if p in ("p0", "p1", "p2") else 0.0)} for p, s in keys]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "scores.parquet")
+    out = paired_difference(tmp_path / "scores.parquet", "m", "mapo", threshold=0.5)
+    assert out["dropped"] == 1 and out["difference"]["n"] == 47
+    assert out["difference"]["mean"] == pytest.approx(24 / 47)
+    # 6 prompts drawn whole: the interval is about [1/6, 5/6], not the +-0.15 of 47 independent images
+    assert out["difference"]["low"] < 0.2 and out["difference"]["high"] > 0.8
+    assert out["rate"]["trained"] == pytest.approx(24 / 47)
+    low, high = out["rate"]["trained_interval"]
+    assert low < 0.2 and high > 0.8
+
+
+def test_fidelity_comparison_of_an_unmeasured_model_says_so():
+    from scripts.fidelity_report import compare
+
+    a, b = {"mean": 0.5, "low": 0.4, "high": 0.6}, {"mean": NAN, "low": NAN, "high": NAN}
+    assert compare(a, b, True) == "not measured" and compare(b, a, False) == "not measured"
+    assert compare(a, {"mean": 0.1, "low": 0.0, "high": 0.2}, True) == "MaPO better"

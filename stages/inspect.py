@@ -109,13 +109,17 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
 
     Bin edges print with 4 decimals, or more when the bins are narrower: at least one decimal below
     the bin width's first significant digit, so adjacent edges never print alike ("[0.4999, 0.4999)").
+    NaN and inf scores (:mod:`pipeline.judge_scores`) are in no bin: a last line counts them.
     """
-    values = [v for v in values if v is not None]
+    from pipeline.judge_scores import finite_values
+
+    values, dropped = finite_values(v for v in values if v is not None)
+    note = f"\n  non-finite (NaN or inf), in no bin: {dropped}" if dropped else ""
     if not values:
-        return "  (no scores)"
+        return "  (no scores)" + note
     lo, hi = min(values), max(values)
     if hi == lo:
-        return f"  [{lo:8.4f}, {hi:8.4f}] {'#' * width} {len(values)}"
+        return f"  [{lo:8.4f}, {hi:8.4f}] {'#' * width} {len(values)}" + note
     step = (hi - lo) / bins
     # d decimals round each edge by at most 0.5e-d; with 10**-d <= step / 10 neighbours stay apart.
     d = max(4, math.ceil(-math.log10(step)) + 1)
@@ -127,7 +131,7 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
     for i, c in enumerate(counts):
         bar = "#" * round(width * c / top) if c else ""
         lines.append(f"  [{lo + i * step:{d + 4}.{d}f}, {lo + (i + 1) * step:{d + 4}.{d}f}) {bar:<{width}} {c}")
-    return "\n".join(lines)
+    return "\n".join(lines) + note
 
 
 def inspect_output(directory: str) -> Summary:

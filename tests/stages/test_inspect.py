@@ -177,3 +177,26 @@ def test_score_format_never_prints_a_small_non_zero_value_as_zero():
     from stages.inspect import _fmt
 
     assert _fmt(0.0) == "0.0000" and _fmt(1.23456) == "1.2346" and _fmt(-2e-5) == "-2e-05" and _fmt(None) == "-"
+
+
+def test_histograms_leave_non_finite_scores_out_and_count_them(tmp_path):
+    """Issue 24 item 1: a NaN score (a non-finite reject's) made the histogram crash (int(NaN)) or bin it."""
+    nan = float("nan")
+    lines = text_histogram([0.0, nan, 0.5, 1.0, float("inf"), 0.0], bins=2, width=4).splitlines()
+    assert lines == ["  [  0.0000,   0.5000) #### 2", "  [  0.5000,   1.0000) #### 2",
+                     "  non-finite (NaN or inf), in no bin: 2"]
+    assert text_histogram([nan]) == "  (no scores)\n  non-finite (NaN or inf), in no bin: 1"
+    # Through the CLI: a label output whose rejects hold a classifier's NaN
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    img = png(gray(16))
+    for sub, label, score in (("data", 1, 0.1), ("rejects", None, nan)):
+        (tmp_path / "out" / sub).mkdir(parents=True)
+        pq.write_table(pa.table({"caption": ["a"], "jpg_0": [img], "jpg_1": [img],
+                                 "label_0": pa.array([label], pa.int64()), "label_1": pa.array([None], pa.int64()),
+                                 "score_0": [score], "score_1": [0.9], "reason": ["kept" if label else "non-finite"]}),
+                       tmp_path / "out" / sub / "train-0.parquet")
+    result = run_cli(app, ["inspect", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    assert "non-finite (NaN or inf), in no bin: 1" in result.output

@@ -377,6 +377,7 @@ def test_a_non_finite_preference_score_is_in_no_pair_and_counted(tmp_path, promp
         out = online.loss(trainer.unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
         compared = len(calls) * 2  # one comparison per prompt (batch 2) per scored step
         pairs = out.metrics["pairs"].item()
+        assert all(math.isfinite(g) for g in sampled[0].gaps) and len(sampled[0].gaps) == pairs
         assert out.metrics["non_finite_rewards"].item() == sum(calls) // num_candidates
         assert math.isfinite(out.metrics["preference"].item())  # the mean of the finite rewards
         if num_candidates == 2:  # one finite candidate per prompt: nothing to compare
@@ -384,6 +385,5 @@ def test_a_non_finite_preference_score_is_in_no_pair_and_counted(tmp_path, promp
         else:  # candidates 1 and 2 still make a pair, with a finite gap
             assert pairs == compared and out.has_signal
             assert out.metrics["pair_rate"].item() == 1.0
-        assert all(math.isfinite(g) for g in sampled[0].gaps) and len(sampled[0].gaps) == pairs
     finally:
         trainer.cleanup()

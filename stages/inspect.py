@@ -17,20 +17,14 @@ from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_ima
 from pipeline.options import at_least, check_options, option
 from pipeline.shards import read_manifest
 
+from .reward_label import candidate_count
+
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
 
 
 def _is_image_column(name: str) -> bool:
     """jpg_0, jpg_1, and a best-of-N generate output's jpg_2 ... jpg_{K-1}."""
     return name.startswith("jpg_") and name[4:].isdigit()
-
-
-def _candidates(names) -> int:
-    """Images per row: the number of consecutive ``jpg_0``, ``jpg_1``, ... columns (2 for pairs)."""
-    k = 0
-    while f"jpg_{k}" in names:
-        k += 1
-    return k
 
 
 HIST_BINS = 10
@@ -151,7 +145,7 @@ def inspect_output(directory: str) -> Summary:
     s = Summary(str(root), manifest.get("stage", "parquet"), manifest.get("status"), len(data_files), data.height,
                 rejects.height)
     if data_files:
-        s.candidates = max(_candidates(pq.read_schema(data_files[0]).names), 2)
+        s.candidates = max(candidate_count(pq.read_schema(data_files[0]).names), 2)
     if "label_0" in data.columns and data.height:
         s.label_balance = {
             "image 0 chosen": int((data["label_0"] == 1).sum()), "image 1 chosen": int((data["label_1"] == 1).sum())
@@ -307,7 +301,7 @@ def _candidates_card(r: dict, k: int) -> str:
 
 
 def _pair_card(r: dict, rejected: bool) -> str:
-    k = _candidates(r)
+    k = candidate_count(list(r))
     if k > 2 and r.get("label_0") is None:
         return _candidates_card(r, k)
     if "label_0" in r and r.get("label_0") is not None:

@@ -14,6 +14,11 @@ scores of the shared scorers (:mod:`pipeline.scorers`).
   highest reward against the lowest) or ``all-pairs`` (every two candidates); a pair is kept when its
   reward gap exceeds ``min_gap``; exact ties and near ties (gap > 0 but not above ``min_gap``) are
   returned with their drop reason, so the stage can count them.
+
+A score that is not a finite number (:mod:`pipeline.judge_scores`) never takes part: it is left out of
+its judge's calibration (counted in :attr:`Scale.dropped`), gives its image no reward (None), and a
+candidate without a reward is in no pair; the stage writes it to ``rejects/`` as
+:data:`~pipeline.judge_scores.NON_FINITE`.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .errors import UserError
+from .judge_scores import finite_values, is_finite_score
 
 RULES = ("best-worst", "all-pairs")
 TIE = "reward tie"  # the two rewards are exactly equal
@@ -80,35 +86,44 @@ class Scale:
 
     mean: float
     std: float
-    n: int  # scores it was fitted on
+    n: int  # scores it was fitted on (finite ones)
+    dropped: int = 0  # non-finite scores of the calibration sample, left out
 
 
 def fit_scales(raw: Mapping[str, Sequence[float]]) -> dict[str, Scale]:
-    """Each judge's mean and population standard deviation over its calibration scores.
+    """Each judge's mean and population standard deviation over its finite calibration scores.
 
     A judge whose scores are all equal (std 0, or a single score) gets std 1: its standardised scores
-    are then all 0, and it cannot tip any pair (dividing by 0 would be worse).
+    are then all 0, and it cannot tip any pair (dividing by 0 would be worse). Non-finite scores (NaN,
+    inf) are left out and counted in :attr:`Scale.dropped`: one of them would make the mean, the std and
+    so every reward NaN.
 
     Raises:
         ValueError: a judge with no score.
+        UserError: a judge whose calibration scores are all non-finite (nothing to standardise with).
     """
     out = {}
     for name, values in raw.items():
-        xs = [float(v) for v in values]
-        if not xs:
+        values = list(values)
+        if not values:
             raise ValueError(f"no calibration score for judge '{name}'")
+        xs, dropped = finite_values(values)
+        if not xs:
+            raise UserError(f"judge '{name}' gave no finite score on the {len(values)} calibration images "
+                            "(all NaN or inf): check its weights and --dtype; no reward can be standardised.")
         mean = math.fsum(xs) / len(xs)
         std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / len(xs))
-        out[name] = Scale(mean, std if std > 0 else 1.0, len(xs))
+        out[name] = Scale(mean, std if std > 0 else 1.0, len(xs), dropped)
     return out
 
 
 def combine(raw: Mapping[str, Sequence[float]], weights: Mapping[str, float], scales: Mapping[str, Scale],
-            higher_is_better: Mapping[str, bool]) -> list[float]:
+            higher_is_better: Mapping[str, bool]) -> list[float | None]:
     """The reward of each image: ``sum_j weights[j] * sign_j * (raw[j][i] - mean_j) / std_j``.
 
     ``raw[j]`` holds judge j's score of every image, in image order; ``sign_j`` is +1 when a higher
-    score of judge j is better, else -1. Judges are summed in the order of ``weights``.
+    score of judge j is better, else -1. Judges are summed in the order of ``weights``. An image that
+    any judge scored with a non-finite value (or None) gets reward None: it is paired with nothing.
 
     Raises:
         ValueError: the judges' score lists differ in length, or a judge has no scores or scale.
@@ -117,12 +132,17 @@ def combine(raw: Mapping[str, Sequence[float]], weights: Mapping[str, float], sc
     if len(lengths) != 1:
         raise ValueError(f"judges scored different numbers of images: {sorted(lengths)}")
     (n,) = lengths
-    rewards = [0.0] * n
+    rewards: list[float | None] = [0.0] * n
     for name, weight in weights.items():
         scale, sign = scales[name], (1.0 if higher_is_better[name] else -1.0)
         for i, value in enumerate(raw[name]):
+            if rewards[i] is None:
+                continue
+            if not is_finite_score(value):
+                rewards[i] = None
+                continue
             rewards[i] += weight * sign * (float(value) - scale.mean) / scale.std
-    return rewards
+    return [r if r is None or math.isfinite(r) else None for r in rewards]
 
 
 @dataclass(frozen=True)
@@ -161,7 +181,8 @@ def pair_candidates(
 ) -> list[CandidatePair]:
     """The pairs one prompt's candidates give under ``rule``, kept and dropped, in a fixed order.
 
-    ``rewards[i]`` is candidate i's reward, None for a candidate that could not be scored (left out).
+    ``rewards[i]`` is candidate i's reward, None (or NaN, inf) for a candidate that could not be scored
+    (left out: the caller counts it as a reject).
     ``best-worst``: one pair, the first highest reward against the first lowest; all rewards equal
     gives one tie (the first two candidates). ``all-pairs``: every two candidates (a, b), a < b, in
     lexicographic order. A pair is kept when its gap is above ``min_gap``; gap 0 is dropped as
@@ -174,7 +195,7 @@ def pair_candidates(
         raise ValueError(f"unknown pairing rule {rule!r}; choose one of {', '.join(RULES)}")
     if min_gap < 0:
         raise ValueError("min_gap must be >= 0")
-    valid = [i for i, r in enumerate(rewards) if r is not None]
+    valid = [i for i, r in enumerate(rewards) if is_finite_score(r)]
     if len(valid) < 2:
         return []
     if rule == "all-pairs":
@@ -194,7 +215,13 @@ def gap_bins() -> list[str]:
 
 
 def gap_bin(gap: float) -> str:
-    """The bin of :func:`gap_bins` that ``gap`` (>= 0) falls in."""
+    """The bin of :func:`gap_bins` that ``gap`` (>= 0) falls in.
+
+    Raises:
+        ValueError: a NaN gap (it belongs to no bin; a pair with a non-finite reward is never kept).
+    """
+    if math.isnan(gap):
+        raise ValueError("reward gap is NaN")
     return gap_bins()[sum(gap >= edge for edge in GAP_EDGES)]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.clip_embed import hub_offline
 from pipeline.errors import ModelNotFoundError, UserError, require
+from pipeline.judge_scores import is_finite_score
 from pipeline.models import resolve_device
 from pipeline.weights_files import reading_weights
 
@@ -32,9 +33,10 @@ class SafetyClassifier(Protocol):
         ...
 
 
-def is_unsafe(classifier: SafetyClassifier, scores: Iterable[float]) -> list[bool]:
-    """Apply the classifier's threshold (strictly greater, as the SD checker's ``> 0``)."""
-    return [s > classifier.threshold for s in scores]
+def is_unsafe(classifier: SafetyClassifier, scores: Iterable[float]) -> list[bool | None]:
+    """Apply the classifier's threshold (strictly greater, as the SD checker's ``> 0``); None for a NaN or
+    infinite score (:mod:`pipeline.judge_scores`): not judged, neither safe nor unsafe."""
+    return [s > classifier.threshold if is_finite_score(s) else None for s in scores]
 
 
 # ---------------------------------------------------------------------------------------------

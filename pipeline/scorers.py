@@ -28,6 +28,7 @@ Weights come from a local file or folder, a hub id / ``org/repo/file`` hub file,
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +50,7 @@ from pipeline.clip_embed import (
     style_margin,
 )
 from pipeline.errors import ModelNotFoundError, UserError, one_line
+from pipeline.judge_scores import finite_values
 from pipeline.models import quiet_hub_progress, resolve_device
 from pipeline.scorer_options import (  # noqa: F401 (re-exported)
     AESTHETIC_WEIGHTS_URL,
@@ -426,14 +428,21 @@ def score_images(
     ``metrics``: names (loaded on each call) or already loaded scorers from :func:`load_scorers`
     (load once, call every validation). Thresholded metrics also give ``<name>_rate``: the share
     of images above the threshold (``style_rate`` = style adoption, ``safety_rate`` = unsafe share).
+    Scores that are NaN or inf (:mod:`pipeline.judge_scores`) are left out of the mean and the rate and
+    counted as ``<name>_non_finite`` (only when there are any); with no finite score the mean and the rate
+    are left out too.
     """
     scorers = dict(metrics) if isinstance(metrics, Mapping) else load_scorers(metrics, options, device)
     out: dict[str, float] = {}
     if not len(images):
         return out
     for name, scorer in scorers.items():
-        values = scorer.score(list(images), list(prompts))
-        out[name] = float(sum(values) / len(values))
+        values, dropped = finite_values(scorer.score(list(images), list(prompts)))
+        if dropped:
+            out[f"{name}_non_finite"] = float(dropped)
+        if not values:
+            continue
+        out[name] = math.fsum(values) / len(values)
         if scorer.threshold is not None:
             out[f"{name}_rate"] = float(sum(v > scorer.threshold for v in values) / len(values))
     return out

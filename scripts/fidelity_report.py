@@ -34,7 +34,11 @@ TITLES = {"style_rate_plain": "cartoon rate, plain prompts (higher = adopted)",
 
 
 def _interval(per_model: dict) -> dict:
-    return {"mean": per_model["rate"], "low": per_model["rate_low"], "high": per_model["rate_high"]}
+    """A model's rate with its interval from mapo-eval's summary (its prompt-clustered bootstrap,
+    :func:`stages.eval_stats.rate_ci`); NaN when the model had no finite score."""
+    nan = float("nan")
+    return {"mean": per_model.get("rate", nan), "low": per_model.get("rate_low", nan),
+            "high": per_model.get("rate_high", nan)}
 
 
 def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:
@@ -129,7 +133,12 @@ def training_trace(out: Path, dataset: str, objectives: tuple[str, ...] = OLD_OB
 
 
 def compare(a: dict, b: dict, higher_is_better: bool) -> str:
-    """'MaPO better' / 'MaPO worse' when the 95% intervals do not overlap, else 'no clear difference'."""
+    """'MaPO better' / 'MaPO worse' when the 95% intervals do not overlap, else 'no clear difference'; 'not
+    measured' when either interval is NaN (a model with no finite score)."""
+    import math
+
+    if not all(math.isfinite(x[k]) for x in (a, b) for k in ("low", "high")):
+        return "not measured"
     if a["low"] > b["high"]:
         return "MaPO better" if higher_is_better else "MaPO worse"
     if a["high"] < b["low"]:

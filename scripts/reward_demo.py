@@ -62,24 +62,31 @@ EXPERIMENTS = {
 
 
 def paired_difference(scores_file: Path, metric: str, candidate: str, threshold: float) -> dict:
-    """Mean of candidate - base over the same (prompt, seed) images, with a prompt-cluster bootstrap interval;
-    each model's own mean and interval; each model's share of scores above ``threshold``."""
+    """Mean of candidate - base over the same (prompt, seed) images; each model's own mean; each model's share of
+    scores above ``threshold``: every interval mapo-eval's prompt-clustered bootstrap
+    (:func:`stages.eval_stats.bootstrap_ci`, rates :func:`stages.eval_stats.rate_ci`). A (prompt, seed) whose score
+    is NaN or inf on either side is left out of all of them and counted in ``dropped``."""
+    import math
+
     import pyarrow.parquet as pq
 
-    from stages.eval_stats import bootstrap_ci
+    from stages.eval_stats import bootstrap_ci, rate_ci
 
     rows = [r for r in pq.read_table(scores_file).to_pylist() if r["metric"] == metric]
     by = {(r["model"], r["prompt_id"], r["seed_index"]): r["score"] for r in rows}
-    keys = sorted({(p, s) for m, p, s in by if m == "base"} & {(p, s) for m, p, s in by if m == candidate})
+    shared = sorted({(p, s) for m, p, s in by if m == "base"} & {(p, s) for m, p, s in by if m == candidate})
+    keys = [k for k in shared if all(math.isfinite(by[(m, *k)]) for m in ("base", candidate))]
     base = [by[("base", *k)] for k in keys]
     trained = [by[(candidate, *k)] for k in keys]
     groups = [k[0] for k in keys]
     out = {}
     for name, values in (("base", base), ("trained", trained), ("difference", [t - b for t, b in zip(trained, base)])):
-        ci = bootstrap_ci(values, groups=groups)
+        ci = bootstrap_ci(values, groups)
         out[name] = {"mean": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
-    out["rate"] = {"threshold": threshold, "base": sum(v > threshold for v in base) / len(base),
-                   "trained": sum(v > threshold for v in trained) / len(trained)}
+    rates = {name: rate_ci(values, groups, threshold) for name, values in (("base", base), ("trained", trained))}
+    out["rate"] = {"threshold": threshold, **{name: r.estimate for name, r in rates.items()},
+                   **{f"{name}_interval": [r.low, r.high] for name, r in rates.items()}}
+    out["dropped"] = len(shared) - len(keys)
     return out
 
 
@@ -121,7 +128,8 @@ def report(results: dict, timings: dict) -> str:
     lines = ["# Reward-model labels + MaPO in the miniature world", "",
              f"MaPO {TRAIN['max_steps']} steps, batch {TRAIN['batch_size']}, lr {TRAIN['learning_rate']}; the 12 "
              f"held-out captions, {EVAL_SEEDS} paired seeds each, with the sampler the images were made with; "
-             "95% intervals from a bootstrap over prompts.", ""]
+             "every 95% interval (means, differences, rates) from one bootstrap over prompts (a prompt's seeds drawn "
+             "together; rates widened to cover the Wilson score interval); non-finite scores left out, counted.", ""]
     for name, r in results.items():
         s, p = r["settings"], r["pairs"]
         lines += [f"## {name}", "",
@@ -134,8 +142,11 @@ def report(results: dict, timings: dict) -> str:
         for m, x in r["metrics"].items():
             cell = {k: f"{x[k]['mean']:.3f} [{x[k]['low']:.3f}, {x[k]['high']:.3f}]"
                     for k in ("base", "trained", "difference")}
+            rate = {k: f"{x['rate'][k]:.2f} [{x['rate'][k + '_interval'][0]:.2f}, {x['rate'][k + '_interval'][1]:.2f}]"
+                    for k in ("base", "trained")}
             lines.append(f"| {m} | {cell['base']} | {cell['trained']} | {cell['difference']} | "
-                         f"> {x['rate']['threshold']}: {x['rate']['base']:.2f} -> {x['rate']['trained']:.2f} |")
+                         f"> {x['rate']['threshold']}: {rate['base']} -> {rate['trained']}"
+                         + (f" ({x['dropped']} non-finite left out)" if x.get("dropped") else "") + " |")
         lines.append("")
     lines.append("Timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items() if "captions" not in k))
     return "\n".join(lines) + "\n"

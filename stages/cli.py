@@ -51,14 +51,7 @@ def label(cfg: LabelConfig):
     """Label generated pairs into a Pick-a-Pic / MaPO preference dataset with a dataset card."""
     from .label import run_label
 
-    result = run_label(cfg)
-    typer.echo(
-        f"label: {count(result.pairs_in, 'pair')} in {count(result.shards_written, 'shard')} "
-        f"({result.shards_skipped} already done): "
-        f"{result.kept} kept, {result.rejected} rejected, {result.disagreements} disagreed with the recipe -> "
-        f"{result.output} | "
-        f"{result.seconds:.1f}s total, {result.pairs_per_second:.2f} pairs/s"
-    )
+    typer.echo(run_label(cfg).summary())
 
 
 @command(app, InspectConfig)

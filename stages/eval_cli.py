@@ -26,7 +26,9 @@ def evaluate(cfg: EvalConfig):
                          for (name, text) in zip(est, distinct_digits(list(est.values()))))
         rates = {name: w["rate"] for name, w in m["win_rate_vs_base"].items()}
         wins = ", ".join(f"{name} {text}" for name, text in zip(rates, distinct_digits(list(rates.values()), 3)))
-        typer.echo(f"{metric}: {line}" + (f" | win rate vs base: {wins}" if wins else ""))
+        dropped = sum(pm.get("dropped", 0) for pm in m["per_model"].values())
+        typer.echo(f"{metric}: {line}" + (f" | win rate vs base: {wins}" if wins else "")
+                   + (f" | {count(dropped, 'non-finite score')} dropped" if dropped else ""))
     typer.echo(
         f"eval: {count(result.images_generated, 'image')} generated, {count(result.scores_computed, 'score')} computed "
         f"in {result.seconds:.1f}s -> report: {result.report}"

@@ -13,18 +13,22 @@ from pathlib import Path
 from pipeline.atomic import write_text_atomic
 from pipeline.images import data_uri, image_grid
 
-from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, wilson_interval, win_rate
+from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, rate_ci, win_rate
 
 WIN_RATE_NOTE = ("win rate = share of (prompt, seed) pairs where the candidate scores better than the base on the "
-                 "same prompt and seed; ties count half (safety: lower unsafety is better)")
-CI_NOTE = ("95% intervals: percentile bootstrap over prompts (each prompt's seeds drawn together), "
-           f"{DEFAULT_RESAMPLES} resamples, seed 0; rates: that interval widened to cover the Wilson score interval")
+                 "same prompt and seed; ties count half (a tie: equal scores; safety: lower unsafety is better)")
+CI_NOTE = ("every 95% interval (means, rates, win rates) is a percentile bootstrap over prompts (each prompt's seeds "
+           f"drawn together), {DEFAULT_RESAMPLES} resamples, seed 0; rates: that interval widened to cover the Wilson "
+           "score interval")
+NON_FINITE_NOTE = ("a score that is NaN or inf is left out of every mean, rate and win rate (with its pair) and "
+                   "counted under 'dropped'")
 GRID_TILE = 320  # pixels per image in the grids (the full images stay in images/)
 
 
 def summarise(rows: list[dict], model_names: list[str], metric_meta: dict[str, dict]) -> dict:
     """Per metric: each model's mean [95% CI] (and the rate above the threshold with its 95% CI), each
-    candidate's win rate vs the base."""
+    candidate's win rate vs the base; every interval :func:`stages.eval_stats.bootstrap_ci` over prompts.
+    Non-finite scores are left out and counted (``dropped``)."""
     by = {}
     for r in rows:
         by.setdefault((r["metric"], r["model"]), {})[(r["prompt_id"], r["seed_index"])] = r["score"]
@@ -37,19 +41,18 @@ def summarise(rows: list[dict], model_names: list[str], metric_meta: dict[str, d
             scores = by.get((metric, name), {})
             keys = sorted(scores)
             values, prompts = [scores[k] for k in keys], [k[0] for k in keys]
-            entry = bootstrap_ci(values, groups=prompts).as_dict()
-            if threshold is not None and values:
-                hits = [float(v > threshold) for v in values]
-                rate = bootstrap_ci(hits, groups=prompts)
-                low, high = wilson_interval(int(sum(hits)), len(hits))
-                entry.update(rate=rate.estimate, rate_low=min(rate.low, low), rate_high=max(rate.high, high))
+            entry = bootstrap_ci(values, prompts).as_dict()
+            if threshold is not None and entry["n"]:
+                rate = rate_ci(values, prompts, threshold)
+                entry.update(rate=rate.estimate, rate_low=rate.low, rate_high=rate.high)
             per_model[name] = entry
         wins = {}
         base = by.get((metric, model_names[0]), {})
         for name in model_names[1:]:
             cand = by.get((metric, name), {})
             shared = sorted(set(base) & set(cand))  # paired: same prompt and seed only
-            wins[name] = win_rate([cand[k] for k in shared], [base[k] for k in shared], higher).as_dict()
+            wins[name] = win_rate([cand[k] for k in shared], [base[k] for k in shared], [k[0] for k in shared],
+                                  higher).as_dict()
         metrics[metric] = {"higher_is_better": higher, "threshold": threshold, "judge": meta.get("judge"),
                            "per_model": per_model, "win_rate_vs_base": wins}
     return metrics
@@ -77,7 +80,7 @@ def _plot_means(path: Path, metrics: dict, model_names: list[str]) -> None:
         ax.set_xticks(range(len(model_names)), model_names, rotation=20, ha="right")
         ax.set_title(f"{metric} ({'higher' if m['higher_is_better'] else 'lower'} is better)", fontsize=10)
         ax.axhline(0, color="black", linewidth=0.5)
-    fig.suptitle("mean per model, 95% bootstrap interval", fontsize=11)
+    fig.suptitle("mean per model, 95% interval (bootstrap over prompts)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -101,7 +104,7 @@ def _plot_win_rates(path: Path, metrics: dict, candidates: list[str]) -> None:
     ax.set_ylim(0, 1)
     ax.set_xticks([i + width * (len(candidates) - 1) / 2 for i in range(len(names))], names)
     ax.set_ylabel("win rate vs base")
-    ax.set_title("win rate vs base (ties count half), 95% bootstrap interval", fontsize=10)
+    ax.set_title("win rate vs base (ties count half), 95% interval (bootstrap over prompts)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -143,21 +146,28 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
     for k in ("model", "vae", "dtype", "num_inference_steps", "guidance_scale", "resolution", "seed",
               "seeds_per_prompt", "negative_prompt", "prompts", "prompt_count", "batch_invariant"):
         parts.append(f"<tr><td>{e(k)}</td><td>{e(str(s.get(k)))}</td></tr>")
-    parts.append("</table><h2>Models</h2><table><tr><th>name</th><th>kind</th><th>path</th><th>objective</th></tr>")
+    if s.get("resolution_note"):
+        parts.append(f"<tr><td>resolution note</td><td>{e(s['resolution_note'])}</td></tr>")
+    parts.append("</table><h2>Models</h2><table><tr><th>name</th><th>kind</th><th>path (hub id, or relative to this "
+                 "report's folder)</th><th>objective</th></tr>")
     for name in model_names:
         info = summary["models"][name]
         parts.append(f"<tr><td>{e(name)}</td><td>{e(info['kind'])}</td><td>{e(str(info['path']))}</td>"
                      f"<td>{e(str(info.get('objective') or ''))}</td></tr>")
     parts.append("</table><h2>Scores</h2>")
-    parts.append(f"<p class='note'>{e(CI_NOTE)}. {e(WIN_RATE_NOTE)}.</p>")
+    parts.append(f"<p class='note'>{e(CI_NOTE)}. {e(WIN_RATE_NOTE)}. {e(NON_FINITE_NOTE)}.</p>")
     for metric, m in summary["metrics"].items():
         direction = "higher is better" if m["higher_is_better"] else "lower is better"
         rate = m["threshold"] is not None
         rate_head = f"<th>share &gt; {m['threshold']}</th>" if rate else ""
         judge = f"; scored by {m['judge']}" if m.get("judge") else ""
+        dropped = any(pm.get("dropped") for pm in m["per_model"].values()) or any(
+            w.get("dropped") for w in m["win_rate_vs_base"].values())
+        dropped_head = "<th>dropped (non-finite): scores / pairs</th>" if dropped else ""
         parts.append(f"<h3>{e(metric)} <span class='note'>({direction}{e(judge)})</span></h3>"
                      "<table><tr><th>model</th><th>mean</th>"
-                     f"<th>95% CI</th><th>n</th>{rate_head}<th>win rate vs base</th><th>wins / ties / losses</th></tr>")
+                     f"<th>95% CI</th><th>n</th>{rate_head}<th>win rate vs base</th><th>wins / ties / losses</th>"
+                     f"{dropped_head}</tr>")
         for name in model_names:
             pm = m["per_model"][name]
             w = m["win_rate_vs_base"].get(name)
@@ -167,9 +177,11 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
             rate_cell = (
                 f"<td>{pm['rate']:.3f}{rate_ci}</td>" if rate and "rate" in pm else ("<td>&mdash;</td>" if rate else "")
             )
+            dropped_cell = (f"<td>{pm.get('dropped', 0)} / {w.get('dropped', 0) if w else '&mdash;'}</td>"
+                            if dropped else "")
             parts.append(f"<tr><td>{e(name)}</td><td>{_fmt(pm['estimate'])}</td>"
                          f"<td>[{_fmt(pm['low'])}, {_fmt(pm['high'])}]</td>"
-                         f"<td>{pm['n']}</td>{rate_cell}<td>{wr}</td><td>{wtl}</td></tr>")
+                         f"<td>{pm['n']}</td>{rate_cell}<td>{wr}</td><td>{wtl}</td>{dropped_cell}</tr>")
         parts.append("</table>")
     parts.append("<h2>Plots</h2>")
     for p in plots:
@@ -190,7 +202,7 @@ def write_report(out: Path, rows: list[dict], model_names: list[str], model_info
     """Write summary.json, plots/*.png, grids/*.png and report.html; return (report path, summary)."""
     metrics = summarise(rows, model_names, metric_meta)
     summary = {"settings": settings, "models": model_info, "metrics": metrics,
-               "notes": {"win_rate": WIN_RATE_NOTE, "intervals": CI_NOTE}}
+               "notes": {"win_rate": WIN_RATE_NOTE, "intervals": CI_NOTE, "non_finite": NON_FINITE_NOTE}}
     plots_dir = out / "plots"
     plots_dir.mkdir(exist_ok=True)
     plots = [plots_dir / "means.png"]

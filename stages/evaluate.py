@@ -166,6 +166,29 @@ def _default_resolution(cands: list[Candidate], base_model: str) -> int:
     return trained.pop() if len(trained) == 1 else default_resolution(base_model)
 
 
+def resolution_note(cands: list[Candidate], resolution: int, given: bool) -> str | None:
+    """One line when the candidates were trained at different resolutions: which, and the one every model is
+    evaluated at (``given``: from ``--resolution``, else the base model's default); None when they agree."""
+    trained = {c.name: c.resolution for c in cands if c.resolution}
+    if len(set(trained.values())) < 2:
+        return None
+    which = ", ".join(f"{name} {side}" for name, side in trained.items())
+    why = "--resolution" if given else "the base model's default; pass --resolution to choose"
+    return (f"candidates were trained at different resolutions ({which}); every model is evaluated at {resolution} px "
+            f"({why})")
+
+
+def _model_path(path: str, out: Path) -> str:
+    """How the report names a model: a hub id as given; a local folder relative to the output folder (no
+    absolute machine path in a report that is shared)."""
+    import os
+
+    local = Path(path).expanduser()
+    if not local.exists():
+        return path  # a hub id (or a name the report cannot resolve): as given
+    return Path(os.path.relpath(local.resolve(), Path(out).resolve())).as_posix()
+
+
 def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
     """Refuse, before any image is made, a candidate whose UNet does not fit ``base_model``'s pipeline
     (another family, or the same family with other text-encoder or time-embedding widths).
@@ -407,8 +430,12 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     cfg.validate()
     cands = _unique_names([read_candidate(p) for p in cfg.candidates])
     base_model = _resolve_base(cfg, cands)
-    if cfg.resolution is None:
+    given = cfg.resolution is not None
+    if not given:
         cfg.resolution = _default_resolution(cands, base_model)
+    note = resolution_note(cands, cfg.resolution, given)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
     check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts], cfg.resolution)
     models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
@@ -455,8 +482,11 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     rows = [r for r in rows if (r["model"], r["prompt_id"], r["seed_index"]) in current and r["metric"] in cfg.metrics]
     settings = {**generation, "seeds_per_prompt": cfg.seeds, "prompts": prompt_set.source,
                 "prompt_count": len(prompt_set.prompts), "metrics": cfg.metrics}
+    if note:
+        settings["resolution_note"] = note
+    shown = {name: {**model_info[name], "path": _model_path(str(model_info[name]["path"]), out)} for name, _ in models}
     report, summary = write_report(out, rows, [name for name, _ in models],
-                                   {name: model_info[name] for name, _ in models},
+                                   shown,
                                    {m: state["scorers"][m] for m in cfg.metrics}, settings, prompt_set,
                                    cfg.grid_prompts, cfg.seed)
     return EvalResult(str(out), generated, scored, str(report), summary, time.perf_counter() - t0)

@@ -1,7 +1,8 @@
 """``mapo-data inspect``: what a label or generate output holds, as terminal tables or an HTML page.
 
 Read with polars, image columns left out of every summary (they are most of the bytes); the
-HTML page reads image bytes only for the sampled rows.
+HTML page reads image bytes only for the sampled rows. A best-of-N generate output (``jpg_0`` ...
+``jpg_{K-1}``) is summarised as prompts of K candidates, and its page shows every candidate.
 """
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_ima
 from pipeline.options import at_least, check_options, option
 from pipeline.shards import read_manifest
 
+from .reward_label import candidate_count
+
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
 
 
 def _is_image_column(name: str) -> bool:
     """jpg_0, jpg_1, and a best-of-N generate output's jpg_2 ... jpg_{K-1}."""
     return name.startswith("jpg_") and name[4:].isdigit()
+
+
 HIST_BINS = 10
 HIST_WIDTH = 40
 
@@ -67,6 +72,14 @@ class Summary:
     histograms: dict = field(default_factory=dict)  # title -> text histogram
     breakdown: object = None  # polars DataFrame per recipe/style, or None
     labelers: list = field(default_factory=list)
+    candidates: int = 2  # images per row: 2 for pairs, K for a best-of-N generate output
+
+    @property
+    def unit(self) -> str:
+        """What a row is: "pairs", "prompts" (K candidates each) or "examples" (unpaired, KTO)."""
+        if "desirable" in self.label_balance:
+            return "examples"
+        return "prompts" if self.candidates > 2 else "pairs"
 
 
 def _files(root: Path, sub: str) -> list[Path]:
@@ -90,13 +103,17 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
 
     Bin edges print with 4 decimals, or more when the bins are narrower: at least one decimal below
     the bin width's first significant digit, so adjacent edges never print alike ("[0.4999, 0.4999)").
+    NaN and inf scores (:mod:`pipeline.judge_scores`) are in no bin: a last line counts them.
     """
-    values = [v for v in values if v is not None]
+    from pipeline.judge_scores import finite_values
+
+    values, dropped = finite_values(v for v in values if v is not None)
+    note = f"\n  non-finite (NaN or inf), in no bin: {dropped}" if dropped else ""
     if not values:
-        return "  (no scores)"
+        return "  (no scores)" + note
     lo, hi = min(values), max(values)
     if hi == lo:
-        return f"  [{lo:8.4f}, {hi:8.4f}] {'#' * width} {len(values)}"
+        return f"  [{lo:8.4f}, {hi:8.4f}] {'#' * width} {len(values)}" + note
     step = (hi - lo) / bins
     # d decimals round each edge by at most 0.5e-d; with 10**-d <= step / 10 neighbours stay apart.
     d = max(4, math.ceil(-math.log10(step)) + 1)
@@ -108,7 +125,7 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
     for i, c in enumerate(counts):
         bar = "#" * round(width * c / top) if c else ""
         lines.append(f"  [{lo + i * step:{d + 4}.{d}f}, {lo + (i + 1) * step:{d + 4}.{d}f}) {bar:<{width}} {c}")
-    return "\n".join(lines)
+    return "\n".join(lines) + note
 
 
 def inspect_output(directory: str) -> Summary:
@@ -123,8 +140,12 @@ def inspect_output(directory: str) -> Summary:
         raise UserError(f"{directory} holds no shards (looked for data/*.parquet).")
     data = _scan(data_files)
     rejects = _scan(_files(root, "rejects"))
+    import pyarrow.parquet as pq
+
     s = Summary(str(root), manifest.get("stage", "parquet"), manifest.get("status"), len(data_files), data.height,
                 rejects.height)
+    if data_files:
+        s.candidates = max(candidate_count(pq.read_schema(data_files[0]).names), 2)
     if "label_0" in data.columns and data.height:
         s.label_balance = {
             "image 0 chosen": int((data["label_0"] == 1).sum()), "image 1 chosen": int((data["label_1"] == 1).sum())
@@ -160,7 +181,7 @@ def inspect_output(directory: str) -> Summary:
             parts.append(rejects.select(keys).with_columns(pl.lit(0).alias("kept"), pl.lit(1).alias("rejected")))
         both = pl.concat(parts, how="vertical_relaxed")
         s.breakdown = both.group_by(keys).agg(
-            pl.len().alias("pairs"), pl.col("kept").sum(), pl.col("rejected").sum()
+            pl.len().alias(s.unit), pl.col("kept").sum(), pl.col("rejected").sum()
         ).sort(keys)
     return s
 
@@ -173,11 +194,16 @@ def _table(rows: list[tuple], header: tuple) -> str:
 
 def render_text(s: Summary) -> str:
     total = s.rows + s.rejected
-    unit = "examples" if "desirable" in s.label_balance else "pairs"
-    out = [f"{s.directory}: {s.stage} output" + (f" ({s.status})" if s.status else ""),
-           _table([("shards", s.shards), ("pairs kept (data/)", s.rows), ("pairs dropped (rejects/)", s.rejected),
-                   ("pairs in", total)] if s.stage == "label" else [("shards", s.shards), (unit, s.rows)],
-                  ("", "count"))]
+    unit = s.unit
+    if s.stage == "label":
+        counts = [("shards", s.shards), ("pairs kept (data/)", s.rows), ("pairs dropped (rejects/)", s.rejected),
+                  ("pairs in", total)]
+    elif s.candidates > 2:
+        counts = [("shards", s.shards), ("prompts", s.rows), ("candidates per prompt", s.candidates),
+                  ("images", s.rows * s.candidates)]
+    else:
+        counts = [("shards", s.shards), (unit, s.rows)]
+    out = [f"{s.directory}: {s.stage} output" + (f" ({s.status})" if s.status else ""), _table(counts, ("", "count"))]
     if s.labelers:
         out += ["", "labeler: " + "; ".join(s.labelers)]
     if s.label_balance:
@@ -187,7 +213,7 @@ def render_text(s: Summary) -> str:
                    ("", unit, "share")),
         ]
         if not all(name.startswith("construction") for name in s.labelers):  # only a classifier can disagree
-            out += [f"  classifier disagreed with the recipe: {s.disagreements}"]
+            out += [f"  classifier disagreed with the input's label or recipe: {s.disagreements}"]
     if s.drop_reasons:
         out += [
             "", "drop reasons",
@@ -223,7 +249,23 @@ def _img(blob: bytes | None, label: str) -> str:
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    """A score for the page: 4 decimals, or 4 significant digits when that would print a non-zero value as 0."""
+    if v is None:
+        return "-"
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.4g}" if v != 0 and math.isfinite(v) and abs(v) < 5e-4 else f"{v:.4f}"
+
+
+def _judge_scores(r: dict, i: int) -> str:
+    """A reward row's raw judge scores of image ``i`` (``judge_scores_<i>``, JSON): ``"pickscore 21.31"``."""
+    import json
+
+    text = r.get(f"judge_scores_{i}")
+    if not text:
+        return ""
+    scores = json.loads(text)
+    return ", ".join(f"{name} {'not finite' if v is None else _fmt(float(v))}" for name, v in scores.items())
 
 
 def _sample_rows(files: list[Path], n: int, seed: int) -> list[dict]:
@@ -243,14 +285,25 @@ def _sample_rows(files: list[Path], n: int, seed: int) -> list[dict]:
     rows = []
     for (fi,), group in picked.group_by(["file"], maintain_order=True):
         table = pq.read_table(files[fi]).take(group["row"].to_list())
-        for c in IMAGE_COLUMNS:  # datasets Image structs ({bytes, path}) -> their encoded bytes
+        for c in [c for c in table.column_names if _is_image_column(c)]:  # Image structs -> their encoded bytes
             if c in table.column_names and pa.types.is_struct(table.schema.field(c).type):
                 table = table.set_column(table.column_names.index(c), c, image_column_bytes(table[c], files[fi].parent))
         rows += table.to_pylist()
     return rows
 
 
+def _candidates_card(r: dict, k: int) -> str:
+    """One prompt's K candidates (a best-of-N generate row), each with its seed when the row has one."""
+    figures = "".join(_img(r.get(f"jpg_{i}"), f"candidate {i}" + (f", seed {r[f'seed_{i}']}" if f"seed_{i}" in r
+                                                                    else "")) for i in range(k))
+    return (f'<div class="pair wide"><div class="imgs">{figures}</div>'
+            f'<p class="cap">{html.escape(str(r.get("caption") or ""))}</p></div>')
+
+
 def _pair_card(r: dict, rejected: bool) -> str:
+    k = candidate_count(list(r))
+    if k > 2 and r.get("label_0") is None:
+        return _candidates_card(r, k)
     if "label_0" in r and r.get("label_0") is not None:
         first = 0 if r["label_0"] == 1 else 1
         names = ("chosen", "rejected")
@@ -259,13 +312,16 @@ def _pair_card(r: dict, rejected: bool) -> str:
     else:
         first, names = 0, ("image 0", "image 1")
     second = 1 - first
-    scores = (
-        [f"{names[0]} score {_fmt(r.get(f'score_{first}'))}", f"{names[1]} score {_fmt(r.get(f'score_{second}'))}"]
-        if "score_0" in r else []
-    )
+    what = "reward" if "judge_scores_0" in r else "score"  # the reward target: standardised reward + raw scores
+
+    def score(name, i):
+        raw = _judge_scores(r, i)
+        return f"{name} {what} {_fmt(r.get(f'score_{i}'))}" + (f" ({raw})" if raw else "")
+
+    scores = [score(names[0], first), score(names[1], second)] if "score_0" in r else []
     meta = [f"reason: {r['reason']}" if r.get("reason") else "", r.get("detail") or "",
             " / ".join(x for x in (r.get("recipe"), r.get("style")) if x),
-            "disagrees with recipe" if r.get("disagrees") else ""]
+            "disagrees with the input's label or recipe" if r.get("disagrees") else ""]
     info = " · ".join(html.escape(x) for x in [*scores, *meta] if x)
     return (f'<div class="pair{" rej" if rejected else ""}"><div class="imgs">{_img(r.get(f"jpg_{first}"), names[0])}'
             f'{_img(r.get(f"jpg_{second}"), names[1])}</div>'
@@ -278,12 +334,13 @@ body{{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#22
 pre{{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto;font-size:12px}}
 .grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:14px}}
 .pair{{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}}.pair.rej{{border-color:#d88}}
+.pair.wide{{grid-column:span 2}}
 .imgs{{display:flex;gap:6px}}figure{{margin:0;flex:1}}figure img{{width:100%;aspect-ratio:1;object-fit:contain;
 image-rendering:pixelated;background:#eee}}figcaption{{font-size:12px;text-align:center;color:#555}}
 .missing{{flex:1;aspect-ratio:1;background:#eee;color:#a33;font-size:12px;display:flex;align-items:center;justify-content:center}}
 .cap{{font-size:14px;margin:6px 0 2px}}.info{{font-size:12px;color:#666;margin:0}}
 </style></head><body><h1>{title}</h1><pre>{summary}</pre>
-<h2>Sampled pairs ({n})</h2><div class="grid">{pairs}</div>
+<h2>Sampled {unit} ({n})</h2><div class="grid">{pairs}</div>
 {rejects}</body></html>
 """
 
@@ -300,7 +357,9 @@ def write_html(directory: str, path: str, samples: int = 24, seed: int = 0) -> P
         rej_html = (f'<h2>Sampled dropped pairs ({len(rejected)} of {summary.rejected})</h2>'
                     f'<div class="grid">{"".join(_pair_card(r, True) for r in rejected)}</div>')
     page = PAGE.format(title=html.escape(f"mapo-data inspect: {root.name}"), summary=html.escape(render_text(summary)),
-                       n=len(data), pairs="".join(_pair_card(r, False) for r in data), rejects=rej_html)
+                       n=len(data), pairs="".join(_pair_card(r, False) for r in data), rejects=rej_html,
+                       unit=summary.unit if summary.candidates <= 2 else
+                       f"prompts, {summary.candidates} candidates each")
     out = Path(path)
     write_text_atomic(out, page)
     return out

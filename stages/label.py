@@ -75,10 +75,28 @@ class LabelResult:
     shards_skipped: int
     seconds: float  # the whole call, model loading included
     loop_seconds: float  # decoding, labeling and writing
+    rows_in: int = 0  # input rows: pairs, or one prompt's candidates each
+    candidates: int = 2  # candidates per input row (generate --images-per-prompt K)
 
     @property
     def pairs_per_second(self) -> float:
         return self.pairs_in / self.loop_seconds if self.loop_seconds else 0.0
+
+    def summary(self) -> str:
+        """The CLI's line: what came in (pairs, or prompts of K candidates and the pairs formed from them),
+        kept, rejected, disagreements, time."""
+        from pipeline.formatting import count
+
+        if self.candidates == 2:
+            what, rate = count(self.pairs_in, "pair"), f"{self.pairs_per_second:.2f} pairs/s"
+        else:
+            rows = self.rows_in or self.pairs_in
+            what = (f"{count(rows, 'prompt')} x {self.candidates} candidates "
+                    f"({count(self.pairs_in, 'candidate pair')} formed)")
+            rate = f"{rows / self.loop_seconds if self.loop_seconds else 0.0:.2f} prompts/s"
+        return (f"label: {what} in {count(self.shards_written, 'shard')} ({self.shards_skipped} already done): "
+                f"{self.kept} kept, {self.rejected} rejected, {self.disagreements} disagreed with the input's label "
+                f"or recipe -> {self.output} | {self.seconds:.1f}s total, {rate}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,14 +203,27 @@ def _with_style_text(spec, source: LabelInput):
                     f"({', '.join(STYLE_TEXTS)}) to take the zero-shot texts from.")
 
 
-def _intended(row: dict) -> int | None:
-    """The image the input meant to be chosen: the recipe's, else the input's own labels (ties: none)."""
-    if "intended_chosen" in row:
-        return row["intended_chosen"]
+def _labels_choice(row: dict) -> int | None:
+    """The image the input's own ``label_0``/``label_1`` chose (Pick-a-Pic's floats or a label output's ints);
+    None without labels or on a tie."""
     l0, l1 = row.get("label_0"), row.get("label_1")
     if l0 is None or l1 is None or l0 == l1:
         return None
     return 0 if l0 > l1 else 1
+
+
+def _intended(row: dict) -> int | None:
+    """The image the recipe meant to be chosen (what construction labels by), else the input's own labels."""
+    if "intended_chosen" in row:
+        return row["intended_chosen"]
+    return _labels_choice(row)
+
+
+def _input_choice(row: dict) -> int | None:
+    """What ``disagrees`` compares with: the input's labels when it has them (a relabelled label output's
+    ``label_0``/``label_1`` may overrule its recipe's ``intended_chosen``), else the recipe's intended image."""
+    labels = _labels_choice(row)
+    return labels if labels is not None else row.get("intended_chosen")
 
 
 def _pair_id(caption: str, b0: bytes | None, b1: bytes | None) -> str:
@@ -233,7 +264,7 @@ def label_rows(table, labeler, base_dir: Path | None = None) -> tuple[list[Decis
         if problem:
             decisions[i], details[i] = Decision(None, CORRUPT_IMAGE), problem
         else:
-            pairs.append(Pair(images, _intended(row), row.get("style")))
+            pairs.append(Pair(images, _intended(row), row.get("style"), _input_choice(row)))
             where.append(i)
     for i, d in zip(where, labeler.label(pairs)):
         decisions[i] = d
@@ -354,6 +385,24 @@ def _warn_if_nothing_kept(totals: dict, root: Path) -> None:
               f"`mapo-data inspect {root}` summarises them", file=sys.stderr)
 
 
+def _probe(labeler, source: LabelInput, rows: int = 4) -> None:
+    """Label the input's first ``rows`` rows and throw the result away, so that a classifier or style check
+    that cannot read this input (the world's judges on images that are not 64x64, ...) refuses before the
+    output folder exists: nothing half-written. The reward labeler checks itself by calibrating.
+
+    Raises:
+        UserError: whatever the labeler raises on those rows.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if hasattr(labeler, "label_table") or not source.files:
+        return
+    first = next(pq.ParquetFile(source.files[0]).iter_batches(batch_size=rows), None)
+    if first is not None and first.num_rows:
+        label_rows(pa.Table.from_batches([first]), labeler, source.files[0].parent)
+
+
 def run_label(cfg: LabelConfig) -> LabelResult:
     """Label all pending shards of ``cfg.output`` that belong to this process."""
     from pipeline.models import resolve_device
@@ -375,6 +424,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     # batch size, or not a mapo-data output, is refused now. The labeler's own description joins below.
     ShardedOutput(cfg.output, STAGE, known, len(source.files), split=source.split).check(cfg.overwrite, partial=True)
     labeler = build_labeler(cfg.labeler, device=str(device), source=source)
+    _probe(labeler, source)
     identity = {**known, **labeler.describe()}
     config = {**asdict(cfg), **record, "input_kind": source.kind, "input_files": [f.name for f in source.files],
               "labeler_resolved": labeler.describe(), "device": str(device)}
@@ -394,6 +444,12 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         write_card(cfg, out.root, source, labeler, run.summed, out.num_shards, split=out.split)
         _warn_if_nothing_kept(run.summed, out.root)
     t = run.totals
+    import pyarrow.parquet as pq
+
+    from .reward_label import candidate_count
+
+    k = candidate_count(pq.read_schema(source.files[0]).names) if source.files else 2
     return LabelResult(cfg.output, t.get("pairs_in", 0), t.get("kept", 0), t.get("rejected", 0),
                        t.get("disagreements", 0),
-                       len(run.todo), run.skipped, time.perf_counter() - t_start, run.loop_seconds)
+                       len(run.todo), run.skipped, time.perf_counter() - t_start, run.loop_seconds,
+                       t.get("rows_in", t.get("pairs_in", 0)), k)

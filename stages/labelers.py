@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from pipeline.errors import UserError
+from pipeline.judge_scores import NON_FINITE, is_finite_score
 from pipeline.options import at_least, check_options, nested, option
 from pipeline.prompt_prefixes import STYLE_TEXTS
 from pipeline.reward import RULES
@@ -41,6 +42,7 @@ BOTH_SAFE = "both safe"
 BOTH_UNSAFE = "both unsafe"
 TOO_CLOSE = "scores too close"
 CORRUPT_IMAGE = "corrupt image"  # decided by the stage before a labeler sees the pair
+# NON_FINITE ("non-finite judge score", pipeline.judge_scores): a classifier or style check returned NaN or inf.
 
 
 
@@ -51,6 +53,14 @@ class Pair:
     images: tuple  # (PIL image 0, PIL image 1)
     intended_chosen: int | None = None  # 0/1 from the recipe or the input's labels; None = no opinion
     style: str | None = None  # built-in style name of the generation recipe, if any
+    # 0/1 the input's own labels chose (they may overrule the recipe in a relabelled label output), else the
+    # recipe's: what a classifier's ``disagrees`` compares with. None: compare with intended_chosen.
+    input_chosen: int | None = None
+
+    @property
+    def compared_with(self) -> int | None:
+        """The choice ``disagrees`` is measured against: the input's labels, else the recipe's intended image."""
+        return self.input_chosen if self.input_chosen is not None else self.intended_chosen
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,8 @@ class ConstructionLabeler:
         for p, (m0, m1) in zip(pairs, margins):
             if p.intended_chosen is None:
                 out.append(Decision(None, NO_INTENDED_CHOICE, m0, m1))
+            elif self.verify and not is_finite_score([m0, m1][p.intended_chosen]):
+                out.append(Decision(None, NON_FINITE, m0, m1))
             elif self.verify and [m0, m1][p.intended_chosen] < self.verify.min_margin:
                 out.append(Decision(None, STYLE_NOT_SHOWN, m0, m1))
             else:
@@ -197,7 +209,9 @@ class SafetyLabeler:
 
     unsafe means ``unsafety > unsafe_threshold`` (the classifier's own threshold by default).
     Pairs where both images are safe or both unsafe carry no safety preference and are dropped,
-    as are pairs whose scores differ by less than ``min_gap`` (a coin flip of the classifier).
+    as are pairs whose scores differ by less than ``min_gap`` (a coin flip of the classifier), and
+    pairs with a NaN or infinite score (:data:`~pipeline.judge_scores.NON_FINITE`: NaN is never above
+    the threshold, so it would pass for safe).
     """
 
     def __init__(self, classifier, unsafe_threshold: float | None = None, min_gap: float = 0.0):
@@ -210,6 +224,8 @@ class SafetyLabeler:
         self.version = classifier.version
 
     def decide(self, u0: float, u1: float, intended: int | None) -> Decision:
+        if not (is_finite_score(u0) and is_finite_score(u1)):
+            return Decision(None, NON_FINITE, u0, u1)
         unsafe0, unsafe1 = u0 > self.unsafe_threshold, u1 > self.unsafe_threshold
         if not unsafe0 and not unsafe1:
             return Decision(None, BOTH_SAFE, u0, u1)
@@ -226,7 +242,7 @@ class SafetyLabeler:
             return []
         scores = self.classifier.unsafety([im for p in pairs for im in p.images])
         return [
-            self.decide(float(scores[2 * i]), float(scores[2 * i + 1]), p.intended_chosen) for i, p in enumerate(pairs)
+            self.decide(float(scores[2 * i]), float(scores[2 * i + 1]), p.compared_with) for i, p in enumerate(pairs)
         ]
 
     def describe(self) -> dict:

@@ -12,7 +12,8 @@ output pairs, each in the Pick-a-Pic layout of the other targets: the two candid
 original order as ``jpg_0``/``jpg_1`` (with their per-candidate columns, e.g. ``seed_0``/``seed_1``),
 ``label_0``/``label_1``, the rewards in ``score_0``/``score_1``, and ``rule``, ``reward_gap``,
 ``candidate_0``/``candidate_1``, ``num_candidates``, ``judge_scores_0``/``judge_scores_1`` (each
-judge's raw score, JSON). Ties, near ties and undecodable candidates go to ``rejects/`` with their reason.
+judge's raw score, JSON). Ties, near ties, undecodable candidates and candidates a judge scored with NaN
+or inf (:data:`pipeline.judge_scores.NON_FINITE`) go to ``rejects/`` with their reason.
 On a pair input a row whose original label (``label_0``/``label_1`` or the recipe's intended
 image) the judges reverse has ``disagrees = true``.
 """
@@ -27,6 +28,7 @@ from typing import Mapping, Sequence
 
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes
+from pipeline.judge_scores import NON_FINITE, is_finite_score
 from pipeline.reward import (
     NEAR_TIE,
     TIE,
@@ -39,7 +41,7 @@ from pipeline.reward import (
     reward_text,
 )
 
-from .label import FRONT, LABEL_COLUMNS, _intended, _pair_id
+from .label import FRONT, LABEL_COLUMNS, _input_choice, _pair_id
 from .labelers import CORRUPT_IMAGE
 
 # Columns the reward target writes beside LABEL_COLUMNS; an input holding one is renamed input_<name>.
@@ -163,7 +165,8 @@ class RewardLabeler:
         """Pairs from a batch of input rows: ``(kept, rejected)`` Arrow tables in the label layout.
 
         Pairs come row by row, in :func:`pipeline.reward.pair_candidates`' order; a row with undecodable
-        candidates gives one ``corrupt image`` reject (its first bad candidate beside another, every bad
+        candidates, or candidates a judge scored NaN or inf, gives one reject (``corrupt image`` when any
+        is undecodable, else ``non-finite judge score``: its first bad candidate beside another, every bad
         one named in ``detail``) and is paired among the rest.
         """
         import pyarrow as pa
@@ -185,18 +188,26 @@ class RewardLabeler:
         raw = self.raw_scores([decoded[r * k + i] for r, i in good], [captions[r] or "" for r, _ in good])
         rewards = self.rewards(raw) if good else []
         reward_of = {ri: rewards[n] for n, ri in enumerate(good)}
-        raw_of = {ri: {j: raw[j][n] for j in self.weights} for n, ri in enumerate(good)}
+        raw_of = {ri: {j: raw[j][n] if is_finite_score(raw[j][n]) else None for j in self.weights}
+                  for n, ri in enumerate(good)}
         intended_rows = batch.select(
             [c for c in ("intended_chosen", "label_0", "label_1") if c in batch.column_names]
         ).to_pylist()
 
         entries = []  # (row, a, b, chosen a/b or None, reason, detail, gap)
         for r in range(batch.num_rows):
-            bad = [i for i in range(k) if isinstance(decoded[r * k + i], Exception)]
+            corrupt = [i for i in range(k) if isinstance(decoded[r * k + i], Exception)]
+            unscored = [i for i in range(k) if i not in corrupt and reward_of.get((r, i)) is None]
+            bad = sorted(corrupt + unscored)
             if bad:
                 other = next(i for i in range(k) if i != bad[0])
-                detail = "; ".join(f"image {i}: {decoded[r * k + i]}" for i in bad)
-                entries.append((r, *sorted((bad[0], other)), None, CORRUPT_IMAGE, detail, None))
+                detail = "; ".join(
+                    f"image {i}: {decoded[r * k + i]}" if i in corrupt else
+                    f"image {i}: " + ", ".join(f"{j} score not finite" for j, v in raw_of[(r, i)].items() if v is None)
+                    for i in bad
+                )
+                reason = CORRUPT_IMAGE if corrupt else NON_FINITE
+                entries.append((r, *sorted((bad[0], other)), None, reason, detail, None))
             for p in pair_candidates([reward_of.get((r, i)) for i in range(k)], self.rule, self.min_gap):
                 detail = None if p.kept else f"gap {p.gap:.4g}, kept above {self.min_gap:g}"
                 entries.append(
@@ -233,7 +244,7 @@ class RewardLabeler:
         chosen = [e[3] for e in entries]
         position = [None if c is None else int(c == e[2]) for c, e in zip(chosen, entries)]  # 0: image 0 chosen
         intended = [
-            _intended(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None
+            _input_choice(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None
             for e in entries
         ]
         new = {
@@ -275,6 +286,7 @@ class RewardLabeler:
         reasons = rejected["reason"].to_pylist() if rejected.num_rows else []
         gaps = [g for g in kept["reward_gap"].to_pylist()] if kept.num_rows else []
         return {"rows_in": rows_in, "ties": reasons.count(TIE), "near_ties": reasons.count(NEAR_TIE),
+                "non_finite": reasons.count(NON_FINITE),
                 "gap_histogram": gap_histogram(gaps), "gap_sum": float(sum(gaps))}
 
     def describe(self) -> dict:
@@ -301,11 +313,15 @@ class RewardLabeler:
         ]
         kept = int(totals.get("kept", 0))
         mean_gap = f"{totals.get('gap_sum', 0.0) / kept:.3f}" if kept else "n/a"
-        n_cal = max((s.n for s in scales.values()), default=0)
+        n_cal = max((s.n + s.dropped for s in scales.values()), default=0)
+        dropped = {n: s.dropped for n, s in scales.items() if s.dropped}
+        cal_dropped = ("non-finite scores left out: " + ", ".join(f"{n} {d}" for n, d in dropped.items())
+                       if dropped else "no non-finite score")
         return {"reward": reward_text(self.weights), "judges_table": "\n".join(judges), "rule": self.rule_text,
                 "pair_rule": self.rule, "min_gap": f"{self.min_gap:g}", "calibration_rows": self.calibration_rows,
                 "calibration_images": n_cal, "rows_in": int(totals.get("rows_in", 0)),
                 "ties": int(totals.get("ties", 0)), "near_ties": int(totals.get("near_ties", 0)),
+                "non_finite": int(totals.get("non_finite", 0)), "calibration_dropped": cal_dropped,
                 "gap_table": "\n".join(gaps), "mean_gap": mean_gap}
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import UserError
+from pipeline.judge_scores import finite_mean, is_finite_score
 
 from .losses import LossOutput, spo_loss
 
@@ -361,9 +362,12 @@ class OnlineSpo:
         return self.pipe.image_processor.postprocess(images.float(), output_type="pil")
 
     def _score(self, latents: Tensor, texts: list[str], k: int, t: int) -> Tensor:
-        """Rewards ``[k, B]`` of ``k * B`` candidates' (predicted) clean latents, candidate-major."""
+        """Rewards ``[k, B]`` fp64 of ``k * B`` candidates' (predicted) clean latents, candidate-major; NaN where
+        the preference model gave no finite score."""
         b = len(texts)
         rewards = self.preference(self._decode(latents), texts * k, [t] * (k * b))
+        # A candidate without a usable reward (None, NaN, inf) stays NaN: pair_candidates leaves it out.
+        rewards = [float(r) if is_finite_score(r) else float("nan") for r in rewards]
         return torch.tensor(rewards, dtype=torch.float64).reshape(k, b)
 
     @torch.no_grad()
@@ -473,8 +477,10 @@ class OnlineSpo:
         policy = self.acc.unwrap_model(unet)
         pairs = self.sample_pairs(policy, cond, texts, generator)
         n = len(pairs.gaps)
+        preference, non_finite = finite_mean(pairs.rewards)
         extra = {"pairs": float(n), "pair_rate": n / max(pairs.compared, 1),
-                 "preference": sum(pairs.rewards) / max(len(pairs.rewards), 1)}
+                 "preference": float("nan") if preference is None else preference,  # NaN: not measured
+                 "non_finite_rewards": float(non_finite)}  # candidates left out of every pair
         if n == 0:
             # The same keys as a step with pairs (ranks and micro-batches reduce them together); NaN: not measured.
             nan = {k: torch.tensor(float("nan")) for k in NO_PAIR_KEYS}

@@ -3,7 +3,8 @@
 The VAE and text encoders live on the CPU between validations and move to the training device
 only while images are made, so they take no accelerator memory during training steps. With
 scorers (``--validation-metrics``) every validation's images are also scored through
-:func:`pipeline.scorers.score_images` and logged as ``val/<metric>``.
+:func:`pipeline.scorers.score_images` and logged as ``val/<metric>`` (non-finite scores left out and counted
+as ``val/<metric>_non_finite``).
 """
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ class Validator:
         return path
 
     def score(self, rows: list[list], step: int, trackers=()) -> dict:
-        """Mean scores of one validation's images as ``val/<metric>``: trackers and metrics.jsonl."""
+        """Mean scores of one validation's images as ``val/<metric>``: trackers and metrics.jsonl. A NaN or inf
+        score is left out of the mean and the rate and counted as ``val/<metric>_non_finite``
+        (:func:`pipeline.scorers.score_images`)."""
         from pipeline.scorers import score_images
 
         images = [im for row in rows for im in row]

@@ -122,3 +122,42 @@ def test_gap_histogram_bins_add_up_in_order():
     hist = gap_histogram([0.0, 0.25, 0.3, 1.0, 5.0, math.inf])
     assert hist == {"[0, 0.25)": 1, "[0.25, 0.5)": 2, "[0.5, 1)": 0, "[1, 2)": 1, "[2, 4)": 0, "[4, inf)": 2}
     assert list(hist) == gap_bins()
+
+
+# --- issue 24, item 1: a non-finite judge score never becomes a label, a pair or a tie ------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def test_fit_scales_leaves_non_finite_scores_out_and_counts_them():
+    # One NaN used to make the mean NaN and the std NaN (turned into 1 by `std if std > 0 else 1`).
+    scales = fit_scales({"a": [2, 4, NAN, 4, 4, 5, 5, INF, 7, 9], "b": [10, -INF, 20]})
+    assert scales["a"] == Scale(5.0, 2.0, 8, dropped=2)
+    assert scales["b"] == Scale(15.0, 5.0, 2, dropped=1)
+    with pytest.raises(UserError, match="judge 'a' gave no finite score on the 2 calibration images") as err:
+        fit_scales({"a": [NAN, NAN]})
+    assert "\n" not in str(err.value)
+
+
+def test_combine_gives_no_reward_to_an_image_any_judge_scored_non_finite():
+    scales = {"a": Scale(2, 1, 3), "b": Scale(20, 10, 3)}
+    raw = {"a": [1, NAN, 3, 2], "b": [30, 10, INF, None]}
+    assert combine(raw, {"a": 1.0, "b": 0.5}, scales, {"a": True, "b": True}) == [-0.5, None, None, None]
+    assert combine(raw, {"a": 1.0}, scales, {"a": True}) == [-1.0, None, 1.0, 0.0]  # b not in the reward
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_pairing_leaves_non_finite_rewards_out(bad):
+    # [nan, 0.5] used to give a kept pair with gap NaN (NaN passes `gap <= min_gap` as False)
+    assert pair_candidates([bad, 0.5]) == [] and pair_candidates([0.5, bad], min_gap=10.0) == []
+    (p,) = pair_candidates([bad, 0.2, 0.9, bad])
+    assert (p.chosen, p.rejected, p.gap, p.kept) == (2, 1, pytest.approx(0.7), True)
+    pairs = pair_candidates([0.0, bad, 1.0], rule="all-pairs")
+    assert [(p.chosen, p.rejected) for p in pairs] == [(2, 0)]
+    (p,) = pair_candidates([0.3, bad, 0.3])  # a tie stays a tie between the finite candidates
+    assert p.reason == TIE and (p.first, p.second) == (0, 2)
+
+
+def test_gap_histogram_refuses_a_nan_gap():
+    with pytest.raises(ValueError, match="NaN"):
+        gap_histogram([0.1, NAN])

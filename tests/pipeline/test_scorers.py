@@ -217,3 +217,29 @@ def test_wrong_file_for_aesthetic_is_one_line(tmp_path, opts):
     torch.save({"weight": torch.zeros(2)}, bad)
     with pytest.raises(UserError, match="not an aesthetic predictor state dict"):
         load_aesthetic_mlp(str(bad))
+
+
+def test_score_images_leaves_non_finite_scores_out_and_counts_them():
+    """Issue 24 item 1 (validation metrics): a NaN made the mean NaN and counted as below the threshold."""
+
+    class Judge:
+        name, higher_is_better, threshold = "j", True, 0.5
+
+        def __init__(self, values):
+            self.values = values
+
+        def score(self, images, prompts):
+            return list(self.values)
+
+    nan = float("nan")
+    out = score_images({"j": Judge([0.9, nan, 0.1, float("inf")]), "k": Judge([0.2, 0.4, 0.6, 0.8])},
+                       [None] * 4, ["p"] * 4)
+    assert out == {"j_non_finite": 2.0, "j": 0.5, "j_rate": 0.5, "k": pytest.approx(0.5), "k_rate": 0.5}
+    assert score_images({"j": Judge([nan, nan])}, [None] * 2, ["p"] * 2) == {"j_non_finite": 2.0}
+
+
+def test_is_unsafe_does_not_call_a_nan_safe():
+    class Clf:
+        threshold = 0.5
+
+    assert safety.is_unsafe(Clf(), [0.1, float("nan"), 0.9, float("inf")]) == [False, None, True, None]

@@ -222,3 +222,39 @@ def test_on_real_mapo_train_outputs(tmp_path):
     assert set(summary["metrics"]["clip"]["win_rate_vs_base"]) == {"mapo-lora", "mapo-full"}
     assert summary["models"]["mapo-full"]["objective"] == "mapo"
     assert (out / "report.html").is_file()
+
+
+def test_a_nan_score_is_dropped_and_said_in_the_summary_line_and_the_report(candidates, tmp_path, monkeypatch):
+    """Issue 24 item 1 through the CLI: a scorer returning NaN for one image (an fp16 head can)."""
+    import pipeline.scorers as scorers
+
+    real = scorers.load_scorers
+
+    def with_a_nan(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        clip = loaded["clip"]
+        original = clip.score
+        calls = []
+
+        def score(images, prompts):
+            values = list(original(images, prompts))
+            calls.append(1)
+            return [float("nan")] + values[1:] if len(calls) == 1 else values
+
+        clip.score = score
+        return loaded
+
+    monkeypatch.setattr(scorers, "load_scorers", with_a_nan)
+    prompts = write_prompts(tmp_path / "p.txt", PROMPTS)
+    out = tmp_path / "out"
+    result = run_cli(app, ["--prompts", prompts, "--output", out, "--candidate", candidates["full"],
+                           "--metrics", "clip", "--seeds", "2", "--grid-prompts", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("clip: "))
+    assert line.endswith("| 1 non-finite score dropped")
+    m = json.loads((out / "summary.json").read_text())["metrics"]["clip"]
+    assert m["per_model"]["base"]["dropped"] == 1 and m["per_model"]["base"]["n"] == 3
+    assert m["win_rate_vs_base"]["full"]["dropped"] == 1 and m["win_rate_vs_base"]["full"]["n"] == 3
+    html = (out / "report.html").read_text()
+    assert "dropped (non-finite)" in html and "NaN or inf is left out" in html
+    assert str(tmp_path) not in html.split("<h2>Models</h2>")[1].split("</table>")[0]  # no absolute path

@@ -101,3 +101,102 @@ def test_text_histogram_edges_of_narrow_bins_print_apart():
     assert all(a != b for a, b in zip(edges[::2], edges[1::2]))  # each bin's two edges
     assert all(edges[i] == edges[i + 1] for i in range(1, len(edges) - 1, 2))  # a bin starts where one ends
     assert len({len(line.split(")")[0]) for line in lines}) == 1  # columns stay aligned
+
+
+# --- issue 24 items 7 and 12: best-of-N rows, and the reward page's raw judge scores ------------------------------
+
+
+@pytest.fixture(scope="module")
+def best_of_3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bestof")
+    src = write_prompts(root / "p.txt", ["a cat", "a dog", "a bird", "a fish"])
+    out = root / "cands"
+    result = run_cli(app, ["generate", "--model", "tiny-sdxl", "--prompts", src, "--output", out,
+                           "--num-inference-steps", "2", "--resolution", "64", "--recipe", "seeds",
+                           "--images-per-prompt", "3"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_best_of_n_summary_counts_prompts_and_candidates(best_of_3):
+    text = run_cli(app, ["inspect", best_of_3]).output
+    assert re.search(r"prompts\s+4\b", text) and re.search(r"candidates per prompt\s+3\b", text)
+    assert re.search(r"images\s+12\b", text) and not re.search(r"pairs\s+4", text)  # was "pairs 4"
+
+
+def test_best_of_n_page_shows_every_candidate(best_of_3, tmp_path):
+    page = tmp_path / "bo3.html"
+    assert run_cli(app, ["inspect", best_of_3, "--html", page, "--samples", "2"]).exit_code == 0
+    html = page.read_text()
+    assert "Sampled prompts, 3 candidates each (2)" in html
+    alts = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="([^"]+)"', html)
+    assert len(alts) == 2 * 3 and [a.split(",")[0] for a in alts[:3]] == ["candidate 0", "candidate 1", "candidate 2"]
+    assert "seed" in alts[0]
+
+
+def test_a_pair_output_still_reads_as_pairs(tmp_path):
+    # The neighbour: 2 candidates a row stay "pairs"; 4 candidates a row are prompts of 4
+    write_pickapic(tmp_path / "two" / "train-0.parquet", [("a", png(gray()), png(gray()))])
+    assert re.search(r"pairs\s+1\b", run_cli(app, ["inspect", tmp_path / "two"]).output)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "four").mkdir()
+    img = png(gray(16))
+    pq.write_table(pa.table({"caption": ["a", "b"], **{f"jpg_{i}": [img, img] for i in range(4)}}),
+                   tmp_path / "four" / "train-0.parquet")
+    text = run_cli(app, ["inspect", tmp_path / "four"]).output
+    assert re.search(r"prompts\s+2\b", text) and re.search(r"candidates per prompt\s+4\b", text)
+
+
+def test_reward_page_shows_raw_judge_scores_beside_the_standardised_reward(tmp_path):
+    from pipeline.world.render import render, to_image
+    from pipeline.world.scene import Scene
+
+    right, wrong = (png(to_image(render(Scene(c, "circle", "top left")))) for c in ("red", "blue"))
+    caption = "a red circle at the top left"
+    write_pickapic(tmp_path / "pp" / "train-0.parquet", [(caption, right, wrong), (caption, wrong, right)])
+    out = tmp_path / "rw"
+    result = run_cli(app, ["label", "--input", tmp_path / "pp", "--output", out, "--target", "reward",
+                           "--reward", "world-prompt"])
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "rw.html"
+    assert run_cli(app, ["inspect", out, "--html", page]).exit_code == 0
+    html = page.read_text()
+    rows = read_table(out).to_pylist()
+    r = rows[0]
+    first = 0 if r["label_0"] == 1 else 1
+    import json
+
+    raw = json.loads(r[f"judge_scores_{first}"])["world-prompt"]
+    assert f"chosen reward {r[f'score_{first}']:.4f} (world-prompt {raw:.4f})" in html
+    assert "rejected reward" in html
+
+
+def test_score_format_never_prints_a_small_non_zero_value_as_zero():
+    from stages.inspect import _fmt
+
+    assert _fmt(0.0) == "0.0000" and _fmt(1.23456) == "1.2346" and _fmt(-2e-5) == "-2e-05" and _fmt(None) == "-"
+
+
+def test_histograms_leave_non_finite_scores_out_and_count_them(tmp_path):
+    """Issue 24 item 1: a NaN score (a non-finite reject's) made the histogram crash (int(NaN)) or bin it."""
+    nan = float("nan")
+    lines = text_histogram([0.0, nan, 0.5, 1.0, float("inf"), 0.0], bins=2, width=4).splitlines()
+    assert lines == ["  [  0.0000,   0.5000) #### 2", "  [  0.5000,   1.0000) #### 2",
+                     "  non-finite (NaN or inf), in no bin: 2"]
+    assert text_histogram([nan]) == "  (no scores)\n  non-finite (NaN or inf), in no bin: 1"
+    # Through the CLI: a label output whose rejects hold a classifier's NaN
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    img = png(gray(16))
+    for sub, label, score in (("data", 1, 0.1), ("rejects", None, nan)):
+        (tmp_path / "out" / sub).mkdir(parents=True)
+        pq.write_table(pa.table({"caption": ["a"], "jpg_0": [img], "jpg_1": [img],
+                                 "label_0": pa.array([label], pa.int64()), "label_1": pa.array([None], pa.int64()),
+                                 "score_0": [score], "score_1": [0.9], "reason": ["kept" if label else "non-finite"]}),
+                       tmp_path / "out" / sub / "train-0.parquet")
+    result = run_cli(app, ["inspect", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    assert "non-finite (NaN or inf), in no bin: 1" in result.output

@@ -155,7 +155,8 @@ def test_safety_with_nudenet_on_generated_pairs(pairs, tmp_path):
     out = tmp_path / "pick-safety"
     result = _label(src, out, "--target", "safety")
     assert result.exit_code == 0, result.output
-    assert "6 pairs in 2 shards (0 already done): 3 kept, 3 rejected, 1 disagreed with the recipe" in result.output
+    assert ("6 pairs in 2 shards (0 already done): 3 kept, 3 rejected, 1 disagreed with the input's label or recipe"
+            in result.output)
     kept, rejected = read_table(out), read_table(out, "rejects")
     assert kept["label_0"].to_pylist() == [1, 1, 0] and kept["label_1"].to_pylist() == [0, 0, 1]
     assert kept["disagrees"].to_pylist() == [False, False, True]
@@ -361,3 +362,23 @@ def test_help_lists_options():
         "--target", "--labeler", "--verify", "--clip-model", "--unsafe-threshold", "--min-gap", "--classifier-source"
     ):
         assert opt in result.output
+
+
+@pytest.mark.parametrize("size", [(80, 64), (64, 80)])
+def test_a_classifier_that_cannot_read_the_input_refuses_before_the_output_exists(tmp_path, size):
+    """Issue 24 item 12: world-unsafe on 80x64 images refused, but left an empty output with status "running"."""
+    from PIL import Image
+
+    odd = png(Image.new("RGB", size, (10, 200, 10)))
+    src = write_pickapic(tmp_path / "in" / "train-0.parquet", [("a red circle at the top left", odd, odd)])
+    out = tmp_path / "out"
+    line = _error_line(_label(src.parent, out, "--target", "safety", "--labeler", "world-unsafe"))
+    assert f"judges read 64x64 px images (what shapes-sdxl draws), got {size[0]}x{size[1]}" in line
+    assert not out.exists()
+    # The same labeler on the world's own 64x64 images labels as before (the check only reads the first rows)
+    from pipeline.world.render import render, to_image
+    from pipeline.world.scene import Scene
+
+    good = png(to_image(render(Scene("red", "circle", "top left"))))
+    src = write_pickapic(tmp_path / "ok" / "train-0.parquet", [("a red circle at the top left", good, good)])
+    assert _label(src.parent, tmp_path / "ok-out", "--target", "safety", "--labeler", "world-unsafe").exit_code == 0

@@ -161,3 +161,65 @@ def test_spec_errors_are_one_line(spec, message):
 def test_spec_defaults():
     assert LabelerSpec(target="style").resolved_labeler() == "construction"
     assert LabelerSpec(target="safety").resolved_labeler() == "nudenet"
+
+
+# --- issue 24 item 1: a classifier's or style check's NaN is a counted reject ------------------------------------
+
+
+class NanClassifier(FakeClassifier):
+    """A classifier whose head returns NaN (or inf) for images with green 255."""
+
+    def unsafety(self, images):
+        base = super().unsafety(images)
+        return [{255: float("nan"), 254: float("inf")}.get(im.getpixel((0, 0))[1], u) for im, u in zip(images, base)]
+
+
+@pytest.mark.parametrize("green", [255, 254])
+@pytest.mark.parametrize("other", [0.9, 0.1])  # the other image unsafe (NaN would pass for safe) or safe
+def test_safety_labeler_rejects_a_non_finite_score(green, other):
+    from pipeline.judge_scores import NON_FINITE
+
+    bad = Image.new("RGB", (8, 8), (0, green, 0))
+    labeler = SafetyLabeler(NanClassifier(), min_gap=0.2)
+    d = labeler.label([Pair((bad, _scored(other)), 1), Pair((_scored(other), bad), 0)])
+    assert [(x.chosen, x.reason, x.disagrees) for x in d] == [(None, NON_FINITE, False)] * 2
+
+
+class NanStyle:
+    """A style check returning NaN for the chosen image's margin."""
+
+    name, version, min_margin = "nan-style", "0", 0.0
+
+    def margins(self, pairs):
+        return [(float("nan"), 0.3) for _ in pairs]
+
+    def describe(self):
+        return {}
+
+
+def test_construction_with_a_style_check_rejects_a_non_finite_margin():
+    from pipeline.judge_scores import NON_FINITE
+
+    im = gray(16)
+    d = ConstructionLabeler(NanStyle()).label([Pair((im, im), 0), Pair((im, im), 1)])
+    assert [(x.chosen, x.reason) for x in d] == [(None, NON_FINITE), (1, "style verified")]
+
+
+def test_a_classifier_s_disagreement_is_measured_against_the_input_s_labels():
+    """Issue 24 item 5, the safety neighbour: relabelling a label output whose labels overrule its recipe."""
+    import pyarrow as pa
+
+    from stages.label import label_rows
+    from tests.image_fixtures import png
+
+    safe, unsafe = png(_scored(0.1)), png(_scored(0.9))
+    table = pa.table({"caption": ["c"] * 4, "jpg_0": [safe, safe, unsafe, safe], "jpg_1": [unsafe] * 2 + [safe, unsafe],
+                      "label_0": pa.array([1, 0, 0, None], pa.int64()),
+                      "label_1": pa.array([0, 1, 1, None], pa.int64()),
+                      "intended_chosen": pa.array([1, 0, 0, 1], pa.int64())})
+    decisions, _ = label_rows(table, SafetyLabeler(FakeClassifier()))
+    assert [d.chosen for d in decisions] == [0, 0, 1, 0]
+    assert [d.disagrees for d in decisions] == [False, True, False, True]
+    # Construction still labels by the recipe (intended_chosen), as before
+    decisions, _ = label_rows(table, ConstructionLabeler())
+    assert [d.chosen for d in decisions] == [1, 0, 0, 1]

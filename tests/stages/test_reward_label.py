@@ -64,6 +64,8 @@ def test_best_of_n_world_pairs_choose_the_higher_reward_in_every_row(candidates,
     expected = _expected_rewards(candidates)
     # one best-worst pair per prompt
     assert kept.num_rows + rejected.num_rows == 8 and kept.num_rows >= 7, result.output
+    # issue 24 item 12: rows of 4 candidates are prompts, not "pairs"
+    assert "label: 8 prompts x 4 candidates (8 candidate pairs formed) in 2 shards" in result.output
     for r in kept.to_pylist():
         row_id, pair = r["pair_id"].rsplit("-", 1)
         a, b = map(int, pair.split("v"))
@@ -100,9 +102,10 @@ def test_best_of_n_world_pairs_choose_the_higher_reward_in_every_row(candidates,
 
 def test_all_pairs_rule_gap_filter_and_ties_counted(candidates, tmp_path):
     out = tmp_path / "all"
-    _ok(run_cli(
+    result = _ok(run_cli(
         app, ["label", "--input", candidates, "--output", out, *REWARD, "--pair-rule", "all-pairs", "--min-gap", "1"]
     ))
+    assert "label: 8 prompts x 4 candidates (48 candidate pairs formed) in 2 shards" in result.output
     kept, rejected = read_table(out), read_table(out, "rejects")
     assert kept.num_rows + rejected.num_rows == 8 * 6  # every two of 4 candidates
     assert all(g > 1 for g in kept["reward_gap"].to_pylist())
@@ -210,3 +213,105 @@ def test_bad_input_is_one_line_and_writes_nothing(candidates, tmp_path):
         line = _error_line(run_cli(app, ["label", "--input", args[0], "--output", out, *args[1:]]))
         assert message in line, (args, line)
         assert not out.exists(), args
+
+
+# --- issue 24 item 1: a judge's NaN is a counted reject, never a label -------------------------------------------
+
+
+def _nan_for(monkeypatch, judge_class, poisoned: bytes):
+    """Make ``judge_class`` score NaN for the image whose PNG is ``poisoned`` (as an fp16 head can)."""
+    import io
+
+    from PIL import Image
+
+    target = Image.open(io.BytesIO(poisoned)).convert("RGB").tobytes()
+    real = judge_class.score
+
+    def score(self, images, prompts):
+        values = list(real(self, images, prompts))
+        return [float("nan") if im.convert("RGB").tobytes() == target else v for im, v in zip(images, values)]
+
+    monkeypatch.setattr(judge_class, "score", score)
+
+
+def test_a_nan_judge_score_is_a_counted_reject_and_leaves_the_other_rows_right(tmp_path, monkeypatch):
+    # Before: the NaN made the calibration mean NaN, every reward NaN, and image 1 "chosen" in every row:
+    # "4 kept, 0 rejected", with row 1 (image 0 right) labelled the wrong way.
+    right, wrong, odd = _world_png("red"), _world_png("blue"), _world_png("green", "square")
+    _nan_for(monkeypatch, WorldPromptJudge, odd)
+    caption = "a red circle at the top left"
+    rows = [(caption, right, wrong), (caption, wrong, right), (caption, odd, right), (caption, right, odd)]
+    src = write_pickapic(tmp_path / "pp" / "train-0.parquet", rows, extra={"user_id": [1, 2, 3, 4]})
+    out = tmp_path / "out"
+    _ok(run_cli(app, ["label", "--input", src.parent, "--output", out, "--target", "reward", "--reward", "world-prompt",
+                      "--min-gap", "0.1"]))
+    kept, rejected = read_table(out), read_table(out, "rejects")
+    assert kept["user_id"].to_pylist() == [1, 2] and kept["label_0"].to_pylist() == [1, 0]  # the right image chosen
+    assert all(g == g and g > 0.1 for g in kept["reward_gap"].to_pylist())
+    rows = {r["user_id"]: r for r in rejected.to_pylist()}
+    assert {u: r["reason"] for u, r in rows.items()} == {3: "non-finite judge score", 4: "non-finite judge score"}
+    assert rows[3]["detail"] == "image 0: world-prompt score not finite" and rows[3]["label_0"] is None
+    assert rows[4]["detail"] == "image 1: world-prompt score not finite"
+    assert json.loads(rows[3]["judge_scores_0"]) == {"world-prompt": None}  # null, not NaN, in the JSON
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    assert totals["non_finite"] == 2 and totals["drop_reasons"] == {"non-finite judge score": 2}
+    card = (out / "README.md").read_text()
+    assert "(`non-finite judge score`) | 2 |" in card and "non-finite scores left out: world-prompt 2" in card
+    assert sum(totals["gap_histogram"].values()) == 2  # no NaN gap counted in the first bin
+
+
+def test_a_nan_among_best_of_k_candidates_is_rejected_and_the_rest_are_paired(tmp_path, monkeypatch):
+    # The neighbour: 3 candidates a row, the other judge (world-style), best-worst among the finite ones.
+    caption = "Pixel art style image. a red circle at the top left"
+    imgs = [_world_png(c) for c in ("red", "blue", "green")]
+    _nan_for(monkeypatch, WorldStyleJudge, imgs[2])
+    path = tmp_path / "k3" / "train-0.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"caption": [caption] * 2, "jpg_0": [imgs[0], imgs[2]], "jpg_1": [imgs[1], imgs[0]],
+                             "jpg_2": [imgs[2], imgs[1]]}), path)
+    out = tmp_path / "out"
+    _ok(run_cli(app, ["label", "--input", path.parent, "--output", out, "--target", "reward",
+                      "--reward", "world-style", "--reward-style", "pixel", "--pair-rule", "all-pairs"]))
+    kept, rejected = read_table(out), read_table(out, "rejects")
+    pairs = kept.to_pylist() + rejected.to_pylist()
+    nan_rows = [r for r in pairs if r["reason"] == "non-finite judge score"]
+    assert [(r["candidate_0"], r["candidate_1"]) for r in nan_rows] == [(0, 2), (0, 1)]  # one reject a row
+    others = [r for r in pairs if r["reason"] != "non-finite judge score"]
+    assert sorted((r["candidate_0"], r["candidate_1"]) for r in others) == [(0, 1), (1, 2)]  # no pair with the NaN
+    assert all(r["reward_gap"] == r["reward_gap"] for r in others)  # finite gaps (ties included) only
+    assert json.loads((out / "manifest.json").read_text())["totals"]["non_finite"] == 2
+
+
+def test_a_judge_with_no_finite_calibration_score_is_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(WorldPromptJudge, "score", lambda self, images, prompts: [float("nan")] * len(images))
+    caption = "a red circle at the top left"
+    src = write_pickapic(tmp_path / "pp" / "train-0.parquet", [(caption, _world_png("red"), _world_png("blue"))])
+    out = tmp_path / "out"
+    line = _error_line(run_cli(app, ["label", "--input", src.parent, "--output", out, "--target", "reward",
+                                     "--reward", "world-prompt"]))
+    assert "judge 'world-prompt' gave no finite score on the 2 calibration images" in line
+    assert not out.exists()
+
+
+# --- issue 24 item 5: `disagrees` compares with the labels of the input ---------------------------------------------
+
+
+def test_relabelling_a_label_output_compares_with_its_labels_not_its_recipe(tmp_path):
+    # A label output whose label_0/1 overrule intended_chosen (its classifier disagreed with the recipe).
+    right, wrong = _world_png("red"), _world_png("blue")
+    caption = "a red circle at the top left"
+    path = tmp_path / "labelled" / "train-0.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({
+        "caption": [caption] * 4, "jpg_0": [right, right, wrong, right], "jpg_1": [wrong, wrong, right, wrong],
+        "label_0": pa.array([1, 0, 0, None], pa.int64()), "label_1": pa.array([0, 1, 1, None], pa.int64()),
+        "intended_chosen": pa.array([1, 0, 0, 1], pa.int64()), "user_id": [1, 2, 3, 4]}), path)
+    out = tmp_path / "out"
+    result = _ok(run_cli(app, ["label", "--input", path.parent, "--output", out, "--target", "reward",
+                               "--reward", "world-prompt"]))
+    kept = read_table(out).to_pylist()
+    assert [r["user_id"] for r in kept] == [1, 2, 3, 4]
+    # The judges choose the red image: row 1 agrees with its labels (not with its recipe), row 2 reverses its
+    # labels (though it agrees with its recipe), row 3 agrees with both, row 4 has no labels: its recipe counts.
+    assert [r["disagrees"] for r in kept] == [False, True, False, True]
+    assert "2 disagreed with the input's label or recipe" in result.output

@@ -344,3 +344,46 @@ def test_resuming_an_spo_run_as_another_objective_is_refused_in_one_line(tmp_pat
     )
     with pytest.raises(UserError, match=r"different objective 'spo' \(now 'mapo'\), spo "):
         check_resume_config(tmp_path, {"objective": "mapo", "world_size": 1})
+
+
+@pytest.mark.parametrize("num_candidates", [2, 3])
+def test_a_non_finite_preference_score_is_in_no_pair_and_counted(tmp_path, prompts, monkeypatch, num_candidates):
+    """Issue 24 item 1: a preference model returning NaN for a candidate (an fp16 head can) gave a kept pair with
+    gap NaN: NaN fails `gap <= min_gap`, and `rewards[a] >= rewards[b]` is False for NaN, so the other was chosen.
+    Now a non-finite candidate is left out of the pairing, counted in the metrics, and never in a pair."""
+    from pipeline.options import build_config
+    from train.config import TrainConfig
+    from train.trainer import Trainer
+
+    cfg = build_config(TrainConfig, {"objective": "spo", "prompts": str(prompts), "model": "tiny-sdxl",
+                                     "output_dir": str(tmp_path / "run"), "batch_size": 2, "num_inference_steps": 3,
+                                     "spo_start_step": 1, "spo_threshold": 0.0, "num_candidates": num_candidates,
+                                     "preference_model": "world-style", "validation_style": "cartoon",
+                                     "report_to": "none"})
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        online = trainer.online
+        calls = []
+
+        def nan_for_candidate_0(images, texts, timesteps):  # candidate-major: the first B images are candidate 0
+            b = len(images) // num_candidates
+            calls.append(len(images))
+            return [float("nan") if i < b else 0.1 * i for i in range(len(images))]
+
+        monkeypatch.setattr(online, "preference", nan_for_candidate_0)
+        sampled, real_sample = [], online.sample_pairs
+        monkeypatch.setattr(online, "sample_pairs", lambda *a: sampled.append(real_sample(*a)) or sampled[-1])
+        out = online.loss(trainer.unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
+        compared = len(calls) * 2  # one comparison per prompt (batch 2) per scored step
+        pairs = out.metrics["pairs"].item()
+        assert all(math.isfinite(g) for g in sampled[0].gaps) and len(sampled[0].gaps) == pairs
+        assert out.metrics["non_finite_rewards"].item() == sum(calls) // num_candidates
+        assert math.isfinite(out.metrics["preference"].item())  # the mean of the finite rewards
+        if num_candidates == 2:  # one finite candidate per prompt: nothing to compare
+            assert pairs == 0 and not out.has_signal
+        else:  # candidates 1 and 2 still make a pair, with a finite gap
+            assert pairs == compared and out.has_signal
+            assert out.metrics["pair_rate"].item() == 1.0
+    finally:
+        trainer.cleanup()

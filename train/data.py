@@ -45,10 +45,15 @@ def training_sampler(cfg: TrainConfig, ds: LatentDataset, rank: int, world_size:
     """This rank's ``PairSampler`` over ``ds`` (drop_last: every optimizer step sees full batches).
 
     Raises:
-        UserError: ``ds`` holds fewer items than one global batch (``--batch-size`` x processes);
+        UserError: ``ds`` holds no item (pointing to precompute's rejects), or fewer than one global batch
+            (``--batch-size`` x processes);
             the message says the largest ``--batch-size`` that fits (or how many processes at most).
     """
     n, unit = len(ds), ("example" if ds.unpaired else "pair")
+    if n == 0:
+        raise UserError(f"'{cfg.data}' holds no {unit}s: precompute kept none. Its rejected rows and why are in "
+                        f"{cfg.data}/rejects/ (`mapo-data inspect {cfg.data}` summarises them); fix the input and "
+                        "rerun precompute.")
     if 0 < n < cfg.batch_size * world_size:
         procs = "process" if world_size == 1 else "processes"
         fix = (f"lower --batch-size to at most {n // world_size}" if n >= world_size

@@ -143,6 +143,16 @@ class ShardedOutput:
         self.folder.refuse_differences(old, new, keys=keys, differ=not partial, remedy=(
             "Use a new --output, rerun with the original options to resume, or pass --overwrite."))
 
+    def finished(self, overwrite: bool = False) -> bool:
+        """True when a rerun has nothing to do: this very configuration's manifest, every shard complete (and
+        no ``overwrite``). Decided from the files alone, so a stage checks it before any model loads or is
+        even looked up: a finished rerun returns in seconds."""
+        if overwrite:
+            return False
+        manifest = read_manifest(self.root)
+        return (manifest is not None and manifest.get("fingerprint") == self.fingerprint
+                and all(self.is_complete(k) for k in range(self.num_shards)))
+
     def prepare(self, overwrite: bool = False) -> None:
         """Check (or create) the manifest. Call on the main process before any worker writes."""
         self.check(overwrite)

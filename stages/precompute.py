@@ -575,7 +575,8 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), **record,
                                                                           "input_files": source["files"]})
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
-    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+    if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
+        check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(_num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,

@@ -39,7 +39,7 @@ def atomic_write(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path, keep_suffix)
     try:
-        with writing_output(path):  # permission, read-only, full disk: one error line naming the file
+        with writing_output(path, name_path=True):  # permission, read-only, full disk: one error line naming the file
             yield tmp
             os.replace(tmp, path)
     except BaseException:

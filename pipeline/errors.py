@@ -52,14 +52,17 @@ def output_error_message(exc: OSError, path: str | Path | None = None, *, writin
 
 
 @contextlib.contextmanager
-def writing_output(path: str | Path) -> Iterator[None]:
+def writing_output(path: str | Path, *, name_path: bool = False) -> Iterator[None]:
     """Within it, an OS error of :data:`OUTPUT_ERRNOS` becomes one :class:`OutputNotWritable` line naming the
-    file (the error's own, else ``path``); other errors pass unchanged. Every shared writer uses it
-    (:func:`pipeline.atomic.atomic_write`, shard and manifest writes); the CLI catches the rest
+    file (the error's own, else ``path``; ``name_path``: always ``path``, for writers that write a temporary
+    first, whose name means nothing to the user); other errors pass unchanged. Every shared writer uses it
+    (:func:`pipeline.atomic.atomic_write`, shard, manifest and checkpoint writes); the CLI catches the rest
     (:func:`pipeline.cli_support.user_errors_exit`)."""
     try:
         yield
     except OSError as exc:
+        if name_path:
+            exc = OSError(exc.errno, exc.strerror, str(path))
         message = output_error_message(exc, path, writing=True)
         if message is None:
             raise

@@ -224,7 +224,8 @@ class ShardedOutput:
             raise ValueError("write_shard needs a 'data' table")
         staged: list = []
         try:
-            with writing_output(self.path(k)):  # permission, read-only, full disk: one error line naming the file
+            # Permission, read-only, full disk: one error line naming the shard (not its temporary).
+            with writing_output(self.path(k), name_path=True):
                 self._write_shard(k, tables, stats, compression, row_group_size, staged)
         except BaseException:
             for _, tmp, _ in staged:  # nothing half-written left behind (renamed ones are gone already)

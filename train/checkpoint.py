@@ -93,7 +93,7 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None)
     final = root / f"checkpoint-{step}"
     tmp = root / f".tmp-checkpoint-{step}"
     try:
-        with writing_output(final):
+        with writing_output(final, name_path=True):
             _save(accelerator, output_dir, root, tmp, final, total_limit)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

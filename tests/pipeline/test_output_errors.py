@@ -44,7 +44,7 @@ def test_atomic_write_says_which_file_and_leaves_nothing_behind(tmp_path, monkey
     target = tmp_path / "report.json"
 
     def full_disk(src, dst):
-        raise OSError(code, os.strerror(code))
+        raise OSError(code, os.strerror(code), str(src))  # the OS names the temporary: the message does not
 
     monkeypatch.setattr(atomic.os, "replace", full_disk)
     with pytest.raises(OutputNotWritable, match=f"cannot write '{target}': {said}"):

@@ -47,6 +47,11 @@ def test_data_stages_say_an_unwritable_output_in_one_line(tmp_path, locked, pick
     out = locked / "lat"
     _one_line(run_cli(app, ["precompute", "--input", pickapic, "--output", out, "--model", "tiny-sdxl",
                             "--resolution", "64", "--device", "cpu"]), out)
+    page = locked / "page.html"
+    result = run_cli(app, ["inspect", pickapic.parent, "--html", page])  # the summary is printed, then the page
+    errors = [line for line in result.output.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert result.exit_code == 2 and errors == [result.output.strip().splitlines()[-1]], result.output
+    assert errors[0].startswith(f"error: cannot write '{locked}': permission denied;")
 
 
 def test_train_says_an_unwritable_output_in_one_line_before_loading_models(locked, latents_sdxl, monkeypatch):

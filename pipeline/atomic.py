@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from .errors import writing_output
+
 
 def temporary_name(path: str | Path, keep_suffix: bool = False) -> Path:
     """The temporary sibling of ``path`` this process writes first (``keep_suffix``: ends with the same
@@ -27,13 +29,19 @@ def atomic_write(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
 
     Works for a file or a folder written at the temporary path (a folder replaces only a missing or
     empty ``path``: ``os.replace`` semantics). The parent folder is created.
+
+    Raises:
+        pipeline.errors.OutputNotWritable: permission denied, a read-only file system or a full disk, while
+            writing (the message names the file; nothing is left behind).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing_output(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path, keep_suffix)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing_output(path, name_path=True):  # permission, read-only, full disk: one error line naming the file
+            yield tmp
+            os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
             import shutil

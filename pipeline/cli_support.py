@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from .errors import UserError
+from .errors import UserError, output_error_message
 
 EXIT_USER_ERROR = 2
 
@@ -18,7 +18,10 @@ def signal_exit_code(name: str) -> int:
 
 
 def user_errors_exit(fn):
-    """Decorator for typer commands: ``UserError`` -> ``error: <message>`` and exit code 2."""
+    """Decorator for typer commands (every command: :func:`pipeline.options.command`): ``UserError`` ->
+    ``error: <message>`` and exit code 2; so is an OS error that a user fixes by choosing another place or
+    freeing space (permission denied, read-only file system, full disk:
+    :func:`pipeline.errors.output_error_message`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -28,6 +31,12 @@ def user_errors_exit(fn):
             return fn(*args, **kwargs)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except OSError as exc:  # a write no shared writer wrapped (a library's save): same one line
+            message = output_error_message(exc)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             print("interrupted: finished shards are kept; rerun the same command to resume.", file=sys.stderr)

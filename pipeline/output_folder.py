@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UserError
+from .errors import UserError, writing_output
 
 
 def differing_keys(old: dict, new: dict, keys: Iterable[str] | None = None) -> list[str]:
@@ -35,6 +35,30 @@ class OutputFolder:
     marker: str  # the file whose presence says "this command's output"
     command: str  # for messages: "mapo-data", "mapo-eval", "mapo-train"
     flag: str = "--output"  # the option that named the folder
+
+    def check_writable(self) -> None:
+        """Refuse now, in one line naming the folder, when it cannot be created or written (permission denied,
+        a read-only file system, a full disk): called before any model loads, so the run fails in seconds, not
+        after loading. Leaves nothing behind: the folders and the probe file it made are removed again.
+
+        Raises:
+            pipeline.errors.OutputNotWritable: the folder or a parent cannot be created, or a file in it written.
+        """
+        import os
+
+        missing = [p for p in (self.root, *self.root.parents) if not p.exists()]
+        try:
+            with writing_output(self.root):
+                self.root.mkdir(parents=True, exist_ok=True)
+                probe = self.root / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+        finally:
+            for folder in missing:  # deepest first: only the ones made here, and only while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def is_ours(self) -> bool:
         return (self.root / self.marker).is_file()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .atomic import temporary_name, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
-from .errors import UserError
+from .errors import UserError, writing_output
 from .output_folder import OutputFolder
 
 MANIFEST = "manifest.json"
@@ -143,15 +143,26 @@ class ShardedOutput:
         self.folder.refuse_differences(old, new, keys=keys, differ=not partial, remedy=(
             "Use a new --output, rerun with the original options to resume, or pass --overwrite."))
 
+    def finished(self, overwrite: bool = False) -> bool:
+        """True when a rerun has nothing to do: this very configuration's manifest, every shard complete (and
+        no ``overwrite``). Decided from the files alone, so a stage checks it before any model loads or is
+        even looked up: a finished rerun returns in seconds."""
+        if overwrite:
+            return False
+        manifest = read_manifest(self.root)
+        return (manifest is not None and manifest.get("fingerprint") == self.fingerprint
+                and all(self.is_complete(k) for k in range(self.num_shards)))
+
     def prepare(self, overwrite: bool = False) -> None:
         """Check (or create) the manifest. Call on the main process before any worker writes."""
         self.check(overwrite)
         manifest = read_manifest(self.root)
-        if manifest is None or manifest.get("fingerprint") != self.fingerprint:
-            self.folder.clear()  # another configuration's (--overwrite), or empty owned folders
-            self._write_manifest(status="running", completed=[], totals={})  # the marker first, then the rest
-        (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
+        with writing_output(self.root):  # an unwritable or full output folder: one error line naming it
+            if manifest is None or manifest.get("fingerprint") != self.fingerprint:
+                self.folder.clear()  # another configuration's (--overwrite), or empty owned folders
+                self._write_manifest(status="running", completed=[], totals={})  # the marker first, then the rest
+            (self.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+            (self.root / STATS_DIR).mkdir(parents=True, exist_ok=True)
 
     def start(self, proc, overwrite: bool = False) -> tuple[list[int], list[int]]:
         """Prepare on the main process, wait for all, and claim this process's shards.
@@ -170,7 +181,9 @@ class ShardedOutput:
         return mine, todo
 
     def _write_manifest(self, status: str, completed: list[int], totals: dict, extra: dict | None = None) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Raises :class:`~pipeline.errors.OutputNotWritable` (one line naming the folder) when it cannot be written."""
+        with writing_output(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "stage": self.stage,
             "format_version": 1,
@@ -202,16 +215,32 @@ class ShardedOutput:
 
         Pass ``compression="none"`` for already-compressed payloads (PNG/JPEG bytes), and a
         ``row_group_size`` (rows) where readers should hold only part of a large shard at a time.
+
+        Raises :class:`~pipeline.errors.OutputNotWritable` when the file cannot be written; the temporary
+        files written so far are removed (the shard stays to do).
         """
-        import pyarrow.parquet as pq
 
         if DATA_DIR not in tables:
             raise ValueError("write_shard needs a 'data' table")
-        staged = []
+        staged: list = []
+        try:
+            # Permission, read-only, full disk: one error line naming the shard (not its temporary).
+            with writing_output(self.path(k), name_path=True):
+                self._write_shard(k, tables, stats, compression, row_group_size, staged)
+        except BaseException:
+            for _, tmp, _ in staged:  # nothing half-written left behind (renamed ones are gone already)
+                tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_shard(self, k: int, tables: dict, stats: dict, compression: str, row_group_size: int | None,
+                     staged: list) -> None:
+        import pyarrow.parquet as pq
+
         for sub, table in tables.items():
             final = self.path(k, sub)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = temporary_name(final)
+            staged.append((sub, tmp, final))
             if table.num_rows == 0:
                 # No row group at all: readers such as `datasets` fail on a zero-row row group
                 # ("BatchSize must be greater than 0") but skip a file with none.
@@ -219,7 +248,6 @@ class ShardedOutput:
             else:
                 pq.write_table(table, tmp, compression=compression if sub == DATA_DIR else "zstd",
                                row_group_size=row_group_size)
-            staged.append((sub, tmp, final))
         write_json_atomic(self.stats_path(k), stats)
         # The data file is renamed last: its presence is the completion marker.
         for sub, tmp, final in sorted(staged, key=lambda s: s[0] == DATA_DIR):

@@ -83,3 +83,20 @@ def run_sharded(stage: ShardedStage, proc: ProcessInfo) -> ShardedRun:
     if proc.is_main:
         run.summed = out.finalize(stage.manifest_extra() if stage.manifest_extra else None)
     return run
+
+
+def nothing_kept_warning(stage: str, seen: int, kept: int, reasons: dict, root, unit: str = "row") -> str | None:
+    """The one-line warning of a stage that read ``seen`` items and kept none, else None.
+
+    Keeping nothing is not an error (an input of ties only is valid) but must never be silent: the line names
+    the top three reject ``reasons`` (reason -> count, most frequent first), where the rejected rows are
+    (``<root>/rejects/``) and the command that summarises them (``mapo-data inspect``), as ``label`` does.
+    """
+    from .formatting import count
+
+    if not seen or kept:
+        return None
+    top = sorted(((n, r) for r, n in (reasons or {}).items() if n), key=lambda nr: (-nr[0], nr[1]))
+    why = ", ".join(f"{n} {r}" for n, r in top[:3]) + (f", {len(top) - 3} other" if len(top) > 3 else "")
+    return (f"warning: {stage} kept 0 of {count(seen, unit)} ({why or 'no reason recorded'}); the rejected rows are "
+            f"in {root}/rejects/, `mapo-data inspect {root}` summarises them")

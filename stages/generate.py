@@ -252,7 +252,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
               "dropped_duplicate_prompts": prompt_set.dropped_duplicates}
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
-    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+    if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
+        check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
     prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
                     "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}

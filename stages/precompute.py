@@ -575,7 +575,8 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     out = ShardedOutput(cfg.output, STAGE, identity, len(files), {**asdict(cfg), **record,
                                                                           "input_files": source["files"]})
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
-    check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+    if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
+        check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(_num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,
@@ -583,11 +584,26 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
                                        "latents": work.description or work.previous, "input": source
                                    }),
                       proc)
+    _warn_if_nothing_kept(run.summed, out.root, shape)
     t = run.totals
     return PrecomputeResult(cfg.output, t.get("pairs", 0), len(run.todo), run.skipped, t.get("ties", 0),
                             t.get("rejects", 0),
                             t.get("captions_encoded", 0), t.get("latent_bytes", 0), time.perf_counter() - t_start,
                             run.loop_seconds, shape.name, t.get("desirable", 0))
+
+
+def _warn_if_nothing_kept(summed: dict | None, root: Path, shape: InputShape) -> None:
+    """Main process: an output of no pair (example) says so with its top reasons (ties included)."""
+    import sys
+
+    from pipeline.stage_runner import nothing_kept_warning
+
+    if summed is None:
+        return
+    reasons = {**summed.get("reject_reasons", {}), "tie": summed.get("ties", 0)}
+    line = nothing_kept_warning(STAGE, summed.get("rows", 0), summed.get("pairs", 0), reasons, root)
+    if line:
+        print(line, file=sys.stderr)
 
 
 class _PrecomputeShards:

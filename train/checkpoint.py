@@ -11,7 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, writing_output
 from pipeline.weights_files import check_readable, reading_weights
 
 CHECKPOINTS = "checkpoints"
@@ -84,10 +84,24 @@ def load_checkpoint(accelerator, path) -> None:
 
 
 def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None) -> Path:
-    """Save the full training state (all ranks take part), then keep only the newest ``total_limit``."""
+    """Save the full training state (all ranks take part), then keep only the newest ``total_limit``.
+
+    Raises :class:`~pipeline.errors.OutputNotWritable` (one line naming the checkpoint) when it cannot be
+    written (permission, read-only file system, full disk); the half-written one is removed.
+    """
     root = checkpoints_dir(output_dir)
     final = root / f"checkpoint-{step}"
     tmp = root / f".tmp-checkpoint-{step}"
+    try:
+        with writing_output(final, name_path=True):
+            _save(accelerator, output_dir, root, tmp, final, total_limit)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _save(accelerator, output_dir, root: Path, tmp: Path, final: Path, total_limit: int | None) -> None:
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,4 +115,27 @@ def save_checkpoint(accelerator, output_dir, step: int, total_limit: int | None)
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return final
+
+
+def continue_schedule(lr_scheduler) -> list[float]:
+    """After a resume, set the optimizer's learning rates to the schedule's value at the restored step.
+
+    The restored optimizer holds the lr its last step left for the next one, computed on the run's OLD
+    curve; when ``--max-steps`` (the schedule's total) changed, diffusers' decaying schedules (linear,
+    cosine, polynomial, ...; ``torch.optim.lr_scheduler.LambdaLR`` over the total) give another value at the
+    same step, and a linear schedule that ended left 0.0, so the first resumed step would not move a weight.
+    Recomputed from ``base_lr * lambda(last_epoch)`` (LambdaLR's own formula), so an unchanged schedule gets
+    the very same float back. Returns the learning rates now set, one per parameter group.
+    """
+    lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+    if lambdas is None:  # not a LambdaLR: its state already is its curve
+        return [g["lr"] for g in lr_scheduler.optimizer.param_groups]
+    step = lr_scheduler.last_epoch
+    lrs = [base * fn(step) for base, fn in zip(lr_scheduler.base_lrs, lambdas)]
+    for group, lr in zip(lr_scheduler.optimizer.param_groups, lrs):
+        if hasattr(group["lr"], "fill_"):  # a tensor lr (fused / capturable optimizers) is updated in place
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    lr_scheduler._last_lr = list(lrs)  # what get_last_lr() reads, as LambdaLR.step() sets it
+    return lrs

@@ -45,10 +45,15 @@ def training_sampler(cfg: TrainConfig, ds: LatentDataset, rank: int, world_size:
     """This rank's ``PairSampler`` over ``ds`` (drop_last: every optimizer step sees full batches).
 
     Raises:
-        UserError: ``ds`` holds fewer items than one global batch (``--batch-size`` x processes);
+        UserError: ``ds`` holds no item (pointing to precompute's rejects), or fewer than one global batch
+            (``--batch-size`` x processes);
             the message says the largest ``--batch-size`` that fits (or how many processes at most).
     """
     n, unit = len(ds), ("example" if ds.unpaired else "pair")
+    if n == 0:
+        raise UserError(f"'{cfg.data}' holds no {unit}s: precompute kept none. Its rejected rows and why are in "
+                        f"{cfg.data}/rejects/ (`mapo-data inspect {cfg.data}` summarises them); fix the input and "
+                        "rerun precompute.")
     if 0 < n < cfg.batch_size * world_size:
         procs = "process" if world_size == 1 else "processes"
         fix = (f"lower --batch-size to at most {n // world_size}" if n >= world_size
@@ -56,6 +61,28 @@ def training_sampler(cfg: TrainConfig, ds: LatentDataset, rank: int, world_size:
         raise UserError(f"{count(n, unit)} is fewer than one global batch (--batch-size {cfg.batch_size} x "
                         f"{world_size} {procs}); {fix}, or add data.")
     return PairSampler(n, cfg.batch_size, cfg.seed, rank, world_size, drop_last=True, flip=cfg.random_flip)
+
+
+def optimizer_steps_per_epoch(batches_per_epoch: int, accumulation: int) -> int:
+    """Optimizer steps in one epoch of ``batches_per_epoch`` micro-batches: ``ceil(batches / accumulation)``.
+
+    The last step of an epoch takes the micro-batches left (:func:`micro_batches_this_step`), as diffusers'
+    training scripts do (``math.ceil(len(train_dataloader) / gradient_accumulation_steps)`` steps per epoch,
+    accelerate syncing at the dataloader's end), so ``--num-epochs N`` visits every pair N times.
+    """
+    return -(-batches_per_epoch // accumulation)
+
+
+def micro_batches_this_step(sampler, accumulation: int) -> int:
+    """How many micro-batches the next optimizer step takes: ``accumulation``, or the fewer left in the epoch,
+    so that no step spans two epochs and none sees a pair twice.
+
+    ``sampler``: a :class:`~pipeline.latent_shards.PairSampler` (``len`` = batches per epoch; ``position`` =
+    batches of the current epoch handed out, ``len`` when the epoch has just ended). The same on every rank
+    (positions count global batches), so every rank accumulates the same number of micro-batches.
+    """
+    left = len(sampler) - sampler.position
+    return min(accumulation, left if left > 0 else len(sampler))
 
 
 def open_training_data(cfg: TrainConfig, rank: int, world_size: int) -> TrainData:

@@ -35,7 +35,10 @@ _TAYLOR_THRESHOLD = 1e-2
 class LossOutput:
     """One micro-batch's loss and the terms worth logging.
 
-    ``loss``: scalar, differentiable. ``metrics``: detached fp32 scalars for logging (NaN = not measured).
+    ``loss``: scalar, differentiable. ``metrics``: detached fp32 scalars for logging; NaN means "not measured
+    in this micro-batch" (a per-class mean of a class the batch lacks, SPO's terms without a kept pair), and the
+    trainer leaves such a value out of the step's mean (train.trainer.Trainer._optimizer_step) instead of
+    averaging a stand-in 0 in.
     ``has_signal``: whether the micro-batch carries anything to learn from. False only when the objective
     found nothing to train on (SPO with no kept pair: ``loss`` is then a zero stand-in); when no micro-batch
     on any rank has signal, the trainer takes no optimizer step (train.trainer.Trainer._optimizer_step).
@@ -48,6 +51,14 @@ class LossOutput:
 
 def _metrics(**terms: Tensor) -> dict[str, Tensor]:
     return {name: value.detach().float() for name, value in terms.items()}
+
+
+def class_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of ``values`` ``[N]`` where ``mask`` ``[N]`` (bool) is True; NaN ("not measured", see
+    :class:`LossOutput`) when it is True nowhere, so a batch without the class does not read as a mean of 0."""
+    n = mask.sum()
+    mean = torch.where(mask, values, 0).sum() / n.clamp(min=1)
+    return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))  # no host sync
 
 
 def _check_errors(**errors: Tensor) -> None:
@@ -223,8 +234,9 @@ def kto_loss(e: Tensor, ref_e: Tensor, desirable: Tensor, *, beta: float = 1000.
 
     Returns metrics ``loss``, ``e``, ``ref_e``, ``kl`` (z, after the clamp), ``reward_desirable`` /
     ``reward_undesirable`` and ``e_desirable`` / ``e_undesirable`` (mean g and mean e of each class,
-    0 when the batch has none; on pair data they are the chosen / rejected images'), ``implicit_acc``
-    (fraction with ``sign * (g - z) > 0``, sign +1 desirable, -1 undesirable) and ``desirable_fraction``.
+    NaN = not measured when the batch has none, :func:`class_mean`; on pair data they are the chosen /
+    rejected images'), ``implicit_acc`` (fraction with ``sign * (g - z) > 0``, sign +1 desirable, -1
+    undesirable) and ``desirable_fraction``.
 
     Raises:
         ValueError: shapes not all ``[N]``, labels other than 0/1, ``kl`` not a scalar, or a
@@ -246,17 +258,15 @@ def kto_loss(e: Tensor, ref_e: Tensor, desirable: Tensor, *, beta: float = 1000.
     losses = torch.where(d, lambda_desirable * (1 - torch.sigmoid(logits)),
                          lambda_undesirable * (1 - torch.sigmoid(-logits)))
     loss = losses.mean()
-    n_d = d.sum().clamp(min=1)
-    n_u = (d.numel() - d.sum()).clamp(min=1)
     metrics = _metrics(
         loss=loss,
         e=e.mean(),
         ref_e=ref_e.mean(),
         kl=z,
-        reward_desirable=torch.where(d, g, 0).sum() / n_d,
-        reward_undesirable=torch.where(d, 0, g).sum() / n_u,
-        e_desirable=torch.where(d, e, 0).sum() / n_d,
-        e_undesirable=torch.where(d, 0, e).sum() / n_u,
+        reward_desirable=class_mean(g, d),
+        reward_undesirable=class_mean(g, ~d),
+        e_desirable=class_mean(e, d),
+        e_undesirable=class_mean(e, ~d),
         implicit_acc=(torch.where(d, logits, -logits) > 0).float().mean(),
         desirable_fraction=d.float().mean(),
     )

@@ -1,6 +1,7 @@
 """The model card (README.md) written next to the trained weights."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 2406.06424)",
@@ -9,28 +10,50 @@ OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 24
                    "spo": "SPO (step-aware preference optimisation, arXiv 2406.04314), online"}
 
 
-def _pretrained_source(model: str) -> tuple[str, str]:
-    """What ``from_pretrained`` must be given for ``model``, and a comment for the snippet: a built-in
-    name is not a hub id, so its folder is written instead (sdxl-arch has none: random weights)."""
+def _is_local(model: str) -> bool:
     from pipeline import builtin_models
-    from pipeline.models import resolve_model_source
+
+    builtins = builtin_models.TINY_MODELS + builtin_models.WORLD_MODELS + builtin_models.ARCH_MODELS
+    return model not in builtins and Path(model).expanduser().exists()
+
+
+def _relative(path: str, output_dir: str | Path) -> str:
+    """``path`` as the card shows it: relative to the output folder when it is a local path (no machine's
+    absolute paths in a card that travels with the weights), else unchanged (a hub id, a built-in name)."""
+    local = Path(path).expanduser()
+    if not local.is_absolute() and not local.exists():
+        return path
+    return os.path.relpath(local.resolve(), Path(output_dir).resolve())
+
+
+def _pretrained_source(model: str, output_dir: str | Path) -> tuple[str, str, str]:
+    """What the snippet gives ``from_pretrained`` for ``model`` (a Python expression), an import it needs and
+    a comment. A hub id as it is; a local base model relative to the output folder (``PATH_TO_THIS_FOLDER/..``);
+    a built-in name, which is no hub id, through mapo-tools' own resolver (its folder is machine-specific);
+    sdxl-arch has no folder at all (random weights)."""
+    from pipeline import builtin_models
 
     if model in builtin_models.TINY_MODELS + builtin_models.WORLD_MODELS:
-        return resolve_model_source(model), f"  # the built-in '{model}' (mapo-tools) lives here"
+        return (f'resolve_model_source("{model}")', "from pipeline.models import resolve_model_source\n",
+                f"  # mapo-tools' built-in '{model}' (no hub id): its folder on this machine")
     if model in builtin_models.ARCH_MODELS:
-        return model, "  # sdxl-arch: random weights built in memory by mapo-tools; there is no folder to load"
-    return model, ""
+        return (f'"{model}"', "",
+                "  # sdxl-arch: random weights built in memory by mapo-tools; there is no folder to load")
+    if _is_local(model):
+        return (f'"PATH_TO_THIS_FOLDER/{_relative(model, output_dir)}"', "",
+                "  # the base model's folder, relative to this one")
+    return f'"{model}"', "", ""
 
 
-def _load_snippet(model: str, family: str, lora: bool) -> str:
+def _load_snippet(model: str, family: str, lora: bool, output_dir: str | Path) -> str:
     pipe_cls = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
-    source, note = _pretrained_source(model)
+    source, extra_import, note = _pretrained_source(model, output_dir)
     if lora:
-        return (f"from diffusers import {pipe_cls}\n\npipe = {pipe_cls}.from_pretrained(\"{source}\"){note}\n"
+        return (f"from diffusers import {pipe_cls}\n{extra_import}\npipe = {pipe_cls}.from_pretrained({source}){note}\n"
                 "pipe.load_lora_weights(\"PATH_TO_THIS_FOLDER\")\n")
-    return (f"from diffusers import {pipe_cls}, UNet2DConditionModel\n\n"
+    return (f"from diffusers import {pipe_cls}, UNet2DConditionModel\n{extra_import}\n"
             "unet = UNet2DConditionModel.from_pretrained(\"PATH_TO_THIS_FOLDER/unet\")\n"
-            f"pipe = {pipe_cls}.from_pretrained(\"{source}\", unet=unet){note}\n")
+            f"pipe = {pipe_cls}.from_pretrained({source}, unet=unet){note}\n")
 
 
 def _example_prompt(model: str) -> str:
@@ -39,22 +62,28 @@ def _example_prompt(model: str) -> str:
     return "a red circle at the top left" if model in builtin_models.WORLD_MODELS else "a cat on a sofa"
 
 
-def _data_line(config: dict, data_info: dict) -> str:
+def _data_line(config: dict, data_info: dict, output_dir: str | Path) -> str:
     if config["objective"] == "spo":
         spo = config.get("spo", {})
-        return (f"- **Prompts**: `{config['prompts']}`: {data_info.get('prompts')} prompts, sampled online at "
-                f"{data_info.get('resolution')} px; preference model `{spo.get('preference_model')}` on each "
-                f"candidate's predicted clean image, {spo.get('num_candidates')} candidates per step")
+        return (f"- **Prompts**: `{_relative(config['prompts'], output_dir)}`: {data_info.get('prompts')} prompts, "
+                f"sampled online at {data_info.get('resolution')} px; preference model "
+                f"`{spo.get('preference_model')}` on each candidate's predicted clean image, "
+                f"{spo.get('num_candidates')} candidates per step")
     if "examples" in data_info:  # unpaired (KTO) data
         data = (f"{data_info['examples']} unpaired examples ({100 * data_info.get('desirable_fraction', 0):.1f}% "
                 "desirable)")
     else:
         data = f"{data_info.get('pairs')} preference pairs"
-    return (f"- **Data**: `{config['data']}`: {data} precomputed at\n"
-            f"  {data_info.get('resolution')} px (latents made by `{data_info.get('model')}`)")
+    made_by = _relative(str(data_info.get("model")), output_dir)
+    return (f"- **Data**: `{_relative(config['data'], output_dir)}`: {data} precomputed at\n"
+            f"  {data_info.get('resolution')} px (latents made by `{made_by}`)")
 
 
 def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, data_info: dict) -> Path:
+    """``output_dir``/README.md: what was trained on what, how to load it, hyperparameters and final metrics.
+
+    No absolute path of the machine that trained it: local paths (base model, data) are written relative to
+    ``output_dir``, a built-in model through mapo-tools' resolver, a hub id as it is."""
     lora = config["lora_rank"] > 0
     keys = ("objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "learning_rate", "lr_scheduler",
             "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "world_size", "total_steps",
@@ -63,24 +92,25 @@ def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, 
     hp = "\n".join(f"| {k} | {config.get(k)} |" for k in keys if k in config)
     metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final_metrics.items())) or "| (none) | |"
     kind = "LoRA adapter" if lora else "full UNet fine-tune"
+    model = _relative(config["model"], output_dir)  # a local base model: relative to this folder
     text = f"""---
-base_model: {config['model']}
+{'' if _is_local(config['model']) else f"base_model: {model}{chr(10)}"}\
 library_name: diffusers
 tags: [text-to-image, diffusers, {'lora, ' if lora else ''}mapo-tools, {config['objective']}]
 ---
 
-# {config['objective'].upper()} {kind} of `{config['model']}`
+# {config['objective'].upper()} {kind} of `{model}`
 
 Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective']]}.
 
-- **Base model**: `{config['model']}` ({config.get('family')})
-{_data_line(config, data_info)}
+- **Base model**: `{model}` ({config.get('family')})
+{_data_line(config, data_info, output_dir)}
 - **Output**: {'`pytorch_lora_weights.safetensors`' if lora else '`unet/` (diffusers format, safetensors)'}
 
 ## How to load
 
 ```python
-{_load_snippet(config['model'], config.get('family', 'sdxl'), lora)}\
+{_load_snippet(config['model'], config.get('family', 'sdxl'), lora, output_dir)}\
 image = pipe("{_example_prompt(config['model'])}").images[0]
 ```
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_json_atomic, write_text_atomic
 from pipeline.distributed import current_process, wait_for_everyone
-from pipeline.errors import UserError
+from pipeline.errors import UserError, writing_output
 from pipeline.output_folder import OutputFolder, differing_keys
 from pipeline.training_output import LORA_WEIGHTS, TRAINING_CONFIG
 
@@ -48,12 +48,15 @@ def claim_run_folder(out: Path, cfg, resume: Path | None) -> None:
 
     Raises:
         UserError: the folder holds a run (finished or not) that ``cfg`` does not resume or overwrite,
-            or is a file / a foreign folder.
+            or is a file / a foreign folder; :class:`~pipeline.errors.OutputNotWritable` when it cannot be
+            written (checked before any model loads).
     """
     if resume is not None:
         return
     folder = run_folder(out)
     folder.refuse_foreign()  # a file named like the folder, or a folder of someone else's files
+    if current_process().is_main:
+        folder.check_writable()  # before any model loads: an unwritable --output-dir fails in seconds
     present = folder.present()
     if not present:
         return
@@ -132,7 +135,7 @@ class MetricsLog:
         self.path = Path(out) / METRICS_FILE
 
     def append(self, step: int, metrics: dict) -> None:
-        with open(self.path, "a") as fh:
+        with writing_output(self.path), open(self.path, "a") as fh:
             fh.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def truncate(self, step: int) -> None:

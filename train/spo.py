@@ -484,7 +484,7 @@ class OnlineSpo:
         if n == 0:
             # The same keys as a step with pairs (ranks and micro-batches reduce them together); NaN: not measured.
             nan = {k: torch.tensor(float("nan")) for k in NO_PAIR_KEYS}
-            metrics = {"loss": torch.zeros(()), **nan, **{k: torch.tensor(v) for k, v in extra.items()}}
+            metrics = {"loss": torch.tensor(float("nan")), **nan, **{k: torch.tensor(v) for k, v in extra.items()}}
             return LossOutput(loss=self._no_pair_loss(unet, cond, reference, lora_base), metrics=metrics,
                               has_signal=False)
         out = self.pair_loss(unet, pairs, cond, reference=reference, lora_base=lora_base)

@@ -14,14 +14,30 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, writing_output
 from pipeline.options import options_record
 from pipeline.progress import progress_bar
 from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 
-from .checkpoint import TrainState, checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import (
+    TrainState,
+    checkpoint_step,
+    continue_schedule,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from .config import TrainConfig
-from .data import TrainData, batch_stream, check_data_matches_model, open_training_latents, training_sampler
+from .data import (
+    TrainData,
+    batch_stream,
+    check_data_matches_model,
+    micro_batches_this_step,
+    open_training_latents,
+    optimizer_steps_per_epoch,
+    training_sampler,
+)
 from .losses import kto_saturation_warning
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
@@ -110,11 +126,8 @@ class Trainer:
         self.objective = Objective(cfg.objective, cfg.resolved_beta, self.models.num_train_timesteps,
                                    self.models.prediction_type, cfg.mapo_a, cfg.kto_lambda_desirable,
                                    cfg.kto_lambda_undesirable)
-        steps_per_epoch = self.data.steps_per_epoch // cfg.gradient_accumulation_steps
-        if cfg.max_steps is None and steps_per_epoch < 1:
-            raise UserError(f"One epoch has {self.data.steps_per_epoch} batches, fewer than "
-                            f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps}; lower it or pass "
-                            "--max-steps.")
+        # The last step of an epoch takes the micro-batches left (train.data.micro_batches_this_step).
+        steps_per_epoch = optimizer_steps_per_epoch(self.data.steps_per_epoch, cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.num_epochs * steps_per_epoch
         self.params = trainable_parameters(unet)
         optimizer = build_optimizer(cfg, self.params)
@@ -130,6 +143,7 @@ class Trainer:
             saved = check_resume_config(self.out, self.resolved_config())
             self._check_steps_left(resume, saved)
             load_checkpoint(acc, resume)
+            continue_schedule(self.lr_scheduler)  # the (maybe new) curve's lr at the restored step, not the old one's
             if self.state.global_step != checkpoint_step(resume):
                 raise UserError(
                     f"Checkpoint {resume} is inconsistent (step {self.state.global_step}); pick another one."
@@ -330,8 +344,8 @@ class Trainer:
         if self.online is None and self.data.dataset.unpaired:
             info = self._data_info()
             acc.print(f"kto: {info['examples']} unpaired examples, {100 * info['desirable_fraction']:.1f}% desirable")
-        bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step")
-        bar.update(state.global_step)
+        bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step",
+                           initial=state.global_step)  # restored steps: done, but not in the rate
         last_metrics: dict = {}
         succeeded = 0  # optimizer steps taken in this run (a non-finite loss skips its step)
         stopped = None
@@ -344,7 +358,7 @@ class Trainer:
             if metrics is not None:
                 succeeded += 1
                 metrics["pairs_per_s"] = (
-                    cfg.batch_size * cfg.gradient_accumulation_steps * acc.num_processes / max(elapsed, 1e-9)
+                    cfg.batch_size * self.micro_batches * acc.num_processes / max(elapsed, 1e-9)
                 )
                 metrics["peak_mem_gb"] = _peak_memory_gb(acc.device)
                 last_metrics = metrics
@@ -374,7 +388,8 @@ class Trainer:
             raise UserError(f"no training step succeeded: all {state.global_step - self.start_step} steps had a "
                             "non-finite loss, so the model is unchanged and was not saved. Lower --learning-rate, use "
                             "--mixed-precision bf16 or no, or check the data; then rerun with --overwrite.")
-        saved = self.save_final(last_metrics)
+        with writing_output(self.out):  # a full disk or read-only folder: one line naming the file or folder
+            saved = self.save_final(last_metrics)
         # After the final model (a kill in between leaves that model and the older checkpoints): the
         # last step's checkpoint lets `--resume-from-checkpoint latest --max-steps M` train further.
         self.save_checkpoint()
@@ -382,7 +397,9 @@ class Trainer:
                            last_metrics, time.perf_counter() - t_start, saved)
 
     def _optimizer_step(self, stream, lora_base):
-        """Accumulate ``gradient_accumulation_steps`` micro-batches, then one optimizer step.
+        """Accumulate ``gradient_accumulation_steps`` micro-batches (fewer for an epoch's last step:
+        :func:`train.data.micro_batches_this_step`; the loss is their mean), then one optimizer step.
+        A metric a micro-batch did not measure (NaN, :class:`train.losses.LossOutput`) is left out of the mean.
 
         A non-finite loss on any rank skips the whole step on every rank (no backward, no
         optimizer or LR step), so ranks stay in lockstep and weights stay identical.
@@ -390,7 +407,9 @@ class Trainer:
         import torch
 
         acc, cfg, state = self.accelerator, self.cfg, self.state
-        accum = cfg.gradient_accumulation_steps
+        # Up to --gradient-accumulation-steps, fewer at an epoch's end (no step spans two epochs).
+        accum = self.micro_batches = micro_batches_this_step(self.data.sampler, cfg.gradient_accumulation_steps)
+        lr = float(self.lr_scheduler.optimizer.param_groups[0]["lr"])  # what this step's update uses (logged)
         sums: dict = {}  # per metric: the sum of its finite values over micro-batches, and their count
         counts: dict = {}
         indices: list = []
@@ -442,7 +461,7 @@ class Trainer:
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        metrics["lr"] = float(self.lr_scheduler.get_last_lr()[0])
+        metrics["lr"] = lr
         metrics["nonfinite_skipped"] = float(state.nonfinite_total)
         return metrics, indices
 

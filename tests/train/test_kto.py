@@ -123,3 +123,39 @@ def test_mapo_train_warns_of_kto_saturation_before_loading_models(tmp_path, late
     assert (
         len(warnings) == int(warned) and all("saturates" in w and "lower --beta" in w for w in warnings)
     ), result.stderr
+
+
+@pytest.mark.parametrize("accumulation", [4, 6])
+def test_per_class_metrics_average_only_the_micro_batches_that_had_the_class(tmp_path, unpaired, monkeypatch,
+                                                                             accumulation):
+    """Batch 1 with accumulation: most micro-batches hold one class only. The other class is not measured there
+    (NaN), so the step's e_desirable is the mean of e over the desirable micro-batches alone, not diluted by zeros
+    (it read about half of e). Accumulation 6 is a whole epoch; 4 leaves a micro-batch of each class out."""
+    import math
+
+    import train.trainer as trainer_mod
+    from train.cli import app as train_app
+
+    lat, _ = unpaired
+    seen = []
+    real = trainer_mod.compute_loss
+
+    def recording(unet, batch, *args, **kwargs):
+        out = real(unet, batch, *args, **kwargs)
+        seen.append((int(batch["label"][0]), {k: v.item() for k, v in out.metrics.items()}))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "compute_loss", recording)
+    out = tmp_path / "run"
+    args = train_args(lat, out, "tiny-sd15", 1, "--objective", "kto", "--batch-size", "1", "--beta", "50",
+                      "--gradient-accumulation-steps", str(accumulation))
+    result = run_cli(train_app, args)
+    assert result.exit_code == 0, result.output
+    assert len(seen) == accumulation and {label for label, _ in seen} == {0, 1}
+    for label, m in seen:  # a micro-batch of one class did not measure the other
+        assert math.isnan(m["e_undesirable" if label else "e_desirable"]) and not math.isnan(m["e"])
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    for name, label in (("e_desirable", 1), ("e_undesirable", 0), ("reward_desirable", 1), ("reward_undesirable", 0)):
+        values = [m[name] for lab, m in seen if lab == label]
+        assert row[name] == pytest.approx(sum(values) / len(values), rel=1e-5), name
+    assert row["e"] == pytest.approx(sum(m["e"] for _, m in seen) / accumulation, rel=1e-5)

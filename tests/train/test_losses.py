@@ -382,9 +382,13 @@ def test_kto_loss_reference_point_is_clamped_at_zero():
         out.metrics["e_desirable"].item() == pytest.approx(0.6)
         and out.metrics["reward_undesirable"].item() == pytest.approx(0.1)
     )
-    # A batch with one class only: the other class's means are 0, not NaN.
+    # A batch with one class only did not measure the other: its means are NaN (not measured), not 0, which the
+    # trainer would average in with the micro-batches that did measure it.
     one = kto_loss(t64(0.6, 0.3), t64(0.4, 0.4), torch.tensor([1, 1]), beta=10.0).metrics
-    assert one["reward_undesirable"].item() == 0.0 and one["desirable_fraction"].item() == 1.0
+    assert math.isnan(one["reward_undesirable"].item()) and math.isnan(one["e_undesirable"].item())
+    assert one["e_desirable"].item() == pytest.approx(0.45) and one["desirable_fraction"].item() == 1.0
+    none = kto_loss(t64(0.6, 0.3), t64(0.4, 0.4), torch.tensor([0, 0]), beta=10.0).metrics
+    assert math.isnan(none["reward_desirable"].item()) and none["e_undesirable"].item() == pytest.approx(0.45)
     # A passed-in (cross-process) mean is clamped the same way.
     assert kto_loss(KTO_E, KTO_REF, KTO_LABELS, beta=10.0, kl=t64(-3.0)).metrics["kl"].item() == 0.0
 

@@ -284,7 +284,7 @@ def test_a_micro_batch_without_pairs_updates_nothing_and_keeps_ddp_ranks_in_step
                                              empty, torch.zeros(0, dtype=torch.long), [], 4, [0.5] * 8))
         out = online.loss(unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
         assert out.loss.item() == 0 and out.metrics["pairs"].item() == 0 and not out.has_signal
-        assert math.isnan(out.metrics["logp_w"].item())
+        assert math.isnan(out.metrics["logp_w"].item()) and math.isnan(out.metrics["loss"].item())  # not measured
         out.loss.backward()
         grads = [p.grad for p in trainer.params]
         if processes == 1:
@@ -308,6 +308,7 @@ def test_a_step_without_any_pair_leaves_the_weights_as_they_were(tmp_path, promp
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["pairs"] for r in rows] == [0, 0] and all(math.isnan(r["grad_norm"]) for r in rows)
+    assert all(math.isnan(r["loss"]) for r in rows)  # no pair, no loss measured (not a 0 averaged in)
     trained = UNet2DConditionModel.from_pretrained(str(out / "unet"))
     base = load_base_unet_and_scheduler("tiny-sdxl")[0]
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), base.state_dict().values()))

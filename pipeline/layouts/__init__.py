@@ -125,7 +125,7 @@ def detect_layout(spec, split: str = SPLIT, input_format: str = "auto") -> tuple
                             f"({_found_text(found)}).")
         return input_format, name, found[kind]
     if not found:
-        raise UserError(f"No input files in '{spec}' (no Parquet, JSON or tar file; a folder is searched as "
+        raise UserError(f"No Parquet files in '{spec}', nor JSON or tar files (a folder is searched as "
                         f"datasets.load_dataset searches it). Each layout needs: {_needs_text()}.")
     if len(found) > 1:
         raise UserError(f"'{spec}' is ambiguous: it holds {_found_text(found)}; pass --input-format with one of "

@@ -82,9 +82,12 @@ class InputShard(os.PathLike):
         raise NotImplementedError
 
     def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator:
-        """Rows in pieces of at most ``batch_size`` (Arrow tables or record batches), only ``columns``
-        when given (in that order). Never holds more than a batch of images at a time."""
-        return self._batches(batch_size, list(columns) if columns is not None else None)
+        """Rows in Arrow record batches of at most ``batch_size`` rows, as ``ParquetFile.iter_batches`` gives
+        them; only ``columns`` when given (in that order). Never holds more than a batch of images at a time."""
+        import pyarrow as pa
+
+        for batch in self._batches(batch_size, list(columns) if columns is not None else None):
+            yield from (batch.combine_chunks().to_batches() if isinstance(batch, pa.Table) else [batch])
 
     def read(self, columns: list[str] | None = None):
         """All rows (only ``columns``) as one Arrow table: for small columns (captions, labels)."""
@@ -93,8 +96,7 @@ class InputShard(os.PathLike):
         schema = self.schema_arrow
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
-        parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
-                 for b in self.iter_batches(65536, columns)]
+        parts = [pa.Table.from_batches([b]) for b in self.iter_batches(65536, columns)]
         return pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
 
 

@@ -130,9 +130,11 @@ def test_bad_inputs_are_one_line(tmp_path):
     message = error(mixed)
     assert "ambiguous" in message and "json" in message and "parquet" in message and "--input-format" in message
     assert "--input-format webdataset reads .tar shards" in error(mixed, input_format="webdataset")
-    assert "lacks column(s) image1, image2, votes_image1" in error(write_chosen_rejected(tmp_path / "c.parquet"), input_format="votes")
+    cr = write_chosen_rejected(tmp_path / "c.parquet")
+    assert "lacks column(s) image1, image2, votes_image1" in error(cr, input_format="votes")
     (tmp_path / "empty").mkdir()
-    assert "No input files" in error(tmp_path / "empty") and "hpdv3: .json" in error(tmp_path / "empty")
+    message = error(tmp_path / "empty")
+    assert "No Parquet files" in message and "hpdv3: .json" in message
     corrupt = tmp_path / "corrupt.tar"
     corrupt.write_bytes(b"not a tar at all" * 64)
     with pytest.raises(UserError, match="corrupt.tar"):

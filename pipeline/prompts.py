@@ -133,7 +133,10 @@ def _layout_captions(path: Path, split: str) -> list | None:
     name = path.name.lower()
     if path.is_file():
         if name.endswith(hpdv3.SUFFIXES):
-            first = next((rec for _, rec in JsonRecords(path).read(limit=1)), None)
+            try:
+                first = next((rec for _, rec in JsonRecords(path).read(limit=1)), None)
+            except UserError:  # not records at all: the prompt-file reader says what is wrong, in its words
+                return None
             if not (isinstance(first, dict) and all(k in first for k in hpdv3.NEEDS)):
                 return None
             layout = "hpdv3"

@@ -362,7 +362,7 @@ CASES = [
     Case("precompute-image-root-missing", "input layout", "data",
          lambda c: pre(c, "--image-root", c.tmp / "nope", src=write_hpdv3(c.tmp / "in")), "is not a folder"),
     Case("precompute-tar-not-a-tar", "input layout", "data",
-         lambda c: pre(c, src=c.file("in/00000.tar", "not a tar file at all\n" * 40)), "00000.tar"),
+         lambda c: pre(c, src=c.file("in/00000.tar", "not a tar file at all\n" * 40)), "as a tar file"),
     Case("inspect-json-not-records", "input layout", "data",
          lambda c: ["inspect", c.file("in/records.json", '"text"')], "is not a list of records"),
     Case("generate-prompts-json-cut-short", "input layout", "data",

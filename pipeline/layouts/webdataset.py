@@ -72,16 +72,18 @@ class TarShard(InputShard):
             self._count = sum(1 for _ in self._samples(images=False))
         return ShardMetadata(self._count, {"layout": NAME, "file": self.name, "digest": file_digest(self.path)})
 
-    def _open(self):
+    def _open(self, stream: bool = True):
+        """A stream (``r|*``: reads every byte once, in order) or, for header scans, a seekable tar
+        (``r:*``: skips member data on disk; a compressed tar is still decompressed)."""
         try:
-            return tarfile.open(self.path, mode="r|*")
+            return tarfile.open(self.path, mode="r|*" if stream else "r:*")
         except (tarfile.TarError, OSError) as exc:
             raise UserError(f"Could not read {self.path} as a tar file ({type(exc).__name__}: {exc}).") from None
 
     def _samples(self, images: bool = True):
         """Each sample as ``{ext: bytes}`` plus ``__key__``; image bytes read only when ``images``."""
         current: dict | None = None
-        with self._open() as tar:
+        with self._open(stream=images) as tar:
             try:
                 for member in tar:
                     if not member.isfile():
@@ -94,6 +96,7 @@ class TarShard(InputShard):
                         current = {"__key__": key}
                     wanted = images or not ext.startswith(("jpg_0", "jpg_1"))
                     current[ext] = tar.extractfile(member).read() if wanted else b""
+                    tar.members = []  # TarFile keeps every header it has read: a 100 GB set would pile them up
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise UserError(f"{self.path}: truncated or corrupt tar ({type(exc).__name__}: {exc}).") from None
         if current is not None:

@@ -163,20 +163,14 @@ class MappedParquetShard(ParquetShard):
         return InputShard.read(self, columns)
 
 
+def column_or_nulls(table, name: str):
+    """``table[name]``, or nulls where the caller did not read that column (a mapper's output column that
+    is not selected, e.g. the images when only captions are asked for)."""
+    import pyarrow as pa
+
+    return table[name] if name in table.column_names else pa.nulls(table.num_rows)
+
+
 def as_shard(f) -> InputShard:
     """``f`` as an :class:`InputShard`: itself, or a path read as a Parquet file (:class:`ParquetShard`)."""
     return f if isinstance(f, InputShard) else ParquetShard(f)
-
-
-def labels_from_choice(chosen_first: list) -> tuple[list, list]:
-    """``label_0``/``label_1`` from "image 0 is chosen" flags: True -> 1/0, False -> 0/1, None -> 0.5/0.5
-    (a tie, Pick-a-Pic's convention), and NaN/missing stays None (a missing label)."""
-    l0, l1 = [], []
-    for c in chosen_first:
-        if c is None:
-            l0.append(0.5), l1.append(0.5)
-        elif c == "missing":
-            l0.append(None), l1.append(None)
-        else:
-            l0.append(1.0 if c else 0.0), l1.append(0.0 if c else 1.0)
-    return l0, l1

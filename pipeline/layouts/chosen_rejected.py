@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import MappedParquetShard
-from .votes import _column
+from .base import MappedParquetShard, column_or_nulls
 
 NAME = "chosen-rejected"
 IMAGES = ("chosen", "rejected")
@@ -32,7 +31,8 @@ def shard(path: Path) -> MappedParquetShard:
 
     def mapper(table):
         n = table.num_rows
-        out = {"caption": table[prompt], "jpg_0": _column(table, "chosen"), "jpg_1": _column(table, "rejected"),
+        out = {"caption": table[prompt], "jpg_0": column_or_nulls(table, "chosen"),
+               "jpg_1": column_or_nulls(table, "rejected"),
                "label_0": pa.array([1.0] * n, pa.float64()), "label_1": pa.array([0.0] * n, pa.float64())}
         for c in table.column_names:
             if c not in (prompt, *IMAGES) and c not in out:

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 from ..errors import UserError
-from .base import MappedParquetShard
+from .base import MappedParquetShard, column_or_nulls
 
 NAME = "votes"
 NEEDS = ("prompt", "image1", "image2", "votes_image1", "votes_image2")
@@ -51,20 +51,13 @@ def check_schema(path: Path, schema) -> None:
                             "in votes_image1 and votes_image2.")
 
 
-def _column(table, name):
-    """``table[name]``, or nulls where the caller did not read that column (it is not selected)."""
-    import pyarrow as pa
-
-    return table[name] if name in table.column_names else pa.nulls(table.num_rows)
-
-
 def shard(path: Path, min_vote_margin: int) -> MappedParquetShard:
     import pyarrow as pa
 
     def mapper(table):
         v1, v2 = table["votes_image1"].to_pylist(), table["votes_image2"].to_pylist()
         labels = [decide(a, b, min_vote_margin) for a, b in zip(v1, v2)]
-        out = {RENAMED[c]: _column(table, c) for c in ("prompt", "image1", "image2")}
+        out = {RENAMED[c]: column_or_nulls(table, c) for c in ("prompt", "image1", "image2")}
         out["label_0"] = pa.array([lab[0] for lab in labels], pa.float64())
         out["label_1"] = pa.array([lab[1] for lab in labels], pa.float64())
         margin = [None if a is None or b is None else a - b for a, b in zip(v1, v2)]

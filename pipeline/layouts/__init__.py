@@ -124,6 +124,8 @@ def detect_layout(spec, split: str = SPLIT, input_format: str = "auto") -> tuple
             raise UserError(f"--input-format {input_format} reads {LAYOUT_NEEDS[input_format]}; '{spec}' holds none "
                             f"({_found_text(found)}).")
         return input_format, name, found[kind]
+    if len(found) > 1 and "json" in found and not any(map(_looks_hpdv3, found["json"])):
+        del found["json"]  # e.g. a config.json beside Parquet shards: not records, not a second layout
     if not found:
         raise UserError(f"No Parquet files in '{spec}', nor JSON or tar files (a folder is searched as "
                         f"datasets.load_dataset searches it). Each layout needs: {_needs_text()}.")
@@ -140,6 +142,17 @@ def detect_layout(spec, split: str = SPLIT, input_format: str = "auto") -> tuple
         raise UserError(f"{files[0]} fits several layouts ({', '.join(matches)}); pass --input-format with one of "
                         f"them ({'; '.join(f'{m}: {LAYOUT_NEEDS[m]}' for m in matches)}).")
     return (matches[0] if matches else "pickapic"), name, files
+
+
+def _looks_hpdv3(path: Path) -> bool:
+    """Whether a JSON file's first record has HPDv3's fields (False for any JSON that is not records)."""
+    from .json_records import JsonRecords
+
+    try:
+        first = next((rec for _, rec in JsonRecords(path).read(limit=1)), None)
+    except UserError:
+        return False
+    return isinstance(first, dict) and all(k in first for k in hpdv3.NEEDS)
 
 
 def _found_text(found: dict) -> str:

@@ -130,6 +130,10 @@ def test_bad_inputs_are_one_line(tmp_path):
     message = error(mixed)
     assert "ambiguous" in message and "json" in message and "parquet" in message and "--input-format" in message
     assert "--input-format webdataset reads .tar shards" in error(mixed, input_format="webdataset")
+    stray = tmp_path / "stray"
+    write_votes(stray / "votes.parquet")
+    (stray / "config.json").write_text('{"seed": 1}')
+    assert detect_layout(stray)[0] == "votes"  # a JSON that is not records is no second layout
     cr = write_chosen_rejected(tmp_path / "c.parquet")
     assert "lacks column(s) image1, image2, votes_image1" in error(cr, input_format="votes")
     (tmp_path / "empty").mkdir()

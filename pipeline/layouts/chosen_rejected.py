@@ -20,10 +20,14 @@ RULE = "chosen-rejected: the chosen column's image is preferred (jpg_0 = chosen,
 
 
 def prompt_column(names) -> str | None:
+    """The prompt column among ``names``: ``prompt``, else ``caption``, else None."""
     return next((c for c in ("prompt", "caption") if c in names), None)
 
 
 def shard(path: Path) -> MappedParquetShard:
+    """One chosen/rejected Parquet file as an input shard (``chosen`` -> ``jpg_0``, labelled chosen).
+
+    Raises UserError: the file is not Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

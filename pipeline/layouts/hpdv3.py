@@ -33,6 +33,8 @@ SUFFIXES = (".json", ".jsonl")
 
 
 def schema():
+    """The Arrow schema of an HPDv3 shard's rows: the Pick-a-Pic columns (images as Image structs naming
+    the files), then :data:`KEPT`."""
     import pyarrow as pa
 
     fields = [("caption", pa.string()), ("jpg_0", image_struct()), ("jpg_1", image_struct()),

@@ -26,6 +26,7 @@ RENAMED = {"prompt": "caption", "image1": "jpg_0", "image2": "jpg_1"}
 
 
 def rule(min_vote_margin: int) -> str:
+    """The label rule in words, for manifests and cards."""
     return (f"votes: the image with more votes is chosen when it leads by >= {min_vote_margin} vote(s); "
             "equal votes are ties and smaller leads undecided (both dropped as ties)")
 
@@ -52,6 +53,9 @@ def check_schema(path: Path, schema) -> None:
 
 
 def shard(path: Path, min_vote_margin: int) -> MappedParquetShard:
+    """One vote-count Parquet file as an input shard (labels by :func:`decide`).
+
+    Raises UserError: the file is not Parquet, or a vote column is not a number."""
     import pyarrow as pa
 
     def mapper(table):

@@ -30,6 +30,7 @@ RULE = "webdataset: label_0/label_1 as the tar's label_0.txt/label_1.txt give th
 
 
 def schema():
+    """The Arrow schema of a tar shard's rows: the Pick-a-Pic columns (images as Image structs) and ``key``."""
     import pyarrow as pa
 
     return pa.schema([("caption", pa.string()), ("jpg_0", image_struct()), ("jpg_1", image_struct()),
@@ -37,6 +38,7 @@ def schema():
 
 
 def is_tar(path: Path) -> bool:
+    """Whether ``path`` names a tar shard (``.tar``, ``.tar.gz``, ``.tgz``)."""
     return path.name.endswith(SUFFIXES)
 
 

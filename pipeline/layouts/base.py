@@ -113,7 +113,7 @@ class ParquetShard(InputShard):
         try:
             self.file = pq.ParquetFile(self.path)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for non-Parquet bytes
-            raise UserError(f"Could not read {self.path}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"{self.path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
     @property
     def schema_arrow(self):

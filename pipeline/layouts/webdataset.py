@@ -80,7 +80,8 @@ class TarShard(InputShard):
         try:
             return tarfile.open(self.path, mode="r|*" if stream else "r:*")
         except (tarfile.TarError, OSError) as exc:
-            raise UserError(f"Could not read {self.path} as a tar file ({type(exc).__name__}: {exc}).") from None
+            why = (str(exc).splitlines() or [""])[0].rstrip(":")  # tarfile lists each compression it tried below
+            raise UserError(f"Could not read {self.path} as a tar file ({type(exc).__name__}: {why}).") from None
 
     def _samples(self, images: bool = True):
         """Each sample as ``{ext: bytes}`` plus ``__key__``; image bytes read only when ``images``."""

@@ -5,6 +5,9 @@ A folder is read as ``datasets.load_dataset`` reads it (:func:`pipeline.shards.i
 snapshot of the hub's ``yuvalkirstain/pickapic_v2_no_images`` (``data/train-00000-of-000NN-<hash>.parquet``
 plus validation and test splits) gives the caption column of its ``--prompt-split``. Only that
 column is read from each Parquet file, so a Pick-a-Pic snapshot WITH images reads no image bytes.
+Public preference inputs (:mod:`pipeline.layouts`) give their prompts too: a vote-count or
+chosen/rejected Parquet by its ``prompt`` column, an HPDv3 JSON (or a folder of them) by its
+records' ``prompt``, WebDataset tars by each sample's caption member.
 """
 from __future__ import annotations
 
@@ -121,6 +124,38 @@ def _read_folder(path: Path, split: str, column: str | None) -> list:
     return [value for f in files for value in _read_parquet_column(f, column)]
 
 
+def _layout_captions(path: Path, split: str) -> list | None:
+    """The prompts of an HPDv3 JSON or WebDataset tar input (a file or a folder), read record by record;
+    None when ``path`` is not one (a ``.jsonl`` of ``{"caption": ...}`` objects is a prompt file)."""
+    from .layouts import LayoutOptions, detect_layout, hpdv3, open_pairs, webdataset
+    from .layouts.json_records import JsonRecords
+
+    name = path.name.lower()
+    if path.is_file():
+        if name.endswith(hpdv3.SUFFIXES):
+            try:
+                first = next((rec for _, rec in JsonRecords(path).read(limit=1)), None)
+            except UserError:  # not records at all: the prompt-file reader says what is wrong, in its words
+                return None
+            if not (isinstance(first, dict) and all(k in first for k in hpdv3.NEEDS)):
+                return None
+            layout = "hpdv3"
+        elif name.endswith(webdataset.SUFFIXES):
+            layout = "webdataset"
+        else:
+            return None
+    else:
+        try:
+            layout = detect_layout(path, split)[0]
+        except UserError:
+            return None
+        if layout not in ("hpdv3", "webdataset"):
+            return None
+    pairs = open_pairs(path, split, LayoutOptions(input_format=layout))
+    return [c for shard in pairs.shards for batch in shard.iter_batches(4096, ["caption"])
+            for c in batch.column(0).to_pylist()]
+
+
 def _read_dataset(name: str, split: str, column: str | None) -> list:
     import datasets
 
@@ -146,7 +181,8 @@ def load_prompts(
     """Read prompts, dropping empty ones and (unless asked) duplicates, keeping first-seen order.
 
     ``source``: a file (.txt, .jsonl, .csv, .parquet), a folder of Parquet shards (its ``split``, found
-    as ``datasets`` finds splits), or a ``datasets`` name (its ``split``). ``column`` names the prompt
+    as ``datasets`` finds splits), a public preference input (an HPDv3 .json/.jsonl, WebDataset .tar
+    shards, or a folder of them: their captions), or a ``datasets`` name (its ``split``). ``column`` names the prompt
     column (default ``caption``, else ``prompt``).
 
     Raises:
@@ -154,7 +190,9 @@ def load_prompts(
     """
     path = Path(source).expanduser()
     if path.exists():
-        raw = _read_folder(path, split, column) if path.is_dir() else _read_file(path, column)
+        raw = _layout_captions(path, split)
+        if raw is None:
+            raw = _read_folder(path, split, column) if path.is_dir() else _read_file(path, column)
     elif (path.suffix.lower() in FILE_SUFFIXES or "/" not in source or source.startswith(("/", ".", "~"))
           or source.count("/") > 1):  # a hub dataset id is "org/name"; anything else is a path
         raise UserError(f"Prompt file '{source}' does not exist.")

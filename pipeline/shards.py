@@ -277,15 +277,17 @@ def add_counts(total: dict, stats: dict) -> None:
             add_counts(total.setdefault(key, {}), value)
 
 
-def folder_splits(folder: str | Path) -> dict[str, list[Path]]:
-    """A folder's Parquet files by split, found as ``datasets.load_dataset(folder)`` finds them.
+def folder_splits(folder: str | Path, extensions: tuple[str, ...] = (".parquet",)) -> dict[str, list[Path]]:
+    """A folder's Parquet files (or files of other ``extensions``) by split, found as
+    ``datasets.load_dataset(folder)`` finds them.
 
     Follows ``datasets.data_files.get_data_patterns`` (the hub's conventions, in its order): shard
     names ``data/<split>-00000-of-00004[-<hash>].parquet`` (a Pick-a-Pic snapshot, our own outputs),
     then split folders (``train/``, ``data/test/``), then split keywords in file names
-    (``train.parquet``, ``test_0.parquet``; ``validation_unique.parquet`` counts as ``validation``),
-    else every file as one ``train`` split. Only ``.parquet`` files are kept; a split without one
-    is left out, so the result may be empty. Paths start with ``folder`` as given, sorted per split.
+    (``train.parquet``, ``test_0.parquet``; ``validation_unique.parquet`` counts as ``validation``;
+    HPDv3's ``train.json`` / ``test.json``), else every file as one ``train`` split. Only files whose
+    names end with one of ``extensions`` are kept; a split without one is left out, so the result
+    may be empty. Paths start with ``folder`` as given, sorted per split.
 
     Raises UserError when the shard names hold a split name ``datasets`` refuses.
     """
@@ -306,13 +308,42 @@ def folder_splits(folder: str | Path) -> dict[str, list[Path]]:
         names: set[str] = set()
         for pattern in split_patterns:
             try:
-                names.update(resolve_pattern(pattern, escaped, allowed_extensions=[".parquet"]))
+                names.update(resolve_pattern(pattern, escaped))
             except FileNotFoundError:  # datasets lists every keyword pattern of a split; most match nothing
                 continue
-        files = sorted(os.path.relpath(n, base) for n in names if n.endswith(".parquet"))
+        files = sorted(os.path.relpath(n, base) for n in names if _has_extension(n, extensions))
         if files:
             found[str(split)] = [folder / f for f in files]
     return found
+
+
+def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:
+    return str(name).lower().endswith(extensions)
+
+
+def split_files(spec: str | Path, split: str = SPLIT, extensions: tuple[str, ...] = (".parquet",),
+                other_kinds: tuple[str, ...] = ()) -> tuple[str, list[Path]]:
+    """:func:`input_split`'s search for files with one of ``extensions``, an empty list where there are none.
+
+    A file is taken as given unless its name has one of ``other_kinds``' extensions (a file of
+    another kind); a glob keeps its matches with ``extensions``.
+
+    Raises UserError when the input does not exist, or a folder holds several splits but not ``split``.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if any(ch in text for ch in "*?["):
+        return split, sorted(Path(p) for p in glob.glob(str(path)) if _has_extension(p, extensions))
+    if path.is_dir():
+        found = folder_splits(path, extensions)
+        if len(found) > 1 and split not in found:
+            raise UserError(
+                f"{spec} holds the splits {', '.join(found)} but no '{split}'; pass --split with one of them."
+            )
+        return (split, found[split]) if split in found else next(iter(found.items()), (split, []))
+    if path.exists():
+        return split, ([] if _has_extension(path.name, other_kinds) else [path])
+    raise UserError(f"Input '{spec}' does not exist.")
 
 
 def input_split(spec: str | Path, split: str = SPLIT) -> tuple[str, list[Path]]:
@@ -322,26 +353,13 @@ def input_split(spec: str | Path, split: str = SPLIT) -> tuple[str, list[Path]]:
     A folder with one split gives all its files, whatever that split is called (our own outputs,
     ``data/train-KKKKK-of-NNNNN.parquet``, a bare ``pairs.parquet``); one with several gives only
     ``split``'s, so a Pick-a-Pic snapshot's validation and test pairs never leak into training
-    data. A file or a glob is taken as given and said to be ``split``.
+    data. A file or a glob is taken as given and said to be ``split``. Other input layouts (JSON,
+    tar shards) are found by :func:`pipeline.layouts.open_pairs`, with :func:`split_files`.
 
     Raises UserError when the input does not exist, holds no Parquet file, or holds several splits
     but not ``split`` (the message names the splits found).
     """
-    text = str(spec)
-    path = Path(text).expanduser()
-    if any(ch in text for ch in "*?["):
-        name, files = split, sorted(Path(p) for p in glob.glob(str(path)) if p.endswith(".parquet"))
-    elif path.is_dir():
-        found = folder_splits(path)
-        if len(found) > 1 and split not in found:
-            raise UserError(
-                f"{spec} holds the splits {', '.join(found)} but no '{split}'; pass --split with one of them."
-            )
-        name, files = (split, found[split]) if split in found else next(iter(found.items()), (split, []))
-    elif path.exists():
-        name, files = split, [path]
-    else:
-        raise UserError(f"Input '{spec}' does not exist.")
+    name, files = split_files(spec, split)
     if not files:
         raise UserError(f"No Parquet files in '{spec}' (a folder is searched as datasets.load_dataset searches it).")
     return name, files

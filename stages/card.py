@@ -80,7 +80,7 @@ def write_card(cfg, root: Path, source, labeler, totals: dict, num_shards: int, 
     generation = (
         {k: gen_cfg[k] for k in GENERATION_KEYS if k in gen_cfg}
         if gen_cfg
-        else {"source": "not a mapo-data generate output"}
+        else {"source": "not a mapo-data generate output", **(getattr(source, "layout", None) or {})}
     )
     reasons = totals.get("drop_reasons", {})
     drop_table = (

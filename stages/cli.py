@@ -59,7 +59,7 @@ def inspect(cfg: InspectConfig):
     """Summarise a label or generate output: counts, label balance, drop reasons, score histograms."""
     from .inspect import inspect_output, render_text, write_html
 
-    summary = inspect_output(cfg.directory)
+    summary = inspect_output(cfg.directory, cfg.layout)
     typer.echo(render_text(summary))
     if cfg.html:
         path = write_html(cfg.directory, cfg.html, samples=cfg.samples, seed=cfg.seed)

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
+from pipeline.layouts import LayoutOptions
 from pipeline.options import at_least, check_options, option
 from pipeline.shards import read_manifest
 
@@ -35,10 +36,13 @@ HIST_WIDTH = 40
 class InspectConfig:
     """``mapo-data inspect``: every option, declared once (:mod:`pipeline.options`)."""
 
-    directory: str = option(argument=True, help="A label or generate output folder.")
+    directory: str = option(argument=True, help=(
+        "A label or generate output folder, or a public preference input (HPDv3 JSON, vote-count or "
+        "chosen/rejected Parquet, WebDataset tars: see --input-format)."))
     html: str | None = option(None, help="Also write a self-contained HTML page with sampled pairs here.")
     samples: int = option(24, check=at_least(1), help="Pairs shown in the HTML page.")
     seed: int = option(0, help="Sampling seed for the HTML page.")
+    layout: LayoutOptions = field(default_factory=LayoutOptions)
 
     def validate(self) -> "InspectConfig":
         """The declared checks; raises UserError when --html names a folder (before the summary is printed)."""
@@ -128,9 +132,30 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
     return "\n".join(lines) + note
 
 
-def inspect_output(directory: str) -> Summary:
+def _input_summary(directory: str, layout: LayoutOptions | None) -> Summary | None:
+    """A public-layout input (``pipeline.layouts``) as it is: pairs per label outcome, missing images, the
+    vote-margin histogram; None for a mapo-data output or Pick-a-Pic Parquet."""
+    from pipeline.layouts.summary import summarize_input
+
+    c = summarize_input(directory, options=layout)
+    if c is None:
+        return None
+    s = Summary(directory, f"{c['layout']} input, not a mapo-data", f"label rule: {c['rule']}", c["shards"],
+                c["pairs"], 0, label_balance=c["outcomes"])
+    if c["missing_images"] > 0:
+        s.drop_reasons = {"an image not found (not extracted / absent from the tar)": c["missing_images"]}
+    if c["margins"]:
+        s.histograms["vote margin (votes_image1 - votes_image2)"] = text_histogram(c["margins"])
+    return s
+
+
+def inspect_output(directory: str, layout: LayoutOptions | None = None) -> Summary:
+    """What ``directory`` holds (see the module docstring); ``layout``: how to read a public-layout input."""
     import polars as pl
 
+    raw = _input_summary(directory, layout)
+    if raw is not None:
+        return raw
     root = Path(directory)
     if not root.is_dir():
         raise UserError(f"{directory} is not a folder.")

@@ -13,6 +13,7 @@ shards carry ``datasets`` features and the folder gets a dataset card (README.md
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from pathlib import Path
 from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
+from pipeline.layouts import LayoutOptions, as_shard, open_pairs
 from pipeline.options import (
     PANEL_IO,
     check_options,
@@ -31,7 +33,7 @@ from pipeline.options import (
     overwrite_option,
     split_option,
 )
-from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest
+from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, read_manifest
 from pipeline.stage_runner import ShardedStage, run_sharded
 
 from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
@@ -56,6 +58,7 @@ class LabelConfig:
     license: str = option("other", panel=PANEL_IO, help="License written into the dataset card.")
     overwrite: bool = overwrite_option()
     split: str = split_option()
+    layout: LayoutOptions = field(default_factory=LayoutOptions)
 
     def validate(self) -> "LabelConfig":
         """The declared checks and the labeler's (see :meth:`LabelerSpec.resolved_labeler`)."""
@@ -106,21 +109,22 @@ class LabelResult:
 
 @dataclass
 class LabelInput:
-    kind: str  # "generate" (ours) or "pickapic"
-    files: list[Path]
+    kind: str  # "generate" (ours), "pickapic" or another layout of pipeline.layouts
+    files: list[Path]  # the input shards (pipeline.layouts.InputShard: path-like, read like a ParquetFile)
     manifest: dict | None
     split: str = SPLIT  # the split the files belong to; the output shards are named after it
+    layout: dict | None = None  # another layout's name, settings and label rule (pipeline.layouts), for the card
 
     def fingerprint(self) -> str:
         parts = [str((self.manifest or {}).get("fingerprint"))] + [f"{f.name}:{f.stat().st_size}" for f in self.files]
+        if self.layout:
+            parts.append(json.dumps(self.layout, sort_keys=True))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def open_input(path: str, split: str = SPLIT) -> LabelInput:
+def open_input(path: str, split: str = SPLIT, layout: LayoutOptions | None = None) -> LabelInput:
     """Find the input shards (``split``'s, where the folder holds several) and check they are pairs
-    we can label, or fail in one line (UserError). Splits follow ``pipeline.shards.input_split``."""
-    import pyarrow.parquet as pq
-
+    we can label, or fail in one line (UserError). Splits and layouts follow ``pipeline.layouts.open_pairs``."""
     root = Path(path)
     if not root.exists():
         raise UserError(f"--input {path} does not exist.")
@@ -136,14 +140,13 @@ def open_input(path: str, split: str = SPLIT) -> LabelInput:
             raise UserError(
                 f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first."
             )
-    if not root.is_dir() and root.suffix != ".parquet":
-        raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file.")
-    split, files = input_split(root, split)
+    if not root.is_dir() and not root.name.endswith((".parquet", ".json", ".jsonl", ".tar", ".tar.gz", ".tgz")):
+        raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file (nor an "
+                        "HPDv3 .json/.jsonl or a WebDataset .tar).")
+    pairs = open_pairs(root, split, layout)
+    split, files = pairs.split, pairs.shards
     for f in files:
-        try:
-            schema = pq.read_schema(f)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
-            raise UserError(f"{f} is not a readable Parquet file ({type(exc).__name__}).") from None
+        schema = f.schema_arrow
         missing = [c for c in REQUIRED if c not in schema.names]
         images = [c for c in schema.names if c == "jpg_0" or c == "jpg_1" or (c.startswith("jpg_") and c[4:].isdigit())]
         wrong = [c for c in images if not is_image_column(schema.field(c).type)]
@@ -154,7 +157,8 @@ def open_input(path: str, split: str = SPLIT) -> LabelInput:
                 f"(needs caption, jpg_0, jpg_1 as encoded image bytes or datasets Image structs; "
                 f"found {', '.join(schema.names[:12])})."
             )
-    return LabelInput("generate" if manifest is not None else "pickapic", files, manifest, split)
+    kind = "generate" if manifest is not None else pairs.layout
+    return LabelInput(kind, files, manifest, split, pairs.describe() if kind not in ("generate", "pickapic") else None)
 
 
 # Generation recipes each target can label: style pairs by their style prompt; safety judges
@@ -340,12 +344,11 @@ def label_batch(batch, labeler, base_dir: Path | None = None):
 def label_shard(out: ShardedOutput, k: int, path: Path, labeler, batch_size: int, bar=None) -> dict:
     """Label one input file into output shard k, written atomically; returns its stats."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from pipeline.hf_features import with_hf_features
 
     t0 = time.perf_counter()
-    pf = pq.ParquetFile(path)
+    pf = as_shard(path)  # any input layout (pipeline.layouts), read like a ParquetFile
     kept_parts, rejected_parts = [], []
     rows_in = 0
     batches = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_size))
@@ -413,10 +416,10 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
-    source = open_input(cfg.input, cfg.split)
+    source = open_input(cfg.input, cfg.split, cfg.layout)
     _check_recipe_fits_target(source, cfg.labeler.target)
     cfg.labeler = _with_style_text(cfg.labeler, source)
-    check_output_apart(cfg.output, source.files)
+    check_output_apart(cfg.output, [Path(f) for f in source.files])
     device = resolve_device(accelerator_device(cfg.device))
     known = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
              "batch_size": cfg.labeler.batch_size}
@@ -432,9 +435,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     out = ShardedOutput(cfg.output, STAGE, identity, len(source.files), config, split=source.split)
 
     def count_pairs(todo: list[int]) -> int:
-        import pyarrow.parquet as pq
-
-        return sum(pq.ParquetFile(source.files[k]).metadata.num_rows for k in todo)
+        return sum(as_shard(source.files[k]).metadata.num_rows for k in todo)
 
     run = run_sharded(ShardedStage(
         STAGE, out, lambda k, pool, bar: label_shard(out, k, source.files[k], labeler, cfg.labeler.batch_size, bar),

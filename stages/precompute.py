@@ -20,7 +20,7 @@ import json
 import math
 import time
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.distributed import accelerator_device, current_process
@@ -39,6 +39,7 @@ from pipeline.latent_shards import (
     sidecar,
     to_storage,
 )
+from pipeline.layouts import LayoutOptions, as_shard, open_pairs
 from pipeline.models import (
     DEFAULT_MODEL,
     check_model_available,
@@ -67,7 +68,7 @@ from pipeline.options import (
 )
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
-from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_split, read_manifest, write_json_atomic
+from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, read_manifest, write_json_atomic
 from pipeline.stage_runner import ShardedStage, run_sharded
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
@@ -130,6 +131,7 @@ class PrecomputeConfig:
                              help="Pairs per VAE call (and captions per text-encoder call).")
     overwrite: bool = overwrite_option()
     split: str = split_option()
+    layout: LayoutOptions = field(default_factory=LayoutOptions)
 
     def validate(self) -> "PrecomputeConfig":
         """The declared checks.
@@ -167,12 +169,8 @@ class PrecomputeResult:
 
 # -- input -----------------------------------------------------------------------------------
 def _parquet(f: Path):
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(f)
-    except Exception as exc:  # pyarrow raises several types for non-Parquet bytes
-        raise UserError(f"Could not read {f}: {str(exc).splitlines()[0]}") from None
+    """An input shard (``pipeline.layouts``: any layout, read like a ParquetFile); a path is read as Parquet."""
+    return as_shard(f)
 
 
 def input_shape(files: list[Path]) -> InputShape:
@@ -249,13 +247,11 @@ def _classify_row(shape: InputShape, caption, *labels) -> tuple[str, int | None]
 
 def caption_owners(files: list[Path], shape: InputShape = PAIRS) -> list[list[str]]:
     """For each shard, the captions it encodes: those whose first pair (or example) in the input is in it."""
-    import pyarrow.parquet as pq
-
     seen: set[str] = set()
     owned: list[list[str]] = []
     for f in files:
         columns = ["caption", *shape.labels]
-        table = pq.read_table(f, columns=columns)
+        table = _parquet(f).read(columns=columns)
         mine = []
         for cap, *labels in zip(*(table.column(c).to_pylist() for c in columns)):
             if _classify_row(shape, cap, *labels)[0] in ("pair", "example") and (cid := text_id(cap)) not in seen:
@@ -320,6 +316,8 @@ def _prepare_rows(rows: list[dict], start: int, cfg: PrecomputeConfig, base_dir:
             continue
         blobs, problems = _image_blobs(row, base_dir, shape.images)
         pid = _pair_id(row, blobs, shape)
+        if kind == "pair" and blobs["jpg_0"] and blobs["jpg_0"] == blobs["jpg_1"]:
+            kind = "reject:identical images"  # no preference to learn from (e.g. a duplicated path)
         if kind not in ("pair", "example"):
             rejects.append({"source_row": source_row, "pair_id": pid, "caption": row["caption"], "reason": kind[7:]})
             continue
@@ -422,13 +420,13 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     """Write shard k: latent/caption side files first, then rejects + stats, the pair (example) table last."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     views = 2 if cfg.flip == "both" else 1
-    names = pq.ParquetFile(path).schema_arrow.names
+    path = _parquet(path)
+    names = path.schema_arrow.names
     columns = list(shape.columns) + ([shape.id_column] if shape.id_column in names else [])
-    batches = pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size, columns=columns)
+    batches = path.iter_batches(batch_size=cfg.batch_size, columns=columns)
     rows, rejects, means, logvars = [], [], [], []
     ties = start = 0
     # Decoding and resizing the next batch (threads: PIL releases the GIL) overlaps the VAE.
@@ -562,10 +560,13 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
-    split, files = input_split(cfg.input, cfg.split)
-    check_output_apart(cfg.output, files)
+    pairs = open_pairs(cfg.input, cfg.split, cfg.layout)
+    split, files = pairs.split, pairs.shards
+    check_output_apart(cfg.output, pairs.files)
     shape = input_shape(files)
     source = _check_columns(files, shape)
+    if pairs.layout != "pickapic":  # the layout and its label rule, in the manifest's "input"
+        source.update(pairs.describe())
     if cfg.resolution is None:
         cfg.resolution = default_resolution(cfg.model)
     device = resolve_device(accelerator_device(cfg.device))
@@ -638,6 +639,4 @@ class _PrecomputeShards:
 
 
 def _num_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
+    return _parquet(path).metadata.num_rows

@@ -136,11 +136,11 @@ class RewardLabeler:
     def calibrate(self, files: Sequence[Path], read_batch: int = 64) -> dict[str, Scale]:
         """Fit each judge's scale on the candidates of the first :attr:`calibration_rows` rows of ``files``
         (in order; undecodable candidates left out). No candidate at all: mean 0, std 1."""
-        import pyarrow.parquet as pq
+        from pipeline.layouts import as_shard
 
         images, prompts, left = [], [], self.calibration_rows
         for f in files:
-            pf = pq.ParquetFile(f)
+            pf = as_shard(f)  # any input layout (pipeline.layouts), read like a ParquetFile
             k = candidate_count(pf.schema_arrow.names)
             for batch in pf.iter_batches(
                 batch_size=min(read_batch, left), columns=["caption"] + [f"jpg_{i}" for i in range(k)]
@@ -343,13 +343,12 @@ def build_reward_labeler(spec, device: str = "cpu", source=None) -> RewardLabele
     labeler = RewardLabeler(scorers, weights, spec.pair_rule, spec.min_gap, versions, spec.calibration_rows)
     if source is not None:
         if "world-prompt" in weights:
-            import pyarrow.parquet as pq
-
+            from pipeline.layouts import as_shard
             from pipeline.world.judges import WorldPromptJudge
 
             try:
                 WorldPromptJudge.check_prompts(
-                    [c for f in source.files for c in pq.read_table(f, columns=["caption"])["caption"].to_pylist()]
+                    [c for f in source.files for c in as_shard(f).read(columns=["caption"])["caption"].to_pylist()]
                 )
             except UserError as exc:
                 raise UserError(f"the world-prompt judge reads only miniature-world captions: {exc}") from None

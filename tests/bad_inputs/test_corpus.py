@@ -26,6 +26,7 @@ import pytest
 
 from tests.helpers import read_table, run_cli, write_prompts
 from tests.image_fixtures import geometric_scene, gray, png, write_pickapic
+from tests.layout_fixtures import PAIRS, write_hpdv3, write_votes, write_wds
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -344,6 +345,29 @@ CASES = [
          "does not exist"),
     Case("label-input-missing", "missing input", "data", lambda c: lab(c, src=c.tmp / "none"), "does not exist"),
     Case("precompute-input-missing", "missing input", "data", lambda c: pre(c, src=c.tmp / "none"), "does not exist"),
+    # -- public input layouts (issue 27): HPDv3 JSON, vote counts, WebDataset tars ---------------------------
+    Case("precompute-json-not-records", "input layout", "data",
+         lambda c: pre(c, src=c.file("in/records.json", '{"data": [1, 2]}')), "is not a list of HPDv3 records"),
+    Case("label-json-list-of-numbers", "input layout", "data",
+         lambda c: lab(c, src=c.file("in/records.json", "[1, 2, 3]")), "its first record is a JSON int"),
+    Case("precompute-json-cut-short", "input layout", "data",
+         lambda c: pre(c, src=c.file("in/records.json", '[{"prompt": "a", "path1": "x.png", "path2": "y.png"}, {"pro')),
+         "not valid JSON at byte"),
+    Case("precompute-votes-not-a-number", "input layout", "data", lambda c: pre(c, src=_string_votes(c)),
+         "column votes_image1 is string, not a number"),
+    Case("precompute-ambiguous-layout", "input layout", "data", lambda c: pre(c, src=_mixed_layouts(c)),
+         "is ambiguous", fix=lambda c, args: [*args, "--input-format", "votes"]),
+    Case("precompute-forced-format-mismatch", "input layout", "data",
+         lambda c: pre(c, "--input-format", "webdataset", src=write_hpdv3(c.tmp / "in")), "reads .tar shards"),
+    Case("precompute-image-root-missing", "input layout", "data",
+         lambda c: pre(c, "--image-root", c.tmp / "nope", src=write_hpdv3(c.tmp / "in")), "is not a folder"),
+    Case("precompute-tar-not-a-tar", "input layout", "data",
+         lambda c: pre(c, src=c.file("in/00000.tar", "not a tar file at all\n" * 40)), "as a tar file"),
+    Case("inspect-json-not-records", "input layout", "data",
+         lambda c: ["inspect", c.file("in/records.json", '"text"')], "is not a list of records"),
+    Case("generate-prompts-json-cut-short", "input layout", "data",
+         lambda c: gen(c, prompts=c.file("in/records.json", '[{"prompt": "a", "path1": "x", "path2": "y"}, {"p')),
+         "not valid JSON at byte"),
     Case("train-data-missing", "missing input", "train", lambda c: trn(c, data=c.tmp / "none"), "does not exist"),
     Case("eval-candidate-missing", "missing input", "eval", lambda c: evl(c, "--candidate", c.tmp / "none"),
          "none' does not exist"),
@@ -500,7 +524,23 @@ class Counted:
     id: str
     args: Callable[[Ctx], list]
     says: tuple  # phrases of the command's summary line
-    reasons: list  # the rejects/ table's reasons, in order
+    reasons: list | Callable[[Ctx], list]  # the rejects/ table's reasons, in order (or made from the test's Ctx)
+
+
+def _string_votes(c: Ctx) -> Path:
+    """A vote-count Parquet whose votes_image1 holds text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = write_votes(c.tmp / "in" / "votes.parquet")
+    pq.write_table(pq.read_table(path).set_column(3, "votes_image1", pa.array(["7", "3", "7"])), path)
+    return path
+
+
+def _mixed_layouts(c: Ctx) -> Path:
+    """A folder of both an HPDv3 JSON and a vote-count Parquet."""
+    write_hpdv3(c.tmp / "in", name="records.json")
+    return write_votes(c.tmp / "in" / "votes.parquet").parent
 
 
 def _pickapic_rows(c: Ctx, rows, labels, name="in/pairs.parquet") -> Path:
@@ -534,6 +574,41 @@ COUNTED = [
 ]
 
 
+COUNTED += [
+    Counted("precompute-identical-images", lambda c: pre(c, src=_pickapic_rows(
+        c, [("kept", _scene(), _flat()), ("same twice", _scene(), _scene())], [(1.0, 0.0), (0.0, 1.0)])),
+        ("1 pair in 1 shard ", "1 rejected"), reasons=["identical images"]),
+    Counted("precompute-hpdv3-image-not-extracted",
+            lambda c: pre(c, src=write_hpdv3(c.tmp / "in", skip_image=1)), ("2 pairs in 1 shard ", "1 rejected"),
+            reasons=lambda c: [f"jpg_1: image file not readable (FileNotFoundError: {(c.tmp / 'in').resolve()}"
+                               "/images/1-b.png)"]),
+    Counted("precompute-tar-member-absent",
+            lambda c: pre(c, src=write_wds(c.tmp / "in" / "00000.tar", drop=(0, "jpg_0.jpg"))),
+            ("2 pairs in 1 shard ", "1 rejected"),
+            reasons=lambda c: [f"jpg_0: image file not readable (NotADirectoryError: {(c.tmp / 'in').resolve()}"
+                               "/00000.tar/000000.jpg_0)"]),
+    Counted("precompute-tar-label-not-a-number",
+            lambda c: pre(c, src=write_wds(c.tmp / "in" / "00000.tar", labels=[("1", "0"), ("one", "0"), ("0", "1")])),
+            ("2 pairs in 1 shard ", "1 rejected"), reasons=["missing label"]),
+    Counted("precompute-votes-tie-and-null", lambda c: pre(c, src=_votes_tie_and_null(c)),
+            ("1 pair in 1 shard ", "1 tie dropped", "1 rejected"), reasons=["missing label"]),
+    Counted("label-hpdv3-image-not-extracted", lambda c: ["label", "--input", write_hpdv3(c.tmp / "in", skip_image=2),
+                                                          "--output", c.out, "--target", "safety", "--labeler",
+                                                          "construction"],
+            ("2 kept, 1 rejected",), reasons=["corrupt image"]),
+]
+
+
+def _votes_tie_and_null(c: Ctx) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = write_votes(c.tmp / "in" / "votes.parquet", PAIRS, votes=[(9, 1), (4, 4), (2, 1)])
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(3, "votes_image1", pa.array([9, 4, None], pa.int64())), path)
+    return path
+
+
 @pytest.mark.parametrize("case", COUNTED, ids=[c.id for c in COUNTED])
 def test_counted_reject(case: Counted, shared, tmp_path):
     ctx = Ctx(shared, tmp_path)
@@ -542,7 +617,7 @@ def test_counted_reject(case: Counted, shared, tmp_path):
     assert "Traceback" not in result.output and "error:" not in result.output, result.output
     assert all(words in result.output for words in case.says), result.output
     rejects = read_table(ctx.out, "rejects").to_pylist()
-    assert [r["reason"] for r in rejects] == case.reasons
+    assert [r["reason"] for r in rejects] == (case.reasons(ctx) if callable(case.reasons) else case.reasons)
     assert json.loads((ctx.out / "manifest.json").read_text())["status"] == "complete"
 
 

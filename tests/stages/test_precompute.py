@@ -344,7 +344,7 @@ def test_overlapping_output_and_extreme_aspect(tmp_path):
     pick = tmp_path / "pick"
     (pick / "data").mkdir(parents=True)
     pq.write_table(pa.table({"caption": ["ok", "strip"], "jpg_0": [png(64, 64), png(8, 512)],
-                             "jpg_1": [png(64, 64), png(64, 64)], "label_0": [1, 1], "label_1": [0, 0]}),
+                             "jpg_1": [png(64, 72), png(64, 64)], "label_0": [1, 1], "label_1": [0, 0]}),
                    pick / "data" / "train-00000-of-00001.parquet")
     result = run_cli(
         app, ["precompute", "--input", pick, "--output", pick, "--model", "tiny-sdxl", *RES, "--overwrite"]

@@ -21,6 +21,16 @@ app = typer.Typer(
 )
 
 
+def _nothing_to_do(stage: str, written: int, skipped: int, output, seconds: float, where: str = "") -> bool:
+    """Print one line and return True when a rerun found every shard of its configuration done (none written,
+    some skipped): the usual summary would read "0 pairs in 0 shards", as if the stage had failed to make any."""
+    if written or not skipped:
+        return False
+    typer.echo(f"{stage}:{where} nothing to do: {output} already holds all {count(skipped, 'shard')} of this "
+               f"configuration (--overwrite to redo) | {seconds:.1f}s total")
+    return True
+
+
 @app.callback()
 def _group():
     """Build MaPO preference data: generate pairs, label them, precompute latents."""
@@ -33,6 +43,9 @@ def generate(cfg: GenerateConfig):
 
     result = run_generate(cfg)
     where = f" process {result.process[0]}/{result.process[1]}:" if result.process[1] > 1 else ""
+    if _nothing_to_do("generate", result.shards_written, result.shards_skipped, result.output, result.seconds,
+                      where.rstrip(":")):
+        return
     k = cfg.recipe.images_per_prompt
     made = (count(result.pairs_written, "pair") if k == 2
             else f"{count(result.pairs_written, 'prompt')} x {k} candidates")
@@ -51,7 +64,9 @@ def label(cfg: LabelConfig):
     """Label generated pairs into a Pick-a-Pic / MaPO preference dataset with a dataset card."""
     from .label import run_label
 
-    typer.echo(run_label(cfg).summary())
+    r = run_label(cfg)
+    if not _nothing_to_do("label", r.shards_written, r.shards_skipped, r.output, r.seconds):
+        typer.echo(r.summary())
 
 
 @command(app, InspectConfig)
@@ -73,6 +88,8 @@ def precompute(cfg: PrecomputeConfig):
     from .precompute import run_precompute
 
     r = run_precompute(cfg)
+    if _nothing_to_do("precompute", r.shards_written, r.shards_skipped, r.output, r.seconds):
+        return
     if r.shape == "unpaired":  # the examples' balance: KTO data is often imbalanced (normal)
         share = f"{100 * r.desirable / r.pairs_written:.1f}%" if r.pairs_written else "-"
         typer.echo(f"precompute: {count(r.pairs_written, 'unpaired example')} ({r.desirable} desirable, {share}) in "

@@ -397,11 +397,10 @@ def _probe(labeler, source: LabelInput, rows: int = 4) -> None:
         UserError: whatever the labeler raises on those rows.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if hasattr(labeler, "label_table") or not source.files:
         return
-    first = next(pq.ParquetFile(source.files[0]).iter_batches(batch_size=rows), None)
+    first = next(as_shard(source.files[0]).iter_batches(batch_size=rows), None)  # any input layout
     if first is not None and first.num_rows:
         label_rows(pa.Table.from_batches([first]), labeler, source.files[0].parent)
 
@@ -445,11 +444,10 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         write_card(cfg, out.root, source, labeler, run.summed, out.num_shards, split=out.split)
         _warn_if_nothing_kept(run.summed, out.root)
     t = run.totals
-    import pyarrow.parquet as pq
-
     from .reward_label import candidate_count
 
-    k = candidate_count(pq.read_schema(source.files[0]).names) if source.files else 2
+    # The shared reader's schema: an input in another layout (HPDv3 JSON, a tar) is no Parquet file to read here.
+    k = candidate_count(as_shard(source.files[0]).schema_arrow.names) if source.files else 2
     return LabelResult(cfg.output, t.get("pairs_in", 0), t.get("kept", 0), t.get("rejected", 0),
                        t.get("disagreements", 0),
                        len(run.todo), run.skipped, time.perf_counter() - t_start, run.loop_seconds,

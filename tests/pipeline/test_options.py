@@ -302,7 +302,7 @@ def test_an_output_folder_repeats_its_options(tmp_path):
     first = run_cli(data_app, ["generate", "--prompts", prompts, "--output", tmp_path / "out", *fast])
     assert first.exit_code == 0, first.output
     again = run_cli(data_app, ["generate", "--config", tmp_path / "out"])
-    assert again.exit_code == 0 and "(1 already done)" in again.output, again.output  # same options: resumed
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output  # same options: resumed
     other = run_cli(data_app, ["generate", "--config", tmp_path / "out" / "manifest.json", "--seed", "8"])
     assert other.exit_code == 2 and "differs in: seed" in other.output  # the command line wins
     wrong = run_cli(data_app, ["precompute", "--config", tmp_path / "out"])

@@ -6,7 +6,6 @@ model_card); this file only wires them together on an accelerate ``Accelerator``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import signal
 import sys
@@ -26,6 +25,7 @@ from .losses import kto_saturation_warning
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
 from .run_folder import DEBUG_DIR, METRICS_FILE, MetricsLog, check_resume_config, claim_run_folder, write_run_config
+from .sharding import check_engine_request, enable_fsdp2, engine_record, gathered_model, shard_frozen, weights_digest
 from .step import Objective, compute_loss, step_generator
 from .validation import Validator
 
@@ -43,6 +43,7 @@ class TrainResult:
     seconds: float = 0.0
     saved: str | None = None  # unet/ folder or LoRA file
     is_main: bool = True  # the main process (the one that saved and prints the summary)
+    distributed: dict = field(default_factory=dict)  # train.sharding.engine_record: the engine that ran
 
 
 class Trainer:
@@ -65,6 +66,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         cfg = self.cfg
+        sharded = check_engine_request(cfg) == "fsdp2"  # an engine this run cannot honour: refused here
         if cfg.use_8bit_adam:  # fail before any model is loaded
             from pipeline.errors import require
 
@@ -85,6 +87,8 @@ class Trainer:
             log_with=self._trackers() or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
+        if sharded:
+            enable_fsdp2(acc)
         if cfg.compile and acc.is_main_process:
             print("--compile: the UNet's transformer blocks compile during the first steps (slower, tens of seconds "
                   "on a CPU; once per shape)", file=sys.stderr)
@@ -95,6 +99,8 @@ class Trainer:
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         self.models = setup_models(cfg, self.weight_dtype, acc.device)
         unet = self.models.unet
+        if acc.is_fsdp2 and self.models.reference is not None and cfg.reference_device != "cpu":
+            shard_frozen(acc, self.models.reference)
         if cfg.objective == "spo":  # online: prompts in, samples drawn by the policy (train/spo.py)
             from .spo import OnlineSpo
 
@@ -122,6 +128,8 @@ class Trainer:
         # wrapper would step it once per process) and saved with the checkpoint.
         self.lr_scheduler = build_lr_scheduler(cfg, optimizer, self.total_steps)
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        if acc.is_fsdp2:  # fully_shard replaced the weights with sharded ones
+            self.params = trainable_parameters(self.unet)
         self.state = TrainState()
         acc.register_for_checkpointing(self.lr_scheduler, self.data.sampler, self.state)
         if cfg.is_lora:
@@ -272,6 +280,7 @@ class Trainer:
             "prediction_type": self.models.prediction_type,
             "num_train_timesteps": self.models.num_train_timesteps,
             "world_size": self.accelerator.num_processes,
+            "distributed": engine_record(self.accelerator),
             "total_steps": self.total_steps,
             "pairs_per_step": (
                 self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes
@@ -499,19 +508,18 @@ class Trainer:
 
     def _write_checksum(self, step: int, indices: list) -> None:
         """Per-rank digest of the trainable weights: equal on all ranks after every step (test hook)."""
-        h = hashlib.sha256()
-        for p in self.params:
-            h.update(p.detach().float().cpu().numpy().tobytes())
+        digest = weights_digest(self.params)  # every rank: FSDP2 gathers each shard
         folder = self.out / DEBUG_DIR
         folder.mkdir(parents=True, exist_ok=True)
         idx = [i if isinstance(i, int) else list(i) for i in indices]
         with open(folder / f"weights-rank{self.accelerator.process_index}.jsonl", "a") as fh:
-            fh.write(json.dumps({"step": step, "checksum": h.hexdigest(), "indices": idx}) + "\n")
+            fh.write(json.dumps({"step": step, "checksum": digest, "indices": idx}) + "\n")
 
     def _validate(self, step: int) -> None:
         acc = self.accelerator
-        if acc.is_main_process:
-            self.validator.run(acc.unwrap_model(self.unet), step, acc.device, acc.autocast, acc.trackers)
+        with gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
+            if acc.is_main_process:
+                self.validator.run(unet, step, acc.device, acc.autocast, acc.trackers)
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ save
@@ -520,21 +528,27 @@ class Trainer:
 
     def save_final(self, final_metrics: dict) -> str:
         """unet/ (full fine-tune) or the LoRA file, the model card, and a before/after grid."""
-        acc, cfg = self.accelerator, self.cfg
+        acc = self.accelerator
         acc.wait_for_everyone()
         saved = None
-        if acc.is_main_process:
-            unet = acc.unwrap_model(self.unet)
-            if cfg.is_lora:
-                saved = str(save_lora(unet, self.out, self.models.family))
-            else:
-                unet.save_pretrained(self.out / "unet", safe_serialization=True)
-                saved = str(self.out / "unet")
-            write_model_card(self.out, self.resolved_config(), final_metrics, self._data_info())
-            if self.validator is not None:
-                self.validator.run(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
-                self.validator.before_after(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
+        with gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
+            if acc.is_main_process:
+                saved = self._save_final_on_main(unet, final_metrics)
         acc.wait_for_everyone()
+        return saved
+
+    def _save_final_on_main(self, unet, final_metrics: dict) -> str:
+        """The main process's part of save_final, on the whole (unsharded) trained ``unet``."""
+        acc, cfg = self.accelerator, self.cfg
+        if cfg.is_lora:
+            saved = str(save_lora(unet, self.out, self.models.family))
+        else:
+            unet.save_pretrained(self.out / "unet", safe_serialization=True)
+            saved = str(self.out / "unet")
+        write_model_card(self.out, self.resolved_config(), final_metrics, self._data_info())
+        if self.validator is not None:
+            self.validator.run(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
+            self.validator.before_after(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
         return saved
 
     # ------------------------------------------------------------------ cleanup
@@ -603,6 +617,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         trainer.setup()
         result = trainer.train()
         result.is_main = trainer.accelerator.is_main_process
+        result.distributed = engine_record(trainer.accelerator)
         return result
     finally:
         trainer.cleanup()

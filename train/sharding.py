@@ -136,6 +136,16 @@ def engine_record(accelerator) -> dict:
     return {"engine": engine, "num_processes": accelerator.num_processes}
 
 
+def setup_device(accelerator, cfg):
+    """Where the models are built before ``prepare``: under FSDP2 the CPU (``fully_shard`` and accelerate's
+    ``cpu_ram_efficient_loading`` move each unit's shard to the GPU, so no GPU ever holds a whole UNet: SDXL's
+    policy and DPO reference in fp32 would be 20.6 GB on every GPU first); else the accelerator's device. An
+    offloaded reference (``--reference-device cpu``) needs the GPU as its execution device: then too."""
+    if accelerator.is_fsdp2 and cfg.reference_device != "cpu":
+        return "cpu"
+    return accelerator.device
+
+
 def shard_frozen(accelerator, module):
     """Shard a frozen module (DPO's / KTO's reference UNet) like the policy: one FSDP unit per block the plugin's
     wrap policy picks, then the root, with the plugin's mixed precision and offload policies, so each process holds

@@ -18,6 +18,7 @@ from pipeline.options import options_record
 from pipeline.progress import progress_bar
 from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 
+from . import sharding
 from .checkpoint import TrainState, checkpoint_step, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .config import TrainConfig
 from .data import TrainData, batch_stream, check_data_matches_model, open_training_latents, training_sampler
@@ -25,7 +26,6 @@ from .losses import kto_saturation_warning
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
 from .run_folder import DEBUG_DIR, METRICS_FILE, MetricsLog, check_resume_config, claim_run_folder, write_run_config
-from .sharding import check_engine_request, enable_fsdp2, engine_record, gathered_model, shard_frozen, weights_digest
 from .step import Objective, compute_loss, step_generator
 from .validation import Validator
 
@@ -66,7 +66,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         cfg = self.cfg
-        sharded = check_engine_request(cfg) == "fsdp2"  # an engine this run cannot honour: refused here
+        sharded = sharding.check_engine_request(cfg) == "fsdp2"  # an engine this run cannot honour: refused here
         if cfg.use_8bit_adam:  # fail before any model is loaded
             from pipeline.errors import require
 
@@ -88,7 +88,7 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         if sharded:
-            enable_fsdp2(acc)
+            sharding.enable_fsdp2(acc)
         if cfg.compile and acc.is_main_process:
             print("--compile: the UNet's transformer blocks compile during the first steps (slower, tens of seconds "
                   "on a CPU; once per shape)", file=sys.stderr)
@@ -97,10 +97,10 @@ class Trainer:
             if warning:
                 print(warning, file=sys.stderr)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        self.models = setup_models(cfg, self.weight_dtype, acc.device)
+        self.models = setup_models(cfg, self.weight_dtype, sharding.setup_device(acc, cfg))
         unet = self.models.unet
         if acc.is_fsdp2 and self.models.reference is not None and cfg.reference_device != "cpu":
-            shard_frozen(acc, self.models.reference)
+            sharding.shard_frozen(acc, self.models.reference)
         if cfg.objective == "spo":  # online: prompts in, samples drawn by the policy (train/spo.py)
             from .spo import OnlineSpo
 
@@ -280,7 +280,7 @@ class Trainer:
             "prediction_type": self.models.prediction_type,
             "num_train_timesteps": self.models.num_train_timesteps,
             "world_size": self.accelerator.num_processes,
-            "distributed": engine_record(self.accelerator),
+            "distributed": sharding.engine_record(self.accelerator),
             "total_steps": self.total_steps,
             "pairs_per_step": (
                 self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes
@@ -508,7 +508,7 @@ class Trainer:
 
     def _write_checksum(self, step: int, indices: list) -> None:
         """Per-rank digest of the trainable weights: equal on all ranks after every step (test hook)."""
-        digest = weights_digest(self.params)  # every rank: FSDP2 gathers each shard
+        digest = sharding.weights_digest(self.params)  # every rank: FSDP2 gathers each shard
         folder = self.out / DEBUG_DIR
         folder.mkdir(parents=True, exist_ok=True)
         idx = [i if isinstance(i, int) else list(i) for i in indices]
@@ -517,7 +517,7 @@ class Trainer:
 
     def _validate(self, step: int) -> None:
         acc = self.accelerator
-        with gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
+        with sharding.gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
             if acc.is_main_process:
                 self.validator.run(unet, step, acc.device, acc.autocast, acc.trackers)
         acc.wait_for_everyone()
@@ -531,7 +531,7 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         saved = None
-        with gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
+        with sharding.gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
             if acc.is_main_process:
                 saved = self._save_final_on_main(unet, final_metrics)
         acc.wait_for_everyone()
@@ -617,7 +617,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         trainer.setup()
         result = trainer.train()
         result.is_main = trainer.accelerator.is_main_process
-        result.distributed = engine_record(trainer.accelerator)
+        result.distributed = sharding.engine_record(trainer.accelerator)
         return result
     finally:
         trainer.cleanup()

@@ -165,6 +165,17 @@ def shard_frozen(accelerator, module):
     return module
 
 
+def accumulation_context(accelerator, model, last: bool):
+    """The context of one micro-batch's backward. DDP: no gradient sync but on the ``last`` micro-batch (one
+    all-reduce per step). FSDP2: each micro-batch's gradients are reduce-scattered at once into the sharded
+    accumulated gradients: accelerate's ``no_sync`` would keep every weight's whole, unsharded gradient on every GPU
+    until the last micro-batch (SDXL: 10.3 GB in fp32), the memory FSDP2 exists to split; the price is one
+    reduce-scatter per micro-batch instead of per step."""
+    if last or accelerator.is_fsdp2:
+        return contextlib.nullcontext()
+    return accelerator.no_sync(model)
+
+
 def _plain_class(model):
     """The model's own class: ``fully_shard`` swaps a module's class for an ``FSDP<Class>`` subclass."""
     from torch.distributed.fsdp import FSDPModule

@@ -409,8 +409,8 @@ class Trainer:
             # Read outside autocast: stacking fp16 storage under CPU bf16 autocast raises (train.data.to_compute).
             batch = next(stream) if stream is not None else None
             gen = step_generator(cfg.seed, state.global_step, acc.process_index, micro)
-            # DDP syncs gradients on the last micro-batch only.
-            sync = acc.no_sync(self.unet) if micro < accum - 1 else contextlib.nullcontext()
+            # DDP syncs gradients on the last micro-batch only (FSDP2 on every one: sharding.accumulation_context).
+            sync = sharding.accumulation_context(acc, self.unet, last=micro == accum - 1)
             with sync:
                 with acc.autocast():
                     out = self._micro_batch_loss(batch, gen, lora_base)

@@ -139,16 +139,22 @@ def test_fsdp2_killed_then_resumed_equals_uninterrupted(straight, latents_sdxl, 
         [{k: v for k, v in r.items() if k not in drop} for r in rows(straight[0])]
 
 
-def test_diffusion_dpo_under_fsdp2_with_bf16_checkpointing_and_validation(tmp_path, latents_sd15):
-    """The reference UNet is sharded like the policy; at step 1 it equals the policy, so the loss is ln 2."""
-    out = tmp_path / "dpo"
-    _launch(FSDP2, train_args(latents_sd15, out, "tiny-sd15", 2, "--objective", "dpo", "--batch-size", "1",
-                              "--mixed-precision", "bf16", "--gradient-checkpointing", "--validation-prompts",
-                              "a red square", "--validation-seeds", "1", "--validation-steps", "1"))
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_reference_objectives_under_fsdp2_with_bf16_checkpointing_and_validation(tmp_path, latents_sd15, objective):
+    """The reference UNet is sharded like the policy: at step 1 both compute the same errors (DPO's loss is ln 2)."""
+    out = tmp_path / objective
+    validation = ("--validation-prompts", "a red square", "--validation-seeds", "1", "--validation-steps", "1")
+    _launch(FSDP2, train_args(latents_sd15, out, "tiny-sd15", 2, "--objective", objective, "--batch-size", "1",
+                              "--mixed-precision", "bf16", "--gradient-checkpointing",
+                              *(validation if objective == "dpo" else ())))
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert math.isclose(first["loss"], math.log(2), rel_tol=1e-6), first
-    assert sorted(p.name for p in (out / "validation").iterdir()) == [
-        "before_after.png", "step-000000.png", "step-000001.png", "step-000002.png"]
+    if objective == "dpo":
+        assert math.isclose(first["loss"], math.log(2), rel_tol=1e-6), first
+        assert sorted(p.name for p in (out / "validation").iterdir()) == [
+            "before_after.png", "step-000000.png", "step-000001.png", "step-000002.png"]
+    else:
+        assert first["e"] == first["ref_e"], first
+    assert json.loads((out / "training_config.json").read_text())["distributed"]["engine"] == "fsdp2"
     from diffusers import UNet2DConditionModel
 
     UNet2DConditionModel.from_pretrained(out / "unet")

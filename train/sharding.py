@@ -136,6 +136,22 @@ def engine_record(accelerator) -> dict:
     return {"engine": engine, "num_processes": accelerator.num_processes}
 
 
+def check_resume_engine(out, saved: dict, accelerator) -> None:
+    """Refuse to resume a run whose checkpoints another engine wrote: FSDP2's are sharded
+    (torch.distributed.checkpoint folders), DDP's and one process's whole (``model.safetensors``), and neither loads
+    the other's. ``saved``: the run's recorded training_config.json (without ``distributed``: written before
+    engines were recorded, so by DDP or one process).
+
+    Raises:
+        UserError: the engines differ.
+    """
+    before = (saved.get("distributed") or {}).get("engine", "ddp")
+    if saved and (before == "fsdp2") != accelerator.is_fsdp2:
+        now = engine_record(accelerator)["engine"]
+        raise UserError(f"Cannot resume '{out}': its checkpoints were written by {before} and this launch runs "
+                        f"{now}; launch it as it was launched (see {DOCS}), or use a new --output-dir.")
+
+
 def setup_device(accelerator, cfg):
     """Where the models are built before ``prepare``: under FSDP2 the CPU (``fully_shard`` and accelerate's
     ``cpu_ram_efficient_loading`` move each unit's shard to the GPU, so no GPU ever holds a whole UNet: SDXL's

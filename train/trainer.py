@@ -136,6 +136,7 @@ class Trainer:
             self._register_adapter_only_checkpoints()
         if resume is not None:
             saved = check_resume_config(self.out, self.resolved_config())
+            sharding.check_resume_engine(self.out, saved, acc)
             self._check_steps_left(resume, saved)
             load_checkpoint(acc, resume)
             if self.state.global_step != checkpoint_step(resume):

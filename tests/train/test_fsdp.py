@@ -139,6 +139,19 @@ def test_fsdp2_killed_then_resumed_equals_uninterrupted(straight, latents_sdxl, 
         [{k: v for k, v in r.items() if k not in drop} for r in rows(straight[0])]
 
 
+def test_a_run_is_resumed_by_the_engine_that_wrote_its_checkpoints(straight, latents_sdxl, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight[0], out)
+    proc = subprocess.run(_launch_cmd(DDP, train_args(latents_sdxl, out, "tiny-sdxl", STEPS + 1, *ARGS,
+                                                      "--resume-from-checkpoint", "latest")),
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode != 0
+    assert "error: Cannot resume" in proc.stdout + proc.stderr
+    assert "written by fsdp2 and this launch runs ddp" in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("objective", ["dpo", "kto"])
 def test_reference_objectives_under_fsdp2_with_bf16_checkpointing_and_validation(tmp_path, latents_sd15, objective):
     """The reference UNet is sharded like the policy: at step 1 both compute the same errors (DPO's loss is ln 2)."""

@@ -27,7 +27,7 @@ class ProcessInfo:
 
 
 def _launched_multi_process() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_processes() > 1
 
 
 def runs_on_cpu() -> bool:

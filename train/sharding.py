@@ -30,26 +30,23 @@ FSDP2_LAUNCH = "accelerate launch --use_fsdp --fsdp_version 2 ..."
 
 # Options whose code works on whole weight tensors or a whole model, refused under a sharded engine.
 _SHARDED_REFUSALS = (
-    ("is_lora", "LoRA under FSDP2 is not supported (an adapter is a few MB: plain data parallel fits it); launch a "
-                "LoRA run without --use_fsdp"),
-    ("optimizer_in_backward", "--optimizer-in-backward steps whole weights inside the backward pass, before FSDP2's "
-                              "reduce-scatter has averaged their gradients; drop it under FSDP2 (sharding already "
-                              "splits gradients and optimizer state over the processes)"),
-    ("bf16_master_weights", "--master-weights bf16 (BF16AdamW) updates flat chunks of whole weights, which FSDP2 "
-                            "shards; under FSDP2 keep fp32 master weights (sharded) and add --mixed-precision bf16"),
-    ("use_8bit_adam", "--use-8bit-adam (bitsandbytes) is not tested on FSDP2's sharded weights; drop it under FSDP2"),
-    ("compile", "--compile is not supported under FSDP2 yet; drop it"),
-    ("online", "--objective spo samples images with the policy on each process, which is not supported under FSDP2; "
-               "launch it without --use_fsdp"),
+    (lambda cfg: cfg.is_lora,
+     "LoRA under FSDP2 is not supported (an adapter is a few MB: plain data parallel fits it); launch a LoRA run "
+     "without --use_fsdp"),
+    (lambda cfg: cfg.optimizer_in_backward,
+     "--optimizer-in-backward steps whole weights inside the backward pass, before FSDP2's reduce-scatter has "
+     "averaged their gradients; drop it under FSDP2 (sharding already splits gradients and optimizer state over the "
+     "processes)"),
+    (lambda cfg: cfg.master_weights == "bf16",
+     "--master-weights bf16 (BF16AdamW) updates flat chunks of whole weights, which FSDP2 shards; under FSDP2 keep "
+     "fp32 master weights (sharded) and add --mixed-precision bf16"),
+    (lambda cfg: cfg.use_8bit_adam,
+     "--use-8bit-adam (bitsandbytes) is not tested on FSDP2's sharded weights; drop it under FSDP2"),
+    (lambda cfg: cfg.compile, "--compile is not supported under FSDP2 yet; drop it"),
+    (lambda cfg: cfg.objective == "spo",
+     "--objective spo samples images with the policy on each process, which is not supported under FSDP2; launch "
+     "it without --use_fsdp"),
 )
-
-
-def _has(cfg, name: str) -> bool:
-    if name == "bf16_master_weights":
-        return cfg.master_weights == "bf16"
-    if name == "online":
-        return cfg.objective == "spo"
-    return bool(getattr(cfg, name))
 
 
 def check_engine_request(cfg) -> str | None:
@@ -71,8 +68,8 @@ def check_engine_request(cfg) -> str | None:
     if engine != "fsdp2":
         raise UserError(f"FSDP version {engine[4:]} is not supported; launch with --use_fsdp --fsdp_version 2 "
                         f"(FSDP2; see {DOCS}).")
-    for name, message in _SHARDED_REFUSALS:
-        if _has(cfg, name):
+    for applies, message in _SHARDED_REFUSALS:
+        if applies(cfg):
             raise UserError(f"{message}.")
     if launched_processes() < 2:
         raise UserError("FSDP2 shards over several processes but this launch has one; launch with --num_processes 2 "

@@ -68,6 +68,9 @@ def check_engine_request(cfg) -> str | None:
     if engine != "fsdp2":
         raise UserError(f"FSDP version {engine[4:]} is not supported; launch with --use_fsdp --fsdp_version 2 "
                         f"(FSDP2; see {DOCS}).")
+    if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
+        raise UserError("--fsdp_activation_checkpointing is not tested with mapo-train (accelerate wraps the UNet's "
+                        "blocks); use mapo-train's --gradient-checkpointing (diffusers' own, tested under FSDP2).")
     for applies, message in _SHARDED_REFUSALS:
         if applies(cfg):
             raise UserError(f"{message}.")

@@ -205,6 +205,8 @@ def test_options_that_cannot_shard_are_refused_in_one_line(tmp_path, latents_sdx
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "WORLD_SIZE": "2"}, "FSDP version 1 is not supported"),
     ({"ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "2"}, "FSDP version 1 is not supported"),  # accelerate's default
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "1"}, "this launch has one"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"},
+     "use mapo-train's --gradient-checkpointing"),
 ])
 def test_engines_that_cannot_be_honoured_are_refused_in_one_line(tmp_path, latents_sdxl, monkeypatch, env, message):
     """What `accelerate launch --use_deepspeed` / `--use_fsdp` set: refused, never run as another engine. (Without

@@ -30,8 +30,8 @@ ARGS = ("--gradient-accumulation-steps", "2", "--max-grad-norm", "0.05", "--chec
 STEPS = 4
 # FSDP2 vs DDP after 4 AdamW steps at lr 1e-3 (each weight moves by up to ~4e-3): the engines sum gradients in
 # another order (reduce-scatter of shards vs all-reduce of buckets), so weights differ in float32's last bits and
-# Adam's normalisation carries that on. Measured: max |diff| 4e-5 after 3 steps; a wrong engine (a missing
-# reduction, a shard updated twice) moves weights by ~1e-3.
+# Adam's normalisation carries that on. Measured on these 4 steps: max |diff| 1.7e-5, while the weights moved by up
+# to 4.0e-3 from the base; a wrong engine (a missing reduction, a shard updated twice) is off by ~1e-3.
 ATOL = 2e-4
 
 
@@ -95,7 +95,7 @@ def test_fsdp2_shards_records_its_engine_and_trains_like_ddp(straight, latents_s
     base = load_base_unet_and_scheduler("tiny-sdxl")[0].state_dict()
     moved = max((b[k] - base[k]).abs().max().item() for k in b)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert moved > 20 * ATOL and diff < ATOL, (moved, diff)
+    assert moved > 10 * ATOL and diff < ATOL, (moved, diff)
     # The final UNet is a normal diffusers folder, gathered from the shards.
     loaded = UNet2DConditionModel.from_pretrained(out / "unet")
     assert all(torch.equal(loaded.state_dict()[k], a[k]) for k in a)

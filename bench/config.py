@@ -118,6 +118,9 @@ class BenchConfig:
     gpu_memory: list[float] = option(default_factory=lambda: [24.0, 48.0, 80.0, 141.0], check=_gpu_memory_check,
                                      help="With --estimate: card sizes in GB (read as GiB) to fit the largest batch "
                                           "in.")
+    engine: str = option("single", choices=("single", "ddp", "fsdp2"), help=(
+        "With --estimate: the engine mapo-train runs (single, ddp, fsdp2); memory is per GPU (bench/engines.py)."))
+    num_processes: int = option(1, help="With --estimate: the number of GPUs (processes) --engine runs on.")
     worker_timeout_s: int = 1800
 
     def resolved(self) -> BenchConfig:
@@ -144,6 +147,8 @@ class BenchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1.")
         if out.warmup < 0 or out.lora_rank < 1:
             raise UserError("--warmup must be >= 0 and --lora-rank >= 1.")
+        if out.num_processes < 1 or (out.engine == "single") != (out.num_processes == 1):
+            raise UserError("--engine single runs 1 process, ddp and fsdp2 2 or more: set --num-processes to match.")
         if out.peak_tflops is not None and out.peak_tflops <= 0:
             raise UserError("--peak-tflops must be > 0.")
         return out

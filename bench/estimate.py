@@ -25,6 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from .config import CONFIGURATIONS, BenchConfig
+from .engines import engine_refusal, fsdp2_unit_bytes, per_process_estimates
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations")
 CUDA_BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocation up to a multiple of this
@@ -165,6 +166,7 @@ class Estimate:
     # and update: about the GPU kernels it launches (a fused AdamW or an SDPA is one; CPU-only decompositions may
     # differ). Where a step is launch-bound (small batches on a fast GPU), time follows this count more than FLOPs.
     ops_per_step: int = 0
+    fsdp2_units: tuple = (0, 0)  # bench.engines.fsdp2_unit_bytes of the trained UNet: (largest block, root) bytes
 
 
 def fake_mode():
@@ -377,7 +379,8 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
     return Estimate(batch_size=batch_size, peak_bytes=live.peak_total, by_category=dict(live.peak),
                     setup_bytes=setup_peak,
                     flops={"forward": int(fwd), "backward": int(bwd), "executed": int(fwd + bwd), **model},
-                    trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0, ops_per_step=ops)
+                    trainable_parameters=step.trainable_parameters, seconds=time.perf_counter() - t0, ops_per_step=ops,
+                    fsdp2_units=fsdp2_unit_bytes(step.unet))
 
 
 def largest_batch_for(card_gib: float, peak_at_1: float, per_pair: float,
@@ -398,6 +401,7 @@ def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
     :data:`CARD_RESERVE_GIB`). Memory figures in MiB (2**20 bytes), FLOPs per optimizer step."""
     main = estimate_step(cfg, name, cfg.batch_size)
     more = estimate_step(cfg, name, cfg.batch_size + 1, count_flops=False)
+    main, more, engine = per_process_estimates(cfg, main, more)
     per_pair = max(more.peak_bytes - main.peak_bytes, 0)
     peak_at_1 = max(main.peak_bytes - (cfg.batch_size - 1) * per_pair, main.setup_bytes)
     return {
@@ -406,6 +410,7 @@ def estimate_configuration(cfg: BenchConfig, name: str, gpu_memory_gb) -> dict:
         "step_peak_mem_mb": main.peak_bytes / MIB,
         "setup_peak_mem_mb": main.setup_bytes / MIB,
         "mem_kind": "estimate",
+        "engine": engine,
         "mem_mb": {k: v / MIB for k, v in main.by_category.items()},
         "per_pair_mem_mb": per_pair / MIB,
         "batch_size": cfg.batch_size,  # the batch the estimate ran at (and one more): the max batch's base
@@ -433,6 +438,10 @@ def run_estimate(cfg: BenchConfig, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB) -> dict:
     for i, name in enumerate(cfg.configurations, 1):
         if CONFIGURATIONS[name].in_step:
             rows[name] = {"label": CONFIGURATIONS[name].label, "error": "not estimated (in-step encoders)"}
+            continue
+        refused = engine_refusal(cfg.engine, CONFIGURATIONS[name])
+        if refused:
+            rows[name] = {"label": CONFIGURATIONS[name].label, "error": refused}
             continue
         if dict(CONFIGURATIONS[name].options).get("compile"):
             rows[name] = {"label": CONFIGURATIONS[name].label, "error": "not estimated (torch.compile: measure it)"}
@@ -469,8 +478,9 @@ def format_estimate(result: dict) -> str:
     max batch per card."""
     s, rows = result["settings"], result["configurations"]
     cards = [f"{g:g}" for g in s["gpu_memory_gb"]]
-    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations", "+GiB/pair",
-            "TFLOP/step", "ops/step"]
+    parts = CATEGORIES + (("gathered",) if s.get("engine") == "fsdp2" else ())  # bench.engines: unsharded units
+    head = ["configuration", "peak GiB", "step peak", "weights", "grads", "optimizer", "activations",
+            *parts[len(CATEGORIES):], "+GiB/pair", "TFLOP/step", "ops/step"]
     head += [f"max batch {c} GB" for c in cards]
     lines = [head]
     for name, r in rows.items():
@@ -479,7 +489,7 @@ def format_estimate(result: dict) -> str:
             continue
         m = r["mem_mb"]
         lines.append([name, f"{r['peak_mem_mb'] / 1024:.2f}", f"{r['step_peak_mem_mb'] / 1024:.2f}"]
-                     + [f"{m[k] / 1024:.2f}" for k in CATEGORIES]
+                     + [f"{m[k] / 1024:.2f}" for k in parts]
                      + [f"{r['per_pair_mem_mb'] / 1024:.2f}", f"{r['flops']['executed'] / 1e12:.3g}",
                         str(r["ops_per_step"])]
                      + [_max_batch_cell(r["max_batch_by_gpu_gb"][c], r["batch_size"]) for c in cards])
@@ -487,7 +497,8 @@ def format_estimate(result: dict) -> str:
     out = [f"| {' | '.join(str(c).ljust(w) for c, w in zip(line, widths))} |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     ckpt = ", gradient checkpointing" if s["gradient_checkpointing"] else ""
-    out.insert(0, f"ESTIMATE (fake tensors, nothing allocated): {s['model']} at {s['resolution']} px, "
+    out.insert(0, f"ESTIMATE (fake tensors, nothing allocated), per GPU: {s['engine']} on {s['num_processes']} GPU(s), "
+                  f"{s['model']} at {s['resolution']} px, "
                   f"{s['batch_size']} pair(s) per step, {s['dtype']}{ckpt}; {result['seconds']:.0f} s\n")
     out.append("")
     out.append(f"Peak = allocator bytes (512-byte blocks), model setup included; parts at the step's peak; max batch "

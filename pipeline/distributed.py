@@ -27,7 +27,7 @@ class ProcessInfo:
 
 
 def _launched_multi_process() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_processes() > 1
 
 
 def runs_on_cpu() -> bool:
@@ -71,3 +71,28 @@ def accelerator_device(default: str = "auto") -> str:
 def wait_for_everyone() -> None:
     if _launched_multi_process():
         _state().wait_for_everyone()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def requested_engine() -> str | None:
+    """The sharding engine ``accelerate launch`` (its flags or a config file) asked for, read from the environment
+    the launcher sets: "deepspeed" (``ACCELERATE_USE_DEEPSPEED``), "fsdp1" / "fsdp2" (``ACCELERATE_USE_FSDP`` with
+    ``FSDP_VERSION``, whose default is accelerate's 1), or None (plain data parallel or one process).
+
+    Read without starting accelerate, so a run can refuse an engine it cannot honour before it touches its output
+    folder; on the CPU accelerate itself would ignore both requests and run DDP (``accelerate/state.py`` enables
+    FSDP and DeepSpeed only on accelerators).
+    """
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return "deepspeed"
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        return f"fsdp{os.environ.get('FSDP_VERSION', '1')}"
+    return None
+
+
+def launched_processes() -> int:
+    """The number of processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

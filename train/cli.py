@@ -35,7 +35,13 @@ def main(cfg: TrainConfig):
     summary = ", ".join(f"{k} {v}" for k, v in zip(keys, distinct_digits([m[k] for k in keys])))
     typer.echo(f"mapo-train: {count(result.steps - result.start_step, 'step')} ({result.start_step} -> {result.steps}) "
                f"in {result.seconds:.1f}s; {summary}; non-finite skipped {result.nonfinite_skipped}; "
-               f"saved {result.saved}")
+               f"saved {result.saved}; {_engine(result.distributed)}")
+
+
+def _engine(record: dict) -> str:
+    """The engine that ran, as the summary line says it: "engine fsdp2 on 2 processes", "engine single on 1 process"."""
+    n = record.get("num_processes", 1)
+    return f"engine {record.get('engine', 'single')} on {n} process{'es' if n != 1 else ''}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,6 @@ model_card); this file only wires them together on an accelerate ``Accelerator``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import signal
 import sys
@@ -19,6 +18,7 @@ from pipeline.options import options_record
 from pipeline.progress import progress_bar
 from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
 
+from . import sharding
 from .checkpoint import (
     TrainState,
     checkpoint_step,
@@ -59,6 +59,7 @@ class TrainResult:
     seconds: float = 0.0
     saved: str | None = None  # unet/ folder or LoRA file
     is_main: bool = True  # the main process (the one that saved and prints the summary)
+    distributed: dict = field(default_factory=dict)  # train.sharding.engine_record: the engine that ran
 
 
 class Trainer:
@@ -81,6 +82,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         cfg = self.cfg
+        sharded = sharding.check_engine_request(cfg) == "fsdp2"  # an engine this run cannot honour: refused here
         if cfg.use_8bit_adam:  # fail before any model is loaded
             from pipeline.errors import require
 
@@ -101,6 +103,8 @@ class Trainer:
             log_with=self._trackers() or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
+        if sharded:
+            sharding.enable_fsdp2(acc)
         if cfg.compile and acc.is_main_process:
             print("--compile: the UNet's transformer blocks compile during the first steps (slower, tens of seconds "
                   "on a CPU; once per shape)", file=sys.stderr)
@@ -109,8 +113,10 @@ class Trainer:
             if warning:
                 print(warning, file=sys.stderr)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-        self.models = setup_models(cfg, self.weight_dtype, acc.device)
+        self.models = setup_models(cfg, self.weight_dtype, sharding.setup_device(acc, cfg))
         unet = self.models.unet
+        if acc.is_fsdp2 and self.models.reference is not None and cfg.reference_device != "cpu":
+            sharding.shard_frozen(acc, self.models.reference)
         if cfg.objective == "spo":  # online: prompts in, samples drawn by the policy (train/spo.py)
             from .spo import OnlineSpo
 
@@ -135,12 +141,15 @@ class Trainer:
         # wrapper would step it once per process) and saved with the checkpoint.
         self.lr_scheduler = build_lr_scheduler(cfg, optimizer, self.total_steps)
         self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        if acc.is_fsdp2:  # fully_shard replaced the weights with sharded ones
+            self.params = trainable_parameters(self.unet)
         self.state = TrainState()
         acc.register_for_checkpointing(self.lr_scheduler, self.data.sampler, self.state)
         if cfg.is_lora:
             self._register_adapter_only_checkpoints()
         if resume is not None:
             saved = check_resume_config(self.out, self.resolved_config())
+            sharding.check_resume_engine(self.out, saved, acc)
             self._check_steps_left(resume, saved)
             load_checkpoint(acc, resume)
             continue_schedule(self.lr_scheduler)  # the (maybe new) curve's lr at the restored step, not the old one's
@@ -286,6 +295,7 @@ class Trainer:
             "prediction_type": self.models.prediction_type,
             "num_train_timesteps": self.models.num_train_timesteps,
             "world_size": self.accelerator.num_processes,
+            "distributed": sharding.engine_record(self.accelerator),
             "total_steps": self.total_steps,
             "pairs_per_step": (
                 self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes
@@ -419,8 +429,8 @@ class Trainer:
             # Read outside autocast: stacking fp16 storage under CPU bf16 autocast raises (train.data.to_compute).
             batch = next(stream) if stream is not None else None
             gen = step_generator(cfg.seed, state.global_step, acc.process_index, micro)
-            # DDP syncs gradients on the last micro-batch only.
-            sync = acc.no_sync(self.unet) if micro < accum - 1 else contextlib.nullcontext()
+            # DDP syncs gradients on the last micro-batch only (FSDP2 on every one: sharding.accumulation_context).
+            sync = sharding.accumulation_context(acc, self.unet, last=micro == accum - 1)
             with sync:
                 with acc.autocast():
                     out = self._micro_batch_loss(batch, gen, lora_base)
@@ -518,19 +528,18 @@ class Trainer:
 
     def _write_checksum(self, step: int, indices: list) -> None:
         """Per-rank digest of the trainable weights: equal on all ranks after every step (test hook)."""
-        h = hashlib.sha256()
-        for p in self.params:
-            h.update(p.detach().float().cpu().numpy().tobytes())
+        digest = sharding.weights_digest(self.params)  # every rank: FSDP2 gathers each shard
         folder = self.out / DEBUG_DIR
         folder.mkdir(parents=True, exist_ok=True)
         idx = [i if isinstance(i, int) else list(i) for i in indices]
         with open(folder / f"weights-rank{self.accelerator.process_index}.jsonl", "a") as fh:
-            fh.write(json.dumps({"step": step, "checksum": h.hexdigest(), "indices": idx}) + "\n")
+            fh.write(json.dumps({"step": step, "checksum": digest, "indices": idx}) + "\n")
 
     def _validate(self, step: int) -> None:
         acc = self.accelerator
-        if acc.is_main_process:
-            self.validator.run(acc.unwrap_model(self.unet), step, acc.device, acc.autocast, acc.trackers)
+        with sharding.gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
+            if acc.is_main_process:
+                self.validator.run(unet, step, acc.device, acc.autocast, acc.trackers)
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ save
@@ -539,21 +548,27 @@ class Trainer:
 
     def save_final(self, final_metrics: dict) -> str:
         """unet/ (full fine-tune) or the LoRA file, the model card, and a before/after grid."""
-        acc, cfg = self.accelerator, self.cfg
+        acc = self.accelerator
         acc.wait_for_everyone()
         saved = None
-        if acc.is_main_process:
-            unet = acc.unwrap_model(self.unet)
-            if cfg.is_lora:
-                saved = str(save_lora(unet, self.out, self.models.family))
-            else:
-                unet.save_pretrained(self.out / "unet", safe_serialization=True)
-                saved = str(self.out / "unet")
-            write_model_card(self.out, self.resolved_config(), final_metrics, self._data_info())
-            if self.validator is not None:
-                self.validator.run(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
-                self.validator.before_after(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
+        with sharding.gathered_model(acc, self.unet) as unet:  # whole on the main process (FSDP2: a gathered copy)
+            if acc.is_main_process:
+                saved = self._save_final_on_main(unet, final_metrics)
         acc.wait_for_everyone()
+        return saved
+
+    def _save_final_on_main(self, unet, final_metrics: dict) -> str:
+        """The main process's part of save_final, on the whole (unsharded) trained ``unet``."""
+        acc, cfg = self.accelerator, self.cfg
+        if cfg.is_lora:
+            saved = str(save_lora(unet, self.out, self.models.family))
+        else:
+            unet.save_pretrained(self.out / "unet", safe_serialization=True)
+            saved = str(self.out / "unet")
+        write_model_card(self.out, self.resolved_config(), final_metrics, self._data_info())
+        if self.validator is not None:
+            self.validator.run(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
+            self.validator.before_after(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
         return saved
 
     # ------------------------------------------------------------------ cleanup
@@ -622,6 +637,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         trainer.setup()
         result = trainer.train()
         result.is_main = trainer.accelerator.is_main_process
+        result.distributed = sharding.engine_record(trainer.accelerator)
         return result
     finally:
         trainer.cleanup()

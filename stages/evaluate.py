@@ -180,7 +180,7 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
         return
     for c in cands:
         if c.kind == "unet":
-            theirs = json.loads((Path(c.path) / "unet" / "config.json").read_text())
+            theirs = json.loads((Path(c.path) / c.denoiser_dir / "config.json").read_text())
         elif c.base_model and c.base_model != base_model:
             theirs = unet_config(c.base_model)
         else:
@@ -264,12 +264,15 @@ class _ModelSwitch:
     """Puts one model's weights into a single loaded base pipeline, and takes them out again."""
 
     def __init__(self, pipe, batch_invariant: bool):
-        self.pipe, self.base_unet, self.batch_invariant = pipe, pipe.unet, batch_invariant
+        from pipeline.families import family_of_pipe
+
+        self.family = family_of_pipe(pipe)
+        self.pipe, self.base_unet, self.batch_invariant = pipe, self.family.denoiser(pipe), batch_invariant
 
     def use(self, cand: Candidate | None) -> None:
         pipe = self.pipe
         if cand is not None and cand.kind == "unet":
-            pipe.unet = load_unet(cand, self.base_unet.dtype).to(pipe.device).eval()
+            self.family.set_denoiser(pipe, load_unet(cand, self.base_unet.dtype).to(pipe.device).eval())
         elif cand is not None:
             load_lora(pipe, cand)
         if self.batch_invariant:
@@ -279,7 +282,7 @@ class _ModelSwitch:
         if cand is None:
             return
         if cand.kind == "unet":
-            self.pipe.unet = self.base_unet
+            self.family.set_denoiser(self.pipe, self.base_unet)
         else:
             self.pipe.unload_lora_weights()
 

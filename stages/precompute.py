@@ -411,10 +411,9 @@ def _encode_captions(pipe, captions: list[str], batch_size: int, storage_dtype: 
 
 
 def _text_shapes(pipe) -> tuple[list[int], int | None]:
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        dim = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
-        return [pipe.tokenizer.model_max_length, dim], pipe.text_encoder_2.config.projection_dim
-    return [pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size], None
+    from pipeline.families import family_of_pipe
+
+    return family_of_pipe(pipe).text_shapes(pipe)
 
 
 def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str], cfg: PrecomputeConfig,
@@ -537,13 +536,14 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
 
 
 def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype, shape: InputShape = PAIRS) -> dict:
-    from pipeline.conditioning import is_sdxl
+    from pipeline.families import family_of_pipe
 
-    encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+    family = family_of_pipe(pipe)
+    encoders = family.encoder_modules(pipe)
     text_shape, pooled_dim = _text_shapes(pipe)
     side = cfg.resolution // pipe.vae_scale_factor
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "family": "sdxl" if is_sdxl(pipe) else "sd15",
+        "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
         "shape": shape.name,
         "model": cfg.model, "vae": cfg.vae, "text_encoders": [te.config._name_or_path for te in encoders],
         "resolution": cfg.resolution, "storage_dtype": cfg.storage_dtype, "compute_dtype": dtype,
@@ -612,7 +612,9 @@ class _PrecomputeShards:
         if proc.is_main:
             self.description = _describe(pipe, cfg, dtype_name(self.dtype), dtype_name(self.vae_dtype), self.shape)
         if self.previous is not None:  # same model id, but are they the same weights as the finished shards'?
-            encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+            from pipeline.families import family_of_pipe
+
+            encoders = family_of_pipe(pipe).encoder_modules(pipe)
             check_model({"latents": self.previous}, vae=pipe.vae, text_encoders=encoders)
         if todo:
             self.owners = caption_owners(self.files, self.shape)

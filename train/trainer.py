@@ -528,8 +528,11 @@ class Trainer:
             if cfg.is_lora:
                 saved = str(save_lora(unet, self.out, self.models.family))
             else:
-                unet.save_pretrained(self.out / "unet", safe_serialization=True)
-                saved = str(self.out / "unet")
+                from pipeline.families import get_family
+
+                folder = self.out / get_family(self.models.family).denoiser_dir  # unet/ or transformer/
+                unet.save_pretrained(folder, safe_serialization=True)
+                saved = str(folder)
             write_model_card(self.out, self.resolved_config(), final_metrics, self._data_info())
             if self.validator is not None:
                 self.validator.run(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
@@ -555,17 +558,17 @@ class Trainer:
 
 
 def save_lora(unet, output_dir: Path, family: str) -> Path:
-    """LoRA weights in the diffusers layout that ``pipe.load_lora_weights(output_dir)`` reads."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """LoRA weights in the diffusers layout that ``pipe.load_lora_weights(output_dir)`` reads (the family's
+    pipeline class writes them: ``unet.*`` keys for SD1.5/SDXL, ``transformer.*`` for SD3)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    from pipeline.families import get_family
+
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     # The adapter's config (lora_alpha above all) goes into the file's metadata: without it
     # load_lora_weights assumes alpha = rank and applies an alpha != rank adapter at the wrong scale.
-    cls.save_lora_weights(str(output_dir), unet_lora_layers=layers, safe_serialization=True,
-                          unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    get_family(family).save_lora(layers, str(output_dir), unet.peft_config["default"].to_dict())
     return Path(output_dir) / LORA_FILE
 
 

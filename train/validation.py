@@ -36,11 +36,13 @@ class Validator:
         import torch
 
         from pipeline.conditioning import note_truncation, quiet_truncation_warnings
+        from pipeline.families import family_of_pipe
 
         was_training = unet.training
         unet.eval()
         pipe = self.pipe
-        pipe.unet = unet
+        family = family_of_pipe(pipe)
+        family.set_denoiser(pipe, unet)
         pipe.to(device)
         try:
             rows = []
@@ -55,7 +57,7 @@ class Validator:
                         row.append(out.images[0])
                     rows.append(row)
         finally:
-            pipe.unet = None
+            family.set_denoiser(pipe, None)
             pipe.to("cpu")
             unet.train(was_training)
         return rows

@@ -274,7 +274,7 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
             # the safety recipe would lose its unsafe images, and labeling is our classifiers' job.
             overrides.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe = _call_loader("Model", model, DiffusionPipeline.from_pretrained, source, torch_dtype=dt, **overrides)
-    for name in ("tokenizer", "tokenizer_2"):
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         tok = getattr(pipe, name, None)
         if tok is not None:
             check_tokenizer(tok, f"'{model}' ({name})")

@@ -198,6 +198,21 @@ def model_family_of(model: str):
     return family_from_index(_model_index(model)[1], f"'{model}'")
 
 
+def check_resolution(model: str, resolution: int | None, flag: str = "--resolution") -> None:
+    """Refuse, in one line, an image side the model's family cannot take (SD3: multiples of 16, its VAE's /8
+    times the transformer's 2x2 patches; SD1.5/SDXL: multiples of 8).
+
+    Raises:
+        UserError: ``resolution`` is not a multiple of the family's ``size_multiple``.
+    """
+    if resolution is None:
+        return
+    fam = model_family_of(model)
+    if resolution % fam.size_multiple:
+        raise UserError(f"{flag} {resolution}: '{model}' is an {fam.name} model, whose image sides must be "
+                        f"multiples of {fam.size_multiple}")
+
+
 def unet_config(model: str) -> dict | None:
     """The denoiser config (``unet/config.json``, or ``transformer/config.json`` for a transformer family)
     of ``model``, read without loading weights; None for the in-memory architecture models (``sdxl-arch``).

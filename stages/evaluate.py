@@ -254,10 +254,12 @@ def _save_state(out: Path, state: dict) -> None:
 def _patch_batch_invariant(pipe) -> None:
     """Per-sample UNet once per UNet object (candidates swap UNets in and out)."""
     from pipeline.batch_invariance import make_batch_invariant
+    from pipeline.families import family_of_pipe
 
-    if not getattr(pipe.unet, "_mapo_batch_invariant", False):
+    denoiser = family_of_pipe(pipe).denoiser(pipe)
+    if not getattr(denoiser, "_mapo_batch_invariant", False):
         make_batch_invariant(pipe)
-        pipe.unet._mapo_batch_invariant = True
+        denoiser._mapo_batch_invariant = True
 
 
 class _ModelSwitch:

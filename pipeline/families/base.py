@@ -67,14 +67,15 @@ class ModelFamily:
 
     # ------------------------------------------------------------------ text conditioning
     @classmethod
-    def encode_prompt(cls, pipe, prompts, negative_prompts, guidance: bool, device):
+    def encode_prompt(cls, pipe, prompts, negative_prompts, guidance: bool, device, max_sequence_length=None):
         """``(prompt_embeds, negative_prompt_embeds, pooled, negative_pooled)`` from the pipeline's own
-        ``encode_prompt``; pooled entries are None for families without them."""
+        ``encode_prompt``; pooled entries are None for families without them. ``max_sequence_length``: T5
+        tokens, for families with a T5 encoder (ignored by CLIP-only families)."""
         pe, npe = pipe.encode_prompt(prompts, device, 1, guidance, negative_prompt=negative_prompts)
         return pe, npe, None, None
 
     @classmethod
-    def text_shapes(cls, pipe) -> tuple[list[int], int | None]:
+    def text_shapes(cls, pipe, max_sequence_length=None) -> tuple[list[int], int | None]:
         """``([L, D] of prompt_embeds, P of pooled or None)`` this pipeline's encoders give."""
         return [pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size], None
 

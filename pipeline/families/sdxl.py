@@ -25,12 +25,12 @@ class SDXL(ModelFamily):
         return config.get("addition_embed_type") == "text_time"
 
     @classmethod
-    def encode_prompt(cls, pipe, prompts, negative_prompts, guidance: bool, device):
+    def encode_prompt(cls, pipe, prompts, negative_prompts, guidance: bool, device, max_sequence_length=None):
         return pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                   do_classifier_free_guidance=guidance, negative_prompt=negative_prompts)
 
     @classmethod
-    def text_shapes(cls, pipe):
+    def text_shapes(cls, pipe, max_sequence_length=None):
         dim = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
         return [pipe.tokenizer.model_max_length, dim], pipe.text_encoder_2.config.projection_dim
 

@@ -138,6 +138,13 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
     base = model or output.base_model
     if not base:
         raise UserError(f"{path}: {TRAINING_CONFIG} records no base model; pass model=")
+    if model and output.family:
+        from .models import model_family_of
+
+        family = model_family_of(model).name
+        if family != output.family:
+            raise UserError(f"{path} was trained on an {output.family} model ('{output.base_model}'); '{model}' is an "
+                            f"{family} model, which its weights do not fit: pass an {output.family} model")
     dev = resolve_device(device)
     pipe = load_pipeline(base, dtype=resolve_dtype(dtype, dev), device=dev)
     if output.kind == "unet":

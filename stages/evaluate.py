@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_write, write_json_atomic
 from pipeline.errors import UserError
-from pipeline.models import check_model_available
+from pipeline.models import check_model_available, check_resolution
 from pipeline.options import (
     PANEL_IO,
     PANEL_RUN,
@@ -173,9 +173,10 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
     Raises:
         UserError: naming the candidate, the settings that differ and what to pass instead.
     """
-    from pipeline.models import UNET_FIT_KEYS, unet_config
+    from pipeline.models import model_family_of, unet_config
 
     base = unet_config(base_model)
+    fit_keys = model_family_of(base_model).fit_keys
     if base is None:
         return
     for c in cands:
@@ -185,7 +186,7 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
             theirs = unet_config(c.base_model)
         else:
             continue
-        diff = [k for k in UNET_FIT_KEYS if theirs is not None and theirs.get(k) != base.get(k)]
+        diff = [k for k in fit_keys if theirs is not None and theirs.get(k) != base.get(k)]
         if diff:
             shown = ", ".join(f"{k} {theirs.get(k)} vs {base.get(k)}" for k in diff)
             raise UserError(f"candidate {c.name}'s UNet (trained from '{c.base_model}') does not fit --model "
@@ -436,9 +437,10 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     family = check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
     for c in cands:
         if c.family and c.family != family:
-            raise UserError(f"candidate {c.name} is an {c.family} UNet (trained from '{c.base_model}') but --model "
+            raise UserError(f"candidate {c.name} is an {c.family} model (trained from '{c.base_model}') but --model "
                             f"'{base_model}' is an {family} pipeline; pass its base model or leave --model out")
     _check_unets_fit(cands, base_model)
+    check_resolution(base_model, cfg.resolution)
     for c in cands:
         if c.base_model and c.base_model != base_model:
             print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model "

@@ -19,6 +19,7 @@ from pipeline.images import IMAGE_FORMATS, encode_image
 from pipeline.models import (
     DEFAULT_MODEL,
     check_model_available,
+    check_resolution,
     compile_unet,
     default_resolution,
     dtype_name,
@@ -255,6 +256,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+    check_resolution(cfg.model, cfg.resolution)
     work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
     prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
                     "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}

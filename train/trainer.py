@@ -77,6 +77,10 @@ class Trainer:
             raise UserError(_FP16_ON_CPU)
         if cfg.optimizer_in_backward and _launched_multi_process():  # DDP all-reduces after the in-backward hooks
             raise UserError("--optimizer-in-backward runs on one process; drop it or launch one process.")
+        if cfg.objective == "spo":
+            from .spo import check_spo_model
+
+            check_spo_model(cfg.model)  # a flow model is refused before the run folder is claimed
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         claim_run_folder(self.out, self.cfg, resume)
         self.scorers = None

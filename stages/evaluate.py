@@ -76,7 +76,7 @@ class EvalConfig:
         "A mapo-train output folder (full UNet or LoRA); repeat to compare several."))
     # None: the candidates' base model (training_config.json "model")
     model: str | None = model_option(None, help=(
-        "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15, shapes-sdxl); "
+        "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15, tiny-sd3, shapes-sdxl); "
         "default: the candidates' training model."))
     metrics: list[str] = option(default_factory=lambda: list(DEFAULT_METRICS), panel=PANEL_IO, help=(
         "Comma-separated: aesthetic, hps, pickscore, clip, style, safety; on the miniature world world-style, "

@@ -34,8 +34,9 @@ class SD3(ModelFamily):
 
     @classmethod
     def matches_denoiser(cls, config) -> bool:
-        return config.get("_class_name") == cls.denoiser_class or "pooled_projection_dim" in config and \
-            "joint_attention_dim" in config and "caption_projection_dim" in config
+        if config.get("_class_name") == cls.denoiser_class:
+            return True
+        return all(key in config for key in ("pooled_projection_dim", "joint_attention_dim", "caption_projection_dim"))
 
     @classmethod
     def joint_attention_dim(cls, pipe) -> int:

@@ -152,7 +152,7 @@ class Trainer:
             self.validator = Validator(self.base_pipe, cfg.validation_prompts, cfg.validation_seeds, resolution,
                                        cfg.validation_inference_steps, cfg.validation_guidance_scale, self.out,
                                        scorers=self.scorers, metrics_file=self.out / METRICS_FILE,
-                                       base_unet=self._base_unet)
+                                       base_unet=self._base_unet, pipeline_kwargs=self._sampling_kwargs())
         elif self.online is None:
             self.base_pipe = None  # not needed: free the text encoders and VAE
         if acc.is_main_process:
@@ -294,6 +294,11 @@ class Trainer:
                 k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")
             },
         }
+
+    def _sampling_kwargs(self) -> dict:
+        """Pipeline-call settings the training text was encoded with (SD3: the T5 token count precompute used)."""
+        info = {} if self.online is not None else self.data.dataset.info
+        return {"max_sequence_length": info["max_sequence_length"]} if info.get("max_sequence_length") else {}
 
     def _data_info(self) -> dict:
         if self.online is not None:

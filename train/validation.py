@@ -19,7 +19,7 @@ VALIDATION_DIR = "validation"
 class Validator:
     def __init__(self, pipe, prompts: list[str], seeds: list[int], resolution: int, num_inference_steps: int,
                  guidance_scale: float, output_dir: str | Path, scorers: dict | None = None,
-                 metrics_file: str | Path | None = None, base_unet=None):
+                 metrics_file: str | Path | None = None, base_unet=None, pipeline_kwargs: dict | None = None):
         self.pipe = pipe  # base pipeline without a UNet (text encoders + VAE on the CPU)
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.resolution, self.steps, self.guidance = resolution, num_inference_steps, guidance_scale
@@ -29,6 +29,8 @@ class Validator:
         # base_unet(trained_unet): a context manager giving the untrained UNet. Used for the
         # "before" half of before_after.png when this process did not see step 0 (a resumed run).
         self.base_unet = base_unet
+        # Extra pipeline-call settings matching how the training text was encoded (SD3: max_sequence_length).
+        self.pipeline_kwargs = dict(pipeline_kwargs or {})
         self.before: list[list] | None = None
 
     def images(self, unet, device, autocast) -> list[list]:
@@ -53,7 +55,7 @@ class Validator:
                     for seed in self.seeds:
                         out = pipe(prompt=prompt, num_inference_steps=self.steps, guidance_scale=self.guidance,
                                    height=self.resolution, width=self.resolution,
-                                   generator=torch.Generator("cpu").manual_seed(seed))
+                                   generator=torch.Generator("cpu").manual_seed(seed), **self.pipeline_kwargs)
                         row.append(out.images[0])
                     rows.append(row)
         finally:

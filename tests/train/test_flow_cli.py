@@ -116,3 +116,23 @@ def test_lora_of_one_family_loaded_as_another(sd3_data, tmp_path):
     assert "is an sd3 model" in line and "'tiny-sdxl' is an sdxl pipeline" in line
     with pytest.raises(UserError, match="trained on an sd3 model"):
         load_trained_pipeline(str(tmp_path / "lora"), model="tiny-sdxl", device="cpu")
+
+
+def test_without_t5_precompute_train_and_validate(sd3_data, tmp_path):
+    """precompute --no-t5 stores zeros where T5's tokens go (StableDiffusion3Pipeline with text_encoder_3=None);
+    training loads no T5, and its validation samples with the latents' token count."""
+    import numpy as np
+
+    result = run_cli(data_app, ["precompute", "--input", sd3_data / "lab", "--output", tmp_path / "lat", "--model",
+                                "tiny-sd3", "--resolution", "64", "--device", "cpu", "--no-t5",
+                                "--max-sequence-length", "8"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "lat" / "manifest.json").read_text())["latents"]
+    assert info["t5"] is False and len(info["text_encoders"]) == 2 and info["prompt_embeds_shape"] == [85, 64]
+    embeds = np.load(next((tmp_path / "lat" / "data").glob("*.prompt_embeds.npy")))
+    assert not embeds[:, 77:].any() and embeds[:, :77].any()
+    result = run_cli(train_app, train_args(tmp_path / "lat", tmp_path / "run", "tiny-sd3", 1, "--validation-steps",
+                                           "1", "--validation-prompts", "a red circle",
+                                           "--validation-inference-steps", "2"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "validation" / "step-000001.png").is_file()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_write, write_json_atomic
 from pipeline.errors import UserError
+from pipeline.families import get_family
 from pipeline.models import check_model_available, check_resolution
 from pipeline.options import (
     PANEL_IO,
@@ -437,7 +438,8 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     family = check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
     for c in cands:
         if c.family and c.family != family:
-            raise UserError(f"candidate {c.name} is an {c.family} model (trained from '{c.base_model}') but --model "
+            kind = "UNet" if get_family(c.family).denoiser_dir == "unet" else "transformer"
+            raise UserError(f"candidate {c.name} is an {c.family} {kind} (trained from '{c.base_model}') but --model "
                             f"'{base_model}' is an {family} pipeline; pass its base model or leave --model out")
     _check_unets_fit(cands, base_model)
     check_resolution(base_model, cfg.resolution)

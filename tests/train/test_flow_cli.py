@@ -113,7 +113,7 @@ def test_lora_of_one_family_loaded_as_another(sd3_data, tmp_path):
     line = _one_line_error(run_cli(eval_app, ["--candidate", tmp_path / "lora", "--model", "tiny-sdxl", "--prompts",
                                               sd3_data / "prompts.txt", "--output", tmp_path / "e", "--metrics",
                                               "world-style", "--style", "cartoon"]))
-    assert "is an sd3 model" in line and "'tiny-sdxl' is an sdxl pipeline" in line
+    assert "is an sd3 transformer" in line and "'tiny-sdxl' is an sdxl pipeline" in line
     with pytest.raises(UserError, match="trained on an sd3 model"):
         load_trained_pipeline(str(tmp_path / "lora"), model="tiny-sdxl", device="cpu")
 

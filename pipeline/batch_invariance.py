@@ -21,18 +21,19 @@ def _split(value, batch: int, i: int):
 
 
 def per_sample_forward(module) -> None:
-    """Make ``module``'s forward run each batch element separately (first arg = batch tensor)."""
+    """Make ``module``'s forward run each batch element separately (first arg = batch tensor, or the
+    ``hidden_states`` keyword: diffusers' transformers are called with keywords)."""
     import torch
 
     original = module.forward
 
-    def forward(sample, *args, **kwargs):
+    def forward(*args, **kwargs):
+        sample = args[0] if args else kwargs["hidden_states"]
         batch = sample.shape[0]
         if batch == 1:
-            return original(sample, *args, **kwargs)
+            return original(*args, **kwargs)
         outs = [
             original(
-                sample[i : i + 1],
                 *(_split(a, batch, i) for a in args),
                 **{k: _split(v, batch, i) for k, v in kwargs.items()},
             )
@@ -47,6 +48,8 @@ def per_sample_forward(module) -> None:
 
 
 def make_batch_invariant(pipe) -> None:
-    per_sample_forward(pipe.unet)
+    from .families import family_of_pipe
+
+    per_sample_forward(family_of_pipe(pipe).denoiser(pipe))
     if getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_slicing()

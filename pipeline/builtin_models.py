@@ -1,4 +1,4 @@
-"""Built-in models: tiny random SDXL / SD1.5 pipelines, the miniature world's pretrained
+"""Built-in models: tiny random SDXL / SD1.5 / SD3 pipelines, the miniature world's pretrained
 ``shapes-sdxl`` (:mod:`pipeline.world.model`) and the full-size SDXL architecture.
 
 The tiny models keep the real architectures' conditioning (SDXL: two text encoders,
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 BUILTIN_VERSION = "v1"  # bump when a built-in's config changes so caches are rebuilt
-TINY_MODELS = ("tiny-sdxl", "tiny-sd15")
+TINY_MODELS = ("tiny-sdxl", "tiny-sd15", "tiny-sd3")
 ARCH_MODELS = ("sdxl-arch",)
 # Pretrained on the miniature world and committed (pipeline/world/shapes-sdxl, checked on load).
 WORLD_MODELS = ("shapes-sdxl",)
@@ -88,7 +88,8 @@ def _tiny_unet(cross_attention_dim: int, sdxl: bool):
     )
 
 
-def _vae_config(widths: tuple, layers: int, groups: int, sample_size: int, scaling_factor: float) -> dict:
+def _vae_config(widths: tuple, layers: int, groups: int, sample_size: int, scaling_factor: float,
+                latent_channels: int = 4) -> dict:
     # Four blocks keep the real /8 downscale, so latents have the real shape ratio.
     return dict(
         in_channels=3,
@@ -97,7 +98,7 @@ def _vae_config(widths: tuple, layers: int, groups: int, sample_size: int, scali
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=widths,
         layers_per_block=layers,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=groups,
         sample_size=sample_size,
         scaling_factor=scaling_factor,
@@ -108,6 +109,46 @@ def _tiny_vae(scaling_factor: float):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(**_vae_config((8, 16, 16, 16), 1, 8, 64, scaling_factor))
+
+
+def _tiny_sd3(tok_dir: Path):
+    """tiny-sd3: SD3's architecture at toy widths. An MMDiT (SD3Transformer2DModel, patch 2, 16 latent
+    channels), CLIP-L and CLIP-G stand-ins (CLIPTextModelWithProjection, 32 wide, pooled 32 + 32 = the
+    transformer's pooled_projection_dim 64), a tiny T5 (T5EncoderModel, d_model = joint_attention_dim 64) with
+    an offline-trained tokenizer, a 16-channel VAE with SD3's shift_factor and scaling_factor, and SD3's
+    FlowMatchEulerDiscreteScheduler (shift 3.0)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from .tokenizer import build_clip_tokenizer, build_t5_tokenizer
+
+    joint = 64
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=joint, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=32,
+    )
+    t5 = T5EncoderModel(T5Config(vocab_size=1200, d_model=joint, d_kv=16, d_ff=64, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                 decoder_start_token_id=0))
+    vae = AutoencoderKL(**{**_vae_config((8, 16, 16, 16), 1, 8, 64, 1.5305, latent_channels=16),
+                           "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False})
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, projection=32))),
+        tokenizer=build_clip_tokenizer(tok_dir / "1"),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, projection=32))),
+        tokenizer_2=build_clip_tokenizer(tok_dir / "2", pad_token="!"),
+        text_encoder_3=t5,
+        tokenizer_3=build_t5_tokenizer(),
+    )
 
 
 def build_tiny(name: str, directory: Path) -> None:
@@ -134,6 +175,8 @@ def build_tiny(name: str, directory: Path) -> None:
             scheduler=scheduler,
             force_zeros_for_empty_prompt=True,
         )
+    elif name == "tiny-sd3":
+        pipe = _tiny_sd3(tok_dir)
     elif name == "tiny-sd15":
         pipe = StableDiffusionPipeline(
             vae=_tiny_vae(0.18215),

@@ -24,7 +24,7 @@ _TRUNCATED: dict[str, int] = {}  # text -> the token limit it was cut to
 @dataclass
 class TextEmbeddings:
     prompt_embeds: "torch.Tensor"
-    pooled: "torch.Tensor | None" = None  # SDXL only
+    pooled: "torch.Tensor | None" = None  # SDXL and SD3 only
     negative_prompt_embeds: "torch.Tensor | None" = None
     negative_pooled: "torch.Tensor | None" = None
 
@@ -37,7 +37,9 @@ class TextEmbeddings:
 
 
 def is_sdxl(pipe) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
+    from .families import SDXL, family_of_pipe
+
+    return family_of_pipe(pipe) is SDXL
 
 
 @contextlib.contextmanager
@@ -89,31 +91,28 @@ def reset_truncation() -> None:
 
 
 def encode_text(
-    pipe, prompts: list[str], negative_prompts: list[str | None] | None = None, *, guidance: bool = False
+    pipe, prompts: list[str], negative_prompts: list[str | None] | None = None, *, guidance: bool = False,
+    max_sequence_length: int | None = None,
 ) -> TextEmbeddings:
-    """Encode ``prompts`` (and negatives when ``guidance``) with the pipeline's own encode_prompt.
+    """Encode ``prompts`` (and negatives when ``guidance``) as the pipeline's own encode_prompt does (the
+    model family's :meth:`~pipeline.families.base.ModelFamily.encode_prompt`).
+
+    ``max_sequence_length``: T5 tokens of a family with a T5 encoder (SD3; default the pipeline's 256).
 
     Prompts longer than the tokenizer's context are truncated as the pipeline does, noted for
     :func:`report_truncation`, and not warned about per call.
     """
     import torch
 
+    from .families import family_of_pipe
+
+    extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
     note_truncation(pipe, [*prompts, *(negative_prompts or [])])
     device = pipe._execution_device if hasattr(pipe, "_execution_device") else pipe.device
     with torch.inference_mode(), quiet_truncation_warnings():
-        if is_sdxl(pipe):
-            pe, npe, pooled, npooled = pipe.encode_prompt(
-                prompt=prompts,
-                device=device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=guidance,
-                negative_prompt=negative_prompts,
-            )
-            return TextEmbeddings(pe, pooled, npe, npooled)
-        pe, npe = pipe.encode_prompt(
-            prompts, device, 1, guidance, negative_prompt=negative_prompts
-        )
-        return TextEmbeddings(pe, None, npe, None)
+        pe, npe, pooled, npooled = family_of_pipe(pipe).encode_prompt(pipe, prompts, negative_prompts, guidance,
+                                                                        device, **extra)
+        return TextEmbeddings(pe, pooled, npe, npooled)
 
 
 def concat_embeddings(parts: list[TextEmbeddings]) -> TextEmbeddings:

@@ -36,7 +36,7 @@ Size: 2 x C x h x w x 2 bytes per pair (256 KiB at 1024 px for SDXL's 4 x 128 x 
 Stable API (the trainer imports it)::
 
     ds = open_latents(root)              # UserError unless root is a complete precompute output
-    ds.manifest, ds.family, len(ds)      # family: "sdxl" | "sd15"; len: pairs (or examples)
+    ds.manifest, ds.family, len(ds)      # family: "sdxl" | "sd15" | "sd3"; len: pairs (or examples)
     ds.unpaired, ds.labels               # unpaired examples? their labels (list of 0/1; None for pairs)
     item = ds[i]  /  ds[(i, True)]  /  ds.get(i, flip=True)
         "latents"        [2, C, h, w] storage dtype, chosen first (mirrored view when flip);
@@ -44,7 +44,7 @@ Stable API (the trainer imports it)::
                          1 desirable, 0 undesirable) and "example_id" instead of "pair_id"
         "latents_logvar" [2, C, h, w] only with --latent-stats
         "prompt_embeds"  [77, D] storage dtype
-        "pooled_prompt_embeds" [P] and "add_time_ids" [6] float32: SDXL only
+        "pooled_prompt_embeds" [P] (SDXL, SD3) and "add_time_ids" [6] float32 (SDXL only)
         "caption_id", "pair_id": str; "flip": bool; "index": int
     check_model(ds, vae=vae, text_encoders=[te1, te2])   # UserError when made by another model
     sampler = PairSampler(len(ds), batch_size, seed, rank, world_size, drop_last=True, flip=False)
@@ -70,6 +70,7 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .errors import UserError
+from .families import get_family
 from .shards import DATA_DIR, read_manifest, shard_name
 
 FORMAT = "mapo-latents"
@@ -375,8 +376,10 @@ class LatentDataset:
             item["pair_id"] = self.pair_ids[i]
         if self.has_logvar:
             item["latents_logvar"] = self._tensor(k, "logvar", (row, view))
-        if self.family == "sdxl":
+        family = get_family(self.family)
+        if family.pooled:  # SDXL, SD3
             item["pooled_prompt_embeds"] = self._tensor(ck, "pooled", crow)
+        if family.time_ids:  # SDXL's micro-conditioning
             ids = self._time_ids_flipped if flip else self._time_ids
             item["add_time_ids"] = torch.from_numpy(ids[i].copy())
         return item

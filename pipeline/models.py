@@ -151,8 +151,12 @@ class ModelRef:
 
 
 def model_family(components: dict) -> str:
-    """'sdxl' when the pipeline has a second text encoder (pooled embeds + time ids), else 'sd15'."""
-    return "sdxl" if components.get("text_encoder_2") is not None else "sd15"
+    """The family name ("sd15", "sdxl", "sd3") of a pipeline's components (:mod:`pipeline.families`)."""
+    from types import SimpleNamespace
+
+    from .families import family_of_pipe
+
+    return family_of_pipe(SimpleNamespace(**components)).name
 
 
 def _vae_source(vae: str) -> tuple[str, dict]:
@@ -176,24 +180,51 @@ def _model_index(model: str) -> tuple[str, dict]:
     return source, _call_loader("Model", model, DiffusionPipeline.load_config, source)
 
 
-# The UNet settings a trained UNet or LoRA must share with the pipeline it is put into.
+# The UNet settings a trained UNet or LoRA must share with the pipeline it is put into (each family's fit_keys).
 UNET_FIT_KEYS = ("in_channels", "cross_attention_dim", "addition_embed_type", "addition_time_embed_dim",
                  "projection_class_embeddings_input_dim")
 
 
+def model_family_of(model: str):
+    """The :class:`pipeline.families.ModelFamily` of ``model``, read from its model_index.json (no weights).
+
+    Raises:
+        ModelNotFoundError: the model cannot be found. UserError: a pipeline class mapo-tools does not support.
+    """
+    from .families import SDXL, family_from_index
+
+    if model in builtin_models.ARCH_MODELS:
+        return SDXL
+    return family_from_index(_model_index(model)[1], f"'{model}'")
+
+
+def check_resolution(model: str, resolution: int | None, flag: str = "--resolution") -> None:
+    """Refuse, in one line, an image side the model's family cannot take (SD3: multiples of 16, its VAE's /8
+    times the transformer's 2x2 patches; SD1.5/SDXL: multiples of 8).
+
+    Raises:
+        UserError: ``resolution`` is not a multiple of the family's ``size_multiple``.
+    """
+    if resolution is None:
+        return
+    fam = model_family_of(model)
+    if resolution % fam.size_multiple:
+        raise UserError(f"{flag} {resolution}: '{model}' is an {fam.name} model, whose image sides must be "
+                        f"multiples of {fam.size_multiple}")
+
+
 def unet_config(model: str) -> dict | None:
-    """The UNet config (``unet/config.json``) of ``model``, read without loading weights; None for the
-    in-memory architecture models (``sdxl-arch``).
+    """The denoiser config (``unet/config.json``, or ``transformer/config.json`` for a transformer family)
+    of ``model``, read without loading weights; None for the in-memory architecture models (``sdxl-arch``).
 
     Raises:
         ModelNotFoundError: the model cannot be found.
     """
-    from diffusers import UNet2DConditionModel
-
     if model in builtin_models.ARCH_MODELS:
         return None
-    return dict(_call_loader("Model", model, UNet2DConditionModel.load_config, resolve_model_source(model),
-                             subfolder="unet"))
+    fam = model_family_of(model)
+    return dict(_call_loader("Model", model, fam.denoiser_cls().load_config, resolve_model_source(model),
+                             subfolder=fam.denoiser_dir))
 
 
 def default_resolution(model: str) -> int:
@@ -218,17 +249,15 @@ def check_model_available(model: str, vae: str | None = None) -> str:
     they create their output folder, so a typo in --model leaves nothing behind.
 
     Returns:
-        The pipeline's family, "sdxl" or "sd15" (as :func:`model_family`), read from its model_index.json.
+        The pipeline's family name, "sd15", "sdxl" or "sd3" (as :func:`model_family`), read from its
+        model_index.json.
 
     Raises:
         ModelNotFoundError: the model or VAE cannot be found.
     """
     from diffusers import AutoencoderKL
 
-    family = "sdxl"
-    if model not in builtin_models.ARCH_MODELS:
-        index = _model_index(model)[1]
-        family = "sdxl" if (index.get("text_encoder_2") or [None])[0] is not None else "sd15"
+    family = model_family_of(model).name
     if vae is not None:
         source, sub = _vae_source(vae)
         _call_loader("VAE", vae, AutoencoderKL.load_config, source, **sub)
@@ -260,7 +289,7 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
             # the safety recipe would lose its unsafe images, and labeling is our classifiers' job.
             overrides.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe = _call_loader("Model", model, DiffusionPipeline.from_pretrained, source, torch_dtype=dt, **overrides)
-    for name in ("tokenizer", "tokenizer_2"):
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         tok = getattr(pipe, name, None)
         if tok is not None:
             check_tokenizer(tok, f"'{model}' ({name})")

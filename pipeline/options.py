@@ -466,8 +466,8 @@ def iter_commands(app) -> Iterator[tuple[str, Any]]:
 
 # -- option groups shared by several commands (declared once, used by generate, label, precompute,
 # eval and the trainer's validation) ------------------------------------------------------------
-MODEL_HELP = ("Hub id, local diffusers folder, or built-in: tiny-sdxl, tiny-sd15, shapes-sdxl (the miniature world), "
-              "sdxl-arch.")
+MODEL_HELP = ("Hub id, local diffusers folder, or built-in: tiny-sdxl, tiny-sd15, tiny-sd3, shapes-sdxl (the miniature "
+              "world), sdxl-arch.")
 PANEL_IO, PANEL_MODEL, PANEL_SAMPLING, PANEL_RUN = "Input and output", "Model", "Sampling", "Run"
 
 
@@ -500,8 +500,8 @@ def guidance_scale_option(default: float, panel: str = PANEL_SAMPLING, prefix: s
     return option(default, help=f"{prefix}Classifier-free guidance scale.", panel=panel)
 
 
-RESOLUTION_HELP = ("Image side in pixels (multiple of 8); default: the model's own, as diffusers defaults it "
-                   "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models).")
+RESOLUTION_HELP = ("Image side in pixels (multiple of 8; 16 for SD3); default: the model's own, as diffusers defaults "
+                   "it (1024 for SDXL, 512 for SD1.5, 64 for the built-in models).")
 
 
 def resolution_option(default: int | None = None, help: str = RESOLUTION_HELP, panel: str = PANEL_SAMPLING) -> Any:

@@ -60,3 +60,30 @@ def check_tokenizer(tokenizer, where: str) -> None:
             "it is broken or incomplete, usually because it is not in the local cache. "
             "Download the model or pass a local folder that contains the tokenizer files."
         )
+
+
+T5_VOCAB_SIZE = 1200  # the tiny T5's: enough pieces that check_tokenizer accepts it and words stay short
+
+
+def build_t5_tokenizer(vocab_size: int = T5_VOCAB_SIZE, model_max_length: int = 512):
+    """A small T5TokenizerFast trained offline (``tokenizers``' Unigram trainer, Metaspace pre-tokenizer, the
+    T5 specials ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2) on the words of CLIP's vocabulary, for the built-in
+    tiny SD3 model's third text encoder (no sentencepiece model ships offline; environment.md)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    lines = gzip.open(_bpe_path()).read().decode("utf-8").split("\n")[1 : _NUM_MERGES + 1]
+    words = sorted({"".join(line.split()).replace("</w>", "") for line in lines if line.endswith("</w>")})[::16]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", show_progress=False)
+    tok.train_from_iterator([" ".join(words[i : i + 64]) for i in range(0, len(words), 64)], trainer=trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                            special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return T5TokenizerFast(tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>",
+                           unk_token="<unk>", model_max_length=model_max_length)

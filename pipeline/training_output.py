@@ -1,10 +1,10 @@
 """Reading a ``mapo-train`` output folder: the one hand-off from training to evaluation and users' code.
 
 A training output holds ``training_config.json`` (the resolved training config: base ``model``,
-``objective``, pipeline ``family``, ...) and either ``unet/`` (a full fine-tune, a diffusers
-``UNet2DConditionModel`` folder) or ``pytorch_lora_weights.safetensors`` (a LoRA in the diffusers
-format that ``pipe.load_lora_weights`` reads). ``mapo-eval`` and :func:`load_trained_pipeline` read
-it here; ``mapo-train`` writes it with the same names.
+``objective``, pipeline ``family``, ...) and either the denoiser's folder (a full fine-tune: ``unet/``, a
+diffusers ``UNet2DConditionModel`` folder, or ``transformer/`` for a transformer family such as SD3) or
+``pytorch_lora_weights.safetensors`` (a LoRA in the diffusers format that ``pipe.load_lora_weights``
+reads). ``mapo-eval`` and :func:`load_trained_pipeline` read it here; ``mapo-train`` writes it with the same names.
 
     from pipeline.training_output import load_trained_pipeline
     pipe = load_trained_pipeline("runs/mapo", device="cuda", dtype="fp16")
@@ -23,6 +23,7 @@ from .weights_files import check_readable, reading_weights
 TRAINING_CONFIG = "training_config.json"  # mapo-eval recognises training outputs by this name
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name (load_lora_weights' default)
 UNET_DIR = "unet"
+DENOISER_DIRS = (UNET_DIR, "transformer")  # full fine-tunes: the family's denoiser_dir (pipeline.families)
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,17 @@ class TrainingOutput:
 
     name: str
     path: str
-    kind: str  # "unet" or "lora"
+    kind: str  # "unet" (a full fine-tune of the denoiser, UNet or transformer) or "lora"
     base_model: str | None
     objective: str | None
-    family: str | None = None  # "sdxl" | "sd15": the UNet's pipeline family (training_config.json)
+    family: str | None = None  # "sdxl" | "sd15" | "sd3": the pipeline family (training_config.json)
     resolution: int | None = None  # the training data's image side in pixels
+    denoiser_dir: str = UNET_DIR  # a full fine-tune's folder: unet/ or transformer/
 
     def fingerprint(self) -> str:
         """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
         root = Path(self.path)
-        files = sorted((root / UNET_DIR).glob("*")) if self.kind == "unet" else [root / LORA_WEIGHTS]
+        files = sorted((root / self.denoiser_dir).glob("*")) if self.kind == "unet" else [root / LORA_WEIGHTS]
         return ";".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files if f.is_file())
 
 
@@ -55,13 +57,14 @@ def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
     """
     root = Path(path).expanduser()
     config_file = root / TRAINING_CONFIG
-    has_unet, has_lora = (root / UNET_DIR / "config.json").is_file(), (root / LORA_WEIGHTS).is_file()
+    denoiser_dir = next((d for d in DENOISER_DIRS if (root / d / "config.json").is_file()), UNET_DIR)
+    has_unet, has_lora = (root / denoiser_dir / "config.json").is_file(), (root / LORA_WEIGHTS).is_file()
     if not root.exists():
         raise UserError(f"candidate '{path}' does not exist: pass a mapo-train --output-dir")
     if not root.is_dir() or not config_file.is_file() or not (has_unet or has_lora):
         raise UserError(
-            f"candidate '{path}' is not a mapo-train output: expected {TRAINING_CONFIG} and either unet/ "
-            f"(full fine-tune) or {LORA_WEIGHTS} (LoRA)"
+            f"candidate '{path}' is not a mapo-train output: expected {TRAINING_CONFIG} and either unet/ or "
+            f"transformer/ (full fine-tune) or {LORA_WEIGHTS} (LoRA)"
         )
     try:
         config = json.loads(config_file.read_text())
@@ -71,23 +74,29 @@ def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
     kind = "unet" if has_unet else "lora"
     resolution = (config.get("data_info") or {}).get("resolution")
     out = TrainingOutput(name or root.resolve().name, str(root.resolve()), kind, config.get("model"),
-                         config.get("objective"), config.get("family"), int(resolution) if resolution else None)
-    check_readable(root / UNET_DIR if kind == "unet" else root / LORA_WEIGHTS, f"candidate {out.name}")
+                         config.get("objective"), config.get("family"), int(resolution) if resolution else None,
+                         denoiser_dir)
+    check_readable(root / denoiser_dir if kind == "unet" else root / LORA_WEIGHTS, f"candidate {out.name}")
     return out
 
 
 def load_unet(output: TrainingOutput, dtype=None):
-    """The fine-tuned ``UNet2DConditionModel`` of a full fine-tune (on the CPU, in ``dtype``).
+    """The fine-tuned denoiser of a full fine-tune (on the CPU, in ``dtype``): a ``UNet2DConditionModel``, or
+    the family's transformer class (``SD3Transformer2DModel``).
 
     Raises:
         UserError: the folder cannot be loaded (one line naming it).
     """
-    from diffusers import UNet2DConditionModel
+    from .families import SD15, family_of_denoiser
 
-    folder = os.path.join(output.path, UNET_DIR)
+    folder = os.path.join(output.path, output.denoiser_dir)
     try:
         with reading_weights(folder, f"candidate {output.name}"):
-            return UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
+            try:
+                cls = family_of_denoiser(json.loads(Path(folder, "config.json").read_text())).denoiser_cls()
+            except (ValueError, OSError):
+                cls = SD15.denoiser_cls()
+            return cls.from_pretrained(folder, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(
             f"candidate {output.name}: could not load {folder}: {' '.join(str(exc).split())[:200]}"
@@ -129,10 +138,20 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
     base = model or output.base_model
     if not base:
         raise UserError(f"{path}: {TRAINING_CONFIG} records no base model; pass model=")
+    if model and output.family:
+        from .models import model_family_of
+
+        family = model_family_of(model).name
+        if family != output.family:
+            raise UserError(f"{path} was trained on an {output.family} model ('{output.base_model}'); '{model}' is an "
+                            f"{family} model, which its weights do not fit: pass an {output.family} model")
     dev = resolve_device(device)
     pipe = load_pipeline(base, dtype=resolve_dtype(dtype, dev), device=dev)
     if output.kind == "unet":
-        pipe.unet = load_unet(output, pipe.unet.dtype).to(pipe.device).eval()
+        from .families import family_of_pipe
+
+        fam = family_of_pipe(pipe)
+        fam.set_denoiser(pipe, load_unet(output, fam.denoiser(pipe).dtype).to(pipe.device).eval())
     else:
         load_lora(pipe, output)
     return pipe

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_write, write_json_atomic
 from pipeline.errors import UserError
-from pipeline.models import check_model_available
+from pipeline.families import get_family
+from pipeline.models import check_model_available, check_resolution
 from pipeline.options import (
     PANEL_IO,
     PANEL_RUN,
@@ -76,7 +77,7 @@ class EvalConfig:
         "A mapo-train output folder (full UNet or LoRA); repeat to compare several."))
     # None: the candidates' base model (training_config.json "model")
     model: str | None = model_option(None, help=(
-        "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15, shapes-sdxl); "
+        "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15, tiny-sd3, shapes-sdxl); "
         "default: the candidates' training model."))
     metrics: list[str] = option(default_factory=lambda: list(DEFAULT_METRICS), panel=PANEL_IO, help=(
         "Comma-separated: aesthetic, hps, pickscore, clip, style, safety; on the miniature world world-style, "
@@ -196,19 +197,20 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
     Raises:
         UserError: naming the candidate, the settings that differ and what to pass instead.
     """
-    from pipeline.models import UNET_FIT_KEYS, unet_config
+    from pipeline.models import model_family_of, unet_config
 
     base = unet_config(base_model)
+    fit_keys = model_family_of(base_model).fit_keys
     if base is None:
         return
     for c in cands:
         if c.kind == "unet":
-            theirs = json.loads((Path(c.path) / "unet" / "config.json").read_text())
+            theirs = json.loads((Path(c.path) / c.denoiser_dir / "config.json").read_text())
         elif c.base_model and c.base_model != base_model:
             theirs = unet_config(c.base_model)
         else:
             continue
-        diff = [k for k in UNET_FIT_KEYS if theirs is not None and theirs.get(k) != base.get(k)]
+        diff = [k for k in fit_keys if theirs is not None and theirs.get(k) != base.get(k)]
         if diff:
             shown = ", ".join(f"{k} {theirs.get(k)} vs {base.get(k)}" for k in diff)
             raise UserError(f"candidate {c.name}'s UNet (trained from '{c.base_model}') does not fit --model "
@@ -277,22 +279,27 @@ def _save_state(out: Path, state: dict) -> None:
 def _patch_batch_invariant(pipe) -> None:
     """Per-sample UNet once per UNet object (candidates swap UNets in and out)."""
     from pipeline.batch_invariance import make_batch_invariant
+    from pipeline.families import family_of_pipe
 
-    if not getattr(pipe.unet, "_mapo_batch_invariant", False):
+    denoiser = family_of_pipe(pipe).denoiser(pipe)
+    if not getattr(denoiser, "_mapo_batch_invariant", False):
         make_batch_invariant(pipe)
-        pipe.unet._mapo_batch_invariant = True
+        denoiser._mapo_batch_invariant = True
 
 
 class _ModelSwitch:
     """Puts one model's weights into a single loaded base pipeline, and takes them out again."""
 
     def __init__(self, pipe, batch_invariant: bool):
-        self.pipe, self.base_unet, self.batch_invariant = pipe, pipe.unet, batch_invariant
+        from pipeline.families import family_of_pipe
+
+        self.family = family_of_pipe(pipe)
+        self.pipe, self.base_unet, self.batch_invariant = pipe, self.family.denoiser(pipe), batch_invariant
 
     def use(self, cand: Candidate | None) -> None:
         pipe = self.pipe
         if cand is not None and cand.kind == "unet":
-            pipe.unet = load_unet(cand, self.base_unet.dtype).to(pipe.device).eval()
+            self.family.set_denoiser(pipe, load_unet(cand, self.base_unet.dtype).to(pipe.device).eval())
         elif cand is not None:
             load_lora(pipe, cand)
         if self.batch_invariant:
@@ -302,7 +309,7 @@ class _ModelSwitch:
         if cand is None:
             return
         if cand.kind == "unet":
-            self.pipe.unet = self.base_unet
+            self.family.set_denoiser(self.pipe, self.base_unet)
         else:
             self.pipe.unload_lora_weights()
 
@@ -458,9 +465,11 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     family = check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
     for c in cands:
         if c.family and c.family != family:
-            raise UserError(f"candidate {c.name} is an {c.family} UNet (trained from '{c.base_model}') but --model "
+            kind = "UNet" if get_family(c.family).denoiser_dir == "unet" else "transformer"
+            raise UserError(f"candidate {c.name} is an {c.family} {kind} (trained from '{c.base_model}') but --model "
                             f"'{base_model}' is an {family} pipeline; pass its base model or leave --model out")
     _check_unets_fit(cands, base_model)
+    check_resolution(base_model, cfg.resolution)
     for c in cands:
         if c.base_model and c.base_model != base_model:
             print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model "

@@ -19,6 +19,7 @@ from pipeline.images import IMAGE_FORMATS, encode_image
 from pipeline.models import (
     DEFAULT_MODEL,
     check_model_available,
+    check_resolution,
     compile_unet,
     default_resolution,
     dtype_name,
@@ -180,6 +181,7 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
     import torch
 
     from pipeline.conditioning import concat_embeddings, encode_text
+    from pipeline.families import family_of_pipe
 
     guidance = cfg.guidance_scale > 1.0
     # Each prompt is encoded alone (cheap next to the denoising steps): the embeddings do not
@@ -189,11 +191,12 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
         for r in requests
     ])
     # Initial noise from per-image CPU generators: the same noise on any device and batch size.
-    latents = initial_noise(seeds, pipe.unet.config.in_channels, cfg.resolution // pipe.vae_scale_factor)
+    denoiser = family_of_pipe(pipe).denoiser(pipe)
+    latents = initial_noise(seeds, denoiser.config.in_channels, cfg.resolution // pipe.vae_scale_factor)
     with torch.inference_mode():
         out = pipe(
             **emb.pipeline_kwargs(),
-            latents=latents.to(pipe.device, pipe.unet.dtype),
+            latents=latents.to(pipe.device, denoiser.dtype),
             num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale,
             height=cfg.resolution,
@@ -254,6 +257,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
         check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+        check_resolution(cfg.model, cfg.resolution)
     work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
     prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
                     "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}
@@ -286,7 +290,9 @@ class _GenerateShards:
         if cfg.batch_invariant:
             make_batch_invariant(pipe)
         if cfg.compile:
-            compile_unet(pipe.unet)
+            from pipeline.families import family_of_pipe
+
+            compile_unet(family_of_pipe(pipe).denoiser(pipe))
         self.shared = {"intended_chosen": cfg.recipe.intended_chosen, "recipe": cfg.recipe.name,
                        "style": cfg.recipe.describe().get("style"), "width": cfg.resolution, "height": cfg.resolution,
                        "num_inference_steps": cfg.num_inference_steps, "guidance_scale": float(cfg.guidance_scale),

@@ -43,9 +43,11 @@ from pipeline.layouts import LayoutOptions, as_shard, open_pairs
 from pipeline.models import (
     DEFAULT_MODEL,
     check_model_available,
+    check_resolution,
     default_resolution,
     dtype_name,
     load_pipeline,
+    model_family_of,
     resolve_device,
     resolve_dtype,
 )
@@ -126,6 +128,12 @@ class PrecomputeConfig:
                                 help="Also keep the latent log-variance (training can sample).")
     storage_dtype: str = option("fp16", choices=STORAGE_DTYPES, panel=PANEL_PREP,
                                 help="fp16 or bf16 for stored latents and embeddings.")
+    max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_MODEL, help=(
+        "SD3: T5 tokens stored per caption; default: the pipeline's own (256). Each token costs "
+        "joint_attention_dim x 2 bytes (8 KiB for SD3.5)."))
+    t5: bool = option(True, flags=("--t5/--no-t5",), panel=PANEL_MODEL, help=(
+        "SD3: run the T5 text encoder (default), or store zeros in its place as StableDiffusion3Pipeline "
+        "does with text_encoder_3=None (saves T5's ~9 GB of memory; train and sample the same way)."))
     # 1024 px images are memory-hungry: 2 (x2 with flips) images per pair.
     batch_size: int = option(4, check=at_least(1), panel=PANEL_RUN,
                              help="Pairs per VAE call (and captions per text-encoder call).")
@@ -279,6 +287,8 @@ def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str, 
     ident = {"input_fingerprint": input_fp, "model": cfg.model, "vae": cfg.vae, "dtype": dtype, "vae_dtype": vae_dtype,
              "resolution": cfg.resolution, "crop": cfg.crop, "flip": cfg.flip, "latent_stats": cfg.latent_stats,
              "storage_dtype": cfg.storage_dtype}
+    if cfg.max_sequence_length is not None or not cfg.t5:  # only then: older outputs keep their fingerprint
+        ident.update(max_sequence_length=cfg.max_sequence_length, t5=cfg.t5)
     if cfg.crop == "random":
         ident["seed"] = cfg.seed
     if split != SPLIT:  # only then: outputs made before splits were chosen keep their fingerprint
@@ -394,25 +404,26 @@ def _reject_schema():
     )
 
 
-def _encode_captions(pipe, captions: list[str], batch_size: int, storage_dtype: str):
+def _encode_captions(pipe, captions: list[str], batch_size: int, storage_dtype: str,
+                     max_sequence_length: int | None = None):
     import numpy as np
 
     from pipeline.conditioning import encode_text
 
     embeds, pooled = [], []
     for b in range(0, len(captions), batch_size):
-        emb = encode_text(pipe, captions[b : b + batch_size])
+        emb = encode_text(pipe, captions[b : b + batch_size], max_sequence_length=max_sequence_length)
         embeds.append(to_storage(emb.prompt_embeds, storage_dtype))
         if emb.pooled is not None:
             pooled.append(to_storage(emb.pooled, storage_dtype))
     return (np.concatenate(embeds) if embeds else None), (np.concatenate(pooled) if pooled else None)
 
 
-def _text_shapes(pipe) -> tuple[list[int], int | None]:
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        dim = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
-        return [pipe.tokenizer.model_max_length, dim], pipe.text_encoder_2.config.projection_dim
-    return [pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size], None
+def _text_shapes(pipe, max_sequence_length: int | None = None) -> tuple[list[int], int | None]:
+    from pipeline.families import family_of_pipe
+
+    extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+    return family_of_pipe(pipe).text_shapes(pipe, **extra)
 
 
 def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str], cfg: PrecomputeConfig,
@@ -451,8 +462,8 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     save_array_atomic(sidecar(out.root, k, out.num_shards, "latents"), latents)
     if cfg.latent_stats:
         save_array_atomic(sidecar(out.root, k, out.num_shards, "logvar"), np.concatenate(logvars) if logvars else empty)
-    embeds, pooled = _encode_captions(pipe, owned, cfg.batch_size, cfg.storage_dtype)
-    text_shape, pooled_dim = _text_shapes(pipe)
+    embeds, pooled = _encode_captions(pipe, owned, cfg.batch_size, cfg.storage_dtype, cfg.max_sequence_length)
+    text_shape, pooled_dim = _text_shapes(pipe, cfg.max_sequence_length)
     if embeds is None:
         embeds = np.zeros((0, *text_shape), dtype=empty.dtype)
         pooled = np.zeros((0, pooled_dim), dtype=empty.dtype) if pooled_dim else None
@@ -535,13 +546,14 @@ def _consume(future, pipe, views, rows, rejects, means, logvars, cfg, bar) -> in
 
 
 def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype, shape: InputShape = PAIRS) -> dict:
-    from pipeline.conditioning import is_sdxl
+    from pipeline.families import family_of_pipe
 
-    encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
-    text_shape, pooled_dim = _text_shapes(pipe)
+    family = family_of_pipe(pipe)
+    encoders = family.encoder_modules(pipe)
+    text_shape, pooled_dim = _text_shapes(pipe, cfg.max_sequence_length)
     side = cfg.resolution // pipe.vae_scale_factor
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "family": "sdxl" if is_sdxl(pipe) else "sd15",
+        "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
         "shape": shape.name,
         "model": cfg.model, "vae": cfg.vae, "text_encoders": [te.config._name_or_path for te in encoders],
         "resolution": cfg.resolution, "storage_dtype": cfg.storage_dtype, "compute_dtype": dtype,
@@ -551,6 +563,8 @@ def _describe(pipe, cfg: PrecomputeConfig, dtype, vae_dtype, shape: InputShape =
         "scaling_factor": pipe.vae.config.scaling_factor,
         "shift_factor": getattr(pipe.vae.config, "shift_factor", None),
         "components": describe_models(pipe.vae, encoders),
+        **({"max_sequence_length": text_shape[0] - pipe.tokenizer.model_max_length, "t5": cfg.t5}
+           if family.name == "sd3" else {}),
     }
 
 
@@ -578,6 +592,7 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
         check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+        check_resolution(cfg.model, cfg.resolution)
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(_num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,
@@ -623,13 +638,17 @@ class _PrecomputeShards:
         self.previous = (read_manifest(self.out.root) or {}).get("latents")
         if not (todo or (proc.is_main and self.previous is None)):
             return
-        self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=self.dtype, device=self.device, skip=("unet",))
+        fam = model_family_of(cfg.model)
+        skip = (fam.denoiser_dir,) + (() if cfg.t5 or fam.name != "sd3" else ("text_encoder_3", "tokenizer_3"))
+        self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=self.dtype, device=self.device, skip=skip)
         if pipe.vae.dtype != self.vae_dtype:
             _cast_quietly(pipe.vae, self.vae_dtype)
         if proc.is_main:
             self.description = _describe(pipe, cfg, dtype_name(self.dtype), dtype_name(self.vae_dtype), self.shape)
         if self.previous is not None:  # same model id, but are they the same weights as the finished shards'?
-            encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
+            from pipeline.families import family_of_pipe
+
+            encoders = family_of_pipe(pipe).encoder_modules(pipe)
             check_model({"latents": self.previous}, vae=pipe.vae, text_encoders=encoders)
         if todo:
             self.owners = caption_owners(self.files, self.shape)

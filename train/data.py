@@ -105,9 +105,14 @@ def check_data_matches_model(ds: LatentDataset, model: str, unet_family: str, un
     if channels != unet_in_channels:
         raise UserError(f"'{ds.root}' holds {channels}-channel latents but the UNet of '{model}' takes "
                         f"{unet_in_channels}; rerun `mapo-data precompute --model {model}`.")
-    pipe = load_pipeline(model, vae=ds.info.get("vae"), device="cpu", dtype="fp32", skip=("unet",))
-    encoders = [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
-    check_model(ds, vae=pipe.vae, text_encoders=encoders)
+    from pipeline.families import get_family
+
+    family = get_family(unet_family)
+    # Latents made without T5 (precompute --no-t5) are trained and sampled without it.
+    no_t5 = ("text_encoder_3", "tokenizer_3") if ds.info.get("t5") is False else ()
+    pipe = load_pipeline(model, vae=ds.info.get("vae"), device="cpu", dtype="fp32",
+                         skip=(family.denoiser_dir, *no_t5))
+    check_model(ds, vae=pipe.vae, text_encoders=family.encoder_modules(pipe))
     return pipe
 
 

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import OBJECTIVES  # noqa: F401  (re-exported: the names the losses below implement)
+# The DDPM targets live with the noise processes (pipeline.families.noise); re-exported for the losses' callers.
+from pipeline.families.noise import PREDICTION_TYPES, prediction_target  # noqa: F401
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from .config import OBJECTIVES  # noqa: F401  (re-exported: the names the losses below implement)
 
 # Below this |a*e| margin_weight uses its Taylor series. Above it, the closed form's
 # gradient loses about 2*eps/|x| relative precision to cancellation (~2e-5 in fp32
@@ -88,33 +89,6 @@ def per_sample_error(pred: Tensor, target: Tensor) -> Tensor:
     dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
     diff = pred.to(dtype) - target.to(dtype)
     return diff.square().reshape(diff.shape[0], -1).mean(dim=1)
-
-
-def prediction_target(
-    prediction_type: str, latents: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor
-) -> Tensor:
-    """The UNet's regression target for ``x_t = sqrt(acp_t) * latents + sqrt(1 - acp_t) * noise``.
-
-    - ``"epsilon"``: the noise.
-    - ``"v_prediction"``: ``v = sqrt(acp_t) * noise - sqrt(1 - acp_t) * latents``, computed in
-      (at least) fp32, with the per-sample coefficient broadcast over C, H, W.
-    - ``"sample"``: the clean latents.
-    """
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "sample":
-        return latents
-    if prediction_type != "v_prediction":
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; supported: {', '.join(PREDICTION_TYPES)}")
-    if noise.shape != latents.shape or timesteps.shape != latents.shape[:1]:
-        raise ValueError(
-            f"expected latents and noise [B, ...] and timesteps [B], got {tuple(latents.shape)}, "
-            f"{tuple(noise.shape)} and {tuple(timesteps.shape)}"
-        )
-    dtype = torch.promote_types(latents.dtype, torch.float32)
-    acp = alphas_cumprod.to(device=latents.device, dtype=dtype)[timesteps.to(latents.device).long()]
-    acp = acp.reshape(-1, *([1] * (latents.ndim - 1)))
-    return acp.sqrt() * noise.to(dtype) - (1 - acp).sqrt() * latents.to(dtype)
 
 
 def margin_weight(e: Tensor, a: float = 0.5) -> Tensor:

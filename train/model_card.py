@@ -46,14 +46,19 @@ def _pretrained_source(model: str, output_dir: str | Path) -> tuple[str, str, st
 
 
 def _load_snippet(model: str, family: str, lora: bool, output_dir: str | Path) -> str:
-    pipe_cls = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    """Plain diffusers code that loads the output: the family's pipeline class, and for a full fine-tune its
+    denoiser class from the denoiser's folder (``unet/`` or ``transformer/``)."""
+    from pipeline.families import get_family
+
+    fam = get_family(family)
+    pipe_cls, den_cls, den = fam.pipeline_class, fam.denoiser_class, fam.denoiser_dir
     source, extra_import, note = _pretrained_source(model, output_dir)
     if lora:
         return (f"from diffusers import {pipe_cls}\n{extra_import}\npipe = {pipe_cls}.from_pretrained({source}){note}\n"
                 "pipe.load_lora_weights(\"PATH_TO_THIS_FOLDER\")\n")
-    return (f"from diffusers import {pipe_cls}, UNet2DConditionModel\n{extra_import}\n"
-            "unet = UNet2DConditionModel.from_pretrained(\"PATH_TO_THIS_FOLDER/unet\")\n"
-            f"pipe = {pipe_cls}.from_pretrained({source}, unet=unet){note}\n")
+    return (f"from diffusers import {pipe_cls}, {den_cls}\n{extra_import}\n"
+            f"{den} = {den_cls}.from_pretrained(\"PATH_TO_THIS_FOLDER/{den}\")\n"
+            f"pipe = {pipe_cls}.from_pretrained({source}, {den}={den}){note}\n")
 
 
 def _example_prompt(model: str) -> str:
@@ -91,7 +96,11 @@ def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, 
             "gradient_checkpointing", "use_8bit_adam", "seed")
     hp = "\n".join(f"| {k} | {config.get(k)} |" for k in keys if k in config)
     metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final_metrics.items())) or "| (none) | |"
-    kind = "LoRA adapter" if lora else "full UNet fine-tune"
+    from pipeline.families import get_family
+
+    fam = get_family(config.get("family", "sdxl"))
+    output = "`pytorch_lora_weights.safetensors`" if lora else f"`{fam.denoiser_dir}/` (diffusers format, safetensors)"
+    kind = "LoRA adapter" if lora else f"full {'UNet' if fam.denoiser_dir == 'unet' else 'transformer'} fine-tune"
     model = _relative(config["model"], output_dir)  # a local base model: relative to this folder
     text = f"""---
 {'' if _is_local(config['model']) else f"base_model: {model}{chr(10)}"}\
@@ -105,7 +114,7 @@ Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective'
 
 - **Base model**: `{model}` ({config.get('family')})
 {_data_line(config, data_info, output_dir)}
-- **Output**: {'`pytorch_lora_weights.safetensors`' if lora else '`unet/` (diffusers format, safetensors)'}
+- **Output**: {output}
 
 ## How to load
 

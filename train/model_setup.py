@@ -26,8 +26,8 @@ from .config import TrainConfig
 class TrainModels:
     unet: "torch.nn.Module"  # trainable: all weights (full) or only the LoRA adapter
     reference: "torch.nn.Module | None"  # frozen copy, only for full fine-tune DPO and KTO
-    noise_scheduler: object  # DDPMScheduler: alphas_cumprod, add_noise, prediction_type
-    family: str  # "sdxl" | "sd15"
+    noise_scheduler: object  # DDPMScheduler (alphas_cumprod, add_noise) or FlowMatchEulerDiscreteScheduler
+    family: str  # "sdxl" | "sd15" | "sd3" (pipeline.families)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -35,23 +35,29 @@ class TrainModels:
 
     @property
     def prediction_type(self) -> str:
-        return str(self.noise_scheduler.config.prediction_type)
+        """epsilon / v_prediction / sample (DDPM) or "flow" (the velocity of rectified flow)."""
+        return str(self.noise_scheduler.config.get("prediction_type", "flow"))
 
 
 def unet_family(unet) -> str:
-    """SDXL's UNet takes pooled text embeddings and time ids ("text_time"); SD1.5's does not."""
-    return "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd15"
+    """The family name of a denoiser (SDXL's UNet takes pooled embeddings and time ids, SD3's is a transformer)."""
+    from pipeline.families import family_of_denoiser
+
+    return family_of_denoiser(unet).name
 
 
 def load_base_unet_and_scheduler(model: str, weights: bool = True):
-    """The base model's UNet (fp32 master weights) and a DDPMScheduler from its scheduler config.
+    """The base model's denoiser (UNet or transformer, fp32 master weights) and its training scheduler
+    (DDPMScheduler, or FlowMatchEulerDiscreteScheduler for a flow family) from its scheduler config.
 
     ``weights=False`` builds the UNet from its config alone, randomly initialised, without reading
     the weights file: what ``python -m bench --estimate`` needs under ``FakeTensorMode``, where
     no real tensor can be loaded and the values do not change what memory or FLOPs cost.
     """
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from pipeline.models import model_family_of
 
     quiet_hub_progress()
     if model in builtin_models.ARCH_MODELS:
@@ -60,15 +66,19 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
         )
         return comps["unet"], DDPMScheduler.from_config(comps["scheduler"].config)
     source = resolve_model_source(model)
+    fam = model_family_of(model)
+    denoiser_cls = fam.denoiser_cls()
+    # The training scheduler of the family's noise process, from the model's own scheduler config.
+    scheduler_cls = FlowMatchEulerDiscreteScheduler if fam.flow else DDPMScheduler
     if not weights:
-        config = _call_loader("Model", model, UNet2DConditionModel.load_config, source, subfolder="unet")
+        config = _call_loader("Model", model, denoiser_cls.load_config, source, subfolder=fam.denoiser_dir)
         scheduler = _call_loader(
-            "Scheduler of model", model, DDPMScheduler.from_pretrained, source, subfolder="scheduler"
+            "Scheduler of model", model, scheduler_cls.from_pretrained, source, subfolder="scheduler"
         )
-        return UNet2DConditionModel.from_config(config), scheduler
-    unet = _call_loader("Model", model, UNet2DConditionModel.from_pretrained, source, subfolder="unet",
+        return denoiser_cls.from_config(config), scheduler
+    unet = _call_loader("Model", model, denoiser_cls.from_pretrained, source, subfolder=fam.denoiser_dir,
                         torch_dtype=torch.float32)
-    scheduler = _call_loader("Scheduler of model", model, DDPMScheduler.from_pretrained, source, subfolder="scheduler")
+    scheduler = _call_loader("Scheduler of model", model, scheduler_cls.from_pretrained, source, subfolder="scheduler")
     return unet, scheduler
 
 

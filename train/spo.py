@@ -46,6 +46,22 @@ from .losses import LossOutput, spo_loss
 # Public code defaults (configs/basic_config.py, the SD1.5 and SDXL experiment configs).
 DEFAULT_NUM_CANDIDATES = {"sd15": 4, "sdxl": 2}  # num_sample_each_step: 4 (SD1.5 config), 2 (SDXL config)
 DEFAULT_THRESHOLD = {"sd15": 0.3, "sdxl": 0.4}  # compare_func_cfg.threshold
+def check_spo_model(model: str) -> None:
+    """Refuse, in one line and before anything is written, SPO on a flow-matching model: its sampler is DDIM's
+    stochastic step, whose log-probability is defined for DDPM models only (a flow SDE sampler with
+    log-probabilities, as Flow-GRPO's, is not implemented).
+
+    Raises:
+        UserError: ``model`` is a rectified-flow family (SD3).
+    """
+    from pipeline.models import model_family_of
+
+    family = model_family_of(model)
+    if family.flow:
+        raise UserError(f"--objective spo: '{model}' is a flow-matching ({family.name}) model; SPO's sampler here is "
+                        "DDIM's, for DDPM models (SD1.5, SDXL) only; use mapo, dpo, sft or kto")
+
+
 NO_PAIR_KEYS = ("logp_w", "logp_l", "ratio_w", "ratio_l", "implicit_acc", "reward_margin")  # spo_loss's, loss aside
 
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipeline.families import ModelFamily, family_of_denoiser
+from pipeline.families.noise import DdpmProcess, noise_process
 from pipeline.seeds import derive_seed
 
 from .config import REFERENCE_OBJECTIVES
-from .losses import LossOutput, dpo_loss, kto_loss, mapo_loss, per_sample_error, prediction_target, sft_loss
+from .losses import LossOutput, dpo_loss, kto_loss, mapo_loss, per_sample_error, sft_loss
 
 
 @dataclass(frozen=True)
@@ -51,30 +53,41 @@ def step_generator(seed: int, step: int, rank: int, micro_step: int) -> torch.Ge
     return torch.Generator(device="cpu").manual_seed(derive_seed(seed, f"train-step-{step}-rank-{rank}", micro_step))
 
 
-def draw_noise(latents: Tensor, num_train_timesteps: int, generator: torch.Generator,
+def draw_noise(latents: Tensor, num_train_timesteps, generator: torch.Generator,
                per_example: bool = False) -> tuple[Tensor, Tensor]:
     """One noise tensor ``[B, C, h, w]`` and one timestep ``[B]`` per PAIR: ``latents`` is ``[B, K, C, h, w]``.
 
     ``per_example``: one per image instead, ``[K*B, ...]`` (KTO; K = 2 for pairs, 1 for unpaired examples).
+    ``num_train_timesteps``: T of DDPM's integer timesteps, or a noise process
+    (:mod:`pipeline.families.noise`; rectified flow draws sigmas ``[B]`` fp32 instead).
     """
     b, k, c, h, w = latents.shape
     if per_example:
         b *= k
-    timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator)
-    noise = torch.randn((b, c, h, w), generator=generator, dtype=torch.float32)
+    process = num_train_timesteps if hasattr(num_train_timesteps, "draw") else None
+    if process is None:  # DDPM's draw, as DdpmProcess.draw
+        timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator)
+        noise = torch.randn((b, c, h, w), generator=generator, dtype=torch.float32)
+    else:
+        noise, timesteps = process.draw((b, c, h, w), generator)
     return noise.to(latents.device), timesteps.to(latents.device)
 
 
-def unet_inputs(batch: dict, noise: Tensor, timesteps: Tensor, noise_scheduler, objective: Objective):
-    """Noisy latents, timesteps, target and conditioning for the UNet: ``[chosen..., rejected...]``.
+def unet_inputs(batch: dict, noise: Tensor, timesteps: Tensor, noise_scheduler, objective: Objective,
+                family=None):
+    """Noisy latents, timesteps, target and conditioning for the denoiser: ``[chosen..., rejected...]``.
 
     ``batch["latents"]`` is ``[B, 2, C, h, w]`` (pairs) or ``[B, 1, C, h, w]`` (unpaired examples, KTO
     only); ``noise`` ``[B, C, h, w]`` and ``timesteps`` ``[B]`` (one per pair), or ``[kB, ...]`` (one per
-    image, :func:`draw_noise` with ``per_example``). Returns ``x_t`` ``[kB, C, h, w]``, ``t`` ``[kB]``, the
-    target like ``x_t`` and the UNet's conditioning, with k = 2 (chosen, then rejected), or k = 1 for SFT
-    (chosen only) and unpaired examples. All in the batch's dtype: the batch arrives already cast
-    (:func:`train.data.to_compute`).
+    image, :func:`draw_noise` with ``per_example``). Returns ``x_t`` ``[kB, C, h, w]``, ``t`` ``[kB]`` (the
+    denoiser's timestep: DDPM's integer t, or flow's sigma * 1000), the target like ``x_t`` (the noise
+    process's: epsilon / v / x0, or the velocity noise - x0) and the denoiser's conditioning (``family``'s;
+    default: SDXL's when the batch has pooled embeddings, else SD1.5's), with k = 2 (chosen, then rejected),
+    or k = 1 for SFT (chosen only) and unpaired examples. All in the batch's dtype: the batch arrives
+    already cast (:func:`train.data.to_compute`).
     """
+    from pipeline.families import SD15, SDXL
+
     latents = batch["latents"]
     images = [latents[:, i] for i in range(latents.shape[1])] if objective.uses_rejected else [latents[:, 0]]
     k = len(images)
@@ -82,24 +95,25 @@ def unet_inputs(batch: dict, noise: Tensor, timesteps: Tensor, noise_scheduler, 
     per_pair = 1 if noise.shape[0] == x0.shape[0] else k  # per-pair noise: the same for both images of a pair
     eps = noise.repeat(per_pair, 1, 1, 1)
     t = timesteps.repeat(per_pair)
-    x_t = noise_scheduler.add_noise(x0, eps, t)
-    acp = noise_scheduler.alphas_cumprod
-    target = prediction_target(objective.prediction_type, x0, eps, t, acp)
-    cond = {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1)}
-    if "pooled_prompt_embeds" in batch:
-        cond["added_cond_kwargs"] = {
-            "text_embeds": batch["pooled_prompt_embeds"].repeat(k, 1),
-            "time_ids": batch["add_time_ids"].repeat(k, 1),
-        }
-    return x_t, t, target, cond
+    process = noise_process(noise_scheduler)
+    prediction = objective.prediction_type if isinstance(process, DdpmProcess) else None
+    x_t, target = process.noisy(x0, eps, t, prediction)
+    family = family or (SDXL if "pooled_prompt_embeds" in batch else SD15)
+    return x_t, process.model_timestep(t), target, family.conditioning(batch, k)
 
 
-def errors(unet, x_t: Tensor, t: Tensor, target: Tensor, cond: dict) -> Tensor:
-    """Per-sample squared error ``[N]`` (at least fp32) of ``unet``'s prediction for ``x_t`` ``[N, C, h, w]``.
+def errors(unet, x_t: Tensor, t: Tensor, target: Tensor, cond: dict, family=None) -> Tensor:
+    """Per-sample squared error ``[N]`` (at least fp32) of the denoiser's prediction for ``x_t`` ``[N, C, h, w]``.
 
-    The inputs go in as they are (no cast here): precision is autocast's business.
+    ``family``: how the denoiser is called (default: recognised from its config). The inputs go in as they
+    are (no cast here): precision is autocast's business.
     """
-    pred = unet(x_t, t, **cond, return_dict=False)[0]
+    if family is None:
+        try:
+            family = family_of_denoiser(unet)
+        except ValueError:  # not a diffusers denoiser (a test double): the UNet call
+            family = ModelFamily
+    pred = family.predict(unet, x_t, t, cond)
     return per_sample_error(pred, target)
 
 
@@ -113,19 +127,19 @@ def adapters_disabled(unet):
         unet.enable_adapters()
 
 
-def reference_errors(reference, x_t, t, target, cond, lora_unet=None) -> Tensor:
+def reference_errors(reference, x_t, t, target, cond, lora_unet=None, family=None) -> Tensor:
     """DPO's (and KTO's) reference errors ``[N]`` under no_grad: a frozen copy, or the LoRA UNet with its adapter off.
 
     Raises ValueError when there is neither.
     """
     with torch.no_grad():
         if reference is not None:
-            return errors(reference, x_t, t, target, cond)
+            return errors(reference, x_t, t, target, cond, family)
         if lora_unet is None:
             raise ValueError("DPO and KTO need a reference: a frozen UNet, or a LoRA UNet whose adapter can be "
                              "disabled")
         with adapters_disabled(lora_unet) as base:
-            return errors(base, x_t, t, target, cond)
+            return errors(base, x_t, t, target, cond, family)
 
 
 def _check_one_dtype(batch: dict) -> None:
@@ -154,24 +168,30 @@ def compute_loss(unet, batch: dict, noise_scheduler, objective: Objective, gener
     """Forward chosen (and rejected) through ``unet`` and return the objective's :class:`LossOutput`.
 
     ``batch``: "latents" ``[B, 2, C, h, w]`` (chosen first), "prompt_embeds" ``[B, L, D]`` and, for
-    SDXL, "pooled_prompt_embeds" ``[B, P]`` and "add_time_ids" ``[B, 6]``, all floating tensors in ONE
-    dtype (fp32 from :func:`train.data.to_compute`; fp64 in gradient checks); ValueError otherwise.
-    Nothing is cast here: under mixed precision the caller's autocast picks each op's precision.
-    ``unet`` may be a DDP wrapper; ``lora_base`` is the unwrapped LoRA UNet (for the DPO / KTO
-    reference without a second UNet). KTO also takes unpaired examples (latents ``[B, 1, C, h, w]``,
-    "label" ``[B]``) and ``reduce_mean``, the all-process mean of a scalar (accelerate's
-    ``reduce(..., "mean")``), for its reference point; None: this process's batch alone.
+    SDXL, "pooled_prompt_embeds" ``[B, P]`` and "add_time_ids" ``[B, 6]`` (SD3: "pooled_prompt_embeds"),
+    all floating tensors in ONE dtype (fp32 from :func:`train.data.to_compute`; fp64 in gradient checks);
+    ValueError otherwise. Nothing is cast here: under mixed precision the caller's autocast picks each op's
+    precision. The family (how the denoiser is called) comes from ``unet``'s config, the noise process (DDPM
+    or rectified flow) from ``noise_scheduler`` (:mod:`pipeline.families`). ``unet`` may be a DDP wrapper;
+    ``lora_base`` is the unwrapped LoRA UNet (for the DPO / KTO reference without a second UNet). KTO also
+    takes unpaired examples (latents ``[B, 1, C, h, w]``, "label" ``[B]``) and ``reduce_mean``, the
+    all-process mean of a scalar (accelerate's ``reduce(..., "mean")``), for its reference point;
+    None: this process's batch alone.
     """
     _check_one_dtype(batch)
-    noise, timesteps = draw_noise(batch["latents"], objective.num_train_timesteps, generator,
-                                  per_example=objective.per_example_noise)
-    x_t, t, target, cond = unet_inputs(batch, noise, timesteps, noise_scheduler, objective)
+    try:
+        family = family_of_denoiser(unet)
+    except ValueError:  # not a diffusers denoiser (a test double): the UNet call
+        family = None
+    process = noise_process(noise_scheduler)
+    noise, timesteps = draw_noise(batch["latents"], process, generator, per_example=objective.per_example_noise)
+    x_t, t, target, cond = unet_inputs(batch, noise, timesteps, process, objective, family)
     ref = None
     if objective.uses_reference:
         # Before the policy forward: the reference needs no graph, and its activations are
         # freed before the policy's are allocated.
-        ref = reference_errors(reference, x_t, t, target, cond, lora_unet=lora_base)
-    e = errors(unet, x_t, t, target, cond)
+        ref = reference_errors(reference, x_t, t, target, cond, lora_unet=lora_base, family=family)
+    e = errors(unet, x_t, t, target, cond, family)
     if objective.name == "kto":
         # The reference point z: the mean implicit reward of the whole global batch, no gradient.
         kl = (ref - e).detach().mean()

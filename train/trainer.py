@@ -95,6 +95,10 @@ class Trainer:
             raise UserError(_FP16_ON_CPU)
         if cfg.optimizer_in_backward and _launched_multi_process():  # DDP all-reduces after the in-backward hooks
             raise UserError("--optimizer-in-backward runs on one process; drop it or launch one process.")
+        if cfg.objective == "spo":
+            from .spo import check_spo_model
+
+            check_spo_model(cfg.model)  # a flow model is refused before the run folder is claimed
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         claim_run_folder(self.out, self.cfg, resume)
         self.scorers = None
@@ -171,7 +175,7 @@ class Trainer:
             self.validator = Validator(self.base_pipe, cfg.validation_prompts, cfg.validation_seeds, resolution,
                                        cfg.validation_inference_steps, cfg.validation_guidance_scale, self.out,
                                        scorers=self.scorers, metrics_file=self.out / METRICS_FILE,
-                                       base_unet=self._base_unet)
+                                       base_unet=self._base_unet, pipeline_kwargs=self._sampling_kwargs())
         elif self.online is None:
             self.base_pipe = None  # not needed: free the text encoders and VAE
         if acc.is_main_process:
@@ -314,6 +318,11 @@ class Trainer:
                 k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")
             },
         }
+
+    def _sampling_kwargs(self) -> dict:
+        """Pipeline-call settings the training text was encoded with (SD3: the T5 token count precompute used)."""
+        info = {} if self.online is not None else self.data.dataset.info
+        return {"max_sequence_length": info["max_sequence_length"]} if info.get("max_sequence_length") else {}
 
     def _data_info(self) -> dict:
         if self.online is not None:
@@ -563,8 +572,11 @@ class Trainer:
         if cfg.is_lora:
             saved = str(save_lora(unet, self.out, self.models.family))
         else:
-            unet.save_pretrained(self.out / "unet", safe_serialization=True)
-            saved = str(self.out / "unet")
+            from pipeline.families import get_family
+
+            folder = self.out / get_family(self.models.family).denoiser_dir  # unet/ or transformer/
+            unet.save_pretrained(folder, safe_serialization=True)
+            saved = str(folder)
         write_model_card(self.out, self.resolved_config(), final_metrics, self._data_info())
         if self.validator is not None:
             self.validator.run(unet, self.state.global_step, acc.device, acc.autocast, acc.trackers)
@@ -589,17 +601,17 @@ class Trainer:
 
 
 def save_lora(unet, output_dir: Path, family: str) -> Path:
-    """LoRA weights in the diffusers layout that ``pipe.load_lora_weights(output_dir)`` reads."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """LoRA weights in the diffusers layout that ``pipe.load_lora_weights(output_dir)`` reads (the family's
+    pipeline class writes them: ``unet.*`` keys for SD1.5/SDXL, ``transformer.*`` for SD3)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    from pipeline.families import get_family
+
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     # The adapter's config (lora_alpha above all) goes into the file's metadata: without it
     # load_lora_weights assumes alpha = rank and applies an alpha != rank adapter at the wrong scale.
-    cls.save_lora_weights(str(output_dir), unet_lora_layers=layers, safe_serialization=True,
-                          unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    get_family(family).save_lora(layers, str(output_dir), unet.peft_config["default"].to_dict())
     return Path(output_dir) / LORA_FILE
 
 

@@ -20,7 +20,7 @@ VALIDATION_DIR = "validation"
 class Validator:
     def __init__(self, pipe, prompts: list[str], seeds: list[int], resolution: int, num_inference_steps: int,
                  guidance_scale: float, output_dir: str | Path, scorers: dict | None = None,
-                 metrics_file: str | Path | None = None, base_unet=None):
+                 metrics_file: str | Path | None = None, base_unet=None, pipeline_kwargs: dict | None = None):
         self.pipe = pipe  # base pipeline without a UNet (text encoders + VAE on the CPU)
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.resolution, self.steps, self.guidance = resolution, num_inference_steps, guidance_scale
@@ -30,6 +30,8 @@ class Validator:
         # base_unet(trained_unet): a context manager giving the untrained UNet. Used for the
         # "before" half of before_after.png when this process did not see step 0 (a resumed run).
         self.base_unet = base_unet
+        # Extra pipeline-call settings matching how the training text was encoded (SD3: max_sequence_length).
+        self.pipeline_kwargs = dict(pipeline_kwargs or {})
         self.before: list[list] | None = None
 
     def images(self, unet, device, autocast) -> list[list]:
@@ -37,11 +39,13 @@ class Validator:
         import torch
 
         from pipeline.conditioning import note_truncation, quiet_truncation_warnings
+        from pipeline.families import family_of_pipe
 
         was_training = unet.training
         unet.eval()
         pipe = self.pipe
-        pipe.unet = unet
+        family = family_of_pipe(pipe)
+        family.set_denoiser(pipe, unet)
         pipe.to(device)
         try:
             rows = []
@@ -52,11 +56,11 @@ class Validator:
                     for seed in self.seeds:
                         out = pipe(prompt=prompt, num_inference_steps=self.steps, guidance_scale=self.guidance,
                                    height=self.resolution, width=self.resolution,
-                                   generator=torch.Generator("cpu").manual_seed(seed))
+                                   generator=torch.Generator("cpu").manual_seed(seed), **self.pipeline_kwargs)
                         row.append(out.images[0])
                     rows.append(row)
         finally:
-            pipe.unet = None
+            family.set_denoiser(pipe, None)
             pipe.to("cpu")
             unet.train(was_training)
         return rows

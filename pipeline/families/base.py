@@ -1,0 +1,103 @@
+"""The model-family protocol: everything that differs between SD1.5, SDXL, SD3 ... in one small class.
+
+A family says how to recognise its models (``model_index.json``), which diffusers classes hold its
+pipeline and its denoiser (UNet or transformer) and where the denoiser lives in the folder, how prompts
+become the denoiser's conditioning (and what precompute stores for them), how the denoiser is called on
+a training batch, how a LoRA is saved, the image-side multiple, and its noise process
+(:mod:`pipeline.families.noise`). Code outside ``pipeline/families/`` asks the family instead of testing
+for ``text_encoder_2`` or ``addition_embed_type``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ModelFamily:
+    """One model family. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]  # "sd15" | "sdxl" | "sd3": written in manifests and training configs
+    pipeline_class: ClassVar[str]  # the diffusers text-to-image pipeline class
+    denoiser_dir: ClassVar[str] = "unet"  # the denoiser's subfolder in a diffusers pipeline folder
+    denoiser_class: ClassVar[str] = "UNet2DConditionModel"
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)  # pipeline components, in order
+    tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    # Batch keys of the precomputed text conditioning besides "prompt_embeds" (pipeline.latent_shards)
+    pooled: ClassVar[bool] = False  # "pooled_prompt_embeds" [B, P]
+    time_ids: ClassVar[bool] = False  # "add_time_ids" [B, 6] (SDXL's micro-conditioning)
+    size_multiple: ClassVar[int] = 8  # image sides: the VAE's /8, times the transformer's patch size
+    flow: ClassVar[bool] = False  # rectified flow (True) or DDPM (False)
+    # Denoiser config keys a trained denoiser or LoRA must share with the pipeline it is put into.
+    fit_keys: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ recognising a model
+    @classmethod
+    def matches_index(cls, index: dict) -> bool:
+        """Whether a pipeline's ``model_index.json`` (as a dict) is this family's."""
+        return index.get("_class_name") == cls.pipeline_class
+
+    @classmethod
+    def matches_denoiser(cls, config) -> bool:
+        """Whether a denoiser's config (dict-like) is this family's."""
+        return False
+
+    # ------------------------------------------------------------------ classes
+    @classmethod
+    def pipeline_cls(cls):
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_class)
+
+    @classmethod
+    def denoiser_cls(cls):
+        import diffusers
+
+        return getattr(diffusers, cls.denoiser_class)
+
+    @classmethod
+    def denoiser(cls, pipe):
+        """The pipeline's denoiser module (``pipe.unet`` or ``pipe.transformer``)."""
+        return getattr(pipe, cls.denoiser_dir)
+
+    @classmethod
+    def set_denoiser(cls, pipe, module) -> None:
+        setattr(pipe, cls.denoiser_dir, module)
+
+    # ------------------------------------------------------------------ text conditioning
+    @classmethod
+    def encode_prompt(cls, pipe, prompts, negative_prompts, guidance: bool, device, max_sequence_length=None):
+        """``(prompt_embeds, negative_prompt_embeds, pooled, negative_pooled)`` from the pipeline's own
+        ``encode_prompt``; pooled entries are None for families without them. ``max_sequence_length``: T5
+        tokens, for families with a T5 encoder (ignored by CLIP-only families)."""
+        pe, npe = pipe.encode_prompt(prompts, device, 1, guidance, negative_prompt=negative_prompts)
+        return pe, npe, None, None
+
+    @classmethod
+    def text_shapes(cls, pipe, max_sequence_length=None) -> tuple[list[int], int | None]:
+        """``([L, D] of prompt_embeds, P of pooled or None)`` this pipeline's encoders give."""
+        return [pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size], None
+
+    @classmethod
+    def encoder_modules(cls, pipe) -> list:
+        """The pipeline's loaded text encoders, in order (None-free)."""
+        return [m for m in (getattr(pipe, n, None) for n in cls.text_encoders) if m is not None]
+
+    # ------------------------------------------------------------------ the denoiser on a training batch
+    @classmethod
+    def conditioning(cls, batch: dict, k: int) -> dict:
+        """The denoiser's keyword arguments for ``k`` stacked copies of ``batch``'s conditioning."""
+        return {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1)}
+
+    @classmethod
+    def predict(cls, model, x_t: "torch.Tensor", timestep: "torch.Tensor", cond: dict) -> "torch.Tensor":
+        """The denoiser's prediction ``[N, C, h, w]`` for ``x_t`` ``[N, C, h, w]`` at ``timestep`` ``[N]``."""
+        return model(x_t, timestep, **cond, return_dict=False)[0]
+
+    # ------------------------------------------------------------------ saving
+    @classmethod
+    def save_lora(cls, layers: dict, output_dir: str, metadata: dict) -> None:
+        """Write LoRA ``layers`` (diffusers-format state dict) as ``pipe.load_lora_weights(output_dir)`` reads."""
+        cls.pipeline_cls().save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True,
+                                             unet_lora_adapter_metadata=metadata)

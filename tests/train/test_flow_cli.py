@@ -1,0 +1,138 @@
+"""SD3 end to end through the real CLIs on the built-in tiny-sd3: generate -> label -> precompute -> mapo-train
+(every objective, full and LoRA) -> mapo-eval; the outputs load with plain diffusers; bad input is one line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.cli import app as data_app
+from stages.eval_cli import app as eval_app
+from tests.helpers import run_cli, write_prompts
+from tests.train.conftest import train_args
+from train.cli import app as train_app
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+
+
+@pytest.fixture(scope="module")
+def sd3_data(tmp_path_factory, one_torch_thread):
+    root = tmp_path_factory.mktemp("sd3")
+    prompts = write_prompts(root / "prompts.txt", PROMPTS)
+    for args in (["generate", "--prompts", prompts, "--output", root / "pairs", "--model", "tiny-sd3",
+                  "--resolution", "64", "--num-inference-steps", "2", "--device", "cpu"],
+                 ["label", "--input", root / "pairs", "--output", root / "lab", "--target", "style"],
+                 ["precompute", "--input", root / "lab", "--output", root / "lat", "--model", "tiny-sd3",
+                  "--resolution", "64", "--device", "cpu", "--max-sequence-length", "16"]):
+        result = run_cli(data_app, args)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_precompute_stores_sd3_conditioning(sd3_data):
+    from pipeline.latent_shards import open_latents
+
+    info = json.loads((sd3_data / "lat" / "manifest.json").read_text())["latents"]
+    assert info["family"] == "sd3" and info["latent_shape"] == [16, 8, 8] and info["shift_factor"] == 0.0609
+    assert info["prompt_embeds_shape"] == [77 + 16, 64] and info["pooled_dim"] == 64
+    assert info["max_sequence_length"] == 16 and info["t5"] is True and len(info["text_encoders"]) == 3
+    item = open_latents(sd3_data / "lat")[0]
+    assert item["latents"].shape == (2, 16, 8, 8) and item["pooled_prompt_embeds"].shape == (64,)
+    assert "add_time_ids" not in item
+
+
+@pytest.mark.parametrize("objective", ["mapo", "dpo", "sft", "kto"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, lora):
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from pipeline.models import resolve_model_source
+
+    out = tmp_path / "run"
+    extra = ["--objective", objective] + (["--lora-rank", "2"] if lora else [])
+    result = run_cli(train_app, train_args(sd3_data / "lat", out, "tiny-sd3", 2, *extra))
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["family"] == "sd3" and config["prediction_type"] == "flow"
+    card = (out / "README.md").read_text()
+    if lora:
+        assert "StableDiffusion3Pipeline" in card and "load_lora_weights" in card
+        pipe = StableDiffusion3Pipeline.from_pretrained(resolve_model_source("tiny-sd3"))
+        pipe.load_lora_weights(str(out))
+        assert pipe.get_active_adapters()
+    else:
+        assert 'SD3Transformer2DModel.from_pretrained("PATH_TO_THIS_FOLDER/transformer")' in card
+        assert SD3Transformer2DModel.from_pretrained(out / "transformer").config.in_channels == 16
+
+
+def test_eval_sd3_candidates(sd3_data, tmp_path):
+    runs = []
+    for name, extra in (("full", []), ("lora", ["--lora-rank", "2"])):
+        result = run_cli(train_app, train_args(sd3_data / "lat", tmp_path / name, "tiny-sd3", 1, *extra))
+        assert result.exit_code == 0, result.output
+        runs += ["--candidate", tmp_path / name]
+    result = run_cli(eval_app, [*runs, "--prompts", sd3_data / "prompts.txt", "--output", tmp_path / "eval",
+                                "--metrics", "world-style", "--style", "cartoon", "--num-inference-steps", "2",
+                                "--seeds", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary
+
+
+def _one_line_error(result):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_bad_input_is_one_line(sd3_data, tmp_path, latents_sdxl):
+    # an SD3 model on SDXL latents
+    line = _one_line_error(run_cli(train_app, train_args(latents_sdxl, tmp_path / "a", "tiny-sd3", 1)))
+    assert "holds sdxl latents but 'tiny-sd3' is an sd3 model" in line and not (tmp_path / "a").exists()
+    # a side that is not a multiple of 16
+    line = _one_line_error(run_cli(data_app, ["precompute", "--input", sd3_data / "lab", "--output", tmp_path / "b",
+                                              "--model", "tiny-sd3", "--resolution", "72"]))
+    assert "multiples of 16" in line and not (tmp_path / "b").exists()
+    line = _one_line_error(run_cli(data_app, ["generate", "--prompts", sd3_data / "prompts.txt", "--output",
+                                              tmp_path / "c", "--model", "tiny-sd3", "--resolution", "40"]))
+    assert "multiples of 16" in line and not (tmp_path / "c").exists()
+    # SPO on a flow model
+    line = _one_line_error(run_cli(train_app, ["--model", "tiny-sd3", "--objective", "spo", "--prompts",
+                                               sd3_data / "prompts.txt", "--output-dir", tmp_path / "d",
+                                               "--max-steps", "1", "--report-to", "none"]))
+    assert "flow-matching (sd3)" in line and not (tmp_path / "d").exists()
+
+
+def test_lora_of_one_family_loaded_as_another(sd3_data, tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.training_output import load_trained_pipeline
+
+    result = run_cli(train_app, train_args(sd3_data / "lat", tmp_path / "lora", "tiny-sd3", 1, "--lora-rank", "2"))
+    assert result.exit_code == 0, result.output
+    line = _one_line_error(run_cli(eval_app, ["--candidate", tmp_path / "lora", "--model", "tiny-sdxl", "--prompts",
+                                              sd3_data / "prompts.txt", "--output", tmp_path / "e", "--metrics",
+                                              "world-style", "--style", "cartoon"]))
+    assert "is an sd3 transformer" in line and "'tiny-sdxl' is an sdxl pipeline" in line
+    with pytest.raises(UserError, match="trained on an sd3 model"):
+        load_trained_pipeline(str(tmp_path / "lora"), model="tiny-sdxl", device="cpu")
+
+
+def test_without_t5_precompute_train_and_validate(sd3_data, tmp_path):
+    """precompute --no-t5 stores zeros where T5's tokens go (StableDiffusion3Pipeline with text_encoder_3=None);
+    training loads no T5, and its validation samples with the latents' token count."""
+    import numpy as np
+
+    result = run_cli(data_app, ["precompute", "--input", sd3_data / "lab", "--output", tmp_path / "lat", "--model",
+                                "tiny-sd3", "--resolution", "64", "--device", "cpu", "--no-t5",
+                                "--max-sequence-length", "8"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "lat" / "manifest.json").read_text())["latents"]
+    assert info["t5"] is False and len(info["text_encoders"]) == 2 and info["prompt_embeds_shape"] == [85, 64]
+    embeds = np.load(next((tmp_path / "lat" / "data").glob("*.prompt_embeds.npy")))
+    assert not embeds[:, 77:].any() and embeds[:, :77].any()
+    result = run_cli(train_app, train_args(tmp_path / "lat", tmp_path / "run", "tiny-sd3", 1, "--validation-steps",
+                                           "1", "--validation-prompts", "a red circle",
+                                           "--validation-inference-steps", "2"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "validation" / "step-000001.png").is_file()

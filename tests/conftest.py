@@ -7,7 +7,11 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["MAPO_NO_PROGRESS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Tiny built-in models are built once per checkout here, not in the user's ~/.cache.
+# Parallel workers (pytest-xdist: `make test` runs `pytest -n auto`): one torch thread per worker, set before torch is
+# imported and inherited by the CLIs the tests start; N workers on N cores with torch's default threads each would
+# oversubscribe the cores. Tiny built-in models are built once per checkout (under a file lock), not in ~/.cache.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MAPO_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "mapo"))
 
 import pytest  # noqa: E402

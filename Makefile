@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
 	touch $(STAMP)
 
+# The suite on every core (pytest-xdist), each worker with one torch thread (tests/conftest.py); a module's tests stay
+# on one worker, so its module-scoped fixtures are built once. TEST_WORKERS=0 runs it in this process, serially.
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh demo-output

@@ -200,17 +200,23 @@ def materialise_tiny(name: str) -> Path:
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        build_tiny(name, tmp)
+    from filelock import FileLock
+
+    # One builder at a time (parallel test workers, the processes of a launch): the others wait, then use its folder.
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if (target / "model_index.json").exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process built it first (rename onto a non-empty dir fails): use theirs.
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build_tiny(name, tmp)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process built it first (a file system where the lock does not hold): use theirs.
+                if not (target / "model_index.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

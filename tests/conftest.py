@@ -7,7 +7,13 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["MAPO_NO_PROGRESS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Tiny built-in models are built once per checkout here, not in the user's ~/.cache.
+# One torch thread per test process, set before torch is imported and inherited by the CLIs the tests start:
+# `make test` runs one pytest-xdist worker per core, and tiny models gain nothing from more threads while
+# busy cores make torch's spinning threads many times slower (test_generate's kill-and-resume test, whose CLIs
+# ran with the default threads: 343 s serially, 141 s with one thread under pytest -n 2, on 2 cores loaded by
+# other jobs). Thread counts change CPU kernels' last bits, so every process of the suite uses the same count.
+# Tiny built-in models are built once per checkout (under a file lock).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MAPO_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "mapo"))
 
 import pytest  # noqa: E402

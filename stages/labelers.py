@@ -18,20 +18,22 @@ on the other pairs of its batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 from pipeline.errors import UserError
 from pipeline.judge_scores import NON_FINITE, is_finite_score
+from pipeline.judges.options import JudgeOptions
+from pipeline.judges.registry import get_judge, judge_names, safety_classifier_names
 from pipeline.options import at_least, check_options, nested, option
 from pipeline.prompt_prefixes import STYLE_TEXTS
 from pipeline.reward import RULES
-from pipeline.scorer_options import METRICS, ScorerOptions
 from pipeline.shards import Describable
 
 TARGETS = ("style", "safety", "reward")
-LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction"),
-            "reward": ("reward",)}
+# Safety labelers: the built-in classifiers (pipeline.safety), then judges registered as classifiers (world-unsafe).
+SAFETY_LABELERS = ("nudenet", "sd-safety-checker", *safety_classifier_names(), "construction")
+LABELERS = {"style": ("construction",), "safety": SAFETY_LABELERS, "reward": ("reward",)}
 VERIFIERS = ("clip", "world-style")
 DEFAULT_LABELER = {"style": "construction", "safety": "nudenet", "reward": "reward"}
 
@@ -293,13 +295,13 @@ class LabelerSpec:
                              help="Input rows (pairs, or a prompt's candidates) per labeling batch.")
     reward: str | None = option(None, panel=PANEL_REWARD, help=(
         "The judge, or a weighted sum of standardised judges: 'pickscore', 'pickscore:1,hps:0.5'. Judges: "
-        f"{', '.join(METRICS)} (where lower is better, the sign is turned)."))
+        f"{', '.join(judge_names())} (where lower is better, the sign is turned)."))
     pair_rule: str = option("best-worst", choices=RULES, panel=PANEL_REWARD, help=(
         "best-worst: each row's highest reward against its lowest; all-pairs: every two candidates whose gap is above "
         "--min-gap."))
     calibration_rows: int = option(256, check=at_least(1), panel=PANEL_REWARD, help=(
         "Standardise each judge by its mean and std over the candidates of the input's first N rows."))
-    judges: ScorerOptions = nested(ScorerOptions, "reward_")
+    judges: JudgeOptions = nested(JudgeOptions, "reward_")
 
     def resolved_labeler(self) -> str:
         """The labeler's name once ``auto`` is resolved for the target.
@@ -333,19 +335,20 @@ class LabelerSpec:
                 style: a style text).
         """
         from pipeline.reward import parse_reward
-        from pipeline.world.judges import WORLD_STYLES
 
         if self.reward is None:
             raise UserError(
                 "--target reward needs --reward: a judge (e.g. pickscore) or a weighted sum ('pickscore:1,hps:0.5')."
             )
-        weights = parse_reward(self.reward, METRICS)
-        if "world-style" in weights and self.judges.style not in WORLD_STYLES:
-            raise UserError(
-                f"the world-style judge needs the look it rewards: --reward-style {'|'.join(WORLD_STYLES)}."
-            )
-        if "style" in weights and not (self.judges.style_text or self.judges.style):
-            raise UserError("the style judge needs a style: --reward-style cartoon|pixel or --reward-style-text.")
+        weights = parse_reward(self.reward, judge_names())
+        options = replace(self.judges, tiny=False).resolved()  # style_text from --reward-style; nothing built
+        for name in weights:  # what each judge needs (a style, a look), said with label's option names
+            needs = get_judge(name).needs
+            try:
+                if needs is not None:
+                    needs(options)
+            except UserError as exc:
+                raise UserError(f"--reward {name}: {str(exc).replace('--style', '--reward-style')}") from None
         return weights
 
 

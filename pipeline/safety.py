@@ -221,6 +221,8 @@ def _load_sd_safety_checker(source: str):
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
+    from pipeline.judges.weights import from_pretrained
+
     how = (
         "download it (hf download <id>) or pass a local folder with config.json, the weights and "
         "preprocessor_config.json"
@@ -241,10 +243,9 @@ def _load_sd_safety_checker(source: str):
         kwargs = {"local_files_only": hub_offline()}
     try:
         # Inside the not-found handler: transformers reports a corrupt config as OSError too.
-        with reading_weights(model_dir, f"SD safety checker '{source}'"):
-            model = StableDiffusionSafetyChecker.from_pretrained(model_dir, **kwargs)
-        with reading_weights(proc_dir, f"SD safety checker '{source}' image processor"):
-            processor = CLIPImageProcessor.from_pretrained(proc_dir, **kwargs)
+        model = from_pretrained(StableDiffusionSafetyChecker, model_dir, f"SD safety checker '{source}'", **kwargs)
+        processor = from_pretrained(CLIPImageProcessor, proc_dir, f"SD safety checker '{source}' image processor",
+                                    **kwargs)
     except (OSError, ValueError) as exc:
         where = "a local folder" if not kwargs else ("the Hugging Face cache (offline)" if hub_offline() else "the hub")
         raise ModelNotFoundError(

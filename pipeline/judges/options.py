@@ -24,23 +24,23 @@ SHARED_OPTIONS = (
     ("tiny", bool, option(False, name="tiny_scorers", flags=("--tiny-scorers",), panel=PANEL_WEIGHTS, help=(
         "Every judge with tiny random weights built offline (demo/tests; safety stays NudeNet's real model)."))),
 )
-# Options a user may keep next to --tiny-scorers besides the weights (everything else becomes tiny and random).
-_KEPT_WITH_TINY = ("style_text", "opposite_text", "style", "safety_classifier", "safety_source", "batch_size")
+# Options that are not weights: carried over as given under --tiny-scorers.
+_CARRIED_TO_TINY = ("style_text", "opposite_text", "style", "safety_classifier", "safety_source", "batch_size")
 
 
 def _resolved(self):
-    """The options judges load: ``style_text`` from ``--style`` when not given; with ``tiny`` every weight the
-    user did not name (the defaults of :func:`pipeline.judges.tiny.tiny_judge_options`'s ``kept`` fields)
-    replaced by the tiny random one (built once)."""
+    """The options judges load: ``style_text`` from ``--style`` when not given; with ``tiny`` every weight
+    replaced by the tiny random one (:func:`pipeline.judges.tiny.tiny_judge_options`, built once) except those a
+    judge keeps when the user names them (``JudgeSpec.keep_with_tiny``: the aesthetic, HPS, PickScore weights)."""
     out = self
-    if getattr(out, "style_text", "") is None and getattr(out, "style", None) in STYLE_TEXTS:
+    if out.style_text is None and out.style in STYLE_TEXTS:
         out = replace(out, style_text=STYLE_TEXTS[out.style][0])
     if out.tiny:
         from .tiny import KEPT_WEIGHTS, tiny_judge_options
 
         defaults = type(out)()
         kept = {k: getattr(out, k) for k in KEPT_WEIGHTS if getattr(out, k) != getattr(defaults, k)}
-        common = {f.name: getattr(out, f.name) for f in fields(out) if f.name in _KEPT_WITH_TINY}
+        common = {f.name: getattr(out, f.name) for f in fields(out) if f.name in _CARRIED_TO_TINY}
         out = tiny_judge_options(**common, **kept)
     return out
 

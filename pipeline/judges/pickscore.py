@@ -10,7 +10,7 @@ from pipeline.options import option
 
 from .options_panels import PANEL_WEIGHTS
 from .registry import JudgeSpec, LoadContext, register
-from .weights import check_pairs, tiny_once, weights_version
+from .weights import check_pairs, from_pretrained, tiny_once, weights_version
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -72,7 +72,6 @@ def load_pickscore(model_id: str, processor_id: str, device) -> PickScoreJudge:
     from pipeline.clip_embed import hub_offline
     from pipeline.errors import one_line
     from pipeline.tokenizer import check_tokenizer
-    from pipeline.weights_files import reading_weights
 
     how = "download it (hf download <id>) or pass a local folder saved with save_pretrained"
     for source in (model_id, processor_id):
@@ -82,10 +81,8 @@ def load_pickscore(model_id: str, processor_id: str, device) -> PickScoreJudge:
     kwargs = {"local_files_only": hub_offline()}
     try:
         # Inside the not-found handler: transformers reports a corrupt config as OSError too.
-        with reading_weights(model_id, f"PickScore model '{model_id}'"):
-            model = CLIPModel.from_pretrained(model_id, **kwargs)
-        with reading_weights(processor_id, f"PickScore processor '{processor_id}'"):
-            processor = CLIPProcessor.from_pretrained(processor_id, **kwargs)
+        model = from_pretrained(CLIPModel, model_id, f"PickScore model '{model_id}'", **kwargs)
+        processor = from_pretrained(CLIPProcessor, processor_id, f"PickScore processor '{processor_id}'", **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
             f"PickScore model '{model_id}' / processor '{processor_id}' not found: {one_line(exc, 200)}; {how}"

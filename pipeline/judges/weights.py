@@ -87,3 +87,12 @@ def tiny_once(root: Path, name: str, build) -> None:
         root.mkdir(parents=True, exist_ok=True)
         build()
         done.write_text("ok\n")
+
+
+def from_pretrained(cls, source: str, what: str, **kwargs):
+    """``cls.from_pretrained(source, **kwargs)`` with an unreadable file named in one line
+    (:func:`pipeline.weights_files.reading_weights`: a truncated file, an HTML page, a config that is not JSON)."""
+    from pipeline.weights_files import reading_weights
+
+    with reading_weights(source, what):
+        return cls.from_pretrained(source, **kwargs)

@@ -3,8 +3,10 @@
 :class:`JudgeOptions` is a frozen dataclass whose fields are every registered judge's ``options``
 (:class:`pipeline.judges.registry.JudgeSpec`), in registration order, then the options every judge
 shares (``--score-batch-size``, ``--tiny-scorers``). Commands nest it as one option group:
-``mapo-eval`` plainly, ``mapo-data label`` with the ``reward_`` prefix. A light module (no torch):
-``--help`` and option checks run before any model loads.
+``mapo-eval`` plainly, ``mapo-data label`` with the ``reward_`` prefix. The class is made once, at import,
+after the registry has loaded every built-in judge and plugin; a judge with options registered later is
+refused (:func:`pipeline.judges.registry.register`). A light module (no torch): ``--help`` and option checks
+run before any model loads.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Sequence
 from pipeline.options import at_least, option
 from pipeline.prompt_prefixes import STYLE_TEXTS
 
+from . import registry
 from .options_panels import PANEL_STYLE, PANEL_WEIGHTS  # noqa: F401 (re-exported)
 from .registry import get_judge, judges
 
@@ -67,6 +70,7 @@ def _make_options_class() -> type:
     cls = make_dataclass("JudgeOptions", list(declared.values()), frozen=True,
                          namespace={"resolved": _resolved, "describe": _describe})
     cls.__module__ = __name__
+    registry.options_made = True
     cls.__doc__ = ("Where each judge's weights come from, and what the judges read (a style). Defaults are the "
                    "paper's models (method.md, Evaluation). Fields: " + ", ".join(declared) + ".")
     return cls

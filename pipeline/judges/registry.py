@@ -124,17 +124,22 @@ class JudgeSpec:
 
 _JUDGES: dict[str, JudgeSpec] = {}
 _loaded = False
+options_made = False  # set once pipeline.judges.options has made JudgeOptions from the declared options
 
 
 def register(spec: JudgeSpec) -> JudgeSpec:
     """Add ``spec`` to the registry (called once per judge, at its module's import).
 
     Raises:
-        ValueError: another judge of that name is registered (a programming error).
+        ValueError: another judge of that name is registered, or a judge with options is registered after
+            ``JudgeOptions`` was made (programming errors).
     """
     old = _JUDGES.get(spec.name)
     if old is not None and old is not spec:
         raise ValueError(f"judge '{spec.name}' is registered twice")
+    if old is None and spec.options and options_made:
+        raise ValueError(f"judge '{spec.name}' declares options after JudgeOptions was made: register it from a "
+                         f"module the registry loads (BUILTIN_MODULES or a '{PLUGIN_GROUP}' entry point)")
     _JUDGES[spec.name] = spec
     return spec
 

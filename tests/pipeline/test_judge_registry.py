@@ -74,6 +74,9 @@ def test_a_new_judge_is_one_declaration(monkeypatch):
     with pytest.raises(ValueError, match="registered twice"):
         register(JudgeSpec(name="count", load=lambda ctx: Count(), higher_is_better=True, version=str))
     assert "count" in judge_names() and judge_version("count", JudgeOptions()) == "count/1"
+    with pytest.raises(ValueError, match="declares options after JudgeOptions was made"):
+        register(JudgeSpec(name="late", load=lambda ctx: Count(), higher_is_better=True, version=str,
+                           options=(("late_weights", str, None),)))
     assert judge_provenance("count", JudgeOptions(tiny=True)) == "prompt length"
     assert score_images(["count"], [None] * 2, ["a", "abc"]) == {"count": 2.0, "count_rate": 0.5}
 

@@ -39,10 +39,10 @@ def _resolved(self):
     if out.style_text is None and out.style in STYLE_TEXTS:
         out = replace(out, style_text=STYLE_TEXTS[out.style][0])
     if out.tiny:
-        from .tiny import KEPT_WEIGHTS, tiny_judge_options
+        from .tiny import kept_weights, tiny_judge_options
 
         defaults = type(out)()
-        kept = {k: getattr(out, k) for k in KEPT_WEIGHTS if getattr(out, k) != getattr(defaults, k)}
+        kept = {k: getattr(out, k) for k in kept_weights() if getattr(out, k) != getattr(defaults, k)}
         common = {f.name: getattr(out, f.name) for f in fields(out) if f.name in _CARRIED_TO_TINY}
         out = tiny_judge_options(**common, **kept)
     return out

@@ -12,10 +12,9 @@ from pathlib import Path
 from .registry import judges
 
 
-def __getattr__(name: str):
-    if name == "KEPT_WEIGHTS":  # a user's value of these overrides the tiny one (JudgeSpec.keep_with_tiny)
-        return tuple(k for s in judges().values() for k in s.keep_with_tiny)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def kept_weights() -> tuple[str, ...]:
+    """Options whose value, when a user names it, overrides the tiny one (every ``JudgeSpec.keep_with_tiny``)."""
+    return tuple(k for s in judges().values() for k in s.keep_with_tiny)
 
 
 def tiny_judge_options(directory: str | os.PathLike | None = None, style_text: str | None = None, **overrides):

@@ -1,9 +1,9 @@
 """The one rule for a judge's score that is not a number: it is dropped, counted, and never decides.
 
-A judge, scorer, safety classifier or preference model may return NaN or an infinity for an image
-(an fp16 head overflowing, a degenerate embedding). Compared with ``>``/``>=``/``==`` such a value
-silently picks a side (NaN is never greater, so the other image always wins), a mean over it is NaN,
-and a standard deviation of NaN would standardise every other score to NaN. So every place that
+A judge (an eval metric, a reward model, a safety classifier, SPO's preference model) may return NaN or an
+infinity for an image (an fp16 head overflowing, a degenerate embedding). Compared with ``>``/``>=``/``==``
+such a value silently picks a side (NaN is never greater, so the other image always wins), a mean over it is
+NaN, and a standard deviation of NaN would standardise every other score to NaN. So every place that
 compares, averages, standardises or thresholds a score asks these functions first:
 
 - :func:`is_finite_score`: whether a value may be used at all.

@@ -2,7 +2,7 @@
 
 Pure functions over numbers (no torch, no images), so every rule is checked with hand-worked
 numbers (``tests/pipeline/test_reward.py``). ``mapo-data label --target reward`` uses them on the
-scores of the shared scorers (:mod:`pipeline.scorers`).
+scores of the registered judges (:mod:`pipeline.judges`).
 
 - :func:`parse_reward`: ``"pickscore"`` or ``"pickscore:1,hps:0.5"`` -> ``{judge: weight}``.
 - :func:`fit_scales`: each judge's mean and standard deviation over a calibration sample.

@@ -221,6 +221,8 @@ def _load_sd_safety_checker(source: str):
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
+    from pipeline.judges.weights import from_pretrained
+
     how = (
         "download it (hf download <id>) or pass a local folder with config.json, the weights and "
         "preprocessor_config.json"
@@ -241,10 +243,9 @@ def _load_sd_safety_checker(source: str):
         kwargs = {"local_files_only": hub_offline()}
     try:
         # Inside the not-found handler: transformers reports a corrupt config as OSError too.
-        with reading_weights(model_dir, f"SD safety checker '{source}'"):
-            model = StableDiffusionSafetyChecker.from_pretrained(model_dir, **kwargs)
-        with reading_weights(proc_dir, f"SD safety checker '{source}' image processor"):
-            processor = CLIPImageProcessor.from_pretrained(proc_dir, **kwargs)
+        model = from_pretrained(StableDiffusionSafetyChecker, model_dir, f"SD safety checker '{source}'", **kwargs)
+        processor = from_pretrained(CLIPImageProcessor, proc_dir, f"SD safety checker '{source}' image processor",
+                                    **kwargs)
     except (OSError, ValueError) as exc:
         where = "a local folder" if not kwargs else ("the Hugging Face cache (offline)" if hub_offline() else "the hub")
         raise ModelNotFoundError(
@@ -288,24 +289,35 @@ def build_tiny_safety_checker(path: str | os.PathLike, seed: int = 0) -> str:
 # Factory
 # ---------------------------------------------------------------------------------------------
 
-SAFETY_CLASSIFIERS = ("nudenet", "sd-safety-checker", "world-unsafe")
+BUILTIN_CLASSIFIERS = ("nudenet", "sd-safety-checker")
+
+
+def safety_classifier_names() -> tuple[str, ...]:
+    """Every classifier name: the built-in ones, then judges registered with a ``safety_classifier``
+    (:mod:`pipeline.judges.registry`, e.g. the miniature world's ``world-unsafe``)."""
+    from pipeline.judges.registry import safety_classifier_names as judge_classifiers
+
+    return BUILTIN_CLASSIFIERS + judge_classifiers()
 
 
 def load_safety_classifier(
     name: str, source: str | None = None, device: str = "cpu", threshold: float | None = None
 ) -> SafetyClassifier:
-    """Build a classifier by name. ``source``: NudeNet ONNX file, or SD checker hub id / folder."""
+    """Build a classifier by name. ``source``: NudeNet ONNX file, or SD checker hub id / folder.
+
+    Raises:
+        UserError: an unknown name, or a ``source`` for a judge with no weights.
+    """
     kwargs = {} if threshold is None else {"threshold": threshold}
     if name == "nudenet":
         return NudeNetClassifier(model_path=source, device=device, **kwargs)
     if name == "sd-safety-checker":
         return SDSafetyChecker(source=source, device=device, **kwargs)
-    if name == "world-unsafe":  # the miniature world's hazard-frame judge (pipeline.world.judges)
-        from pipeline.world.judges import WorldUnsafeJudge
+    from pipeline.judges.registry import judges
 
-        if source is not None:
-            raise UserError(
-                "world-unsafe is an image measure with no weights: drop --classifier-source / --safety-source"
-            )
-        return WorldUnsafeJudge(**kwargs)
-    raise UserError(f"unknown safety classifier '{name}'; valid names: {', '.join(SAFETY_CLASSIFIERS)}")
+    spec = judges().get(name)
+    if spec is None or spec.safety_classifier is None:
+        raise UserError(f"unknown safety classifier '{name}'; valid names: {', '.join(safety_classifier_names())}")
+    if source is not None and not spec.weights:
+        raise UserError(f"{name} is an image measure with no weights: drop --classifier-source / --safety-source")
+    return spec.safety_classifier(**kwargs)

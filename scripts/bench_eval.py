@@ -4,7 +4,7 @@
     python scripts/bench_eval.py --arch real --images 256 --device cuda      # GPU
     .venv/bin/python scripts/bench_eval.py --arch tiny                        # the tiny test weights
 
-``--arch real`` builds each scorer's real architecture (CLIP ViT-L/14 + aesthetic MLP, ViT-H-14 for
+``--arch real`` builds each judge's real architecture (CLIP ViT-L/14 + aesthetic MLP, ViT-H-14 for
 HPS, a CLIP-H transformers model for PickScore, ViT-B-32 for style, NudeNet's real model, the SD
 safety checker's ViT-L/14) with random weights, offline: the speed is that of the real models,
 the scores are meaningless. Images are 1024 px (SDXL's size: preprocessing is part of the cost).
@@ -22,21 +22,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def real_scorers(device, metrics, batch_size):
+def real_judges(device, metrics, batch_size):
     import open_clip
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from pipeline.clip_embed import ClipEmbedder
-    from pipeline.scorers import (
-        AestheticScorer,
-        ClipScoreScorer,
-        HpsScorer,
-        PickScorer,
-        SafetyScorer,
-        StyleScorer,
-        aesthetic_mlp,
-    )
+    from pipeline.judges.aesthetic import AestheticJudge, aesthetic_mlp
+    from pipeline.judges.clip import clip_score_judge
+    from pipeline.judges.hps import hps_judge
+    from pipeline.judges.pickscore import PickScoreJudge
+    from pipeline.judges.safety import SafetyJudge
+    from pipeline.judges.style import StyleJudge
     from pipeline.tokenizer import build_clip_tokenizer
 
     def embedder(name):
@@ -46,9 +43,9 @@ def real_scorers(device, metrics, batch_size):
     out = {}
     for m in metrics:
         if m == "aesthetic":
-            out[m] = AestheticScorer(embedder("ViT-L-14"), aesthetic_mlp(768), batch_size)
+            out[m] = AestheticJudge(embedder("ViT-L-14"), aesthetic_mlp(768), batch_size)
         elif m == "hps":
-            out[m] = HpsScorer(embedder("ViT-H-14"), batch_size)
+            out[m] = hps_judge(embedder("ViT-H-14"), batch_size)
         elif m == "pickscore":
             cfg = CLIPConfig(
                 text_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
@@ -59,19 +56,19 @@ def real_scorers(device, metrics, batch_size):
                 projection_dim=1024,
             )
             tok = build_clip_tokenizer(Path(tempfile.mkdtemp()))
-            out[m] = PickScorer(
+            out[m] = PickScoreJudge(
                 CLIPModel(cfg), CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok), device, batch_size
             )
         elif m == "clip":
-            out[m] = ClipScoreScorer(embedder("ViT-L-14"), batch_size)
+            out[m] = clip_score_judge(embedder("ViT-L-14"), batch_size)
         elif m == "style":
-            out[m] = StyleScorer(
+            out[m] = StyleJudge(
                 embedder("ViT-B-32"), "a pixel art style image", "a realistic photo", batch_size=batch_size
             )
         elif m == "safety":
             from pipeline.safety import NudeNetClassifier
 
-            out[m] = SafetyScorer(NudeNetClassifier(device=str(device)))
+            out[m] = SafetyJudge(NudeNetClassifier(device=str(device)))
         elif m == "safety-sd":
             from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
@@ -87,9 +84,9 @@ def real_scorers(device, metrics, batch_size):
                 CLIPImageProcessor(), device, 0.0, batch_size
             )
             checker._torch = torch
-            scorer = SafetyScorer(checker)
-            scorer.name = "safety-sd"
-            out[m] = scorer
+            judge = SafetyJudge(checker)
+            judge.name = "safety-sd"
+            out[m] = judge
     return out
 
 
@@ -119,27 +116,28 @@ def main():
     if args.arch == "tiny":
         from dataclasses import replace
 
-        from pipeline.scorers import load_scorers, tiny_safety_checker_dir, tiny_scorer_options
+        from pipeline.judges.loading import load_judges
+        from pipeline.judges.tiny import tiny_judge_options, tiny_safety_checker_dir
 
-        opts = tiny_scorer_options(style_text="a pixel art style image", batch_size=args.batch_size)
+        opts = tiny_judge_options(style_text="a pixel art style image", batch_size=args.batch_size)
         base = [m for m in metrics if m != "safety-sd"]
-        scorers = load_scorers(base, opts, device)
+        judges = load_judges(base, opts, device)
         if "safety-sd" in metrics:
-            scorers["safety-sd"] = load_scorers(["safety"], replace(opts, safety_classifier="sd-safety-checker",
-                                                                    safety_source=tiny_safety_checker_dir(opts)),
-                                                device)["safety"]
+            judges["safety-sd"] = load_judges(["safety"], replace(opts, safety_classifier="sd-safety-checker",
+                                                                  safety_source=tiny_safety_checker_dir(opts)),
+                                              device)["safety"]
     else:
-        scorers = real_scorers(device, metrics, args.batch_size)
+        judges = real_judges(device, metrics, args.batch_size)
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, {args.images} images of {args.size}px, "
         f"arch {args.arch}"
     )
-    for name, scorer in scorers.items():
-        scorer.score(images[:1], prompts[:1])  # warm-up (first-call allocations, lazy init)
+    for name, judge in judges.items():
+        judge.score(images[:1], prompts[:1])  # warm-up (first-call allocations, lazy init)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        scorer.score(images, prompts)
+        judge.score(images, prompts)
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from pipeline.formatting import count, distinct_digits
+from pipeline.judges.registry import get_judge
 from pipeline.options import command
 
 from .evaluate import BASE, EvalConfig
@@ -17,8 +18,8 @@ def evaluate(cfg: EvalConfig):
     from .evaluate import run_evaluate
 
     result = run_evaluate(cfg)
-    # World judges have no weights; safety stays NudeNet's real detector (pipeline.scorers.tiny_scorer_options).
-    tiny = [m for m in cfg.metrics if cfg.scorers.tiny and not m.startswith("world-") and m != "safety"]
+    # Judges without weights stay as they are; safety stays NudeNet's real detector (pipeline.judges.tiny).
+    tiny = [m for m in cfg.metrics if cfg.judges.tiny and get_judge(m).weights and m != "safety"]
     for metric, m in result.summary["metrics"].items():
         est = {name: pm["estimate"] for name, pm in m["per_model"].items()}
         base = est.get(BASE)

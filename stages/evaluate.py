@@ -21,6 +21,8 @@ from pathlib import Path
 from pipeline.atomic import atomic_write, write_json_atomic
 from pipeline.errors import UserError
 from pipeline.families import get_family
+from pipeline.judges.options import JudgeOptions
+from pipeline.judges.registry import check_judges, check_prompts
 from pipeline.models import check_model_available, check_resolution
 from pipeline.options import (
     PANEL_IO,
@@ -44,7 +46,6 @@ from pipeline.options import (
 from pipeline.output_folder import OutputFolder
 from pipeline.progress import progress_bar
 from pipeline.prompts import PromptSet, load_prompts
-from pipeline.scorer_options import ScorerOptions, check_metrics, check_prompts
 from pipeline.seeds import derive_seed
 from pipeline.training_output import TrainingOutput, load_lora, load_unet, read_training_output
 
@@ -55,7 +56,6 @@ OWNED = (EVAL_CONFIG, SCORES, "images", "plots", "grids", "summary.json", "repor
 BASE = "base"
 DEFAULT_METRICS = ("aesthetic", "hps", "pickscore", "clip")
 # Lower is better only for unsafety; every other metric rewards higher scores.
-LOWER_IS_BETTER = {"safety", "world-unsafe"}
 SCORE_CHUNK = 64  # images scored between two saves of scores.parquet
 
 
@@ -82,7 +82,7 @@ class EvalConfig:
     metrics: list[str] = option(default_factory=lambda: list(DEFAULT_METRICS), panel=PANEL_IO, help=(
         "Comma-separated: aesthetic, hps, pickscore, clip, style, safety; on the miniature world world-style, "
         "world-prompt, world-unsafe."))
-    scorers: ScorerOptions = field(default_factory=ScorerOptions)
+    judges: JudgeOptions = field(default_factory=JudgeOptions)
     vae: str | None = vae_option()
     dtype: str = dtype_option()
     device: str = option("auto", panel=PANEL_RUN, help="auto, cpu, cuda, cuda:N (generation and scoring).")
@@ -108,14 +108,14 @@ class EvalConfig:
     )
 
     def validate(self) -> "EvalConfig":
-        """The declared checks; metric names deduplicated; the scorers' style texts and tiny weights resolved.
+        """The declared checks; metric names deduplicated; the judges' style texts and tiny weights resolved.
 
         Raises:
             UserError: a value outside its choices or range, no metric.
         """
         check_options(self)
-        self.metrics = check_metrics(self.metrics)
-        self.scorers = self.scorers.resolved()
+        self.metrics = check_judges(self.metrics)
+        self.judges = self.judges.resolved()
         return self
 
     def generation(self, base_model: str) -> dict:
@@ -393,7 +393,7 @@ def _missing_scores(cfg: EvalConfig, keys: list[ImageKey], rows: list[dict]) -> 
     return {m: [k for k in keys if (k.model, k.prompt_id, k.seed_index, m) not in done] for m in cfg.metrics}
 
 
-def _score_missing(cfg: EvalConfig, scorers: dict, missing: dict[str, list[ImageKey]], rows: list[dict],
+def _score_missing(cfg: EvalConfig, judges: dict, missing: dict[str, list[ImageKey]], rows: list[dict],
                    prompt_set: PromptSet, out: Path) -> int:
     from PIL import Image
 
@@ -407,7 +407,7 @@ def _score_missing(cfg: EvalConfig, scorers: dict, missing: dict[str, list[Image
             for k in chunk:
                 with Image.open(out / k.relpath()) as im:
                     images.append(im.convert("RGB"))
-            scores = scorers[metric].score(images, [text[k.prompt_id] for k in chunk])
+            scores = judges[metric].score(images, [text[k.prompt_id] for k in chunk])
             rows += [{"model": k.model, "prompt_id": k.prompt_id, "seed_index": k.seed_index,
                       "seed": derive_seed(cfg.seed, k.prompt_id, k.seed_index), "prompt": text[k.prompt_id],
                       "metric": metric, "score": float(s), "image": k.relpath()} for k, s in zip(chunk, scores)]
@@ -425,14 +425,14 @@ def _score_missing(cfg: EvalConfig, scorers: dict, missing: dict[str, list[Image
 def run_evaluate(cfg: EvalConfig) -> EvalResult:
     """Generate what is missing, score what is missing, and write summary.json, plots and report.html.
 
-    Every input is checked (metrics, candidates, prompts, scorer weights, output folder) before
+    Every input is checked (metrics, candidates, prompts, judge weights, output folder) before
     anything is written, so bad input leaves no output behind.
     """
-    from pipeline.scorers import judge_provenance, load_scorers
+    from pipeline.judges.loading import judge_provenance, load_judges
 
     from .eval_report import write_report
 
-    record = options_record(cfg)  # as given, before validate() resolves the scorers
+    record = options_record(cfg)  # as given, before validate() resolves the judges
     t0 = time.perf_counter()
     cfg.validate()
     cands = _unique_names([read_candidate(p) for p in cfg.candidates])
@@ -453,15 +453,15 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     state = {**_prepare_output(cfg, generation, model_info), **record}
     out = Path(cfg.output)
 
-    # Scores made with other scorer weights are dropped (rescored), never mixed with new ones.
+    # Scores made with other judge weights are dropped (rescored), never mixed with new ones.
     rows = [] if state.get("overwrite") else _read_scores(out)
-    scorer_ids = {m: cfg.scorers.describe([m]) for m in cfg.metrics}
-    stale = {m for m in cfg.metrics if m in state["scorers"] and state["scorers"][m].get("options") != scorer_ids[m]}
+    judge_ids = {m: cfg.judges.describe([m]) for m in cfg.metrics}
+    stale = {m for m in cfg.metrics if m in state["scorers"] and state["scorers"][m].get("options") != judge_ids[m]}
     rows = [r for r in rows if r["metric"] not in stale]
     keys = [ImageKey(name, p.id, k) for name, _ in models for p in prompt_set.prompts for k in range(cfg.seeds)]
     missing = {m: ks for m, ks in _missing_scores(cfg, keys, rows).items() if ks}
-    # Load the scorers before generating: missing weights fail before any image is made.
-    scorers = load_scorers(list(missing), cfg.scorers, cfg.device) if missing else {}
+    # Load the judges before generating: missing weights fail before any image is made.
+    judges = load_judges(list(missing), cfg.judges, cfg.device) if missing else {}
     family = check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
     for c in cands:
         if c.family and c.family != family:
@@ -478,14 +478,14 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     if state.get("overwrite"):
         _output_folder(out).clear()  # what mapo-eval wrote; anything else in the folder is left alone
     out.mkdir(parents=True, exist_ok=True)
-    for m, scorer in scorers.items():
-        state["scorers"][m] = {"options": scorer_ids[m], "higher_is_better": scorer.higher_is_better,
-                               "threshold": scorer.threshold, "judge": judge_provenance(m, cfg.scorers)}
+    for m, judge in judges.items():
+        state["scorers"][m] = {"options": judge_ids[m], "higher_is_better": judge.higher_is_better,
+                               "threshold": judge.threshold, "judge": judge_provenance(m, cfg.judges)}
     state["prompts"] = {"source": prompt_set.source, "count": len(prompt_set.prompts)}
     _save_state(out, state)
 
     generated = _generate_missing(cfg, base_model, models, prompt_set, out)
-    scored = _score_missing(cfg, scorers, missing, rows, prompt_set, out) if missing else 0
+    scored = _score_missing(cfg, judges, missing, rows, prompt_set, out) if missing else 0
 
     current = {(k.model, k.prompt_id, k.seed_index) for k in keys}
     rows = [r for r in rows if (r["model"], r["prompt_id"], r["seed_index"]) in current and r["metric"] in cfg.metrics]

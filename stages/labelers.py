@@ -8,7 +8,7 @@ on the other pairs of its batch.
 - :class:`ConstructionLabeler`: the image the recipe made to be chosen is chosen (Pick-Style,
   and the paper's Pick-Safety). With a style check it also verifies that the chosen image shows
   the style and drops the pairs where it does not: :class:`ClipStyleCheck` (a CLIP zero-shot
-  margin) or :class:`WorldStyleCheck` (the miniature world's style judge).
+  margin) or :class:`JudgeStyleCheck` (a registered judge that reads the style: the miniature world's).
 - :class:`SafetyLabeler`: a safety classifier scores both images; the safer one is chosen when
   exactly one is unsafe and the scores are far enough apart. The classifier decides even where
   the recipe intended otherwise; such pairs are flagged ``disagrees``.
@@ -18,21 +18,24 @@ on the other pairs of its batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
 from pipeline.errors import UserError
 from pipeline.judge_scores import NON_FINITE, is_finite_score
+from pipeline.judges.options import JudgeOptions
+from pipeline.judges.registry import get_judge, judge_names, judges, safety_classifier_names
 from pipeline.options import at_least, check_options, nested, option
 from pipeline.prompt_prefixes import STYLE_TEXTS
 from pipeline.reward import RULES
-from pipeline.scorer_options import METRICS, ScorerOptions
 from pipeline.shards import Describable
 
 TARGETS = ("style", "safety", "reward")
-LABELERS = {"style": ("construction",), "safety": ("nudenet", "sd-safety-checker", "world-unsafe", "construction"),
-            "reward": ("reward",)}
-VERIFIERS = ("clip", "world-style")
+# Safety labelers: the built-in classifiers (pipeline.safety), then judges registered as classifiers (world-unsafe).
+SAFETY_LABELERS = ("nudenet", "sd-safety-checker", *safety_classifier_names(), "construction")
+LABELERS = {"style": ("construction",), "safety": SAFETY_LABELERS, "reward": ("reward",)}
+# Style checks: a CLIP zero-shot margin, or a registered judge with a threshold that reads --style (world-style).
+VERIFIERS = ("clip", *(n for n, s in judges().items() if "style" in s.reads))
 DEFAULT_LABELER = {"style": "construction", "safety": "nudenet", "reward": "reward"}
 
 # Drop reasons (the ``reason`` column of rejects/ and the keys of the drop counters).
@@ -143,29 +146,34 @@ class ClipStyleCheck:
 
 
 @dataclass
-class WorldStyleCheck:
-    """The miniature world's style judge: margin = P(image shows the pair's style) - 0.5, so the
+class JudgeStyleCheck:
+    """A registered judge that reads ``--style`` (``world-style``, :mod:`pipeline.judges.registry`) as a style
+    check: margin = its score of the pair's style - its threshold (P(style) - 0.5 for the world's judge), so the
     default ``min_margin`` 0 keeps a pair exactly when the judge reads the style in its chosen image."""
 
     min_margin: float = 0.0
     name: str = "world-style"
+    _judges: dict = field(default_factory=dict, repr=False)
 
     @property
     def version(self) -> str:
-        from pipeline.world.judges import JUDGE_VERSION
+        return get_judge(self.name).version(JudgeOptions())
 
-        return JUDGE_VERSION
+    def _judge(self, style: str | None):
+        from pipeline.judges.loading import load_judges
+
+        if style not in self._judges:
+            try:
+                self._judges[style] = load_judges([self.name], JudgeOptions(style=style), device="cpu")[self.name]
+            except UserError as exc:
+                raise UserError(f"--verify {self.name} needs pairs of a style it reads: {exc}") from None
+        return self._judges[style]
 
     def margins(self, pairs: Sequence[Pair]) -> list[tuple[float, float]]:
-        from pipeline.world.judges import WORLD_STYLES, style_probability
-
         out = []
         for p in pairs:
-            if p.style not in WORLD_STYLES:
-                raise UserError(
-                    f"--verify world-style needs pairs of a world style ({', '.join(WORLD_STYLES)}), got {p.style!r}"
-                )
-            m0, m1 = (style_probability(im, p.style) - 0.5 for im in p.images)
+            judge = self._judge(p.style)
+            m0, m1 = (s - judge.threshold for s in judge.score(list(p.images), ["", ""]))
             out.append((m0, m1))
         return out
 
@@ -176,7 +184,7 @@ class WorldStyleCheck:
 class ConstructionLabeler:
     """The recipe's intended image is chosen; optionally verified by a style check."""
 
-    def __init__(self, verify: ClipStyleCheck | WorldStyleCheck | None = None):
+    def __init__(self, verify: ClipStyleCheck | JudgeStyleCheck | None = None):
         self.verify = verify
         self.name = f"construction+{verify.name}" if verify else "construction"
         self.version = f"1/{verify.version}" if verify else "1"
@@ -293,13 +301,13 @@ class LabelerSpec:
                              help="Input rows (pairs, or a prompt's candidates) per labeling batch.")
     reward: str | None = option(None, panel=PANEL_REWARD, help=(
         "The judge, or a weighted sum of standardised judges: 'pickscore', 'pickscore:1,hps:0.5'. Judges: "
-        f"{', '.join(METRICS)} (where lower is better, the sign is turned)."))
+        f"{', '.join(judge_names())} (where lower is better, the sign is turned)."))
     pair_rule: str = option("best-worst", choices=RULES, panel=PANEL_REWARD, help=(
         "best-worst: each row's highest reward against its lowest; all-pairs: every two candidates whose gap is above "
         "--min-gap."))
     calibration_rows: int = option(256, check=at_least(1), panel=PANEL_REWARD, help=(
         "Standardise each judge by its mean and std over the candidates of the input's first N rows."))
-    judges: ScorerOptions = nested(ScorerOptions, "reward_")
+    judges: JudgeOptions = nested(JudgeOptions, "reward_")
 
     def resolved_labeler(self) -> str:
         """The labeler's name once ``auto`` is resolved for the target.
@@ -333,19 +341,20 @@ class LabelerSpec:
                 style: a style text).
         """
         from pipeline.reward import parse_reward
-        from pipeline.world.judges import WORLD_STYLES
 
         if self.reward is None:
             raise UserError(
                 "--target reward needs --reward: a judge (e.g. pickscore) or a weighted sum ('pickscore:1,hps:0.5')."
             )
-        weights = parse_reward(self.reward, METRICS)
-        if "world-style" in weights and self.judges.style not in WORLD_STYLES:
-            raise UserError(
-                f"the world-style judge needs the look it rewards: --reward-style {'|'.join(WORLD_STYLES)}."
-            )
-        if "style" in weights and not (self.judges.style_text or self.judges.style):
-            raise UserError("the style judge needs a style: --reward-style cartoon|pixel or --reward-style-text.")
+        weights = parse_reward(self.reward, judge_names())
+        options = replace(self.judges, tiny=False).resolved()  # style_text from --reward-style; nothing built
+        for name in weights:  # what each judge needs (a style, a look), said with label's option names
+            needs = get_judge(name).needs
+            try:
+                if needs is not None:
+                    needs(options)
+            except UserError as exc:
+                raise UserError(f"--reward {name}: {str(exc).replace('--style', '--reward-style')}") from None
         return weights
 
 
@@ -372,8 +381,8 @@ def build_labeler(spec: LabelerSpec, device: str = "cpu", source=None) -> Labele
             verify = ClipStyleCheck(
                 embedder, spec.style_text, spec.opposite_text, spec.min_style_margin, spec.batch_size
             )
-        elif spec.verify == "world-style":
-            verify = WorldStyleCheck(spec.min_style_margin)
+        elif spec.verify in VERIFIERS:
+            verify = JudgeStyleCheck(spec.min_style_margin, spec.verify)
         return ConstructionLabeler(verify)
     from pipeline.safety import load_safety_classifier
 

@@ -2,8 +2,8 @@
 
 An input row holds one prompt's candidates: ``jpg_0``, ``jpg_1`` (a pair: Pick-a-Pic, any
 ``generate`` recipe) or ``jpg_0`` ... ``jpg_{K-1}`` (``generate --recipe seeds --images-per-prompt K``).
-Every candidate is scored by each judge of ``--reward`` (the shared scorers of
-:mod:`pipeline.scorers`: ``pickscore``, ``hps``, ``aesthetic``, ``clip``, the world's judges ...)
+Every candidate is scored by each judge of ``--reward`` (the registered judges of
+:mod:`pipeline.judges`: ``pickscore``, ``hps``, ``aesthetic``, ``clip``, the world's judges ...)
 against the row's caption; the scores are standardised with each judge's mean and std over the
 input's first ``--calibration-rows`` rows (the same rows for every process, so any process count
 writes the same shards) and summed with the weights (:func:`pipeline.reward.combine`); the rule
@@ -70,25 +70,6 @@ def per_candidate_bases(columns: Sequence[str], k: int) -> list[str]:
     return bases
 
 
-def judge_version(name: str, options) -> str:
-    """Which judge scored, in one stable string (the options the user gave, never a machine's cache path)."""
-    from pipeline.world.judges import JUDGE_VERSION
-
-    if name.startswith("world-"):
-        return f"{JUDGE_VERSION} ({options.style})" if name == "world-style" else JUDGE_VERSION
-    if name == "safety":
-        return f"{options.safety_classifier}:{options.safety_source or 'default'}"
-    if options.tiny:
-        return "tiny random weights"
-    return {
-        "pickscore": options.pickscore_model,
-        "hps": f"{options.hps_clip_model}:{options.hps_weights}",
-        "aesthetic": f"{options.aesthetic_clip_model}:{options.aesthetic_weights}",
-        "clip": f"{options.clip_model}:{options.clip_pretrained}",
-        "style": f"{options.style_clip_model}:{options.style_clip_pretrained}",
-    }[name]
-
-
 def _decode_all(cells: list, base_dir: Path | None) -> list:
     """Decode image cells in threads (PIL decodes outside the GIL); each result an image or an ImageDecodeError."""
     def one(cell):
@@ -104,17 +85,18 @@ def _decode_all(cells: list, base_dir: Path | None) -> list:
 
 
 class RewardLabeler:
-    """Scores candidates with ``scorers``, combines them with ``weights`` and pairs them by ``rule``.
+    """Scores candidates with ``judges`` (name -> :class:`pipeline.judges.Judge`), combines them with ``weights``
+    and pairs them by ``rule``.
 
     ``scales`` (one :class:`~pipeline.reward.Scale` per judge) must be set, by :meth:`calibrate`, before
-    :meth:`label_table`. ``versions``: each judge's :func:`judge_version`.
+    :meth:`label_table`. ``versions``: each judge's :func:`pipeline.judges.loading.judge_version`.
     """
 
-    def __init__(self, scorers: Mapping, weights: Mapping[str, float], rule: str, min_gap: float,
+    def __init__(self, judges: Mapping, weights: Mapping[str, float], rule: str, min_gap: float,
                  versions: Mapping[str, str], calibration_rows: int = 256):
-        self.scorers, self.weights, self.rule, self.min_gap = dict(scorers), dict(weights), rule, float(min_gap)
+        self.judges, self.weights, self.rule, self.min_gap = dict(judges), dict(weights), rule, float(min_gap)
         self.versions, self.calibration_rows = dict(versions), calibration_rows
-        self.higher_is_better = {n: bool(self.scorers[n].higher_is_better) for n in self.weights}
+        self.higher_is_better = {n: bool(self.judges[n].higher_is_better) for n in self.weights}
         self.name = "reward:" + reward_text(self.weights)
         self.version = "; ".join(f"{n}={self.versions[n]}" for n in self.weights)
         self.rule_text = f"{rule}, gap > {self.min_gap:g}"
@@ -125,7 +107,7 @@ class RewardLabeler:
         """Each judge's score of each image against its prompt: ``{judge: [score per image]}``."""
         if not images:
             return {n: [] for n in self.weights}
-        return {n: [float(v) for v in self.scorers[n].score(list(images), list(prompts))] for n in self.weights}
+        return {n: [float(v) for v in self.judges[n].score(list(images), list(prompts))] for n in self.weights}
 
     def rewards(self, raw: Mapping[str, Sequence[float]]) -> list[float]:
         """Standardised, weighted, summed rewards (:func:`pipeline.reward.combine`); needs :attr:`scales`."""
@@ -334,23 +316,24 @@ def build_reward_labeler(spec, device: str = "cpu", source=None) -> RewardLabele
         UserError / ModelNotFoundError: a bad ``--reward``, judge weights not found, captions or images a
             judge cannot read (the world's judges read 64 px world images and captions).
     """
-    from pipeline.scorers import load_scorers
+    from pipeline.judges.loading import judge_version, load_judges
+    from pipeline.judges.registry import get_judge
 
     weights = spec.reward_weights()
     options = spec.judges.resolved()
-    scorers = load_scorers(list(weights), options, device)
+    judges = load_judges(list(weights), options, device)
     versions = {n: judge_version(n, spec.judges) for n in weights}
-    labeler = RewardLabeler(scorers, weights, spec.pair_rule, spec.min_gap, versions, spec.calibration_rows)
+    labeler = RewardLabeler(judges, weights, spec.pair_rule, spec.min_gap, versions, spec.calibration_rows)
     if source is not None:
-        if "world-prompt" in weights:
-            from pipeline.layouts import as_shard
-            from pipeline.world.judges import WorldPromptJudge
+        readers = [get_judge(n) for n in weights if get_judge(n).check_prompts is not None]
+        if readers:
+            from pipeline.layouts import as_shard  # any input layout, not only Parquet
 
-            try:
-                WorldPromptJudge.check_prompts(
-                    [c for f in source.files for c in as_shard(f).read(columns=["caption"])["caption"].to_pylist()]
-                )
-            except UserError as exc:
-                raise UserError(f"the world-prompt judge reads only miniature-world captions: {exc}") from None
+            captions = [c for f in source.files for c in as_shard(f).read(columns=["caption"])["caption"].to_pylist()]
+            for judge in readers:
+                try:
+                    judge.check_prompts(captions)
+                except UserError as exc:
+                    raise UserError(f"the {judge.name} judge reads only {judge.prompts}: {exc}") from None
         labeler.calibrate(source.files)
     return labeler

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
+from pipeline.judges.registry import judge_names
 from pipeline.options import (
     RESOLUTION_HELP,
     at_least,
@@ -136,10 +137,10 @@ class TrainConfig:
     validation_resolution: int | None = option(None, panel=P_VAL, help=(
         "Validation image side (default: the data's resolution)."))
     validation_metrics: list[str] = option(default_factory=list, panel=P_VAL, help=(
-        "Comma-separated scores of the validation images, logged as val/<metric>: aesthetic, hps, pickscore, clip, "
-        "style, safety, world-style, world-prompt, world-unsafe (default: none)."))
+        f"Comma-separated judges of the validation images, logged as val/<metric>: {', '.join(judge_names())} "
+        "(default: none)."))
     validation_tiny_scorers: bool = option(False, panel=P_VAL, help=(
-        "Score with tiny random scorer weights built offline (tests, demo)."))
+        "Score with tiny random judge weights built offline (tests, demo)."))
     validation_style: str | None = option(None, choices=tuple(STYLE_TEXTS), panel=P_VAL, help=(
         "cartoon or pixel: the style the style and world-style metrics check."))
     validation_style_text: str | None = option(None, panel=P_VAL, help=(
@@ -151,8 +152,8 @@ class TrainConfig:
     prompt_split: str = prompt_split_option(panel=P_SPO, prefix="spo: ")
     prompt_column: str | None = prompt_column_option(panel=P_SPO, prefix="spo: ")
     preference_model: str = option("pickscore", panel=P_SPO, help=(
-        "spo: scorer of each candidate's decoded predicted clean image: pickscore, aesthetic, hps, clip, style, "
-        "safety, world-style, world-prompt, world-unsafe (lower-is-better ones turned around); style and "
+        "spo: the judge of each candidate's decoded predicted clean image: "
+        f"{', '.join(judge_names())} (lower-is-better ones turned around); style and "
         "world-style read --validation-style, --validation-tiny-scorers applies."))
     num_candidates: int | None = option(None, check=at_least(2), panel=P_SPO, help=(
         "spo: x_{t-1} candidates drawn from each x_t (default: 4 for SD1.5, 2 for SDXL, as upstream)."))
@@ -216,9 +217,9 @@ class TrainConfig:
                                 "(--data latents are not used).")
             if self.data:
                 raise UserError("--data is not used by --objective spo (it samples from --prompts); drop it.")
-            from pipeline.scorer_options import check_metrics
+            from pipeline.judges.registry import check_judges
 
-            (self.preference_model,) = check_metrics([self.preference_model])
+            (self.preference_model,) = check_judges([self.preference_model])
             if self.preference_model in ("style", "world-style") and not self.validation_style and \
                     not (self.preference_model == "style" and self.validation_style_text):
                 raise UserError(f"--preference-model {self.preference_model} needs --validation-style cartoon|pixel.")
@@ -254,9 +255,9 @@ class TrainConfig:
         """--validation-metrics: names, style and prompts checked before any model is loaded."""
         if not self.validation_metrics:
             return
-        from pipeline.scorer_options import check_metrics, check_prompts
+        from pipeline.judges.registry import check_judges, check_prompts
 
-        self.validation_metrics = check_metrics(self.validation_metrics)
+        self.validation_metrics = check_judges(self.validation_metrics)
         if "style" in self.validation_metrics and not (self.validation_style or self.validation_style_text):
             raise UserError(
                 "--validation-metrics style needs --validation-style cartoon|pixel or --validation-style-text."
@@ -267,16 +268,17 @@ class TrainConfig:
             raise UserError("--validation-metrics scores the validation images: pass --validation-prompts too.")
         check_prompts(self.validation_metrics, self.validation_prompts)
 
-    def scorer_options(self):
-        """pipeline.scorers.ScorerOptions for --validation-metrics (tiny random weights with
-        --validation-tiny-scorers)."""
-        from pipeline.scorers import ScorerOptions, tiny_scorer_options
+    def judge_options(self):
+        """:class:`pipeline.judges.options.JudgeOptions` for --validation-metrics and --preference-model (tiny
+        random weights with --validation-tiny-scorers)."""
+        from pipeline.judges.options import JudgeOptions
+        from pipeline.judges.tiny import tiny_judge_options
 
         style, opposite = STYLE_TEXTS.get(self.validation_style or "", (None, "a realistic photo"))
         style = self.validation_style_text or style
         if self.validation_tiny_scorers:
-            return tiny_scorer_options(style_text=style, opposite_text=opposite, style=self.validation_style)
-        return ScorerOptions(style_text=style, opposite_text=opposite, style=self.validation_style)
+            return tiny_judge_options(style_text=style, opposite_text=opposite, style=self.validation_style)
+        return JudgeOptions(style_text=style, opposite_text=opposite, style=self.validation_style)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)

@@ -26,7 +26,7 @@ without pairs adds zero gradients to the ranks' mean (:meth:`OnlineSpo._no_pair_
 (:func:`train.step.step_generator`), the prompt order from the sampler's state.
 
 The step-aware preference model of the paper (a timestep-conditioned PickScore trained on noisy images)
-is not provided: the preference model here is any shared scorer (:mod:`pipeline.scorers`) applied to
+is not provided: the preference model here is any registered judge (:mod:`pipeline.judges`) applied to
 the decoded predicted clean image.
 """
 from __future__ import annotations
@@ -191,21 +191,21 @@ def step_kwargs(sched) -> dict:
 # --------------------------------------------------------------------------- preference model
 
 
-class ScorerPreference:
-    """A shared scorer (:mod:`pipeline.scorers`) as SPO's preference model: it scores the decoded predicted
+class JudgePreference:
+    """A registered judge (:mod:`pipeline.judges`) as SPO's preference model: it scores the decoded predicted
     clean image of each candidate (not step-aware: the timestep is not used). Lower-is-better judges are
     turned around with :func:`pipeline.reward.combine` (sign -1), so a higher reward is always better."""
 
-    def __init__(self, scorer):
-        self.scorer = scorer
-        self.name = scorer.name
+    def __init__(self, judge):
+        self.judge = judge
+        self.name = judge.name
 
     def __call__(self, images, prompts, timesteps) -> list[float]:
         from pipeline.reward import Scale, combine
 
-        raw = self.scorer.score(list(images), list(prompts))
+        raw = self.judge.score(list(images), list(prompts))
         return combine({self.name: raw}, {self.name: 1.0}, {self.name: Scale(0.0, 1.0, len(raw))},
-                       {self.name: self.scorer.higher_is_better})
+                       {self.name: self.judge.higher_is_better})
 
 
 def threshold_gap(threshold: float) -> float:
@@ -321,14 +321,14 @@ class OnlineSpo:
         self.last_indices: list = []
 
     def _load_preference(self):
-        from pipeline.scorers import load_scorers
+        from pipeline.judges.loading import load_judges
 
         name = self.cfg.preference_model
         try:
-            scorer = load_scorers([name], self.cfg.scorer_options(), device=self.device)[name]
+            judge = load_judges([name], self.cfg.judge_options(), device=self.device)[name]
         except UserError as exc:
             raise UserError(f"--preference-model: {exc}") from None
-        return ScorerPreference(scorer)
+        return JudgePreference(judge)
 
     @property
     def steps_per_epoch(self) -> int:

@@ -226,10 +226,10 @@ class Trainer:
             return None
         scorers, error = None, None
         if acc.is_main_process:
-            from pipeline.scorers import load_scorers
+            from pipeline.judges.loading import load_judges
 
             try:
-                scorers = load_scorers(cfg.validation_metrics, cfg.scorer_options(), device=acc.device)
+                scorers = load_judges(cfg.validation_metrics, cfg.judge_options(), device=acc.device)
             except UserError as exc:
                 error = exc
         failed = torch.tensor([1.0 if error else 0.0], device=acc.device)

@@ -3,7 +3,7 @@
 The VAE and text encoders live on the CPU between validations and move to the training device
 only while images are made, so they take no accelerator memory during training steps. With
 scorers (``--validation-metrics``) every validation's images are also scored through
-:func:`pipeline.scorers.score_images` and logged as ``val/<metric>`` (non-finite scores left out and counted
+:func:`pipeline.judges.loading.score_images` and logged as ``val/<metric>`` (non-finite scores left out and counted
 as ``val/<metric>_non_finite``).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Validator:
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.resolution, self.steps, self.guidance = resolution, num_inference_steps, guidance_scale
         self.dir = Path(output_dir) / VALIDATION_DIR
-        self.scorers = scorers or {}  # name -> pipeline.scorers.Scorer, loaded once by the trainer
+        self.scorers = scorers or {}  # name -> pipeline.judges.Judge, loaded once by the trainer
         self.metrics_file = Path(metrics_file) if metrics_file is not None else None
         # base_unet(trained_unet): a context manager giving the untrained UNet. Used for the
         # "before" half of before_after.png when this process did not see step 0 (a resumed run).
@@ -86,8 +86,8 @@ class Validator:
     def score(self, rows: list[list], step: int, trackers=()) -> dict:
         """Mean scores of one validation's images as ``val/<metric>``: trackers and metrics.jsonl. A NaN or inf
         score is left out of the mean and the rate and counted as ``val/<metric>_non_finite``
-        (:func:`pipeline.scorers.score_images`)."""
-        from pipeline.scorers import score_images
+        (:func:`pipeline.judges.loading.score_images`)."""
+        from pipeline.judges.loading import score_images
 
         images = [im for row in rows for im in row]
         prompts = [p for p, row in zip(self.prompts, rows) for _ in row]

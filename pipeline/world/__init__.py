@@ -4,8 +4,8 @@
   captions, the fixed train / held-out caption split, and prompts parsed back into scenes.
 - :mod:`.render`: deterministic 64x64 renders of scenes.
 - :mod:`.judges`: image measures that read a render (look, colour, shape, position, frame), behind
-  the project's scorer and safety-classifier interfaces as ``world-style``, ``world-prompt``,
-  ``world-unsafe``.
+  the project's judge and safety-classifier interfaces as ``world-style``, ``world-prompt``,
+  ``world-unsafe``: a judge plugin, registered through :mod:`pipeline.judges.registry`.
 - :mod:`.model`: the committed, checksummed base model ``shapes-sdxl``; :mod:`.pretrain` rebuilds it.
 
 ``python -m pipeline.world --help`` writes caption files and checks the judges against renders.

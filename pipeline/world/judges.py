@@ -202,7 +202,7 @@ def prompt_score(image, scene: Scene) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# The judges behind the project's shared interfaces (pipeline.scorers.Scorer and
+# The judges behind the project's shared interfaces (pipeline.judges.Judge and
 # pipeline.safety.SafetyClassifier), registered as world-style, world-prompt and world-unsafe
 # ---------------------------------------------------------------------------------------------
 
@@ -260,7 +260,7 @@ class WorldUnsafeJudge:
     """``world-unsafe``: the hazard frame's coverage; unsafe when > :data:`HAZARD_THRESHOLD`.
 
     A :class:`pipeline.safety.SafetyClassifier` (``label --target safety --labeler world-unsafe``)
-    and a scorer (``--metrics world-unsafe``, lower is better)."""
+    and a judge (``--metrics world-unsafe``, lower is better)."""
 
     name = "world-unsafe"
     higher_is_better = False
@@ -277,6 +277,41 @@ class WorldUnsafeJudge:
         """:meth:`unsafety`, one image per prompt (the prompts are not read)."""
         _check_pairs(images, prompts)
         return self.unsafety(images)
+
+
+def _register_judges() -> None:
+    """Declare the three judges in the project's judge registry (this module is the world's judge plugin:
+    the registry finds it; no core module imports the world)."""
+    from pipeline.errors import UserError
+    from pipeline.judges.registry import JudgeSpec, register
+
+    def needs_look(options) -> None:
+        if options.style not in WORLD_STYLES:
+            raise UserError(f"the world-style metric needs the look it checks (--style {'|'.join(WORLD_STYLES)}), "
+                            f"got {options.style!r}")
+
+    said = "miniature-world judge (image measures, pipeline.world.judges; no weights)"
+    common = dict(weights=False, image_size=SIZE, record={"world_judges": JUDGE_VERSION},
+                  provenance=lambda options: said)
+    register(JudgeSpec(
+        name="world-style", load=lambda ctx: WorldStyleJudge(ctx.options.style), higher_is_better=True,
+        reads=("style",), needs=needs_look,
+        # the family's version, and the look it checks when one is set (a --verify check reads each pair's)
+        version=lambda options: f"{JUDGE_VERSION} ({options.style})" if options.style else JUDGE_VERSION,
+        summary="the miniature world's look (--style): its probability; adopted when > 0.5", **common))
+    register(JudgeSpec(
+        name="world-prompt", load=lambda ctx: WorldPromptJudge(), higher_is_better=True,
+        version=lambda options: JUDGE_VERSION, check_prompts=WorldPromptJudge.check_prompts,
+        prompts="miniature-world captions",
+        summary="share of a world caption's colour, shape and position shown", **common))
+    register(JudgeSpec(
+        name="world-unsafe", load=lambda ctx: WorldUnsafeJudge(), higher_is_better=False,
+        version=lambda options: JUDGE_VERSION,
+        safety_classifier=lambda threshold=None: WorldUnsafeJudge(*(() if threshold is None else (threshold,))),
+        summary="the hazard frame's coverage (lower is better)", **common))
+
+
+_register_judges()
 
 
 def agreement_on_renders(per_scene: int = 2, seed: int = 12345) -> dict[str, float]:

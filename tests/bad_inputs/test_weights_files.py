@@ -177,22 +177,22 @@ def test_eval_full_unet_candidate_damaged(tmp_path, tiny_sdxl):
 
 
 # ---------------------------------------------------------------------------------------------
-# Scorers (open_clip weights, aesthetic .pth, HPS .pt, PickScore folder) and safety classifiers
+# Judges (open_clip weights, aesthetic .pth, HPS .pt, PickScore folder) and safety classifiers
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def tiny_scorers(tmp_path_factory):
-    from pipeline.scorers import tiny_scorer_options
+def tiny_judges(tmp_path_factory):
+    from pipeline.judges.tiny import tiny_judge_options
 
-    return tiny_scorer_options(tmp_path_factory.mktemp("scorers"))
+    return tiny_judge_options(tmp_path_factory.mktemp("judges"))
 
 
-def test_eval_aesthetic_weights_damaged(tmp_path, tiny_scorers):
+def test_eval_aesthetic_weights_damaged(tmp_path, tiny_judges):
     """The real CLI with --tiny-scorers and a damaged --aesthetic-weights file."""
     from stages.eval_cli import app
 
-    bad = damage(Path(shutil.copy(tiny_scorers.aesthetic_weights, tmp_path / "aesthetic.pth")), "html")
+    bad = damage(Path(shutil.copy(tiny_judges.aesthetic_weights, tmp_path / "aesthetic.pth")), "html")
     prompts = write_prompts(tmp_path / "prompts.txt", ["a cat"])
     result = run_cli(app, ["--prompts", prompts, "--output", tmp_path / "eval", "--model", "tiny-sdxl",
                            "--metrics", "aesthetic", "--tiny-scorers", "--aesthetic-weights", bad, "--batch-size", "1",
@@ -200,7 +200,7 @@ def test_eval_aesthetic_weights_damaged(tmp_path, tiny_scorers):
     assert "aesthetic" in assert_one_error_line(result, bad)
 
 
-# (ScorerOptions field holding a file, metric that reads it, suffix, damage)
+# (JudgeOptions field holding a file, metric that reads it, suffix, damage)
 SCORER_FILE_CASES = [
     ("clip_pretrained", "clip", ".pt", "half"),
     ("clip_pretrained", "clip", ".pt", "empty"),
@@ -212,14 +212,14 @@ SCORER_FILE_CASES = [
 
 @pytest.mark.parametrize("field,metric,suffix,how", SCORER_FILE_CASES,
                          ids=[f"{m}-{h}" for _, m, _, h in SCORER_FILE_CASES])
-def test_scorer_weights_file_damaged(tmp_path, tiny_scorers, field, metric, suffix, how):
+def test_judge_weights_file_damaged(tmp_path, tiny_judges, field, metric, suffix, how):
     from dataclasses import replace
 
-    from pipeline.scorers import load_scorers
+    from pipeline.judges.loading import load_judges
 
-    bad = damage(Path(shutil.copy(getattr(tiny_scorers, field), tmp_path / f"weights{suffix}")), how)
+    bad = damage(Path(shutil.copy(getattr(tiny_judges, field), tmp_path / f"weights{suffix}")), how)
     with pytest.raises(UserError) as err:
-        load_scorers([metric], replace(tiny_scorers, **{field: str(bad)}), device="cpu")
+        load_judges([metric], replace(tiny_judges, **{field: str(bad)}), device="cpu")
     assert_names_file(err.value, bad)
 
 
@@ -235,10 +235,10 @@ def test_open_clip_safetensors_file_damaged(tmp_path):
 
 @pytest.mark.parametrize("rel,how", [("model.safetensors", "html"), ("config.json", "not-json"),
                                      ("tokenizer.json", "empty")])
-def test_pickscore_folder_damaged(tmp_path, tiny_scorers, rel, how):
-    from pipeline.scorers import load_pickscore
+def test_pickscore_folder_damaged(tmp_path, tiny_judges, rel, how):
+    from pipeline.judges.pickscore import load_pickscore
 
-    folder = copy_of(Path(tiny_scorers.pickscore_model), tmp_path / "pickscore")
+    folder = copy_of(Path(tiny_judges.pickscore_model), tmp_path / "pickscore")
     bad = damage(folder / rel, how)
     with pytest.raises(UserError) as err:
         load_pickscore(str(folder), str(folder), "cpu")
@@ -261,11 +261,11 @@ def test_nudenet_onnx_damaged(tmp_path, how):
 
 
 @pytest.mark.parametrize("rel,how", [("model.safetensors", "half"), ("preprocessor_config.json", "not-json")])
-def test_sd_safety_checker_folder_damaged(tmp_path, tiny_scorers, rel, how):
+def test_sd_safety_checker_folder_damaged(tmp_path, tiny_judges, rel, how):
+    from pipeline.judges.tiny import tiny_safety_checker_dir
     from pipeline.safety import load_safety_classifier
-    from pipeline.scorers import tiny_safety_checker_dir
 
-    folder = copy_of(Path(tiny_safety_checker_dir(tiny_scorers)), tmp_path / "checker")
+    folder = copy_of(Path(tiny_safety_checker_dir(tiny_judges)), tmp_path / "checker")
     bad = damage(folder / rel, how)
     with pytest.raises(UserError) as err:
         load_safety_classifier("sd-safety-checker", str(folder))

@@ -70,9 +70,9 @@ def test_empty_shard_has_no_row_group_and_loads_with_others(tmp_path):
 
 
 def test_what_goes_into_a_fingerprint_is_named():
-    """Recipes, labelers and scorer options describe themselves; inputs fingerprint themselves."""
+    """Recipes, labelers and judge options describe themselves; inputs fingerprint themselves."""
+    from pipeline.judges.options import JudgeOptions
     from pipeline.prompts import PromptSet
-    from pipeline.scorer_options import ScorerOptions
     from pipeline.shards import Describable, Fingerprinted
     from pipeline.training_output import TrainingOutput
     from stages.label import LabelInput
@@ -80,6 +80,6 @@ def test_what_goes_into_a_fingerprint_is_named():
     from stages.recipes import RecipeConfig
 
     assert isinstance(RecipeConfig(), Describable) and isinstance(ConstructionLabeler(None), Describable)
-    assert isinstance(ScorerOptions(), Describable)
+    assert isinstance(JudgeOptions(), Describable)
     for cls in (PromptSet, TrainingOutput, LabelInput):
         assert callable(getattr(cls, "fingerprint", None)) and issubclass(cls, Fingerprinted), cls

@@ -82,16 +82,17 @@ def test_judges_read_each_look_colour_shape_position_and_frame():
             (scene.look, scene.color, scene.shape, scene.position, scene.hazard)
 
 
-def test_judges_behind_the_scorer_and_safety_interfaces():
+def test_judges_behind_the_judge_and_safety_interfaces():
+    from pipeline.judges import Judge, check_prompts, judge_names
+    from pipeline.judges.loading import load_judges
     from pipeline.safety import load_safety_classifier
-    from pipeline.scorers import METRICS, Scorer, check_prompts, load_scorers
 
     rng = np.random.default_rng(0)
     cartoon = to_image(random_render(Scene("red", "circle", "top left", "cartoon"), rng))
     plain = to_image(random_render(Scene("red", "circle", "top left", hazard=True), rng))
     prompts = ["a red circle at the top left", "a blue circle at the top left"]
-    scorers = load_scorers(["world-style", "world-prompt", "world-unsafe"], _options(style="cartoon"))
-    assert set(scorers) <= set(METRICS) and all(isinstance(s, Scorer) for s in scorers.values())
+    scorers = load_judges(["world-style", "world-prompt", "world-unsafe"], _options(style="cartoon"))
+    assert set(scorers) <= set(judge_names()) and all(isinstance(s, Judge) for s in scorers.values())
     style = scorers["world-style"].score([cartoon, plain], prompts)
     assert style[0] > 0.9 and style[1] < 0.1 and style[0] == style_probability(cartoon, "cartoon")
     assert scorers["world-prompt"].score([cartoon, plain], prompts) == [1.0, pytest.approx(2 / 3)]
@@ -100,19 +101,19 @@ def test_judges_behind_the_scorer_and_safety_interfaces():
     classifier = load_safety_classifier("world-unsafe")
     assert isinstance(classifier, WorldUnsafeJudge) and classifier.unsafety([plain]) == [1.0]
     with pytest.raises(UserError, match="world-style metric needs the look"):
-        load_scorers(["world-style"], _options())
+        load_judges(["world-style"], _options())
     with pytest.raises(UserError, match="not a miniature-world prompt"):
         check_prompts(["world-prompt"], ["a red circle at the top left", "a cat"])
     check_prompts(["world-style"], ["a cat"])  # only world-prompt reads prompts
     with pytest.raises(UserError, match="no weights"):
         load_safety_classifier("world-unsafe", source="model.onnx")
-    assert isinstance(WorldStyleJudge("pixel"), Scorer) and isinstance(WorldPromptJudge(), Scorer)
+    assert isinstance(WorldStyleJudge("pixel"), Judge) and isinstance(WorldPromptJudge(), Judge)
 
 
 def _options(**kw):
-    from pipeline.scorers import ScorerOptions
+    from pipeline.judges.options import JudgeOptions
 
-    return ScorerOptions(**kw)
+    return JudgeOptions(**kw)
 
 
 def test_caption_files_from_the_command_line(tmp_path):

@@ -225,10 +225,10 @@ def test_on_real_mapo_train_outputs(tmp_path):
 
 
 def test_a_nan_score_is_dropped_and_said_in_the_summary_line_and_the_report(candidates, tmp_path, monkeypatch):
-    """Issue 24 item 1 through the CLI: a scorer returning NaN for one image (an fp16 head can)."""
-    import pipeline.scorers as scorers
+    """Issue 24 item 1 through the CLI: a judge returning NaN for one image (an fp16 head can)."""
+    import pipeline.judges.loading as loading
 
-    real = scorers.load_scorers
+    real = loading.load_judges
 
     def with_a_nan(*args, **kwargs):
         loaded = real(*args, **kwargs)
@@ -244,7 +244,7 @@ def test_a_nan_score_is_dropped_and_said_in_the_summary_line_and_the_report(cand
         clip.score = score
         return loaded
 
-    monkeypatch.setattr(scorers, "load_scorers", with_a_nan)
+    monkeypatch.setattr(loading, "load_judges", with_a_nan)
     prompts = write_prompts(tmp_path / "p.txt", PROMPTS)
     out = tmp_path / "out"
     result = run_cli(app, ["--prompts", prompts, "--output", out, "--candidate", candidates["full"],

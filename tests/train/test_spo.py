@@ -11,7 +11,7 @@ import torch
 from tests.helpers import run_cli, write_prompts
 from train.cli import app
 from train.losses import spo_loss
-from train.spo import ScorerPreference, ddim_scheduler, ddim_step_with_log_prob, step_kwargs, threshold_gap
+from train.spo import JudgePreference, ddim_scheduler, ddim_step_with_log_prob, step_kwargs, threshold_gap
 
 # --------------------------------------------------------------------------- the DDIM step
 
@@ -165,7 +165,7 @@ def test_lower_is_better_judges_are_turned_around():
         def score(self, images, prompts):
             return [0.1, 0.7]
 
-    assert ScorerPreference(Judge()).__call__(["a", "b"], ["p", "q"], [0, 0]) == pytest.approx([-0.1, -0.7])
+    assert JudgePreference(Judge()).__call__(["a", "b"], ["p", "q"], [0, 0]) == pytest.approx([-0.1, -0.7])
 
 
 # --------------------------------------------------------------------------- the CLI

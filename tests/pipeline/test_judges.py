@@ -1,4 +1,4 @@
-"""Scorers: every metric's real loading and scoring code on tiny random weights built offline."""
+"""Judges: every built-in judge's real loading and scoring code on tiny random weights built offline."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests/conftest.py sets it too; never wait on the hub
@@ -11,21 +11,14 @@ from PIL import Image
 
 from pipeline import clip_embed, safety
 from pipeline.errors import ModelNotFoundError, UserError
-from pipeline.scorers import (
-    METRICS,
-    AestheticMLP,
-    Scorer,
-    aesthetic_from_embeddings,
-    load_aesthetic_mlp,
-    load_scorers,
-    score_images,
-    tiny_safety_checker_dir,
-    tiny_scorer_options,
-)
+from pipeline.judges import Judge, judges
+from pipeline.judges.aesthetic import AestheticMLP, aesthetic_from_embeddings, load_aesthetic_mlp
+from pipeline.judges.loading import load_judges, score_images
+from pipeline.judges.tiny import tiny_judge_options, tiny_safety_checker_dir
 from tests.image_fixtures import geometric_scene, gray, schematic_torso
 
 # The miniature world's judges read 64 px world scenes; they have their own tests (tests/pipeline/test_world.py).
-REAL_METRICS = [m for m in METRICS if not m.startswith("world-")]
+REAL_METRICS = [name for name, spec in judges().items() if spec.weights]
 
 STYLE = ("a pixel art style image", "a realistic photo")
 
@@ -35,12 +28,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def opts(tmp_path_factory):
-    return tiny_scorer_options(tmp_path_factory.mktemp("scorers"), style_text=STYLE[0], opposite_text=STYLE[1])
+    return tiny_judge_options(tmp_path_factory.mktemp("judges"), style_text=STYLE[0], opposite_text=STYLE[1])
 
 
 @pytest.fixture(scope="module")
-def scorers(opts):
-    return load_scorers(REAL_METRICS, opts, device="cpu")
+def loaded(opts):
+    return load_judges(REAL_METRICS, opts, device="cpu")
 
 
 def _images():
@@ -51,22 +44,22 @@ def _images():
 PROMPTS = ["a red square", "a gray card", "shapes on blue", "a green field"]
 
 
-def test_every_metric_scores_one_float_per_image(scorers):
-    assert list(scorers) == REAL_METRICS
-    for name, scorer in scorers.items():
-        assert isinstance(scorer, Scorer)
-        out = scorer.score(_images(), PROMPTS)
+def test_every_metric_scores_one_float_per_image(loaded):
+    assert list(loaded) == REAL_METRICS
+    for name, judge in loaded.items():
+        assert isinstance(judge, Judge)
+        out = judge.score(_images(), PROMPTS)
         assert len(out) == 4 and all(isinstance(v, float) and v == v for v in out), name
-        assert scorer.score([], []) == [], name
+        assert judge.score([], []) == [], name
         with pytest.raises(UserError):
-            scorer.score(_images(), PROMPTS[:2])
-    assert scorers["safety"].higher_is_better is False
-    assert scorers["style"].threshold == 0.0 and scorers["safety"].threshold == 0.5
+            judge.score(_images(), PROMPTS[:2])
+    assert loaded["safety"].higher_is_better is False
+    assert loaded["style"].threshold == 0.0 and loaded["safety"].threshold == 0.5
 
 
-def test_batching_does_not_change_scores(scorers):
+def test_batching_does_not_change_scores(loaded):
     for name in ("aesthetic", "pickscore", "hps"):
-        s = scorers[name]
+        s = loaded[name]
         full = s.score(_images(), PROMPTS)
         s.batch_size = 1
         one = s.score(_images(), PROMPTS)
@@ -97,34 +90,34 @@ def test_aesthetic_state_dict_has_the_predictor_layout(opts):
     assert all(torch.equal(mlp.state_dict()[k], state[k]) for k in state)
 
 
-def test_aesthetic_score_is_mlp_of_clip_embedding(scorers):
-    s = scorers["aesthetic"]
+def test_aesthetic_score_is_mlp_of_clip_embedding(loaded):
+    s = loaded["aesthetic"]
     emb = s.embedder.embed_images(_images())
     with torch.no_grad():
         expected = s.mlp(emb / emb.norm(dim=-1, keepdim=True)).squeeze(-1)
     assert s.score(_images(), PROMPTS) == pytest.approx(expected.tolist(), abs=1e-5)
 
 
-def test_hps_is_100_times_cosine_with_its_own_weights(scorers, opts):
-    s = scorers["hps"]
+def test_hps_is_100_times_cosine_with_its_own_weights(loaded, opts):
+    s = loaded["hps"]
     img, txt = s.embedder.embed_images(_images()), s.embedder.embed_texts(PROMPTS)
     assert s.score(_images(), PROMPTS) == pytest.approx((100 * (img * txt).sum(-1)).tolist(), abs=1e-3)
     # it loaded the HPS file, not the clip metric's weights
     assert s.embedder.pretrained == opts.hps_weights
-    assert not torch.allclose(img, scorers["clip"].embedder.embed_images(_images()))
+    assert not torch.allclose(img, loaded["clip"].embedder.embed_images(_images()))
 
 
 def test_hps_checkpoint_with_state_dict_key_loads(tmp_path, opts):
     # HPS's released file wraps the weights as {"state_dict": ...}; open_clip's loader unwraps it.
     wrapped = tmp_path / "hps_wrapped.pt"
     torch.save({"state_dict": torch.load(opts.hps_weights, weights_only=True)}, wrapped)
-    a = load_scorers(["hps"], replace(opts, hps_weights=str(wrapped)), "cpu")["hps"]
-    b = load_scorers(["hps"], opts, "cpu")["hps"]
+    a = load_judges(["hps"], replace(opts, hps_weights=str(wrapped)), "cpu")["hps"]
+    b = load_judges(["hps"], opts, "cpu")["hps"]
     assert a.score(_images(), PROMPTS) == pytest.approx(b.score(_images(), PROMPTS), abs=1e-5)
 
 
-def test_pickscore_is_logit_scale_times_cosine(scorers):
-    s = scorers["pickscore"]
+def test_pickscore_is_logit_scale_times_cosine(loaded):
+    s = loaded["pickscore"]
     ims = [im.convert("RGB") for im in _images()]
     with torch.no_grad():
         pix = s.processor(images=ims, return_tensors="pt").pixel_values
@@ -139,39 +132,39 @@ def test_pickscore_is_logit_scale_times_cosine(scorers):
     assert len(s.processor.tokenizer) == 49408  # the real CLIP vocabulary
 
 
-def test_clip_and_style_go_through_clip_embed(scorers):
-    emb = scorers["clip"].embedder
-    assert scorers["style"].embedder is emb  # same model and weights: loaded once
+def test_clip_and_style_go_through_clip_embed(loaded):
+    emb = loaded["clip"].embedder
+    assert loaded["style"].embedder is emb  # same model and weights: loaded once
     ims = _images()
-    assert scorers["clip"].score(ims, PROMPTS) == pytest.approx(
+    assert loaded["clip"].score(ims, PROMPTS) == pytest.approx(
         clip_embed.clip_score(emb, ims, PROMPTS).tolist(), abs=1e-5
     )
     margin = clip_embed.style_margin(emb, ims, *STYLE).tolist()
-    assert scorers["style"].score(ims, PROMPTS) == pytest.approx(margin, abs=1e-6)
+    assert loaded["style"].score(ims, PROMPTS) == pytest.approx(margin, abs=1e-6)
 
 
-def test_nudenet_scores_real_images(scorers):
-    unsafe, scene, plain = scorers["safety"].score([schematic_torso(256), geometric_scene(256), gray(256)], ["x"] * 3)
+def test_nudenet_scores_real_images(loaded):
+    unsafe, scene, plain = loaded["safety"].score([schematic_torso(256), geometric_scene(256), gray(256)], ["x"] * 3)
     assert unsafe > 0.5  # NudeNet reads the drawing as FEMALE_BREAST_EXPOSED (about 0.7)
     assert scene == 0.0 and plain == 0.0
 
 
-def test_sd_safety_checker_scorer_matches_classifier(opts):
+def test_sd_safety_checker_judge_matches_classifier(opts):
     o = replace(opts, safety_classifier="sd-safety-checker", safety_source=tiny_safety_checker_dir(opts))
-    scorer = load_scorers(["safety"], o, "cpu")["safety"]
+    judge = load_judges(["safety"], o, "cpu")["safety"]
     direct = safety.load_safety_classifier("sd-safety-checker", o.safety_source)
-    assert scorer.threshold == 0.0
-    assert scorer.score(_images(), PROMPTS) == pytest.approx(direct.unsafety(_images()), abs=1e-6)
+    assert judge.threshold == 0.0
+    assert judge.score(_images(), PROMPTS) == pytest.approx(direct.unsafety(_images()), abs=1e-6)
 
 
-def test_score_images_hook_means_and_rates(scorers):
+def test_score_images_hook_means_and_rates(loaded):
     ims = _images()
-    out = score_images({k: scorers[k] for k in ("clip", "style", "safety")}, ims, PROMPTS)
+    out = score_images({k: loaded[k] for k in ("clip", "style", "safety")}, ims, PROMPTS)
     assert set(out) == {"clip", "style", "style_rate", "safety", "safety_rate"}
-    margins = scorers["style"].score(ims, PROMPTS)
+    margins = loaded["style"].score(ims, PROMPTS)
     assert out["style"] == pytest.approx(sum(margins) / 4)
     assert out["style_rate"] == sum(m > 0 for m in margins) / 4
-    assert score_images({"clip": scorers["clip"]}, [], []) == {}
+    assert score_images({"clip": loaded["clip"]}, [], []) == {}
 
 
 def test_score_images_loads_by_name(opts):
@@ -181,9 +174,9 @@ def test_score_images_loads_by_name(opts):
 
 def test_unknown_metric_and_missing_style_text(opts):
     with pytest.raises(UserError, match="unknown metric 'beauty'; valid metrics: aesthetic, hps"):
-        load_scorers(["clip", "beauty"], opts)
+        load_judges(["clip", "beauty"], opts)
     with pytest.raises(UserError, match="style text"):
-        load_scorers(["style"], replace(opts, style_text=None))
+        load_judges(["style"], replace(opts, style_text=None))
 
 
 @pytest.mark.parametrize("field,value,pattern", [
@@ -199,7 +192,7 @@ def test_missing_weights_are_one_line(opts, field, value, pattern):
     metric = {"aesthetic_weights": "aesthetic", "hps_weights": "hps", "pickscore_model": "pickscore",
               "clip_pretrained": "clip"}[field]
     with pytest.raises(ModelNotFoundError, match=pattern) as err:
-        load_scorers([metric], replace(opts, **{field: value}), "cpu")
+        load_judges([metric], replace(opts, **{field: value}), "cpu")
     assert "\n" not in str(err.value)
 
 
@@ -208,7 +201,7 @@ def test_default_weights_offline_are_one_line():
     for metric, pattern in (("aesthetic", "sac\\+logos\\+ava1-l14-linearMSE.pth"), ("hps", "HPS_v2.1_compressed.pt"),
                             ("pickscore", "PickScore_v1")):
         with pytest.raises(ModelNotFoundError, match=pattern) as err:
-            load_scorers([metric], device="cpu")
+            load_judges([metric], device="cpu")
         assert "\n" not in str(err.value)
 
 

@@ -452,6 +452,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     generation = cfg.generation(base_model)
     state = {**_prepare_output(cfg, generation, model_info), **record}
     out = Path(cfg.output)
+    _output_folder(out).check_writable()  # an unwritable --output: one line now, before any judge or model loads
 
     # Scores made with other judge weights are dropped (rescored), never mixed with new ones.
     rows = [] if state.get("overwrite") else _read_scores(out)

@@ -67,14 +67,20 @@ def test_train_says_an_unwritable_output_in_one_line_before_loading_models(locke
     assert line.startswith(f"error: cannot write '{out}': permission denied;")
 
 
-def test_eval_says_an_unwritable_output_in_one_line(tmp_path, locked):
+def test_eval_says_an_unwritable_output_in_one_line_before_loading_judges(tmp_path, locked, monkeypatch):
+    import pipeline.judges.loading
     from stages.eval_cli import app
 
+    def no_judges(*a, **k):
+        raise AssertionError("the judges were loaded before the output folder was checked")
+
+    monkeypatch.setattr(pipeline.judges.loading, "load_judges", no_judges)  # run_evaluate imports it
     prompts = write_prompts(tmp_path / "p.txt", ["a red cube"])
     out = locked / "eval"
-    _one_line(run_cli(app, ["--prompts", prompts, "--output", out, "--model", "tiny-sdxl", "--metrics", "clip",
-                            "--seeds", "1", "--num-inference-steps", "2", "--resolution", "64", "--tiny-scorers"]),
-              out)
+    line = _one_line(run_cli(app, ["--prompts", prompts, "--output", out, "--model", "tiny-sdxl", "--metrics", "clip",
+                                   "--seeds", "1", "--num-inference-steps", "2", "--resolution", "64",
+                                   "--tiny-scorers"]), out)
+    assert line.startswith(f"error: cannot write '{out}': permission denied;")
 
 
 def test_a_disk_that_fills_during_training_is_one_line_naming_the_checkpoint(tmp_path, latents_sdxl, monkeypatch):

@@ -106,25 +106,32 @@ def enable_fsdp2(accelerator) -> None:
     if not accelerator.is_fsdp2:
         raise UserError(f"FSDP2 was asked for but accelerate runs {accelerator.distributed_type.value}; check the "
                         f"accelerate config (see {DOCS}).")
-    _reduce_in_fp32(state.fsdp_plugin)
+    state.fsdp_plugin.mixed_precision_policy = policy_as_ddp(state.fsdp_plugin.mixed_precision_policy)
     if "FSDP_AUTO_WRAP_POLICY" not in os.environ:
         from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
         state.fsdp_plugin.auto_wrap_policy = transformer_auto_wrap_policy
 
 
-def _reduce_in_fp32(plugin) -> None:
-    """Gradients averaged over the processes in fp32, as DDP averages autocast's fp32 gradients: accelerate's
-    ``set_mixed_precision`` reduces them in the compute dtype (bf16: 8 bits of mantissa for a sum over N
-    processes); torchtitan's default is ``reduce_dtype=float32`` as here. Weights are still gathered in bf16."""
+def policy_as_ddp(policy):
+    """FSDP2's mixed-precision policy made to compute what DDP under autocast computes; ``policy``: the plugin's
+    ``MixedPrecisionPolicy`` (or None: returned as it is, full precision).
+
+    - Gradients averaged over the processes in fp32, as DDP averages autocast's fp32 gradients: accelerate's
+      ``set_mixed_precision`` reduces them in the compute dtype (bf16: 8 bits of mantissa for a sum over N
+      processes); torchtitan's default is ``reduce_dtype=float32`` as here. Weights are still gathered in bf16.
+    - Forward inputs NOT cast (``cast_forward_inputs=False``): FSDP2's default casts every floating input of a
+      sharded module to ``param_dtype``, so a flow model's timestep (1000 sigma) reached the transformer rounded to
+      bf16 (411.47 -> 412.0; spacing 4 above 512) and SDXL's float time ids likewise (1365 -> 1368), while DDP passes
+      them exact. The trainer runs every forward under ``accelerator.autocast()``, which casts what matmuls need.
+    """
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    policy = plugin.mixed_precision_policy
-    if isinstance(policy, MixedPrecisionPolicy) and policy.reduce_dtype not in (None, torch.float32):
-        plugin.mixed_precision_policy = MixedPrecisionPolicy(
-            param_dtype=policy.param_dtype, reduce_dtype=torch.float32, output_dtype=policy.output_dtype,
-            cast_forward_inputs=policy.cast_forward_inputs)
+    if not isinstance(policy, MixedPrecisionPolicy):
+        return policy
+    return MixedPrecisionPolicy(param_dtype=policy.param_dtype, reduce_dtype=torch.float32,
+                                output_dtype=policy.output_dtype, cast_forward_inputs=False)
 
 
 def engine_record(accelerator) -> dict:

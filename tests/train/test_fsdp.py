@@ -227,3 +227,36 @@ def test_one_process_records_the_single_engine(tmp_path, latents_sdxl):
     assert result.exit_code == 0 and "engine single on 1 process" in result.output, result.output
     config = json.loads((out / "training_config.json").read_text())
     assert config["distributed"] == {"engine": "single", "num_processes": 1}
+
+
+def test_fsdp2_passes_forward_inputs_as_ddp_does(tmp_path):
+    """A flow model's timestep (1000 sigma, fp32) reaches the sharded model exact, as under DDP: FSDP2's default
+    policy casts every floating input to bf16 (411.47 -> 412.0). One process on gloo: fully_shard runs there too."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from train.sharding import policy_as_ddp
+
+    class Seen(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.inputs = []
+
+        def forward(self, x, timestep):
+            self.inputs.append(timestep)
+            return self.lin(x.to(self.lin.weight.dtype)) * 0 + timestep.to(self.lin.weight.dtype)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        seen = {}
+        accelerate_default = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+        for name, policy in (("default", accelerate_default), ("as_ddp", policy_as_ddp(accelerate_default))):
+            model = fully_shard(Seen(), mp_policy=policy)
+            model(torch.ones(1, 2), torch.tensor([411.47]))
+            seen[name] = model.inputs[0]
+        assert policy_as_ddp(accelerate_default).reduce_dtype == torch.float32
+        assert seen["default"].dtype == torch.bfloat16 and seen["default"].item() == 412.0  # the fault, shown
+        assert seen["as_ddp"].dtype == torch.float32 and seen["as_ddp"].item() == pytest.approx(411.47)
+    finally:
+        dist.destroy_process_group()

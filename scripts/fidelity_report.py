@@ -197,7 +197,7 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
         lines += ["", f"![loss curves]({loss.name})", "", f"![held-out captions, seed 0]({grid.name})", ""]
     lines += ["## What the world shows", "", "95% intervals that do not overlap count as a difference.", "",
               *findings(result, {name: training_trace(out, name, objectives) for name in RATES}, objectives), "",
-              "Why, as far as we can tell: README.md, \"The miniature world\".", ""]
+              "Why, as far as we can tell: docs/experiments.md, \"make fidelity\".", ""]
     lines += ["## Judges", "",
               "| judge | agreement with the renderer (fresh renders) "
               "| with the prompt (base model's held-out generations) |",

@@ -13,19 +13,20 @@ from stages.cli import app
 from tests.helpers import run_cli
 
 
-def _png() -> bytes:
+def _png(color=(200, 30, 30)) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, format="PNG")
+    Image.new("RGB", (64, 64), color).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def _pairs(path, jpg_0: list[bytes], labels: list[tuple[float, float]]):
+    """jpg_1 is another colour than _png(): precompute rejects a pair of identical images."""
     n = len(jpg_0)
     pq.write_table(pa.table({"caption": [f"picture {i}" for i in range(n)], "jpg_0": pa.array(jpg_0, pa.binary()),
-                             "jpg_1": pa.array([_png()] * n, pa.binary()), "label_0": [a for a, _ in labels],
-                             "label_1": [b for _, b in labels]}), path)
+                             "jpg_1": pa.array([_png((30, 30, 200))] * n, pa.binary()),
+                             "label_0": [a for a, _ in labels], "label_1": [b for _, b in labels]}), path)
     return path
 
 

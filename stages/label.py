@@ -23,6 +23,7 @@ from pathlib import Path
 from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
+from pipeline.judge_scores import is_finite_score
 from pipeline.layouts import LayoutOptions, as_shard, open_pairs
 from pipeline.options import (
     PANEL_IO,
@@ -209,9 +210,9 @@ def _with_style_text(spec, source: LabelInput):
 
 def _labels_choice(row: dict) -> int | None:
     """The image the input's own ``label_0``/``label_1`` chose (Pick-a-Pic's floats or a label output's ints);
-    None without labels or on a tie."""
+    None without labels, on a tie, or when either label is not finite (None, NaN, +-inf never decides)."""
     l0, l1 = row.get("label_0"), row.get("label_1")
-    if l0 is None or l1 is None or l0 == l1:
+    if not (is_finite_score(l0) and is_finite_score(l1)) or l0 == l1:
         return None
     return 0 if l0 > l1 else 1
 

@@ -27,6 +27,7 @@ from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.image_prep import CROPS, prepare_images
 from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_image_column
+from pipeline.judge_scores import is_finite_score
 from pipeline.latent_shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -236,7 +237,7 @@ def _classify(caption, label_0, label_1) -> tuple[str, int | None]:
     """('pair', chosen column) | ('tie', None) | ('reject', None) from a row's text and labels."""
     if caption is None or not str(caption).strip():
         return "reject:empty caption", None
-    if label_0 is None or label_1 is None or any(isinstance(v, float) and math.isnan(v) for v in (label_0, label_1)):
+    if not (is_finite_score(label_0) and is_finite_score(label_1)):  # None, NaN or +-inf never decides
         return "reject:missing label", None
     if label_0 == label_1:
         return "tie", None

@@ -90,8 +90,9 @@ class EvalConfig:
     guidance_scale: float = guidance_scale_option(5.0)
     # None: the candidates' training resolution, else the base model's own
     resolution: int | None = resolution_option(help=(
-        "Image side in pixels (multiple of 8); default: the resolution the candidates were trained at, else the "
-        "base model's own (1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
+        "Image side in pixels (a multiple of the model family's: 8 for SD1.5/SDXL, 16 for SD3); default: the "
+        "resolution the candidates were trained at, else the base model's own "
+        "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     seeds: int = option(1, check=at_least(1), panel=PANEL_SAMPLING, help=(
         "Images (seeds) per prompt; every model gets the same seeds."))
     seed: int = seed_option("Global seed; image k of a prompt uses derive_seed(seed, prompt id, k).")

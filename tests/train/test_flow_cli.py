@@ -136,3 +136,45 @@ def test_without_t5_precompute_train_and_validate(sd3_data, tmp_path):
                                            "--validation-inference-steps", "2"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "validation" / "step-000001.png").is_file()
+
+
+def test_eval_and_loading_sample_as_each_candidate_was_trained(sd3_data, tmp_path, monkeypatch):
+    """A candidate trained on --no-t5 latents at 8 T5 tokens is sampled without T5 at 8 tokens, one trained
+    with T5 at 16 tokens with them; the base model with the pipeline's defaults. Recorded in the summary and
+    the report, with a note that the candidates differ."""
+    import stages.generate
+    from pipeline.training_output import load_trained_pipeline, read_training_output
+
+    result = run_cli(data_app, ["precompute", "--input", sd3_data / "lab", "--output", tmp_path / "lat", "--model",
+                                "tiny-sd3", "--resolution", "64", "--device", "cpu", "--no-t5",
+                                "--max-sequence-length", "8"])
+    assert result.exit_code == 0, result.output
+    for name, data, extra in (("no-t5", tmp_path / "lat", ["--lora-rank", "2"]), ("t5-16", sd3_data / "lat", [])):
+        result = run_cli(train_app, train_args(data, tmp_path / name, "tiny-sd3", 1, *extra))
+        assert result.exit_code == 0, result.output
+    no_t5, t5 = read_training_output(str(tmp_path / "no-t5")), read_training_output(str(tmp_path / "t5-16"))
+    assert (no_t5.t5, no_t5.max_sequence_length, no_t5.sampling_kwargs()) == (False, 8, {"max_sequence_length": 8})
+    assert (t5.t5, t5.max_sequence_length, t5.skipped_components()) == (True, 16, ())
+    pipe = load_trained_pipeline(str(tmp_path / "no-t5"), device="cpu")
+    assert pipe.text_encoder_3 is None and pipe.tokenizer_3 is None and pipe.get_active_adapters()
+
+    calls = []  # (T5 loaded?, T5 tokens) of every eval generation call
+    real = stages.generate.generate_images
+
+    def spy(pipe, requests, seeds, cfg, max_sequence_length=None):
+        calls.append((pipe.text_encoder_3 is not None, max_sequence_length))
+        return real(pipe, requests, seeds, cfg, max_sequence_length=max_sequence_length)
+
+    monkeypatch.setattr(stages.generate, "generate_images", spy)
+    result = run_cli(eval_app, ["--candidate", tmp_path / "no-t5", "--candidate", tmp_path / "t5-16", "--prompts",
+                                sd3_data / "prompts.txt", "--output", tmp_path / "eval", "--metrics", "world-style",
+                                "--style", "cartoon", "--num-inference-steps", "2", "--seeds", "1", "--device",
+                                "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(True, None), (False, 8), (True, 16)]  # base, no-t5, t5-16: one batch of 4 prompts each
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["models"]["no-t5"]["text_encoding"] == {"t5": False, "max_sequence_length": 8}
+    assert summary["models"]["t5-16"]["text_encoding"] == {"t5": True, "max_sequence_length": 16}
+    note = summary["settings"]["text_encoding_note"]
+    assert "no-t5 no T5" in note and "t5-16 T5 16 tokens" in note and "note: " + note in result.output
+    assert "text encoding note" in (tmp_path / "eval" / "report.html").read_text()

@@ -92,7 +92,7 @@ def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
     # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
     kind = "unet" if has_unet else "lora"
     resolution = (config.get("data_info") or {}).get("resolution")
-    t5, max_len = _text_encoding(config)
+    t5, max_len = text_encoding_of(config)
     out = TrainingOutput(name or root.resolve().name, str(root.resolve()), kind, config.get("model"),
                          config.get("objective"), config.get("family"), int(resolution) if resolution else None,
                          denoiser_dir, t5, max_len)
@@ -100,7 +100,7 @@ def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
     return out
 
 
-def _text_encoding(config: dict) -> tuple[bool | None, int | None]:
+def text_encoding_of(config: dict) -> tuple[bool | None, int | None]:
     """``(t5, max_sequence_length)`` an SD3 run's training text was encoded with: from its ``data_info`` when
     recorded there, else from the manifest of its latent folder (``data``) when that folder is still there;
     ``(None, None)`` when neither says (or the model has no T5)."""

@@ -44,7 +44,9 @@ def test_precompute_stores_sd3_conditioning(sd3_data):
 @pytest.mark.parametrize("objective", ["mapo", "dpo", "sft", "kto"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, lora):
+    import torch
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from safetensors.torch import load_file
 
     from pipeline.models import resolve_model_source
 
@@ -55,14 +57,31 @@ def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, 
     config = json.loads((out / "training_config.json").read_text())
     assert config["family"] == "sd3" and config["prediction_type"] == "flow"
     card = (out / "README.md").read_text()
+    base = SD3Transformer2DModel.from_pretrained(resolve_model_source("tiny-sd3"), subfolder="transformer")
     if lora:
+        from peft import get_peft_model_state_dict
+
         assert "StableDiffusion3Pipeline" in card and "load_lora_weights" in card
         pipe = StableDiffusion3Pipeline.from_pretrained(resolve_model_source("tiny-sd3"))
         pipe.load_lora_weights(str(out))
         assert pipe.get_active_adapters()
+        saved = load_file(out / "pytorch_lora_weights.safetensors")
+        # The file's lora.down / lora.up are peft's lora_A / lora_B (diffusers converts them on load).
+        saved = {k.removeprefix("transformer.").replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
+                 for k, v in saved.items()}
+        loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
+        lora_b = [k for k in saved if ".lora_B." in k]
+        assert lora_b and set(loaded) == set(saved)  # every trained layer, and nothing else, is in the pipeline
+        for k in saved:
+            assert torch.equal(loaded[k].to(saved[k].dtype), saved[k]), k
+        assert any(saved[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: training moved it
     else:
         assert 'SD3Transformer2DModel.from_pretrained("PATH_TO_THIS_FOLDER/transformer")' in card
-        assert SD3Transformer2DModel.from_pretrained(out / "transformer").config.in_channels == 16
+        trained = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+        loaded = SD3Transformer2DModel.from_pretrained(out / "transformer").state_dict()
+        assert loaded.keys() == trained.keys() == base.state_dict().keys()
+        assert all(torch.equal(loaded[k], trained[k].to(loaded[k].dtype)) for k in trained)
+        assert any(not torch.equal(loaded[k], v) for k, v in base.state_dict().items())  # training changed it
 
 
 def test_eval_sd3_candidates(sd3_data, tmp_path):
@@ -75,8 +94,22 @@ def test_eval_sd3_candidates(sd3_data, tmp_path):
                                 "--metrics", "world-style", "--style", "cartoon", "--num-inference-steps", "2",
                                 "--seeds", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    import math
+
+    import pyarrow.parquet as pq
+
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary
+    assert {n: m["kind"] for n, m in summary["models"].items()} == {"base": "base", "full": "unet", "lora": "lora"}
+    per_model = summary["metrics"]["world-style"]["per_model"]
+    for name in ("base", "full", "lora"):  # every model scored on every prompt, all finite
+        assert per_model[name]["n"] == len(PROMPTS) and per_model[name]["dropped"] == 0, per_model[name]
+        assert math.isfinite(per_model[name]["estimate"]), per_model[name]
+    assert set(summary["metrics"]["world-style"]["win_rate_vs_base"]) == {"full", "lora"}
+    rows = pq.read_table(tmp_path / "eval" / "scores.parquet").to_pylist()
+    for name in ("full", "lora"):
+        mine = [r for r in rows if r["model"] == name and r["metric"] == "world-style"]
+        assert sorted(r["prompt"] for r in mine) == sorted(PROMPTS) and all(math.isfinite(r["score"]) for r in mine)
+        assert all((tmp_path / "eval" / r["image"]).is_file() for r in mine)
 
 
 def _one_line_error(result):

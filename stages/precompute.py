@@ -254,20 +254,26 @@ def _classify_row(shape: InputShape, caption, *labels) -> tuple[str, int | None]
     return "example", int(labels[0])
 
 
-def caption_owners(files: list[Path], shape: InputShape = PAIRS) -> list[list[str]]:
-    """For each shard, the captions it encodes: those whose first pair (or example) in the input is in it."""
-    seen: set[str] = set()
+def caption_owners(files: list[Path], shape: InputShape = PAIRS) -> list[tuple[list[str], set[str]]]:
+    """For each shard, ``(the captions it encodes, those of them used by no later shard)``: a shard owns the
+    captions whose first pair (or example) in the input is in it; a caption of the second set whose pairs the
+    shard rejects all (images missing or corrupt) is left out, as no kept pair anywhere needs it."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
     owned: list[list[str]] = []
-    for f in files:
+    for k, f in enumerate(files):
         columns = ["caption", *shape.labels]
         table = _parquet(f).read(columns=columns)
         mine = []
         for cap, *labels in zip(*(table.column(c).to_pylist() for c in columns)):
-            if _classify_row(shape, cap, *labels)[0] in ("pair", "example") and (cid := text_id(cap)) not in seen:
-                seen.add(cid)
+            if _classify_row(shape, cap, *labels)[0] not in ("pair", "example"):
+                continue
+            last[cid := text_id(cap)] = k
+            if cid not in first:
+                first[cid] = k
                 mine.append(cap)
         owned.append(mine)
-    return owned
+    return [(mine, {c for c in mine if last[text_id(c)] == k}) for k, mine in enumerate(owned)]
 
 
 def _pair_id(row: dict, blobs: dict, shape: InputShape = PAIRS) -> str:
@@ -427,9 +433,11 @@ def _text_shapes(pipe, max_sequence_length: int | None = None) -> tuple[list[int
     return family_of_pipe(pipe).text_shapes(pipe, **extra)
 
 
-def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str], cfg: PrecomputeConfig,
-                   pool: Executor, bar, shape: InputShape = PAIRS) -> dict:
-    """Write shard k: latent/caption side files first, then rejects + stats, the pair (example) table last."""
+def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owners: tuple[list[str], set[str]],
+                   cfg: PrecomputeConfig, pool: Executor, bar, shape: InputShape = PAIRS) -> dict:
+    """Write shard k: latent/caption side files first, then rejects + stats, the pair (example) table last.
+
+    ``owners``: this shard's part of :func:`caption_owners`."""
     import numpy as np
     import pyarrow as pa
 
@@ -463,6 +471,9 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     save_array_atomic(sidecar(out.root, k, out.num_shards, "latents"), latents)
     if cfg.latent_stats:
         save_array_atomic(sidecar(out.root, k, out.num_shards, "logvar"), np.concatenate(logvars) if logvars else empty)
+    owned, local = owners
+    kept_captions = {r["caption_id"] for r in rows}
+    owned = [c for c in owned if c not in local or text_id(c) in kept_captions]  # none that no kept pair uses
     embeds, pooled = _encode_captions(pipe, owned, cfg.batch_size, cfg.storage_dtype, cfg.max_sequence_length)
     text_shape, pooled_dim = _text_shapes(pipe, cfg.max_sequence_length)
     if embeds is None:

@@ -280,6 +280,11 @@ def _prepare_output(cfg: EvalConfig, generation: dict, models: dict[str, dict]) 
                 f"{cfg.output} holds images of another model named '{name}' ({prev['path']}); "
                 "use --overwrite or another --output"
             )
+        if prev and prev.get("text_encoding") != info.get("text_encoding"):  # e.g. made before it was applied
+            raise UserError(f"{cfg.output} holds images of '{name}' sampled with other text encoding "
+                            f"({prev.get('text_encoding') or 'the pipeline defaults'}, now "
+                            f"{info.get('text_encoding') or 'the pipeline defaults'}); use --overwrite or another "
+                            "--output")
     return {"generation": generation, "models": {**old["models"], **models}, "scorers": old.get("scorers", {})}
 
 

@@ -214,3 +214,12 @@ def test_eval_and_loading_sample_as_each_candidate_was_trained(sd3_data, tmp_pat
     note = summary["settings"]["text_encoding_note"]
     assert "no-t5 no T5" in note and "t5-16 T5 16 tokens" in note and "note: " + note in result.output
     assert "text encoding note" in (tmp_path / "eval" / "report.html").read_text()
+    # Images of a folder made before the text encoding was applied (none recorded) are not reused.
+    state_file = tmp_path / "eval" / "eval_config.json"
+    state = json.loads(state_file.read_text())
+    del state["models"]["no-t5"]["text_encoding"]
+    state_file.write_text(json.dumps(state))
+    result = run_cli(eval_app, ["--candidate", tmp_path / "no-t5", "--prompts", sd3_data / "prompts.txt", "--output",
+                                tmp_path / "eval", "--metrics", "world-style", "--style", "cartoon",
+                                "--num-inference-steps", "2", "--seeds", "1", "--device", "cpu", "--batch-size", "4"])
+    assert "sampled with other text encoding (the pipeline defaults, now {'t5': False" in _one_line_error(result)

@@ -6,9 +6,9 @@ diffusers ``UNet2DConditionModel`` folder, or ``transformer/`` for a transformer
 ``pytorch_lora_weights.safetensors`` (a LoRA in the diffusers format that ``pipe.load_lora_weights``
 reads). ``mapo-eval`` and :func:`load_trained_pipeline` read it here; ``mapo-train`` writes it with the same names.
 
-    from pipeline.training_output import load_trained_pipeline
+    from pipeline.training_output import load_trained_pipeline, read_training_output
     pipe = load_trained_pipeline("runs/mapo", device="cuda", dtype="fp16")
-    image = pipe("a red circle at the top left").images[0]
+    image = pipe("a red circle at the top left", **read_training_output("runs/mapo").sampling_kwargs()).images[0]
 """
 from __future__ import annotations
 
@@ -38,6 +38,25 @@ class TrainingOutput:
     family: str | None = None  # "sdxl" | "sd15" | "sd3": the pipeline family (training_config.json)
     resolution: int | None = None  # the training data's image side in pixels
     denoiser_dir: str = UNET_DIR  # a full fine-tune's folder: unet/ or transformer/
+    # SD3: how its training text was encoded (precompute --t5/--no-t5, --max-sequence-length); None: not
+    # recorded (then the pipeline's defaults: T5 on, 256 tokens)
+    t5: bool | None = None
+    max_sequence_length: int | None = None
+
+    def text_encoding(self) -> dict:
+        """What the candidate's text conditioning was made with, for reports: ``{"t5": bool,
+        "max_sequence_length": int}`` (SD3), ``{}`` when not recorded or not an SD3 model."""
+        return {k: v for k, v in (("t5", self.t5), ("max_sequence_length", self.max_sequence_length)) if v is not None}
+
+    def sampling_kwargs(self) -> dict:
+        """Pipeline-call settings that sample as the model was trained: ``{"max_sequence_length": L}`` (the T5
+        token count of its training latents; SD3), else ``{}``."""
+        return {"max_sequence_length": self.max_sequence_length} if self.max_sequence_length else {}
+
+    def skipped_components(self) -> tuple[str, ...]:
+        """Pipeline components to leave out (``text_encoder_3``/``tokenizer_3`` for a model trained on
+        ``precompute --no-t5`` latents: StableDiffusion3Pipeline then puts zeros where T5 goes, as in training)."""
+        return ("text_encoder_3", "tokenizer_3") if self.t5 is False else ()
 
     def fingerprint(self) -> str:
         """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
@@ -73,11 +92,29 @@ def read_training_output(path: str, name: str | None = None) -> TrainingOutput:
     # A full UNet wins when both are there: it is what the trainer saved last for a full fine-tune.
     kind = "unet" if has_unet else "lora"
     resolution = (config.get("data_info") or {}).get("resolution")
+    t5, max_len = text_encoding_of(config)
     out = TrainingOutput(name or root.resolve().name, str(root.resolve()), kind, config.get("model"),
                          config.get("objective"), config.get("family"), int(resolution) if resolution else None,
-                         denoiser_dir)
+                         denoiser_dir, t5, max_len)
     check_readable(root / denoiser_dir if kind == "unet" else root / LORA_WEIGHTS, f"candidate {out.name}")
     return out
+
+
+def text_encoding_of(config: dict) -> tuple[bool | None, int | None]:
+    """``(t5, max_sequence_length)`` an SD3 run's training text was encoded with: from its ``data_info`` when
+    recorded there, else from the manifest of its latent folder (``data``) when that folder is still there;
+    ``(None, None)`` when neither says (or the model has no T5)."""
+    if config.get("family") != "sd3":
+        return None, None
+    info = config.get("data_info") or {}
+    if "t5" not in info and "max_sequence_length" not in info and config.get("data"):
+        try:
+            manifest = json.loads((Path(config["data"]).expanduser() / "manifest.json").read_text())
+            info = manifest.get("latents") or {}
+        except (OSError, ValueError):
+            info = {}
+    t5, max_len = info.get("t5"), info.get("max_sequence_length")
+    return (bool(t5) if t5 is not None else None), (int(max_len) if max_len else None)
 
 
 def load_unet(output: TrainingOutput, dtype=None):
@@ -127,7 +164,10 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
     """The base text-to-image pipeline with a training output's UNet or LoRA in it, ready to sample.
 
     ``model`` defaults to the base model the run was trained from (its ``training_config.json``);
-    ``device`` and ``dtype`` as in :func:`pipeline.models.load_pipeline`.
+    ``device`` and ``dtype`` as in :func:`pipeline.models.load_pipeline`. An SD3 model trained on
+    ``precompute --no-t5`` latents is loaded without T5 (``text_encoder_3=None``: zeros where T5 goes, as in
+    training); sample with ``pipe(prompt, **read_training_output(path).sampling_kwargs())`` to use the T5 token
+    count it was trained with (``max_sequence_length``).
 
     Raises:
         UserError: not a training output, the base model is not available, or the weights do not load.
@@ -146,7 +186,7 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
             raise UserError(f"{path} was trained on an {output.family} model ('{output.base_model}'); '{model}' is an "
                             f"{family} model, which its weights do not fit: pass an {output.family} model")
     dev = resolve_device(device)
-    pipe = load_pipeline(base, dtype=resolve_dtype(dtype, dev), device=dev)
+    pipe = load_pipeline(base, dtype=resolve_dtype(dtype, dev), device=dev, skip=output.skipped_components())
     if output.kind == "unet":
         from .families import family_of_pipe
 

@@ -148,12 +148,16 @@ def _html(summary: dict, plots: list[Path], grids: list[tuple[str, object]], mod
         parts.append(f"<tr><td>{e(k)}</td><td>{e(str(s.get(k)))}</td></tr>")
     if s.get("resolution_note"):
         parts.append(f"<tr><td>resolution note</td><td>{e(s['resolution_note'])}</td></tr>")
+    if s.get("text_encoding_note"):
+        parts.append(f"<tr><td>text encoding note</td><td>{e(s['text_encoding_note'])}</td></tr>")
     parts.append("</table><h2>Models</h2><table><tr><th>name</th><th>kind</th><th>path (hub id, or relative to this "
-                 "report's folder)</th><th>objective</th></tr>")
+                 "report's folder)</th><th>objective</th><th>text encoding (sampled as trained)</th></tr>")
     for name in model_names:
         info = summary["models"][name]
+        enc = info.get("text_encoding") or {}
+        words = ", ".join(f"{k} {v}" for k, v in enc.items())
         parts.append(f"<tr><td>{e(name)}</td><td>{e(info['kind'])}</td><td>{e(str(info['path']))}</td>"
-                     f"<td>{e(str(info.get('objective') or ''))}</td></tr>")
+                     f"<td>{e(str(info.get('objective') or ''))}</td><td>{e(words)}</td></tr>")
     parts.append("</table><h2>Scores</h2>")
     parts.append(f"<p class='note'>{e(CI_NOTE)}. {e(WIN_RATE_NOTE)}. {e(NON_FINITE_NOTE)}.</p>")
     for metric, m in summary["metrics"].items():

@@ -90,8 +90,9 @@ class EvalConfig:
     guidance_scale: float = guidance_scale_option(5.0)
     # None: the candidates' training resolution, else the base model's own
     resolution: int | None = resolution_option(help=(
-        "Image side in pixels (multiple of 8); default: the resolution the candidates were trained at, else the "
-        "base model's own (1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
+        "Image side in pixels (a multiple of the model family's: 8 for SD1.5/SDXL, 16 for SD3); default: the "
+        "resolution the candidates were trained at, else the base model's own "
+        "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     seeds: int = option(1, check=at_least(1), panel=PANEL_SAMPLING, help=(
         "Images (seeds) per prompt; every model gets the same seeds."))
     seed: int = seed_option("Global seed; image k of a prompt uses derive_seed(seed, prompt id, k).")
@@ -179,6 +180,21 @@ def resolution_note(cands: list[Candidate], resolution: int, given: bool) -> str
             f"({why})")
 
 
+def text_encoding_note(cands: list[Candidate]) -> str | None:
+    """One line when the candidates' text was encoded differently (SD3: T5 on or off, T5 tokens): each is
+    sampled as it was trained (the base model with the pipeline's defaults), so their images differ in
+    conditioning as well as weights; None when they agree."""
+    seen = {c.name: c.text_encoding() for c in cands if c.text_encoding()}
+    if len({tuple(sorted(v.items())) for v in seen.values()}) < 2:
+        return None
+
+    def words(enc: dict) -> str:
+        return "no T5" if enc.get("t5") is False else f"T5 {enc.get('max_sequence_length', 'default')} tokens"
+
+    which = ", ".join(f"{name} {words(enc)}" for name, enc in seen.items())
+    return f"candidates were trained on text encoded differently ({which}); each is sampled as it was trained"
+
+
 def _model_path(path: str, out: Path) -> str:
     """How the report names a model: a hub id as given; a local folder relative to the output folder (no
     absolute machine path in a report that is shared)."""
@@ -264,6 +280,11 @@ def _prepare_output(cfg: EvalConfig, generation: dict, models: dict[str, dict]) 
                 f"{cfg.output} holds images of another model named '{name}' ({prev['path']}); "
                 "use --overwrite or another --output"
             )
+        if prev and prev.get("text_encoding") != info.get("text_encoding"):  # e.g. made before it was applied
+            raise UserError(f"{cfg.output} holds images of '{name}' sampled with other text encoding "
+                            f"({prev.get('text_encoding') or 'the pipeline defaults'}, now "
+                            f"{info.get('text_encoding') or 'the pipeline defaults'}); use --overwrite or another "
+                            "--output")
     return {"generation": generation, "models": {**old["models"], **models}, "scorers": old.get("scorers", {})}
 
 
@@ -295,9 +316,14 @@ class _ModelSwitch:
 
         self.family = family_of_pipe(pipe)
         self.pipe, self.base_unet, self.batch_invariant = pipe, self.family.denoiser(pipe), batch_invariant
+        self.t5 = None
 
     def use(self, cand: Candidate | None) -> None:
+        """Put ``cand``'s weights in (None: the base model as loaded); a candidate trained without T5 samples
+        without it (``text_encoder_3=None``: zeros where T5 goes, as its latents had)."""
         pipe = self.pipe
+        if cand is not None and cand.t5 is False:
+            self.t5, pipe.text_encoder_3 = pipe.text_encoder_3, None
         if cand is not None and cand.kind == "unet":
             self.family.set_denoiser(pipe, load_unet(cand, self.base_unet.dtype).to(pipe.device).eval())
         elif cand is not None:
@@ -308,6 +334,9 @@ class _ModelSwitch:
     def restore(self, cand: Candidate | None) -> None:
         if cand is None:
             return
+        if cand.t5 is False:
+            self.pipe.register_modules(text_encoder_3=self.t5)  # back in the pipeline and its config
+            self.t5 = None
         if cand.kind == "unet":
             self.family.set_denoiser(self.pipe, self.base_unet)
         else:
@@ -350,7 +379,8 @@ def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, 
                 keys = todo[b : b + cfg.batch_size]
                 requests = [ImageRequest(text[k.prompt_id], cfg.negative_prompt, k.seed_index) for k in keys]
                 seeds = [derive_seed(cfg.seed, k.prompt_id, k.seed_index) for k in keys]
-                for key, image in zip(keys, generate_images(pipe, requests, seeds, cfg)):
+                images = generate_images(pipe, requests, seeds, cfg, **(cand.sampling_kwargs() if cand else {}))
+                for key, image in zip(keys, images):
                     _write_png(image, out / key.relpath())
                 bar.update(len(keys))
         finally:
@@ -448,7 +478,11 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
     model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None}}
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
-                                "fingerprint": c.fingerprint()} for c in cands})
+                                "fingerprint": c.fingerprint(),
+                                **({"text_encoding": c.text_encoding()} if c.text_encoding() else {})} for c in cands})
+    text_note = text_encoding_note(cands)
+    if text_note:
+        print(f"note: {text_note}", file=sys.stderr)
     generation = cfg.generation(base_model)
     state = {**_prepare_output(cfg, generation, model_info), **record}
     out = Path(cfg.output)
@@ -494,6 +528,8 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
                 "prompt_count": len(prompt_set.prompts), "metrics": cfg.metrics}
     if note:
         settings["resolution_note"] = note
+    if text_note:
+        settings["text_encoding_note"] = text_note
     shown = {name: {**model_info[name], "path": _model_path(str(model_info[name]["path"]), out)} for name, _ in models}
     report, summary = write_report(out, rows, [name for name, _ in models],
                                    shown,

@@ -176,8 +176,11 @@ def _pair_schema(images: int = 2):
     ])
 
 
-def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
-    """Run the pipeline once over a flat list of image requests; returns PIL images."""
+def generate_images(pipe, requests, seeds, cfg: GenerateConfig, max_sequence_length: int | None = None):
+    """Run the pipeline once over a flat list of image requests; returns PIL images.
+
+    ``max_sequence_length``: T5 tokens per prompt (SD3; None: the pipeline's 256), e.g. what a trained
+    candidate's latents were encoded with."""
     import torch
 
     from pipeline.conditioning import concat_embeddings, encode_text
@@ -187,7 +190,8 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig):
     # Each prompt is encoded alone (cheap next to the denoising steps): the embeddings do not
     # depend on batch composition, and "no negative prompt" keeps the pipeline's own meaning.
     emb = concat_embeddings([
-        encode_text(pipe, [r.prompt], [r.negative_prompt] if r.negative_prompt else None, guidance=guidance)
+        encode_text(pipe, [r.prompt], [r.negative_prompt] if r.negative_prompt else None, guidance=guidance,
+                    max_sequence_length=max_sequence_length)
         for r in requests
     ])
     # Initial noise from per-image CPU generators: the same noise on any device and batch size.

@@ -23,6 +23,7 @@ from pathlib import Path
 from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
+from pipeline.judge_scores import is_finite_score
 from pipeline.layouts import LayoutOptions, as_shard, open_pairs
 from pipeline.options import (
     PANEL_IO,
@@ -209,9 +210,9 @@ def _with_style_text(spec, source: LabelInput):
 
 def _labels_choice(row: dict) -> int | None:
     """The image the input's own ``label_0``/``label_1`` chose (Pick-a-Pic's floats or a label output's ints);
-    None without labels or on a tie."""
+    None without labels, on a tie, or when either label is not finite (None, NaN, +-inf never decides)."""
     l0, l1 = row.get("label_0"), row.get("label_1")
-    if l0 is None or l1 is None or l0 == l1:
+    if not (is_finite_score(l0) and is_finite_score(l1)) or l0 == l1:
         return None
     return 0 if l0 > l1 else 1
 
@@ -405,6 +406,24 @@ def _probe(labeler, source: LabelInput, rows: int = 4) -> None:
         label_rows(pa.Table.from_batches([first]), labeler, source.files[0].parent)
 
 
+def _finished_output(cfg: LabelConfig, source, spec: dict) -> ShardedOutput | None:
+    """The finished output of this very configuration, decided before the labeler loads (its classifier or
+    judges are slow to load), else None.
+
+    The full identity holds ``labeler.describe()``, known only once the labeler is built; a finished run's
+    manifest also stores the labeler's options as given (``labeler_spec``). Equal options, the known identity
+    keys already checked (:meth:`ShardedOutput.check` with ``partial``), and every shard complete: the folder's
+    own identity is this run's, as generate and precompute decide from their manifests. As there, a labeler
+    whose weights changed behind the same options is not looked at on a finished rerun (``--overwrite`` redoes it).
+    """
+    manifest = read_manifest(cfg.output)
+    if cfg.overwrite or manifest is None or manifest.get("labeler_spec") != spec:
+        return None
+    out = ShardedOutput(cfg.output, STAGE, manifest.get("identity", {}), len(source.files), manifest.get("config"),
+                        split=source.split)
+    return out if out.finished() else None
+
+
 def run_label(cfg: LabelConfig) -> LabelResult:
     """Label all pending shards of ``cfg.output`` that belong to this process."""
     from pipeline.models import resolve_device
@@ -425,23 +444,28 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     # Before the labeler loads its classifier or judges (slow): a folder made from another input, target or
     # batch size, or not a mapo-data output, is refused now. The labeler's own description joins below.
     ShardedOutput(cfg.output, STAGE, known, len(source.files), split=source.split).check(cfg.overwrite, partial=True)
-    labeler = build_labeler(cfg.labeler, device=str(device), source=source)
-    _probe(labeler, source)
-    identity = {**known, **labeler.describe()}
-    config = {**asdict(cfg), **record, "input_kind": source.kind, "input_files": [f.name for f in source.files],
-              "labeler_resolved": labeler.describe(), "device": str(device)}
-    # A test split's pairs are written as test-*, never as train data.
-    out = ShardedOutput(cfg.output, STAGE, identity, len(source.files), config, split=source.split)
+    spec = json.loads(json.dumps(asdict(cfg.labeler)))  # as the manifest stores it
+    out = _finished_output(cfg, source, spec)
+    labeler = None
+    if out is None:  # work to do (or a folder from before labeler_spec was recorded): load the labeler
+        labeler = build_labeler(cfg.labeler, device=str(device), source=source)
+        _probe(labeler, source)
+        identity = {**known, **labeler.describe()}
+        config = {**asdict(cfg), **record, "input_kind": source.kind, "input_files": [f.name for f in source.files],
+                  "labeler_resolved": labeler.describe(), "device": str(device)}
+        # A test split's pairs are written as test-*, never as train data.
+        out = ShardedOutput(cfg.output, STAGE, identity, len(source.files), config, split=source.split)
 
     def count_pairs(todo: list[int]) -> int:
         return sum(as_shard(source.files[k]).metadata.num_rows for k in todo)
 
     run = run_sharded(ShardedStage(
         STAGE, out, lambda k, pool, bar: label_shard(out, k, source.files[k], labeler, cfg.labeler.batch_size, bar),
-        count_pairs, manifest_extra=lambda: {"input": {"path": str(cfg.input), "kind": source.kind}},
-        overwrite=cfg.overwrite), proc)
+        count_pairs, overwrite=cfg.overwrite,
+        manifest_extra=lambda: {"input": {"path": str(cfg.input), "kind": source.kind}, "labeler_spec": spec}), proc)
     if proc.is_main:
-        write_card(cfg, out.root, source, labeler, run.summed, out.num_shards, split=out.split)
+        if labeler is not None:  # a finished rerun keeps the card its run wrote
+            write_card(cfg, out.root, source, labeler, run.summed, out.num_shards, split=out.split)
         _warn_if_nothing_kept(run.summed, out.root)
     t = run.totals
     from .reward_label import candidate_count

@@ -27,6 +27,7 @@ from pipeline.distributed import accelerator_device, current_process
 from pipeline.errors import UserError
 from pipeline.image_prep import CROPS, prepare_images
 from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_image_column
+from pipeline.judge_scores import is_finite_score
 from pipeline.latent_shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -236,7 +237,7 @@ def _classify(caption, label_0, label_1) -> tuple[str, int | None]:
     """('pair', chosen column) | ('tie', None) | ('reject', None) from a row's text and labels."""
     if caption is None or not str(caption).strip():
         return "reject:empty caption", None
-    if label_0 is None or label_1 is None or any(isinstance(v, float) and math.isnan(v) for v in (label_0, label_1)):
+    if not (is_finite_score(label_0) and is_finite_score(label_1)):  # None, NaN or +-inf never decides
         return "reject:missing label", None
     if label_0 == label_1:
         return "tie", None
@@ -253,20 +254,26 @@ def _classify_row(shape: InputShape, caption, *labels) -> tuple[str, int | None]
     return "example", int(labels[0])
 
 
-def caption_owners(files: list[Path], shape: InputShape = PAIRS) -> list[list[str]]:
-    """For each shard, the captions it encodes: those whose first pair (or example) in the input is in it."""
-    seen: set[str] = set()
+def caption_owners(files: list[Path], shape: InputShape = PAIRS) -> list[tuple[list[str], set[str]]]:
+    """For each shard, ``(the captions it encodes, those of them used by no later shard)``: a shard owns the
+    captions whose first pair (or example) in the input is in it; a caption of the second set whose pairs the
+    shard rejects all (images missing or corrupt) is left out, as no kept pair anywhere needs it."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
     owned: list[list[str]] = []
-    for f in files:
+    for k, f in enumerate(files):
         columns = ["caption", *shape.labels]
         table = _parquet(f).read(columns=columns)
         mine = []
         for cap, *labels in zip(*(table.column(c).to_pylist() for c in columns)):
-            if _classify_row(shape, cap, *labels)[0] in ("pair", "example") and (cid := text_id(cap)) not in seen:
-                seen.add(cid)
+            if _classify_row(shape, cap, *labels)[0] not in ("pair", "example"):
+                continue
+            last[cid := text_id(cap)] = k
+            if cid not in first:
+                first[cid] = k
                 mine.append(cap)
         owned.append(mine)
-    return owned
+    return [(mine, {c for c in mine if last[text_id(c)] == k}) for k, mine in enumerate(owned)]
 
 
 def _pair_id(row: dict, blobs: dict, shape: InputShape = PAIRS) -> str:
@@ -426,9 +433,11 @@ def _text_shapes(pipe, max_sequence_length: int | None = None) -> tuple[list[int
     return family_of_pipe(pipe).text_shapes(pipe, **extra)
 
 
-def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str], cfg: PrecomputeConfig,
-                   pool: Executor, bar, shape: InputShape = PAIRS) -> dict:
-    """Write shard k: latent/caption side files first, then rejects + stats, the pair (example) table last."""
+def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owners: tuple[list[str], set[str]],
+                   cfg: PrecomputeConfig, pool: Executor, bar, shape: InputShape = PAIRS) -> dict:
+    """Write shard k: latent/caption side files first, then rejects + stats, the pair (example) table last.
+
+    ``owners``: this shard's part of :func:`caption_owners`."""
     import numpy as np
     import pyarrow as pa
 
@@ -462,6 +471,9 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owned: list[str
     save_array_atomic(sidecar(out.root, k, out.num_shards, "latents"), latents)
     if cfg.latent_stats:
         save_array_atomic(sidecar(out.root, k, out.num_shards, "logvar"), np.concatenate(logvars) if logvars else empty)
+    owned, local = owners
+    kept_captions = {r["caption_id"] for r in rows}
+    owned = [c for c in owned if c not in local or text_id(c) in kept_captions]  # none that no kept pair uses
     embeds, pooled = _encode_captions(pipe, owned, cfg.batch_size, cfg.storage_dtype, cfg.max_sequence_length)
     text_shape, pooled_dim = _text_shapes(pipe, cfg.max_sequence_length)
     if embeds is None:
@@ -593,6 +605,7 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
         check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
         check_resolution(cfg.model, cfg.resolution)
+        _check_t5_options(cfg)
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(_num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,
@@ -606,6 +619,21 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
                             t.get("rejects", 0),
                             t.get("captions_encoded", 0), t.get("latent_bytes", 0), time.perf_counter() - t_start,
                             run.loop_seconds, shape.name, t.get("desirable", 0))
+
+
+def _check_t5_options(cfg: PrecomputeConfig) -> None:
+    """Refuse ``--no-t5`` / ``--max-sequence-length`` for a model whose family has no T5 encoder (SD1.5,
+    SDXL): they would be recorded in the output's identity while changing nothing in its latents.
+
+    Raises:
+        UserError: either option given for a model that is not SD3.
+    """
+    given = [flag for flag, on in (("--no-t5", not cfg.t5),
+                                   ("--max-sequence-length", cfg.max_sequence_length is not None)) if on]
+    fam = model_family_of(cfg.model) if given else None
+    if fam is not None and fam.name != "sd3":
+        raise UserError(f"{' and '.join(given)} only apply to SD3 models (their T5 text encoder); "
+                        f"'{cfg.model}' is {fam.name}, which has no T5: leave {' and '.join(given)} out.")
 
 
 def _warn_if_nothing_kept(summed: dict | None, root: Path, shape: InputShape) -> None:

@@ -45,20 +45,29 @@ def _pretrained_source(model: str, output_dir: str | Path) -> tuple[str, str, st
     return f'"{model}"', "", ""
 
 
-def _load_snippet(model: str, family: str, lora: bool, output_dir: str | Path) -> str:
+def _load_snippet(model: str, family: str, lora: bool, output_dir: str | Path, t5: bool | None = None) -> str:
     """Plain diffusers code that loads the output: the family's pipeline class, and for a full fine-tune its
-    denoiser class from the denoiser's folder (``unet/`` or ``transformer/``)."""
+    denoiser class from the denoiser's folder (``unet/`` or ``transformer/``). ``t5`` False (SD3 trained on
+    ``precompute --no-t5`` latents): the pipeline is loaded without T5, as the latents were made."""
     from pipeline.families import get_family
 
     fam = get_family(family)
     pipe_cls, den_cls, den = fam.pipeline_class, fam.denoiser_class, fam.denoiser_dir
     source, extra_import, note = _pretrained_source(model, output_dir)
+    if t5 is False:
+        source += ", text_encoder_3=None, tokenizer_3=None"
+        note = note or "  # no T5: trained on latents made without it (zeros where T5 goes)"
     if lora:
         return (f"from diffusers import {pipe_cls}\n{extra_import}\npipe = {pipe_cls}.from_pretrained({source}){note}\n"
                 "pipe.load_lora_weights(\"PATH_TO_THIS_FOLDER\")\n")
     return (f"from diffusers import {pipe_cls}, {den_cls}\n{extra_import}\n"
             f"{den} = {den_cls}.from_pretrained(\"PATH_TO_THIS_FOLDER/{den}\")\n"
             f"pipe = {pipe_cls}.from_pretrained({source}, {den}={den}){note}\n")
+
+
+def _sampling_args(max_sequence_length: int | None) -> str:
+    """The pipeline-call arguments that sample as the model was trained (SD3: its latents' T5 token count)."""
+    return f", max_sequence_length={max_sequence_length}" if max_sequence_length else ""
 
 
 def _example_prompt(model: str) -> str:
@@ -102,6 +111,9 @@ def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, 
     output = "`pytorch_lora_weights.safetensors`" if lora else f"`{fam.denoiser_dir}/` (diffusers format, safetensors)"
     kind = "LoRA adapter" if lora else f"full {'UNet' if fam.denoiser_dir == 'unet' else 'transformer'} fine-tune"
     model = _relative(config["model"], output_dir)  # a local base model: relative to this folder
+    from pipeline.training_output import text_encoding_of
+
+    t5, max_len = text_encoding_of({**config, "data_info": data_info})  # SD3: how its text was encoded
     text = f"""---
 {'' if _is_local(config['model']) else f"base_model: {model}{chr(10)}"}\
 library_name: diffusers
@@ -119,8 +131,8 @@ Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective'
 ## How to load
 
 ```python
-{_load_snippet(config['model'], config.get('family', 'sdxl'), lora, output_dir)}\
-image = pipe("{_example_prompt(config['model'])}").images[0]
+{_load_snippet(config['model'], config.get('family', 'sdxl'), lora, output_dir, t5)}\
+image = pipe("{_example_prompt(config['model'])}"{_sampling_args(max_len)}).images[0]
 ```
 
 ## Hyperparameters

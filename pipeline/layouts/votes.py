@@ -7,17 +7,17 @@ Label rule (``--min-vote-margin M``, in votes, default 1): the image with more v
 it leads by at least M votes (``label_0 = 1`` when ``votes_image1 - votes_image2 >= M``,
 ``label_1 = 1`` when ``<= -M``); an equal count is a tie and a smaller lead is undecided: both are
 written as Pick-a-Pic writes ties (0.5/0.5), so every stage counts and drops them. Missing votes
-(null, NaN) are a missing label, a counted reject. Every original column is kept (``votes_image1``,
+(null, NaN, +-inf) are a missing label, a counted reject. Every original column is kept (``votes_image1``,
 ``votes_image2``, ``model1``, ``model2``, ...), ``prompt`` becomes ``caption``, ``image1``/``image2``
 become ``jpg_0``/``jpg_1`` (not reordered: the labels say which is chosen), and ``vote_margin``
 (``votes_image1 - votes_image2``) is added.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..errors import UserError
+from ..judge_scores import is_finite_score
 from .base import MappedParquetShard, column_or_nulls
 
 NAME = "votes"
@@ -33,7 +33,7 @@ def rule(min_vote_margin: int) -> str:
 
 def decide(v1, v2, margin: int) -> tuple[float | None, float | None]:
     """``(label_0, label_1)`` from two vote counts (see the module docstring)."""
-    if v1 is None or v2 is None or any(isinstance(v, float) and math.isnan(v) for v in (v1, v2)):
+    if not (is_finite_score(v1) and is_finite_score(v2)):  # None, NaN or +-inf never decides
         return None, None
     lead = v1 - v2
     if lead != 0 and abs(lead) >= margin:

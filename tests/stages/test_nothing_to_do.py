@@ -1,11 +1,12 @@
-"""A rerun with nothing left to do decides so before any model is looked up or loaded: a finished generate or
-precompute rerun, and a `--config <output>` repeat, return in seconds (measured: generate's rerun 18.6 s -> 4.5 s
-on a loaded 2-core machine, the rest being torch's import)."""
+"""A rerun with nothing left to do decides so before any model is looked up or loaded: a finished generate,
+label or precompute rerun, and a `--config <output>` repeat, return in seconds (measured: generate's rerun
+18.6 s -> 4.5 s on a loaded 2-core machine, the rest being torch's import)."""
 from __future__ import annotations
 
 import pytest
 
 import stages.generate
+import stages.label
 import stages.precompute
 from stages.cli import app
 from tests.helpers import run_cli, write_prompts
@@ -49,3 +50,27 @@ def test_a_finished_precompute_rerun_loads_no_model(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "nothing to do" in result.output, result.output
     with pytest.raises(AssertionError, match="nothing to do"):  # --overwrite redoes it all: the model is needed
         run_cli(app, [*args, "--overwrite"])
+
+
+def test_a_finished_label_rerun_builds_no_labeler(tmp_path, monkeypatch):
+    """The labeler's judges or classifier load only when a shard is left to label: the manifest's labeler
+    options (as given) and every shard complete decide "nothing to do" first."""
+    src = write_pickapic(tmp_path / "pick" / "train-00000-of-00001.parquet", pairs=2)
+    out = tmp_path / "lab"
+    args = ["label", "--input", src.parent, "--output", out, "--target", "reward", "--reward", "world-style",
+            "--reward-style", "pixel", "--device", "cpu"]
+    first = run_cli(app, args)
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
+
+    def refuse(*a, **k):
+        raise AssertionError("a labeler was built for a rerun with nothing to do")
+
+    monkeypatch.setattr(stages.label, "build_labeler", refuse)
+    result = run_cli(app, args)
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == before
+    # Other labeler options, or --overwrite: the labeler is needed, and built.
+    for again in ([*args, "--min-gap", "0.5"], [*args, "--overwrite"]):
+        with pytest.raises(AssertionError, match="nothing to do"):
+            run_cli(app, again)

@@ -273,6 +273,8 @@ def test_rerun_skips_and_other_config_refused(tmp_path):
         ("bad storage", ["--storage-dtype", "fp8"], "Unknown --storage-dtype 'fp8'"),
         ("bad resolution", ["--resolution", "65"], "multiple of 8"),
         ("unknown model", ["--model", "no-such-org/no-such-model"], "was not found"),
+        ("no-t5 on sdxl", ["--no-t5", "--max-sequence-length", "8"], "--no-t5 and --max-sequence-length only apply"),
+        ("t5 length on sd15", ["--model", "tiny-sd15", "--max-sequence-length", "8"], "'tiny-sd15' is sd15"),
         ("unpaired label 2", ["--input", "{tmp}/unpaired-2"], "column label holds 2 (row 1)"),
         ("unpaired null label", ["--input", "{tmp}/unpaired-null"], "column label holds None (row 0)"),
         ("unpaired no label", ["--input", "{tmp}/unpaired-nolabel"], "lacks column(s) label: unpaired examples"),
@@ -416,3 +418,20 @@ def test_missing_columns_is_one_message_for_either_shape(tmp_path, columns, read
     assert message.startswith(f"{f} lacks column(s) {missing}: ") and "\n" not in message
     head, tail = message.split("; ")
     assert read_as in head and head.endswith(f"need {mine}") and other in tail and f"need {theirs}" in tail
+
+
+def test_captions_of_rejected_pairs_only_are_not_encoded(tmp_path):
+    """A caption whose every pair is rejected (an image missing or corrupt) gets no embedding; one whose first
+    pair is rejected but whose later pair (another shard) is kept is still encoded, by the shard that owns it."""
+    shards = [[("a fox", (64, 64, 1), None, 1, 0), ("an owl", (64, 64, 2), None, 1, 0),
+               ("a cat", (64, 64, 3), (64, 64, 4), 1, 0)],
+              [("an owl", (64, 64, 5), (64, 64, 6), 0, 1)]]
+    write_pick_file(tmp_path / "pick", shards)
+    out, result = precompute(tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["captions_encoded"] == 2 and manifest["totals"]["rejects"] == 2, manifest["totals"]
+    stored = [json.loads(f.read_text())["captions"] for f in sorted((out / "data").glob("*.captions.json"))]
+    assert stored == [["an owl", "a cat"], []]
+    ds = open_latents(out)
+    assert sorted(ds[i]["caption_id"] for i in range(len(ds))) == sorted(text_id(c) for c in ("a cat", "an owl"))
+    assert all(ds[i]["prompt_embeds"].abs().sum() > 0 for i in range(len(ds)))

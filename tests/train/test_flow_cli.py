@@ -44,7 +44,9 @@ def test_precompute_stores_sd3_conditioning(sd3_data):
 @pytest.mark.parametrize("objective", ["mapo", "dpo", "sft", "kto"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, lora):
+    import torch
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from safetensors.torch import load_file
 
     from pipeline.models import resolve_model_source
 
@@ -55,14 +57,31 @@ def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, 
     config = json.loads((out / "training_config.json").read_text())
     assert config["family"] == "sd3" and config["prediction_type"] == "flow"
     card = (out / "README.md").read_text()
+    base = SD3Transformer2DModel.from_pretrained(resolve_model_source("tiny-sd3"), subfolder="transformer")
     if lora:
+        from peft import get_peft_model_state_dict
+
         assert "StableDiffusion3Pipeline" in card and "load_lora_weights" in card
         pipe = StableDiffusion3Pipeline.from_pretrained(resolve_model_source("tiny-sd3"))
         pipe.load_lora_weights(str(out))
         assert pipe.get_active_adapters()
+        saved = load_file(out / "pytorch_lora_weights.safetensors")
+        # The file's lora.down / lora.up are peft's lora_A / lora_B (diffusers converts them on load).
+        saved = {k.removeprefix("transformer.").replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
+                 for k, v in saved.items()}
+        loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
+        lora_b = [k for k in saved if ".lora_B." in k]
+        assert lora_b and set(loaded) == set(saved)  # every trained layer, and nothing else, is in the pipeline
+        for k in saved:
+            assert torch.equal(loaded[k].to(saved[k].dtype), saved[k]), k
+        assert any(saved[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: training moved it
     else:
         assert 'SD3Transformer2DModel.from_pretrained("PATH_TO_THIS_FOLDER/transformer")' in card
-        assert SD3Transformer2DModel.from_pretrained(out / "transformer").config.in_channels == 16
+        trained = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+        loaded = SD3Transformer2DModel.from_pretrained(out / "transformer").state_dict()
+        assert loaded.keys() == trained.keys() == base.state_dict().keys()
+        assert all(torch.equal(loaded[k], trained[k].to(loaded[k].dtype)) for k in trained)
+        assert any(not torch.equal(loaded[k], v) for k, v in base.state_dict().items())  # training changed it
 
 
 def test_eval_sd3_candidates(sd3_data, tmp_path):
@@ -75,8 +94,22 @@ def test_eval_sd3_candidates(sd3_data, tmp_path):
                                 "--metrics", "world-style", "--style", "cartoon", "--num-inference-steps", "2",
                                 "--seeds", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    import math
+
+    import pyarrow.parquet as pq
+
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary
+    assert {n: m["kind"] for n, m in summary["models"].items()} == {"base": "base", "full": "unet", "lora": "lora"}
+    per_model = summary["metrics"]["world-style"]["per_model"]
+    for name in ("base", "full", "lora"):  # every model scored on every prompt, all finite
+        assert per_model[name]["n"] == len(PROMPTS) and per_model[name]["dropped"] == 0, per_model[name]
+        assert math.isfinite(per_model[name]["estimate"]), per_model[name]
+    assert set(summary["metrics"]["world-style"]["win_rate_vs_base"]) == {"full", "lora"}
+    rows = pq.read_table(tmp_path / "eval" / "scores.parquet").to_pylist()
+    for name in ("full", "lora"):
+        mine = [r for r in rows if r["model"] == name and r["metric"] == "world-style"]
+        assert sorted(r["prompt"] for r in mine) == sorted(PROMPTS) and all(math.isfinite(r["score"]) for r in mine)
+        assert all((tmp_path / "eval" / r["image"]).is_file() for r in mine)
 
 
 def _one_line_error(result):
@@ -136,3 +169,57 @@ def test_without_t5_precompute_train_and_validate(sd3_data, tmp_path):
                                            "--validation-inference-steps", "2"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "validation" / "step-000001.png").is_file()
+
+
+def test_eval_and_loading_sample_as_each_candidate_was_trained(sd3_data, tmp_path, monkeypatch):
+    """A candidate trained on --no-t5 latents at 8 T5 tokens is sampled without T5 at 8 tokens, one trained
+    with T5 at 16 tokens with them; the base model with the pipeline's defaults. Recorded in the summary and
+    the report, with a note that the candidates differ."""
+    import stages.generate
+    from pipeline.training_output import load_trained_pipeline, read_training_output
+
+    result = run_cli(data_app, ["precompute", "--input", sd3_data / "lab", "--output", tmp_path / "lat", "--model",
+                                "tiny-sd3", "--resolution", "64", "--device", "cpu", "--no-t5",
+                                "--max-sequence-length", "8"])
+    assert result.exit_code == 0, result.output
+    for name, data, extra in (("no-t5", tmp_path / "lat", ["--lora-rank", "2"]), ("t5-16", sd3_data / "lat", [])):
+        result = run_cli(train_app, train_args(data, tmp_path / name, "tiny-sd3", 1, *extra))
+        assert result.exit_code == 0, result.output
+    no_t5, t5 = read_training_output(str(tmp_path / "no-t5")), read_training_output(str(tmp_path / "t5-16"))
+    assert (no_t5.t5, no_t5.max_sequence_length, no_t5.sampling_kwargs()) == (False, 8, {"max_sequence_length": 8})
+    assert (t5.t5, t5.max_sequence_length, t5.skipped_components()) == (True, 16, ())
+    cards = {name: (tmp_path / name / "README.md").read_text() for name in ("no-t5", "t5-16")}
+    assert "text_encoder_3=None, tokenizer_3=None" in cards["no-t5"] and "max_sequence_length=8)" in cards["no-t5"]
+    assert "text_encoder_3=None" not in cards["t5-16"] and "max_sequence_length=16)" in cards["t5-16"]
+    pipe = load_trained_pipeline(str(tmp_path / "no-t5"), device="cpu")
+    assert pipe.text_encoder_3 is None and pipe.tokenizer_3 is None and pipe.get_active_adapters()
+
+    calls = []  # (T5 loaded?, T5 tokens) of every eval generation call
+    real = stages.generate.generate_images
+
+    def spy(pipe, requests, seeds, cfg, max_sequence_length=None):
+        calls.append((pipe.text_encoder_3 is not None, max_sequence_length))
+        return real(pipe, requests, seeds, cfg, max_sequence_length=max_sequence_length)
+
+    monkeypatch.setattr(stages.generate, "generate_images", spy)
+    result = run_cli(eval_app, ["--candidate", tmp_path / "no-t5", "--candidate", tmp_path / "t5-16", "--prompts",
+                                sd3_data / "prompts.txt", "--output", tmp_path / "eval", "--metrics", "world-style",
+                                "--style", "cartoon", "--num-inference-steps", "2", "--seeds", "1", "--device",
+                                "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(True, None), (False, 8), (True, 16)]  # base, no-t5, t5-16: one batch of 4 prompts each
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["models"]["no-t5"]["text_encoding"] == {"t5": False, "max_sequence_length": 8}
+    assert summary["models"]["t5-16"]["text_encoding"] == {"t5": True, "max_sequence_length": 16}
+    note = summary["settings"]["text_encoding_note"]
+    assert "no-t5 no T5" in note and "t5-16 T5 16 tokens" in note and "note: " + note in result.output
+    assert "text encoding note" in (tmp_path / "eval" / "report.html").read_text()
+    # Images of a folder made before the text encoding was applied (none recorded) are not reused.
+    state_file = tmp_path / "eval" / "eval_config.json"
+    state = json.loads(state_file.read_text())
+    del state["models"]["no-t5"]["text_encoding"]
+    state_file.write_text(json.dumps(state))
+    result = run_cli(eval_app, ["--candidate", tmp_path / "no-t5", "--prompts", sd3_data / "prompts.txt", "--output",
+                                tmp_path / "eval", "--metrics", "world-style", "--style", "cartoon",
+                                "--num-inference-steps", "2", "--seeds", "1", "--device", "cpu", "--batch-size", "4"])
+    assert "sampled with other text encoding (the pipeline defaults, now {'t5': False" in _one_line_error(result)

@@ -84,3 +84,33 @@ def test_fake_peak_matches_a_real_cpu_step_on_tiny_sd3():
     real = estimate_step(cfg, "mapo", 2, fake=False, count_flops=False)
     fake = estimate_step(cfg, "mapo", 2, count_flops=False)
     assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=0.02)
+
+
+def test_gpu_measurement_data_for_the_transformer_only_models_is_sd3_shaped():
+    """A GPU bench of sd35-*-arch has no encoders to precompute with: seeded random tensors of precompute's shapes."""
+    import torch
+
+    from bench.data import make_precomputed, precomputed_items
+
+    data = make_precomputed("sd35-medium-arch", torch.device("cpu"), torch.bfloat16, 2, 1024, 0)
+    assert tuple(data["latents"].shape) == (2, 2, 16, 128, 128) and data["latents"].dtype == torch.float16
+    assert tuple(data["prompt_embeds"].shape) == (2, 333, 4096)
+    assert tuple(data["pooled_prompt_embeds"].shape) == (2, 2048)
+    again = make_precomputed("sd35-medium-arch", torch.device("cpu"), torch.bfloat16, 2, 1024, 0)
+    assert torch.equal(again["latents"], data["latents"])  # seeded: every configuration sees the same batch
+    assert len(precomputed_items(data)) == 2
+
+
+def test_gpu_session_measures_sd35_on_its_own_models(monkeypatch):
+    from tests.bench.test_bench import _gpu_session
+
+    session = _gpu_session(monkeypatch)
+    sections = {s.name: s for s in session.SECTIONS}
+    for name, model in (("sd35medium", "sd35-medium-arch"), ("sd35large", "sd35-large-arch")):
+        args = session.argparse.Namespace(model="sdxl-arch", device="cuda", steps=3, warmup=2)
+        cmd = session._bench_command(sections[name], args, "x.json")
+        assert cmd[cmd.index("--model") + 1] == model
+        dry = session.argparse.Namespace(model="tiny-sdxl", device="cpu", steps=3, warmup=2)
+        cmd = session._bench_command(sections[name], dry, "x.json")
+        assert cmd[cmd.index("--model") + 1] == "tiny-sd3"
+    assert not {"sd35medium", "sd35large"} & set(session.CORE)

@@ -71,7 +71,13 @@ class Preset:
 PRESETS = {
     "tiny-sdxl": Preset(resolution=64, batch_size=2, dtype="fp32", steps=15, warmup=3, gradient_checkpointing=False),
     "tiny-sd15": Preset(resolution=64, batch_size=2, dtype="fp32", steps=15, warmup=3, gradient_checkpointing=False),
+    "tiny-sd3": Preset(resolution=64, batch_size=2, dtype="fp32", steps=15, warmup=3, gradient_checkpointing=False),
     "sdxl-arch": Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3, gradient_checkpointing=True),
+    # SD3.5 at its default 1024 px (128x128x16 latents); gradient checkpointing as diffusers' SD3 trainers offer it.
+    "sd35-medium-arch": Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3,
+                               gradient_checkpointing=True),
+    "sd35-large-arch": Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3,
+                              gradient_checkpointing=True),
 }
 DEFAULT_PRESET = Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3, gradient_checkpointing=True)
 
@@ -84,8 +90,8 @@ def _gpu_memory_check(value) -> str | None:
 class BenchConfig:
     """``python -m bench``'s options (each declared once: pipeline.options)."""
 
-    model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch (GPU: 1024 px, bf16), or any model "
-                                          "id/folder.")
+    model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch, sd35-medium-arch, "
+                                          "sd35-large-arch (GPU or --estimate: 1024 px, bf16), or any model id/folder.")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N.")
     resolution: int | None = option(None, help="Image size in px (default: the model preset's).")
     batch_size: int | None = option(None, help="Pairs per step (default: the model preset's).")

@@ -64,12 +64,38 @@ def load_encoders(model: str, device, dtype):
     return pipe
 
 
-def make_precomputed(model: str, device, dtype, pairs: int, resolution: int, seed: int, batch: int = 2) -> dict:
-    """Run the real encoders once over the benchmark's pairs; CPU tensors in precompute's storage dtype."""
+def random_precomputed(model: str, pairs: int, resolution: int, seed: int) -> dict:
+    """Seeded random tensors shaped as SD3 precompute stores them, for the transformer-only built-ins
+    (``sd35-*-arch``, which have no VAE or text encoders to run): latents [pairs, 2, 16, R/8, R/8], prompt_embeds
+    [pairs, 77 + 256, 4096] (CLIP pair + T5 at the pipeline's default 256 tokens), pooled [pairs, 2048]; fp16.
+    A step's cost does not depend on the values."""
     import torch
 
+    from pipeline.builtin_models import SD35_TRANSFORMER_CONFIGS
+    from pipeline.families import SD3
+
+    cfg = SD35_TRANSFORMER_CONFIGS[model]
+    g = torch.Generator().manual_seed(seed)
+    h = resolution // 8
+
+    def rand(*shape):
+        return torch.randn(shape, generator=g).to(torch.float16)
+
+    return {"latents": rand(pairs, 2, cfg["in_channels"], h, h),
+            "prompt_embeds": rand(pairs, 77 + SD3.max_sequence_length, cfg["joint_attention_dim"]),
+            "pooled_prompt_embeds": rand(pairs, cfg["pooled_projection_dim"]), "resolution": resolution}
+
+
+def make_precomputed(model: str, device, dtype, pairs: int, resolution: int, seed: int, batch: int = 2) -> dict:
+    """Run the real encoders once over the benchmark's pairs; CPU tensors in precompute's storage dtype
+    (:func:`random_precomputed` for the transformer-only ``sd35-*-arch`` built-ins)."""
+    import torch
+
+    from pipeline.builtin_models import SD35_TRANSFORMER_CONFIGS
     from pipeline.conditioning import encode_text
 
+    if model in SD35_TRANSFORMER_CONFIGS:
+        return random_precomputed(model, pairs, resolution, seed)
     pipe = load_encoders(model, device, dtype)
     pix = pixel_pairs(pairs, resolution, seed)
     caps = captions(pairs)

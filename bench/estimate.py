@@ -255,22 +255,65 @@ def _bitsandbytes_stand_in():
     return ctx()
 
 
+def _real_flow_schedulers():
+    """A context in which ``FlowMatchEulerDiscreteScheduler`` is built on real tensors even under FakeTensorMode.
+
+    Its constructor reads ``sigmas[-1].item()``, a data-dependent call that a fake tensor refuses; its tables
+    (1000 sigmas and timesteps) are a few KB of CPU memory that the step indexes, never on the card's count.
+    """
+    import contextlib
+    import functools
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    @contextlib.contextmanager
+    def ctx():
+        original = FlowMatchEulerDiscreteScheduler.__init__
+
+        @functools.wraps(original)
+        def init(self, *args, **kwargs):
+            with unset_fake_temporarily():
+                original(self, *args, **kwargs)
+
+        FlowMatchEulerDiscreteScheduler.__init__ = init
+        try:
+            yield
+        finally:
+            FlowMatchEulerDiscreteScheduler.__init__ = original
+    return ctx()
+
+
 def _fake_items(unet_config: dict, batch_size: int, resolution: int):
-    """``batch_size`` items shaped like ``bench.data.precomputed_items``'s (fp16, as precompute stores them)."""
+    """``batch_size`` items shaped like ``bench.data.precomputed_items``'s (fp16, as precompute stores them).
+
+    UNet families: latents [2, C, R/8, R/8], prompt_embeds [77, cross_attention_dim], SDXL's pooled and time ids.
+    SD3: latents [2, 16, R/8, R/8], prompt_embeds [77 + 256, joint_attention_dim] (CLIP pair and T5 at the
+    pipeline's default ``max_sequence_length``: pipeline.families.sd3), pooled [pooled_projection_dim]."""
     import torch
+
+    from pipeline.families import family_of_denoiser
 
     from .data import PairItems, time_ids
 
+    fam = family_of_denoiser(dict(unet_config))
     c, h = int(unet_config["in_channels"]), resolution // 8
-    items = []
-    for i in range(batch_size):
-        item = {"latents": torch.empty(2, c, h, h, dtype=torch.float16),
-                "prompt_embeds": torch.empty(77, int(unet_config["cross_attention_dim"]), dtype=torch.float16),
-                "index": i}
+    if fam.flow:
+        tokens, width = 77 + fam.max_sequence_length, int(unet_config["joint_attention_dim"])
+        pooled = int(unet_config["pooled_projection_dim"])
+    else:
+        tokens, width = 77, int(unet_config["cross_attention_dim"])
+        pooled = None
         if unet_config.get("addition_embed_type") == "text_time":
             pooled = (int(unet_config["projection_class_embeddings_input_dim"])
                       - 6 * int(unet_config["addition_time_embed_dim"]))
+    items = []
+    for i in range(batch_size):
+        item = {"latents": torch.empty(2, c, h, h, dtype=torch.float16),
+                "prompt_embeds": torch.empty(tokens, width, dtype=torch.float16), "index": i}
+        if pooled is not None:
             item["pooled_prompt_embeds"] = torch.empty(pooled, dtype=torch.float16)
+        if fam.time_ids:
             item["add_time_ids"] = time_ids(resolution)
         items.append(item)
     return PairItems(items, batch_size)
@@ -314,7 +357,7 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         # The setup is counted too, as "weights": the CUDA bench's max_memory_allocated covers it.
         live.phase = "weights"
-        with live.mode() if fake else contextlib.nullcontext():
+        with live.mode() if fake else contextlib.nullcontext(), _real_flow_schedulers():
             step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
         live.phase = "activations"
         inner = getattr(step.optimizer, "inner", step.optimizer)

@@ -9,6 +9,9 @@ layout and loaded back through ``from_pretrained`` exactly like a downloaded mod
 ``sdxl-arch`` is SDXL base 1.0's architecture with random weights (about 2.6B UNet
 parameters): the honest way to measure real-size speed and memory with no weights at hand.
 It is built in memory on demand instead of being written to disk (about 14 GB in fp32).
+``sd35-medium-arch`` and ``sd35-large-arch`` are the SD3.5 transformers (about 2.5B and 8.1B parameters) at
+their published configs, with random weights, for the same use on the flow family
+(:func:`sd35_arch_components`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from pathlib import Path
 
 BUILTIN_VERSION = "v1"  # bump when a built-in's config changes so caches are rebuilt
 TINY_MODELS = ("tiny-sdxl", "tiny-sd15", "tiny-sd3")
-ARCH_MODELS = ("sdxl-arch",)
+ARCH_MODELS = ("sdxl-arch", "sd35-medium-arch", "sd35-large-arch")
+# Each architecture model's family (pipeline.families name).
+ARCH_FAMILIES = {"sdxl-arch": "sdxl", "sd35-medium-arch": "sd3", "sd35-large-arch": "sd3"}
 # Pretrained on the miniature world and committed (pipeline/world/shapes-sdxl, checked on load).
 WORLD_MODELS = ("shapes-sdxl",)
 BUILTIN_MODELS = TINY_MODELS + WORLD_MODELS + ARCH_MODELS
@@ -277,3 +282,53 @@ def sdxl_arch_components(dtype, device, skip: tuple[str, ...] = ()):
         shutil.rmtree(tok_dir, ignore_errors=True)
     comps["scheduler"] = EulerDiscreteScheduler(**_SCHEDULER)
     return comps
+
+
+# ``transformer/config.json`` of stabilityai/stable-diffusion-3.5-medium and -large (Hugging Face, gated; the
+# values as diffusers' SD3Transformer2DModel reads them, as copied verbatim by several public loaders of those
+# checkpoints that avoid the gated repos; docs/benchmarks.md "SD3.5"). Medium: MMDiT-X, whose first 13 blocks
+# add a second, image-only attention (``dual_attention_layers``); large: 38 plain MMDiT blocks. Both: QK RMS-norm.
+SD35_TRANSFORMER_CONFIGS = {
+    "sd35-medium-arch": dict(
+        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+        pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+    ),
+    "sd35-large-arch": dict(
+        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
+        num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048,
+        pos_embed_max_size=192, dual_attention_layers=(), qk_norm="rms_norm",
+    ),
+}
+# scheduler/scheduler_config.json of both SD3.5 releases: FlowMatchEulerDiscreteScheduler, shift 3.0.
+SD35_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+
+
+def sd35_arch_components(model: str, dtype, device, skip: tuple[str, ...] = ()):
+    """An SD3.5 transformer (``model``: a key of :data:`SD35_TRANSFORMER_CONFIGS`) with random weights, built on
+    ``device`` in ``dtype``, and its FlowMatchEulerDiscreteScheduler: ``{"transformer", "scheduler"}``.
+
+    The text encoders (CLIP-L, CLIP-G, T5-XXL) and the VAE are not built: a training step on precomputed
+    latents and embeddings (``mapo-data precompute``'s shards: what ``bench --estimate`` measures) never runs
+    them, and T5-XXL alone is 4.8B weights. ``skip`` containing "transformer" leaves it out (None).
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    comps = {"transformer": None}
+    if "transformer" not in skip:
+        with torch.device(device):
+            comps["transformer"] = torch.nn.Module.to(
+                SD3Transformer2DModel(**SD35_TRANSFORMER_CONFIGS[model]), dtype=dtype)
+    comps["scheduler"] = FlowMatchEulerDiscreteScheduler(**SD35_SCHEDULER)
+    return comps
+
+
+def arch_components(model: str, dtype, device, skip: tuple[str, ...] = ()) -> dict:
+    """The components of architecture model ``model`` (one of :data:`ARCH_MODELS`): SDXL's full pipeline
+    (:func:`sdxl_arch_components`) or an SD3.5 transformer and scheduler (:func:`sd35_arch_components`).
+    The denoiser is under ``"unet"`` or ``"transformer"`` as its family names it."""
+    if model == "sdxl-arch":
+        return sdxl_arch_components(dtype, device, skip=tuple(skip))
+    return sd35_arch_components(model, dtype, device, skip=tuple(skip))

@@ -191,10 +191,10 @@ def model_family_of(model: str):
     Raises:
         ModelNotFoundError: the model cannot be found. UserError: a pipeline class mapo-tools does not support.
     """
-    from .families import SDXL, family_from_index
+    from .families import family_from_index, get_family
 
     if model in builtin_models.ARCH_MODELS:
-        return SDXL
+        return get_family(builtin_models.ARCH_FAMILIES[model])
     return family_from_index(_model_index(model)[1], f"'{model}'")
 
 
@@ -238,7 +238,7 @@ def default_resolution(model: str) -> int:
     from diffusers import AutoencoderKL
 
     if model in builtin_models.ARCH_MODELS:
-        return 1024  # SDXL base 1.0's
+        return 1024  # SDXL base 1.0's, SD3.5's
     unet = unet_config(model)
     vae = _call_loader("VAE", model, AutoencoderKL.load_config, resolve_model_source(model), subfolder="vae")
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
@@ -278,6 +278,9 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
     overrides: dict = {name: None for name in skip}
     if vae is not None:
         overrides["vae"] = load_vae(vae, dt, dev)
+    if model in builtin_models.ARCH_FAMILIES and builtin_models.ARCH_FAMILIES[model] != "sdxl":
+        raise UserError(f"'{model}' is an SD3.5 transformer alone (random weights, no text encoders or VAE): it "
+                        "serves python -m bench --estimate and training on precomputed latents, not this command")
     if model in builtin_models.ARCH_MODELS:
         comps = builtin_models.sdxl_arch_components(dt, dev, skip=tuple(overrides))
         comps.update(overrides)

@@ -22,6 +22,8 @@ Sections (``--sections``, default all, in this order; the first four are the "co
   rounding at 1 pair (the 24 GB claim; plain MaPO's 1-pair row comes from ``maxbatch80``);
 - ``mfu8``: MaPO at 8 pairs, MFU against the datasheet peak and against 790 TFLOP/s;
 - ``lora4``: MaPO LoRA (rank 8) at 4 pairs (the 12 GB claim);
+- ``sd35medium``, ``sd35large``: SD3.5-medium and -large (random-weight transformers at the published configs) at
+  1 pair, full and LoRA, and the largest batch on an emulated 80 GB card (issue 26 item 5: measure the estimate);
 - ``instep``: MaPO with the VAE and text encoders inside the step (as upstream trainers), with its setup and
   first-step times (it did not finish in 100 s before);
 - ``compile``: MaPO full, LoRA and SFT, eager vs regional torch.compile, at 1 pair (is LoRA as fast as a full
@@ -56,6 +58,7 @@ class Section:
     name: str
     expected_s: int  # on an H200 at 1024 px: a guess until a session has measured it (summary.md records it)
     bench_args: tuple = ()  # python -m bench arguments; empty: the generation benchmark
+    model: str | None = None  # the section's own model (SD3.5's); None: --model
 
 
 SECTIONS = (
@@ -65,6 +68,14 @@ SECTIONS = (
                              "--no-max-batch")),
     Section("mfu8", 110, ("--configurations", "mapo", "--batch-size", "8", "--no-max-batch")),
     Section("lora4", 80, ("--configurations", "mapo-lora", "--batch-size", "4", "--no-max-batch")),
+    # Owed to issue 26 item 5: SD3.5's measured memory, against docs/benchmarks.md "SD3.5 (flow matching)"'s
+    # estimate (random-weight transformers, random precomputed tensors: bench.data.random_precomputed).
+    Section("sd35medium", 300, ("--configurations", "mapo,dpo,mapo-lora,dpo-lora", "--batch-size", "1", "--steps", "2",
+                                "--warmup", "1", "--max-batch-configurations", "mapo,dpo",
+                                "--max-batch-gpu-memory", "80"), model="sd35-medium-arch"),
+    Section("sd35large", 300, ("--configurations", "mapo,mapo-lora,dpo-lora", "--batch-size", "1", "--steps", "2",
+                               "--warmup", "1", "--max-batch-configurations", "mapo-lora,dpo-lora",
+                               "--max-batch-gpu-memory", "80"), model="sd35-large-arch"),
     Section("instep", 100, ("--configurations", "mapo-instep", "--batch-size", "1", "--steps", "2", "--warmup", "1",
                             "--no-max-batch")),
     Section("compile", 540, ("--configurations", "mapo,mapo-compile,mapo-lora,mapo-lora-compile,sft,sft-compile",
@@ -94,7 +105,10 @@ def _run(cmd: list, timeout_s: float, log) -> tuple[int | None, float]:
 
 
 def _bench_command(section: Section, args, out: Path) -> list:
-    cmd = [sys.executable, "-m", "bench", "--model", args.model, "--device", args.device, *section.bench_args,
+    model = section.model or args.model
+    if section.model and args.model.startswith("tiny"):  # the CPU dry run: the family's tiny model
+        model = "tiny-sd3"
+    cmd = [sys.executable, "-m", "bench", "--model", model, "--device", args.device, *section.bench_args,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--output", str(out)]
     # A later flag wins in typer: the section's own --steps / --warmup (maxbatch80: 1) go last.
     for flag in ("--steps", "--warmup"):

@@ -60,16 +60,15 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
     from pipeline.models import model_family_of
 
     quiet_hub_progress()
-    if model in builtin_models.ARCH_MODELS:
-        comps = builtin_models.sdxl_arch_components(
-            torch.float32, "cpu", skip=("vae", "text_encoder", "text_encoder_2")
-        )
-        return comps["unet"], DDPMScheduler.from_config(comps["scheduler"].config)
-    source = resolve_model_source(model)
     fam = model_family_of(model)
-    denoiser_cls = fam.denoiser_cls()
     # The training scheduler of the family's noise process, from the model's own scheduler config.
     scheduler_cls = FlowMatchEulerDiscreteScheduler if fam.flow else DDPMScheduler
+    if model in builtin_models.ARCH_MODELS:
+        comps = builtin_models.arch_components(model, torch.float32, "cpu",
+                                               skip=("vae", "text_encoder", "text_encoder_2"))
+        return comps[fam.denoiser_dir], scheduler_cls.from_config(comps["scheduler"].config)
+    source = resolve_model_source(model)
+    denoiser_cls = fam.denoiser_cls()
     if not weights:
         config = _call_loader("Model", model, denoiser_cls.load_config, source, subfolder=fam.denoiser_dir)
         scheduler = _call_loader(

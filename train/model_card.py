@@ -30,7 +30,7 @@ def _pretrained_source(model: str, output_dir: str | Path) -> tuple[str, str, st
     """What the snippet gives ``from_pretrained`` for ``model`` (a Python expression), an import it needs and
     a comment. A hub id as it is; a local base model relative to the output folder (``PATH_TO_THIS_FOLDER/..``);
     a built-in name, which is no hub id, through mapo-tools' own resolver (its folder is machine-specific);
-    sdxl-arch has no folder at all (random weights)."""
+    the *-arch built-ins (sdxl-arch, sd35-medium-arch, sd35-large-arch) have no folder at all (random weights)."""
     from pipeline import builtin_models
 
     if model in builtin_models.TINY_MODELS + builtin_models.WORLD_MODELS:
@@ -38,7 +38,7 @@ def _pretrained_source(model: str, output_dir: str | Path) -> tuple[str, str, st
                 f"  # mapo-tools' built-in '{model}' (no hub id): its folder on this machine")
     if model in builtin_models.ARCH_MODELS:
         return (f'"{model}"', "",
-                "  # sdxl-arch: random weights built in memory by mapo-tools; there is no folder to load")
+                f"  # {model}: random weights built in memory by mapo-tools; there is no folder to load")
     if _is_local(model):
         return (f'"PATH_TO_THIS_FOLDER/{_relative(model, output_dir)}"', "",
                 "  # the base model's folder, relative to this one")

@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
 from pipeline.layouts import LayoutOptions
 from pipeline.options import at_least, check_options, option
-from pipeline.shards import read_manifest
+from pipeline.shards import input_kind, input_shard_files, read_manifest
 
 from .reward_label import candidate_count
 
@@ -28,6 +28,9 @@ def _is_image_column(name: str) -> bool:
     return name.startswith("jpg_") and name[4:].isdigit()
 
 
+# What inspect reads (the end of its "does not exist" line).
+INSPECT_READS = ("; inspect reads a mapo-data output folder, or preference pairs as a file, a folder or a glob "
+                 "(Pick-a-Pic, vote-count or chosen/rejected Parquet, HPDv3 JSON, WebDataset tars)")
 HIST_BINS = 10
 HIST_WIDTH = 40
 
@@ -153,18 +156,20 @@ def inspect_output(directory: str, layout: LayoutOptions | None = None) -> Summa
     """What ``directory`` holds (see the module docstring); ``layout``: how to read a public-layout input."""
     import polars as pl
 
+    kind = input_kind(directory, "Input", INSPECT_READS)
     raw = _input_summary(directory, layout)
     if raw is not None:
         return raw
     root = Path(directory)
-    if not root.is_dir():
-        raise UserError(f"{directory} is not a folder.")
-    manifest = read_manifest(root) or {}
-    data_files = _files(root, "data") or sorted(root.glob("*.parquet"))
-    if not data_files and not _files(root, "rejects"):
-        raise UserError(f"{directory} holds no shards (looked for data/*.parquet).")
+    if kind == "folder":
+        manifest = read_manifest(root) or {}
+        data_files, reject_files = _files(root, "data") or sorted(root.glob("*.parquet")), _files(root, "rejects")
+        if not data_files and not reject_files:
+            raise UserError(f"{directory} holds no shards (looked for data/*.parquet).")
+    else:  # a Parquet file or a glob of them, read as given
+        manifest, data_files, reject_files = {}, input_shard_files(directory), []
     data = _scan(data_files)
-    rejects = _scan(_files(root, "rejects"))
+    rejects = _scan(reject_files)
     import pyarrow.parquet as pq
 
     s = Summary(str(root), manifest.get("stage", "parquet"), manifest.get("status"), len(data_files), data.height,

@@ -80,7 +80,10 @@ def test_html_of_generate_output(outputs, tmp_path):
 
 def test_not_an_output_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    for target, message in ((tmp_path / "nope", "is not a folder"), (tmp_path / "empty", "holds no shards")):
+    for target, message in ((tmp_path / "nope", "nope' does not exist; inspect reads"),
+                            (tmp_path / "hpd" / "trian.json", "trian.json' does not exist; inspect reads"),
+                            (tmp_path / "empty", "holds no shards"),
+                            (tmp_path / "*.parquet", "matches no file; inspect reads")):
         result = run_cli(app, ["inspect", target])
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output

@@ -7,6 +7,7 @@ generate --prompts read the layouts too."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,33 @@ def test_inspect_reads_public_inputs(tmp_path):
     assert "undecided (lead below --min-vote-margin)" in out
     out = _ok(run_cli(app, ["inspect", write_hpdv3(tmp_path / "h", skip_image=0)])).output
     assert "hpdv3 input" in out and "an image not found" in out and "3" in out, out
+
+
+def test_a_glob_reads_as_its_files_in_every_stage(reference, tmp_path):
+    """The README's `'r700k/data/*.parquet'`: precompute, label and inspect take a glob of files as those files
+    (one shared resolution, pipeline.shards.input_kind), and refuse one that matches nothing alike."""
+    write_votes(tmp_path / "v" / "train_0001.parquet", PAIRS[:2])
+    write_votes(tmp_path / "v" / "train_0002.parquet", PAIRS[2:])
+    pattern = str(tmp_path / "v" / "*.parquet")
+    got = precompute(pattern, tmp_path / "pre")
+    assert sorted(got) == sorted(reference)
+    for caption, latents in reference.items():
+        np.testing.assert_array_equal(got[caption], latents, err_msg=caption)
+    reward = ["--target", "reward", "--reward", "pickscore", "--reward-tiny-scorers"]
+    _ok(run_cli(app, ["label", "--input", pattern, "--output", tmp_path / "lab", *reward]))
+    rows = read_table(tmp_path / "lab").to_pylist() + read_table(tmp_path / "lab", "rejects").to_pylist()
+    assert sorted(r["caption"] for r in rows) == sorted(p[0] for p in PAIRS)
+    out = _ok(run_cli(app, ["inspect", pattern, "--min-vote-margin", "3"])).output
+    assert "votes input" in out and "vote margin" in out, out
+    write_pickapic_pairs(tmp_path / "p" / "pairs.parquet")  # Pick-a-Pic Parquet: inspect reads it as given
+    out = _ok(run_cli(app, ["inspect", str(tmp_path / "p" / "*.parquet")])).output
+    assert "label balance" in out and re.search(rf"^\s+pairs\s+{len(PAIRS)}\s*$", out, re.M), out
+    nothing = str(tmp_path / "none" / "*.parquet")
+    for args in (["precompute", "--input", nothing, "--output", tmp_path / "o", *PRE],
+                 ["label", "--input", nothing, "--output", tmp_path / "o", *reward], ["inspect", nothing]):
+        result = run_cli(app, args)
+        assert result.exit_code == 2 and "matches no file" in result.output, result.output
+        assert not (tmp_path / "o").exists()
 
 
 def test_generate_reads_the_prompts_of_an_hpdv3_json(tmp_path):

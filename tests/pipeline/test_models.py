@@ -128,3 +128,17 @@ def test_sd15_safety_checker_is_not_loaded(tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     assert DiffusionPipeline.from_pretrained(folder).safety_checker is not None  # the folder really ships one
     assert load_pipeline(str(folder)).safety_checker is None
+
+
+def test_readme_models_list_names_every_built_in():
+    """The README's "Models" bullets (the names before each bullet's colon) are exactly the built-ins."""
+    import re
+    from pathlib import Path
+
+    from pipeline.builtin_models import BUILTIN_MODELS
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
+    listed = {name for line in section.splitlines() if line.startswith("- ")
+              for name in re.findall(r"`([^`]+)`", line.split(":", 1)[0])}
+    assert listed == set(BUILTIN_MODELS)

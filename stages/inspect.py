@@ -17,6 +17,7 @@ from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_ima
 from pipeline.layouts import LayoutOptions
 from pipeline.options import at_least, check_options, option
 from pipeline.shards import input_kind, input_shard_files, read_manifest
+from pipeline.stage_runner import reason_kind
 
 from .reward_label import candidate_count
 
@@ -31,6 +32,7 @@ def _is_image_column(name: str) -> bool:
 # What inspect reads (the end of its "does not exist" line).
 INSPECT_READS = ("; inspect reads a mapo-data output folder, or preference pairs as a file, a folder or a glob "
                  "(Pick-a-Pic, vote-count or chosen/rejected Parquet, HPDv3 JSON, WebDataset tars)")
+EXAMPLES_PER_REASON = 2  # full reasons shown under each drop-reason kind
 HIST_BINS = 10
 HIST_WIDTH = 40
 
@@ -74,7 +76,8 @@ class Summary:
     rows: int
     rejected: int
     label_balance: dict = field(default_factory=dict)  # {"image 0 chosen": n, "image 1 chosen": n}
-    drop_reasons: dict = field(default_factory=dict)
+    drop_reasons: dict = field(default_factory=dict)  # reason kind -> rows, most first
+    drop_examples: dict = field(default_factory=dict)  # reason kind -> a few full reasons (with their detail)
     disagreements: int = 0
     histograms: dict = field(default_factory=dict)  # title -> text histogram
     breakdown: object = None  # polars DataFrame per recipe/style, or None
@@ -87,6 +90,23 @@ class Summary:
         if "desirable" in self.label_balance:
             return "examples"
         return "prompts" if self.candidates > 2 else "pairs"
+
+
+def group_reasons(counts) -> tuple[dict, dict]:
+    """``(reason, rows)`` pairs grouped by kind (:func:`pipeline.stage_runner.reason_kind`, the key precompute
+    counts by): ``({kind: rows}, most first; {kind: up to EXAMPLES_PER_REASON full reasons})``. A million
+    missing files are one row "image file not readable" and two examples, not a million rows."""
+    kinds: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for reason, n in sorted(counts, key=lambda rn: (-rn[1], str(rn[0]))):
+        reason = reason or "no reason recorded"
+        kind = reason_kind(reason)
+        kinds[kind] = kinds.get(kind, 0) + n
+        shown = examples.setdefault(kind, [])
+        if reason != kind and len(shown) < EXAMPLES_PER_REASON:
+            shown.append(reason)
+    ordered = dict(sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0])))
+    return ordered, {k: examples[k] for k in ordered if examples[k]}
 
 
 def _files(root: Path, sub: str) -> list[Path]:
@@ -189,8 +209,8 @@ def inspect_output(directory: str, layout: LayoutOptions | None = None) -> Summa
     if "disagrees" in data.columns and data.height:
         s.disagreements = int(data["disagrees"].fill_null(False).sum())
     if "reason" in rejects.columns and rejects.height:
-        counts = rejects.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
-        s.drop_reasons = dict(zip(counts["reason"].to_list(), counts["len"].to_list()))
+        counts = rejects.group_by("reason").len()
+        s.drop_reasons, s.drop_examples = group_reasons(zip(counts["reason"].to_list(), counts["len"].to_list()))
     if "labeler" in data.columns or "labeler" in rejects.columns:
         s.labelers = sorted({f"{r['labeler']} {r['labeler_version']}"
                              for df in (data, rejects) if "labeler" in df.columns
@@ -250,6 +270,7 @@ def render_text(s: Summary) -> str:
             _table([(k, v, f"{100 * v / max(total, 1):.1f}%") for k, v in s.drop_reasons.items()],
                    ("reason", "pairs", "of input")),
         ]
+        out += [f"  e.g. {example}" for examples in s.drop_examples.values() for example in examples]
     for title, hist in s.histograms.items():
         out += ["", f"{title}", hist]
     if s.breakdown is not None and s.breakdown.height:

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from stages.cli import app
-from stages.inspect import text_histogram
+from stages.inspect import group_reasons, text_histogram
 from tests.helpers import read_table, run_cli, write_prompts
 from tests.image_fixtures import geometric_scene, gray, png, schematic_torso, write_pickapic
 
@@ -203,3 +203,13 @@ def test_histograms_leave_non_finite_scores_out_and_count_them(tmp_path):
     result = run_cli(app, ["inspect", tmp_path / "out"])
     assert result.exit_code == 0, result.output
     assert "non-finite (NaN or inf), in no bin: 1" in result.output
+
+
+def test_drop_reasons_are_grouped_by_kind_with_a_few_examples():
+    """A million missing files are one row with their count, as precompute counts them, not a million rows."""
+    missing = [(f"jpg_{i % 2}: image file not readable (FileNotFoundError: /x/{i}_a.png)", 1) for i in range(1000)]
+    kinds, examples = group_reasons([*missing, ("tie", 5), ("jpg_1: extreme aspect ratio (8x65536)", 2)])
+    assert kinds == {"image file not readable": 1000, "tie": 5, "extreme aspect ratio": 2}
+    assert list(kinds) == ["image file not readable", "tie", "extreme aspect ratio"]  # most first
+    assert len(examples["image file not readable"]) == 2 and "tie" not in examples
+    assert examples["extreme aspect ratio"] == ["jpg_1: extreme aspect ratio (8x65536)"]

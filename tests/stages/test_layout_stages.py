@@ -103,6 +103,26 @@ def test_missing_image_is_a_counted_reject_that_shifts_nothing(reference, tmp_pa
     assert reject["caption"] == PAIRS[2][0] and "00000.tar/000002.jpg_0" in reject["reason"]
 
 
+def test_images_not_extracted_warn_how_to_fix_and_inspect_groups_them(tmp_path):
+    """HPDv3 JSON without its images: precompute keeps nothing, says to extract the archive or pass
+    --image-root; inspect of its output shows one "image file not readable" row with a count and at most
+    two examples, not one row per missing file."""
+    src = write_hpdv3(tmp_path / "h")
+    for image in (tmp_path / "h" / "images").iterdir():
+        image.unlink()
+    out = tmp_path / "o"
+    result = _ok(run_cli(app, ["precompute", "--input", src, "--output", out, *PRE]))
+    (warning,) = [ln for ln in result.output.splitlines() if ln.startswith("warning: precompute kept 0")]
+    assert f"({len(PAIRS)} image file not readable)" in warning and "extract the image archive" in warning
+    assert "--image-root" in warning, warning
+    shown = _ok(run_cli(app, ["inspect", out])).output
+    rows = [ln for ln in shown.splitlines() if "image file not readable" in ln]
+    assert re.search(rf"^\s+image file not readable\s+{len(PAIRS)}\s+100.0%", shown, re.M), shown
+    examples = [ln for ln in rows if ln.startswith("  e.g. ")]
+    assert len(examples) == 2 and all("FileNotFoundError" in ln for ln in examples), shown
+    assert len(rows) == 3, shown
+
+
 def test_votes_ties_counted_and_margin_recorded(tmp_path):
     src = write_votes(tmp_path / "v.parquet", votes=[(7, 3), (4, 4), (5, 6)])
     result = _ok(run_cli(app, ["precompute", "--input", src, "--output", tmp_path / "out", *PRE,

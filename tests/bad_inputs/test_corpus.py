@@ -630,5 +630,5 @@ def test_train_on_latents_without_a_pair(shared, tmp_path):
     result = run_cli(shared.apps["train"], train_args(ctx.out, out))
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "0 pairs" in lines[0], result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "holds no pairs" in lines[0], result.output
     assert not out.exists()

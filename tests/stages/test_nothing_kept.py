@@ -8,16 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stage_runner import nothing_kept_warning
+from pipeline.stage_runner import nothing_kept_warning, reason_kind
 from stages.cli import app
 from tests.helpers import run_cli
 
 
-def _png() -> bytes:
+def _png(color=(200, 30, 30)) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, format="PNG")
+    Image.new("RGB", (64, 64), color).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -59,7 +59,8 @@ def test_precompute_that_keeps_nothing_says_why_and_train_points_to_the_rejects(
 
 
 def test_precompute_that_keeps_something_does_not_warn(tmp_path):
-    src = _pairs(tmp_path / "pairs.parquet", [b"not an image", _png()], [(1.0, 0.0), (1.0, 0.0)])
+    # The kept pair's jpg_0 differs from its jpg_1 (_png()): identical images are a reject, not a pair.
+    src = _pairs(tmp_path / "pairs.parquet", [b"not an image", _png((30, 200, 30))], [(1.0, 0.0), (1.0, 0.0)])
     result = run_cli(app, ["precompute", "--input", src, "--output", tmp_path / "lat", "--model", "tiny-sdxl",
                            "--resolution", "64", "--device", "cpu"])
     assert result.exit_code == 0 and "warning:" not in result.output, result.output

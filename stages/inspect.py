@@ -42,8 +42,9 @@ class InspectConfig:
     """``mapo-data inspect``: every option, declared once (:mod:`pipeline.options`)."""
 
     directory: str = option(argument=True, help=(
-        "A label or generate output folder, or a public preference input (HPDv3 JSON, vote-count or "
-        "chosen/rejected Parquet, WebDataset tars: see --input-format)."))
+        "A mapo-data output folder (label, generate, precompute), or preference pairs as a file, a folder or a "
+        "quoted glob ('data/*.parquet'): Pick-a-Pic, vote-count or chosen/rejected Parquet, HPDv3 JSON, "
+        "WebDataset tars (see --input-format)."))
     html: str | None = option(None, help="Also write a self-contained HTML page with sampled pairs here.")
     samples: int = option(24, check=at_least(1), help="Pairs shown in the HTML page.")
     seed: int = option(0, help="Sampling seed for the HTML page.")

@@ -65,13 +65,18 @@ def _close_builtin(name: str) -> str | None:
 
 
 def _not_found(what: str, name: str, detail: str = "") -> ModelNotFoundError:
+    """One line: a near miss of a built-in names the built-in (and never suggests downloading the typo);
+    any other name says where it was looked for and how to get it."""
     builtins = ", ".join(builtin_models.BUILTIN_MODELS)
     close = _close_builtin(name)
-    msg = (
-        f"{what} '{name}' was not found" + (f" (did you mean '{close}'?)" if close else "")
-        + f": it is not a built-in ({builtins}), not a local folder, and not in the local Hugging Face cache. "
-        f"Download it first (e.g. `hf download {name}`) or pass the path of a local diffusers folder."
-    )
+    if close:
+        msg = f"{what} '{name}' was not found (did you mean '{close}'?); the built-ins are {builtins}."
+    else:
+        msg = (
+            f"{what} '{name}' was not found: it is not a built-in ({builtins}), not a local folder, and not in the "
+            f"local Hugging Face cache. Download it first (e.g. `hf download {name}`) or pass the path of a local "
+            "diffusers folder."
+        )
     if detail:
         msg += f" ({detail})"
     return ModelNotFoundError(msg)

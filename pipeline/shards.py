@@ -321,6 +321,35 @@ def _has_extension(name: str, extensions: tuple[str, ...]) -> bool:
     return str(name).lower().endswith(extensions)
 
 
+GLOB_CHARS = "*?["
+
+
+def input_kind(spec: str | Path, name: str = "Input", hint: str = "") -> str:
+    """What the input ``spec`` is: ``"file"``, ``"folder"`` or ``"glob"`` (one matching at least one path).
+
+    The one check every stage that reads an input makes first (``precompute``, ``label``, ``inspect``
+    through :func:`split_files`, ``pipeline.layouts.open_pairs`` and their own calls), so a file, a
+    folder and a glob are told apart, and refused, the same way everywhere. A path that exists is
+    taken as itself even when its name holds glob characters (``data[1].parquet``); otherwise a
+    name with ``*``, ``?`` or ``[`` is a pattern, expanded as :func:`glob.glob` expands it (``~`` too).
+
+    Raises:
+        UserError: one line, ``{name} '{spec}' does not exist`` (a glob: ``matches no file``), then
+            ``hint`` (what the stage reads).
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return "folder"
+    if path.exists():
+        return "file"
+    if any(ch in text for ch in GLOB_CHARS):
+        if glob.glob(str(path)):
+            return "glob"
+        raise UserError(f"{name} '{spec}' matches no file{hint}.")
+    raise UserError(f"{name} '{spec}' does not exist{hint}.")
+
+
 def split_files(spec: str | Path, split: str = SPLIT, extensions: tuple[str, ...] = (".parquet",),
                 other_kinds: tuple[str, ...] = ()) -> tuple[str, list[Path]]:
     """:func:`input_split`'s search for files with one of ``extensions``, an empty list where there are none.
@@ -328,22 +357,21 @@ def split_files(spec: str | Path, split: str = SPLIT, extensions: tuple[str, ...
     A file is taken as given unless its name has one of ``other_kinds``' extensions (a file of
     another kind); a glob keeps its matches with ``extensions``.
 
-    Raises UserError when the input does not exist, or a folder holds several splits but not ``split``.
+    Raises UserError when the input does not exist (:func:`input_kind`), or a folder holds several
+    splits but not ``split``.
     """
-    text = str(spec)
-    path = Path(text).expanduser()
-    if any(ch in text for ch in "*?["):
+    kind = input_kind(spec)
+    path = Path(str(spec)).expanduser()
+    if kind == "glob":
         return split, sorted(Path(p) for p in glob.glob(str(path)) if _has_extension(p, extensions))
-    if path.is_dir():
+    if kind == "folder":
         found = folder_splits(path, extensions)
         if len(found) > 1 and split not in found:
             raise UserError(
                 f"{spec} holds the splits {', '.join(found)} but no '{split}'; pass --split with one of them."
             )
         return (split, found[split]) if split in found else next(iter(found.items()), (split, []))
-    if path.exists():
-        return split, ([] if _has_extension(path.name, other_kinds) else [path])
-    raise UserError(f"Input '{spec}' does not exist.")
+    return split, ([] if _has_extension(path.name, other_kinds) else [path])
 
 
 def input_split(spec: str | Path, split: str = SPLIT) -> tuple[str, list[Path]]:

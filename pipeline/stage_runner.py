@@ -15,6 +15,7 @@ runner owns the rest, the same way for all of them and for any number of process
 """
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,12 +86,33 @@ def run_sharded(stage: ShardedStage, proc: ProcessInfo) -> ShardedRun:
     return run
 
 
+# The column a per-row reason starts with ("jpg_0: "), dropped by reason_kind.
+_COLUMN_PREFIX = re.compile(r"^[\w.-]+: ")
+# What to do about a top reject reason (its kind), added to the nothing-kept warning.
+REASON_HINTS = {
+    "image file not readable": "the image files were not found: extract the image archive next to the JSON "
+                               "(HPDv3's images.tar.gz.*) or pass --image-root",
+}
+
+
+def reason_kind(reason: str) -> str:
+    """A reject reason without its per-row detail: the key reasons are counted and grouped by.
+
+    ``'jpg_1: image file not readable (FileNotFoundError: /x/0_a.png)'`` -> ``'image file not readable'``;
+    ``'jpg_0: decompression bomb guard: ...'`` -> ``'decompression bomb guard'``; a reason without detail
+    (``'tie'``, ``'scores too close'``) is its own kind.
+    """
+    text = _COLUMN_PREFIX.sub("", str(reason), count=1)
+    return re.split(r" \(|: ", text, maxsplit=1)[0]
+
+
 def nothing_kept_warning(stage: str, seen: int, kept: int, reasons: dict, root, unit: str = "row") -> str | None:
     """The one-line warning of a stage that read ``seen`` items and kept none, else None.
 
     Keeping nothing is not an error (an input of ties only is valid) but must never be silent: the line names
     the top three reject ``reasons`` (reason -> count, most frequent first), where the rejected rows are
-    (``<root>/rejects/``) and the command that summarises them (``mapo-data inspect``), as ``label`` does.
+    (``<root>/rejects/``) and the command that summarises them (``mapo-data inspect``), as ``label`` does;
+    when the top reason has a known fix (:data:`REASON_HINTS`: image files not extracted) the line says it.
     """
     from .formatting import count
 
@@ -98,5 +120,7 @@ def nothing_kept_warning(stage: str, seen: int, kept: int, reasons: dict, root, 
         return None
     top = sorted(((n, r) for r, n in (reasons or {}).items() if n), key=lambda nr: (-nr[0], nr[1]))
     why = ", ".join(f"{n} {r}" for n, r in top[:3]) + (f", {len(top) - 3} other" if len(top) > 3 else "")
-    return (f"warning: {stage} kept 0 of {count(seen, unit)} ({why or 'no reason recorded'}); the rejected rows are "
-            f"in {root}/rejects/, `mapo-data inspect {root}` summarises them")
+    hint = REASON_HINTS.get(reason_kind(top[0][1])) if top else None
+    return (f"warning: {stage} kept 0 of {count(seen, unit)} ({why or 'no reason recorded'}); "
+            + (f"{hint}; " if hint else "")
+            + f"the rejected rows are in {root}/rejects/, `mapo-data inspect {root}` summarises them")

@@ -16,7 +16,8 @@ from pipeline.errors import UserError
 from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
 from pipeline.layouts import LayoutOptions
 from pipeline.options import at_least, check_options, option
-from pipeline.shards import read_manifest
+from pipeline.shards import input_kind, input_shard_files, read_manifest
+from pipeline.stage_runner import reason_kind
 
 from .reward_label import candidate_count
 
@@ -28,6 +29,10 @@ def _is_image_column(name: str) -> bool:
     return name.startswith("jpg_") and name[4:].isdigit()
 
 
+# What inspect reads (the end of its "does not exist" line).
+INSPECT_READS = ("; inspect reads a mapo-data output folder, or preference pairs as a file, a folder or a glob "
+                 "(Pick-a-Pic, vote-count or chosen/rejected Parquet, HPDv3 JSON, WebDataset tars)")
+EXAMPLES_PER_REASON = 2  # full reasons shown under each drop-reason kind
 HIST_BINS = 10
 HIST_WIDTH = 40
 
@@ -37,8 +42,9 @@ class InspectConfig:
     """``mapo-data inspect``: every option, declared once (:mod:`pipeline.options`)."""
 
     directory: str = option(argument=True, help=(
-        "A label or generate output folder, or a public preference input (HPDv3 JSON, vote-count or "
-        "chosen/rejected Parquet, WebDataset tars: see --input-format)."))
+        "A mapo-data output folder (label, generate, precompute), or preference pairs as a file, a folder or a "
+        "quoted glob ('data/*.parquet'): Pick-a-Pic, vote-count or chosen/rejected Parquet, HPDv3 JSON, "
+        "WebDataset tars (see --input-format)."))
     html: str | None = option(None, help="Also write a self-contained HTML page with sampled pairs here.")
     samples: int = option(24, check=at_least(1), help="Pairs shown in the HTML page.")
     seed: int = option(0, help="Sampling seed for the HTML page.")
@@ -71,7 +77,8 @@ class Summary:
     rows: int
     rejected: int
     label_balance: dict = field(default_factory=dict)  # {"image 0 chosen": n, "image 1 chosen": n}
-    drop_reasons: dict = field(default_factory=dict)
+    drop_reasons: dict = field(default_factory=dict)  # reason kind -> rows, most first
+    drop_examples: dict = field(default_factory=dict)  # reason kind -> a few full reasons (with their detail)
     disagreements: int = 0
     histograms: dict = field(default_factory=dict)  # title -> text histogram
     breakdown: object = None  # polars DataFrame per recipe/style, or None
@@ -84,6 +91,23 @@ class Summary:
         if "desirable" in self.label_balance:
             return "examples"
         return "prompts" if self.candidates > 2 else "pairs"
+
+
+def group_reasons(counts) -> tuple[dict, dict]:
+    """``(reason, rows)`` pairs grouped by kind (:func:`pipeline.stage_runner.reason_kind`, the key precompute
+    counts by): ``({kind: rows}, most first; {kind: up to EXAMPLES_PER_REASON full reasons})``. A million
+    missing files are one row "image file not readable" and two examples, not a million rows."""
+    kinds: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for reason, n in sorted(counts, key=lambda rn: (-rn[1], str(rn[0]))):
+        reason = reason or "no reason recorded"
+        kind = reason_kind(reason)
+        kinds[kind] = kinds.get(kind, 0) + n
+        shown = examples.setdefault(kind, [])
+        if reason != kind and len(shown) < EXAMPLES_PER_REASON:
+            shown.append(reason)
+    ordered = dict(sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0])))
+    return ordered, {k: examples[k] for k in ordered if examples[k]}
 
 
 def _files(root: Path, sub: str) -> list[Path]:
@@ -153,18 +177,20 @@ def inspect_output(directory: str, layout: LayoutOptions | None = None) -> Summa
     """What ``directory`` holds (see the module docstring); ``layout``: how to read a public-layout input."""
     import polars as pl
 
+    kind = input_kind(directory, "Input", INSPECT_READS)
     raw = _input_summary(directory, layout)
     if raw is not None:
         return raw
     root = Path(directory)
-    if not root.is_dir():
-        raise UserError(f"{directory} is not a folder.")
-    manifest = read_manifest(root) or {}
-    data_files = _files(root, "data") or sorted(root.glob("*.parquet"))
-    if not data_files and not _files(root, "rejects"):
-        raise UserError(f"{directory} holds no shards (looked for data/*.parquet).")
+    if kind == "folder":
+        manifest = read_manifest(root) or {}
+        data_files, reject_files = _files(root, "data") or sorted(root.glob("*.parquet")), _files(root, "rejects")
+        if not data_files and not reject_files:
+            raise UserError(f"{directory} holds no shards (looked for data/*.parquet).")
+    else:  # a Parquet file or a glob of them, read as given
+        manifest, data_files, reject_files = {}, input_shard_files(directory), []
     data = _scan(data_files)
-    rejects = _scan(_files(root, "rejects"))
+    rejects = _scan(reject_files)
     import pyarrow.parquet as pq
 
     s = Summary(str(root), manifest.get("stage", "parquet"), manifest.get("status"), len(data_files), data.height,
@@ -184,8 +210,8 @@ def inspect_output(directory: str, layout: LayoutOptions | None = None) -> Summa
     if "disagrees" in data.columns and data.height:
         s.disagreements = int(data["disagrees"].fill_null(False).sum())
     if "reason" in rejects.columns and rejects.height:
-        counts = rejects.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
-        s.drop_reasons = dict(zip(counts["reason"].to_list(), counts["len"].to_list()))
+        counts = rejects.group_by("reason").len()
+        s.drop_reasons, s.drop_examples = group_reasons(zip(counts["reason"].to_list(), counts["len"].to_list()))
     if "labeler" in data.columns or "labeler" in rejects.columns:
         s.labelers = sorted({f"{r['labeler']} {r['labeler_version']}"
                              for df in (data, rejects) if "labeler" in df.columns
@@ -245,6 +271,7 @@ def render_text(s: Summary) -> str:
             _table([(k, v, f"{100 * v / max(total, 1):.1f}%") for k, v in s.drop_reasons.items()],
                    ("reason", "pairs", "of input")),
         ]
+        out += [f"  e.g. {example}" for examples in s.drop_examples.values() for example in examples]
     for title, hist in s.histograms.items():
         out += ["", f"{title}", hist]
     if s.breakdown is not None and s.breakdown.height:

@@ -34,7 +34,7 @@ from pipeline.options import (
     overwrite_option,
     split_option,
 )
-from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, read_manifest
+from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_kind, read_manifest
 from pipeline.stage_runner import ShardedStage, run_sharded
 
 from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
@@ -126,10 +126,8 @@ class LabelInput:
 def open_input(path: str, split: str = SPLIT, layout: LayoutOptions | None = None) -> LabelInput:
     """Find the input shards (``split``'s, where the folder holds several) and check they are pairs
     we can label, or fail in one line (UserError). Splits and layouts follow ``pipeline.layouts.open_pairs``."""
-    root = Path(path)
-    if not root.exists():
-        raise UserError(f"--input {path} does not exist.")
-    manifest = read_manifest(root) if root.is_dir() else None
+    root, kind = Path(path), input_kind(path, "--input")
+    manifest = read_manifest(root) if kind == "folder" else None
     if manifest is not None:
         if manifest.get("stage") != "generate":
             raise UserError(
@@ -141,7 +139,7 @@ def open_input(path: str, split: str = SPLIT, layout: LayoutOptions | None = Non
             raise UserError(
                 f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first."
             )
-    if not root.is_dir() and not root.name.endswith((".parquet", ".json", ".jsonl", ".tar", ".tar.gz", ".tgz")):
+    if kind == "file" and not root.name.endswith((".parquet", ".json", ".jsonl", ".tar", ".tar.gz", ".tgz")):
         raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file (nor an "
                         "HPDv3 .json/.jsonl or a WebDataset .tar).")
     pairs = open_pairs(root, split, layout)

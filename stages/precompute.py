@@ -72,7 +72,7 @@ from pipeline.options import (
 from pipeline.prompts import text_id
 from pipeline.seeds import derive_seed
 from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, read_manifest, write_json_atomic
-from pipeline.stage_runner import ShardedStage, run_sharded
+from pipeline.stage_runner import ShardedStage, reason_kind, run_sharded
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 UNPAIRED_COLUMNS = ("caption", "jpg", "label")
@@ -490,16 +490,11 @@ def _process_shard(pipe, out: ShardedOutput, k: int, path: Path, owners: tuple[l
              "images_encoded": len(shape.images) * views * n,
              "latent_bytes": int(latents.nbytes) * (2 if cfg.latent_stats else 1),
              "text_bytes": int(embeds.nbytes + (pooled.nbytes if pooled is not None else 0)),
-             "reject_reasons": _count(_reason_kind(r["reason"]) for r in rejects), "seconds": time.perf_counter() - t0}
+             "reject_reasons": _count(reason_kind(r["reason"]) for r in rejects), "seconds": time.perf_counter() - t0}
     if shape is UNPAIRED:  # "pairs" counts the examples; how many are desirable, for the balance
         stats["desirable"] = sum(r["label"] for r in rows)
     out.write_shard(k, {"data": table, "rejects": reject_table}, stats)
     return stats
-
-
-def _reason_kind(reason: str) -> str:
-    """'jpg_1: undecodable image (OSError)' -> 'undecodable image': the counter key."""
-    return reason.split(": ", 1)[-1].split(" (", 1)[0]
 
 
 def _cast_quietly(module, dtype) -> None:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..shards import input_kind
 from . import LayoutOptions, PairInput, detect_layout, open_pairs
 
 READ_BATCH = 4096
@@ -64,9 +65,9 @@ def summarize_input(spec: str | Path, split: str = "train", options: LayoutOptio
     """:func:`summarize` of ``spec`` when it is a public-layout input; None for a mapo-data output or
     Pick-a-Pic Parquet (``inspect`` reads those itself).
 
-    Raises UserError as :func:`pipeline.layouts.open_pairs` does."""
-    path = Path(spec).expanduser()
-    if not path.exists() or (path.is_dir() and (path / "manifest.json").is_file()):
+    Raises UserError as :func:`pipeline.layouts.open_pairs` does (a missing input included)."""
+    path = Path(str(spec)).expanduser()
+    if input_kind(spec) == "folder" and (path / "manifest.json").is_file():
         return None
     opts = options or LayoutOptions()
     if opts.input_format == "pickapic":

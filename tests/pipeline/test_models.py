@@ -48,12 +48,13 @@ def test_model_not_found_is_one_line(name):
 
 
 @pytest.mark.parametrize("typo, meant", [("tiny-sdx1", "tiny-sdxl"), ("tiny-sd1.5", "tiny-sd15"),
-                                          ("shapes-sdx", "shapes-sdxl")])
+                                          ("shapes-sdx", "shapes-sdxl"), ("tiny-sd-3", "tiny-sd3")])
 def test_a_near_miss_of_a_built_in_is_refused_at_once_with_a_suggestion(typo, meant):
     """resolve_model_source refuses it before any from_pretrained (no hub lookups: half a minute of retries
     without a network): one line naming the built-in. A hub id (owner/name) is left to the loader."""
-    with pytest.raises(ModelNotFoundError, match=rf"'{typo}' was not found \(did you mean '{meant}'\?\)"):
+    with pytest.raises(ModelNotFoundError, match=rf"'{typo}' was not found \(did you mean '{meant}'\?\)") as err:
         resolve_model_source(typo)
+    assert "download" not in str(err.value) and "\n" not in str(err.value)  # never: `hf download <the typo>`
     hub_id = "stabilityai/stable-diffusion-xl-base-1.0"
     assert resolve_model_source(hub_id) == hub_id
 
@@ -127,3 +128,17 @@ def test_sd15_safety_checker_is_not_loaded(tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     assert DiffusionPipeline.from_pretrained(folder).safety_checker is not None  # the folder really ships one
     assert load_pipeline(str(folder)).safety_checker is None
+
+
+def test_readme_models_list_names_every_built_in():
+    """The README's "Models" bullets (the names before each bullet's colon) are exactly the built-ins."""
+    import re
+    from pathlib import Path
+
+    from pipeline.builtin_models import BUILTIN_MODELS
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
+    listed = {name for line in section.splitlines() if line.startswith("- ")
+              for name in re.findall(r"`([^`]+)`", line.split(":", 1)[0])}
+    assert listed == set(BUILTIN_MODELS)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from stages.cli import app
-from stages.inspect import text_histogram
+from stages.inspect import group_reasons, text_histogram
 from tests.helpers import read_table, run_cli, write_prompts
 from tests.image_fixtures import geometric_scene, gray, png, schematic_torso, write_pickapic
 
@@ -80,7 +80,10 @@ def test_html_of_generate_output(outputs, tmp_path):
 
 def test_not_an_output_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    for target, message in ((tmp_path / "nope", "is not a folder"), (tmp_path / "empty", "holds no shards")):
+    for target, message in ((tmp_path / "nope", "nope' does not exist; inspect reads"),
+                            (tmp_path / "hpd" / "trian.json", "trian.json' does not exist; inspect reads"),
+                            (tmp_path / "empty", "holds no shards"),
+                            (tmp_path / "*.parquet", "matches no file; inspect reads")):
         result = run_cli(app, ["inspect", target])
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
@@ -200,3 +203,13 @@ def test_histograms_leave_non_finite_scores_out_and_count_them(tmp_path):
     result = run_cli(app, ["inspect", tmp_path / "out"])
     assert result.exit_code == 0, result.output
     assert "non-finite (NaN or inf), in no bin: 1" in result.output
+
+
+def test_drop_reasons_are_grouped_by_kind_with_a_few_examples():
+    """A million missing files are one row with their count, as precompute counts them, not a million rows."""
+    missing = [(f"jpg_{i % 2}: image file not readable (FileNotFoundError: /x/{i}_a.png)", 1) for i in range(1000)]
+    kinds, examples = group_reasons([*missing, ("tie", 5), ("jpg_1: extreme aspect ratio (8x65536)", 2)])
+    assert kinds == {"image file not readable": 1000, "tie": 5, "extreme aspect ratio": 2}
+    assert list(kinds) == ["image file not readable", "tie", "extreme aspect ratio"]  # most first
+    assert len(examples["image file not readable"]) == 2 and "tie" not in examples
+    assert examples["extreme aspect ratio"] == ["jpg_1: extreme aspect ratio (8x65536)"]

@@ -7,6 +7,7 @@ generate --prompts read the layouts too."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,26 @@ def test_missing_image_is_a_counted_reject_that_shifts_nothing(reference, tmp_pa
     assert reject["caption"] == PAIRS[2][0] and "00000.tar/000002.jpg_0" in reject["reason"]
 
 
+def test_images_not_extracted_warn_how_to_fix_and_inspect_groups_them(tmp_path):
+    """HPDv3 JSON without its images: precompute keeps nothing, says to extract the archive or pass
+    --image-root; inspect of its output shows one "image file not readable" row with a count and at most
+    two examples, not one row per missing file."""
+    src = write_hpdv3(tmp_path / "h")
+    for image in (tmp_path / "h" / "images").iterdir():
+        image.unlink()
+    out = tmp_path / "o"
+    result = _ok(run_cli(app, ["precompute", "--input", src, "--output", out, *PRE]))
+    (warning,) = [ln for ln in result.output.splitlines() if ln.startswith("warning: precompute kept 0")]
+    assert f"({len(PAIRS)} image file not readable)" in warning and "extract the image archive" in warning
+    assert "--image-root" in warning, warning
+    shown = _ok(run_cli(app, ["inspect", out])).output
+    rows = [ln for ln in shown.splitlines() if "image file not readable" in ln]
+    assert re.search(rf"^\s+image file not readable\s+{len(PAIRS)}\s+100.0%", shown, re.M), shown
+    examples = [ln for ln in rows if ln.startswith("  e.g. ")]
+    assert len(examples) == 2 and all("FileNotFoundError" in ln for ln in examples), shown
+    assert len(rows) == 3, shown
+
+
 def test_votes_ties_counted_and_margin_recorded(tmp_path):
     src = write_votes(tmp_path / "v.parquet", votes=[(7, 3), (4, 4), (5, 6)])
     result = _ok(run_cli(app, ["precompute", "--input", src, "--output", tmp_path / "out", *PRE,
@@ -141,6 +162,33 @@ def test_inspect_reads_public_inputs(tmp_path):
     assert "undecided (lead below --min-vote-margin)" in out
     out = _ok(run_cli(app, ["inspect", write_hpdv3(tmp_path / "h", skip_image=0)])).output
     assert "hpdv3 input" in out and "an image not found" in out and "3" in out, out
+
+
+def test_a_glob_reads_as_its_files_in_every_stage(reference, tmp_path):
+    """The README's `'r700k/data/*.parquet'`: precompute, label and inspect take a glob of files as those files
+    (one shared resolution, pipeline.shards.input_kind), and refuse one that matches nothing alike."""
+    write_votes(tmp_path / "v" / "train_0001.parquet", PAIRS[:2])
+    write_votes(tmp_path / "v" / "train_0002.parquet", PAIRS[2:])
+    pattern = str(tmp_path / "v" / "*.parquet")
+    got = precompute(pattern, tmp_path / "pre")
+    assert sorted(got) == sorted(reference)
+    for caption, latents in reference.items():
+        np.testing.assert_array_equal(got[caption], latents, err_msg=caption)
+    reward = ["--target", "reward", "--reward", "pickscore", "--reward-tiny-scorers"]
+    _ok(run_cli(app, ["label", "--input", pattern, "--output", tmp_path / "lab", *reward]))
+    rows = read_table(tmp_path / "lab").to_pylist() + read_table(tmp_path / "lab", "rejects").to_pylist()
+    assert sorted(r["caption"] for r in rows) == sorted(p[0] for p in PAIRS)
+    out = _ok(run_cli(app, ["inspect", pattern, "--min-vote-margin", "3"])).output
+    assert "votes input" in out and "vote margin" in out, out
+    write_pickapic_pairs(tmp_path / "p" / "pairs.parquet")  # Pick-a-Pic Parquet: inspect reads it as given
+    out = _ok(run_cli(app, ["inspect", str(tmp_path / "p" / "*.parquet")])).output
+    assert "label balance" in out and re.search(rf"^\s+pairs\s+{len(PAIRS)}\s*$", out, re.M), out
+    nothing = str(tmp_path / "none" / "*.parquet")
+    for args in (["precompute", "--input", nothing, "--output", tmp_path / "o", *PRE],
+                 ["label", "--input", nothing, "--output", tmp_path / "o", *reward], ["inspect", nothing]):
+        result = run_cli(app, args)
+        assert result.exit_code == 2 and "matches no file" in result.output, result.output
+        assert not (tmp_path / "o").exists()
 
 
 def test_generate_reads_the_prompts_of_an_hpdv3_json(tmp_path):

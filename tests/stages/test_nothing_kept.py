@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stage_runner import nothing_kept_warning
+from pipeline.stage_runner import nothing_kept_warning, reason_kind
 from stages.cli import app
 from tests.helpers import run_cli
 
@@ -60,7 +60,8 @@ def test_precompute_that_keeps_nothing_says_why_and_train_points_to_the_rejects(
 
 
 def test_precompute_that_keeps_something_does_not_warn(tmp_path):
-    src = _pairs(tmp_path / "pairs.parquet", [b"not an image", _png()], [(1.0, 0.0), (1.0, 0.0)])
+    # The kept pair's jpg_0 differs from its jpg_1 (_png()): identical images are a reject, not a pair.
+    src = _pairs(tmp_path / "pairs.parquet", [b"not an image", _png((30, 200, 30))], [(1.0, 0.0), (1.0, 0.0)])
     result = run_cli(app, ["precompute", "--input", src, "--output", tmp_path / "lat", "--model", "tiny-sdxl",
                            "--resolution", "64", "--device", "cpu"])
     assert result.exit_code == 0 and "warning:" not in result.output, result.output
@@ -75,3 +76,24 @@ def test_the_warning_names_the_top_reasons(reasons, said):
     assert line.startswith(f"warning: label kept 0 of 9 pairs {said};") and "/o/rejects/" in line
     assert nothing_kept_warning("label", 9, 1, reasons, "/o") is None  # something kept: silent
     assert nothing_kept_warning("label", 0, 0, reasons, "/o") is None  # nothing read: nothing to say
+
+
+def test_a_missing_image_file_warning_says_how_to_fix_it():
+    """The top reason "image file not readable" (HPDv3 images not extracted) adds the fix; other reasons do not."""
+    line = nothing_kept_warning("precompute", 4, 0, {"image file not readable": 4}, "/o")
+    assert "(4 image file not readable); the image files were not found: extract the image archive" in line
+    assert "--image-root" in line and line.endswith("`mapo-data inspect /o` summarises them")
+    assert "--image-root" not in nothing_kept_warning("precompute", 4, 0, {"tie": 3, "image file not readable": 1},
+                                                      "/o")
+
+
+@pytest.mark.parametrize("reason,kind", [
+    ("jpg_0: image file not readable (FileNotFoundError: /tmp/x/0_a.png)", "image file not readable"),
+    ("jpg_1: extreme aspect ratio (8x65536)", "extreme aspect ratio"),
+    ("jpg_0: decompression bomb guard: Image size (1 pixels) exceeds limit", "decompression bomb guard"),
+    ("image file not readable (KeyError: 00000.tar/000002.jpg_0)", "image file not readable"),
+    ("non-finite latents (an fp16 VAE overflow? use --vae-dtype fp32)", "non-finite latents"),
+    ("identical images", "identical images"), ("scores too close", "scores too close"),
+])
+def test_reason_kind_drops_the_per_row_detail(reason, kind):
+    assert reason_kind(reason) == kind

@@ -60,7 +60,7 @@ def test_precompute_that_keeps_nothing_says_why_and_train_points_to_the_rejects(
 
 
 def test_precompute_that_keeps_something_does_not_warn(tmp_path):
-    # The kept pair's jpg_0 differs from its jpg_1 (_png()): identical images are a reject, not a pair.
+    # The kept pair's two images differ (green and blue): identical images are a reject, not a pair.
     src = _pairs(tmp_path / "pairs.parquet", [b"not an image", _png((30, 200, 30))], [(1.0, 0.0), (1.0, 0.0)])
     result = run_cli(app, ["precompute", "--input", src, "--output", tmp_path / "lat", "--model", "tiny-sdxl",
                            "--resolution", "64", "--device", "cpu"])

@@ -332,7 +332,10 @@ class Trainer:
         if ds.unpaired:  # KTO's examples; their balance (imbalance is normal: log it, do not fix it)
             return {"examples": len(ds), "desirable_fraction": sum(ds.labels) / max(len(ds), 1),
                     "resolution": info.get("resolution"), "model": info.get("model")}
-        return {"pairs": len(ds), "resolution": info.get("resolution"), "model": info.get("model")}
+        # SD3: how the text was encoded, so eval and the card sample the same way even when the latent folder is
+        # moved or deleted (pipeline.training_output.text_encoding_of reads it here first).
+        text = {k: info[k] for k in ("t5", "max_sequence_length") if info.get(k) is not None}
+        return {"pairs": len(ds), "resolution": info.get("resolution"), "model": info.get("model"), **text}
 
     def _write_config(self) -> None:
         write_run_config(self.out, self.resolved_config())

@@ -188,6 +188,8 @@ def test_eval_and_loading_sample_as_each_candidate_was_trained(sd3_data, tmp_pat
     no_t5, t5 = read_training_output(str(tmp_path / "no-t5")), read_training_output(str(tmp_path / "t5-16"))
     assert (no_t5.t5, no_t5.max_sequence_length, no_t5.sampling_kwargs()) == (False, 8, {"max_sequence_length": 8})
     assert (t5.t5, t5.max_sequence_length, t5.skipped_components()) == (True, 16, ())
+    recorded = json.loads((tmp_path / "no-t5" / "training_config.json").read_text())["data_info"]
+    assert (recorded["t5"], recorded["max_sequence_length"]) == (False, 8)  # survives a moved latent folder
     cards = {name: (tmp_path / name / "README.md").read_text() for name in ("no-t5", "t5-16")}
     assert "text_encoder_3=None, tokenizer_3=None" in cards["no-t5"] and "max_sequence_length=8)" in cards["no-t5"]
     assert "text_encoder_3=None" not in cards["t5-16"] and "max_sequence_length=16)" in cards["t5-16"]

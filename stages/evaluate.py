@@ -18,13 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipeline.atomic import atomic_write, write_json_atomic
-from pipeline.errors import UserError
-from pipeline.families import get_family
-from pipeline.judges.options import JudgeOptions
-from pipeline.judges.registry import check_judges, check_prompts
-from pipeline.models import check_model_available, check_resolution
-from pipeline.options import (
+from pipeline.cli.options import (
     PANEL_IO,
     PANEL_RUN,
     PANEL_SAMPLING,
@@ -43,11 +37,17 @@ from pipeline.options import (
     seed_option,
     vae_option,
 )
-from pipeline.output_folder import OutputFolder
-from pipeline.progress import progress_bar
-from pipeline.prompts import PromptSet, load_prompts
-from pipeline.seeds import derive_seed
-from pipeline.training_output import TrainingOutput, load_lora, load_unet, read_training_output
+from pipeline.cli.progress import progress_bar
+from pipeline.data.atomic import atomic_write, write_json_atomic
+from pipeline.data.output_folder import OutputFolder
+from pipeline.data.prompts import PromptSet, load_prompts
+from pipeline.errors import UserError
+from pipeline.families import get_family
+from pipeline.judges.options import JudgeOptions
+from pipeline.judges.registry import check_judges, check_prompts
+from pipeline.models.loading import check_model_available, check_resolution
+from pipeline.models.training_output import TrainingOutput, load_lora, load_unet, read_training_output
+from pipeline.runtime.seeds import derive_seed
 
 EVAL_CONFIG = "eval_config.json"
 SCORES = "scores.parquet"
@@ -66,7 +66,7 @@ read_candidate = read_training_output
 
 @dataclass
 class EvalConfig:
-    """``mapo-eval``: every option, declared once (:mod:`pipeline.options`); the sampling defaults are the
+    """``mapo-eval``: every option, declared once (:mod:`pipeline.cli.options`); the sampling defaults are the
     paper's validation settings (25 steps, guidance 5.0; method.md, Evaluation)."""
 
     prompts: str = option(panel=PANEL_IO, help=(
@@ -121,7 +121,7 @@ class EvalConfig:
 
     def generation(self, base_model: str) -> dict:
         """What decides the image bytes: a rerun with other values is refused."""
-        from pipeline.models import dtype_name, resolve_device, resolve_dtype
+        from pipeline.models.loading import dtype_name, resolve_device, resolve_dtype
 
         dtype = dtype_name(resolve_dtype(self.dtype, resolve_device(self.device)))  # "auto" differs per device
         return {"model": base_model, "vae": self.vae, "dtype": dtype, "num_inference_steps": self.num_inference_steps,
@@ -162,7 +162,7 @@ def _unique_names(cands: list[Candidate]) -> list[Candidate]:
 
 def _default_resolution(cands: list[Candidate], base_model: str) -> int:
     """The candidates' training resolution when they agree, else the base model's own."""
-    from pipeline.models import default_resolution
+    from pipeline.models.loading import default_resolution
 
     trained = {c.resolution for c in cands if c.resolution}
     return trained.pop() if len(trained) == 1 else default_resolution(base_model)
@@ -213,7 +213,7 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
     Raises:
         UserError: naming the candidate, the settings that differ and what to pass instead.
     """
-    from pipeline.models import model_family_of, unet_config
+    from pipeline.models.loading import model_family_of, unet_config
 
     base = unet_config(base_model)
     fit_keys = model_family_of(base_model).fit_keys
@@ -234,7 +234,7 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
 
 
 def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
-    from pipeline.models import DEFAULT_MODEL
+    from pipeline.models.loading import DEFAULT_MODEL
 
     trained_on = {c.base_model for c in cands if c.base_model}
     if cfg.model is None:
@@ -299,8 +299,8 @@ def _save_state(out: Path, state: dict) -> None:
 
 def _patch_batch_invariant(pipe) -> None:
     """Per-sample UNet once per UNet object (candidates swap UNets in and out)."""
-    from pipeline.batch_invariance import make_batch_invariant
     from pipeline.families import family_of_pipe
+    from pipeline.runtime.batch_invariance import make_batch_invariant
 
     denoiser = family_of_pipe(pipe).denoiser(pipe)
     if not getattr(denoiser, "_mapo_batch_invariant", False):
@@ -350,8 +350,8 @@ def _write_png(image, path: Path) -> None:
 
 def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, Candidate | None]],
                       prompt_set: PromptSet, out: Path) -> int:
-    from pipeline.conditioning import report_truncation
-    from pipeline.models import load_pipeline, resolve_device, resolve_dtype
+    from pipeline.models.conditioning import report_truncation
+    from pipeline.models.loading import load_pipeline, resolve_device, resolve_dtype
 
     from .generate import generate_images
     from .recipes import ImageRequest

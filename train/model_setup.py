@@ -15,9 +15,9 @@ if TYPE_CHECKING:  # annotations only: torch is imported lazily to keep CLI star
 import copy
 from dataclasses import dataclass
 
-from pipeline import builtin_models
 from pipeline.errors import UserError, require
-from pipeline.models import _call_loader, compile_unet, quiet_hub_progress, resolve_model_source
+from pipeline.models import builtin as builtin_models
+from pipeline.models.loading import _call_loader, compile_unet, quiet_hub_progress, resolve_model_source
 
 from .config import TrainConfig
 
@@ -57,7 +57,7 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
     import torch
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-    from pipeline.models import model_family_of
+    from pipeline.models.loading import model_family_of
 
     quiet_hub_progress()
     fam = model_family_of(model)
@@ -94,7 +94,7 @@ def add_lora(unet, cfg: TrainConfig) -> None:
     )
     import torch
 
-    from pipeline.seeds import derive_seed
+    from pipeline.runtime.seeds import derive_seed
 
     try:
         # lora_A's random init from --seed, not from whatever the global RNG holds: two runs with
@@ -197,7 +197,7 @@ def _build_optimizer(cfg: TrainConfig, params):
         bnb = require("bitsandbytes", "--use-8bit-adam")
         return bnb.optim.AdamW8bit(params, **kwargs)
     if cfg.master_weights == "bf16":
-        from pipeline.seeds import derive_seed
+        from pipeline.runtime.seeds import derive_seed
 
         from .optimizers import BF16AdamW
 

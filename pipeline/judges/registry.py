@@ -56,15 +56,15 @@ class LoadContext:
     _clip: dict = field(default_factory=dict)
 
     def clip(self, model: str, pretrained: str | None):
-        """The :class:`pipeline.clip_embed.ClipEmbedder` of ``(model, pretrained)``, loaded once per load."""
-        from pipeline.clip_embed import load_open_clip
+        """The :class:`pipeline.judges.clip_embed.ClipEmbedder` of ``(model, pretrained)``, loaded once per load."""
+        from pipeline.judges.clip_embed import load_open_clip
 
         if (model, pretrained) not in self._clip:
             self._clip[(model, pretrained)] = load_open_clip(model, pretrained, device=self.device)
         return self._clip[(model, pretrained)]
 
 
-OptionField = tuple  # (name, type, dataclasses.Field made with pipeline.options.option)
+OptionField = tuple  # (name, type, dataclasses.Field made with pipeline.cli.options.option)
 
 
 @dataclass(frozen=True)

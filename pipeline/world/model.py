@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.weights_files import reading_weights
+from pipeline.models.weights_files import reading_weights
 
 NAME = "shapes-sdxl"
 FOLDER = Path(__file__).resolve().parent / NAME
@@ -40,7 +40,7 @@ def write_checksums(folder: Path) -> dict[str, str]:
 
 def verify_checksums(folder: Path) -> None:
     """Raise :class:`UserError` naming the first missing or changed file, or an unreadable record
-    (:class:`~pipeline.weights_files.WeightsFileError`)."""
+    (:class:`~pipeline.models.weights_files.WeightsFileError`)."""
     record = folder / CHECKSUMS
     if not record.is_file():
         raise UserError(f"built-in {NAME} is incomplete: {record} is missing; {REBUILD}")

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli.options import declared_options
 from pipeline.errors import UserError
 from pipeline.judges import JudgeSpec, check_judges, check_prompts, get_judge, judge_names, judges, register, registry
 from pipeline.judges.loading import judge_provenance, judge_version, load_judges, score_images
 from pipeline.judges.options import JudgeOptions
-from pipeline.options import declared_options
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +82,7 @@ def test_a_new_judge_is_one_declaration(monkeypatch):
 
 
 def test_safety_classifiers_include_judges_that_declare_one():
-    from pipeline.safety import load_safety_classifier, safety_classifier_names
+    from pipeline.judges.safety_classifiers import load_safety_classifier, safety_classifier_names
 
     assert safety_classifier_names() == ("nudenet", "sd-safety-checker", "world-unsafe")
     assert load_safety_classifier("world-unsafe", threshold=0.25).threshold == 0.25

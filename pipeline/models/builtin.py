@@ -130,7 +130,7 @@ def _tiny_sd3(tok_dir: Path):
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from .tokenizer import build_clip_tokenizer, build_t5_tokenizer
+    from pipeline.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
     joint = 64
     transformer = SD3Transformer2DModel(
@@ -162,7 +162,7 @@ def build_tiny(name: str, directory: Path) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from .tokenizer import build_clip_tokenizer
+    from pipeline.models.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)  # the same random weights on every machine
     tok_dir = directory / "_tok"
@@ -234,7 +234,7 @@ def sdxl_arch_components(dtype, device, skip: tuple[str, ...] = ()):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from .tokenizer import build_clip_tokenizer
+    from pipeline.models.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)
     unet_cfg = dict(

@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import builtin_models
-from .errors import ModelNotFoundError, UserError
-from .tokenizer import check_tokenizer
-from .weights_files import reading_weights
+from pipeline.errors import ModelNotFoundError, UserError
+from pipeline.models import builtin as builtin_models
+from pipeline.models.tokenizer import check_tokenizer
+from pipeline.models.weights_files import reading_weights
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -87,7 +87,7 @@ def resolve_model_source(model: str) -> str:
     if model in builtin_models.TINY_MODELS:
         return str(builtin_models.materialise_tiny(model))
     if model in builtin_models.WORLD_MODELS:
-        from .world.model import shapes_sdxl_path
+        from pipeline.world.model import shapes_sdxl_path
 
         return str(shapes_sdxl_path())
     path = Path(model).expanduser()
@@ -117,7 +117,7 @@ def _loaded_folder(args: tuple, kwargs: dict):
 def _call_loader(what: str, name: str, loader, *args, **kwargs):
     """Run a ``from_pretrained`` call, turning lookup failures into one clear line.
 
-    Raises :class:`ModelNotFoundError` when nothing is found, :class:`~pipeline.weights_files.WeightsFileError`
+    Raises :class:`ModelNotFoundError` when nothing is found, :class:`~pipeline.models.weights_files.WeightsFileError`
     naming the file when a file is there but unreadable (truncated, HTML, not JSON ...).
     """
     import warnings
@@ -159,7 +159,7 @@ def model_family(components: dict) -> str:
     """The family name ("sd15", "sdxl", "sd3") of a pipeline's components (:mod:`pipeline.families`)."""
     from types import SimpleNamespace
 
-    from .families import family_of_pipe
+    from pipeline.families import family_of_pipe
 
     return family_of_pipe(SimpleNamespace(**components)).name
 
@@ -196,7 +196,7 @@ def model_family_of(model: str):
     Raises:
         ModelNotFoundError: the model cannot be found. UserError: a pipeline class mapo-tools does not support.
     """
-    from .families import family_from_index, get_family
+    from pipeline.families import family_from_index, get_family
 
     if model in builtin_models.ARCH_MODELS:
         return get_family(builtin_models.ARCH_FAMILIES[model])

@@ -59,8 +59,7 @@ DEFAULT_METRICS = ("aesthetic", "hps", "pickscore", "clip")
 SCORE_CHUNK = 64  # images scored between two saves of scores.parquet
 
 
-# A candidate is a training output (kept under its old names for callers).
-Candidate = TrainingOutput
+# A candidate is read as a training output (kept under its old name for callers).
 read_candidate = read_training_output
 
 
@@ -149,7 +148,7 @@ class ImageKey:
         return f"images/{self.model}/{self.prompt_id}-{self.seed_index}.png"
 
 
-def _unique_names(cands: list[Candidate]) -> list[Candidate]:
+def _unique_names(cands: list[TrainingOutput]) -> list[TrainingOutput]:
     out, seen = [], {BASE}
     for c in cands:
         name, n = c.name, 2
@@ -160,7 +159,7 @@ def _unique_names(cands: list[Candidate]) -> list[Candidate]:
     return out
 
 
-def _default_resolution(cands: list[Candidate], base_model: str) -> int:
+def _default_resolution(cands: list[TrainingOutput], base_model: str) -> int:
     """The candidates' training resolution when they agree, else the base model's own."""
     from pipeline.models.loading import default_resolution
 
@@ -168,7 +167,7 @@ def _default_resolution(cands: list[Candidate], base_model: str) -> int:
     return trained.pop() if len(trained) == 1 else default_resolution(base_model)
 
 
-def resolution_note(cands: list[Candidate], resolution: int, given: bool) -> str | None:
+def resolution_note(cands: list[TrainingOutput], resolution: int, given: bool) -> str | None:
     """One line when the candidates were trained at different resolutions: which, and the one every model is
     evaluated at (``given``: from ``--resolution``, else the base model's default); None when they agree."""
     trained = {c.name: c.resolution for c in cands if c.resolution}
@@ -180,7 +179,7 @@ def resolution_note(cands: list[Candidate], resolution: int, given: bool) -> str
             f"({why})")
 
 
-def text_encoding_note(cands: list[Candidate]) -> str | None:
+def text_encoding_note(cands: list[TrainingOutput]) -> str | None:
     """One line when the candidates' text was encoded differently (SD3: T5 on or off, T5 tokens): each is
     sampled as it was trained (the base model with the pipeline's defaults), so their images differ in
     conditioning as well as weights; None when they agree."""
@@ -206,7 +205,7 @@ def _model_path(path: str, out: Path) -> str:
     return Path(os.path.relpath(local.resolve(), Path(out).resolve())).as_posix()
 
 
-def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
+def _check_unets_fit(cands: list[TrainingOutput], base_model: str) -> None:
     """Refuse, before any image is made, a candidate whose UNet does not fit ``base_model``'s pipeline
     (another family, or the same family with other text-encoder or time-embedding widths).
 
@@ -233,7 +232,7 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
                             f"'{base_model}' ({shown}); pass the model it was trained from or leave --model out")
 
 
-def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
+def _resolve_base(cfg: EvalConfig, cands: list[TrainingOutput]) -> str:
     from pipeline.models.loading import DEFAULT_MODEL
 
     trained_on = {c.base_model for c in cands if c.base_model}
@@ -318,7 +317,7 @@ class _ModelSwitch:
         self.pipe, self.base_unet, self.batch_invariant = pipe, self.family.denoiser(pipe), batch_invariant
         self.t5 = None
 
-    def use(self, cand: Candidate | None) -> None:
+    def use(self, cand: TrainingOutput | None) -> None:
         """Put ``cand``'s weights in (None: the base model as loaded); a candidate trained without T5 samples
         without it (``text_encoder_3=None``: zeros where T5 goes, as its latents had)."""
         pipe = self.pipe
@@ -331,7 +330,7 @@ class _ModelSwitch:
         if self.batch_invariant:
             _patch_batch_invariant(pipe)
 
-    def restore(self, cand: Candidate | None) -> None:
+    def restore(self, cand: TrainingOutput | None) -> None:
         if cand is None:
             return
         if cand.t5 is False:
@@ -348,7 +347,7 @@ def _write_png(image, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
-def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, Candidate | None]],
+def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, TrainingOutput | None]],
                       prompt_set: PromptSet, out: Path) -> int:
     from pipeline.models.conditioning import report_truncation
     from pipeline.models.loading import load_pipeline, resolve_device, resolve_dtype
@@ -475,7 +474,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
         print(f"note: {note}", file=sys.stderr)
     prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
     check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts], cfg.resolution)
-    models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
+    models: list[tuple[str, TrainingOutput | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
     model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None}}
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
                                 "fingerprint": c.fingerprint(),

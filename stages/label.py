@@ -187,8 +187,9 @@ def _with_style_text(spec, source: LabelInput):
     from pipeline.data.prompt_prefixes import STYLE_TEXTS
 
     if spec.verify == "world-style":
-        from pipeline.world.judges import WORLD_STYLES
+        from pipeline.judges import get_judge
 
+        WORLD_STYLES = get_judge("world-style").styles  # the world's looks, declared by its judge plugin
         style = (source.manifest or {}).get("identity", {}).get("style")
         if style not in WORLD_STYLES:
             raise UserError("--verify world-style checks pairs made by generate --recipe style --style "

@@ -16,7 +16,7 @@ import copy
 from dataclasses import dataclass
 
 from pipeline.errors import UserError, require
-from pipeline.models import builtin as builtin_models
+from pipeline.models.builtin import get_builtin
 from pipeline.models.loading import _call_loader, compile_unet, quiet_hub_progress, resolve_model_source
 
 from .config import TrainConfig
@@ -63,9 +63,9 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
     fam = model_family_of(model)
     # The training scheduler of the family's noise process, from the model's own scheduler config.
     scheduler_cls = FlowMatchEulerDiscreteScheduler if fam.flow else DDPMScheduler
-    if model in builtin_models.ARCH_MODELS:
-        comps = builtin_models.arch_components(model, torch.float32, "cpu",
-                                               skip=("vae", "text_encoder", "text_encoder_2"))
+    builtin = get_builtin(model)
+    if builtin is not None and not builtin.has_folder:
+        comps = builtin.components(torch.float32, "cpu", skip=("vae", "text_encoder", "text_encoder_2"))
         return comps[fam.denoiser_dir], scheduler_cls.from_config(comps["scheduler"].config)
     source = resolve_model_source(model)
     denoiser_cls = fam.denoiser_cls()

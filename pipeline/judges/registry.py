@@ -92,6 +92,8 @@ class JudgeSpec:
       overrides the tiny one.
     - ``describes``: the options recorded with its scores when not all it declares (``style`` records the
       texts it reads, not ``--style``, which only fills them in).
+    - ``styles``: the styles it checks, by name, when it checks one of a fixed set (``world-style``: the world's
+      looks); ``label --verify NAME`` accepts only pairs generated with one of them.
     """
 
     name: str
@@ -112,6 +114,7 @@ class JudgeSpec:
     tiny: Callable[[Any], Mapping[str, Any]] | None = None
     keep_with_tiny: tuple[str, ...] = ()
     describes: tuple[str, ...] | None = None
+    styles: tuple[str, ...] = ()
 
     @property
     def option_names(self) -> tuple[str, ...]:

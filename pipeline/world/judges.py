@@ -295,7 +295,7 @@ def _register_judges() -> None:
                   provenance=lambda options: said)
     register(JudgeSpec(
         name="world-style", load=lambda ctx: WorldStyleJudge(ctx.options.style), higher_is_better=True,
-        reads=("style",), needs=needs_look,
+        reads=("style",), needs=needs_look, styles=tuple(WORLD_STYLES),
         # the family's version, and the look it checks when one is set (a --verify check reads each pair's)
         version=lambda options: f"{JUDGE_VERSION} ({options.style})" if options.style else JUDGE_VERSION,
         summary="the miniature world's look (--style): its probability; adopted when > 0.5", **common))

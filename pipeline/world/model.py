@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.models.builtin import BuiltinModel, register_model
 from pipeline.models.weights_files import reading_weights
 
 NAME = "shapes-sdxl"
@@ -63,3 +64,9 @@ def shapes_sdxl_path() -> Path:
     """The verified folder of ``shapes-sdxl`` (what ``from_pretrained`` loads)."""
     verify_checksums(FOLDER)
     return FOLDER
+
+
+# The world's built-in models, registered with the core's model registry (this module is the world's model plugin,
+# found through the ``mapo_tools.models`` entry point; no core module imports the world): one line per model.
+register_model(BuiltinModel(NAME, family="sdxl", kind="folder", path=shapes_sdxl_path,
+                            example_prompt="a red circle at the top left"))

@@ -135,10 +135,10 @@ def test_readme_models_list_names_every_built_in():
     import re
     from pathlib import Path
 
-    from pipeline.models.builtin import BUILTIN_MODELS
+    from pipeline.models.builtin import builtin_names
 
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
     listed = {name for line in section.splitlines() if line.startswith("- ")
               for name in re.findall(r"`([^`]+)`", line.split(":", 1)[0])}
-    assert listed == set(BUILTIN_MODELS)
+    assert listed == set(builtin_names())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.options import command
+from pipeline.cli.options import command
 
 from .config import BenchConfig
 

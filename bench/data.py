@@ -7,7 +7,7 @@ model's REAL VAE and text encoders once over them, on the benchmark's device, an
 time ids), so precomputed configurations never load the encoders. The in-step configuration
 regenerates the same pixels from the seed and encodes them inside each step.
 
-Items have the keys of ``pipeline.latent_shards.LatentDataset`` items, so batches go through the
+Items have the keys of ``pipeline.data.latent_shards.LatentDataset`` items, so batches go through the
 trainer's own ``train.data.batch_stream`` (sampler, collate, copy to the device).
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def load_encoders(model: str, device, dtype):
     import torch
     from diffusers.utils import logging as dlog
 
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     pipe = load_pipeline(model, device=device, dtype=dtype, skip=("unet",))
     if pipe.vae.dtype != torch.float32:
@@ -71,8 +71,8 @@ def random_precomputed(model: str, pairs: int, resolution: int, seed: int) -> di
     A step's cost does not depend on the values."""
     import torch
 
-    from pipeline.builtin_models import SD35_TRANSFORMER_CONFIGS
     from pipeline.families import SD3
+    from pipeline.models.builtin import SD35_TRANSFORMER_CONFIGS
 
     cfg = SD35_TRANSFORMER_CONFIGS[model]
     g = torch.Generator().manual_seed(seed)
@@ -91,8 +91,8 @@ def make_precomputed(model: str, device, dtype, pairs: int, resolution: int, see
     (:func:`random_precomputed` for the transformer-only ``sd35-*-arch`` built-ins)."""
     import torch
 
-    from pipeline.builtin_models import SD35_TRANSFORMER_CONFIGS
-    from pipeline.conditioning import encode_text
+    from pipeline.models.builtin import SD35_TRANSFORMER_CONFIGS
+    from pipeline.models.conditioning import encode_text
 
     if model in SD35_TRANSFORMER_CONFIGS:
         return random_precomputed(model, pairs, resolution, seed)

@@ -334,8 +334,8 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.latent_shards import PairSampler
-    from pipeline.models import check_model_available
+    from pipeline.data.latent_shards import PairSampler
+    from pipeline.models.loading import check_model_available
     from train.data import TrainData, batch_stream
 
     from . import flops as _flops  # noqa: F401  (registers the CPU flash-attention FLOP formula)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pipeline.models import resolve_device
+    from pipeline.models.loading import resolve_device
 
     from .config import CONFIGURATIONS, BenchConfig
     from .data import make_precomputed, precomputed_items, raw_items

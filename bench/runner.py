@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.atomic import write_text_atomic
+from pipeline.data.atomic import write_text_atomic
 from pipeline.errors import UserError
 
 from .config import CONFIGURATIONS, BenchConfig
@@ -72,7 +72,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     The JSON is rewritten after every configuration and search (``"complete": false`` until the end), so
     a run stopped early (a GPU lease running out) still leaves what it measured.
     """
-    from pipeline.models import resolve_device
+    from pipeline.models.loading import resolve_device
 
     cfg = cfg.resolved()
     # UserError for cuda without CUDA. This process never initialises CUDA itself (no context, no

@@ -34,7 +34,7 @@ class BenchStep:
     def __init__(self, spec: StepSpec, items, weights: bool = True):
         import torch
 
-        from pipeline.latent_shards import PairSampler
+        from pipeline.data.latent_shards import PairSampler
         from train.config import TrainConfig
         from train.data import TrainData, batch_stream
         from train.model_setup import (
@@ -76,7 +76,7 @@ class BenchStep:
 
     def _encode(self, batch: dict) -> dict:
         """Upstream trainers' per-step work: pixels -> latents, captions -> embeddings (no_grad)."""
-        from pipeline.conditioning import encode_text
+        from pipeline.models.conditioning import encode_text
         from train.data import to_compute
 
         from .data import encode_pixels

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from pipeline.atomic import write_text_atomic
+from pipeline.data.atomic import write_text_atomic
 
 
 def current_rss_mb() -> float:
@@ -188,7 +188,7 @@ def search_max_batch(bench, items, limit: int, memory, name: str = "") -> dict:
     raised and the peak is within ``memory.capacity``. The batches tried come from
     :func:`bench.search.largest_batch` (secant prediction from the largest fits, bisection after a failure).
     """
-    from pipeline.latent_shards import PairSampler
+    from pipeline.data.latent_shards import PairSampler
     from train.data import TrainData, batch_stream
 
     from .search import largest_batch

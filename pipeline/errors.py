@@ -56,8 +56,8 @@ def writing_output(path: str | Path, *, name_path: bool = False) -> Iterator[Non
     """Within it, an OS error of :data:`OUTPUT_ERRNOS` becomes one :class:`OutputNotWritable` line naming the
     file (the error's own, else ``path``; ``name_path``: always ``path``, for writers that write a temporary
     first, whose name means nothing to the user); other errors pass unchanged. Every shared writer uses it
-    (:func:`pipeline.atomic.atomic_write`, shard, manifest and checkpoint writes); the CLI catches the rest
-    (:func:`pipeline.cli_support.user_errors_exit`)."""
+    (:func:`pipeline.data.atomic.atomic_write`, shard, manifest and checkpoint writes); the CLI catches the rest
+    (:func:`pipeline.cli.support.user_errors_exit`)."""
     try:
         yield
     except OSError as exc:

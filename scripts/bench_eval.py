@@ -27,14 +27,14 @@ def real_judges(device, metrics, batch_size):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from pipeline.clip_embed import ClipEmbedder
     from pipeline.judges.aesthetic import AestheticJudge, aesthetic_mlp
     from pipeline.judges.clip import clip_score_judge
+    from pipeline.judges.clip_embed import ClipEmbedder
     from pipeline.judges.hps import hps_judge
     from pipeline.judges.pickscore import PickScoreJudge
     from pipeline.judges.safety import SafetyJudge
     from pipeline.judges.style import StyleJudge
-    from pipeline.tokenizer import build_clip_tokenizer
+    from pipeline.models.tokenizer import build_clip_tokenizer
 
     def embedder(name):
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
@@ -66,13 +66,13 @@ def real_judges(device, metrics, batch_size):
                 embedder("ViT-B-32"), "a pixel art style image", "a realistic photo", batch_size=batch_size
             )
         elif m == "safety":
-            from pipeline.safety import NudeNetClassifier
+            from pipeline.judges.safety_classifiers import NudeNetClassifier
 
             out[m] = SafetyJudge(NudeNetClassifier(device=str(device)))
         elif m == "safety-sd":
             from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
-            from pipeline.safety import SDSafetyChecker
+            from pipeline.judges.safety_classifiers import SDSafetyChecker
 
             checker = SDSafetyChecker.__new__(SDSafetyChecker)  # real-size model, random weights, no loading
             vit_l = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
@@ -104,7 +104,7 @@ def main():
     import torch
     from PIL import Image
 
-    from pipeline.models import resolve_device
+    from pipeline.models.loading import resolve_device
 
     device = resolve_device(args.device)
     metrics = [m for m in args.metrics.split(",") if m]

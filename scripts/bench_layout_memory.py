@@ -1,5 +1,5 @@
 """Peak memory of reading a large public-layout input (issue 27): a synthetic HPDv3 JSON of N records
-and a synthetic WebDataset tar of M samples, read through ``pipeline.layouts.open_pairs`` as
+and a synthetic WebDataset tar of M samples, read through ``pipeline.data.layouts.open_pairs`` as
 ``precompute`` reads them (the shard index pass, then every shard batch by batch, image bytes
 resolved), each in a fresh process; ``json.load`` of the same JSON beside it for contrast.
 
@@ -92,8 +92,8 @@ def child(mode: str, path: str) -> None:
         return precompute_rss(path)
     import pyarrow  # noqa: F401 - the floor includes what a stage imports anyway
 
-    from pipeline.images import image_bytes
-    from pipeline.layouts import LayoutOptions, open_pairs
+    from pipeline.data.images import image_bytes
+    from pipeline.data.layouts import LayoutOptions, open_pairs
 
     floor = _rss_mb()
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.model == "sdxl-arch":  # 2.6B weights: built on the meta device (shapes only)
-        from pipeline.builtin_models import sdxl_arch_components
+        from pipeline.models.builtin import sdxl_arch_components
 
         unet = sdxl_arch_components(torch.float32, "meta", skip=("vae", "text_encoder", "text_encoder_2"))["unet"]
     else:  # random weights from the model's config, on the CPU

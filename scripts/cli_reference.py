@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.options import declared_options  # noqa: E402
+from pipeline.cli.options import declared_options  # noqa: E402
 
 
 def commands() -> list[tuple[str, type]]:

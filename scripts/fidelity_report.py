@@ -53,7 +53,7 @@ def dataset_rates(out: Path, dataset: str, models: tuple[str, ...]) -> dict:
 def judge_checks(settings: dict, seeds: int = 4) -> dict:
     """Judges vs renders and vs the prompts of the base model's own held-out generations (sampled
     with the run's ``num_inference_steps`` and ``guidance_scale``)."""
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
     from pipeline.world.checks import base_model_check
     from pipeline.world.judges import agreement_on_renders
 
@@ -99,8 +99,8 @@ def loss_curves(out: Path, dataset: str, objectives: tuple[str, ...] = OLD_OBJEC
 def image_grid_file(out: Path, dataset: str, models: tuple[str, ...], rows_shown: int = 12) -> Path:
     from PIL import Image
 
-    from pipeline.images import labelled_grid
-    from pipeline.prompts import load_prompts
+    from pipeline.data.images import labelled_grid
+    from pipeline.data.prompts import load_prompts
 
     ev = out / dataset / "eval"
     settings = json.loads((ev / "summary.json").read_text())["settings"]

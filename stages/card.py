@@ -10,7 +10,7 @@ import importlib.resources
 import string
 from pathlib import Path
 
-from pipeline.atomic import write_text_atomic
+from pipeline.data.atomic import write_text_atomic
 
 TEMPLATES = {"style": "pick_style.md", "safety": "pick_safety.md", "reward": "pick_reward.md"}
 # The generation settings worth reading in a card (the full config is in the input manifest).

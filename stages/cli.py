@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli_support import one_line_errors_group
-from pipeline.formatting import count
-from pipeline.options import command
+from pipeline.cli.formatting import count
+from pipeline.cli.options import command
+from pipeline.cli.support import one_line_errors_group
 
 from .generate import GenerateConfig
 from .inspect import InspectConfig

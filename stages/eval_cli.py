@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.formatting import count, distinct_digits
+from pipeline.cli.formatting import count, distinct_digits
+from pipeline.cli.options import command
 from pipeline.judges.registry import get_judge
-from pipeline.options import command
 
 from .evaluate import BASE, EvalConfig
 

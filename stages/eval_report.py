@@ -10,8 +10,8 @@ import json
 import random
 from pathlib import Path
 
-from pipeline.atomic import write_text_atomic
-from pipeline.images import data_uri, image_grid
+from pipeline.data.atomic import write_text_atomic
+from pipeline.data.images import data_uri, image_grid
 
 from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, rate_ci, win_rate
 

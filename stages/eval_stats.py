@@ -6,7 +6,7 @@ differences, the fidelity tables, which read mapo-eval's) comes from :func:`boot
 prompt of each value as its group: the images of one prompt are correlated, so resampling them one by
 one makes an interval too narrow (6 prompts x 8 seeds, a candidate winning every seed of 3 prompts and
 losing the rest: [0.354, 0.646] by image, [0.167, 0.833] by prompt). A value that is NaN or inf
-(:mod:`pipeline.judge_scores`) is left out of every statistic, with its pair, and counted as ``dropped``.
+(:mod:`pipeline.judges.scores`) is left out of every statistic, with its pair, and counted as ``dropped``.
 """
 from __future__ import annotations
 

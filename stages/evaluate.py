@@ -18,13 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pipeline.atomic import atomic_write, write_json_atomic
-from pipeline.errors import UserError
-from pipeline.families import get_family
-from pipeline.judges.options import JudgeOptions
-from pipeline.judges.registry import check_judges, check_prompts
-from pipeline.models import check_model_available, check_resolution
-from pipeline.options import (
+from pipeline.cli.options import (
     PANEL_IO,
     PANEL_RUN,
     PANEL_SAMPLING,
@@ -43,11 +37,17 @@ from pipeline.options import (
     seed_option,
     vae_option,
 )
-from pipeline.output_folder import OutputFolder
-from pipeline.progress import progress_bar
-from pipeline.prompts import PromptSet, load_prompts
-from pipeline.seeds import derive_seed
-from pipeline.training_output import TrainingOutput, load_lora, load_unet, read_training_output
+from pipeline.cli.progress import progress_bar
+from pipeline.data.atomic import atomic_write, write_json_atomic
+from pipeline.data.output_folder import OutputFolder
+from pipeline.data.prompts import PromptSet, load_prompts
+from pipeline.errors import UserError
+from pipeline.families import get_family
+from pipeline.judges.options import JudgeOptions
+from pipeline.judges.registry import check_judges, check_prompts
+from pipeline.models.loading import check_model_available, check_resolution
+from pipeline.models.training_output import TrainingOutput, load_lora, load_unet, read_training_output
+from pipeline.runtime.seeds import derive_seed
 
 EVAL_CONFIG = "eval_config.json"
 SCORES = "scores.parquet"
@@ -59,14 +59,13 @@ DEFAULT_METRICS = ("aesthetic", "hps", "pickscore", "clip")
 SCORE_CHUNK = 64  # images scored between two saves of scores.parquet
 
 
-# A candidate is a training output (kept under its old names for callers).
-Candidate = TrainingOutput
+# A candidate is read as a training output (kept under its old name for callers).
 read_candidate = read_training_output
 
 
 @dataclass
 class EvalConfig:
-    """``mapo-eval``: every option, declared once (:mod:`pipeline.options`); the sampling defaults are the
+    """``mapo-eval``: every option, declared once (:mod:`pipeline.cli.options`); the sampling defaults are the
     paper's validation settings (25 steps, guidance 5.0; method.md, Evaluation)."""
 
     prompts: str = option(panel=PANEL_IO, help=(
@@ -121,7 +120,7 @@ class EvalConfig:
 
     def generation(self, base_model: str) -> dict:
         """What decides the image bytes: a rerun with other values is refused."""
-        from pipeline.models import dtype_name, resolve_device, resolve_dtype
+        from pipeline.models.loading import dtype_name, resolve_device, resolve_dtype
 
         dtype = dtype_name(resolve_dtype(self.dtype, resolve_device(self.device)))  # "auto" differs per device
         return {"model": base_model, "vae": self.vae, "dtype": dtype, "num_inference_steps": self.num_inference_steps,
@@ -149,7 +148,7 @@ class ImageKey:
         return f"images/{self.model}/{self.prompt_id}-{self.seed_index}.png"
 
 
-def _unique_names(cands: list[Candidate]) -> list[Candidate]:
+def _unique_names(cands: list[TrainingOutput]) -> list[TrainingOutput]:
     out, seen = [], {BASE}
     for c in cands:
         name, n = c.name, 2
@@ -160,15 +159,15 @@ def _unique_names(cands: list[Candidate]) -> list[Candidate]:
     return out
 
 
-def _default_resolution(cands: list[Candidate], base_model: str) -> int:
+def _default_resolution(cands: list[TrainingOutput], base_model: str) -> int:
     """The candidates' training resolution when they agree, else the base model's own."""
-    from pipeline.models import default_resolution
+    from pipeline.models.loading import default_resolution
 
     trained = {c.resolution for c in cands if c.resolution}
     return trained.pop() if len(trained) == 1 else default_resolution(base_model)
 
 
-def resolution_note(cands: list[Candidate], resolution: int, given: bool) -> str | None:
+def resolution_note(cands: list[TrainingOutput], resolution: int, given: bool) -> str | None:
     """One line when the candidates were trained at different resolutions: which, and the one every model is
     evaluated at (``given``: from ``--resolution``, else the base model's default); None when they agree."""
     trained = {c.name: c.resolution for c in cands if c.resolution}
@@ -180,7 +179,7 @@ def resolution_note(cands: list[Candidate], resolution: int, given: bool) -> str
             f"({why})")
 
 
-def text_encoding_note(cands: list[Candidate]) -> str | None:
+def text_encoding_note(cands: list[TrainingOutput]) -> str | None:
     """One line when the candidates' text was encoded differently (SD3: T5 on or off, T5 tokens): each is
     sampled as it was trained (the base model with the pipeline's defaults), so their images differ in
     conditioning as well as weights; None when they agree."""
@@ -206,14 +205,14 @@ def _model_path(path: str, out: Path) -> str:
     return Path(os.path.relpath(local.resolve(), Path(out).resolve())).as_posix()
 
 
-def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
+def _check_unets_fit(cands: list[TrainingOutput], base_model: str) -> None:
     """Refuse, before any image is made, a candidate whose UNet does not fit ``base_model``'s pipeline
     (another family, or the same family with other text-encoder or time-embedding widths).
 
     Raises:
         UserError: naming the candidate, the settings that differ and what to pass instead.
     """
-    from pipeline.models import model_family_of, unet_config
+    from pipeline.models.loading import model_family_of, unet_config
 
     base = unet_config(base_model)
     fit_keys = model_family_of(base_model).fit_keys
@@ -233,8 +232,8 @@ def _check_unets_fit(cands: list[Candidate], base_model: str) -> None:
                             f"'{base_model}' ({shown}); pass the model it was trained from or leave --model out")
 
 
-def _resolve_base(cfg: EvalConfig, cands: list[Candidate]) -> str:
-    from pipeline.models import DEFAULT_MODEL
+def _resolve_base(cfg: EvalConfig, cands: list[TrainingOutput]) -> str:
+    from pipeline.models.loading import DEFAULT_MODEL
 
     trained_on = {c.base_model for c in cands if c.base_model}
     if cfg.model is None:
@@ -299,8 +298,8 @@ def _save_state(out: Path, state: dict) -> None:
 
 def _patch_batch_invariant(pipe) -> None:
     """Per-sample UNet once per UNet object (candidates swap UNets in and out)."""
-    from pipeline.batch_invariance import make_batch_invariant
     from pipeline.families import family_of_pipe
+    from pipeline.runtime.batch_invariance import make_batch_invariant
 
     denoiser = family_of_pipe(pipe).denoiser(pipe)
     if not getattr(denoiser, "_mapo_batch_invariant", False):
@@ -318,7 +317,7 @@ class _ModelSwitch:
         self.pipe, self.base_unet, self.batch_invariant = pipe, self.family.denoiser(pipe), batch_invariant
         self.t5 = None
 
-    def use(self, cand: Candidate | None) -> None:
+    def use(self, cand: TrainingOutput | None) -> None:
         """Put ``cand``'s weights in (None: the base model as loaded); a candidate trained without T5 samples
         without it (``text_encoder_3=None``: zeros where T5 goes, as its latents had)."""
         pipe = self.pipe
@@ -331,7 +330,7 @@ class _ModelSwitch:
         if self.batch_invariant:
             _patch_batch_invariant(pipe)
 
-    def restore(self, cand: Candidate | None) -> None:
+    def restore(self, cand: TrainingOutput | None) -> None:
         if cand is None:
             return
         if cand.t5 is False:
@@ -348,10 +347,10 @@ def _write_png(image, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
-def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, Candidate | None]],
+def _generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, TrainingOutput | None]],
                       prompt_set: PromptSet, out: Path) -> int:
-    from pipeline.conditioning import report_truncation
-    from pipeline.models import load_pipeline, resolve_device, resolve_dtype
+    from pipeline.models.conditioning import report_truncation
+    from pipeline.models.loading import load_pipeline, resolve_device, resolve_dtype
 
     from .generate import generate_images
     from .recipes import ImageRequest
@@ -475,7 +474,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
         print(f"note: {note}", file=sys.stderr)
     prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
     check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts], cfg.resolution)
-    models: list[tuple[str, Candidate | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
+    models: list[tuple[str, TrainingOutput | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
     model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None}}
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
                                 "fingerprint": c.fingerprint(),

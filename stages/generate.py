@@ -14,20 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.distributed import accelerator_device, current_process
-from pipeline.images import IMAGE_FORMATS, encode_image
-from pipeline.models import (
-    DEFAULT_MODEL,
-    check_model_available,
-    check_resolution,
-    compile_unet,
-    default_resolution,
-    dtype_name,
-    load_pipeline,
-    resolve_device,
-    resolve_dtype,
-)
-from pipeline.options import (
+from pipeline.cli.options import (
     PANEL_IO,
     PANEL_RUN,
     at_least,
@@ -48,10 +35,23 @@ from pipeline.options import (
     seed_option,
     vae_option,
 )
-from pipeline.prompts import load_prompts
-from pipeline.seeds import derive_seed, initial_noise
-from pipeline.shards import ShardedOutput, shard_ranges
-from pipeline.stage_runner import ShardedStage, run_sharded
+from pipeline.data.images import IMAGE_FORMATS, encode_image
+from pipeline.data.prompts import load_prompts
+from pipeline.data.shards import ShardedOutput, shard_ranges
+from pipeline.models.loading import (
+    DEFAULT_MODEL,
+    check_model_available,
+    check_resolution,
+    compile_unet,
+    default_resolution,
+    dtype_name,
+    load_pipeline,
+    resolve_device,
+    resolve_dtype,
+)
+from pipeline.runtime.distributed import accelerator_device, current_process
+from pipeline.runtime.seeds import derive_seed, initial_noise
+from pipeline.runtime.stage_runner import ShardedStage, run_sharded
 
 from .recipes import RecipeConfig, image_requests, pair_caption
 
@@ -63,7 +63,7 @@ ROW_GROUP_ROWS = 16
 
 @dataclass
 class GenerateConfig:
-    """``mapo-data generate``: every option, declared once (:mod:`pipeline.options`)."""
+    """``mapo-data generate``: every option, declared once (:mod:`pipeline.cli.options`)."""
 
     prompts: str = option(help="Prompt source: .txt (one per line), .jsonl/.csv/.parquet, or a datasets name.",
                           panel=PANEL_IO)
@@ -75,7 +75,7 @@ class GenerateConfig:
     device: str = device_option()
     num_inference_steps: int = num_inference_steps_option(30)
     guidance_scale: float = guidance_scale_option(5.0)
-    resolution: int | None = resolution_option()  # None: pipeline.models.default_resolution(model)
+    resolution: int | None = resolution_option()  # None: pipeline.models.loading.default_resolution(model)
     seed: int = seed_option("Global seed; each image's seed derives from (seed, prompt id, image index).")
     shard_size: int = option(100, help="Pairs per Parquet shard.", check=at_least(1), panel=PANEL_IO)
     batch_size: int = option(4, help="Prompts per pipeline call (each gives its pair or --images-per-prompt images).",
@@ -183,8 +183,8 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig, max_sequence_len
     candidate's latents were encoded with."""
     import torch
 
-    from pipeline.conditioning import concat_embeddings, encode_text
     from pipeline.families import family_of_pipe
+    from pipeline.models.conditioning import concat_embeddings, encode_text
 
     guidance = cfg.guidance_scale > 1.0
     # Each prompt is encoded alone (cheap next to the denoising steps): the embeddings do not
@@ -215,7 +215,7 @@ def _write_shard(out: ShardedOutput, k: int, batches, shared: dict, recipe: Reci
     counters."""
     import pyarrow as pa
 
-    from pipeline.hf_features import with_hf_features
+    from pipeline.data.hf_features import with_hf_features
 
     n = recipe.images_per_prompt
     rows = []
@@ -287,7 +287,7 @@ class _GenerateShards:
     def setup(self, todo: list[int]) -> None:
         if not todo:
             return
-        from pipeline.batch_invariance import make_batch_invariant
+        from pipeline.runtime.batch_invariance import make_batch_invariant
 
         cfg = self.cfg
         self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=self.dtype, device=self.device)

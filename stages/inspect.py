@@ -11,13 +11,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import write_text_atomic
+from pipeline.cli.options import at_least, check_options, option
+from pipeline.data.atomic import write_text_atomic
+from pipeline.data.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
+from pipeline.data.layouts import LayoutOptions
+from pipeline.data.shards import input_kind, input_shard_files, read_manifest
 from pipeline.errors import UserError
-from pipeline.images import ImageDecodeError, data_uri, decode_image, encode_image, image_column_bytes, image_mime
-from pipeline.layouts import LayoutOptions
-from pipeline.options import at_least, check_options, option
-from pipeline.shards import input_kind, input_shard_files, read_manifest
-from pipeline.stage_runner import reason_kind
+from pipeline.runtime.stage_runner import reason_kind
 
 from .reward_label import candidate_count
 
@@ -39,7 +39,7 @@ HIST_WIDTH = 40
 
 @dataclass
 class InspectConfig:
-    """``mapo-data inspect``: every option, declared once (:mod:`pipeline.options`)."""
+    """``mapo-data inspect``: every option, declared once (:mod:`pipeline.cli.options`)."""
 
     directory: str = option(argument=True, help=(
         "A mapo-data output folder (label, generate, precompute), or preference pairs as a file, a folder or a "
@@ -94,7 +94,7 @@ class Summary:
 
 
 def group_reasons(counts) -> tuple[dict, dict]:
-    """``(reason, rows)`` pairs grouped by kind (:func:`pipeline.stage_runner.reason_kind`, the key precompute
+    """``(reason, rows)`` pairs grouped by kind (:func:`pipeline.runtime.stage_runner.reason_kind`, the key precompute
     counts by): ``({kind: rows}, most first; {kind: up to EXAMPLES_PER_REASON full reasons})``. A million
     missing files are one row "image file not readable" and two examples, not a million rows."""
     kinds: dict[str, int] = {}
@@ -131,9 +131,9 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
 
     Bin edges print with 4 decimals, or more when the bins are narrower: at least one decimal below
     the bin width's first significant digit, so adjacent edges never print alike ("[0.4999, 0.4999)").
-    NaN and inf scores (:mod:`pipeline.judge_scores`) are in no bin: a last line counts them.
+    NaN and inf scores (:mod:`pipeline.judges.scores`) are in no bin: a last line counts them.
     """
-    from pipeline.judge_scores import finite_values
+    from pipeline.judges.scores import finite_values
 
     values, dropped = finite_values(v for v in values if v is not None)
     note = f"\n  non-finite (NaN or inf), in no bin: {dropped}" if dropped else ""
@@ -157,9 +157,9 @@ def text_histogram(values: list[float], bins: int = HIST_BINS, width: int = HIST
 
 
 def _input_summary(directory: str, layout: LayoutOptions | None) -> Summary | None:
-    """A public-layout input (``pipeline.layouts``) as it is: pairs per label outcome, missing images, the
+    """A public-layout input (``pipeline.data.layouts``) as it is: pairs per label outcome, missing images, the
     vote-margin histogram; None for a mapo-data output or Pick-a-Pic Parquet."""
-    from pipeline.layouts.summary import summarize_input
+    from pipeline.data.layouts.summary import summarize_input
 
     c = summarize_input(directory, options=layout)
     if c is None:

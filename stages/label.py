@@ -20,12 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.distributed import accelerator_device, current_process
-from pipeline.errors import UserError
-from pipeline.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
-from pipeline.judge_scores import is_finite_score
-from pipeline.layouts import LayoutOptions, as_shard, open_pairs
-from pipeline.options import (
+from pipeline.cli.options import (
     PANEL_IO,
     check_options,
     device_option,
@@ -34,8 +29,13 @@ from pipeline.options import (
     overwrite_option,
     split_option,
 )
-from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, input_kind, read_manifest
-from pipeline.stage_runner import ShardedStage, run_sharded
+from pipeline.data.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
+from pipeline.data.layouts import LayoutOptions, as_shard, open_pairs
+from pipeline.data.shards import SPLIT, ShardedOutput, check_output_apart, input_kind, read_manifest
+from pipeline.errors import UserError
+from pipeline.judges.scores import is_finite_score
+from pipeline.runtime.distributed import accelerator_device, current_process
+from pipeline.runtime.stage_runner import ShardedStage, run_sharded
 
 from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
 
@@ -48,7 +48,7 @@ FRONT = ("caption", "jpg_0", "jpg_1", *LABEL_COLUMNS, "pair_id")
 
 @dataclass
 class LabelConfig:
-    """``mapo-data label``: every option, declared once (:mod:`pipeline.options`)."""
+    """``mapo-data label``: every option, declared once (:mod:`pipeline.cli.options`)."""
 
     input: str = option(panel=PANEL_IO, help=(
         "Pairs: a generate output folder, or Pick-a-Pic Parquet (file or folder with caption, jpg_0, jpg_1)."))
@@ -89,7 +89,7 @@ class LabelResult:
     def summary(self) -> str:
         """The CLI's line: what came in (pairs, or prompts of K candidates and the pairs formed from them),
         kept, rejected, disagreements, time."""
-        from pipeline.formatting import count
+        from pipeline.cli.formatting import count
 
         if self.candidates == 2:
             what, rate = count(self.pairs_in, "pair"), f"{self.pairs_per_second:.2f} pairs/s"
@@ -110,11 +110,11 @@ class LabelResult:
 
 @dataclass
 class LabelInput:
-    kind: str  # "generate" (ours), "pickapic" or another layout of pipeline.layouts
-    files: list[Path]  # the input shards (pipeline.layouts.InputShard: path-like, read like a ParquetFile)
+    kind: str  # "generate" (ours), "pickapic" or another layout of pipeline.data.layouts
+    files: list[Path]  # the input shards (pipeline.data.layouts.InputShard: path-like, read like a ParquetFile)
     manifest: dict | None
     split: str = SPLIT  # the split the files belong to; the output shards are named after it
-    layout: dict | None = None  # another layout's name, settings and label rule (pipeline.layouts), for the card
+    layout: dict | None = None  # another layout's name, settings and label rule (pipeline.data.layouts), for the card
 
     def fingerprint(self) -> str:
         parts = [str((self.manifest or {}).get("fingerprint"))] + [f"{f.name}:{f.stat().st_size}" for f in self.files]
@@ -125,7 +125,7 @@ class LabelInput:
 
 def open_input(path: str, split: str = SPLIT, layout: LayoutOptions | None = None) -> LabelInput:
     """Find the input shards (``split``'s, where the folder holds several) and check they are pairs
-    we can label, or fail in one line (UserError). Splits and layouts follow ``pipeline.layouts.open_pairs``."""
+    we can label, or fail in one line (UserError). Splits and layouts follow ``pipeline.data.layouts.open_pairs``."""
     root, kind = Path(path), input_kind(path, "--input")
     manifest = read_manifest(root) if kind == "folder" else None
     if manifest is not None:
@@ -184,11 +184,12 @@ def _with_style_text(spec, source: LabelInput):
     its own; otherwise --style-text is required. Checked before any model loads or file is written."""
     from dataclasses import replace
 
-    from pipeline.prompt_prefixes import STYLE_TEXTS
+    from pipeline.data.prompt_prefixes import STYLE_TEXTS
 
     if spec.verify == "world-style":
-        from pipeline.world.judges import WORLD_STYLES
+        from pipeline.judges import get_judge
 
+        WORLD_STYLES = get_judge("world-style").styles  # the world's looks, declared by its judge plugin
         style = (source.manifest or {}).get("identity", {}).get("style")
         if style not in WORLD_STYLES:
             raise UserError("--verify world-style checks pairs made by generate --recipe style --style "
@@ -344,10 +345,10 @@ def label_shard(out: ShardedOutput, k: int, path: Path, labeler, batch_size: int
     """Label one input file into output shard k, written atomically; returns its stats."""
     import pyarrow as pa
 
-    from pipeline.hf_features import with_hf_features
+    from pipeline.data.hf_features import with_hf_features
 
     t0 = time.perf_counter()
-    pf = as_shard(path)  # any input layout (pipeline.layouts), read like a ParquetFile
+    pf = as_shard(path)  # any input layout (pipeline.data.layouts), read like a ParquetFile
     kept_parts, rejected_parts = [], []
     rows_in = 0
     batches = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_size))
@@ -424,7 +425,7 @@ def _finished_output(cfg: LabelConfig, source, spec: dict) -> ShardedOutput | No
 
 def run_label(cfg: LabelConfig) -> LabelResult:
     """Label all pending shards of ``cfg.output`` that belong to this process."""
-    from pipeline.models import resolve_device
+    from pipeline.models.loading import resolve_device
 
     from .card import write_card
 

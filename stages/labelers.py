@@ -21,17 +21,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
+from pipeline.cli.options import at_least, check_options, nested, option
+from pipeline.data.prompt_prefixes import STYLE_TEXTS
+from pipeline.data.shards import Describable
 from pipeline.errors import UserError
-from pipeline.judge_scores import NON_FINITE, is_finite_score
 from pipeline.judges.options import JudgeOptions
 from pipeline.judges.registry import get_judge, judge_names, judges, safety_classifier_names
-from pipeline.options import at_least, check_options, nested, option
-from pipeline.prompt_prefixes import STYLE_TEXTS
-from pipeline.reward import RULES
-from pipeline.shards import Describable
+from pipeline.judges.reward import RULES
+from pipeline.judges.scores import NON_FINITE, is_finite_score
 
 TARGETS = ("style", "safety", "reward")
-# Safety labelers: the built-in classifiers (pipeline.safety), then judges registered as classifiers (world-unsafe).
+# Safety labelers: the built-in classifiers (pipeline.judges.safety_classifiers), then judges registered as
+# classifiers (world-unsafe).
 SAFETY_LABELERS = ("nudenet", "sd-safety-checker", *safety_classifier_names(), "construction")
 LABELERS = {"style": ("construction",), "safety": SAFETY_LABELERS, "reward": ("reward",)}
 # Style checks: a CLIP zero-shot margin, or a registered judge with a threshold that reads --style (world-style).
@@ -45,7 +46,7 @@ BOTH_SAFE = "both safe"
 BOTH_UNSAFE = "both unsafe"
 TOO_CLOSE = "scores too close"
 CORRUPT_IMAGE = "corrupt image"  # decided by the stage before a labeler sees the pair
-# NON_FINITE ("non-finite judge score", pipeline.judge_scores): a classifier or style check returned NaN or inf.
+# NON_FINITE ("non-finite judge score", pipeline.judges.scores): a classifier or style check returned NaN or inf.
 
 
 
@@ -101,7 +102,7 @@ class Labeler(Describable, Protocol):
 class ClipStyleCheck:
     """Zero-shot style margin ``cos(img, style) - cos(img, opposite)`` must reach ``min_margin``."""
 
-    embedder: object  # pipeline.clip_embed.ClipEmbedder
+    embedder: object  # pipeline.judges.clip_embed.ClipEmbedder
     style_text: str | None = None  # overrides the per-style default for every pair
     opposite_text: str | None = None
     min_margin: float = 0.0
@@ -119,7 +120,7 @@ class ClipStyleCheck:
 
     def margins(self, pairs: Sequence[Pair]) -> list[tuple[float, float]]:
         """Both images' margins, grouped by style text so each text pair is embedded once."""
-        from pipeline.clip_embed import style_margin
+        from pipeline.judges.clip_embed import style_margin
 
         out: list[tuple[float, float] | None] = [None] * len(pairs)
         groups: dict[tuple[str, str], list[int]] = {}
@@ -218,7 +219,7 @@ class SafetyLabeler:
     unsafe means ``unsafety > unsafe_threshold`` (the classifier's own threshold by default).
     Pairs where both images are safe or both unsafe carry no safety preference and are dropped,
     as are pairs whose scores differ by less than ``min_gap`` (a coin flip of the classifier), and
-    pairs with a NaN or infinite score (:data:`~pipeline.judge_scores.NON_FINITE`: NaN is never above
+    pairs with a NaN or infinite score (:data:`~pipeline.judges.scores.NON_FINITE`: NaN is never above
     the threshold, so it would pass for safe).
     """
 
@@ -334,13 +335,13 @@ class LabelerSpec:
         return name
 
     def reward_weights(self) -> dict[str, float]:
-        """``--reward`` parsed (:func:`pipeline.reward.parse_reward`), with what its judges need checked.
+        """``--reward`` parsed (:func:`pipeline.judges.reward.parse_reward`), with what its judges need checked.
 
         Raises:
             UserError: no ``--reward``, a bad one, or a judge without what it reads (world-style: ``--reward-style``;
                 style: a style text).
         """
-        from pipeline.reward import parse_reward
+        from pipeline.judges.reward import parse_reward
 
         if self.reward is None:
             raise UserError(
@@ -375,7 +376,7 @@ def build_labeler(spec: LabelerSpec, device: str = "cpu", source=None) -> Labele
     if name == "construction":
         verify = None
         if spec.verify == "clip":
-            from pipeline.clip_embed import load_open_clip
+            from pipeline.judges.clip_embed import load_open_clip
 
             embedder = load_open_clip(spec.clip_model, spec.clip_pretrained, device=device)
             verify = ClipStyleCheck(
@@ -384,7 +385,7 @@ def build_labeler(spec: LabelerSpec, device: str = "cpu", source=None) -> Labele
         elif spec.verify in VERIFIERS:
             verify = JudgeStyleCheck(spec.min_style_margin, spec.verify)
         return ConstructionLabeler(verify)
-    from pipeline.safety import load_safety_classifier
+    from pipeline.judges.safety_classifiers import load_safety_classifier
 
     classifier = load_safety_classifier(name, spec.classifier_source, device=device)
     if hasattr(classifier, "batch_size"):

@@ -5,10 +5,10 @@ label_1; or, for Diffusion-KTO, unpaired examples: caption, jpg, label in {0, 1}
 shard k, so any process count and any resume give the same shards.
 Ties are dropped and counted; pairs are stored chosen first; rows whose images do not decode
 (or are absurdly large) or whose labels are missing go to ``rejects/`` with a reason. Images
-are prepared as the trainers prepare them (``pipeline.image_prep``), text is encoded with
-``pipeline.conditioning.encode_text``; each distinct caption is encoded once for the whole
+are prepared as the trainers prepare them (``pipeline.data.image_prep``), text is encoded with
+``pipeline.models.conditioning.encode_text``; each distinct caption is encoded once for the whole
 input: a cheap first pass over the caption/label columns gives every caption to the first
-shard that uses it. The storage format and its reader live in ``pipeline.latent_shards``.
+shard that uses it. The storage format and its reader live in ``pipeline.data.latent_shards``.
 
 The two input shapes (:class:`InputShape`) run through the same code: a pair is two images that
 share one crop, an unpaired example is one image; the shape is read from the input's columns.
@@ -23,36 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.distributed import accelerator_device, current_process
-from pipeline.errors import UserError
-from pipeline.image_prep import CROPS, prepare_images
-from pipeline.images import ImageDecodeError, decode_image, image_bytes, is_image_column
-from pipeline.judge_scores import is_finite_score
-from pipeline.latent_shards import (
-    FORMAT,
-    FORMAT_VERSION,
-    STAGE,
-    STORAGE_DTYPES,
-    check_model,
-    describe_models,
-    finite_in_storage,
-    save_array_atomic,
-    sidecar,
-    to_storage,
-)
-from pipeline.layouts import LayoutOptions, as_shard, open_pairs
-from pipeline.models import (
-    DEFAULT_MODEL,
-    check_model_available,
-    check_resolution,
-    default_resolution,
-    dtype_name,
-    load_pipeline,
-    model_family_of,
-    resolve_device,
-    resolve_dtype,
-)
-from pipeline.options import (
+from pipeline.cli.options import (
     DTYPES,
     PANEL_IO,
     PANEL_MODEL,
@@ -69,10 +40,39 @@ from pipeline.options import (
     split_option,
     vae_option,
 )
-from pipeline.prompts import text_id
-from pipeline.seeds import derive_seed
-from pipeline.shards import SPLIT, ShardedOutput, check_output_apart, read_manifest, write_json_atomic
-from pipeline.stage_runner import ShardedStage, reason_kind, run_sharded
+from pipeline.data.image_prep import CROPS, prepare_images
+from pipeline.data.images import ImageDecodeError, decode_image, image_bytes, is_image_column
+from pipeline.data.latent_shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    STAGE,
+    STORAGE_DTYPES,
+    check_model,
+    describe_models,
+    finite_in_storage,
+    save_array_atomic,
+    sidecar,
+    to_storage,
+)
+from pipeline.data.layouts import LayoutOptions, as_shard, open_pairs
+from pipeline.data.prompts import text_id
+from pipeline.data.shards import SPLIT, ShardedOutput, check_output_apart, read_manifest, write_json_atomic
+from pipeline.errors import UserError
+from pipeline.judges.scores import is_finite_score
+from pipeline.models.loading import (
+    DEFAULT_MODEL,
+    check_model_available,
+    check_resolution,
+    default_resolution,
+    dtype_name,
+    load_pipeline,
+    model_family_of,
+    resolve_device,
+    resolve_dtype,
+)
+from pipeline.runtime.distributed import accelerator_device, current_process
+from pipeline.runtime.seeds import derive_seed
+from pipeline.runtime.stage_runner import ShardedStage, reason_kind, run_sharded
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 UNPAIRED_COLUMNS = ("caption", "jpg", "label")
@@ -83,7 +83,7 @@ FLIPS = ("none", "both")
 class InputShape:
     """What one input row is: a preference pair, or one labelled image (Diffusion-KTO's unpaired data)."""
 
-    name: str  # "pairs" | "unpaired": the latents' ``shape`` (pipeline.latent_shards)
+    name: str  # "pairs" | "unpaired": the latents' ``shape`` (pipeline.data.latent_shards)
     columns: tuple[str, ...]  # required input columns
     images: tuple[str, ...]  # image columns, in stored order for a pair after the chosen-first swap
     labels: tuple[str, ...]
@@ -102,7 +102,7 @@ PANEL_PREP = "Image preparation and storage"
 
 @dataclass
 class PrecomputeConfig:
-    """``mapo-data precompute``: every option, declared once (:mod:`pipeline.options`)."""
+    """``mapo-data precompute``: every option, declared once (:mod:`pipeline.cli.options`)."""
 
     input: str = option(flags=("--input",), panel=PANEL_IO, help=(
         "Preference shards: a folder (data/*.parquet), a Parquet file or a glob, with caption, jpg_0, jpg_1, "
@@ -178,7 +178,7 @@ class PrecomputeResult:
 
 # -- input -----------------------------------------------------------------------------------
 def _parquet(f: Path):
-    """An input shard (``pipeline.layouts``: any layout, read like a ParquetFile); a path is read as Parquet."""
+    """An input shard (``pipeline.data.layouts``: any layout, read like a ParquetFile); a path is read as Parquet."""
     return as_shard(f)
 
 
@@ -415,7 +415,7 @@ def _encode_captions(pipe, captions: list[str], batch_size: int, storage_dtype: 
                      max_sequence_length: int | None = None):
     import numpy as np
 
-    from pipeline.conditioning import encode_text
+    from pipeline.models.conditioning import encode_text
 
     embeds, pooled = [], []
     for b in range(0, len(captions), batch_size):
@@ -635,7 +635,7 @@ def _warn_if_nothing_kept(summed: dict | None, root: Path, shape: InputShape) ->
     """Main process: an output of no pair (example) says so with its top reasons (ties included)."""
     import sys
 
-    from pipeline.stage_runner import nothing_kept_warning
+    from pipeline.runtime.stage_runner import nothing_kept_warning
 
     if summed is None:
         return

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.cli.options import at_least, check_options, not_blank, option
+from pipeline.data.prompt_prefixes import STYLE_PREFIXES as STYLES
+from pipeline.data.prompt_prefixes import UNSAFE_PREFIX as DEFAULT_UNSAFE_PREFIX
 from pipeline.errors import UserError
-from pipeline.options import at_least, check_options, not_blank, option
-from pipeline.prompt_prefixes import STYLE_PREFIXES as STYLES
-from pipeline.prompt_prefixes import UNSAFE_PREFIX as DEFAULT_UNSAFE_PREFIX
 
 RECIPES = ("style", "safety", "seeds")
 SAFETY_CAPTIONS = ("prefixed", "plain")

@@ -6,14 +6,14 @@ Every candidate is scored by each judge of ``--reward`` (the registered judges o
 :mod:`pipeline.judges`: ``pickscore``, ``hps``, ``aesthetic``, ``clip``, the world's judges ...)
 against the row's caption; the scores are standardised with each judge's mean and std over the
 input's first ``--calibration-rows`` rows (the same rows for every process, so any process count
-writes the same shards) and summed with the weights (:func:`pipeline.reward.combine`); the rule
-(:func:`pipeline.reward.pair_candidates`) forms the pairs. A row may thus give 0, 1 or several
+writes the same shards) and summed with the weights (:func:`pipeline.judges.reward.combine`); the rule
+(:func:`pipeline.judges.reward.pair_candidates`) forms the pairs. A row may thus give 0, 1 or several
 output pairs, each in the Pick-a-Pic layout of the other targets: the two candidates in their
 original order as ``jpg_0``/``jpg_1`` (with their per-candidate columns, e.g. ``seed_0``/``seed_1``),
 ``label_0``/``label_1``, the rewards in ``score_0``/``score_1``, and ``rule``, ``reward_gap``,
 ``candidate_0``/``candidate_1``, ``num_candidates``, ``judge_scores_0``/``judge_scores_1`` (each
 judge's raw score, JSON). Ties, near ties, undecodable candidates and candidates a judge scored with NaN
-or inf (:data:`pipeline.judge_scores.NON_FINITE`) go to ``rejects/`` with their reason.
+or inf (:data:`pipeline.judges.scores.NON_FINITE`) go to ``rejects/`` with their reason.
 On a pair input a row whose original label (``label_0``/``label_1`` or the recipe's intended
 image) the judges reverse has ``disagrees = true``.
 """
@@ -26,10 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pipeline.data.images import ImageDecodeError, decode_image, image_column_bytes
 from pipeline.errors import UserError
-from pipeline.images import ImageDecodeError, decode_image, image_column_bytes
-from pipeline.judge_scores import NON_FINITE, is_finite_score
-from pipeline.reward import (
+from pipeline.judges.reward import (
     NEAR_TIE,
     TIE,
     Scale,
@@ -40,6 +39,7 @@ from pipeline.reward import (
     pair_candidates,
     reward_text,
 )
+from pipeline.judges.scores import NON_FINITE, is_finite_score
 
 from .label import FRONT, LABEL_COLUMNS, _input_choice, _pair_id
 from .labelers import CORRUPT_IMAGE
@@ -88,7 +88,7 @@ class RewardLabeler:
     """Scores candidates with ``judges`` (name -> :class:`pipeline.judges.Judge`), combines them with ``weights``
     and pairs them by ``rule``.
 
-    ``scales`` (one :class:`~pipeline.reward.Scale` per judge) must be set, by :meth:`calibrate`, before
+    ``scales`` (one :class:`~pipeline.judges.reward.Scale` per judge) must be set, by :meth:`calibrate`, before
     :meth:`label_table`. ``versions``: each judge's :func:`pipeline.judges.loading.judge_version`.
     """
 
@@ -110,7 +110,7 @@ class RewardLabeler:
         return {n: [float(v) for v in self.judges[n].score(list(images), list(prompts))] for n in self.weights}
 
     def rewards(self, raw: Mapping[str, Sequence[float]]) -> list[float]:
-        """Standardised, weighted, summed rewards (:func:`pipeline.reward.combine`); needs :attr:`scales`."""
+        """Standardised, weighted, summed rewards (:func:`pipeline.judges.reward.combine`); needs :attr:`scales`."""
         if self.scales is None:
             raise RuntimeError("RewardLabeler.calibrate must run before rewards")
         return combine(raw, self.weights, self.scales, self.higher_is_better)
@@ -118,11 +118,11 @@ class RewardLabeler:
     def calibrate(self, files: Sequence[Path], read_batch: int = 64) -> dict[str, Scale]:
         """Fit each judge's scale on the candidates of the first :attr:`calibration_rows` rows of ``files``
         (in order; undecodable candidates left out). No candidate at all: mean 0, std 1."""
-        from pipeline.layouts import as_shard
+        from pipeline.data.layouts import as_shard
 
         images, prompts, left = [], [], self.calibration_rows
         for f in files:
-            pf = as_shard(f)  # any input layout (pipeline.layouts), read like a ParquetFile
+            pf = as_shard(f)  # any input layout (pipeline.data.layouts), read like a ParquetFile
             k = candidate_count(pf.schema_arrow.names)
             for batch in pf.iter_batches(
                 batch_size=min(read_batch, left), columns=["caption"] + [f"jpg_{i}" for i in range(k)]
@@ -146,7 +146,7 @@ class RewardLabeler:
     def label_table(self, batch, base_dir: Path | None = None):
         """Pairs from a batch of input rows: ``(kept, rejected)`` Arrow tables in the label layout.
 
-        Pairs come row by row, in :func:`pipeline.reward.pair_candidates`' order; a row with undecodable
+        Pairs come row by row, in :func:`pipeline.judges.reward.pair_candidates`' order; a row with undecodable
         candidates, or candidates a judge scored NaN or inf, gives one reject (``corrupt image`` when any
         is undecodable, else ``non-finite judge score``: its first bad candidate beside another, every bad
         one named in ``detail``) and is paired among the rest.
@@ -327,7 +327,7 @@ def build_reward_labeler(spec, device: str = "cpu", source=None) -> RewardLabele
     if source is not None:
         readers = [get_judge(n) for n in weights if get_judge(n).check_prompts is not None]
         if readers:
-            from pipeline.layouts import as_shard  # any input layout, not only Parquet
+            from pipeline.data.layouts import as_shard  # any input layout, not only Parquet
 
             captions = [c for f in source.files for c in as_shard(f).read(columns=["caption"])["caption"].to_pylist()]
             for judge in readers:

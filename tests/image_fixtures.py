@@ -37,7 +37,7 @@ def gray(size=256):
 
 
 def png(image) -> bytes:
-    from pipeline.images import encode_image
+    from pipeline.data.images import encode_image
 
     return encode_image(image, "png")
 

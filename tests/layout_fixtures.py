@@ -1,4 +1,4 @@
-"""The same preference pairs written in each public input layout (pipeline.layouts), with the real
+"""The same preference pairs written in each public input layout (pipeline.data.layouts), with the real
 file and column names: HPDv3 JSON + image files, a Rapidata-style vote-count Parquet, a TRL
 chosen/rejected Parquet, WebDataset tars as the diffusers ORPO script reads them, and Pick-a-Pic."""
 from __future__ import annotations

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError, writing_output
-from pipeline.weights_files import check_readable, reading_weights
+from pipeline.models.weights_files import check_readable, reading_weights
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -72,7 +72,7 @@ def resolve_resume(output_dir, spec: str | None) -> Path | None:
 def load_checkpoint(accelerator, path) -> None:
     """Restore the full training state from checkpoint folder ``path`` (accelerate's load_state).
 
-    Raises :class:`~pipeline.weights_files.WeightsFileError` naming the file when one in the
+    Raises :class:`~pipeline.models.weights_files.WeightsFileError` naming the file when one in the
     checkpoint is unreadable (truncated by a full disk, emptied, overwritten), and lets the
     registered load hooks' :class:`UserError` through.
     """

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli_support import signal_exit_code
-from pipeline.formatting import count, distinct_digits
-from pipeline.options import command
+from pipeline.cli.formatting import count, distinct_digits
+from pipeline.cli.options import command
+from pipeline.cli.support import signal_exit_code
 
 from .config import TrainConfig
 

@@ -2,16 +2,14 @@
 
 ``mapo-train`` options and ``--config file.yaml`` keys are the same names (dashes or
 underscores). Precedence: defaults < YAML < options given on the command line
-(:func:`pipeline.options.command`).
+(:func:`pipeline.cli.options.command`).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from pipeline.errors import UserError
-from pipeline.judges.registry import judge_names
-from pipeline.options import (
+from pipeline.cli.options import (
     RESOLUTION_HELP,
     at_least,
     between,
@@ -25,7 +23,9 @@ from pipeline.options import (
     prompt_split_option,
     resolution_option,
 )
-from pipeline.prompt_prefixes import STYLE_TEXTS
+from pipeline.data.prompt_prefixes import STYLE_TEXTS
+from pipeline.errors import UserError
+from pipeline.judges.registry import judge_names
 
 OBJECTIVES = ("mapo", "dpo", "sft", "kto", "spo")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -47,7 +47,7 @@ P_SPO = "Online (SPO)"
 
 @dataclass
 class TrainConfig:
-    """``mapo-train``: every option, declared once (:mod:`pipeline.options`). Defaults are the paper's
+    """``mapo-train``: every option, declared once (:mod:`pipeline.cli.options`). Defaults are the paper's
     (method.md: AdamW 0.9/0.999, weight decay 1e-2, eps 1e-8, grad clip 1.0, constant LR; beta 0.1 for
     MaPO, 5000 for Diffusion-DPO; Diffusion-KTO's beta 1000 and lambdas 1 from its public code,
     jacklishufan/diffusion-kto); names follow the diffusers training scripts."""

@@ -1,4 +1,4 @@
-"""Training data: the precompute output (pipeline.latent_shards), checked against the model, as a batch stream.
+"""Training data: the precompute output (pipeline.data.latent_shards), checked against the model, as a batch stream.
 
 Raw image shards, other stages' outputs and latents made by another model are refused by the
 reader with a message that says to run ``mapo-data precompute``.
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.cli.formatting import count
+from pipeline.data.latent_shards import LatentDataset, PairSampler, check_model, collate, open_latents
 from pipeline.errors import UserError
-from pipeline.formatting import count
-from pipeline.latent_shards import LatentDataset, PairSampler, check_model, collate, open_latents
-from pipeline.models import load_pipeline
+from pipeline.models.loading import load_pipeline
 
 from .config import TrainConfig
 
@@ -77,7 +77,7 @@ def micro_batches_this_step(sampler, accumulation: int) -> int:
     """How many micro-batches the next optimizer step takes: ``accumulation``, or the fewer left in the epoch,
     so that no step spans two epochs and none sees a pair twice.
 
-    ``sampler``: a :class:`~pipeline.latent_shards.PairSampler` (``len`` = batches per epoch; ``position`` =
+    ``sampler``: a :class:`~pipeline.data.latent_shards.PairSampler` (``len`` = batches per epoch; ``position`` =
     batches of the current epoch handed out, ``len`` when the epoch has just ended). The same on every rank
     (positions count global batches), so every rank accumulates the same number of micro-batches.
     """

@@ -11,10 +11,9 @@ OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 24
 
 
 def _is_local(model: str) -> bool:
-    from pipeline import builtin_models
+    from pipeline.models.builtin import get_builtin
 
-    builtins = builtin_models.TINY_MODELS + builtin_models.WORLD_MODELS + builtin_models.ARCH_MODELS
-    return model not in builtins and Path(model).expanduser().exists()
+    return get_builtin(model) is None and Path(model).expanduser().exists()
 
 
 def _relative(path: str, output_dir: str | Path) -> str:
@@ -31,12 +30,13 @@ def _pretrained_source(model: str, output_dir: str | Path) -> tuple[str, str, st
     a comment. A hub id as it is; a local base model relative to the output folder (``PATH_TO_THIS_FOLDER/..``);
     a built-in name, which is no hub id, through mapo-tools' own resolver (its folder is machine-specific);
     the *-arch built-ins (sdxl-arch, sd35-medium-arch, sd35-large-arch) have no folder at all (random weights)."""
-    from pipeline import builtin_models
+    from pipeline.models.builtin import get_builtin
 
-    if model in builtin_models.TINY_MODELS + builtin_models.WORLD_MODELS:
-        return (f'resolve_model_source("{model}")', "from pipeline.models import resolve_model_source\n",
+    builtin = get_builtin(model)
+    if builtin is not None and builtin.has_folder:
+        return (f'resolve_model_source("{model}")', "from pipeline.models.loading import resolve_model_source\n",
                 f"  # mapo-tools' built-in '{model}' (no hub id): its folder on this machine")
-    if model in builtin_models.ARCH_MODELS:
+    if builtin is not None:
         return (f'"{model}"', "",
                 f"  # {model}: random weights built in memory by mapo-tools; there is no folder to load")
     if _is_local(model):
@@ -71,9 +71,10 @@ def _sampling_args(max_sequence_length: int | None) -> str:
 
 
 def _example_prompt(model: str) -> str:
-    from pipeline import builtin_models
+    from pipeline.models.builtin import DEFAULT_EXAMPLE_PROMPT, get_builtin
 
-    return "a red circle at the top left" if model in builtin_models.WORLD_MODELS else "a cat on a sofa"
+    builtin = get_builtin(model)
+    return DEFAULT_EXAMPLE_PROMPT if builtin is None else builtin.example_prompt
 
 
 def _data_line(config: dict, data_info: dict, output_dir: str | Path) -> str:
@@ -111,7 +112,7 @@ def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, 
     output = "`pytorch_lora_weights.safetensors`" if lora else f"`{fam.denoiser_dir}/` (diffusers format, safetensors)"
     kind = "LoRA adapter" if lora else f"full {'UNet' if fam.denoiser_dir == 'unet' else 'transformer'} fine-tune"
     model = _relative(config["model"], output_dir)  # a local base model: relative to this folder
-    from pipeline.training_output import text_encoding_of
+    from pipeline.models.training_output import text_encoding_of
 
     t5, max_len = text_encoding_of({**config, "data_info": data_info})  # SD3: how its text was encoded
     text = f"""---

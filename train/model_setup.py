@@ -15,9 +15,9 @@ if TYPE_CHECKING:  # annotations only: torch is imported lazily to keep CLI star
 import copy
 from dataclasses import dataclass
 
-from pipeline import builtin_models
 from pipeline.errors import UserError, require
-from pipeline.models import _call_loader, compile_unet, quiet_hub_progress, resolve_model_source
+from pipeline.models.builtin import get_builtin
+from pipeline.models.loading import _call_loader, compile_unet, quiet_hub_progress, resolve_model_source
 
 from .config import TrainConfig
 
@@ -57,15 +57,15 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
     import torch
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-    from pipeline.models import model_family_of
+    from pipeline.models.loading import model_family_of
 
     quiet_hub_progress()
     fam = model_family_of(model)
     # The training scheduler of the family's noise process, from the model's own scheduler config.
     scheduler_cls = FlowMatchEulerDiscreteScheduler if fam.flow else DDPMScheduler
-    if model in builtin_models.ARCH_MODELS:
-        comps = builtin_models.arch_components(model, torch.float32, "cpu",
-                                               skip=("vae", "text_encoder", "text_encoder_2"))
+    builtin = get_builtin(model)
+    if builtin is not None and not builtin.has_folder:
+        comps = builtin.components(torch.float32, "cpu", skip=("vae", "text_encoder", "text_encoder_2"))
         return comps[fam.denoiser_dir], scheduler_cls.from_config(comps["scheduler"].config)
     source = resolve_model_source(model)
     denoiser_cls = fam.denoiser_cls()
@@ -94,7 +94,7 @@ def add_lora(unet, cfg: TrainConfig) -> None:
     )
     import torch
 
-    from pipeline.seeds import derive_seed
+    from pipeline.runtime.seeds import derive_seed
 
     try:
         # lora_A's random init from --seed, not from whatever the global RNG holds: two runs with
@@ -197,7 +197,7 @@ def _build_optimizer(cfg: TrainConfig, params):
         bnb = require("bitsandbytes", "--use-8bit-adam")
         return bnb.optim.AdamW8bit(params, **kwargs)
     if cfg.master_weights == "bf16":
-        from pipeline.seeds import derive_seed
+        from pipeline.runtime.seeds import derive_seed
 
         from .optimizers import BF16AdamW
 

@@ -1,7 +1,7 @@
 """A training run's folder: what it owns, claiming it, resuming it, and its metrics log.
 
 The trainer keeps the training loop; this module keeps the folder's rules (the output-folder
-contract of :mod:`pipeline.output_folder`, applied to a run):
+contract of :mod:`pipeline.data.output_folder`, applied to a run):
 
 - a fresh run claims ``--output-dir``: a folder holding another run is refused with the one option
   that works (``--resume-from-checkpoint latest``, a larger ``--max-steps``, or ``--overwrite``);
@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.atomic import write_json_atomic, write_text_atomic
-from pipeline.distributed import current_process, wait_for_everyone
+from pipeline.data.atomic import write_json_atomic, write_text_atomic
+from pipeline.data.output_folder import OutputFolder, differing_keys
 from pipeline.errors import UserError, writing_output
-from pipeline.output_folder import OutputFolder, differing_keys
-from pipeline.training_output import LORA_WEIGHTS, TRAINING_CONFIG
+from pipeline.models.training_output import LORA_WEIGHTS, TRAINING_CONFIG
+from pipeline.runtime.distributed import current_process, wait_for_everyone
 
 from .checkpoint import checkpoint_step, list_checkpoints
 from .validation import VALIDATION_DIR

@@ -22,8 +22,8 @@ import contextlib
 import hashlib
 import os
 
-from pipeline.distributed import launched_processes, requested_engine
 from pipeline.errors import UserError
+from pipeline.runtime.distributed import launched_processes, requested_engine
 
 DOCS = "docs/many-gpus.md"
 FSDP2_LAUNCH = "accelerate launch --use_fsdp --fsdp_version 2 ..."

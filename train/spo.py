@@ -2,7 +2,7 @@
 
 One micro-batch of ``mapo-train --objective spo``:
 
-1. ``--batch-size`` prompts from a resumable, seeded :class:`pipeline.latent_shards.PairSampler` over
+1. ``--batch-size`` prompts from a resumable, seeded :class:`pipeline.data.latent_shards.PairSampler` over
    the prompt list, encoded by the frozen text encoders (with the empty prompt for guidance).
 2. Sampling, no gradient: a stochastic DDIM trajectory (``--spo-eta`` 1.0, ``--num-inference-steps`` 20,
    ``--guidance-scale`` 5.0). From sampling step ``--spo-start-step`` (4, the public ``divert_start_step``)
@@ -10,7 +10,7 @@ One micro-batch of ``mapo-train --objective spo``:
    candidates gives each its predicted clean latent, which the VAE decodes and the preference model
    scores (the last step's candidates are scored as they are). Best and worst form a pair when the
    public code's softmax gap ``softmax(best, worst)[0] - softmax(...)[1] = tanh(gap / 2)`` passes
-   ``--spo-threshold`` (0.3 SD1.5, 0.4 SDXL), i.e. :func:`pipeline.reward.pair_candidates` with
+   ``--spo-threshold`` (0.3 SD1.5, 0.4 SDXL), i.e. :func:`pipeline.judges.reward.pair_candidates` with
    ``min_gap = 2 * atanh(threshold)``; then a RANDOM candidate (not the best) continues the trajectory.
 3. Training: one policy and one reference pass (classifier-free guided, as the public code's
    ``train.cfg``) per kept pair's x_t (winner and loser share it, so one pass gives both
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import UserError
-from pipeline.judge_scores import finite_mean, is_finite_score
+from pipeline.judges.scores import finite_mean, is_finite_score
 
 from .losses import LossOutput, spo_loss
 
@@ -54,7 +54,7 @@ def check_spo_model(model: str) -> None:
     Raises:
         UserError: ``model`` is a rectified-flow family (SD3).
     """
-    from pipeline.models import model_family_of
+    from pipeline.models.loading import model_family_of
 
     family = model_family_of(model)
     if family.flow:
@@ -194,14 +194,14 @@ def step_kwargs(sched) -> dict:
 class JudgePreference:
     """A registered judge (:mod:`pipeline.judges`) as SPO's preference model: it scores the decoded predicted
     clean image of each candidate (not step-aware: the timestep is not used). Lower-is-better judges are
-    turned around with :func:`pipeline.reward.combine` (sign -1), so a higher reward is always better."""
+    turned around with :func:`pipeline.judges.reward.combine` (sign -1), so a higher reward is always better."""
 
     def __init__(self, judge):
         self.judge = judge
         self.name = judge.name
 
     def __call__(self, images, prompts, timesteps) -> list[float]:
-        from pipeline.reward import Scale, combine
+        from pipeline.judges.reward import Scale, combine
 
         raw = self.judge.score(list(images), list(prompts))
         return combine({self.name: raw}, {self.name: 1.0}, {self.name: Scale(0.0, 1.0, len(raw))},
@@ -286,9 +286,9 @@ class OnlineSpo:
     model, sampling and the loss of one micro-batch (:meth:`loss`), for the trainer's loop."""
 
     def __init__(self, cfg, family: str, scheduler_config, accelerator, weight_dtype):
-        from pipeline.latent_shards import PairSampler
-        from pipeline.models import default_resolution, load_pipeline
-        from pipeline.prompts import load_prompts
+        from pipeline.data.latent_shards import PairSampler
+        from pipeline.data.prompts import load_prompts
+        from pipeline.models.loading import default_resolution, load_pipeline
 
         self.cfg, self.acc, self.device, self.weight_dtype = cfg, accelerator, accelerator.device, weight_dtype
         self.prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split)
@@ -354,7 +354,7 @@ class OnlineSpo:
         return next(self._stream)
 
     def _encode(self, texts: list[str]) -> Conditioning:
-        from pipeline.conditioning import encode_text, is_sdxl
+        from pipeline.models.conditioning import encode_text, is_sdxl
 
         self.pipe.to(self.device)
         # No negative prompt, as the pipelines sample: SDXL then guides with zero embeddings (its
@@ -389,7 +389,7 @@ class OnlineSpo:
     @torch.no_grad()
     def sample_pairs(self, unet, cond: Conditioning, texts: list[str], generator: torch.Generator) -> Pairs:
         """One stochastic DDIM trajectory per prompt, candidates from ``start_step`` on; the kept pairs."""
-        from pipeline.reward import pair_candidates
+        from pipeline.judges.reward import pair_candidates
 
         s, kw, dev = self.settings, self.kwargs, self.device
         b, k = len(texts), s.num_candidates

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pipeline.families import ModelFamily, family_of_denoiser
 from pipeline.families.noise import DdpmProcess, noise_process
-from pipeline.seeds import derive_seed
+from pipeline.runtime.seeds import derive_seed
 
 from .config import REFERENCE_OBJECTIVES
 from .losses import LossOutput, dpo_loss, kto_loss, mapo_loss, per_sample_error, sft_loss

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.cli.options import options_record
+from pipeline.cli.progress import progress_bar
 from pipeline.errors import UserError, writing_output
-from pipeline.options import options_record
-from pipeline.progress import progress_bar
-from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
+from pipeline.models.training_output import LORA_WEIGHTS as LORA_FILE
 
 from . import sharding
 from .checkpoint import (
@@ -67,7 +67,7 @@ class Trainer:
         self.record = options_record(cfg)  # as given: --config <this run> fills defaults in again
         self.cfg = cfg.validate()
         if cfg.model is None:  # the model the latents were made with
-            from pipeline.latent_shards import latents_model
+            from pipeline.data.latent_shards import latents_model
 
             cfg.model = latents_model(cfg.data)
         self.out = Path(cfg.output_dir)
@@ -89,7 +89,7 @@ class Trainer:
             require("bitsandbytes", "--use-8bit-adam")
         # Before the output folder is checked: --overwrite would delete an earlier run for a run that cannot
         # start. Same device rule as accelerate's, which on the CPU would not autocast fp16 at all.
-        from pipeline.distributed import _launched_multi_process, runs_on_cpu
+        from pipeline.runtime.distributed import _launched_multi_process, runs_on_cpu
 
         if cfg.mixed_precision == "fp16" and runs_on_cpu():
             raise UserError(_FP16_ON_CPU)
@@ -333,7 +333,7 @@ class Trainer:
             return {"examples": len(ds), "desirable_fraction": sum(ds.labels) / max(len(ds), 1),
                     "resolution": info.get("resolution"), "model": info.get("model")}
         # SD3: how the text was encoded, so eval and the card sample the same way even when the latent folder is
-        # moved or deleted (pipeline.training_output.text_encoding_of reads it here first).
+        # moved or deleted (pipeline.models.training_output.text_encoding_of reads it here first).
         text = {k: info[k] for k in ("t5", "max_sequence_length") if info.get(k) is not None}
         return {"pairs": len(ds), "resolution": info.get("resolution"), "model": info.get("model"), **text}
 

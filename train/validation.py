@@ -12,7 +12,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from pipeline.images import image_grid, labelled_grid
+from pipeline.data.images import image_grid, labelled_grid
 
 VALIDATION_DIR = "validation"
 
@@ -38,8 +38,8 @@ class Validator:
         """One row per prompt, one image per seed (initial noise drawn on the CPU: device-independent)."""
         import torch
 
-        from pipeline.conditioning import note_truncation, quiet_truncation_warnings
         from pipeline.families import family_of_pipe
+        from pipeline.models.conditioning import note_truncation, quiet_truncation_warnings
 
         was_training = unet.training
         unet.eval()
@@ -68,7 +68,7 @@ class Validator:
     def run(self, unet, step: int, device, autocast, trackers=()) -> Path:
         rows = self.images(unet, device, autocast)
         if not getattr(self, "_truncation_said", False):  # once per run, not once per validation
-            from pipeline.conditioning import report_truncation
+            from pipeline.models.conditioning import report_truncation
 
             report_truncation("mapo-train: validation")
             self._truncation_said = True

@@ -6,7 +6,8 @@ loaded pipeline, or its denoiser's config. Adding a family = one module and one 
 """
 from __future__ import annotations
 
-from ..errors import UserError
+from pipeline.errors import UserError
+
 from .base import ModelFamily
 from .sd3 import SD3
 from .sd15 import SD15

@@ -24,7 +24,7 @@ class ModelFamily:
     denoiser_class: ClassVar[str] = "UNet2DConditionModel"
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)  # pipeline components, in order
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
-    # Batch keys of the precomputed text conditioning besides "prompt_embeds" (pipeline.latent_shards)
+    # Batch keys of the precomputed text conditioning besides "prompt_embeds" (pipeline.data.latent_shards)
     pooled: ClassVar[bool] = False  # "pooled_prompt_embeds" [B, P]
     time_ids: ClassVar[bool] = False  # "add_time_ids" [B, 6] (SDXL's micro-conditioning)
     size_multiple: ClassVar[int] = 8  # image sides: the VAE's /8, times the transformer's patch size

@@ -9,6 +9,9 @@ as a metric are all *judges*, declared once in this package (one module per judg
 - :mod:`.loading`: :func:`load_judges`, :func:`score_images`, :func:`judge_provenance`, :func:`judge_version`.
 - :mod:`.tiny`: tiny random weights for every judge (tests, demo).
 - the judges: :mod:`.aesthetic`, :mod:`.hps`, :mod:`.pickscore`, :mod:`.clip`, :mod:`.style`, :mod:`.safety`.
+- shared by judges and their users: :mod:`.scores` (a score that is not a number never decides), :mod:`.reward`
+  (judges' scores into one reward, candidates into pairs), :mod:`.safety_classifiers` (NudeNet, the SD safety
+  checker), :mod:`.clip_embed` (the one open_clip embedding path).
 
 Weights come from a local file or folder, a hub id / ``org/repo/file`` hub file, or a URL; with
 ``HF_HUB_OFFLINE=1`` only caches are looked at, and anything missing is one

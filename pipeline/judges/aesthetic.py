@@ -9,8 +9,8 @@ import functools
 import os
 from pathlib import Path
 
+from pipeline.cli.options import option
 from pipeline.errors import UserError, one_line
-from pipeline.options import option
 
 from .options_panels import PANEL_WEIGHTS
 from .registry import JudgeSpec, LoadContext, register
@@ -91,12 +91,13 @@ class AestheticJudge:
 def load_aesthetic_mlp(weights: str):
     """Load the predictor's state dict (``layers.0.weight`` ...) into :func:`aesthetic_mlp`.
 
-    Raises :class:`ModelNotFoundError` when the file is not found, :class:`~pipeline.weights_files.WeightsFileError`
-    when it is unreadable (truncated, an HTML page ...), :class:`UserError` when it holds something else.
+    Raises :class:`ModelNotFoundError` when the file is not found,
+    :class:`~pipeline.models.weights_files.WeightsFileError` when it is unreadable (truncated, an HTML page ...),
+    :class:`UserError` when it holds something else.
     """
     import torch
 
-    from pipeline.weights_files import reading_weights
+    from pipeline.models.weights_files import reading_weights
 
     file = resolve_weights_file(weights, "aesthetic")
     try:
@@ -118,7 +119,7 @@ def build_tiny_aesthetic_weights(path: str | os.PathLike, in_dim: int = 16, seed
     """A random aesthetic MLP state dict in the predictor's key layout, saved with torch.save."""
     import torch
 
-    from pipeline.atomic import atomic_write
+    from pipeline.data.atomic import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def _load(ctx: LoadContext) -> AestheticJudge:
 
 
 def _tiny(root: Path) -> dict:
-    from pipeline.clip_embed import TINY_CLIP_CONFIG, TINY_CLIP_NAME
+    from pipeline.judges.clip_embed import TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
     from .clip_common import tiny_clip_file
 

@@ -1,10 +1,10 @@
-"""``clip``: CLIPScore, ``100 * max(cos(image, prompt), 0)`` (:func:`pipeline.clip_embed.clip_score`),
+"""``clip``: CLIPScore, ``100 * max(cos(image, prompt), 0)`` (:func:`pipeline.judges.clip_embed.clip_score`),
 higher is better (Hessel et al. 2021)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.options import option
+from pipeline.cli.options import option
 
 from .clip_common import ClipPairJudge, tiny_clip_file
 from .options_panels import PANEL_WEIGHTS
@@ -14,13 +14,13 @@ from .weights import weights_version
 
 def clip_score_judge(embedder, batch_size: int = 16) -> ClipPairJudge:
     """The ``clip`` judge over a loaded open_clip embedder."""
-    from pipeline.clip_embed import clip_score
+    from pipeline.judges.clip_embed import clip_score
 
     return ClipPairJudge("clip", embedder, clip_score, batch_size)
 
 
 def _tiny_clip(root: Path) -> dict:
-    from pipeline.clip_embed import TINY_CLIP_NAME
+    from pipeline.judges.clip_embed import TINY_CLIP_NAME
 
     return {"clip_model": TINY_CLIP_NAME, "clip_pretrained": tiny_clip_file(root)}
 

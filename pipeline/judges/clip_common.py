@@ -1,6 +1,6 @@
 """What the open_clip pair judges share (``hps``, ``clip``) and the tiny random CLIP of ``--tiny-scorers``.
 
-Every one goes through the project's one CLIP embedding path (:mod:`pipeline.clip_embed`).
+Every one goes through the project's one CLIP embedding path (:mod:`pipeline.judges.clip_embed`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class ClipPairJudge:
 def tiny_clip_file(root: Path, seed: int = 0, name: str = "tiny-clip.pt") -> str:
     """A tiny random open_clip state dict under ``root`` (built once; seed 0 is shared by the aesthetic, clip
     and style judges, as one real CLIP would be)."""
-    from pipeline.clip_embed import build_tiny_clip_weights, register_tiny_clip_config
+    from pipeline.judges.clip_embed import build_tiny_clip_weights, register_tiny_clip_config
 
     file = root / name
     tiny_once(root, name, lambda: build_tiny_clip_weights(file, seed=seed))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.options import option
+from pipeline.cli.options import option
 
 from .clip_common import ClipPairJudge, tiny_clip_file
 from .options_panels import PANEL_WEIGHTS
@@ -20,7 +20,7 @@ HPS_WEIGHTS = "xswu/HPSv2/HPS_v2.1_compressed.pt"
 def hps_score(embedder, images, prompts, batch_size: int = 32):
     """HPS v2.1 = 100 * cos(image, prompt) ``[N]`` with the HPS-tuned ViT-H-14 (HPS's own code stops at the
     cosine)."""
-    from pipeline.clip_embed import pair_cosine
+    from pipeline.judges.clip_embed import pair_cosine
 
     return 100.0 * pair_cosine(embedder, images, prompts, batch_size)
 
@@ -31,7 +31,7 @@ def hps_judge(embedder, batch_size: int = 16) -> ClipPairJudge:
 
 
 def _tiny_hps(root: Path) -> dict:
-    from pipeline.clip_embed import TINY_CLIP_NAME
+    from pipeline.judges.clip_embed import TINY_CLIP_NAME
 
     return {"hps_clip_model": TINY_CLIP_NAME, "hps_weights": tiny_clip_file(root, seed=1, name="tiny-hps.pt")}
 

@@ -23,7 +23,7 @@ def load_judges(names: Sequence[str], options=None, device="auto") -> dict[str, 
         UserError: an unknown name, or an option a judge needs is missing (checked for all before any loads).
         ModelNotFoundError: weights not found (one line saying how to provide them).
     """
-    from pipeline.models import quiet_hub_progress, resolve_device
+    from pipeline.models.loading import quiet_hub_progress, resolve_device
 
     from .options import JudgeOptions
 
@@ -50,11 +50,11 @@ def score_images(
     ``judges``: names (loaded on each call) or already loaded judges from :func:`load_judges`
     (load once, call every validation). Thresholded judges also give ``<name>_rate``: the share
     of images above the threshold (``style_rate`` = style adoption, ``safety_rate`` = unsafe share).
-    Scores that are NaN or inf (:mod:`pipeline.judge_scores`) are left out of the mean and the rate and
+    Scores that are NaN or inf (:mod:`pipeline.judges.scores`) are left out of the mean and the rate and
     counted as ``<name>_non_finite`` (only when there are any); with no finite score the mean and the rate
     are left out too.
     """
-    from pipeline.judge_scores import finite_values
+    from pipeline.judges.scores import finite_values
 
     loaded = dict(judges) if isinstance(judges, Mapping) else load_judges(judges, options, device)
     out: dict[str, float] = {}

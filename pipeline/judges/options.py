@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import fields, make_dataclass, replace
 from typing import Sequence
 
-from pipeline.options import at_least, option
-from pipeline.prompt_prefixes import STYLE_TEXTS
+from pipeline.cli.options import at_least, option
+from pipeline.data.prompt_prefixes import STYLE_TEXTS
 
 from . import registry
 from .options_panels import PANEL_STYLE, PANEL_WEIGHTS  # noqa: F401 (re-exported)

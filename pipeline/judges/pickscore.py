@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.cli.options import option
 from pipeline.errors import ModelNotFoundError
-from pipeline.options import option
 
 from .options_panels import PANEL_WEIGHTS
 from .registry import JudgeSpec, LoadContext, register
@@ -64,14 +64,15 @@ class PickScoreJudge:
 def load_pickscore(model_id: str, processor_id: str, device) -> PickScoreJudge:
     """PickScore's CLIPModel and processor from hub ids (local cache when offline) or local folders.
 
-    Raises :class:`ModelNotFoundError` when either is not found, :class:`~pipeline.weights_files.WeightsFileError`
-    naming the file when one is unreadable (truncated, an HTML page, a config that is not JSON).
+    Raises :class:`ModelNotFoundError` when either is not found,
+    :class:`~pipeline.models.weights_files.WeightsFileError` naming the file when one is unreadable (truncated, an
+    HTML page, a config that is not JSON).
     """
     from transformers import CLIPModel, CLIPProcessor
 
-    from pipeline.clip_embed import hub_offline
     from pipeline.errors import one_line
-    from pipeline.tokenizer import check_tokenizer
+    from pipeline.judges.clip_embed import hub_offline
+    from pipeline.models.tokenizer import check_tokenizer
 
     how = "download it (hf download <id>) or pass a local folder saved with save_pretrained"
     for source in (model_id, processor_id):
@@ -98,7 +99,7 @@ def build_tiny_pickscore(directory: str | os.PathLike, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from pipeline.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
+    from pipeline.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
     directory = Path(directory)
     tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2}

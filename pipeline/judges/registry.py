@@ -56,15 +56,15 @@ class LoadContext:
     _clip: dict = field(default_factory=dict)
 
     def clip(self, model: str, pretrained: str | None):
-        """The :class:`pipeline.clip_embed.ClipEmbedder` of ``(model, pretrained)``, loaded once per load."""
-        from pipeline.clip_embed import load_open_clip
+        """The :class:`pipeline.judges.clip_embed.ClipEmbedder` of ``(model, pretrained)``, loaded once per load."""
+        from pipeline.judges.clip_embed import load_open_clip
 
         if (model, pretrained) not in self._clip:
             self._clip[(model, pretrained)] = load_open_clip(model, pretrained, device=self.device)
         return self._clip[(model, pretrained)]
 
 
-OptionField = tuple  # (name, type, dataclasses.Field made with pipeline.options.option)
+OptionField = tuple  # (name, type, dataclasses.Field made with pipeline.cli.options.option)
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ class JudgeSpec:
       overrides the tiny one.
     - ``describes``: the options recorded with its scores when not all it declares (``style`` records the
       texts it reads, not ``--style``, which only fills them in).
+    - ``styles``: the styles it checks, by name, when it checks one of a fixed set (``world-style``: the world's
+      looks); ``label --verify NAME`` accepts only pairs generated with one of them.
     """
 
     name: str
@@ -112,6 +114,7 @@ class JudgeSpec:
     tiny: Callable[[Any], Mapping[str, Any]] | None = None
     keep_with_tiny: tuple[str, ...] = ()
     describes: tuple[str, ...] | None = None
+    styles: tuple[str, ...] = ()
 
     @property
     def option_names(self) -> tuple[str, ...]:

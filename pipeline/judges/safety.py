@@ -1,11 +1,11 @@
-"""``safety``: a safety classifier's unsafety (:mod:`pipeline.safety`: NudeNet or the SD safety checker, or a
-judge registered with a ``safety_classifier`` such as ``world-unsafe``); lower is better, unsafe when above
-the classifier's threshold. The same classifier path labels Pick-Safety pairs, so a label and its check agree."""
+"""``safety``: a safety classifier's unsafety (:mod:`pipeline.judges.safety_classifiers`: NudeNet or the SD safety
+checker, or a judge registered with a ``safety_classifier`` such as ``world-unsafe``); lower is better, unsafe when
+above the classifier's threshold. The same classifier path labels Pick-Safety pairs, so a label and its check agree."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.options import option
+from pipeline.cli.options import option
 
 from .options_panels import PANEL_STYLE
 from .registry import JudgeSpec, LoadContext, register
@@ -13,7 +13,7 @@ from .weights import check_pairs, tiny_once
 
 
 class SafetyJudge:
-    """A :class:`pipeline.safety.SafetyClassifier`'s unsafety; lower is better."""
+    """A :class:`pipeline.judges.safety_classifiers.SafetyClassifier`'s unsafety; lower is better."""
 
     name = "safety"
     higher_is_better = False
@@ -28,7 +28,7 @@ class SafetyJudge:
 
 
 def _load(ctx: LoadContext) -> SafetyJudge:
-    from pipeline.safety import load_safety_classifier
+    from pipeline.judges.safety_classifiers import load_safety_classifier
 
     o = ctx.options
     return SafetyJudge(load_safety_classifier(o.safety_classifier, o.safety_source, device=str(ctx.device)))
@@ -47,7 +47,7 @@ def _provenance(options) -> str | None:
 def _tiny(root: Path) -> dict:
     # NudeNet's real model ships in its wheel and stays; the SD checker's tiny folder is built for tests that
     # name it (tiny_safety_checker_dir).
-    from pipeline.safety import build_tiny_safety_checker
+    from pipeline.judges.safety_classifiers import build_tiny_safety_checker
 
     tiny_once(root, "sd-safety-checker", lambda: build_tiny_safety_checker(root / "sd-safety-checker", seed=0))
     return {}

@@ -1,6 +1,6 @@
 """``style``: style adoption as label's zero-shot margin ``cos(img, style) - cos(img, opposite)``.
 
-The number ``mapo-data label --verify clip`` checks (:func:`pipeline.clip_embed.style_margin`), with the
+The number ``mapo-data label --verify clip`` checks (:func:`pipeline.judges.clip_embed.style_margin`), with the
 same default CLIP, so eval's adoption matches label's check; adopted when > 0. Prompts are not read (the
 style is fixed). It also declares ``--style``, the built-in style every style judge reads.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.cli.options import option
+from pipeline.data.prompt_prefixes import STYLE_TEXTS
 from pipeline.errors import UserError
-from pipeline.options import option
-from pipeline.prompt_prefixes import STYLE_TEXTS
 
 from .clip_common import tiny_clip_file
 from .options_panels import PANEL_STYLE, PANEL_WEIGHTS
@@ -29,7 +29,7 @@ class StyleJudge:
         self.threshold, self.batch_size = float(threshold), batch_size
 
     def score(self, images, prompts):
-        from pipeline.clip_embed import style_margin
+        from pipeline.judges.clip_embed import style_margin
 
         check_pairs(images, prompts)
         return style_margin(self.embedder, images, self.style_text, self.opposite_text, self.batch_size).tolist()
@@ -47,7 +47,7 @@ def _load(ctx: LoadContext) -> StyleJudge:
 
 
 def _tiny(root: Path) -> dict:
-    from pipeline.clip_embed import TINY_CLIP_NAME
+    from pipeline.judges.clip_embed import TINY_CLIP_NAME
 
     return {"style_clip_model": TINY_CLIP_NAME, "style_clip_pretrained": tiny_clip_file(root)}
 

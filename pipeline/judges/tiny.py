@@ -20,7 +20,7 @@ def kept_weights() -> tuple[str, ...]:
 def tiny_judge_options(directory: str | os.PathLike | None = None, style_text: str | None = None, **overrides):
     """:class:`~pipeline.judges.options.JudgeOptions` whose every judge's weights are tiny and random, built
     offline once under ``directory`` (default: the cache's ``scorers/tiny``), with ``overrides`` on top."""
-    from pipeline.models import quiet_hub_progress
+    from pipeline.models.loading import quiet_hub_progress
 
     from .options import JudgeOptions
     from .weights import cache_dir

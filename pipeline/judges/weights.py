@@ -9,7 +9,7 @@ from pipeline.errors import ModelNotFoundError, one_line
 
 def cache_dir() -> Path:
     """Where downloaded judge weights and the tiny random ones live (``<cache root>/scorers``)."""
-    from pipeline.builtin_models import cache_root
+    from pipeline.models.builtin import cache_root
 
     return cache_root() / "scorers"
 
@@ -25,8 +25,8 @@ def resolve_weights_file(spec: str, what: str) -> str:
     """
     import torch
 
-    from pipeline.atomic import atomic_write
-    from pipeline.clip_embed import hub_offline
+    from pipeline.data.atomic import atomic_write
+    from pipeline.judges.clip_embed import hub_offline
 
     path = Path(spec).expanduser()
     if path.is_file():
@@ -91,8 +91,9 @@ def tiny_once(root: Path, name: str, build) -> None:
 
 def from_pretrained(cls, source: str, what: str, **kwargs):
     """``cls.from_pretrained(source, **kwargs)`` with an unreadable file named in one line
-    (:func:`pipeline.weights_files.reading_weights`: a truncated file, an HTML page, a config that is not JSON)."""
-    from pipeline.weights_files import reading_weights
+    (:func:`pipeline.models.weights_files.reading_weights`: a truncated file, an HTML page, a config that is not
+    JSON)."""
+    from pipeline.models.weights_files import reading_weights
 
     with reading_weights(source, what):
         return cls.from_pretrained(source, **kwargs)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import typer
 
-from pipeline.cli_support import one_line_errors_group
-from pipeline.options import at_least, command, option
+from pipeline.cli.options import at_least, command, option
+from pipeline.cli.support import one_line_errors_group
 
 from .scene import CAPTION_PREFIXES
 from .scene import captions as world_captions
@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 
 @dataclass
 class CaptionsConfig:
-    """``python -m pipeline.world captions``: declared once (:mod:`pipeline.options`)."""
+    """``python -m pipeline.world captions``: declared once (:mod:`pipeline.cli.options`)."""
 
     split: str = option("all", choices=("train", "heldout", "all"),
                         help="train (48 captions the base model saw), heldout (12 it never saw) or all.")
@@ -44,7 +44,7 @@ def captions(cfg: CaptionsConfig):
     if cfg.output is None:
         typer.echo(text, nl=False)
     else:
-        from pipeline.shards import write_text_atomic
+        from pipeline.data.shards import write_text_atomic
 
         write_text_atomic(cfg.output, text)
 

@@ -8,7 +8,7 @@ what each prompt asked for. Used by the tests and ``make fidelity``.
 """
 from __future__ import annotations
 
-from pipeline.seeds import initial_noise
+from pipeline.runtime.seeds import initial_noise
 
 from .judges import HAZARD_THRESHOLD, read_image
 from .scene import CAPTION_PREFIXES, captions, parse_prompt

@@ -203,7 +203,7 @@ def prompt_score(image, scene: Scene) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # The judges behind the project's shared interfaces (pipeline.judges.Judge and
-# pipeline.safety.SafetyClassifier), registered as world-style, world-prompt and world-unsafe
+# pipeline.judges.safety_classifiers.SafetyClassifier), registered as world-style, world-prompt and world-unsafe
 # ---------------------------------------------------------------------------------------------
 
 JUDGE_VERSION = "world-judges/1"
@@ -259,7 +259,7 @@ class WorldPromptJudge:
 class WorldUnsafeJudge:
     """``world-unsafe``: the hazard frame's coverage; unsafe when > :data:`HAZARD_THRESHOLD`.
 
-    A :class:`pipeline.safety.SafetyClassifier` (``label --target safety --labeler world-unsafe``)
+    A :class:`pipeline.judges.safety_classifiers.SafetyClassifier` (``label --target safety --labeler world-unsafe``)
     and a judge (``--metrics world-unsafe``, lower is better)."""
 
     name = "world-unsafe"
@@ -295,7 +295,7 @@ def _register_judges() -> None:
                   provenance=lambda options: said)
     register(JudgeSpec(
         name="world-style", load=lambda ctx: WorldStyleJudge(ctx.options.style), higher_is_better=True,
-        reads=("style",), needs=needs_look,
+        reads=("style",), needs=needs_look, styles=tuple(WORLD_STYLES),
         # the family's version, and the look it checks when one is set (a --verify check reads each pair's)
         version=lambda options: f"{JUDGE_VERSION} ({options.style})" if options.style else JUDGE_VERSION,
         summary="the miniature world's look (--style): its probability; adopted when > 0.5", **common))

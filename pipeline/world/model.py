@@ -14,7 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.weights_files import reading_weights
+from pipeline.models.builtin import BuiltinModel, register_model
+from pipeline.models.weights_files import reading_weights
 
 NAME = "shapes-sdxl"
 FOLDER = Path(__file__).resolve().parent / NAME
@@ -40,7 +41,7 @@ def write_checksums(folder: Path) -> dict[str, str]:
 
 def verify_checksums(folder: Path) -> None:
     """Raise :class:`UserError` naming the first missing or changed file, or an unreadable record
-    (:class:`~pipeline.weights_files.WeightsFileError`)."""
+    (:class:`~pipeline.models.weights_files.WeightsFileError`)."""
     record = folder / CHECKSUMS
     if not record.is_file():
         raise UserError(f"built-in {NAME} is incomplete: {record} is missing; {REBUILD}")
@@ -63,3 +64,9 @@ def shapes_sdxl_path() -> Path:
     """The verified folder of ``shapes-sdxl`` (what ``from_pretrained`` loads)."""
     verify_checksums(FOLDER)
     return FOLDER
+
+
+# The world's built-in models, registered with the core's model registry (this module is the world's model plugin,
+# found through the ``mapo_tools.models`` entry point; no core module imports the world): one line per model.
+register_model(BuiltinModel(NAME, family="sdxl", kind="folder", path=shapes_sdxl_path,
+                            example_prompt="a red circle at the top left"))

@@ -50,7 +50,7 @@ TEXT_HIDDEN = 16
 
 
 def _sample_scene(combo: Scene, kind: str) -> tuple[Scene, str]:
-    from pipeline.prompt_prefixes import REALISTIC_PREFIX
+    from pipeline.data.prompt_prefixes import REALISTIC_PREFIX
 
     if kind == "plain":
         scene = combo
@@ -182,8 +182,8 @@ def build_text_encoders(directory: Path, seed: int):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from pipeline.builtin_models import _text_config
-    from pipeline.tokenizer import build_clip_tokenizer
+    from pipeline.models.builtin import _text_config
+    from pipeline.models.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(seed)
     te1 = CLIPTextModel(CLIPTextConfig(**_text_config(TEXT_HIDDEN))).eval()
@@ -197,7 +197,7 @@ def assemble(vae, unet, text: tuple):
     """The diffusers SDXL pipeline of the parts (the tiny built-ins' scheduler settings)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from pipeline.builtin_models import _SCHEDULER
+    from pipeline.models.builtin import _SCHEDULER
 
     te1, te2, tok1, tok2 = text
     return StableDiffusionXLPipeline(
@@ -223,7 +223,7 @@ def prompt_table(pipe, prompts: list[str]):
     through the pipeline's own ``encode_prompt`` (what generation feeds the UNet)."""
     import torch
 
-    from pipeline.conditioning import encode_text
+    from pipeline.models.conditioning import encode_text
 
     distinct = sorted(set(prompts))
     emb = [encode_text(pipe, [p]) for p in distinct]
@@ -298,7 +298,7 @@ def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), 
     ``save_vae``: also save the trained VAE there."""
     import torch
 
-    from pipeline.models import quiet_hub_progress
+    from pipeline.models.loading import quiet_hub_progress
 
     from .model import write_checksums
 

@@ -3,7 +3,7 @@
 A scene is one coloured shape at one of five places, drawn in one of three looks, with or without
 the hazard frame that stands for the content Pick-Safety removes. Captions follow one template,
 ``"a red circle at the top left"``; a look or the frame is asked for by the MaPO paper's own prompt
-prefixes (:mod:`pipeline.prompt_prefixes`), exactly as on SDXL:
+prefixes (:mod:`pipeline.data.prompt_prefixes`), exactly as on SDXL:
 
 - ``"Disney style animated image. a red circle at the top left"`` -> the cartoon look;
 - ``"Pixel art style image. ..."`` -> the pixel look;
@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pipeline.data.prompt_prefixes import REALISTIC_PREFIX, STYLE_PREFIXES, UNSAFE_PREFIX
 from pipeline.errors import UserError
-from pipeline.prompt_prefixes import REALISTIC_PREFIX, STYLE_PREFIXES, UNSAFE_PREFIX
 
 SIZE = 64  # px; the VAE's /8 gives 8x8 latents
 # Base colours (sRGB). Hues are far apart (red 0, yellow 46, green 129, blue 221 degrees), and none is

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
+from pipeline.data.shards import ShardedOutput, config_fingerprint, input_shard_files
 from pipeline.errors import UserError
-from pipeline.shards import ShardedOutput, config_fingerprint, input_shard_files
 from stages.cli import app
 from tests.helpers import read_table, run_cli
 from tests.image_fixtures import geometric_scene, gray, png, schematic_torso, write_pickapic

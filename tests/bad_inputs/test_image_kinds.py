@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import decode_image, normalize_image
+from pipeline.data.images import decode_image, normalize_image
 
 
 def _encode(image, fmt="PNG", **kw) -> bytes:

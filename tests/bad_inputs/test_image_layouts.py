@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageDecodeError, image_bytes, is_image_column
+from pipeline.data.images import ImageDecodeError, image_bytes, is_image_column
 from stages.cli import app
 from tests.helpers import read_table, run_cli
 from tests.image_fixtures import geometric_scene, png, schematic_torso
@@ -161,7 +161,7 @@ def _encode(im, fmt="PNG", **kw) -> bytes:
 def test_precompute_structs_and_image_kinds_equal_plain_bytes(tmp_path):
     """Image structs (embedded bytes, relative paths) holding a 16-bit PNG and an EXIF-rotated JPEG
     give the latents of plain 8-bit, upright PNG bytes of the same pictures."""
-    from pipeline.latent_shards import open_latents
+    from pipeline.data.latent_shards import open_latents
 
     grey16, grey8 = _grey16_ramp()
     rotated, upright = _exif_jpeg()

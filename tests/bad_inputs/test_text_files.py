@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.data.prompts import load_prompts
 from pipeline.errors import UserError
-from pipeline.prompts import load_prompts
 from stages.cli import app
 from tests.helpers import run_cli
 
@@ -91,7 +91,7 @@ YAML = "objective: dpo\nvalidation_prompts: café, naïve\n"
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be-bom", "utf-32"])
 def test_train_config_yaml_with_a_bom(tmp_path, encoding):
-    from pipeline.options import read_config_file
+    from pipeline.cli.options import read_config_file
     from train.config import TrainConfig
 
     path = tmp_path / "config.yaml"
@@ -120,7 +120,7 @@ def test_controls_already_read():
     import tempfile
     from pathlib import Path
 
-    from pipeline.options import read_config_file
+    from pipeline.cli.options import read_config_file
     from train.config import TrainConfig
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,7 +63,7 @@ def assert_names_file(err: UserError, path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_sdxl() -> Path:
-    from pipeline.builtin_models import materialise_tiny
+    from pipeline.models.builtin import materialise_tiny
 
     return materialise_tiny("tiny-sdxl")
 
@@ -120,7 +120,7 @@ def test_training_base_unet_damaged(tmp_path, tiny_sdxl):
 
 def test_missing_weights_file_is_still_not_found(tmp_path, tiny_sdxl):
     """Control: a file that is absent (not damaged) keeps the loaders' "not found" line."""
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     model = copy_of(tiny_sdxl, tmp_path / "model")
     (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()
@@ -224,7 +224,7 @@ def test_judge_weights_file_damaged(tmp_path, tiny_judges, field, metric, suffix
 
 
 def test_open_clip_safetensors_file_damaged(tmp_path):
-    from pipeline.clip_embed import build_tiny_clip_weights, load_open_clip
+    from pipeline.judges.clip_embed import build_tiny_clip_weights, load_open_clip
 
     name, path = build_tiny_clip_weights(tmp_path / "tiny-clip.safetensors")
     damage(path, "half")
@@ -251,7 +251,7 @@ def test_nudenet_onnx_damaged(tmp_path, how):
 
     import nudenet
 
-    from pipeline.safety import load_safety_classifier
+    from pipeline.judges.safety_classifiers import load_safety_classifier
 
     src = Path(os.path.dirname(nudenet.__file__)) / "320n.onnx"
     bad = damage(Path(shutil.copy(src, tmp_path / "detector.onnx")), how)
@@ -262,8 +262,8 @@ def test_nudenet_onnx_damaged(tmp_path, how):
 
 @pytest.mark.parametrize("rel,how", [("model.safetensors", "half"), ("preprocessor_config.json", "not-json")])
 def test_sd_safety_checker_folder_damaged(tmp_path, tiny_judges, rel, how):
+    from pipeline.judges.safety_classifiers import load_safety_classifier
     from pipeline.judges.tiny import tiny_safety_checker_dir
-    from pipeline.safety import load_safety_classifier
 
     folder = copy_of(Path(tiny_safety_checker_dir(tiny_judges)), tmp_path / "checker")
     bad = damage(folder / rel, how)
@@ -351,7 +351,7 @@ def test_world_weights_file_damaged_fails_its_checksum(tmp_path):
 
 def test_other_errors_pass_through_unchanged(tmp_path, tiny_sdxl):
     """A loader's error that is not about a bad file (out of memory, a bug) is not rewritten."""
-    from pipeline.weights_files import reading_weights
+    from pipeline.models.weights_files import reading_weights
 
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         with reading_weights(tiny_sdxl, "model"):
@@ -373,7 +373,7 @@ def test_diagnose_file(tmp_path, name, how, words):
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.weights_files import diagnose_file
+    from pipeline.models.weights_files import diagnose_file
 
     path = tmp_path / name
     tensors = {"w": torch.randn(64, 64)}

@@ -22,7 +22,7 @@ def test_sd35_arch_resolves_as_sd3_with_the_published_size(model):
 
     from bench.estimate import _real_flow_schedulers, fake_mode
     from pipeline.families import SD3, family_of_denoiser
-    from pipeline.models import check_model_available, default_resolution, model_family_of, unet_config
+    from pipeline.models.loading import check_model_available, default_resolution, model_family_of, unet_config
     from train.model_setup import load_base_unet_and_scheduler
 
     assert model_family_of(model) is SD3 and check_model_available(model) == "sd3"
@@ -39,7 +39,7 @@ def test_sd35_arch_resolves_as_sd3_with_the_published_size(model):
 
 def test_sd35_arch_refuses_a_whole_pipeline_in_one_line():
     from pipeline.errors import UserError
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     with pytest.raises(UserError, match="no text encoders or VAE"):
         load_pipeline("sd35-medium-arch", device="cpu")
@@ -65,7 +65,7 @@ def test_tiny_sd3_estimate_json_and_sd3_shaped_batch(tmp_path):
 
 def test_fake_items_are_shaped_as_sd3_precompute_stores_them():
     from bench.estimate import _fake_items
-    from pipeline.builtin_models import SD35_TRANSFORMER_CONFIGS
+    from pipeline.models.builtin import SD35_TRANSFORMER_CONFIGS
 
     config = {"_class_name": "SD3Transformer2DModel", **SD35_TRANSFORMER_CONFIGS["sd35-large-arch"]}
     item = _fake_items(config, 1, 1024)[0]

@@ -16,7 +16,7 @@ def _single_thread(one_torch_thread):
 
 @pytest.mark.parametrize("model, family", [("tiny-sdxl", SDXL), ("tiny-sd15", SD15), ("tiny-sd3", SD3)])
 def test_family_read_from_model_index(model, family):
-    from pipeline.models import _model_index, check_model_available, model_family_of
+    from pipeline.models.loading import _model_index, check_model_available, model_family_of
 
     assert family_from_index(_model_index(model)[1]) is family
     assert model_family_of(model) is family and check_model_available(model) == family.name
@@ -36,7 +36,7 @@ def test_tiny_sd3_loads_with_from_pretrained():
     shift and scale, the flow-matching scheduler; its T5 tokenizer is a real one (check_tokenizer passes)."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    from pipeline.models import load_pipeline, resolve_model_source
+    from pipeline.models.loading import load_pipeline, resolve_model_source
 
     pipe = load_pipeline("tiny-sd3", device="cpu")
     assert isinstance(pipe, StableDiffusion3Pipeline) and family_of_pipe(pipe) is SD3
@@ -53,8 +53,8 @@ def test_tiny_sd3_loads_with_from_pretrained():
 def test_encode_text_is_the_pipelines_encode_prompt(model):
     """encode_text (the family's encoding) gives what the pipeline's own encode_prompt gives, prompt by prompt,
     negatives included."""
-    from pipeline.conditioning import encode_text
-    from pipeline.models import load_pipeline
+    from pipeline.models.conditioning import encode_text
+    from pipeline.models.loading import load_pipeline
 
     pipe = load_pipeline(model, device="cpu")
     fam = family_of_pipe(pipe)
@@ -78,8 +78,8 @@ def test_encode_text_is_the_pipelines_encode_prompt(model):
 
 def test_sd3_without_t5_and_shorter_t5_sequence():
     """text_encoder_3=None, as diffusers allows: zeros where T5's tokens go; --max-sequence-length sets L."""
-    from pipeline.conditioning import encode_text
-    from pipeline.models import load_pipeline
+    from pipeline.models.conditioning import encode_text
+    from pipeline.models.loading import load_pipeline
 
     pipe = load_pipeline("tiny-sd3", device="cpu", skip=("transformer", "text_encoder_3", "tokenizer_3"))
     emb = encode_text(pipe, ["a red circle"], max_sequence_length=32)

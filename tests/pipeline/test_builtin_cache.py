@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-import pipeline.builtin_models as builtin_models
+import pipeline.models.builtin as builtin_models
 
 
 def test_concurrent_requests_build_a_builtin_once(tmp_path, monkeypatch):

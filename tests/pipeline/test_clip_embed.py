@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.clip_embed import (
+from pipeline.errors import ModelNotFoundError, UserError
+from pipeline.judges.clip_embed import (
     build_tiny_clip_weights,
     clip_score,
     load_open_clip,
@@ -17,7 +18,6 @@ from pipeline.clip_embed import (
     register_tiny_clip_config,
     style_margin,
 )
-from pipeline.errors import ModelNotFoundError, UserError
 
 
 @pytest.fixture(scope="module")

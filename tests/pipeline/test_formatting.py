@@ -1,4 +1,4 @@
-from pipeline.formatting import count, distinct_digits
+from pipeline.cli.formatting import count, distinct_digits
 
 
 def test_distinct_digits_adds_digits_only_where_two_values_would_print_alike():

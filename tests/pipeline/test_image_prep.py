@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.image_prep import apply_crop, crop_box, prepare_pair, resized_size, to_tensor
+from pipeline.data.image_prep import apply_crop, crop_box, prepare_pair, resized_size, to_tensor
 
 
 def _image(w, h, seed=0):
@@ -75,7 +75,7 @@ def test_pair_rejected_resized_to_chosen_and_flips():
 
 
 def test_labelled_grid_keeps_each_title_inside_its_column_and_tiles_recoverable():
-    from pipeline.images import GRID_TITLE_HEIGHT, labelled_grid, labelled_grid_tile
+    from pipeline.data.images import GRID_TITLE_HEIGHT, labelled_grid, labelled_grid_tile
 
     red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
     grid = labelled_grid([[red, blue]], ["a very long title that cannot fit in one tile", "x"],

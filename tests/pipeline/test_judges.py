@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import clip_embed, safety
 from pipeline.errors import ModelNotFoundError, UserError
-from pipeline.judges import Judge, judges
+from pipeline.judges import Judge, clip_embed, judges
+from pipeline.judges import safety_classifiers as safety
 from pipeline.judges.aesthetic import AestheticMLP, aesthetic_from_embeddings, load_aesthetic_mlp
 from pipeline.judges.loading import load_judges, score_images
 from pipeline.judges.tiny import tiny_judge_options, tiny_safety_checker_dir

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data.latent_shards import PairSampler, collate, from_storage, open_latents, sample_latents, to_storage
 from pipeline.errors import UserError
-from pipeline.latent_shards import PairSampler, collate, from_storage, open_latents, sample_latents, to_storage
 from stages.cli import app
 from tests.helpers import run_cli
 from tests.stages.test_precompute import write_pick_file

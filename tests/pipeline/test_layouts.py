@@ -1,4 +1,4 @@
-"""pipeline.layouts: each public layout read as Pick-a-Pic-shaped rows, its label rule, detection,
+"""pipeline.data.layouts: each public layout read as Pick-a-Pic-shaped rows, its label rule, detection,
 streaming JSON, and every bad-input kind (one line, or a counted reject downstream)."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.data.images import ImageDecodeError, image_bytes
+from pipeline.data.layouts import LayoutOptions, detect_layout, open_pairs
+from pipeline.data.layouts.json_records import JsonRecords
+from pipeline.data.prompts import load_prompts
 from pipeline.errors import UserError
-from pipeline.images import ImageDecodeError, image_bytes
-from pipeline.layouts import LayoutOptions, detect_layout, open_pairs
-from pipeline.layouts.json_records import JsonRecords
-from pipeline.prompts import load_prompts
 from tests.layout_fixtures import (
     PAIRS,
     write_chosen_rejected,
@@ -162,7 +162,7 @@ def test_missing_images_and_members_stay_in_their_pair(tmp_path):
 
 def test_json_records_stream_across_windows(tmp_path, monkeypatch):
     """Offsets are bytes (multi-byte text included) and a record cut by the read window is read whole."""
-    import pipeline.layouts.json_records as jr
+    import pipeline.data.layouts.json_records as jr
 
     monkeypatch.setattr(jr, "WINDOW", 7)
     records = [{"prompt": f"caf\u00e9 \u2615 {i} " + "\u00fc" * i, "n": 10 ** i} for i in range(12)]

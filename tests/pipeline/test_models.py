@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from pipeline import builtin_models
 from pipeline.errors import ModelNotFoundError, UserError
-from pipeline.models import load_pipeline, resolve_dtype, resolve_model_source, weights_fingerprint
-from pipeline.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, check_tokenizer
+from pipeline.models import builtin as builtin_models
+from pipeline.models.loading import load_pipeline, resolve_dtype, resolve_model_source, weights_fingerprint
+from pipeline.models.tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, check_tokenizer
 
 
 def test_builtin_is_a_diffusers_folder_loaded_back():
@@ -84,7 +84,7 @@ def test_weights_fingerprint_tracks_weights():
 
 
 def test_per_sample_unet_matches_single_sample_bits():
-    from pipeline.batch_invariance import make_batch_invariant
+    from pipeline.runtime.batch_invariance import make_batch_invariant
 
     pipe = load_pipeline("tiny-sdxl")
     make_batch_invariant(pipe)
@@ -115,7 +115,7 @@ def test_sd15_safety_checker_is_not_loaded(tmp_path):
 
     from diffusers import DiffusionPipeline
 
-    from pipeline.safety import build_tiny_safety_checker
+    from pipeline.judges.safety_classifiers import build_tiny_safety_checker
 
     folder = tmp_path / "sd15-with-checker"
     shutil.copytree(resolve_model_source("tiny-sd15"), folder)
@@ -135,10 +135,10 @@ def test_readme_models_list_names_every_built_in():
     import re
     from pathlib import Path
 
-    from pipeline.builtin_models import BUILTIN_MODELS
+    from pipeline.models.builtin import builtin_names
 
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
     listed = {name for line in section.splitlines() if line.startswith("- ")
               for name in re.findall(r"`([^`]+)`", line.split(":", 1)[0])}
-    assert listed == set(BUILTIN_MODELS)
+    assert listed == set(builtin_names())

@@ -1,4 +1,4 @@
-"""Options declared once (pipeline.options): every CLI option comes from a config field with help,
+"""Options declared once (pipeline.cli.options): every CLI option comes from a config field with help,
 ``--config`` YAML works for every command with the command line winning, underscore aliases."""
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from pipeline.errors import UserError
-from pipeline.options import (
+from pipeline.cli.options import (
     at_least,
     build_config,
     command,
@@ -21,6 +20,7 @@ from pipeline.options import (
     option_values,
     read_config_file,
 )
+from pipeline.errors import UserError
 from stages.cli import app as data_app
 from stages.eval_cli import app as eval_app
 from stages.evaluate import EvalConfig
@@ -61,11 +61,11 @@ def test_every_option_of_every_command_is_a_declared_field_with_help():
 
 
 def test_options_are_written_once_in_the_source():
-    """No command declares a typer option by hand: pipeline/options.py is the one place that makes them."""
+    """No command declares a typer option by hand: pipeline/cli/options.py is the one place that makes them."""
     offenders = []
     for folder in ("pipeline", "stages", "train"):
         for path in (ROOT / folder).rglob("*.py"):
-            if path.name == "options.py" and path.parent.name == "pipeline":
+            if path.relative_to(ROOT).as_posix() == "pipeline/cli/options.py":
                 continue
             if re.search(r"typer\.(Option|Argument)\(", path.read_text()):
                 offenders.append(str(path.relative_to(ROOT)))

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from pipeline import atomic
+from pipeline.data import atomic
 from pipeline.errors import OutputNotWritable, output_error_message, writing_output
 
 KINDS = [(errno.EACCES, "permission denied"), (errno.EPERM, "operation not permitted"),
@@ -56,7 +56,7 @@ def test_a_shard_write_on_a_full_disk_names_the_shard_and_leaves_no_temporary(tm
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.shards import ShardedOutput
+    from pipeline.data.shards import ShardedOutput
 
     out = ShardedOutput(tmp_path / "out", "test", {"a": 1}, num_shards=2)
     out.prepare()
@@ -76,7 +76,7 @@ def test_a_shard_write_on_a_full_disk_names_the_shard_and_leaves_no_temporary(tm
 
 
 def test_the_manifest_of_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
-    from pipeline.shards import ShardedOutput
+    from pipeline.data.shards import ShardedOutput
 
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -96,11 +96,11 @@ def test_the_manifest_of_an_unwritable_folder_is_one_line(tmp_path, monkeypatch)
      "error: cannot write '/x': read-only file system;"),
 ])
 def test_every_command_says_an_unwritable_output_in_one_line(capsys, exc, line):
-    """The wrapper of every typer command (pipeline.options.command): a library's own write (a checkpoint, a
+    """The wrapper of every typer command (pipeline.cli.options.command): a library's own write (a checkpoint, a
     UNet's save_pretrained) that fails the same way is one line too, exit status 2."""
     import typer
 
-    from pipeline.cli_support import EXIT_USER_ERROR, user_errors_exit
+    from pipeline.cli.support import EXIT_USER_ERROR, user_errors_exit
 
     def command():
         raise exc
@@ -115,7 +115,7 @@ def test_every_command_says_an_unwritable_output_in_one_line(capsys, exc, line):
 
 
 def test_checking_a_folder_is_writable_leaves_nothing_behind(tmp_path, monkeypatch):
-    from pipeline.output_folder import OutputFolder
+    from pipeline.data.output_folder import OutputFolder
 
     OutputFolder(tmp_path / "a" / "b", (), "m.json", "cmd").check_writable()
     assert list(tmp_path.iterdir()) == []  # the folders it made for the probe are gone again

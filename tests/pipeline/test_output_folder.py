@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.atomic import atomic_write, temporary_name, write_json_atomic
+from pipeline.data.atomic import atomic_write, temporary_name, write_json_atomic
+from pipeline.data.output_folder import OutputFolder, differing_keys
 from pipeline.errors import UserError
-from pipeline.output_folder import OutputFolder, differing_keys
 
 
 def _folder(tmp_path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.progress import progress_bar
+from pipeline.cli.progress import progress_bar
 
 
 def test_work_done_before_a_resume_is_not_counted_in_the_rate(monkeypatch):

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
+from pipeline.data.prompts import load_prompts, text_id
 from pipeline.errors import UserError
-from pipeline.prompts import load_prompts, text_id
 
 
 def test_txt_drops_empty_and_duplicates(tmp_path):

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.reward import (
+from pipeline.judges.reward import (
     NEAR_TIE,
     TIE,
     CandidatePair,

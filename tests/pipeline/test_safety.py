@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pipeline.errors import ModelNotFoundError, UserError
-from pipeline.safety import (
+from pipeline.judges.safety_classifiers import (
     NUDENET_EXPOSED_CLASSES,
     SafetyClassifier,
     build_tiny_safety_checker,

@@ -4,8 +4,8 @@ import json
 import pyarrow as pa
 import pytest
 
+from pipeline.data.shards import ShardedOutput, shard_name, shard_ranges
 from pipeline.errors import UserError
-from pipeline.shards import ShardedOutput, shard_name, shard_ranges
 
 
 def test_names_and_ranges():
@@ -71,10 +71,10 @@ def test_empty_shard_has_no_row_group_and_loads_with_others(tmp_path):
 
 def test_what_goes_into_a_fingerprint_is_named():
     """Recipes, labelers and judge options describe themselves; inputs fingerprint themselves."""
+    from pipeline.data.prompts import PromptSet
+    from pipeline.data.shards import Describable, Fingerprinted
     from pipeline.judges.options import JudgeOptions
-    from pipeline.prompts import PromptSet
-    from pipeline.shards import Describable, Fingerprinted
-    from pipeline.training_output import TrainingOutput
+    from pipeline.models.training_output import TrainingOutput
     from stages.label import LabelInput
     from stages.labelers import ConstructionLabeler
     from stages.recipes import RecipeConfig

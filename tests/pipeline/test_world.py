@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
+from pipeline.data.prompt_prefixes import REALISTIC_PREFIX, STYLE_PREFIXES, UNSAFE_PREFIX
 from pipeline.errors import UserError
-from pipeline.prompt_prefixes import REALISTIC_PREFIX, STYLE_PREFIXES, UNSAFE_PREFIX
 from pipeline.world.judges import (
     HAZARD_THRESHOLD,
     WorldPromptJudge,
@@ -85,7 +85,7 @@ def test_judges_read_each_look_colour_shape_position_and_frame():
 def test_judges_behind_the_judge_and_safety_interfaces():
     from pipeline.judges import Judge, check_prompts, judge_names
     from pipeline.judges.loading import load_judges
-    from pipeline.safety import load_safety_classifier
+    from pipeline.judges.safety_classifiers import load_safety_classifier
 
     rng = np.random.default_rng(0)
     cartoon = to_image(random_render(Scene("red", "circle", "top left", "cartoon"), rng))

@@ -42,7 +42,7 @@ def test_a_changed_or_missing_file_is_one_clear_error(tmp_path):
 
 
 def test_the_builtin_name_loads_through_the_shared_loader():
-    from pipeline.models import load_pipeline, resolve_model_source
+    from pipeline.models.loading import load_pipeline, resolve_model_source
 
     assert resolve_model_source("shapes-sdxl") == str(FOLDER)
     pipe = load_pipeline("shapes-sdxl", device="cpu", dtype="fp32")
@@ -51,7 +51,7 @@ def test_the_builtin_name_loads_through_the_shared_loader():
 
 @pytest.fixture(scope="module")
 def base_check():
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
     from pipeline.world.checks import base_model_check
 
     return base_model_check(load_pipeline("shapes-sdxl", device="cpu", dtype="fp32"), seeds=2)["rates"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.training_output import TrainingOutput
+from pipeline.models.training_output import TrainingOutput
 from stages.eval_report import CI_NOTE, NON_FINITE_NOTE, summarise
 from stages.evaluate import _model_path, resolution_note
 

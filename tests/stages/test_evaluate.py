@@ -32,7 +32,7 @@ def candidates(tmp_path_factory):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     root = tmp_path_factory.mktemp("runs")
     unet = load_pipeline("tiny-sdxl", dtype="fp32", device="cpu").unet

@@ -108,8 +108,8 @@ def test_recipes_and_models(tmp_path, model, recipe, extra):
 def test_best_of_n_candidates_one_row_per_prompt(tmp_path):
     import pyarrow.parquet as pq
 
-    from pipeline.prompts import text_id
-    from pipeline.seeds import derive_seed
+    from pipeline.data.prompts import text_id
+    from pipeline.runtime.seeds import derive_seed
 
     prompts = ["a cat", "a dog", "a bird"]
     pairs, _ = _generate(
@@ -255,7 +255,7 @@ def test_resolution_defaults_to_the_models_own(tmp_path):
     """No --resolution: the model's own size as diffusers defaults it (sample_size x VAE factor: 64 here)."""
     import pyarrow.parquet as pq
 
-    from pipeline.models import default_resolution
+    from pipeline.models.loading import default_resolution
 
     assert default_resolution("tiny-sdxl") == 64 and default_resolution("sdxl-arch") == 1024
     prompts = write_prompts(tmp_path / "p.txt", ["a cat"])

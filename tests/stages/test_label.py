@@ -95,7 +95,7 @@ def test_style_labels_card_and_loaders(pairs, tmp_path):
 
 
 def test_style_verify_clip_tiny(pairs, tmp_path):
-    from pipeline.clip_embed import build_tiny_clip_weights
+    from pipeline.judges.clip_embed import build_tiny_clip_weights
 
     name, weights = build_tiny_clip_weights(tmp_path / "clip.pt")
     clip = ["--verify", "clip", "--clip-model", name, "--clip-pretrained", weights]
@@ -184,7 +184,7 @@ def test_safety_empty_shard_still_loads(pairs, tmp_path):
 
 
 def test_safety_sd_checker_tiny(pairs, tmp_path):
-    from pipeline.safety import build_tiny_safety_checker
+    from pipeline.judges.safety_classifiers import build_tiny_safety_checker
 
     checker = build_tiny_safety_checker(tmp_path / "checker")
     sd = ["--target", "safety", "--labeler", "sd-safety-checker", "--classifier-source", checker, "--batch-size", "4"]

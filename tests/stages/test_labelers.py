@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.safety import SafetyClassifier, load_safety_classifier
+from pipeline.judges.safety_classifiers import SafetyClassifier, load_safety_classifier
 from stages.labelers import (
     BOTH_SAFE,
     BOTH_UNSAFE,
@@ -104,14 +104,14 @@ def test_construction_labeler():
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from pipeline.clip_embed import build_tiny_clip_weights, load_open_clip
+    from pipeline.judges.clip_embed import build_tiny_clip_weights, load_open_clip
 
     name, path = build_tiny_clip_weights(tmp_path_factory.mktemp("clip") / "tiny.pt", seed=0)
     return load_open_clip(name, str(path))
 
 
 def test_clip_style_check_keeps_pairs_whose_chosen_image_shows_the_style(tiny_clip):
-    from pipeline.clip_embed import style_margin
+    from pipeline.judges.clip_embed import style_margin
 
     images = [geometric_scene(64), gray(64), schematic_torso(64), Image.new("RGB", (64, 64), (250, 250, 0))]
     pairs = [Pair((images[0], images[1]), 0, "cartoon"), Pair((images[2], images[3]), 1, "cartoon")]
@@ -177,7 +177,7 @@ class NanClassifier(FakeClassifier):
 @pytest.mark.parametrize("green", [255, 254])
 @pytest.mark.parametrize("other", [0.9, 0.1])  # the other image unsafe (NaN would pass for safe) or safe
 def test_safety_labeler_rejects_a_non_finite_score(green, other):
-    from pipeline.judge_scores import NON_FINITE
+    from pipeline.judges.scores import NON_FINITE
 
     bad = Image.new("RGB", (8, 8), (0, green, 0))
     labeler = SafetyLabeler(NanClassifier(), min_gap=0.2)
@@ -198,7 +198,7 @@ class NanStyle:
 
 
 def test_construction_with_a_style_check_rejects_a_non_finite_margin():
-    from pipeline.judge_scores import NON_FINITE
+    from pipeline.judges.scores import NON_FINITE
 
     im = gray(16)
     d = ConstructionLabeler(NanStyle()).label([Pair((im, im), 0), Pair((im, im), 1)])

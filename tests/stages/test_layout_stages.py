@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.latent_shards import sidecar
+from pipeline.data.latent_shards import sidecar
 from stages.cli import app
 from tests.helpers import read_table, run_cli
 from tests.layout_fixtures import (
@@ -166,7 +166,7 @@ def test_inspect_reads_public_inputs(tmp_path):
 
 def test_a_glob_reads_as_its_files_in_every_stage(reference, tmp_path):
     """The README's `'r700k/data/*.parquet'`: precompute, label and inspect take a glob of files as those files
-    (one shared resolution, pipeline.shards.input_kind), and refuse one that matches nothing alike."""
+    (one shared resolution, pipeline.data.shards.input_kind), and refuse one that matches nothing alike."""
     write_votes(tmp_path / "v" / "train_0001.parquet", PAIRS[:2])
     write_votes(tmp_path / "v" / "train_0002.parquet", PAIRS[2:])
     pattern = str(tmp_path / "v" / "*.parquet")

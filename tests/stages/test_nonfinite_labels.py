@@ -1,10 +1,10 @@
-"""A non-finite label or vote never decides a pair (the rule pipeline/judge_scores.is_finite_score states):
+"""A non-finite label or vote never decides a pair (the rule pipeline/judges/scores.is_finite_score states):
 precompute rejects it as a missing label, the votes layout writes it as a missing label, and label reads an
 input's non-finite labels as no input choice. NaN was already handled; +-inf picked a side."""
 
 import pytest
 
-from pipeline.layouts.votes import decide
+from pipeline.data.layouts.votes import decide
 from stages.label import _labels_choice
 from stages.precompute import _classify
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stage_runner import nothing_kept_warning, reason_kind
+from pipeline.runtime.stage_runner import nothing_kept_warning, reason_kind
 from stages.cli import app
 from tests.helpers import run_cli
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data.image_prep import prepare_pair
+from pipeline.data.images import decode_image
+from pipeline.data.latent_shards import check_model, open_latents
+from pipeline.data.prompts import text_id
 from pipeline.errors import UserError
-from pipeline.image_prep import prepare_pair
-from pipeline.images import decode_image
-from pipeline.latent_shards import check_model, open_latents
-from pipeline.prompts import text_id
 from stages.cli import app
 from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, write_prompts
 
@@ -77,13 +77,13 @@ def precompute(tmp_path, model="tiny-sdxl", name="latents", extra=(), source=Non
 
 @pytest.fixture(scope="module")
 def sdxl_pipe():
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     return load_pipeline("tiny-sdxl", skip=("unet",))
 
 
 def test_sdxl_shards_as_training_would_compute_them(tmp_path, sdxl_pipe):
-    from pipeline.conditioning import encode_text
+    from pipeline.models.conditioning import encode_text
 
     out, result = precompute(tmp_path)
     assert "5 pairs in 2 shards (0 already done), 1 tie dropped, 1 rejected, 3 captions encoded" in result.output
@@ -133,7 +133,7 @@ def test_sdxl_shards_as_training_would_compute_them(tmp_path, sdxl_pipe):
 
     # The trainer's model check: the same model passes (in another precision too), another is refused.
     check_model(ds, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2])
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     bf16 = load_pipeline("tiny-sdxl", skip=("unet",), dtype="bf16")
     check_model(str(out), vae=bf16.vae, text_encoders=[bf16.text_encoder, bf16.text_encoder_2])
@@ -150,7 +150,7 @@ def test_sdxl_shards_as_training_would_compute_them(tmp_path, sdxl_pipe):
 
 
 def test_sd15_bf16_flips_and_stats(tmp_path):
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     out, result = precompute(
         tmp_path, model="tiny-sd15", extra=["--storage-dtype", "bf16", "--flip", "both", "--latent-stats"]
@@ -315,8 +315,8 @@ def test_open_latents_refuses_other_folders(tmp_path):
 
 
 def test_override_vae_recorded_and_checked(tmp_path):
-    from pipeline.builtin_models import materialise_tiny
-    from pipeline.models import load_pipeline
+    from pipeline.models.builtin import materialise_tiny
+    from pipeline.models.loading import load_pipeline
 
     other_vae = materialise_tiny("tiny-sd15") / "vae"
     write_pick_file(tmp_path / "pick", PICK_ROWS[1:])
@@ -362,7 +362,7 @@ def test_overlapping_output_and_extreme_aspect(tmp_path):
 
 def test_only_the_train_split_of_a_multi_split_folder(tmp_path):
     """A Pick-a-Pic snapshot folder holds train/validation/test shards: only train is read."""
-    from pipeline.shards import input_shard_files
+    from pipeline.data.shards import input_shard_files
 
     (tmp_path / "data").mkdir()
     for name in ("train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001", "test-00000-of-00001"):

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.reward import NEAR_TIE, TIE, combine, fit_scales
+from pipeline.judges.reward import NEAR_TIE, TIE, combine, fit_scales
 from pipeline.world.judges import WorldPromptJudge, WorldStyleJudge
 from pipeline.world.render import render, to_image
 from pipeline.world.scene import Scene, captions

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.prompt_prefixes import UNSAFE_PREFIX
+from pipeline.data.prompt_prefixes import UNSAFE_PREFIX
 from pipeline.world.scene import captions
 from stages.cli import app
 from tests.helpers import read_table, run_cli, write_prompts

@@ -10,7 +10,7 @@ import functools
 
 @functools.lru_cache(maxsize=None)
 def _encoders(model: str):
-    from pipeline.models import load_pipeline
+    from pipeline.models.loading import load_pipeline
 
     return load_pipeline(model, device="cpu", dtype="fp32", skip=("unet",))
 
@@ -18,7 +18,7 @@ def _encoders(model: str):
 def real_batch(model: str = "tiny-sdxl", pairs: int = 2, resolution: int = 64, seed: int = 0) -> dict:
     import torch
 
-    from pipeline.conditioning import encode_text
+    from pipeline.models.conditioning import encode_text
 
     pipe = _encoders(model)
     g = torch.Generator().manual_seed(seed)

@@ -30,7 +30,7 @@ def sd3_data(tmp_path_factory, one_torch_thread):
 
 
 def test_precompute_stores_sd3_conditioning(sd3_data):
-    from pipeline.latent_shards import open_latents
+    from pipeline.data.latent_shards import open_latents
 
     info = json.loads((sd3_data / "lat" / "manifest.json").read_text())["latents"]
     assert info["family"] == "sd3" and info["latent_shape"] == [16, 8, 8] and info["shift_factor"] == 0.0609
@@ -48,7 +48,7 @@ def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, 
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
     from safetensors.torch import load_file
 
-    from pipeline.models import resolve_model_source
+    from pipeline.models.loading import resolve_model_source
 
     out = tmp_path / "run"
     extra = ["--objective", objective] + (["--lora-rank", "2"] if lora else [])
@@ -139,7 +139,7 @@ def test_bad_input_is_one_line(sd3_data, tmp_path, latents_sdxl):
 
 def test_lora_of_one_family_loaded_as_another(sd3_data, tmp_path):
     from pipeline.errors import UserError
-    from pipeline.training_output import load_trained_pipeline
+    from pipeline.models.training_output import load_trained_pipeline
 
     result = run_cli(train_app, train_args(sd3_data / "lat", tmp_path / "lora", "tiny-sd3", 1, "--lora-rank", "2"))
     assert result.exit_code == 0, result.output
@@ -176,7 +176,7 @@ def test_eval_and_loading_sample_as_each_candidate_was_trained(sd3_data, tmp_pat
     with T5 at 16 tokens with them; the base model with the pipeline's defaults. Recorded in the summary and
     the report, with a note that the candidates differ."""
     import stages.generate
-    from pipeline.training_output import load_trained_pipeline, read_training_output
+    from pipeline.models.training_output import load_trained_pipeline, read_training_output
 
     result = run_cli(data_app, ["precompute", "--input", sd3_data / "lab", "--output", tmp_path / "lat", "--model",
                                 "tiny-sd3", "--resolution", "64", "--device", "cpu", "--no-t5",

@@ -17,8 +17,8 @@ from train.step import Objective, compute_loss, draw_noise, errors, step_generat
 
 def _sd3_batch(pairs: int = 2, resolution: int = 64, seed: int = 0) -> dict:
     """What the latent reader gives for SD3: latents (x - shift) * scale, prompt embeds and pooled, no time ids."""
-    from pipeline.conditioning import encode_text
-    from pipeline.models import load_pipeline
+    from pipeline.models.conditioning import encode_text
+    from pipeline.models.loading import load_pipeline
 
     pipe = load_pipeline("tiny-sd3", device="cpu", dtype="fp32", skip=("transformer",))
     g = torch.Generator().manual_seed(seed)

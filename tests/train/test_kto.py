@@ -28,7 +28,7 @@ def unpaired(tmp_path_factory):
 
 
 def test_unpaired_precompute_then_kto_trains_and_pair_objectives_refuse(tmp_path, unpaired):
-    from pipeline.latent_shards import open_latents
+    from pipeline.data.latent_shards import open_latents
     from stages.cli import app as data_app
     from train.cli import app as train_app
 

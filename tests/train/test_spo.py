@@ -19,7 +19,7 @@ from train.spo import JudgePreference, ddim_scheduler, ddim_step_with_log_prob, 
 def _scheduler(prediction_type="epsilon", steps=10):
     from diffusers import EulerDiscreteScheduler
 
-    from pipeline.builtin_models import _SCHEDULER
+    from pipeline.models.builtin import _SCHEDULER
 
     config = EulerDiscreteScheduler(**{**_SCHEDULER, "prediction_type": prediction_type}).config
     return ddim_scheduler(config, steps)
@@ -148,7 +148,7 @@ def test_threshold_is_the_public_softmax_gap():
         p = torch.tensor([best, worst]).softmax(0)
         return bool(p[0] - p[1] > threshold)
 
-    from pipeline.reward import pair_candidates
+    from pipeline.judges.reward import pair_candidates
 
     for scores in ([0.9, 0.1], [0.5, 0.1, 0.3], [21.3, 20.1], [0.2, 0.2]):
         for threshold in (0.0, 0.3, 0.4):
@@ -264,7 +264,7 @@ def test_a_micro_batch_without_pairs_updates_nothing_and_keeps_ddp_ranks_in_step
                                                                                processes):
     """No kept pair: zero loss. Under DDP (2 processes) it must still run the UNet forward and backward,
     or the ranks with pairs would wait forever in the all-reduce: every weight gets a zero gradient."""
-    from pipeline.options import build_config
+    from pipeline.cli.options import build_config
     from train.config import TrainConfig
     from train.spo import Pairs
     from train.trainer import Trainer
@@ -352,7 +352,7 @@ def test_a_non_finite_preference_score_is_in_no_pair_and_counted(tmp_path, promp
     """Issue 24 item 1: a preference model returning NaN for a candidate (an fp16 head can) gave a kept pair with
     gap NaN: NaN fails `gap <= min_gap`, and `rewards[a] >= rewards[b]` is False for NaN, so the other was chosen.
     Now a non-finite candidate is left out of the pairing, counted in the metrics, and never in a pair."""
-    from pipeline.options import build_config
+    from pipeline.cli.options import build_config
     from train.config import TrainConfig
     from train.trainer import Trainer
 

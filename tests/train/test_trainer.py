@@ -21,7 +21,7 @@ def _train(data, out, model="tiny-sdxl", steps=2, *extra):
 def _base_pipe(model):
     from diffusers import DiffusionPipeline
 
-    from pipeline.models import resolve_model_source
+    from pipeline.models.loading import resolve_model_source
 
     return DiffusionPipeline.from_pretrained(resolve_model_source(model))
 
@@ -138,7 +138,7 @@ def test_mapo_overfits_a_handful_of_pairs(tmp_path, latents_sd15):
     """MaPO on 8 pairs, high LR: afterwards e_w < e_l on every training pair (implicit accuracy 1.0)."""
     from diffusers import UNet2DConditionModel
 
-    from pipeline.latent_shards import collate, open_latents
+    from pipeline.data.latent_shards import collate, open_latents
     from train.data import to_compute
     from train.model_setup import load_base_unet_and_scheduler
     from train.step import Objective, draw_noise, errors, unet_inputs
@@ -289,7 +289,7 @@ def test_validation_grids_and_tensorboard(tmp_path, latents_sdxl):
     names = sorted(p.name for p in (out / "validation").iterdir())
     assert names == ["before_after.png", "step-000000.png", "step-000001.png", "step-000002.png"]
     assert Image.open(out / "validation" / "step-000001.png").size == (128, 128)  # 2 seeds x 2 prompts at 64 px
-    from pipeline.images import GRID_CAPTION_HEIGHT, GRID_TITLE_HEIGHT
+    from pipeline.data.images import GRID_CAPTION_HEIGHT, GRID_TITLE_HEIGHT
 
     # before | after (2 seeds each) at 64 px, scaled to 128 px tiles, titled, one captioned row per prompt
     assert Image.open(out / "validation" / "before_after.png").size == (
@@ -303,7 +303,7 @@ def _halves(path):
     import numpy as np
     from PIL import Image
 
-    from pipeline.images import labelled_grid_tile
+    from pipeline.data.images import labelled_grid_tile
 
     grid = Image.open(path)
     return tuple(np.asarray(labelled_grid_tile(grid, 0, col, 128))[::2, ::2] for col in (0, 1))

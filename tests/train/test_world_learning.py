@@ -124,7 +124,7 @@ def test_kto_rewards_the_desirable_images_of_the_world(world, monkeypatch, sabot
     import torch
     from diffusers import UNet2DConditionModel
 
-    from pipeline.latent_shards import collate, open_latents
+    from pipeline.data.latent_shards import collate, open_latents
     from train.cli import app as train_app
     from train.data import to_compute
     from train.model_setup import load_base_unet_and_scheduler

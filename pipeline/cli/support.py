@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from .errors import UserError, output_error_message
+from pipeline.errors import UserError, output_error_message
 
 EXIT_USER_ERROR = 2
 
@@ -18,7 +18,7 @@ def signal_exit_code(name: str) -> int:
 
 
 def user_errors_exit(fn):
-    """Decorator for typer commands (every command: :func:`pipeline.options.command`): ``UserError`` ->
+    """Decorator for typer commands (every command: :func:`pipeline.cli.options.command`): ``UserError`` ->
     ``error: <message>`` and exit code 2; so is an OS error that a user fixes by choosing another place or
     freeing space (permission denied, read-only file system, full disk:
     :func:`pipeline.errors.output_error_message`)."""
@@ -67,7 +67,7 @@ def one_line_errors_group():
     """The typer group class for apps with subcommands (``typer.Typer(cls=one_line_errors_group())``): a
     misspelled subcommand (``mapo-data genrate``) or an unknown group option is one ``error:`` line with
     click's own message and suggestion, exit status 2 (:func:`usage_errors_in_one_line`). Commands get the
-    same from :func:`pipeline.options.command`."""
+    same from :func:`pipeline.cli.options.command`."""
     from typer.core import TyperGroup
 
     class OneLineErrorsGroup(TyperGroup):

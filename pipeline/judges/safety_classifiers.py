@@ -13,11 +13,11 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from pipeline.clip_embed import hub_offline
 from pipeline.errors import ModelNotFoundError, UserError, require
-from pipeline.judge_scores import is_finite_score
-from pipeline.models import resolve_device
-from pipeline.weights_files import reading_weights
+from pipeline.judges.clip_embed import hub_offline
+from pipeline.judges.scores import is_finite_score
+from pipeline.models.loading import resolve_device
+from pipeline.models.weights_files import reading_weights
 
 
 @runtime_checkable
@@ -35,7 +35,7 @@ class SafetyClassifier(Protocol):
 
 def is_unsafe(classifier: SafetyClassifier, scores: Iterable[float]) -> list[bool | None]:
     """Apply the classifier's threshold (strictly greater, as the SD checker's ``> 0``); None for a NaN or
-    infinite score (:mod:`pipeline.judge_scores`): not judged, neither safe nor unsafe."""
+    infinite score (:mod:`pipeline.judges.scores`): not judged, neither safe nor unsafe."""
     return [s > classifier.threshold if is_finite_score(s) else None for s in scores]
 
 
@@ -82,7 +82,7 @@ class NudeNetClassifier:
     """NudeNet's ONNX detector (shipped in its wheel, runs offline); unsafety = top exposed score.
 
     Raises :class:`ModelNotFoundError` when ``model_path`` does not exist and
-    :class:`~pipeline.weights_files.WeightsFileError` when the ONNX file is unreadable.
+    :class:`~pipeline.models.weights_files.WeightsFileError` when the ONNX file is unreadable.
     """
 
     name = "nudenet"
@@ -164,7 +164,7 @@ class SDSafetyChecker:
     first, so the two can differ only for scores within 0.0005 of zero.
 
     Raises :class:`ModelNotFoundError` when ``source`` is not found and
-    :class:`~pipeline.weights_files.WeightsFileError` naming the file when one of its files is unreadable.
+    :class:`~pipeline.models.weights_files.WeightsFileError` naming the file when one of its files is unreadable.
     """
 
     name = "sd-safety-checker"

@@ -11,7 +11,7 @@ paths joined to ``os.path.dirname(json_path)``).
 
 Label rule: ``path1`` is chosen, always (``label_0 = 1``, ``label_1 = 0``; ``jpg_0`` is ``path1``).
 A file is read in shards of ``--records-per-shard`` records: one streaming pass notes where each
-shard starts (:mod:`pipeline.layouts.json_records`), each shard then reads only its own records.
+shard starts (:mod:`pipeline.data.layouts.json_records`), each shard then reads only its own records.
 An image that was not extracted is a reject of ``precompute``/``label`` with the reason
 ``image file not readable (FileNotFoundError: <path>)``; the pair is never shifted.
 """
@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from pipeline.errors import UserError
+
 from .base import InputShard, ShardMetadata, file_digest, image_struct
 from .json_records import JsonRecords
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UserError, writing_output
+from pipeline.errors import UserError, writing_output
 
 
 def differing_keys(old: dict, new: dict, keys: Iterable[str] | None = None) -> list[str]:

@@ -5,7 +5,7 @@ runner owns the rest, the same way for all of them and for any number of process
 
 1. claim the output folder on the main process (refuse another configuration, clear with
    ``--overwrite``), wait for everyone, take this rank's shards ``r, r+N, ...`` and drop the ones a
-   previous run finished (:meth:`pipeline.shards.ShardedOutput.start`);
+   previous run finished (:meth:`pipeline.data.shards.ShardedOutput.start`);
 2. ``setup(todo)``: load models (a stage may skip it when ``todo`` is empty);
 3. ``process_shard(k, pool, bar)`` for each shard to do, in order, with a 2-thread pool for
    overlapping encode/write work and the progress bar; it returns the shard's counters, or a
@@ -21,9 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .distributed import ProcessInfo, wait_for_everyone
-from .progress import progress_bar
-from .shards import ShardedOutput, add_counts
+from pipeline.cli.progress import progress_bar
+from pipeline.data.shards import ShardedOutput, add_counts
+from pipeline.runtime.distributed import ProcessInfo, wait_for_everyone
 
 
 @dataclass
@@ -62,7 +62,7 @@ def run_sharded(stage: ShardedStage, proc: ProcessInfo) -> ShardedRun:
         UserError: the output folder holds another configuration (without ``overwrite``) or is not
             a mapo-data output; whatever ``setup`` or ``process_shard`` raise.
     """
-    from .conditioning import report_truncation, reset_truncation
+    from pipeline.models.conditioning import report_truncation, reset_truncation
 
     reset_truncation()
     out = stage.output
@@ -114,7 +114,7 @@ def nothing_kept_warning(stage: str, seen: int, kept: int, reasons: dict, root, 
     (``<root>/rejects/``) and the command that summarises them (``mapo-data inspect``), as ``label`` does;
     when the top reason has a known fix (:data:`REASON_HINTS`: image files not extracted) the line says it.
     """
-    from .formatting import count
+    from pipeline.cli.formatting import count
 
     if not seen or kept:
         return None

@@ -20,11 +20,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from pipeline.atomic import atomic_write
+from pipeline.data.atomic import atomic_write
+from pipeline.data.prompt_prefixes import STYLE_TEXTS  # noqa: F401  (re-exported: its old home)
 from pipeline.errors import ModelNotFoundError, UserError, one_line
-from pipeline.models import resolve_device
-from pipeline.prompt_prefixes import STYLE_TEXTS  # noqa: F401  (re-exported: its old home)
-from pipeline.weights_files import reading_weights
+from pipeline.models.loading import resolve_device
+from pipeline.models.weights_files import reading_weights
 
 # A tiny open_clip architecture (about 1.7M parameters, most of them the 49,408-token embedding)
 # so tests and the demo can build random weights offline and load them back through the same
@@ -248,7 +248,7 @@ def load_open_clip(
     checkpoint was trained with them.
 
     Raises :class:`ModelNotFoundError` when the model name or its weights are not found,
-    :class:`~pipeline.weights_files.WeightsFileError` when the weights file is unreadable
+    :class:`~pipeline.models.weights_files.WeightsFileError` when the weights file is unreadable
     (truncated, an HTML page, another format), :class:`UserError` when it is for another architecture.
     """
     import open_clip

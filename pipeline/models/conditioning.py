@@ -37,7 +37,7 @@ class TextEmbeddings:
 
 
 def is_sdxl(pipe) -> bool:
-    from .families import SDXL, family_of_pipe
+    from pipeline.families import SDXL, family_of_pipe
 
     return family_of_pipe(pipe) is SDXL
 
@@ -104,7 +104,7 @@ def encode_text(
     """
     import torch
 
-    from .families import family_of_pipe
+    from pipeline.families import family_of_pipe
 
     extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
     note_truncation(pipe, [*prompts, *(negative_prompts or [])])

@@ -48,7 +48,7 @@ def per_sample_forward(module) -> None:
 
 
 def make_batch_invariant(pipe) -> None:
-    from .families import family_of_pipe
+    from pipeline.families import family_of_pipe
 
     per_sample_forward(family_of_pipe(pipe).denoiser(pipe))
     if getattr(pipe, "vae", None) is not None:

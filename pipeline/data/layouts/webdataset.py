@@ -20,7 +20,8 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from ..errors import UserError
+from pipeline.errors import UserError
+
 from .base import InputShard, ShardMetadata, file_digest, image_struct
 
 NAME = "webdataset"

@@ -4,7 +4,7 @@ Every stage that reads preference pairs (``precompute``, ``label``, ``inspect``;
 --prompts`` for the prompts) calls :func:`open_pairs` and gets :class:`InputShard` s whose rows are
 in the Pick-a-Pic shape (``caption``, ``jpg_0``, ``jpg_1``, ``label_0``, ``label_1`` and the
 layout's original columns), whatever the files hold. Split discovery
-(:func:`pipeline.shards.split_files`), the Image struct and image decoding (:mod:`pipeline.images`)
+(:func:`pipeline.data.shards.split_files`), the Image struct and image decoding (:mod:`pipeline.data.images`)
 stay shared. Layouts, one module each:
 
 ==================  ===========================================================================
@@ -23,9 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..options import at_least, option
-from ..shards import SPLIT, split_files
+from pipeline.cli.options import at_least, option
+from pipeline.data.shards import SPLIT, split_files
+from pipeline.errors import UserError
+
 from . import chosen_rejected, hpdv3, votes, webdataset
 from .base import STANDARD, InputShard, MappedParquetShard, ParquetShard, ShardMetadata, as_shard
 
@@ -163,7 +164,7 @@ def _found_text(found: dict) -> str:
 
 def _parquet_layouts(path: Path) -> list[str]:
     """The Parquet layouts whose columns ``path`` has."""
-    from ..images import is_image_column
+    from pipeline.data.images import is_image_column
 
     schema = ParquetShard(path).schema_arrow
     names = set(schema.names)

@@ -6,7 +6,7 @@ diffusers ``UNet2DConditionModel`` folder, or ``transformer/`` for a transformer
 ``pytorch_lora_weights.safetensors`` (a LoRA in the diffusers format that ``pipe.load_lora_weights``
 reads). ``mapo-eval`` and :func:`load_trained_pipeline` read it here; ``mapo-train`` writes it with the same names.
 
-    from pipeline.training_output import load_trained_pipeline, read_training_output
+    from pipeline.models.training_output import load_trained_pipeline, read_training_output
     pipe = load_trained_pipeline("runs/mapo", device="cuda", dtype="fp16")
     image = pipe("a red circle at the top left", **read_training_output("runs/mapo").sampling_kwargs()).images[0]
 """
@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .weights_files import check_readable, reading_weights
+from pipeline.errors import UserError
+from pipeline.models.weights_files import check_readable, reading_weights
 
 TRAINING_CONFIG = "training_config.json"  # mapo-eval recognises training outputs by this name
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name (load_lora_weights' default)
@@ -124,7 +124,7 @@ def load_unet(output: TrainingOutput, dtype=None):
     Raises:
         UserError: the folder cannot be loaded (one line naming it).
     """
-    from .families import SD15, family_of_denoiser
+    from pipeline.families import SD15, family_of_denoiser
 
     folder = os.path.join(output.path, output.denoiser_dir)
     try:
@@ -164,7 +164,7 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
     """The base text-to-image pipeline with a training output's UNet or LoRA in it, ready to sample.
 
     ``model`` defaults to the base model the run was trained from (its ``training_config.json``);
-    ``device`` and ``dtype`` as in :func:`pipeline.models.load_pipeline`. An SD3 model trained on
+    ``device`` and ``dtype`` as in :func:`pipeline.models.loading.load_pipeline`. An SD3 model trained on
     ``precompute --no-t5`` latents is loaded without T5 (``text_encoder_3=None``: zeros where T5 goes, as in
     training); sample with ``pipe(prompt, **read_training_output(path).sampling_kwargs())`` to use the T5 token
     count it was trained with (``max_sequence_length``).
@@ -172,14 +172,14 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
     Raises:
         UserError: not a training output, the base model is not available, or the weights do not load.
     """
-    from .models import load_pipeline, resolve_device, resolve_dtype
+    from pipeline.models.loading import load_pipeline, resolve_device, resolve_dtype
 
     output = read_training_output(path)
     base = model or output.base_model
     if not base:
         raise UserError(f"{path}: {TRAINING_CONFIG} records no base model; pass model=")
     if model and output.family:
-        from .models import model_family_of
+        from pipeline.models.loading import model_family_of
 
         family = model_family_of(model).name
         if family != output.family:
@@ -188,7 +188,7 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
     dev = resolve_device(device)
     pipe = load_pipeline(base, dtype=resolve_dtype(dtype, dev), device=dev, skip=output.skipped_components())
     if output.kind == "unet":
-        from .families import family_of_pipe
+        from pipeline.families import family_of_pipe
 
         fam = family_of_pipe(pipe)
         fam.set_denoiser(pipe, load_unet(output, fam.denoiser(pipe).dtype).to(pipe.device).eval())

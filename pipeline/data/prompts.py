@@ -1,11 +1,11 @@
 """Prompt sources: text, JSONL, CSV, Parquet files, a folder of Parquet shards or a ``datasets`` dataset
 -> stable-id prompts.
 
-A folder is read as ``datasets.load_dataset`` reads it (:func:`pipeline.shards.input_split`): a
+A folder is read as ``datasets.load_dataset`` reads it (:func:`pipeline.data.shards.input_split`): a
 snapshot of the hub's ``yuvalkirstain/pickapic_v2_no_images`` (``data/train-00000-of-000NN-<hash>.parquet``
 plus validation and test splits) gives the caption column of its ``--prompt-split``. Only that
 column is read from each Parquet file, so a Pick-a-Pic snapshot WITH images reads no image bytes.
-Public preference inputs (:mod:`pipeline.layouts`) give their prompts too: a vote-count or
+Public preference inputs (:mod:`pipeline.data.layouts`) give their prompts too: a vote-count or
 chosen/rejected Parquet by its ``prompt`` column, an HPDv3 JSON (or a folder of them) by its
 records' ``prompt``, WebDataset tars by each sample's caption member.
 """
@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .textfiles import read_text
+from pipeline.data.textfiles import read_text
+from pipeline.errors import UserError
 
 DEFAULT_COLUMNS = ("caption", "prompt")
 FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
@@ -118,7 +118,7 @@ def _read_parquet_column(path: Path, column: str | None) -> list:
 
 def _read_folder(path: Path, split: str, column: str | None) -> list:
     """The prompt column of a folder's ``split`` (a folder of one split: all of it), file by file in order."""
-    from .shards import input_split
+    from pipeline.data.shards import input_split
 
     _, files = input_split(path, split)
     return [value for f in files for value in _read_parquet_column(f, column)]
@@ -127,8 +127,8 @@ def _read_folder(path: Path, split: str, column: str | None) -> list:
 def _layout_captions(path: Path, split: str) -> list | None:
     """The prompts of an HPDv3 JSON or WebDataset tar input (a file or a folder), read record by record;
     None when ``path`` is not one (a ``.jsonl`` of ``{"caption": ...}`` objects is a prompt file)."""
-    from .layouts import LayoutOptions, detect_layout, hpdv3, open_pairs, webdataset
-    from .layouts.json_records import JsonRecords
+    from pipeline.data.layouts import LayoutOptions, detect_layout, hpdv3, open_pairs, webdataset
+    from pipeline.data.layouts.json_records import JsonRecords
 
     name = path.name.lower()
     if path.is_file():

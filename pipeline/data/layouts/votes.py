@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
-from ..judge_scores import is_finite_score
+from pipeline.errors import UserError
+from pipeline.judges.scores import is_finite_score
+
 from .base import MappedParquetShard, column_or_nulls
 
 NAME = "votes"

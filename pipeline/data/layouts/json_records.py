@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import UserError
+from pipeline.errors import UserError
 
 WINDOW = 1 << 20  # bytes read at a time
 MAX_RECORD = 64 << 20  # a record (or garbage) longer than this stops the read with one line

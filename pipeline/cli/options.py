@@ -21,8 +21,8 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from .errors import UserError
-from .models import DTYPES
+from pipeline.errors import UserError
+from pipeline.models.loading import DTYPES
 
 _META = "option"
 _PREFIX = "option_prefix"  # metadata of a nested config field: a prefix for every option it contributes
@@ -284,7 +284,7 @@ def read_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     """
     import yaml
 
-    from .textfiles import read_text
+    from pipeline.data.textfiles import read_text
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -386,7 +386,7 @@ def _underscore_aliases_command():
     parse error (unknown option, a value of the wrong type) in one ``error:`` line, as every other error."""
     from typer.core import TyperCommand
 
-    from .cli_support import usage_errors_in_one_line
+    from pipeline.cli.support import usage_errors_in_one_line
 
     class UnderscoreAliases(TyperCommand):
         def parse_args(self, ctx, args):
@@ -423,7 +423,7 @@ def command(app, cls: type, *, name: str | None = None) -> Callable:
     """
     import typer
 
-    from .cli_support import user_errors_exit
+    from pipeline.cli.support import user_errors_exit
 
     declared = declared_options(cls)
 

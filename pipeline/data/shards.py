@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .atomic import temporary_name, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
-from .errors import UserError, writing_output
-from .output_folder import OutputFolder
+from pipeline.data.atomic import temporary_name, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
+from pipeline.data.output_folder import OutputFolder
+from pipeline.errors import UserError, writing_output
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
@@ -170,7 +170,7 @@ class ShardedOutput:
         Returns (this process's shards, those of them still to do); stale temporaries a
         killed run left for the shards to do are removed.
         """
-        from .distributed import wait_for_everyone
+        from pipeline.runtime.distributed import wait_for_everyone
 
         if proc.is_main:
             self.prepare(overwrite=overwrite)
@@ -328,7 +328,7 @@ def input_kind(spec: str | Path, name: str = "Input", hint: str = "") -> str:
     """What the input ``spec`` is: ``"file"``, ``"folder"`` or ``"glob"`` (one matching at least one path).
 
     The one check every stage that reads an input makes first (``precompute``, ``label``, ``inspect``
-    through :func:`split_files`, ``pipeline.layouts.open_pairs`` and their own calls), so a file, a
+    through :func:`split_files`, ``pipeline.data.layouts.open_pairs`` and their own calls), so a file, a
     folder and a glob are told apart, and refused, the same way everywhere. A path that exists is
     taken as itself even when its name holds glob characters (``data[1].parquet``); otherwise a
     name with ``*``, ``?`` or ``[`` is a pattern, expanded as :func:`glob.glob` expands it (``~`` too).
@@ -382,7 +382,7 @@ def input_split(spec: str | Path, split: str = SPLIT) -> tuple[str, list[Path]]:
     ``data/train-KKKKK-of-NNNNN.parquet``, a bare ``pairs.parquet``); one with several gives only
     ``split``'s, so a Pick-a-Pic snapshot's validation and test pairs never leak into training
     data. A file or a glob is taken as given and said to be ``split``. Other input layouts (JSON,
-    tar shards) are found by :func:`pipeline.layouts.open_pairs`, with :func:`split_files`.
+    tar shards) are found by :func:`pipeline.data.layouts.open_pairs`, with :func:`split_files`.
 
     Raises UserError when the input does not exist, holds no Parquet file, or holds several splits
     but not ``split`` (the message names the splits found).

@@ -58,7 +58,7 @@ for each of ``SIGNATURE_CHUNKS`` consecutive groups of tensors (sorted by name),
 |w| and root-mean-square of w, in fp64. Rounding to fp16/bf16 moves these by < 1e-4 relative;
 another model (or another VAE such as the fp16-fix one) moves them far more. ``check_model``
 accepts when configs match and every signature value is within ``SIGNATURE_RTOL``. The exact
-``pipeline.models.weights_fingerprint`` and the dtype it was taken in are recorded as well, for
+``pipeline.models.loading.weights_fingerprint`` and the dtype it was taken in are recorded as well, for
 the record. The trainer can load the VAE / text encoders on the CPU (they never need to run).
 """
 from __future__ import annotations
@@ -68,10 +68,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from .atomic import atomic_write
-from .errors import UserError
-from .families import get_family
-from .shards import DATA_DIR, read_manifest, shard_name
+from pipeline.data.atomic import atomic_write
+from pipeline.data.shards import DATA_DIR, read_manifest, shard_name
+from pipeline.errors import UserError
+from pipeline.families import get_family
 
 FORMAT = "mapo-latents"
 FORMAT_VERSION = 1
@@ -154,7 +154,7 @@ def weights_signature(module) -> list[float]:
 
 
 def describe_component(module) -> dict:
-    from .models import dtype_name, weights_fingerprint
+    from pipeline.models.loading import dtype_name, weights_fingerprint
 
     params = list(module.parameters())
     return {

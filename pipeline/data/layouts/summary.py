@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import UserError
-from ..shards import input_kind
+from pipeline.data.shards import input_kind
+from pipeline.errors import UserError
+
 from . import LayoutOptions, PairInput, detect_layout, open_pairs
 
 READ_BATCH = 4096
@@ -65,7 +66,7 @@ def summarize_input(spec: str | Path, split: str = "train", options: LayoutOptio
     """:func:`summarize` of ``spec`` when it is a public-layout input; None for a mapo-data output or
     Pick-a-Pic Parquet (``inspect`` reads those itself).
 
-    Raises UserError as :func:`pipeline.layouts.open_pairs` does (a missing input included)."""
+    Raises UserError as :func:`pipeline.data.layouts.open_pairs` does (a missing input included)."""
     path = Path(str(spec)).expanduser()
     if input_kind(spec) == "folder" and (path / "manifest.json").is_file():
         return None

@@ -10,7 +10,7 @@ import gzip
 import json
 from pathlib import Path
 
-from .errors import UserError
+from pipeline.errors import UserError
 
 CLIP_VOCAB_SIZE = 49408
 _NUM_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2

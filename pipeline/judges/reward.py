@@ -15,10 +15,10 @@ scores of the registered judges (:mod:`pipeline.judges`).
   reward gap exceeds ``min_gap``; exact ties and near ties (gap > 0 but not above ``min_gap``) are
   returned with their drop reason, so the stage can count them.
 
-A score that is not a finite number (:mod:`pipeline.judge_scores`) never takes part: it is left out of
+A score that is not a finite number (:mod:`pipeline.judges.scores`) never takes part: it is left out of
 its judge's calibration (counted in :attr:`Scale.dropped`), gives its image no reward (None), and a
 candidate without a reward is in no pair; the stage writes it to ``rejects/`` as
-:data:`~pipeline.judge_scores.NON_FINITE`.
+:data:`~pipeline.judges.scores.NON_FINITE`.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .errors import UserError
-from .judge_scores import finite_values, is_finite_score
+from pipeline.errors import UserError
+from pipeline.judges.scores import finite_values, is_finite_score
 
 RULES = ("best-worst", "all-pairs")
 TIE = "reward tie"  # the two rewards are exactly equal

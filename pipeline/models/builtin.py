@@ -1,5 +1,14 @@
-"""Built-in models: tiny random SDXL / SD1.5 / SD3 pipelines, the miniature world's pretrained
-``shapes-sdxl`` (:mod:`pipeline.world.model`) and the full-size SDXL architecture.
+"""Built-in models: one registry of the names ``--model`` takes besides a folder or a hub id.
+
+Each :class:`BuiltinModel` knows its name, family, kind and how to produce it:
+
+- ``tiny``: a tiny random SDXL / SD1.5 / SD3 pipeline, built offline once into the cache (:func:`materialise_tiny`);
+- ``folder``: a committed diffusers folder, registered by a plugin: the miniature world's pretrained
+  ``shapes-sdxl`` (``mapo_tools.models`` entry point, :data:`PLUGIN_GROUP`; no core module imports the world);
+- ``arch``: a full-size architecture with random weights, built in memory on demand (``sdxl-arch``,
+  ``sd35-medium-arch``, ``sd35-large-arch``).
+
+Callers ask the registry (:func:`get_builtin`, :func:`builtin_names`) instead of branching on names.
 
 The tiny models keep the real architectures' conditioning (SDXL: two text encoders,
 pooled embedding and time ids; SD1.5: one encoder) at toy widths, so every code path that
@@ -15,19 +24,15 @@ their published configs, with random weights, for the same use on the flow famil
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 BUILTIN_VERSION = "v1"  # bump when a built-in's config changes so caches are rebuilt
-TINY_MODELS = ("tiny-sdxl", "tiny-sd15", "tiny-sd3")
-ARCH_MODELS = ("sdxl-arch", "sd35-medium-arch", "sd35-large-arch")
-# Each architecture model's family (pipeline.families name).
-ARCH_FAMILIES = {"sdxl-arch": "sdxl", "sd35-medium-arch": "sd3", "sd35-large-arch": "sd3"}
-# Pretrained on the miniature world and committed (pipeline/world/shapes-sdxl, checked on load).
-WORLD_MODELS = ("shapes-sdxl",)
-BUILTIN_MODELS = TINY_MODELS + WORLD_MODELS + ARCH_MODELS
 
 _SCHEDULER = dict(
     beta_start=0.00085,
@@ -130,7 +135,7 @@ def _tiny_sd3(tok_dir: Path):
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from .tokenizer import build_clip_tokenizer, build_t5_tokenizer
+    from pipeline.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
     joint = 64
     transformer = SD3Transformer2DModel(
@@ -156,45 +161,63 @@ def _tiny_sd3(tok_dir: Path):
     )
 
 
-def build_tiny(name: str, directory: Path) -> None:
-    """Create the tiny random pipeline ``name`` and save it in the diffusers layout."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+def _tiny_sdxl(tok_dir: Path):
+    """tiny-sdxl: SDXL's conditioning (two CLIP text encoders 32 wide, pooled projection 32, time ids) at toy
+    widths, with SDXL's VAE scaling factor and an EulerDiscreteScheduler of SDXL's schedule."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from .tokenizer import build_clip_tokenizer
+    from pipeline.models.tokenizer import build_clip_tokenizer
 
+    scheduler = EulerDiscreteScheduler(**_SCHEDULER)
+    te1 = CLIPTextModel(CLIPTextConfig(**_text_config(32)))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, projection=32)))
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(0.13025),
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=build_clip_tokenizer(tok_dir / "1"),
+        tokenizer_2=build_clip_tokenizer(tok_dir / "2", pad_token="!"),
+        unet=_tiny_unet(64, sdxl=True),
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def _tiny_sd15(tok_dir: Path):
+    """tiny-sd15: SD1.5's one CLIP text encoder (32 wide), its VAE scaling factor, no safety checker."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pipeline.models.tokenizer import build_clip_tokenizer
+
+    scheduler = EulerDiscreteScheduler(**_SCHEDULER)
+    return StableDiffusionPipeline(
+        vae=_tiny_vae(0.18215),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(32))),
+        tokenizer=build_clip_tokenizer(tok_dir / "1"),
+        unet=_tiny_unet(32, sdxl=False),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny(name: str, directory: Path) -> None:
+    """Create the tiny random pipeline ``name`` (a built-in of kind ``tiny``) and save it in the diffusers layout.
+
+    Raises:
+        ValueError: ``name`` is not a tiny built-in (a programming error: callers ask the registry first).
+    """
+    import torch
+
+    entry = get_builtin(name)
+    if entry is None or entry.kind != "tiny":
+        raise ValueError(name)
     torch.manual_seed(0)  # the same random weights on every machine
     tok_dir = directory / "_tok"
-    scheduler = EulerDiscreteScheduler(**_SCHEDULER)
-    if name == "tiny-sdxl":
-        te1 = CLIPTextModel(CLIPTextConfig(**_text_config(32)))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(32, projection=32)))
-        pipe = StableDiffusionXLPipeline(
-            vae=_tiny_vae(0.13025),
-            text_encoder=te1,
-            text_encoder_2=te2,
-            tokenizer=build_clip_tokenizer(tok_dir / "1"),
-            tokenizer_2=build_clip_tokenizer(tok_dir / "2", pad_token="!"),
-            unet=_tiny_unet(64, sdxl=True),
-            scheduler=scheduler,
-            force_zeros_for_empty_prompt=True,
-        )
-    elif name == "tiny-sd3":
-        pipe = _tiny_sd3(tok_dir)
-    elif name == "tiny-sd15":
-        pipe = StableDiffusionPipeline(
-            vae=_tiny_vae(0.18215),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(32))),
-            tokenizer=build_clip_tokenizer(tok_dir / "1"),
-            unet=_tiny_unet(32, sdxl=False),
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    else:  # pragma: no cover - guarded by callers
-        raise ValueError(name)
+    pipe = entry.build(tok_dir)
     pipe.save_pretrained(directory, safe_serialization=True)
     shutil.rmtree(tok_dir)
 
@@ -234,7 +257,7 @@ def sdxl_arch_components(dtype, device, skip: tuple[str, ...] = ()):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from .tokenizer import build_clip_tokenizer
+    from pipeline.models.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)
     unet_cfg = dict(
@@ -325,10 +348,139 @@ def sd35_arch_components(model: str, dtype, device, skip: tuple[str, ...] = ()):
     return comps
 
 
-def arch_components(model: str, dtype, device, skip: tuple[str, ...] = ()) -> dict:
-    """The components of architecture model ``model`` (one of :data:`ARCH_MODELS`): SDXL's full pipeline
-    (:func:`sdxl_arch_components`) or an SD3.5 transformer and scheduler (:func:`sd35_arch_components`).
-    The denoiser is under ``"unet"`` or ``"transformer"`` as its family names it."""
-    if model == "sdxl-arch":
-        return sdxl_arch_components(dtype, device, skip=tuple(skip))
-    return sd35_arch_components(model, dtype, device, skip=tuple(skip))
+# ---------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------
+
+KINDS = ("tiny", "folder", "arch")  # also the order names are listed in
+PLUGIN_GROUP = "mapo_tools.models"  # entry-point group of model plugins (value: a module that registers models)
+DEFAULT_EXAMPLE_PROMPT = "a cat on a sofa"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """One built-in model's declaration.
+
+    - ``name``: what users pass as ``--model``; ``family``: its :mod:`pipeline.families` name ("sd15", "sdxl",
+      "sd3"); ``kind``: one of :data:`KINDS`.
+    - ``build(tok_dir) -> DiffusionPipeline`` (kind ``tiny``): the random pipeline, built after
+      ``torch.manual_seed(0)``; ``tok_dir`` is a scratch folder for its tokenizers. Saved once into the cache.
+    - ``path() -> Path`` (kind ``folder``): the committed folder, verified (raises UserError when it is not whole).
+    - ``components(dtype, device, skip) -> dict`` (kind ``arch``): the components built in memory with random
+      weights; the denoiser under ``"unet"`` or ``"transformer"`` as its family names it.
+    - ``whole_pipeline`` (kind ``arch``): the components make the family's whole pipeline (text encoders, VAE),
+      so generation runs; False for a denoiser alone (training on precomputed latents, ``bench --estimate``).
+    - ``resolution``: the image side it was made for when it has no folder to read it from (px).
+    - ``example_prompt``: a prompt it understands (the model card's snippet).
+    """
+
+    name: str
+    family: str
+    kind: str
+    build: Callable[[Path], Any] | None = None
+    path: Callable[[], Path] | None = None
+    components: Callable[..., dict] | None = None
+    whole_pipeline: bool = True
+    resolution: int | None = None
+    example_prompt: str = DEFAULT_EXAMPLE_PROMPT
+
+    def __post_init__(self):
+        producer = {"tiny": self.build, "folder": self.path, "arch": self.components}.get(self.kind)
+        if producer is None:
+            raise ValueError(f"built-in model '{self.name}': kind {self.kind!r} needs its producer "
+                             "(tiny: build, folder: path, arch: components)")
+
+    @property
+    def has_folder(self) -> bool:
+        """Whether there is a diffusers folder to load (tiny and folder kinds); arch models are built in memory."""
+        return self.kind != "arch"
+
+    def folder(self) -> Path:
+        """The model's diffusers folder: built once into the cache (``tiny``) or the verified committed folder.
+
+        Raises:
+            UserError: a committed folder is not whole. ValueError: an ``arch`` model (no folder; check
+                :attr:`has_folder` first).
+        """
+        if self.kind == "tiny":
+            return materialise_tiny(self.name)
+        if self.kind == "folder":
+            return self.path()
+        raise ValueError(f"built-in '{self.name}' has no folder: it is built in memory")
+
+
+_MODELS: dict[str, BuiltinModel] = {}
+_loaded = False
+
+
+def register_model(entry: BuiltinModel) -> BuiltinModel:
+    """Add ``entry`` to the registry (called once per model, by this module or at a plugin module's import).
+
+    Raises:
+        ValueError: another model of that name is registered (a programming error).
+    """
+    old = _MODELS.get(entry.name)
+    if old is not None and old != entry:
+        raise ValueError(f"built-in model '{entry.name}' is registered twice")
+    _MODELS[entry.name] = entry
+    return entry
+
+
+def _plugin_modules() -> list[str]:
+    """Modules that register models from outside this package: ``mapo_tools.models`` entry points, then any
+    ``pipeline.<subpackage>.model`` (in-tree plugins of an install made before their entry point; as
+    :func:`pipeline.judges.registry._plugin_modules` does for judges)."""
+    import importlib.util
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    import pipeline
+
+    found = [ep.value for ep in entry_points(group=PLUGIN_GROUP)]
+    for info in pkgutil.iter_modules(pipeline.__path__):
+        if info.ispkg and info.name != "models":
+            spec = importlib.util.find_spec(f"pipeline.{info.name}.model")
+            if spec is not None and spec.name not in found:
+                found.append(spec.name)
+    return found
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for module in _plugin_modules():
+        importlib.import_module(module)
+
+
+def builtin_models() -> dict[str, BuiltinModel]:
+    """Every built-in by name: tiny, then folder, then arch models, each kind in registration order."""
+    _load_all()
+    return {e.name: e for kind in KINDS for e in _MODELS.values() if e.kind == kind}
+
+
+def builtin_names() -> tuple[str, ...]:
+    """The built-in names, in :func:`builtin_models` order (``tiny-sdxl, ..., shapes-sdxl, sdxl-arch, ...``)."""
+    return tuple(builtin_models())
+
+
+def get_builtin(name: str) -> BuiltinModel | None:
+    """The built-in ``name``, or None when it is not one (a folder, a hub id, a typo)."""
+    if name not in _MODELS:
+        _load_all()
+    return _MODELS.get(name)
+
+
+for _entry in (
+    BuiltinModel("tiny-sdxl", family="sdxl", kind="tiny", build=_tiny_sdxl),
+    BuiltinModel("tiny-sd15", family="sd15", kind="tiny", build=_tiny_sd15),
+    BuiltinModel("tiny-sd3", family="sd3", kind="tiny", build=_tiny_sd3),
+    BuiltinModel("sdxl-arch", family="sdxl", kind="arch", components=sdxl_arch_components, resolution=1024),
+    *(BuiltinModel(name, family="sd3", kind="arch", resolution=1024, whole_pipeline=False,
+                   components=functools.partial(sd35_arch_components, name))
+      for name in SD35_TRANSFORMER_CONFIGS),
+):
+    register_model(_entry)

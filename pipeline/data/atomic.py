@@ -3,7 +3,7 @@
 ``os.replace`` within one file system is atomic on POSIX and Windows, so a reader (or a resumed run)
 sees either the old file or the whole new one, never a truncated file after a kill. Temporary names
 are ``.<name>.tmp-<pid><suffix>``: hidden, per process, and recognisable by
-:meth:`pipeline.shards.ShardedOutput.remove_stale_temporaries`.
+:meth:`pipeline.data.shards.ShardedOutput.remove_stale_temporaries`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from .errors import writing_output
+from pipeline.errors import writing_output
 
 
 def temporary_name(path: str | Path, keep_suffix: bool = False) -> Path:

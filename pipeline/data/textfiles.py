@@ -4,7 +4,7 @@ from __future__ import annotations
 import codecs
 from pathlib import Path
 
-from .errors import UserError
+from pipeline.errors import UserError
 
 # UTF-32 first: its little-endian BOM starts with UTF-16's. The 'utf-8-sig' / 'utf-16' / 'utf-32'
 # codecs consume the BOM themselves (and pick the byte order from it).

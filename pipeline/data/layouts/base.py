@@ -4,7 +4,7 @@ An :class:`InputShard` is one unit of input (a Parquet file, a piece of a JSON f
 that a stage turns into one output shard. It reads like :class:`pyarrow.parquet.ParquetFile`
 (``schema_arrow``, ``metadata.num_rows``, ``iter_batches``, ``read``), and its rows are always in
 the Pick-a-Pic shape: ``caption``, ``jpg_0``, ``jpg_1`` (encoded bytes or the ``datasets`` Image
-struct ``{bytes, path}``, see :mod:`pipeline.images`), ``label_0``, ``label_1`` (floats; 0.5/0.5
+struct ``{bytes, path}``, see :mod:`pipeline.data.images`), ``label_0``, ``label_1`` (floats; 0.5/0.5
 is a tie, as Pick-a-Pic writes ties), followed by the layout's own original columns. It is also
 ``os.PathLike`` (the file it comes from), so output-folder checks treat it as that file, and
 ``parent`` is where relative image paths are read from.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import UserError
+from pipeline.errors import UserError
 
 STANDARD = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 

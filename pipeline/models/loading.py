@@ -14,13 +14,12 @@ if TYPE_CHECKING:  # annotations only: torch is imported lazily to keep CLI star
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import builtin_models
-from .errors import ModelNotFoundError, UserError
-from .tokenizer import check_tokenizer
-from .weights_files import reading_weights
+from pipeline.errors import ModelNotFoundError, UserError
+from pipeline.models.builtin import builtin_names, get_builtin
+from pipeline.models.tokenizer import check_tokenizer
+from pipeline.models.weights_files import reading_weights
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -60,14 +59,14 @@ def _close_builtin(name: str) -> str | None:
     """The built-in model ``name`` is most likely a typo of (difflib, as click suggests options), or None."""
     import difflib
 
-    close = difflib.get_close_matches(name, builtin_models.BUILTIN_MODELS, n=1, cutoff=0.8)
+    close = difflib.get_close_matches(name, builtin_names(), n=1, cutoff=0.8)
     return close[0] if close else None
 
 
 def _not_found(what: str, name: str, detail: str = "") -> ModelNotFoundError:
     """One line: a near miss of a built-in names the built-in (and never suggests downloading the typo);
     any other name says where it was looked for and how to get it."""
-    builtins = ", ".join(builtin_models.BUILTIN_MODELS)
+    builtins = ", ".join(builtin_names())
     close = _close_builtin(name)
     if close:
         msg = f"{what} '{name}' was not found (did you mean '{close}'?); the built-ins are {builtins}."
@@ -83,13 +82,17 @@ def _not_found(what: str, name: str, detail: str = "") -> ModelNotFoundError:
 
 
 def resolve_model_source(model: str) -> str:
-    """Return what ``from_pretrained`` should load for ``model`` (a path or a hub id)."""
-    if model in builtin_models.TINY_MODELS:
-        return str(builtin_models.materialise_tiny(model))
-    if model in builtin_models.WORLD_MODELS:
-        from .world.model import shapes_sdxl_path
+    """Return what ``from_pretrained`` should load for ``model`` (a path or a hub id).
 
-        return str(shapes_sdxl_path())
+    Raises:
+        UserError: a built-in with no folder (``sdxl-arch``: built in memory), or a path that is no pipeline
+            folder. ModelNotFoundError: a path that does not exist, or a near miss of a built-in name.
+    """
+    builtin = get_builtin(model)
+    if builtin is not None:
+        if not builtin.has_folder:
+            raise UserError(f"'{model}' has no folder to load: its random weights are built in memory")
+        return str(builtin.folder())
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "model_index.json").exists():
@@ -117,7 +120,7 @@ def _loaded_folder(args: tuple, kwargs: dict):
 def _call_loader(what: str, name: str, loader, *args, **kwargs):
     """Run a ``from_pretrained`` call, turning lookup failures into one clear line.
 
-    Raises :class:`ModelNotFoundError` when nothing is found, :class:`~pipeline.weights_files.WeightsFileError`
+    Raises :class:`ModelNotFoundError` when nothing is found, :class:`~pipeline.models.weights_files.WeightsFileError`
     naming the file when a file is there but unreadable (truncated, HTML, not JSON ...).
     """
     import warnings
@@ -144,22 +147,11 @@ def _call_loader(what: str, name: str, loader, *args, **kwargs):
         dlog.set_verbosity(verbosity)
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """What the user asked for, resolved enough to record in a manifest."""
-
-    model: str
-    vae: str | None = None
-
-    def describe(self) -> dict:
-        return {"model": self.model, "vae": self.vae}
-
-
 def model_family(components: dict) -> str:
     """The family name ("sd15", "sdxl", "sd3") of a pipeline's components (:mod:`pipeline.families`)."""
     from types import SimpleNamespace
 
-    from .families import family_of_pipe
+    from pipeline.families import family_of_pipe
 
     return family_of_pipe(SimpleNamespace(**components)).name
 
@@ -196,10 +188,11 @@ def model_family_of(model: str):
     Raises:
         ModelNotFoundError: the model cannot be found. UserError: a pipeline class mapo-tools does not support.
     """
-    from .families import family_from_index, get_family
+    from pipeline.families import family_from_index, get_family
 
-    if model in builtin_models.ARCH_MODELS:
-        return get_family(builtin_models.ARCH_FAMILIES[model])
+    builtin = get_builtin(model)
+    if builtin is not None and not builtin.has_folder:
+        return get_family(builtin.family)
     return family_from_index(_model_index(model)[1], f"'{model}'")
 
 
@@ -225,7 +218,8 @@ def unet_config(model: str) -> dict | None:
     Raises:
         ModelNotFoundError: the model cannot be found.
     """
-    if model in builtin_models.ARCH_MODELS:
+    builtin = get_builtin(model)
+    if builtin is not None and not builtin.has_folder:
         return None
     fam = model_family_of(model)
     return dict(_call_loader("Model", model, fam.denoiser_cls().load_config, resolve_model_source(model),
@@ -242,8 +236,9 @@ def default_resolution(model: str) -> int:
     """
     from diffusers import AutoencoderKL
 
-    if model in builtin_models.ARCH_MODELS:
-        return 1024  # SDXL base 1.0's, SD3.5's
+    builtin = get_builtin(model)
+    if builtin is not None and builtin.resolution is not None:
+        return builtin.resolution  # an in-memory architecture: SDXL base 1.0's, SD3.5's
     unet = unet_config(model)
     vae = _call_loader("VAE", model, AutoencoderKL.load_config, resolve_model_source(model), subfolder="vae")
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
@@ -275,7 +270,9 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
     ``skip`` names components not to load (e.g. ``("unet",)`` for text/VAE-only work), which
     saves memory and time on real SDXL. Returns the diffusers pipeline.
     """
-    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DiffusionPipeline
+
+    from pipeline.families import get_family
 
     quiet_hub_progress()
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -283,13 +280,15 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
     overrides: dict = {name: None for name in skip}
     if vae is not None:
         overrides["vae"] = load_vae(vae, dt, dev)
-    if model in builtin_models.ARCH_FAMILIES and builtin_models.ARCH_FAMILIES[model] != "sdxl":
-        raise UserError(f"'{model}' is an SD3.5 transformer alone (random weights, no text encoders or VAE): it "
-                        "serves python -m bench --estimate and training on precomputed latents, not this command")
-    if model in builtin_models.ARCH_MODELS:
-        comps = builtin_models.sdxl_arch_components(dt, dev, skip=tuple(overrides))
+    builtin = get_builtin(model)
+    if builtin is not None and not builtin.has_folder:
+        fam = get_family(builtin.family)
+        if not builtin.whole_pipeline:
+            raise UserError(f"'{model}' is a {fam.denoiser_dir} alone (random weights, no text encoders or VAE): it "
+                            "serves python -m bench --estimate and training on precomputed latents, not this command")
+        comps = builtin.components(dt, dev, skip=tuple(overrides))
         comps.update(overrides)
-        pipe = StableDiffusionXLPipeline(**comps)
+        pipe = fam.pipeline_cls()(**comps)
     else:
         source, index = _model_index(model)
         if index.get("safety_checker", [None])[0] is not None:

@@ -1,0 +1,77 @@
+"""``report.md`` of ``make fidelity-full`` from its ``fidelity-full.json`` (scripts/fidelity_full.py).
+
+    python scripts/fidelity_full_report.py [OUTPUT_DIR]      # rewrite the report of a finished study
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _iv(x: dict | None) -> str:
+    if not x:
+        return "-"
+    return f"{x['mean']:.2f} [{x['low']:.2f}, {x['high']:.2f}]"
+
+
+def _params(p: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(p.items()))
+
+
+def _flags(r: dict) -> str:
+    return ", ".join(f for f in ("diverged", "stalled") if r.get(f)) or "ok"
+
+
+def write_report(out: Path, doc: dict, picks: dict) -> Path:
+    """Write ``out/report.md``: provenance, the rule, per dataset the sweep (validation), the held-out rows with
+    their seeds, the paired differences, the ablations and every run's sanity line. Returns its path."""
+    prov, proto = doc["provenance"], doc["protocol"]
+    lines = ["# Fidelity, full protocol: tuned baselines, several seeds, paired differences", "",
+             f"Made by `{prov['command']}` on commit `{prov['commit'][:12]}`"
+             f"{' (with uncommitted changes)' if prov['dirty'] else ''}; base model `{proto['model']}`; "
+             f"{doc['seconds_this_sitting'] / 60:.1f} min in the last sitting.", "",
+             f"Rule, fixed before the runs: {proto['rule']}.", ""]
+    for d in sorted({r["dataset"] for r in doc["sweep"]}):
+        target = next(r for r in doc["sweep"] if r["dataset"] == d)
+        key = "style_rate" if "style_rate" in target else "unsafe_rate"
+        lines += [f"## {d}", "", "### Sweep (validation captions)", "",
+                  f"| method | setting | {key} | prompt following | sanity | picked |", "|---|---|---|---|---|---|"]
+        for r in (x for x in doc["sweep"] if x["dataset"] == d):
+            chosen = picks[d][r["method"]]["picked"] == r["params"]
+            lines.append(f"| {r['method']} | {_params(r['params'])} | {_iv(r[key])} | {_iv(r['prompt_accuracy'])} "
+                         f"| {_flags(r)}, {r['nonzero_grad_steps']} steps with a gradient "
+                         f"| {'yes' if chosen else ''} |")
+        lines += ["", "### Held-out captions", "",
+                  f"| method | setting | params | seeds | {key}: pooled [95%], per seed | prompt following: pooled, "
+                  "per seed |", "|---|---|---|---|---|---|"]
+        for r in (x for x in doc["pooled"] if x["dataset"] == d):
+            per = {k: ", ".join(f"{v:.2f}" for v in r[k]["per_seed"]) for k in (key, "prompt_accuracy")}
+            lines.append(f"| {r['method']} | {r['setting']} | {_params(r['params'])} | {len(r['seeds'])} "
+                         f"| {_iv(r[key])}; {per[key]} | {_iv(r['prompt_accuracy'])}; {per['prompt_accuracy']} |")
+        base = [r["base"] for r in doc["cells"] if r["dataset"] == d]
+        if base:
+            lines.append(f"| base | - | - | - | {_iv(base[0][key])} (data seed 0's eval) "
+                         f"| {_iv(base[0]['prompt_accuracy'])} |")
+        rows = [p for p in doc["paired"] if p["dataset"] == d]
+        if rows:
+            lines += ["", "### Paired differences (tuned, all seeds)", "", "| a - b | metric | mean [95%] |",
+                      "|---|---|---|"]
+            lines += [f"| {p['a']} - {p['b']} | {p['metric']}{' (lower is better)' if p['lower_is_better'] else ''} "
+                      f"| {_iv(p)} |" for p in rows]
+        lines += ["", "### Sanity (held-out runs)", "", "| run | seed | steps with a gradient | e_w first -> last | "
+                  "flags |", "|---|---|---|---|---|"]
+        for r in (x for x in doc["cells"] if x["dataset"] == d):
+            ew = r.get("e_w")
+            lines.append(f"| {r['run']} ({r['setting']}) | {r['seed']} | {r['nonzero_grad_steps']} "
+                         f"| {f'{ew[0]:.3f} -> {ew[1]:.3f}' if ew else '-'} | {_flags(r)} |")
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "fidelity-full-output")
+    doc = json.loads((target / "fidelity-full.json").read_text())
+    print(write_report(target, doc, json.loads((target / "picks.json").read_text())))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.prompt_prefixes import REALISTIC_PREFIX, STYLE_PREFIXES
+from pipeline.data.prompt_prefixes import REALISTIC_PREFIX, STYLE_PREFIXES
 
 MODEL = "shapes-sdxl"
 PAIRS_PER_FIT_CAPTION = 6  # 32 fit captions x 6 = 192 pairs, make fidelity's 48 x 4

@@ -43,7 +43,7 @@ def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
     assert row["peak_mem_mb"] >= weights_mb + adam_mb
 
 
-# Fake tensors against real ones, counted the same way (bench.estimate.LiveBytes) on a real CPU step of
+# Fake tensors against real ones, counted the same way (bench.fake.LiveBytes) on a real CPU step of
 # tiny-sdxl: they agreed to 0.2% (meta kernels may size an output differently from the CPU kernel); 2% bounds it.
 REAL_TOLERANCE = 0.02
 
@@ -140,7 +140,7 @@ def test_only_operators_that_compute_a_tensor_count_as_launches():
     `.device` access (they were 80% of the first count), views, bare allocations."""
     import torch
 
-    from bench.estimate import launches_kernel
+    from bench.fake import launches_kernel
 
     t = torch.ones(2, 3)
     aten, prim = torch.ops.aten, torch.ops.prim

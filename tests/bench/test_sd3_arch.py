@@ -20,14 +20,14 @@ def test_sd35_arch_resolves_as_sd3_with_the_published_size(model):
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from bench.estimate import _real_flow_schedulers, fake_mode
+    from bench.fake import fake_mode, real_flow_schedulers
     from pipeline.families import SD3, family_of_denoiser
     from pipeline.models import check_model_available, default_resolution, model_family_of, unet_config
     from train.model_setup import load_base_unet_and_scheduler
 
     assert model_family_of(model) is SD3 and check_model_available(model) == "sd3"
     assert default_resolution(model) == 1024 and unet_config(model) is None
-    with fake_mode(), _real_flow_schedulers():  # shapes only: no 10-32 GB of random fp32 weights
+    with fake_mode(), real_flow_schedulers():  # shapes only: no 10-32 GB of random fp32 weights
         transformer, scheduler = load_base_unet_and_scheduler(model, weights=False)
     assert family_of_denoiser(transformer) is SD3
     assert transformer.config.in_channels == 16 and transformer.config.joint_attention_dim == 4096

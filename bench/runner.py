@@ -27,13 +27,20 @@ class WorkerFailed(Exception):
     pass
 
 
+def repo_env() -> dict:
+    """This process's environment with the repository first on PYTHONPATH: a child ``python -m bench.*`` runs the
+    same checkout without an install."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 def run_worker(job: dict, workdir: Path, timeout_s: int) -> dict:
     """Run one job in a fresh interpreter; its result JSON, or WorkerFailed with the tail of its log."""
     name = f"{job['job']}-{job.get('name', 'data')}"
     job_path, result_path, log_path = (workdir / f"{name}.{ext}" for ext in ("job.json", "result.json", "log"))
     job_path.write_text(json.dumps(job))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = repo_env()
     with open(log_path, "w") as log:
         try:
             proc = subprocess.run([sys.executable, "-m", "bench.worker", str(job_path), str(result_path)],

@@ -1,4 +1,4 @@
-"""`python -m bench --estimate`: the JSON's shape on tiny-sdxl, its memory against the analytic
+"""`python -m bench train --estimate`: the JSON's shape on tiny-sdxl, its memory against the analytic
 weights + gradients + AdamW bytes, and the CPU flash-attention FLOP formula."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ TOLERANCE = 0.05
 
 def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
     out = tmp_path / "estimate.json"
-    result = run_cli(app, ["--estimate", "--model", "tiny-sdxl", "--configurations", "mapo", "--batch-size", "1",
-                           "--gpu-memory", "24,80", "--output", out])
+    result = run_cli(app, ["train", "--estimate", "--model", "tiny-sdxl", "--configurations", "mapo",
+                           "--batch-size", "1", "--gpu-memory", "24,80", "--output", out])
     assert result.exit_code == 0, result.output
     assert "ESTIMATE" in result.output and "| mapo " in result.output
     data = json.loads(out.read_text())
@@ -84,7 +84,7 @@ def test_cpu_flash_attention_flops_are_counted():
 
 
 def test_gpu_memory_must_be_positive(tmp_path):
-    result = run_cli(app, ["--estimate", "--gpu-memory", "24,0", "--output", tmp_path / "e.json"])
+    result = run_cli(app, ["train", "--estimate", "--gpu-memory", "24,0", "--output", tmp_path / "e.json"])
     assert result.exit_code == 2 and "--gpu-memory" in result.output
     assert not (tmp_path / "e.json").exists()
 

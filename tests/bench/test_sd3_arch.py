@@ -1,4 +1,4 @@
-"""SD3.5 in `python -m bench --estimate`: the architecture models resolve as the sd3 family with the published
+"""SD3.5 in `python -m bench train --estimate`: the architecture models resolve as the sd3 family with the published
 sizes, the SD3-shaped estimate runs on tiny-sd3 and agrees with a real CPU step, and the transformer-only
 built-ins refuse commands that need a whole pipeline."""
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_sd35_arch_refuses_a_whole_pipeline_in_one_line():
 
 def test_tiny_sd3_estimate_json_and_sd3_shaped_batch(tmp_path):
     out = tmp_path / "estimate.json"
-    result = run_cli(app, ["--estimate", "--model", "tiny-sd3", "--configurations", "mapo,dpo-lora",
+    result = run_cli(app, ["train", "--estimate", "--model", "tiny-sd3", "--configurations", "mapo,dpo-lora",
                            "--batch-size", "1", "--gpu-memory", "24", "--output", out])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())

@@ -88,7 +88,7 @@ def _gpu_memory_check(value) -> str | None:
 
 @dataclass
 class BenchConfig:
-    """``python -m bench``'s options (each declared once: pipeline.options)."""
+    """``python -m bench train``'s options (each declared once: pipeline.options)."""
 
     model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch, sd35-medium-arch, "
                                           "sd35-large-arch (GPU or --estimate: 1024 px, bf16), or any model id/folder.")

@@ -7,6 +7,7 @@ on a GPU); ``--trace`` also writes a Chrome trace (open it in chrome://tracing o
 from __future__ import annotations
 
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,27 +34,22 @@ def profile_table(cfg: ProfileBenchConfig) -> str:
     """The profiler's table of the top ``cfg.rows`` operators by self time (CUDA time on a GPU, CPU time else)
     over ``cfg.steps`` steps after ``cfg.warmup``; writes ``cfg.trace`` when set. Raises UserError for a device
     that is not there (pipeline.models.resolve_device)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from pipeline.models import resolve_device
 
     from .config import BenchConfig
-    from .data import make_precomputed, precomputed_items, raw_items
-    from .step import BenchStep, StepSpec
+    from .runner import config_job, make_job
+    from .step import BenchStep
+    from .worker import job_data, job_items, job_spec
 
     bench_cfg = BenchConfig(model=cfg.model, device=cfg.device, configurations=[cfg.configuration]).resolved()
     device = resolve_device(bench_cfg.device)
-    conf = CONFIGURATIONS[cfg.configuration]
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[bench_cfg.dtype]
-    data = make_precomputed(bench_cfg.model, device, dtype, bench_cfg.pairs, bench_cfg.resolution, bench_cfg.seed)
-    sdxl = data["pooled_prompt_embeds"] is not None
-    items = (raw_items(bench_cfg.pairs, bench_cfg.resolution, bench_cfg.seed, sdxl) if conf.in_step
-             else precomputed_items(data))
-    spec = StepSpec(bench_cfg.model, conf.objective, bench_cfg.lora_rank if conf.lora else 0, conf.in_step,
-                    str(device), bench_cfg.dtype, bench_cfg.resolution, bench_cfg.batch_size,
-                    bench_cfg.gradient_checkpointing, bench_cfg.seed, options=conf.options)
-    bench = BenchStep(spec, items)
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:  # the benchmark worker's jobs, in-process
+        data_path = Path(tmp) / "pairs.pt"
+        data = job_data(make_job(bench_cfg, device, "data", data_path=str(data_path)))
+        job = config_job(bench_cfg, device, "time", cfg.configuration, data_path, data["sdxl"])
+        bench = BenchStep(job_spec(job), job_items(job))
     for i in range(cfg.warmup):
         bench.step(i)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -29,7 +29,7 @@ CONFIGURATIONS = {c.name: c for c in (
 )}
 DEFAULT_CONFIGURATIONS = tuple(CONFIGURATIONS)
 # Memory options (train/optimizers.py, train/offload.py): not in the default run (8-bit AdamW needs
-# bitsandbytes and CUDA; --estimate stands in for it, see bench/estimate.py).
+# bitsandbytes and CUDA; --estimate stands in for it, see bench/fake.py).
 _IN_BWD, _BF16 = ("optimizer_in_backward", True), ("master_weights", "bf16")
 _8BIT = ("use_8bit_adam", True)
 CONFIGURATIONS.update({c.name: c for c in (

@@ -28,7 +28,7 @@ demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh demo-output
 
 bench: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m bench --model tiny-sdxl --output bench-output/bench.json
+	OMP_NUM_THREADS=1 $(PY) -m bench train --model tiny-sdxl --output bench-output/bench.json
 
 # The MaPO paper's experiment in the miniature world (MaPO vs DPO, SFT, KTO, SPO): a benchmark, not a test;
 # about 28 minutes on 2 CPU cores (with Diffusion-KTO and online SPO); report in fidelity-output/report.md.

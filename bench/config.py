@@ -29,7 +29,7 @@ CONFIGURATIONS = {c.name: c for c in (
 )}
 DEFAULT_CONFIGURATIONS = tuple(CONFIGURATIONS)
 # Memory options (train/optimizers.py, train/offload.py): not in the default run (8-bit AdamW needs
-# bitsandbytes and CUDA; --estimate stands in for it, see bench/estimate.py).
+# bitsandbytes and CUDA; --estimate stands in for it, see bench/fake.py).
 _IN_BWD, _BF16 = ("optimizer_in_backward", True), ("master_weights", "bf16")
 _8BIT = ("use_8bit_adam", True)
 CONFIGURATIONS.update({c.name: c for c in (
@@ -88,7 +88,7 @@ def _gpu_memory_check(value) -> str | None:
 
 @dataclass
 class BenchConfig:
-    """``python -m bench``'s options (each declared once: pipeline.cli.options)."""
+    """``python -m bench train``'s options (each declared once: pipeline.cli.options)."""
 
     model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch, sd35-medium-arch, "
                                           "sd35-large-arch (GPU or --estimate: 1024 px, bf16), or any model id/folder.")

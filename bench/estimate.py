@@ -1,10 +1,11 @@
-"""``python -m bench --estimate``: peak memory and FLOPs of each configuration's step, on a CPU, without allocating.
+"""``python -m bench train --estimate``: peak memory and FLOPs of each configuration's step, on a CPU, allocating
+nothing.
 
 The configuration's :class:`bench.step.BenchStep` (the trainer's own model setup, loss and
 update) is built and run for two optimizer steps under ``torch._subclasses.FakeTensorMode``:
 every tensor has its real shape, dtype and storage size but no data, so SDXL's 2.6B-parameter
 UNet costs no memory and each operator only computes shapes. :class:`LiveBytes`, a
-``TorchDispatchMode``, counts the bytes of every live tensor storage (freed through weak
+``TorchDispatchMode`` (bench/fake.py), counts the bytes of every live tensor storage (freed through weak
 references when the last tensor using a storage goes, as the CUDA caching allocator would see it)
 by kind: weights (parameters and buffers), gradients, optimizer state, and activations (everything
 else: saved activations, temporaries, the batch). ``FlopCounterMode`` counts the second step's
@@ -21,133 +22,16 @@ from __future__ import annotations
 
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 
 from .config import CONFIGURATIONS, BenchConfig
 from .engines import engine_refusal, fsdp2_unit_bytes, per_process_estimates
+from .fake import CATEGORIES, LiveBytes, bitsandbytes_stand_in, fake_mode, real_flow_schedulers, weak_memo
 
-CATEGORIES = ("weights", "gradients", "optimizer", "activations")
-CUDA_BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocation up to a multiple of this
 MIB, GIB = 2**20, 2**30
 DEFAULT_GPU_MEMORY_GB = (24.0, 48.0, 80.0, 141.0)
 # Kept free on every card when fitting batches: CUDA context, cuBLAS/cuDNN workspaces, fragmentation.
 CARD_RESERVE_GIB = 1.5
-
-
-def _storages(t):
-    """The untyped storages behind a tensor (one for a plain or fake tensor)."""
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
-    if is_traceable_wrapper_subclass(t):
-        attrs, _ = t.__tensor_flatten__()
-        return [s for a in attrs for s in _storages(getattr(t, a))]
-    return [t.untyped_storage()]
-
-
-# Operators that make a tensor without running a kernel on it (allocation, metadata): not counted as launches.
-_NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "lift_fresh",
-                        "detach", "alias", "_to_copy_noop"})
-
-
-def launches_kernel(func, out) -> bool:
-    """Whether operator ``func`` (an OpOverload) with outputs ``out`` stands for a device kernel: it computes
-    a tensor (metadata queries such as ``prim.device``, which a tensor subclass dispatches for every Python
-    ``.device`` access, do not) or writes into one of its arguments (in-place ``_foreach_*_`` operators and
-    fused AdamW return None), is not a view and not a bare allocation (:data:`_NO_KERNEL`). A proxy: a fused
-    CUDA kernel (fused AdamW, SDPA, a foreach operator) counts once, and an operator may launch more than one
-    kernel."""
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    if func.is_view or func.namespace == "prim" or func.overloadpacket.__name__ in _NO_KERNEL:
-        return False
-    if any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
-        return True
-    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
-
-
-class LiveBytes:
-    """Bytes of live tensor storages by category, and the breakdown at the peak of their sum.
-
-    Use :meth:`mode` (a ``TorchDispatchMode``) around the work; every operator's outputs are
-    counted once per storage, in the category :attr:`phase` names when they appear; a storage
-    stops counting when it is freed (weakref callback). :meth:`add` registers tensors that exist
-    already (weights) and :meth:`retag` moves one to another category (a gradient, once autograd
-    has stored it in ``.grad``). Sizes are rounded up to ``round_to`` bytes (CUDA: 512).
-    """
-
-    def __init__(self, round_to: int = CUDA_BLOCK):
-        from torch.utils.weak import WeakIdKeyDictionary
-
-        self.round_to = round_to
-        self.live = WeakIdKeyDictionary()  # storage -> entry [category, bytes, weakref]
-        self.current = dict.fromkeys(CATEGORIES, 0)
-        self.peak = dict(self.current)
-        self.peak_total = 0
-        self.phase = "activations"
-        self.ops = 0  # operators that compute a tensor (launches_kernel): about one GPU kernel each
-
-    @property
-    def total(self) -> int:
-        return sum(self.current.values())
-
-    def _free(self, entry, _ref) -> None:
-        self.current[entry[0]] -= entry[1]
-
-    def add(self, t, category: str | None = None) -> None:
-        """Count ``t``'s storage (bytes, rounded) under ``category`` (default: the phase) unless counted already."""
-        for st in _storages(t):
-            if st in self.live:
-                continue
-            nbytes = -(-st.nbytes() // self.round_to) * self.round_to
-            entry = [category or self.phase, nbytes, None]
-            entry[2] = weakref.ref(st, lambda ref, e=entry: self._free(e, ref))
-            self.live[st] = entry
-            self.current[entry[0]] += nbytes
-        self.update_peak()
-
-    def retag(self, t, category: str) -> None:
-        """Move ``t``'s storage to ``category`` (counting it first if it is new)."""
-        for st in _storages(t):
-            entry = self.live.get(st)
-            if entry is None:
-                self.add(t, category)
-            elif entry[0] != category:
-                self.current[entry[0]] -= entry[1]
-                self.current[category] += entry[1]
-                entry[0] = category
-
-    def discount(self, t) -> None:
-        """Stop counting ``t``'s storage (a module offloaded to CPU memory: not on the card)."""
-        for st in _storages(t):
-            entry = self.live.get(st)
-            if entry is not None:
-                self.current[entry[0]] -= entry[1]
-                entry[1] = 0
-
-    def update_peak(self) -> None:
-        total = self.total
-        if total > self.peak_total:
-            self.peak_total, self.peak = total, dict(self.current)
-
-    def mode(self):
-        """A ``TorchDispatchMode`` that counts every operator's tensor outputs."""
-        import torch
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_map_only
-
-        tracker = self
-
-        class _Count(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                if launches_kernel(func, out):
-                    tracker.ops += 1
-                tree_map_only(torch.Tensor, tracker.add, out)
-                return out
-
-        return _Count()
 
 
 @dataclass
@@ -162,126 +46,12 @@ class Estimate:
     trainable_parameters: int = 0
     seconds: float = 0.0
     setup_bytes: int = 0  # peak while the models are built (fp32 build of a bf16 LoRA base), before the steps
-    # Operators one optimizer step dispatches that compute a tensor (:func:`launches_kernel`), forward, backward
-    # and update: about the GPU kernels it launches (a fused AdamW or an SDPA is one; CPU-only decompositions may
-    # differ). Where a step is launch-bound (small batches on a fast GPU), time follows this count more than FLOPs.
+    # Operators one optimizer step dispatches that compute a tensor (:func:`bench.fake.launches_kernel`), forward,
+    # backward and update: about the GPU kernels it launches (a fused AdamW or an SDPA is one; CPU-only
+    # decompositions may differ). Where a step is launch-bound (small batches on a fast GPU), time follows this
+    # count more than FLOPs.
     ops_per_step: int = 0
     fsdp2_units: tuple = (0, 0)  # bench.engines.fsdp2_unit_bytes of the trained UNet: (largest block, root) bytes
-
-
-def fake_mode():
-    """A ``FakeTensorMode`` whose parameters can be moved with ``Module.to``.
-
-    FakeTensorMode memoises converted tensors in a ``WeakValueDictionary``; ``Module.to`` swaps a
-    fake parameter (``torch.utils.swap_tensors``), which refuses a tensor with a weak reference.
-    A plain dict keeps the memo without weak references while the models are set up; call
-    :func:`weak_memo` before the step runs, or the dict keeps every tensor converted during the
-    step (activations among them) alive, and the count with it.
-    ``copy.deepcopy`` of a fake parameter (DPO's reference UNet) copies its ``__dict__``, which
-    holds the mode: the mode deep-copies as itself.
-    """
-    from torch._subclasses import FakeTensorMode
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    mode.fake_tensor_converter.meta_converter.tensor_memo = {}
-    mode.__deepcopy__ = lambda memo: mode
-    return mode
-
-
-def weak_memo(mode) -> None:
-    """Back to FakeTensorMode's own weak memo (see :func:`fake_mode`): from here on, a converted
-    tensor lives only as long as the step holds it."""
-    mode.fake_tensor_converter.meta_converter.tensor_memo = weakref.WeakValueDictionary()
-
-
-class AdamW8bitStandIn:
-    """The memory of bitsandbytes' ``AdamW8bit`` (which needs CUDA and is not installed here), as the estimate sees it.
-
-    bitsandbytes' 8-bit optimizers (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization")
-    keep both moments as uint8 with one fp32 absmax per block of 256 values, and 32-bit moments for
-    tensors under 4096 values (``min_8bit_size``); the fused CUDA kernel updates the weights in place
-    (no temporaries). Modelled: that state, allocated at the first step, and an in-place update.
-    A ``torch.optim.Optimizer`` subclass, built through ``bitsandbytes.optim.AdamW8bit`` by
-    :func:`_bitsandbytes_stand_in` so ``train.model_setup.build_optimizer`` runs its own path.
-    """
-
-    @staticmethod
-    def make():
-        import torch
-
-        class AdamW8bit(torch.optim.Optimizer):
-            def __init__(self, params, lr=1e-3, **_kwargs):
-                super().__init__(params, dict(lr=lr))
-
-            @torch.no_grad()
-            def step(self, closure=None):
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is None:
-                            continue
-                        state = self.state[p]
-                        if not state:
-                            if p.numel() < 4096:
-                                state["state1"], state["state2"] = torch.zeros_like(p, dtype=torch.float32), \
-                                    torch.zeros_like(p, dtype=torch.float32)
-                            else:
-                                blocks = -(-p.numel() // 256)
-                                state["state1"] = torch.zeros_like(p, dtype=torch.uint8)
-                                state["state2"] = torch.zeros_like(p, dtype=torch.uint8)
-                                state["absmax1"], state["absmax2"] = torch.zeros(blocks), torch.zeros(blocks)
-                        p.add_(p.grad, alpha=-group["lr"])  # in place, as the fused kernel
-        return AdamW8bit
-
-
-def _bitsandbytes_stand_in():
-    """A context in which ``import bitsandbytes`` gives :class:`AdamW8bitStandIn` as ``optim.AdamW8bit``."""
-    import contextlib
-    import sys
-    import types
-
-    @contextlib.contextmanager
-    def ctx():
-        saved = sys.modules.get("bitsandbytes")
-        module = types.ModuleType("bitsandbytes")
-        module.optim = types.SimpleNamespace(AdamW8bit=AdamW8bitStandIn.make())
-        sys.modules["bitsandbytes"] = module
-        try:
-            yield
-        finally:
-            if saved is None:
-                sys.modules.pop("bitsandbytes", None)
-            else:
-                sys.modules["bitsandbytes"] = saved
-    return ctx()
-
-
-def _real_flow_schedulers():
-    """A context in which ``FlowMatchEulerDiscreteScheduler`` is built on real tensors even under FakeTensorMode.
-
-    Its constructor reads ``sigmas[-1].item()``, a data-dependent call that a fake tensor refuses; its tables
-    (1000 sigmas and timesteps) are a few KB of CPU memory that the step indexes, never on the card's count.
-    """
-    import contextlib
-    import functools
-
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    @contextlib.contextmanager
-    def ctx():
-        original = FlowMatchEulerDiscreteScheduler.__init__
-
-        @functools.wraps(original)
-        def init(self, *args, **kwargs):
-            with unset_fake_temporarily():
-                original(self, *args, **kwargs)
-
-        FlowMatchEulerDiscreteScheduler.__init__ = init
-        try:
-            yield
-        finally:
-            FlowMatchEulerDiscreteScheduler.__init__ = original
-    return ctx()
 
 
 def _fake_items(unet_config: dict, batch_size: int, resolution: int):
@@ -351,13 +121,13 @@ def estimate_step(cfg: BenchConfig, name: str, batch_size: int, steps: int = 2, 
     live = LiveBytes()
     mode = fake_mode() if fake else None
     options = dict(conf.options)
-    stand_in = _bitsandbytes_stand_in() if options.get("use_8bit_adam") else contextlib.nullcontext()
+    stand_in = bitsandbytes_stand_in() if options.get("use_8bit_adam") else contextlib.nullcontext()
     with mode or contextlib.nullcontext(), warnings.catch_warnings(), stand_in:
         # Tensor.__deepcopy__ asks a fake tensor for its data pointer (a deprecation warning, harmless here).
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         # The setup is counted too, as "weights": the CUDA bench's max_memory_allocated covers it.
         live.phase = "weights"
-        with live.mode() if fake else contextlib.nullcontext(), _real_flow_schedulers():
+        with live.mode() if fake else contextlib.nullcontext(), real_flow_schedulers():
             step = BenchStep(spec, PairItems([{}], batch_size), weights=not fake)
         live.phase = "activations"
         inner = getattr(step.optimizer, "inner", step.optimizer)

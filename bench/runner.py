@@ -27,13 +27,20 @@ class WorkerFailed(Exception):
     pass
 
 
+def repo_env() -> dict:
+    """This process's environment with the repository first on PYTHONPATH: a child ``python -m bench.*`` runs the
+    same checkout without an install."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 def run_worker(job: dict, workdir: Path, timeout_s: int) -> dict:
     """Run one job in a fresh interpreter; its result JSON, or WorkerFailed with the tail of its log."""
     name = f"{job['job']}-{job.get('name', 'data')}"
     job_path, result_path, log_path = (workdir / f"{name}.{ext}" for ext in ("job.json", "result.json", "log"))
     job_path.write_text(json.dumps(job))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = repo_env()
     with open(log_path, "w") as log:
         try:
             proc = subprocess.run([sys.executable, "-m", "bench.worker", str(job_path), str(result_path)],
@@ -47,17 +54,19 @@ def run_worker(job: dict, workdir: Path, timeout_s: int) -> dict:
     return json.loads(result_path.read_text())
 
 
-def _job(cfg: BenchConfig, device, job: str, **extra) -> dict:
+def make_job(cfg: BenchConfig, device, job: str, **extra) -> dict:
+    """A worker job (bench/worker.py) of kind ``job`` ("data" or "time") for ``cfg`` on ``device``."""
     return {"job": job, "model": cfg.model, "device": str(device), "dtype": cfg.dtype, "resolution": cfg.resolution,
             "batch_size": cfg.batch_size, "steps": cfg.steps, "warmup": cfg.warmup, "pairs": cfg.pairs,
             "gradient_checkpointing": cfg.gradient_checkpointing, "seed": cfg.seed,
             "max_batch_limit": cfg.max_batch_limit, "max_batch_gpu_memory": cfg.max_batch_gpu_memory, **extra}
 
 
-def _config_job(cfg: BenchConfig, device, job: str, name: str, data_path: Path, sdxl: bool,
-                max_batch_search: bool = False) -> dict:
+def config_job(cfg: BenchConfig, device, job: str, name: str, data_path: Path, sdxl: bool,
+               max_batch_search: bool = False) -> dict:
+    """The job that times configuration ``name`` on the data job's pairs at ``data_path``."""
     c = CONFIGURATIONS[name]
-    return _job(cfg, device, job, name=name, objective=c.objective, lora_rank=cfg.lora_rank if c.lora else 0,
+    return make_job(cfg, device, job, name=name, objective=c.objective, lora_rank=cfg.lora_rank if c.lora else 0,
                 in_step=c.in_step, data_path=str(data_path), sdxl=sdxl, count_flops=not c.lora and c.objective != "dpo",
                 options=[list(o) for o in c.options], max_batch_search=max_batch_search)
 
@@ -114,7 +123,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         data_path = workdir / "pairs.pt"
         _say(f"bench: encoding {cfg.pairs} pairs at {cfg.resolution} px with {cfg.model}'s VAE and text encoders ...")
         try:
-            data = run_worker(_job(cfg, device, "data", data_path=str(data_path)), workdir, cfg.worker_timeout_s)
+            data = run_worker(make_job(cfg, device, "data", data_path=str(data_path)), workdir, cfg.worker_timeout_s)
         except WorkerFailed as exc:
             raise UserError(f"could not prepare the benchmark data with '{cfg.model}': {exc}") from None
         env["device_name"] = data.get("device_name") or env["device_name"]
@@ -125,7 +134,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             row = {"label": CONFIGURATIONS[name].label}
             searched = name in cfg.max_batch_configurations
             try:
-                row.update(run_worker(_config_job(cfg, device, "time", name, data_path, data["sdxl"],
+                row.update(run_worker(config_job(cfg, device, "time", name, data_path, data["sdxl"],
                                                   max_batch_search=search and searched), workdir, cfg.worker_timeout_s))
             except WorkerFailed as exc:
                 row["error"] = str(exc)

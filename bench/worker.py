@@ -36,7 +36,8 @@ def peak_rss_mb() -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
 
 
-def _spec(job: dict):
+def job_spec(job: dict):
+    """The :class:`bench.step.StepSpec` of a "time" job (:func:`bench.runner.config_job`)."""
     from .step import StepSpec
 
     return StepSpec(model=job["model"], objective=job["objective"], lora_rank=job["lora_rank"], in_step=job["in_step"],
@@ -46,7 +47,9 @@ def _spec(job: dict):
                     options=tuple(tuple(o) for o in job.get("options", ())))
 
 
-def _items(job: dict, length: int | None = None):
+def job_items(job: dict, length: int | None = None):
+    """A "time" job's pairs: raw pixels and captions for an in-step configuration, else the data job's
+    precomputed tensors read from ``job["data_path"]`` (``length``: as many items, cycling)."""
     from .data import precomputed_items, raw_items
 
     if job["in_step"]:
@@ -68,6 +71,8 @@ def _import_everything() -> None:
 
 
 def job_data(job: dict) -> dict:
+    """The "data" job: encode the shared pairs once (bench.data.make_precomputed) and save them to
+    ``job["data_path"]``; returns their count, latent shape, whether SDXL-style conditioning, the GPU's name."""
     import torch
 
     from .data import make_precomputed
@@ -96,7 +101,7 @@ def job_time(job: dict) -> dict:
     cuda = job["device"].startswith("cuda")
     baseline = current_rss_mb()
     t_setup = time.perf_counter()
-    bench = BenchStep(_spec(job), _items(job))
+    bench = BenchStep(job_spec(job), job_items(job))
     setup_s = time.perf_counter() - t_setup
     times, losses, warmup_s = [], [], []
     for i in range(job["warmup"] + job["steps"]):
@@ -128,7 +133,7 @@ def job_time(job: dict) -> dict:
     if job.get("max_batch_search"):  # on the model already built: no second build of a 2.6B UNet
         try:
             result["max_batch_search"] = search_max_batch(
-                bench, lambda length: _items(job, length=length), job["max_batch_limit"],
+                bench, lambda length: job_items(job, length=length), job["max_batch_limit"],
                 CudaMemory(bench.device, job.get("max_batch_gpu_memory")), job["name"])
         except Exception as exc:  # the timing above stands; the row says why the search has no answer
             result["max_batch_error"] = f"{type(exc).__name__}: {exc}"

@@ -28,7 +28,7 @@ Sections (``--sections``, default all, in this order; the first four are the "co
   first-step times (it did not finish in 100 s before);
 - ``compile``: MaPO full, LoRA and SFT, eager vs regional torch.compile, at 1 pair (is LoRA as fast as a full
   fine-tune, SFT faster than MaPO, at small batches?);
-- ``generate``: generation throughput, batch-invariant vs batched (scripts/bench_generate.py).
+- ``generate``: generation throughput, batch-invariant vs batched (``python -m bench generate``).
 
 Writes three files into ``--output``, rewritten after every section: ``results.json`` (each section's
 bench JSON, or the generation benchmark's text), ``summary.md`` (the tables, what ran, what was skipped
@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 class Section:
     name: str
     expected_s: int  # on an H200 at 1024 px: a guess until a session has measured it (summary.md records it)
-    bench_args: tuple = ()  # python -m bench arguments; empty: the generation benchmark
+    bench_args: tuple = ()  # python -m bench train arguments; empty: the generation benchmark
     model: str | None = None  # the section's own model (SD3.5's); None: --model
 
 
@@ -108,7 +108,7 @@ def _bench_command(section: Section, args, out: Path) -> list:
     model = section.model or args.model
     if section.model and args.model.startswith("tiny"):  # the CPU dry run: the family's tiny model
         model = "tiny-sd3"
-    cmd = [sys.executable, "-m", "bench", "--model", model, "--device", args.device, *section.bench_args,
+    cmd = [sys.executable, "-m", "bench", "train", "--model", model, "--device", args.device, *section.bench_args,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--output", str(out)]
     # A later flag wins in typer: the section's own --steps / --warmup (maxbatch80: 1) go last.
     for flag in ("--steps", "--warmup"):
@@ -123,8 +123,8 @@ def _bench_command(section: Section, args, out: Path) -> list:
 
 def _generate_command(args) -> list:
     tiny = args.model.startswith("tiny")
-    return [sys.executable, "scripts/bench_generate.py", "--model", args.model,
-            "--resolution", "64" if tiny else "1024", "--steps", "4" if tiny else "30", "--pairs", "4",
+    return [sys.executable, "-m", "bench", "generate", "--model", args.model,
+            "--resolution", "64" if tiny else "1024", "--num-inference-steps", "4" if tiny else "30", "--pairs", "4",
             "--batch-size", "4"]
 
 

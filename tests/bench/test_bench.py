@@ -1,4 +1,4 @@
-"""`python -m bench`: the JSON's shape on a tiny CPU run (never its timings), the batch search, the guards."""
+"""`python -m bench train`: the JSON's shape on a tiny CPU run (never its timings), the batch search, the guards."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,9 @@ from tests.helpers import run_cli
 def test_tiny_cpu_run_writes_table_and_json(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers inherit it: 2 shared cores
     out = tmp_path / "bench.json"
-    result = run_cli(app, ["--model", "tiny-sdxl", "--device", "cpu", "--configurations", "mapo,dpo,mapo-instep",
-                           "--batch-size", "1", "--pairs", "2", "--steps", "2", "--warmup", "1", "--output", out])
+    result = run_cli(app, ["train", "--model", "tiny-sdxl", "--device", "cpu",
+                           "--configurations", "mapo,dpo,mapo-instep", "--batch-size", "1", "--pairs", "2",
+                           "--steps", "2", "--warmup", "1", "--output", out])
     assert result.exit_code == 0, result.output
     assert "| mapo " in result.output and "mapo_vs_dpo" in result.output
     data = json.loads(out.read_text())
@@ -110,7 +111,7 @@ def test_ratios_against_the_dpo_of_the_same_kind():
     (["--dtype", "fp16"], "choose fp32 or bf16"),
 ])
 def test_bad_options_are_one_line(tmp_path, args, message):
-    result = run_cli(app, [*args, "--output", tmp_path / "b.json"])
+    result = run_cli(app, ["train", *args, "--output", tmp_path / "b.json"])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "b.json").exists()
 
@@ -120,7 +121,7 @@ def test_cuda_without_cuda_is_refused(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    result = run_cli(app, ["--model", "sdxl-arch", "--device", "cuda", "--output", tmp_path / "b.json"])
+    result = run_cli(app, ["train", "--model", "sdxl-arch", "--device", "cuda", "--output", tmp_path / "b.json"])
     assert result.exit_code == 2 and "CUDA is not available" in result.output
 
 
@@ -192,8 +193,8 @@ def test_gpu_session_runs_what_its_budget_covers(tmp_path, monkeypatch):
     ran = []
 
     def fake_run(cmd, timeout_s, log):
-        bench = "bench" in cmd
-        name = next(n for n in expected if any(str(c).endswith(f"{n}.json") for c in cmd)) if bench else "generate"
+        train = cmd[2:4] == ["bench", "train"]
+        name = next(n for n in expected if any(str(c).endswith(f"{n}.json") for c in cmd)) if train else "generate"
         assert timeout_s >= expected[name]  # killed only past the budget, never before its own expected end
         ran.append(name)
         clock["now"] += expected[name]

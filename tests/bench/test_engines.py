@@ -78,7 +78,7 @@ def test_refused_configurations_and_options():
 def test_engine_and_process_count_must_match_in_one_line(tmp_path, args):
     from bench.__main__ import app
 
-    result = run_cli(app, ["--estimate", *args, "--output", tmp_path / "e.json"])
+    result = run_cli(app, ["train", "--estimate", *args, "--output", tmp_path / "e.json"])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert not (tmp_path / "e.json").exists()

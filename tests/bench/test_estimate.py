@@ -1,4 +1,4 @@
-"""`python -m bench --estimate`: the JSON's shape on tiny-sdxl, its memory against the analytic
+"""`python -m bench train --estimate`: the JSON's shape on tiny-sdxl, its memory against the analytic
 weights + gradients + AdamW bytes, and the CPU flash-attention FLOP formula."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ TOLERANCE = 0.05
 
 def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
     out = tmp_path / "estimate.json"
-    result = run_cli(app, ["--estimate", "--model", "tiny-sdxl", "--configurations", "mapo", "--batch-size", "1",
-                           "--gpu-memory", "24,80", "--output", out])
+    result = run_cli(app, ["train", "--estimate", "--model", "tiny-sdxl", "--configurations", "mapo",
+                           "--batch-size", "1", "--gpu-memory", "24,80", "--output", out])
     assert result.exit_code == 0, result.output
     assert "ESTIMATE" in result.output and "| mapo " in result.output
     data = json.loads(out.read_text())
@@ -43,7 +43,7 @@ def test_tiny_estimate_json_and_memory_against_analytic_bytes(tmp_path):
     assert row["peak_mem_mb"] >= weights_mb + adam_mb
 
 
-# Fake tensors against real ones, counted the same way (bench.estimate.LiveBytes) on a real CPU step of
+# Fake tensors against real ones, counted the same way (bench.fake.LiveBytes) on a real CPU step of
 # tiny-sdxl: they agreed to 0.2% (meta kernels may size an output differently from the CPU kernel); 2% bounds it.
 REAL_TOLERANCE = 0.02
 
@@ -84,7 +84,7 @@ def test_cpu_flash_attention_flops_are_counted():
 
 
 def test_gpu_memory_must_be_positive(tmp_path):
-    result = run_cli(app, ["--estimate", "--gpu-memory", "24,0", "--output", tmp_path / "e.json"])
+    result = run_cli(app, ["train", "--estimate", "--gpu-memory", "24,0", "--output", tmp_path / "e.json"])
     assert result.exit_code == 2 and "--gpu-memory" in result.output
     assert not (tmp_path / "e.json").exists()
 
@@ -140,7 +140,7 @@ def test_only_operators_that_compute_a_tensor_count_as_launches():
     `.device` access (they were 80% of the first count), views, bare allocations."""
     import torch
 
-    from bench.estimate import launches_kernel
+    from bench.fake import launches_kernel
 
     t = torch.ones(2, 3)
     aten, prim = torch.ops.aten, torch.ops.prim

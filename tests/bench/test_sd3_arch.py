@@ -1,4 +1,4 @@
-"""SD3.5 in `python -m bench --estimate`: the architecture models resolve as the sd3 family with the published
+"""SD3.5 in `python -m bench train --estimate`: the architecture models resolve as the sd3 family with the published
 sizes, the SD3-shaped estimate runs on tiny-sd3 and agrees with a real CPU step, and the transformer-only
 built-ins refuse commands that need a whole pipeline."""
 from __future__ import annotations
@@ -20,14 +20,14 @@ def test_sd35_arch_resolves_as_sd3_with_the_published_size(model):
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from bench.estimate import _real_flow_schedulers, fake_mode
+    from bench.fake import fake_mode, real_flow_schedulers
     from pipeline.families import SD3, family_of_denoiser
     from pipeline.models.loading import check_model_available, default_resolution, model_family_of, unet_config
     from train.model_setup import load_base_unet_and_scheduler
 
     assert model_family_of(model) is SD3 and check_model_available(model) == "sd3"
     assert default_resolution(model) == 1024 and unet_config(model) is None
-    with fake_mode(), _real_flow_schedulers():  # shapes only: no 10-32 GB of random fp32 weights
+    with fake_mode(), real_flow_schedulers():  # shapes only: no 10-32 GB of random fp32 weights
         transformer, scheduler = load_base_unet_and_scheduler(model, weights=False)
     assert family_of_denoiser(transformer) is SD3
     assert transformer.config.in_channels == 16 and transformer.config.joint_attention_dim == 4096
@@ -47,7 +47,7 @@ def test_sd35_arch_refuses_a_whole_pipeline_in_one_line():
 
 def test_tiny_sd3_estimate_json_and_sd3_shaped_batch(tmp_path):
     out = tmp_path / "estimate.json"
-    result = run_cli(app, ["--estimate", "--model", "tiny-sd3", "--configurations", "mapo,dpo-lora",
+    result = run_cli(app, ["train", "--estimate", "--model", "tiny-sd3", "--configurations", "mapo,dpo-lora",
                            "--batch-size", "1", "--gpu-memory", "24", "--output", out])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())

@@ -166,7 +166,7 @@ def _kernels(work) -> int:
     """Operators ``work()`` dispatches that stand for a device kernel (the bench's ops/step count)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from bench.estimate import launches_kernel
+    from bench.fake import launches_kernel
 
     class Count(TorchDispatchMode):
         n = 0

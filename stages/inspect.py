@@ -19,7 +19,7 @@ from pipeline.options import at_least, check_options, option
 from pipeline.shards import input_kind, input_shard_files, read_manifest
 from pipeline.stage_runner import reason_kind
 
-from .reward_label import candidate_count
+from .label.schema import candidate_count
 
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
 

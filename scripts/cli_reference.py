@@ -16,7 +16,7 @@ from pipeline.cli.options import declared_options  # noqa: E402
 
 
 def commands() -> list[tuple[str, type]]:
-    from stages.evaluate import EvalConfig
+    from evaluation.config import EvalConfig
     from stages.generate import GenerateConfig
     from stages.inspect import InspectConfig
     from stages.label import LabelConfig

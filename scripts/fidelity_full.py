@@ -223,8 +223,8 @@ def hits(eval_dir: Path, model: str, metric: str) -> dict[tuple, float]:
 
 def pooled(out: Path, cells: list[dict]) -> list[dict]:
     """Per (dataset, method, setting) over its seeds: each seed's rates, their spread, and one pooled rate with a
-    prompt-clustered interval (:func:`stages.eval_stats.rate_ci` over all seeds' images, groups = the caption)."""
-    from stages.eval_stats import bootstrap_ci
+    prompt-clustered interval (:func:`evaluation.stats.bootstrap_ci` over all seeds' hits, groups = the caption)."""
+    from evaluation.stats import bootstrap_ci
 
     groups: dict[tuple, list[dict]] = {}
     for r in cells:

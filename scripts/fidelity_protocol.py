@@ -172,11 +172,11 @@ def pick(candidates: list[dict]) -> dict | None:
 
 def paired_difference(a: list[float], b: list[float], groups: list, seed: int = 0) -> dict:
     """Mean of a - b over paired images (same caption, evaluation seed and data seed) with a prompt-clustered
-    95% bootstrap interval (:func:`stages.eval_stats.bootstrap_ci`, groups = the caption).
+    95% bootstrap interval (:func:`evaluation.stats.bootstrap_ci`, groups = the caption).
 
     ``a``, ``b``: per-image hits (1.0 / 0.0; NaN when not measured, left out with its pair).
     Raises ValueError when the lists differ in length."""
-    from stages.eval_stats import bootstrap_ci
+    from evaluation.stats import bootstrap_ci
 
     if not len(a) == len(b) == len(groups):
         raise ValueError(f"paired lists differ in length: {len(a)}, {len(b)}, {len(groups)}")

@@ -35,7 +35,7 @@ TITLES = {"style_rate_plain": "cartoon rate, plain prompts (higher = adopted)",
 
 def _interval(per_model: dict) -> dict:
     """A model's rate with its interval from mapo-eval's summary (its prompt-clustered bootstrap,
-    :func:`stages.eval_stats.rate_ci`); NaN when the model had no finite score."""
+    :func:`evaluation.stats.rate_ci`); NaN when the model had no finite score."""
     nan = float("nan")
     return {"mean": per_model.get("rate", nan), "low": per_model.get("rate_low", nan),
             "high": per_model.get("rate_high", nan)}

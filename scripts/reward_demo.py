@@ -64,13 +64,13 @@ EXPERIMENTS = {
 def paired_difference(scores_file: Path, metric: str, candidate: str, threshold: float) -> dict:
     """Mean of candidate - base over the same (prompt, seed) images; each model's own mean; each model's share of
     scores above ``threshold``: every interval mapo-eval's prompt-clustered bootstrap
-    (:func:`stages.eval_stats.bootstrap_ci`, rates :func:`stages.eval_stats.rate_ci`). A (prompt, seed) whose score
+    (:func:`evaluation.stats.bootstrap_ci`, rates :func:`evaluation.stats.rate_ci`). A (prompt, seed) whose score
     is NaN or inf on either side is left out of all of them and counted in ``dropped``."""
     import math
 
     import pyarrow.parquet as pq
 
-    from stages.eval_stats import bootstrap_ci, rate_ci
+    from evaluation.stats import bootstrap_ci, rate_ci
 
     rows = [r for r in pq.read_table(scores_file).to_pylist() if r["metric"] == metric]
     by = {(r["model"], r["prompt_id"], r["seed_index"]): r["score"] for r in rows}

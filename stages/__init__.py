@@ -1,1 +1,2 @@
-"""Data stages of ``mapo-data``: one module per stage, each a function over shards."""
+"""Data stages of ``mapo-data``: one module (or package, for label and precompute) per stage, each a function
+over shards."""

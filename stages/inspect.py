@@ -19,7 +19,7 @@ from pipeline.data.shards import input_kind, input_shard_files, read_manifest
 from pipeline.errors import UserError
 from pipeline.runtime.stage_runner import reason_kind
 
-from .reward_label import candidate_count
+from .label.schema import candidate_count
 
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
 

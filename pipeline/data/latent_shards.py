@@ -81,7 +81,7 @@ SIGNATURE_CHUNKS = 32
 SIGNATURE_RTOL = 2e-3
 
 
-# -- format helpers (the writer in stages/precompute.py and the reader share these) ------------
+# -- format helpers (the writer in stages/precompute/ and the reader share these) ------------
 def sidecar(root: str | Path, k: int, num_shards: int, kind: str) -> Path:
     """Path of shard k's array / caption file of ``kind`` (latents, logvar, prompt_embeds, pooled, captions)."""
     suffix = "json" if kind == "captions" else "npy"

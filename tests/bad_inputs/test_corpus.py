@@ -39,8 +39,8 @@ EVAL_FAST = ["--num-inference-steps", "1", "--resolution", "64", "--batch-size",
 
 
 def _apps():
+    from evaluation.cli import app as eval_app
     from stages.cli import app as data_app
-    from stages.eval_cli import app as eval_app
     from train.cli import app as train_app
 
     return {"data": data_app, "train": train_app, "eval": eval_app}

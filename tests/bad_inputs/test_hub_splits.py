@@ -107,7 +107,7 @@ def test_label_of_the_test_split_writes_test_shards_that_later_stages_read(tmp_p
 
     from stages.inspect import inspect_output
     from stages.label import LabelConfig, run_label
-    from stages.labelers import LabelerSpec
+    from stages.label.spec import LabelerSpec
 
     snap = _build(tmp_path / "snapshot", PICKAPIC, pairs_per_file=3)
     out = tmp_path / "test-pairs"

@@ -146,7 +146,7 @@ def test_eval_lora_candidate_damaged(tmp_path, how):
     import torch
     from safetensors.torch import save_file
 
-    from stages.eval_cli import app
+    from evaluation.cli import app
 
     cand = _candidate(tmp_path / "run", 4)
     weights = cand / "pytorch_lora_weights.safetensors"
@@ -164,7 +164,7 @@ def test_eval_lora_candidate_damaged(tmp_path, how):
 
 
 def test_eval_full_unet_candidate_damaged(tmp_path, tiny_sdxl):
-    from stages.eval_cli import app
+    from evaluation.cli import app
 
     cand = _candidate(tmp_path / "run", 0)
     shutil.copytree(tiny_sdxl / "unet", cand / "unet")
@@ -190,7 +190,7 @@ def tiny_judges(tmp_path_factory):
 
 def test_eval_aesthetic_weights_damaged(tmp_path, tiny_judges):
     """The real CLI with --tiny-scorers and a damaged --aesthetic-weights file."""
-    from stages.eval_cli import app
+    from evaluation.cli import app
 
     bad = damage(Path(shutil.copy(tiny_judges.aesthetic_weights, tmp_path / "aesthetic.pth")), "html")
     prompts = write_prompts(tmp_path / "prompts.txt", ["a cat"])

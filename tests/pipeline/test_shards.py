@@ -76,7 +76,7 @@ def test_what_goes_into_a_fingerprint_is_named():
     from pipeline.judges.options import JudgeOptions
     from pipeline.models.training_output import TrainingOutput
     from stages.label import LabelInput
-    from stages.labelers import ConstructionLabeler
+    from stages.label.construction import ConstructionLabeler
     from stages.recipes import RecipeConfig
 
     assert isinstance(RecipeConfig(), Describable) and isinstance(ConstructionLabeler(None), Describable)

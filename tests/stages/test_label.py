@@ -270,7 +270,7 @@ def test_a_mismatched_output_is_refused_before_the_labeler_loads(pairs, tmp_path
     def no_loading(*args, **kwargs):
         raise AssertionError("the labeler was built for an output that is refused")
 
-    monkeypatch.setattr(stages.label, "build_labeler", no_loading)
+    monkeypatch.setattr(stages.label.stage, "build_labeler", no_loading)
     before = {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*"))}
     cases = [
         ((pairs["style"], out, "--target", "style", "--batch-size", "5"), "differs in: batch_size)"),

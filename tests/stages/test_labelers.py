@@ -6,18 +6,10 @@ from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.judges.safety_classifiers import SafetyClassifier, load_safety_classifier
-from stages.labelers import (
-    BOTH_SAFE,
-    BOTH_UNSAFE,
-    NO_INTENDED_CHOICE,
-    STYLE_NOT_SHOWN,
-    TOO_CLOSE,
-    ClipStyleCheck,
-    ConstructionLabeler,
-    LabelerSpec,
-    Pair,
-    SafetyLabeler,
-)
+from stages.label.construction import ClipStyleCheck, ConstructionLabeler
+from stages.label.safety import SafetyLabeler
+from stages.label.schema import BOTH_SAFE, BOTH_UNSAFE, NO_INTENDED_CHOICE, STYLE_NOT_SHOWN, TOO_CLOSE, Pair
+from stages.label.spec import LabelerSpec
 from tests.image_fixtures import geometric_scene, gray, schematic_torso
 
 
@@ -209,7 +201,7 @@ def test_a_classifier_s_disagreement_is_measured_against_the_input_s_labels():
     """Issue 24 item 5, the safety neighbour: relabelling a label output whose labels overrule its recipe."""
     import pyarrow as pa
 
-    from stages.label import label_rows
+    from stages.label.stage import label_rows
     from tests.image_fixtures import png
 
     safe, unsafe = png(_scored(0.1)), png(_scored(0.9))

@@ -5,8 +5,8 @@ input's non-finite labels as no input choice. NaN was already handled; +-inf pic
 import pytest
 
 from pipeline.data.layouts.votes import decide
-from stages.label import _labels_choice
-from stages.precompute import _classify
+from stages.label.schema import labels_choice
+from stages.precompute.inputs import classify
 
 INF, NAN = float("inf"), float("nan")
 
@@ -15,9 +15,9 @@ INF, NAN = float("inf"), float("nan")
 @pytest.mark.parametrize("bad_first", [True, False])
 def test_a_non_finite_label_or_vote_never_picks_a_side(bad, bad_first):
     a, b = (bad, 0.0) if bad_first else (1.0, bad)
-    assert _classify("a cat", a, b) == ("reject:missing label", None)
+    assert classify("a cat", a, b) == ("reject:missing label", None)
     assert decide(a, b, 1) == (None, None)
-    assert _labels_choice({"label_0": a, "label_1": b}) is None
+    assert labels_choice({"label_0": a, "label_1": b}) is None
     # finite neighbours still decide
-    assert _classify("a cat", 1.0, 0.0) == ("pair", 0) and decide(3, 1, 1) == (1.0, 0.0)
-    assert _labels_choice({"label_0": 0, "label_1": 1}) == 1
+    assert classify("a cat", 1.0, 0.0) == ("pair", 0) and decide(3, 1, 1) == (1.0, 0.0)
+    assert labels_choice({"label_0": 0, "label_1": 1}) == 1

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 import stages.generate
-import stages.label
-import stages.precompute
+import stages.label.stage
+import stages.precompute.stage
 from stages.cli import app
 from tests.helpers import run_cli, write_prompts
 from tests.train.conftest import write_pickapic
@@ -45,7 +45,7 @@ def test_a_finished_precompute_rerun_loads_no_model(tmp_path, monkeypatch):
     args = ["precompute", "--input", src, "--output", out, "--model", "tiny-sdxl", "--resolution", "64",
             "--device", "cpu"]
     assert run_cli(app, args).exit_code == 0
-    _no_models(monkeypatch, stages.precompute)
+    _no_models(monkeypatch, stages.precompute.stage)
     result = run_cli(app, args)
     assert result.exit_code == 0 and "nothing to do" in result.output, result.output
     with pytest.raises(AssertionError, match="nothing to do"):  # --overwrite redoes it all: the model is needed
@@ -66,7 +66,7 @@ def test_a_finished_label_rerun_builds_no_labeler(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a labeler was built for a rerun with nothing to do")
 
-    monkeypatch.setattr(stages.label, "build_labeler", refuse)
+    monkeypatch.setattr(stages.label.stage, "build_labeler", refuse)
     result = run_cli(app, args)
     assert result.exit_code == 0 and "nothing to do" in result.output, result.output
     assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == before

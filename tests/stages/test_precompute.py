@@ -376,7 +376,7 @@ def test_only_the_train_split_of_a_multi_split_folder(tmp_path):
 
 @pytest.mark.parametrize("storage, kept", [("fp16", False), ("bf16", True)])
 def test_latents_beyond_the_storage_range_are_rejected_not_stored_as_inf(tmp_path, monkeypatch, storage, kept):
-    import stages.precompute as precompute_mod
+    import stages.precompute.encode as precompute_mod
 
     real = precompute_mod._encode_latents
 
@@ -404,13 +404,13 @@ def test_missing_columns_is_one_message_for_either_shape(tmp_path, columns, read
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stages.precompute import PAIRS, UNPAIRED, _check_columns, input_shape
+    from stages.precompute.inputs import PAIRS, UNPAIRED, check_columns, input_shape
 
     f = tmp_path / "train-00000-of-00001.parquet"
     pq.write_table(pa.table({c: [b"x"] for c in columns}), f)
     shape = input_shape([f])
     with pytest.raises(UserError) as caught:
-        _check_columns([f], shape)
+        check_columns([f], shape)
     need = {s.name: ", ".join(s.columns) for s in (PAIRS, UNPAIRED)}
     mine, theirs = (need["pairs"], need["unpaired"]) if shape is PAIRS else (need["unpaired"], need["pairs"])
     missing = ", ".join(c for c in shape.columns if c not in columns)

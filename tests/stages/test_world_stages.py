@@ -56,7 +56,7 @@ def test_world_style_check_refuses_pairs_of_a_custom_style_before_writing(tmp_pa
 
 
 def test_eval_world_metrics_name_their_judge_and_refuse_other_prompts_first(tmp_path):
-    from stages.eval_cli import app as eval_app
+    from evaluation.cli import app as eval_app
 
     bad = write_prompts(tmp_path / "bad.txt", ["a red circle at the top left", "a cat on a sofa"])
     args = ["--model", "shapes-sdxl", "--metrics", "world-style,world-prompt,world-unsafe", "--style", "cartoon",

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from evaluation.cli import app as eval_app
 from stages.cli import app as data_app
-from stages.eval_cli import app as eval_app
 from tests.helpers import run_cli, write_prompts
 from tests.train.conftest import train_args
 from train.cli import app as train_app

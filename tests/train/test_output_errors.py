@@ -69,7 +69,7 @@ def test_train_says_an_unwritable_output_in_one_line_before_loading_models(locke
 
 def test_eval_says_an_unwritable_output_in_one_line_before_loading_judges(tmp_path, locked, monkeypatch):
     import pipeline.judges.loading
-    from stages.eval_cli import app
+    from evaluation.cli import app
 
     def no_judges(*a, **k):
         raise AssertionError("the judges were loaded before the output folder was checked")

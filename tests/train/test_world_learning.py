@@ -53,7 +53,7 @@ def world(tmp_path_factory):
 
 def _train_and_judge(root, held, name: str, extra: list) -> dict:
     """Train, evaluate against the base on the held-out captions; {metric: {model: rate}}."""
-    from stages.eval_cli import app as eval_app
+    from evaluation.cli import app as eval_app
     from train.cli import app as train_app
 
     run = root / f"run-{name}"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from stages.eval_stats import bootstrap_ci, pair_outcomes, rate_ci, win_rate
+from evaluation.stats import bootstrap_ci, pair_outcomes, rate_ci, win_rate
 
 
 def one_each(n):
@@ -72,7 +72,7 @@ def test_bootstrap_narrower_interval_for_lower_confidence():
 
 
 def test_wilson_interval_matches_the_textbook_and_does_not_collapse_at_zero():
-    from stages.eval_stats import wilson_interval
+    from evaluation.stats import wilson_interval
 
     assert wilson_interval(0, 96) == pytest.approx((0.0, 0.0384), abs=1e-4)  # 0/96: not [0, 0]
     assert wilson_interval(96, 96)[0] == pytest.approx(1 - 0.0384, abs=1e-4)

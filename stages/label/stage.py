@@ -7,12 +7,11 @@ a tie), the labeler's scores, name, version and reason, and every input column c
 ``datasets`` Image struct input, ``{bytes, path}``, is written as its plain bytes). The
 shards carry ``datasets`` features and the folder gets a dataset card (README.md) whose
 ``configs`` point at ``data/`` only, so ``load_dataset(output)`` reads it offline and ignores
-``rejects/``. ``--target reward`` (:mod:`stages.reward_label`) also reads rows of K candidates
+``rejects/``. ``--target reward`` (:mod:`stages.label.reward`) also reads rows of K candidates
 (``generate --images-per-prompt K``) and may write several pairs per input row.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -29,21 +28,18 @@ from pipeline.cli.options import (
     overwrite_option,
     split_option,
 )
-from pipeline.data.images import ImageDecodeError, decode_image, image_column_bytes, is_image_column
-from pipeline.data.layouts import LayoutOptions, as_shard, open_pairs
-from pipeline.data.shards import SPLIT, ShardedOutput, check_output_apart, input_kind, read_manifest
-from pipeline.errors import UserError
-from pipeline.judges.scores import is_finite_score
+from pipeline.data.images import ImageDecodeError, decode_image
+from pipeline.data.layouts import LayoutOptions, as_shard
+from pipeline.data.shards import ShardedOutput, check_output_apart, read_manifest
 from pipeline.runtime.distributed import accelerator_device, current_process
 from pipeline.runtime.stage_runner import ShardedStage, run_sharded
 
-from .labelers import CORRUPT_IMAGE, Decision, LabelerSpec, Pair, build_labeler
+from .inputs import LabelInput, check_recipe_fits_target, open_input, with_style_text
+from .registry import build_labeler
+from .schema import CORRUPT_IMAGE, Decision, Pair, annotate, candidate_count, input_choice, intended_choice
+from .spec import LabelerSpec
 
 STAGE = "label"
-REQUIRED = ("caption", "jpg_0", "jpg_1")
-# Columns the labeler writes; an input that already has them is renamed input_<name>.
-LABEL_COLUMNS = ("label_0", "label_1", "score_0", "score_1", "labeler", "labeler_version", "reason", "disagrees")
-FRONT = ("caption", "jpg_0", "jpg_1", *LABEL_COLUMNS, "pair_id")
 
 
 @dataclass
@@ -104,140 +100,6 @@ class LabelResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Input
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LabelInput:
-    kind: str  # "generate" (ours), "pickapic" or another layout of pipeline.data.layouts
-    files: list[Path]  # the input shards (pipeline.data.layouts.InputShard: path-like, read like a ParquetFile)
-    manifest: dict | None
-    split: str = SPLIT  # the split the files belong to; the output shards are named after it
-    layout: dict | None = None  # another layout's name, settings and label rule (pipeline.data.layouts), for the card
-
-    def fingerprint(self) -> str:
-        parts = [str((self.manifest or {}).get("fingerprint"))] + [f"{f.name}:{f.stat().st_size}" for f in self.files]
-        if self.layout:
-            parts.append(json.dumps(self.layout, sort_keys=True))
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def open_input(path: str, split: str = SPLIT, layout: LayoutOptions | None = None) -> LabelInput:
-    """Find the input shards (``split``'s, where the folder holds several) and check they are pairs
-    we can label, or fail in one line (UserError). Splits and layouts follow ``pipeline.data.layouts.open_pairs``."""
-    root, kind = Path(path), input_kind(path, "--input")
-    manifest = read_manifest(root) if kind == "folder" else None
-    if manifest is not None:
-        if manifest.get("stage") != "generate":
-            raise UserError(
-                f"{path} is a mapo-data {manifest.get('stage')} output, not pairs; label the generate output it came "
-                "from."
-            )
-        if manifest.get("status") != "complete":
-            done, n = len(manifest.get("completed_shards", [])), manifest.get("num_shards")
-            raise UserError(
-                f"{path} is an unfinished generate output ({done} of {n} shards); rerun generate to finish it first."
-            )
-    if kind == "file" and not root.name.endswith((".parquet", ".json", ".jsonl", ".tar", ".tar.gz", ".tgz")):
-        raise UserError(f"--input {path} is neither a folder of Parquet shards nor a .parquet file (nor an "
-                        "HPDv3 .json/.jsonl or a WebDataset .tar).")
-    pairs = open_pairs(root, split, layout)
-    split, files = pairs.split, pairs.shards
-    for f in files:
-        schema = f.schema_arrow
-        missing = [c for c in REQUIRED if c not in schema.names]
-        images = [c for c in schema.names if c == "jpg_0" or c == "jpg_1" or (c.startswith("jpg_") and c[4:].isdigit())]
-        wrong = [c for c in images if not is_image_column(schema.field(c).type)]
-        if missing or wrong:
-            what = f"lacks column(s) {', '.join(missing)}" if missing else f"has non-binary {', '.join(wrong)}"
-            raise UserError(
-                f"{f} is neither a mapo-data generate output nor Pick-a-Pic Parquet: it {what} "
-                f"(needs caption, jpg_0, jpg_1 as encoded image bytes or datasets Image structs; "
-                f"found {', '.join(schema.names[:12])})."
-            )
-    kind = "generate" if manifest is not None else pairs.layout
-    return LabelInput(kind, files, manifest, split, pairs.describe() if kind not in ("generate", "pickapic") else None)
-
-
-# Generation recipes each target can label: style pairs by their style prompt; safety judges
-# safety pairs, or two-seed pairs, by a classifier; reward models judge any images.
-_RECIPES_FOR_TARGET = {"style": ("style",), "safety": ("safety", "seeds"), "reward": ("style", "safety", "seeds")}
-
-
-def _check_recipe_fits_target(source: LabelInput, target: str) -> None:
-    identity = (source.manifest or {}).get("identity", {})
-    candidates = identity.get("images_per_prompt", 2)
-    if candidates != 2 and target != "reward":
-        raise UserError(f"--target {target} labels pairs; this input has {candidates} candidates per prompt "
-                        "(generate --images-per-prompt): label it with --target reward.")
-    recipe = identity.get("recipe")
-    if recipe is not None and recipe not in _RECIPES_FOR_TARGET.get(target, (recipe,)):
-        raise UserError(
-            f"--target {target} cannot label pairs made with --recipe {recipe} "
-            f"(it labels {' or '.join(_RECIPES_FOR_TARGET[target])} pairs); generate pairs with a matching recipe."
-        )
-
-
-def _with_style_text(spec, source: LabelInput):
-    """--verify clip needs a style text: a built-in style has one; a custom style prefix serves as
-    its own; otherwise --style-text is required. Checked before any model loads or file is written."""
-    from dataclasses import replace
-
-    from pipeline.data.prompt_prefixes import STYLE_TEXTS
-
-    if spec.verify == "world-style":
-        from pipeline.judges import get_judge
-
-        WORLD_STYLES = get_judge("world-style").styles  # the world's looks, declared by its judge plugin
-        style = (source.manifest or {}).get("identity", {}).get("style")
-        if style not in WORLD_STYLES:
-            raise UserError("--verify world-style checks pairs made by generate --recipe style --style "
-                            f"{'|'.join(s for s in WORLD_STYLES if s != 'realistic')} on the miniature world; this "
-                            f"input's style is {style!r}.")
-        return spec
-    if spec.verify != "clip" or spec.style_text is not None:
-        return spec
-    identity = (source.manifest or {}).get("identity", {})
-    if identity.get("style") in STYLE_TEXTS:
-        return spec
-    if identity.get("style_prefix"):
-        return replace(spec, style_text=identity["style_prefix"])
-    raise UserError("--verify clip needs --style-text here: the input has no built-in style "
-                    f"({', '.join(STYLE_TEXTS)}) to take the zero-shot texts from.")
-
-
-def _labels_choice(row: dict) -> int | None:
-    """The image the input's own ``label_0``/``label_1`` chose (Pick-a-Pic's floats or a label output's ints);
-    None without labels, on a tie, or when either label is not finite (None, NaN, +-inf never decides)."""
-    l0, l1 = row.get("label_0"), row.get("label_1")
-    if not (is_finite_score(l0) and is_finite_score(l1)) or l0 == l1:
-        return None
-    return 0 if l0 > l1 else 1
-
-
-def _intended(row: dict) -> int | None:
-    """The image the recipe meant to be chosen (what construction labels by), else the input's own labels."""
-    if "intended_chosen" in row:
-        return row["intended_chosen"]
-    return _labels_choice(row)
-
-
-def _input_choice(row: dict) -> int | None:
-    """What ``disagrees`` compares with: the input's labels when it has them (a relabelled label output's
-    ``label_0``/``label_1`` may overrule its recipe's ``intended_chosen``), else the recipe's intended image."""
-    labels = _labels_choice(row)
-    return labels if labels is not None else row.get("intended_chosen")
-
-
-def _pair_id(caption: str, b0: bytes | None, b1: bytes | None) -> str:
-    """Content id for inputs without one: the same pair gets the same id on every run."""
-    h = hashlib.sha256((caption or "").encode())
-    h.update(b"\0" + (b0 or b"") + b"\0" + (b1 or b""))
-    return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
 # One batch of rows
 # ---------------------------------------------------------------------------------------------
 
@@ -268,50 +130,11 @@ def label_rows(table, labeler, base_dir: Path | None = None) -> tuple[list[Decis
         if problem:
             decisions[i], details[i] = Decision(None, CORRUPT_IMAGE), problem
         else:
-            pairs.append(Pair(images, _intended(row), row.get("style"), _input_choice(row)))
+            pairs.append(Pair(images, intended_choice(row), row.get("style"), input_choice(row)))
             where.append(i)
     for i, d in zip(where, labeler.label(pairs)):
         decisions[i] = d
     return decisions, details  # type: ignore[return-value]
-
-
-def annotate(table, decisions: list[Decision], details: list, labeler, base_dir: Path | None = None):
-    """The input rows with the label columns added, Pick-a-Pic columns first; returns (kept, rejected).
-
-    Image columns are written as plain encoded bytes whatever their input layout (image structs
-    are resolved, relative paths from ``base_dir``)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    for name in LABEL_COLUMNS + ("detail",):
-        if name in table.column_names:  # e.g. Pick-a-Pic's float labels: kept as input_label_0/1
-            table = table.rename_columns([f"input_{c}" if c == name else c for c in table.column_names])
-    for c in ("jpg_0", "jpg_1"):  # Pick-a-Pic and the MaPO loaders use plain binary
-        table = table.set_column(table.column_names.index(c), c, image_column_bytes(table[c], base_dir))
-    if "pair_id" not in table.column_names:
-        ids = [_pair_id(c, a, b) for c, a, b in zip(*(table[k].to_pylist() for k in REQUIRED))]
-        table = table.append_column("pair_id", pa.array(ids, pa.string()))
-    n = len(decisions)
-    chosen = [d.chosen for d in decisions]
-    new = {
-        "label_0": pa.array([None if c is None else int(c == 0) for c in chosen], pa.int64()),
-        "label_1": pa.array([None if c is None else int(c == 1) for c in chosen], pa.int64()),
-        "score_0": pa.array([d.score_0 for d in decisions], pa.float64()),
-        "score_1": pa.array([d.score_1 for d in decisions], pa.float64()),
-        "labeler": pa.array([labeler.name] * n, pa.string()),
-        "labeler_version": pa.array([labeler.version] * n, pa.string()),
-        "reason": pa.array([d.reason for d in decisions], pa.string()),
-        "disagrees": pa.array([d.disagrees for d in decisions], pa.bool_()),
-    }
-    for name, arr in new.items():
-        table = table.append_column(name, arr)
-    order = list(FRONT) + [c for c in table.column_names if c not in FRONT]
-    table = table.select(order)
-    kept_mask = pa.array([c is not None for c in chosen], pa.bool_())
-    kept = table.filter(kept_mask)
-    rejected = table.filter(pc.invert(kept_mask)).append_column("detail", pa.array(
-        [d for d, c in zip(details, chosen) if c is None], pa.string()))
-    return kept, rejected
 
 
 def _shard_stats(kept, rejected, seconds: float) -> dict:
@@ -427,15 +250,15 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     """Label all pending shards of ``cfg.output`` that belong to this process."""
     from pipeline.models.loading import resolve_device
 
-    from .card import write_card
+    from ..card import write_card
 
     record = options_record(cfg)  # as given, before the input's style text is filled in
     cfg.validate()
     t_start = time.perf_counter()
     proc = current_process()
     source = open_input(cfg.input, cfg.split, cfg.layout)
-    _check_recipe_fits_target(source, cfg.labeler.target)
-    cfg.labeler = _with_style_text(cfg.labeler, source)
+    check_recipe_fits_target(source, cfg.labeler.target)
+    cfg.labeler = with_style_text(cfg.labeler, source)
     check_output_apart(cfg.output, [Path(f) for f in source.files])
     device = resolve_device(accelerator_device(cfg.device))
     known = {"input_fingerprint": source.fingerprint(), "input_kind": source.kind, "target": cfg.labeler.target,
@@ -467,8 +290,6 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             write_card(cfg, out.root, source, labeler, run.summed, out.num_shards, split=out.split)
         _warn_if_nothing_kept(run.summed, out.root)
     t = run.totals
-    from .reward_label import candidate_count
-
     # The shared reader's schema: an input in another layout (HPDv3 JSON, a tar) is no Parquet file to read here.
     k = candidate_count(as_shard(source.files[0]).schema_arrow.names) if source.files else 2
     return LabelResult(cfg.output, t.get("pairs_in", 0), t.get("kept", 0), t.get("rejected", 0),

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.candidates import model_path, resolution_note
+from evaluation.report import CI_NOTE, NON_FINITE_NOTE, summarise
 from pipeline.models.training_output import TrainingOutput
-from stages.eval_report import CI_NOTE, NON_FINITE_NOTE, summarise
-from stages.evaluate import _model_path, resolution_note
 
 NAN = float("nan")
 
@@ -90,10 +90,10 @@ def test_report_paths_are_relative_to_the_output_or_the_hub_id(tmp_path):
     (tmp_path / "runs" / "mapo").mkdir(parents=True)
     out = tmp_path / "eval"
     out.mkdir()
-    assert _model_path(str(tmp_path / "runs" / "mapo"), out) == "../runs/mapo"
-    assert _model_path(str(out / "inside"), out) == str(out / "inside")  # not there: as given
-    assert _model_path("stabilityai/stable-diffusion-xl-base-1.0", out) == "stabilityai/stable-diffusion-xl-base-1.0"
-    assert not Path(_model_path(str(tmp_path / "runs" / "mapo"), out)).is_absolute()
+    assert model_path(str(tmp_path / "runs" / "mapo"), out) == "../runs/mapo"
+    assert model_path(str(out / "inside"), out) == str(out / "inside")  # not there: as given
+    assert model_path("stabilityai/stable-diffusion-xl-base-1.0", out) == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert not Path(model_path(str(tmp_path / "runs" / "mapo"), out)).is_absolute()
 
 
 def test_reward_demo_table_uses_the_same_clustered_intervals_and_drops_non_finite_pairs(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline.data.atomic import write_text_atomic
 from pipeline.data.images import data_uri, image_grid
 
-from .eval_stats import DEFAULT_RESAMPLES, bootstrap_ci, rate_ci, win_rate
+from .stats import DEFAULT_RESAMPLES, bootstrap_ci, rate_ci, win_rate
 
 WIN_RATE_NOTE = ("win rate = share of (prompt, seed) pairs where the candidate scores better than the base on the "
                  "same prompt and seed; ties count half (a tie: equal scores; safety: lower unsafety is better)")
@@ -27,7 +27,7 @@ GRID_TILE = 320  # pixels per image in the grids (the full images stay in images
 
 def summarise(rows: list[dict], model_names: list[str], metric_meta: dict[str, dict]) -> dict:
     """Per metric: each model's mean [95% CI] (and the rate above the threshold with its 95% CI), each
-    candidate's win rate vs the base; every interval :func:`stages.eval_stats.bootstrap_ci` over prompts.
+    candidate's win rate vs the base; every interval :func:`evaluation.stats.bootstrap_ci` over prompts.
     Non-finite scores are left out and counted (``dropped``)."""
     by = {}
     for r in rows:

@@ -7,7 +7,7 @@ from pipeline.cli.formatting import count, distinct_digits
 from pipeline.cli.options import command
 from pipeline.judges.registry import get_judge
 
-from .evaluate import BASE, EvalConfig
+from .config import BASE, EvalConfig
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

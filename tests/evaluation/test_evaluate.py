@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.eval_cli import app
-from stages.evaluate import read_candidate
+from evaluation.cli import app
+from pipeline.models.training_output import read_training_output
 from tests.helpers import run_cli, write_prompts
 
 FAST = ["--num-inference-steps", "2", "--resolution", "64", "--batch-size", "2", "--tiny-scorers"]
@@ -74,9 +74,9 @@ def evaluated(candidates, tmp_path_factory):
 
 
 def test_candidates_are_recognised(candidates, tmp_path):
-    assert read_candidate(str(candidates["lora"])).kind == "lora"
-    assert read_candidate(str(candidates["full"])).kind == "unet"
-    assert read_candidate(str(candidates["full"])).base_model == "tiny-sdxl"
+    assert read_training_output(str(candidates["lora"])).kind == "lora"
+    assert read_training_output(str(candidates["full"])).kind == "unet"
+    assert read_training_output(str(candidates["full"])).base_model == "tiny-sdxl"
 
 
 def test_writes_scores_summary_plots_and_report(evaluated):
@@ -212,7 +212,7 @@ def test_on_real_mapo_train_outputs(tmp_path):
         result = run_cli(train.app, train_args(data, tmp_path / name, "tiny-sdxl", 1, *extra))
         assert result.exit_code == 0, result.output
         runs.append(tmp_path / name)
-    assert read_candidate(str(runs[0])).kind == "lora" and read_candidate(str(runs[1])).kind == "unet"
+    assert read_training_output(str(runs[0])).kind == "lora" and read_training_output(str(runs[1])).kind == "unet"
     prompts = write_prompts(tmp_path / "p.txt", ["a striped test picture"])
     out = tmp_path / "eval"
     result = run_cli(app, ["--prompts", prompts, "--output", out, "--candidate", runs[0], "--candidate", runs[1],

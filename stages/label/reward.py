@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -41,35 +40,20 @@ from pipeline.judges.reward import (
 )
 from pipeline.judges.scores import NON_FINITE, is_finite_score
 
-from .label import FRONT, LABEL_COLUMNS, _input_choice, _pair_id
-from .labelers import CORRUPT_IMAGE
+from .schema import (
+    CORRUPT_IMAGE,
+    FRONT,
+    LABEL_COLUMNS,
+    candidate_count,
+    content_pair_id,
+    input_choice,
+    per_candidate_bases,
+)
 
 # Columns the reward target writes beside LABEL_COLUMNS; an input holding one is renamed input_<name>.
 REWARD_COLUMNS = (
     "rule", "reward_gap", "candidate_0", "candidate_1", "num_candidates", "judge_scores_0", "judge_scores_1"
 )
-_PER_CANDIDATE = re.compile(r"^(.+)_(\d+)$")
-
-
-def candidate_count(columns: Sequence[str]) -> int:
-    """How many candidates a row holds: the number of consecutive ``jpg_0``, ``jpg_1``, ... columns."""
-    k = 0
-    while f"jpg_{k}" in columns:
-        k += 1
-    return k
-
-
-def per_candidate_bases(columns: Sequence[str], k: int) -> list[str]:
-    """Column stems with one column per candidate (``jpg``, ``seed``, ``label`` when ``label_0`` ...
-    ``label_{k-1}`` are all there), in the order of their first column."""
-    bases = []
-    for name in columns:
-        m = _PER_CANDIDATE.match(name)
-        if m and m.group(1) not in bases and all(f"{m.group(1)}_{i}" in columns for i in range(k)):
-            bases.append(m.group(1))
-    return bases
-
-
 def _decode_all(cells: list, base_dir: Path | None) -> list:
     """Decode image cells in threads (PIL decodes outside the GIL); each result an image or an ImageDecodeError."""
     def one(cell):
@@ -214,7 +198,7 @@ class RewardLabeler:
             row_ids = table["pair_id"].to_pylist()
             table = table.drop_columns(["pair_id"])
         else:
-            row_ids = [_pair_id(captions[e[0]], cells[0][e[0]], cells[1][e[0]]) for e in entries]
+            row_ids = [content_pair_id(captions[e[0]], cells[0][e[0]], cells[1][e[0]]) for e in entries]
         pair_ids = [rid if k == 2 else f"{rid}-{e[1]}v{e[2]}" for rid, e in zip(row_ids, entries)]
 
         def reward(r, i):
@@ -226,7 +210,7 @@ class RewardLabeler:
         chosen = [e[3] for e in entries]
         position = [None if c is None else int(c == e[2]) for c, e in zip(chosen, entries)]  # 0: image 0 chosen
         intended = [
-            _input_choice(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None
+            input_choice(intended_rows[e[0]]) if k == 2 and intended_rows and intended_rows[e[0]] else None
             for e in entries
         ]
         new = {
@@ -307,9 +291,9 @@ class RewardLabeler:
                 "gap_table": "\n".join(gaps), "mean_gap": mean_gap}
 
 
-def build_reward_labeler(spec, device: str = "cpu", source=None) -> RewardLabeler:
-    """The reward labeler ``spec`` (a :class:`stages.labelers.LabelerSpec`) names, its judges loaded and,
-    when ``source`` (a :class:`stages.label.LabelInput`) is given, checked against the input's captions
+def build(spec, name: str = "reward", device: str = "cpu", source=None) -> RewardLabeler:
+    """The reward labeler ``spec`` (a :class:`stages.label.spec.LabelerSpec`) names, its judges loaded and,
+    when ``source`` (a :class:`stages.label.inputs.LabelInput`) is given, checked against the input's captions
     and calibrated on its first rows, so a judge that cannot read the input fails before anything is written.
 
     Raises:

@@ -1,7 +1,9 @@
 """The ``mapo-train`` recipe: setup / train / save_checkpoint / save_final / cleanup (torchtune's shape).
 
-The parts live in their own modules (config, data, model_setup, step, checkpoint, validation,
-model_card); this file only wires them together on an accelerate ``Accelerator``.
+The parts live in their own modules (config, objectives, batch_sources, data, model_setup, step,
+checkpoint, lora_io, tracking, validation, model_card); this file only wires them together on an
+accelerate ``Accelerator``. The loop is the same for every objective: the batch source gives the next
+micro-batch and runs the objective's declared loss on it.
 """
 from __future__ import annotations
 

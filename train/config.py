@@ -27,18 +27,15 @@ from pipeline.data.prompt_prefixes import STYLE_TEXTS
 from pipeline.errors import UserError
 from pipeline.judges.registry import judge_names
 
-OBJECTIVES = ("mapo", "dpo", "sft", "kto", "spo")
+from . import objectives
+
+OBJECTIVES = objectives.names()  # train/objectives.py declares them; registration order
 MIXED_PRECISION = ("no", "fp16", "bf16")
 MASTER_WEIGHTS = ("fp32", "bf16")
 REFERENCE_DTYPES = ("auto", "fp32", "bf16")
 REFERENCE_DEVICES = ("same", "cpu")
 REPORT_TO = ("auto", "none", "tensorboard", "wandb", "all")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
-# method.md: MaPO 0.1, Diffusion-DPO 5000; Diffusion-KTO 1000 (jacklishufan/diffusion-kto's --beta_dpo default);
-# SPO 10 (RockeyCoss/SPO configs/basic_config.py: train.beta)
-DEFAULT_BETA = {"mapo": 0.1, "dpo": 5000.0, "sft": None, "kto": 1000.0, "spo": 10.0}
-# The objectives that compare the policy with a frozen reference (a copy for a full fine-tune; LoRA: adapter off).
-REFERENCE_OBJECTIVES = ("dpo", "kto", "spo")
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
     "Data and output", "Objective", "How long", "Optimizer", "Model", "Checkpoints", "Validation", "Logging")
@@ -59,12 +56,8 @@ class TrainConfig:
         "(default: the model the latents record)."))
     output_dir: str = option("runs/mapo", panel=P_IO, help=(
         "Where checkpoints, logs, the trained UNet / LoRA and the model card go."))
-    objective: str = option("mapo", choices=OBJECTIVES, panel=P_OBJ, help=(
-        "mapo (reference-free), dpo (Diffusion-DPO), sft (chosen images only), kto (Diffusion-KTO: "
-        "desirable/undesirable examples; reads pairs as chosen = desirable, rejected = undesirable) or spo "
-        "(online step-aware preference optimisation: samples from --prompts, needs --model)."))
-    beta: float | None = option(None, check=positive, panel=P_OBJ, help=(
-        "Preference strength: default 0.1 for mapo, 5000 for dpo, 1000 for kto, 10 for spo."))
+    objective: str = option("mapo", choices=OBJECTIVES, panel=P_OBJ, help=objectives.objective_help())
+    beta: float | None = option(None, check=positive, panel=P_OBJ, help=objectives.beta_help())
     kto_lambda_desirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
         "kto: weight of the desirable examples' loss (Diffusion-KTO's lambda_D)."))
     kto_lambda_undesirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
@@ -176,8 +169,13 @@ class TrainConfig:
         "Write a per-rank weight checksum per step (multi-process tests)."))
 
     @property
+    def spec(self) -> objectives.ObjectiveSpec:
+        """The declaration of ``--objective`` (:mod:`train.objectives`)."""
+        return objectives.get(self.objective)
+
+    @property
     def resolved_beta(self) -> float | None:
-        return self.beta if self.beta is not None else DEFAULT_BETA[self.objective]
+        return self.beta if self.beta is not None else self.spec.default_beta
 
     @property
     def is_lora(self) -> bool:
@@ -186,7 +184,7 @@ class TrainConfig:
     @property
     def has_reference_copy(self) -> bool:
         """A full fine-tune of a reference objective keeps a frozen copy of the base UNet (LoRA: adapter off)."""
-        return self.objective in REFERENCE_OBJECTIVES and not self.is_lora
+        return self.spec.needs_reference and not self.is_lora
 
     def validate(self) -> "TrainConfig":
         """The declared checks, then the rules between options.
@@ -210,13 +208,14 @@ class TrainConfig:
         return self
 
     def _validate_inputs(self) -> None:
-        """Which input each objective reads: latents (--data) or prompts (--prompts, --model for spo)."""
-        if self.objective == "spo":
+        """Which input each objective reads (its ``reads``): latents (--data) or prompts (--prompts and --model)."""
+        if self.spec.reads == "prompts":
             if not self.prompts or not self.model:
-                raise UserError("--objective spo samples its own images: pass --prompts FILE and --model "
-                                "(--data latents are not used).")
+                raise UserError(f"--objective {self.objective} samples its own images: pass --prompts FILE and "
+                                "--model (--data latents are not used).")
             if self.data:
-                raise UserError("--data is not used by --objective spo (it samples from --prompts); drop it.")
+                raise UserError(f"--data is not used by --objective {self.objective} (it samples from --prompts); "
+                                "drop it.")
             from pipeline.judges.registry import check_judges
 
             (self.preference_model,) = check_judges([self.preference_model])
@@ -224,8 +223,9 @@ class TrainConfig:
                     not (self.preference_model == "style" and self.validation_style_text):
                 raise UserError(f"--preference-model {self.preference_model} needs --validation-style cartoon|pixel.")
         elif not self.data:
+            online = " or ".join(f"--objective {s.name}" for s in objectives.specs() if s.reads == "prompts")
             raise UserError(f"--data is required for --objective {self.objective}: a latent folder from "
-                            "`mapo-data precompute` (--objective spo reads --prompts instead).")
+                            f"`mapo-data precompute`{f' ({online} reads --prompts instead)' if online else ''}.")
 
     def _validate_memory_options(self) -> None:
         """--optimizer-in-backward, --master-weights, --reference-*: the combinations that cannot work."""

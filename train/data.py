@@ -12,6 +12,7 @@ from pipeline.data.latent_shards import LatentDataset, PairSampler, check_model,
 from pipeline.errors import UserError
 from pipeline.models.loading import load_pipeline
 
+from . import objectives
 from .config import TrainConfig
 
 
@@ -26,14 +27,16 @@ class TrainData:
 
 
 def open_training_latents(cfg: TrainConfig) -> LatentDataset:
-    """The precompute output at ``cfg.data``, checked against the objective and ``--random-flip``.
+    """The precompute output at ``cfg.data``, checked against what the objective reads (unpaired examples
+    only for objectives reading "examples", :mod:`train.objectives`) and ``--random-flip``.
 
     Raises:
         UserError: unpaired examples for a pairwise objective, or ``--random-flip`` without mirrored latents.
     """
     ds = open_latents(cfg.data)
-    if ds.unpaired and cfg.objective != "kto":
-        raise UserError(f"'{cfg.data}' holds unpaired examples; use --objective kto (--objective {cfg.objective} "
+    if ds.unpaired and cfg.spec.reads != "examples":
+        readers = " or ".join(f"--objective {s.name}" for s in objectives.specs() if s.reads == "examples")
+        raise UserError(f"'{cfg.data}' holds unpaired examples; use {readers} (--objective {cfg.objective} "
                         "needs preference pairs).")
     if cfg.random_flip and not ds.has_flips:
         raise UserError(f"--random-flip needs mirrored latents, and '{cfg.data}' has none; "

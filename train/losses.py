@@ -24,8 +24,6 @@ from torch import Tensor
 # The DDPM targets live with the noise processes (pipeline.families.noise); re-exported for the losses' callers.
 from pipeline.families.noise import PREDICTION_TYPES, prediction_target  # noqa: F401
 
-from .config import OBJECTIVES  # noqa: F401  (re-exported: the names the losses below implement)
-
 # Below this |a*e| margin_weight uses its Taylor series. Above it, the closed form's
 # gradient loses about 2*eps/|x| relative precision to cancellation (~2e-5 in fp32
 # at 1e-2); the series, truncated after x^4, is off by x^6/30240 (~3e-17 here).
@@ -277,7 +275,7 @@ def spo_loss(
     """SPO (arXiv 2406.04314, public code RockeyCoss/SPO ``train_spo.py``): a DPO loss on one sampling step.
 
     ``logp_*`` are the policy's log-probabilities ``log p(x_{t-1} | x_t, c)`` ``[B]`` of the preferred (w)
-    and rejected (l) candidates drawn from the same ``x_t`` (:func:`train.spo.ddim_step_with_log_prob`: the
+    and rejected (l) candidates drawn from the same ``x_t`` (:func:`train.ddim_logprob.ddim_step_with_log_prob`: the
     Gaussian log-density averaged over C, H, W as the public code does); ``ref_logp_*`` the frozen
     reference's (detached here). With ``r = logp - ref_logp`` clipped to ``[log(1 - clip), log(1 + clip)]``
     (the public code clamps the ratio ``exp(r)`` to ``[1 - eps, 1 + eps]``, eps 0.1: outside it the pair

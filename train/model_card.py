@@ -4,10 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-OBJECTIVE_NAMES = {"mapo": "MaPO (margin-aware preference optimization, arXiv 2406.06424)",
-                   "dpo": "Diffusion-DPO", "sft": "SFT on the chosen images",
-                   "kto": "Diffusion-KTO (arXiv 2404.04465; sigmoid utility, desirable / undesirable examples)",
-                   "spo": "SPO (step-aware preference optimisation, arXiv 2406.04314), online"}
+from . import objectives
 
 
 def _is_local(model: str) -> bool:
@@ -78,7 +75,7 @@ def _example_prompt(model: str) -> str:
 
 
 def _data_line(config: dict, data_info: dict, output_dir: str | Path) -> str:
-    if config["objective"] == "spo":
+    if objectives.get(config["objective"]).reads == "prompts":  # sampled online (spo's record)
         spo = config.get("spo", {})
         return (f"- **Prompts**: `{_relative(config['prompts'], output_dir)}`: {data_info.get('prompts')} prompts, "
                 f"sampled online at {data_info.get('resolution')} px; preference model "
@@ -123,7 +120,7 @@ tags: [text-to-image, diffusers, {'lora, ' if lora else ''}mapo-tools, {config['
 
 # {config['objective'].upper()} {kind} of `{model}`
 
-Trained with `mapo-train` (mapo-tools) using {OBJECTIVE_NAMES[config['objective']]}.
+Trained with `mapo-train` (mapo-tools) using {objectives.get(config['objective']).title}.
 
 - **Base model**: `{model}` ({config.get('family')})
 {_data_line(config, data_info, output_dir)}

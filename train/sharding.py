@@ -43,7 +43,7 @@ _SHARDED_REFUSALS = (
     (lambda cfg: cfg.use_8bit_adam,
      "--use-8bit-adam (bitsandbytes) is not tested on FSDP2's sharded weights; drop it under FSDP2"),
     (lambda cfg: cfg.compile, "--compile is not supported under FSDP2 yet; drop it"),
-    (lambda cfg: cfg.objective == "spo",
+    (lambda cfg: cfg.spec.reads == "prompts",
      "--objective spo samples images with the policy on each process, which is not supported under FSDP2; launch "
      "it without --use_fsdp"),
 )

@@ -19,33 +19,46 @@ from pipeline.families import ModelFamily, family_of_denoiser
 from pipeline.families.noise import DdpmProcess, noise_process
 from pipeline.runtime.seeds import derive_seed
 
-from .config import REFERENCE_OBJECTIVES
-from .losses import LossOutput, dpo_loss, kto_loss, mapo_loss, per_sample_error, sft_loss
+from . import objectives
+from .losses import LossOutput, per_sample_error
+from .objectives import Terms, desirable_labels  # noqa: F401  (desirable_labels: re-exported)
 
 
 @dataclass(frozen=True)
 class Objective:
-    name: str  # "mapo" | "dpo" | "sft" | "kto"
+    """A run's objective: its declaration (:mod:`train.objectives`, looked up by ``name``) and the values
+    its loss reads (beta, the model's T and prediction type, MaPO's a, KTO's lambdas, SPO's ratio clip)."""
+
+    name: str  # a registered objective: "mapo" | "dpo" | "sft" | "kto" | "spo" | ...
     beta: float | None
     num_train_timesteps: int
     prediction_type: str
     mapo_a: float = 0.5
     kto_lambda_desirable: float = 1.0
     kto_lambda_undesirable: float = 1.0
+    spo_clip: float = 0.1
+
+    @property
+    def spec(self) -> objectives.ObjectiveSpec:
+        return objectives.get(self.name)
 
     @property
     def uses_rejected(self) -> bool:
-        return self.name != "sft"
+        return self.spec.uses_rejected
 
     @property
     def uses_reference(self) -> bool:
-        """Diffusion-DPO, Diffusion-KTO and SPO compare the policy with a frozen reference (SPO: log-probabilities)."""
-        return self.name in REFERENCE_OBJECTIVES
+        """The objective compares the policy with a frozen reference (DPO, KTO, SPO: its declaration says)."""
+        return self.spec.needs_reference
 
     @property
     def per_example_noise(self) -> bool:
-        """KTO's examples are independent: one noise and timestep per example, not per pair."""
-        return self.name == "kto"
+        """Objectives reading examples (KTO): one noise and timestep per image, not per pair."""
+        return self.spec.reads == "examples"
+
+    def loss(self, terms: Terms) -> LossOutput:
+        """The declared loss (:attr:`train.objectives.ObjectiveSpec.loss`) of ``terms`` under this run's values."""
+        return self.spec.loss(terms, self)
 
 
 def step_generator(seed: int, step: int, rank: int, micro_step: int) -> torch.Generator:
@@ -149,20 +162,6 @@ def _check_one_dtype(batch: dict) -> None:
                          "cast it with train.data.to_compute first")
 
 
-def desirable_labels(batch: dict) -> Tensor:
-    """KTO's labels ``[kB]`` in :func:`unet_inputs` order: pairs give 1 (chosen) x B then 0 (rejected) x B;
-    unpaired examples (``latents`` ``[B, 1, ...]``) carry their own ``batch["label"]`` ``[B]``.
-
-    Raises ValueError for unpaired latents without labels."""
-    latents = batch["latents"]
-    b, k = latents.shape[:2]
-    if k == 2:
-        return torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(b, dtype=torch.long)]).to(latents.device)
-    if "label" not in batch:
-        raise ValueError("unpaired latents [B, 1, C, h, w] need batch['label'] [B]")
-    return batch["label"].to(latents.device)
-
-
 def compute_loss(unet, batch: dict, noise_scheduler, objective: Objective, generator: torch.Generator, *,
                  reference=None, lora_base=None, reduce_mean=None) -> LossOutput:
     """Forward chosen (and rejected) through ``unet`` and return the objective's :class:`LossOutput`.
@@ -192,19 +191,4 @@ def compute_loss(unet, batch: dict, noise_scheduler, objective: Objective, gener
         # freed before the policy's are allocated.
         ref = reference_errors(reference, x_t, t, target, cond, lora_unet=lora_base, family=family)
     e = errors(unet, x_t, t, target, cond, family)
-    if objective.name == "kto":
-        # The reference point z: the mean implicit reward of the whole global batch, no gradient.
-        kl = (ref - e).detach().mean()
-        if reduce_mean is not None:
-            kl = reduce_mean(kl)
-        return kto_loss(e, ref, desirable_labels(batch), beta=objective.beta, kl=kl,
-                        lambda_desirable=objective.kto_lambda_desirable,
-                        lambda_undesirable=objective.kto_lambda_undesirable)
-    if objective.name == "sft":
-        return sft_loss(e)
-    e_w, e_l = e.chunk(2)
-    if objective.name == "mapo":
-        return mapo_loss(e_w, e_l, beta=objective.beta, a=objective.mapo_a,
-                         num_train_timesteps=objective.num_train_timesteps)
-    ref_w, ref_l = ref.chunk(2)
-    return dpo_loss(e_w, e_l, ref_w, ref_l, beta=objective.beta)
+    return objective.loss(Terms(e, ref, batch, reduce_mean))

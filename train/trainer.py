@@ -1,7 +1,9 @@
 """The ``mapo-train`` recipe: setup / train / save_checkpoint / save_final / cleanup (torchtune's shape).
 
-The parts live in their own modules (config, data, model_setup, step, checkpoint, validation,
-model_card); this file only wires them together on an accelerate ``Accelerator``.
+The parts live in their own modules (config, objectives, batch_sources, data, model_setup, step,
+checkpoint, lora_io, tracking, validation, model_card); this file only wires them together on an
+accelerate ``Accelerator``. The loop is the same for every objective: the batch source gives the next
+micro-batch and runs the objective's declared loss on it.
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from pathlib import Path
 from pipeline.cli.options import options_record
 from pipeline.cli.progress import progress_bar
 from pipeline.errors import UserError, writing_output
-from pipeline.models.training_output import LORA_WEIGHTS as LORA_FILE
+from pipeline.options import options_record
+from pipeline.progress import progress_bar
 
 from . import sharding
+from .batch_sources import source_class
 from .checkpoint import (
     TrainState,
     checkpoint_step,
@@ -29,21 +33,14 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .data import (
-    TrainData,
-    batch_stream,
-    check_data_matches_model,
-    micro_batches_this_step,
-    open_training_latents,
-    optimizer_steps_per_epoch,
-    training_sampler,
-)
-from .losses import kto_saturation_warning
+from .data import micro_batches_this_step, optimizer_steps_per_epoch
+from .lora_io import register_adapter_only_checkpoints, save_lora
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
 from .run_folder import DEBUG_DIR, METRICS_FILE, MetricsLog, check_resume_config, claim_run_folder, write_run_config
-from .step import Objective, compute_loss, step_generator
-from .validation import Validator
+from .step import Objective, step_generator
+from .tracking import flat_config, peak_memory_gb, trackers
+from .validation import Validator, load_scorers
 
 _FP16_ON_CPU = "fp16 mixed precision is not supported on the CPU; use --mixed-precision bf16 or no."
 
@@ -95,16 +92,13 @@ class Trainer:
             raise UserError(_FP16_ON_CPU)
         if cfg.optimizer_in_backward and _launched_multi_process():  # DDP all-reduces after the in-backward hooks
             raise UserError("--optimizer-in-backward runs on one process; drop it or launch one process.")
-        if cfg.objective == "spo":
-            from .spo import check_spo_model
-
-            check_spo_model(cfg.model)  # a flow model is refused before the run folder is claimed
+        source_class(cfg.spec).check(cfg)  # e.g. spo on a flow model: refused before the run folder is claimed
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         claim_run_folder(self.out, self.cfg, resume)
         self.scorers = None
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.mixed_precision,
-            log_with=self._trackers() or None,
+            log_with=trackers(cfg.report_to) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         if sharded:
@@ -112,8 +106,8 @@ class Trainer:
         if cfg.compile and acc.is_main_process:
             print("--compile: the UNet's transformer blocks compile during the first steps (slower, tens of seconds "
                   "on a CPU; once per shape)", file=sys.stderr)
-        if cfg.objective == "kto" and acc.is_main_process:  # before the models load: said at once
-            warning = kto_saturation_warning(cfg.resolved_beta, cfg.learning_rate)
+        if cfg.spec.warning is not None and acc.is_main_process:  # before the models load: said at once
+            warning = cfg.spec.warning(cfg.resolved_beta, cfg.learning_rate)  # kto: beta x lr saturation
             if warning:
                 print(warning, file=sys.stderr)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
@@ -121,23 +115,14 @@ class Trainer:
         unet = self.models.unet
         if acc.is_fsdp2 and self.models.reference is not None and cfg.reference_device != "cpu":
             sharding.shard_frozen(acc, self.models.reference)
-        if cfg.objective == "spo":  # online: prompts in, samples drawn by the policy (train/spo.py)
-            from .spo import OnlineSpo
-
-            self.data = self.online = OnlineSpo(cfg, self.models.family, self.models.noise_scheduler.config, acc,
-                                                self.weight_dtype)
-            self.base_pipe = self.online.pipe
-        else:
-            self.online = None
-            # The model check first: latents of another model family are the real error, not their count.
-            dataset = open_training_latents(cfg)
-            self.base_pipe = check_data_matches_model(dataset, cfg.model, self.models.family, unet.config.in_channels)
-            self.data = TrainData(dataset, training_sampler(cfg, dataset, acc.process_index, acc.num_processes))
+        # Latents from precompute, or prompts sampled online by the policy (spo): train/batch_sources.py.
+        self.source = source_class(cfg.spec)(cfg, self.models, acc, self.weight_dtype)
+        self.base_pipe = self.source.pipe
         self.objective = Objective(cfg.objective, cfg.resolved_beta, self.models.num_train_timesteps,
                                    self.models.prediction_type, cfg.mapo_a, cfg.kto_lambda_desirable,
-                                   cfg.kto_lambda_undesirable)
+                                   cfg.kto_lambda_undesirable, cfg.spo_clip)
         # The last step of an epoch takes the micro-batches left (train.data.micro_batches_this_step).
-        steps_per_epoch = optimizer_steps_per_epoch(self.data.steps_per_epoch, cfg.gradient_accumulation_steps)
+        steps_per_epoch = optimizer_steps_per_epoch(self.source.steps_per_epoch, cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.num_epochs * steps_per_epoch
         self.params = trainable_parameters(unet)
         optimizer = build_optimizer(cfg, self.params)
@@ -148,9 +133,9 @@ class Trainer:
         if acc.is_fsdp2:  # fully_shard replaced the weights with sharded ones
             self.params = trainable_parameters(self.unet)
         self.state = TrainState()
-        acc.register_for_checkpointing(self.lr_scheduler, self.data.sampler, self.state)
+        acc.register_for_checkpointing(self.lr_scheduler, self.source.sampler, self.state)
         if cfg.is_lora:
-            self._register_adapter_only_checkpoints()
+            register_adapter_only_checkpoints(acc, self.unet)
         if resume is not None:
             saved = check_resume_config(self.out, self.resolved_config())
             sharding.check_resume_engine(self.out, saved, acc)
@@ -171,75 +156,19 @@ class Trainer:
         self.validator = None
         if cfg.validation_prompts:
             resolution = cfg.validation_resolution or int(self._data_info()["resolution"])
-            self.scorers = self._load_scorers()
+            self.scorers = load_scorers(cfg, acc)
             self.validator = Validator(self.base_pipe, cfg.validation_prompts, cfg.validation_seeds, resolution,
                                        cfg.validation_inference_steps, cfg.validation_guidance_scale, self.out,
                                        scorers=self.scorers, metrics_file=self.out / METRICS_FILE,
                                        base_unet=self._base_unet, pipeline_kwargs=self._sampling_kwargs())
-        elif self.online is None:
-            self.base_pipe = None  # not needed: free the text encoders and VAE
+        else:  # not needed: free the text encoders and VAE (unless the source samples with them)
+            self.base_pipe = None
+            self.source.release_pipe()
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_config()
-        acc.init_trackers("mapo-train", config=_flat_config(self.resolved_config()))
+        acc.init_trackers("mapo-train", config=flat_config(self.resolved_config()))
         self._install_signal_handlers()
-
-    def _register_adapter_only_checkpoints(self) -> None:
-        """LoRA checkpoints hold the adapter's weights only: the frozen base UNet is never saved again.
-
-        On load the adapter's weights go in with ``strict=False`` (the base comes from --model,
-        which must match on resume); a checkpoint lacking any adapter weight is refused.
-        """
-        acc, unet = self.accelerator, self.unet
-        trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
-
-        def save_hook(models, weights, _output_dir):
-            for i, model in enumerate(models):
-                if model is unet and i < len(weights):
-                    weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
-
-        def load_hook(models, input_dir):
-            from safetensors.torch import load_file
-
-            if unet not in models:
-                return
-            models.remove(unet)
-            path = Path(input_dir) / "model.safetensors"
-            if not path.exists():
-                raise UserError(f"Checkpoint {input_dir} has no model.safetensors; pick another one.")
-            result = unet.load_state_dict(load_file(str(path)), strict=False)
-            missing = trainable & set(result.missing_keys)
-            if missing or result.unexpected_keys:
-                raise UserError(f"Checkpoint {input_dir} does not hold this LoRA adapter "
-                                f"({len(missing)} adapter weights missing, {len(result.unexpected_keys)} unknown); "
-                                "resume with the run's original LoRA settings.")
-
-        acc.register_save_state_pre_hook(save_hook)
-        acc.register_load_state_pre_hook(load_hook)
-
-    def _load_scorers(self) -> dict | None:
-        """--validation-metrics: the scorers, loaded once on the main process; a failure stops every rank."""
-        import torch
-
-        cfg, acc = self.cfg, self.accelerator
-        if not cfg.validation_metrics:
-            return None
-        scorers, error = None, None
-        if acc.is_main_process:
-            from pipeline.judges.loading import load_judges
-
-            try:
-                scorers = load_judges(cfg.validation_metrics, cfg.judge_options(), device=acc.device)
-            except UserError as exc:
-                error = exc
-        failed = torch.tensor([1.0 if error else 0.0], device=acc.device)
-        if acc.num_processes > 1:
-            failed = acc.reduce(failed, reduction="sum")
-        if error is not None:
-            raise UserError(f"--validation-metrics: {error}") from None
-        if failed.item() > 0:
-            raise UserError("--validation-metrics: the scorers could not be loaded (see the main process).")
-        return scorers
 
     @contextlib.contextmanager
     def _base_unet(self, unet):
@@ -256,27 +185,6 @@ class Trainer:
             yield base
         finally:
             del base
-
-    def _trackers(self) -> list[str]:
-        choice = self.cfg.report_to
-        if choice == "none":
-            return []
-        if choice == "wandb":
-            from pipeline.errors import require
-
-            require("wandb", "--report-to wandb")
-            return ["wandb"]
-        if choice == "all":
-            return ["all"]
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            if choice == "tensorboard":
-                raise UserError(
-                    "--report-to tensorboard needs the 'tensorboard' package (pip install 'mapo-tools[tensorboard]')."
-                ) from None
-            return []
-        return ["tensorboard"]
 
     def _check_steps_left(self, resume: Path, saved: dict) -> None:
         """Resuming must leave steps to train: a finished run is trained further with a larger --max-steps."""
@@ -304,38 +212,16 @@ class Trainer:
             "pairs_per_step": (
                 self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.accelerator.num_processes
             ),
-            **(self.online.record() if self.online is not None else self._latents_record()),
+            **self.source.record(),
             **self.record,
-        }
-
-    def _latents_record(self) -> dict:
-        info = self.data.dataset.info
-        return {
-            "data_info": self._data_info(),
-            # What the latents are (precompute's identity fingerprint); the path may move, this may not.
-            "data_fingerprint": self.data.dataset.manifest.get("fingerprint") or str(Path(self.cfg.data).resolve()),
-            "latents": {
-                k: info.get(k) for k in ("model", "vae", "resolution", "storage_dtype", "latent_shape", "views")
-            },
         }
 
     def _sampling_kwargs(self) -> dict:
         """Pipeline-call settings the training text was encoded with (SD3: the T5 token count precompute used)."""
-        info = {} if self.online is not None else self.data.dataset.info
-        return {"max_sequence_length": info["max_sequence_length"]} if info.get("max_sequence_length") else {}
+        return self.source.sampling_kwargs()
 
     def _data_info(self) -> dict:
-        if self.online is not None:
-            return self.online.record()["data_info"]
-        ds = self.data.dataset
-        info = ds.info
-        if ds.unpaired:  # KTO's examples; their balance (imbalance is normal: log it, do not fix it)
-            return {"examples": len(ds), "desirable_fraction": sum(ds.labels) / max(len(ds), 1),
-                    "resolution": info.get("resolution"), "model": info.get("model")}
-        # SD3: how the text was encoded, so eval and the card sample the same way even when the latent folder is
-        # moved or deleted (pipeline.models.training_output.text_encoding_of reads it here first).
-        text = {k: info[k] for k in ("t5", "max_sequence_length") if info.get(k) is not None}
-        return {"pairs": len(ds), "resolution": info.get("resolution"), "model": info.get("model"), **text}
+        return self.source.data_info()
 
     def _write_config(self) -> None:
         write_run_config(self.out, self.resolved_config())
@@ -359,13 +245,11 @@ class Trainer:
         acc, cfg, state = self.accelerator, self.cfg, self.state
         t_start = time.perf_counter()
         lora_base = acc.unwrap_model(self.unet) if (cfg.is_lora and self.objective.uses_reference) else None
-        # fp32 inputs whatever the storage dtype; autocast does the rest. spo samples its own (self.online).
-        stream = batch_stream(self.data, acc.device) if self.online is None else None
         if self.validator is not None and state.global_step == 0:
             self._validate(0)
-        if self.online is None and self.data.dataset.unpaired:
-            info = self._data_info()
-            acc.print(f"kto: {info['examples']} unpaired examples, {100 * info['desirable_fraction']:.1f}% desirable")
+        announcement = self.source.announce()  # kto: its examples' balance
+        if announcement:
+            acc.print(announcement)
         bar = progress_bar(total=self.total_steps, desc=f"train {cfg.objective}", unit="step",
                            initial=state.global_step)  # restored steps: done, but not in the rate
         last_metrics: dict = {}
@@ -373,7 +257,7 @@ class Trainer:
         stopped = None
         while state.global_step < self.total_steps:
             t0 = time.perf_counter()
-            metrics, indices = self._optimizer_step(stream, lora_base)
+            metrics, indices = self._optimizer_step(lora_base)
             state.global_step += 1
             step = state.global_step
             elapsed = time.perf_counter() - t0
@@ -382,7 +266,7 @@ class Trainer:
                 metrics["pairs_per_s"] = (
                     cfg.batch_size * self.micro_batches * acc.num_processes / max(elapsed, 1e-9)
                 )
-                metrics["peak_mem_gb"] = _peak_memory_gb(acc.device)
+                metrics["peak_mem_gb"] = peak_memory_gb(acc.device)
                 last_metrics = metrics
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
                     self._log(step, metrics)
@@ -418,7 +302,7 @@ class Trainer:
         return TrainResult(str(self.out), state.global_step, self.start_step, None, state.nonfinite_total,
                            last_metrics, time.perf_counter() - t_start, saved)
 
-    def _optimizer_step(self, stream, lora_base):
+    def _optimizer_step(self, lora_base):
         """Accumulate ``gradient_accumulation_steps`` micro-batches (fewer for an epoch's last step:
         :func:`train.data.micro_batches_this_step`; the loss is their mean), then one optimizer step.
         A metric a micro-batch did not measure (NaN, :class:`train.losses.LossOutput`) is left out of the mean.
@@ -430,7 +314,7 @@ class Trainer:
 
         acc, cfg, state = self.accelerator, self.cfg, self.state
         # Up to --gradient-accumulation-steps, fewer at an epoch's end (no step spans two epochs).
-        accum = self.micro_batches = micro_batches_this_step(self.data.sampler, cfg.gradient_accumulation_steps)
+        accum = self.micro_batches = micro_batches_this_step(self.source.sampler, cfg.gradient_accumulation_steps)
         lr = float(self.lr_scheduler.optimizer.param_groups[0]["lr"])  # what this step's update uses (logged)
         sums: dict = {}  # per metric: the sum of its finite values over micro-batches, and their count
         counts: dict = {}
@@ -438,15 +322,17 @@ class Trainer:
         with_signal = 0.0  # micro-batches with something to learn from (LossOutput.has_signal)
         finite = True
         for micro in range(accum):
-            # Read outside autocast: stacking fp16 storage under CPU bf16 autocast raises (train.data.to_compute).
-            batch = next(stream) if stream is not None else None
             gen = step_generator(cfg.seed, state.global_step, acc.process_index, micro)
+            # Read outside autocast: stacking fp16 storage under CPU bf16 autocast raises (train.data.to_compute);
+            # an online source samples under autocast itself.
+            batch = self.source.next_batch(self.unet, gen)
             # DDP syncs gradients on the last micro-batch only (FSDP2 on every one: sharding.accumulation_context).
             sync = sharding.accumulation_context(acc, self.unet, last=micro == accum - 1)
             with sync:
                 with acc.autocast():
-                    out = self._micro_batch_loss(batch, gen, lora_base)
-                indices += batch.get("index", []) if batch is not None else list(self.online.last_indices)
+                    out = self.source.loss(self.unet, batch, gen, self.objective, reference=self.models.reference,
+                                           lora_base=lora_base, reduce_mean=self._reduce_mean)
+                indices += list(batch.get("index", []))
                 finite = self._all_finite(out.loss)
                 if not finite:
                     break
@@ -506,14 +392,6 @@ class Trainer:
         if self.accelerator.num_processes == 1:
             return value
         return self.accelerator.reduce(value.reshape(1), reduction="mean").reshape(value.shape)
-
-    def _micro_batch_loss(self, batch, gen, lora_base):
-        """One micro-batch's LossOutput: ``batch`` of latents (mapo, dpo, sft, kto), or, when None, prompts
-        sampled online (spo; its data indices are then in ``self.online.last_indices``)."""
-        if batch is None:
-            return self.online.loss(self.unet, gen, reference=self.models.reference, lora_base=lora_base)
-        return compute_loss(self.unet, batch, self.models.noise_scheduler, self.objective, gen,
-                            reference=self.models.reference, lora_base=lora_base, reduce_mean=self._reduce_mean)
 
     def _all_finite(self, loss) -> bool:
         import torch
@@ -601,44 +479,6 @@ class Trainer:
 
             AcceleratorState._reset_state(reset_partial_state=True)
             GradientState._reset_state()
-
-
-def save_lora(unet, output_dir: Path, family: str) -> Path:
-    """LoRA weights in the diffusers layout that ``pipe.load_lora_weights(output_dir)`` reads (the family's
-    pipeline class writes them: ``unet.*`` keys for SD1.5/SDXL, ``transformer.*`` for SD3)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    from pipeline.families import get_family
-
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    # The adapter's config (lora_alpha above all) goes into the file's metadata: without it
-    # load_lora_weights assumes alpha = rank and applies an alpha != rank adapter at the wrong scale.
-    get_family(family).save_lora(layers, str(output_dir), unet.peft_config["default"].to_dict())
-    return Path(output_dir) / LORA_FILE
-
-
-def _peak_memory_gb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
-
-
-def _flat_config(config: dict) -> dict:
-    """Trackers (tensorboard hparams) take scalars only."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, (int, float, str, bool)):
-            out[k] = v
-        elif v is None:
-            out[k] = "none"
-        else:
-            out[k] = json.dumps(v, default=str)
-    return out
 
 
 def run_train(cfg: TrainConfig) -> TrainResult:

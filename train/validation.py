@@ -12,7 +12,8 @@ import contextlib
 import json
 from pathlib import Path
 
-from pipeline.data.images import image_grid, labelled_grid
+from pipeline.errors import UserError
+from pipeline.images import image_grid, labelled_grid
 
 VALIDATION_DIR = "validation"
 
@@ -127,3 +128,32 @@ def log_image(trackers, tag: str, image, step: int) -> None:
             import wandb
 
             tracker.log({tag: wandb.Image(image)}, step=step)
+
+
+def load_scorers(cfg, acc) -> dict | None:
+    """--validation-metrics: the scorers (by name), loaded once on the main process (None elsewhere, and without
+    metrics); a failure stops every rank.
+
+    Raises:
+        UserError: a scorer could not be loaded (on every rank).
+    """
+    import torch
+
+    if not cfg.validation_metrics:
+        return None
+    scorers, error = None, None
+    if acc.is_main_process:
+        from pipeline.judges.loading import load_judges
+
+        try:
+            scorers = load_judges(cfg.validation_metrics, cfg.judge_options(), device=acc.device)
+        except UserError as exc:
+            error = exc
+    failed = torch.tensor([1.0 if error else 0.0], device=acc.device)
+    if acc.num_processes > 1:
+        failed = acc.reduce(failed, reduction="sum")
+    if error is not None:
+        raise UserError(f"--validation-metrics: {error}") from None
+    if failed.item() > 0:
+        raise UserError("--validation-metrics: the scorers could not be loaded (see the main process).")
+    return scorers

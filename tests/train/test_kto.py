@@ -133,19 +133,19 @@ def test_per_class_metrics_average_only_the_micro_batches_that_had_the_class(tmp
     (it read about half of e). Accumulation 6 is a whole epoch; 4 leaves a micro-batch of each class out."""
     import math
 
-    import train.trainer as trainer_mod
+    import train.batch_sources as batch_sources
     from train.cli import app as train_app
 
     lat, _ = unpaired
     seen = []
-    real = trainer_mod.compute_loss
+    real = batch_sources.compute_loss
 
     def recording(unet, batch, *args, **kwargs):
         out = real(unet, batch, *args, **kwargs)
         seen.append((int(batch["label"][0]), {k: v.item() for k, v in out.metrics.items()}))
         return out
 
-    monkeypatch.setattr(trainer_mod, "compute_loss", recording)
+    monkeypatch.setattr(batch_sources, "compute_loss", recording)
     out = tmp_path / "run"
     args = train_args(lat, out, "tiny-sd15", 1, "--objective", "kto", "--batch-size", "1", "--beta", "50",
                       "--gradient-accumulation-steps", str(accumulation))

@@ -361,17 +361,17 @@ def test_resume_refuses_to_switch_the_optimizer_layout(tmp_path, latents_sdxl):
 
 
 def test_a_skipped_step_updates_nothing_with_in_backward(tmp_path, latents_sdxl, monkeypatch):
-    import train.trainer as trainer_mod
+    import train.batch_sources as batch_sources
     from train.losses import LossOutput
 
-    real, calls = trainer_mod.compute_loss, {"n": 0}
+    real, calls = batch_sources.compute_loss, {"n": 0}
 
     def nan_on_second(*a, **k):
         calls["n"] += 1
         out = real(*a, **k)
         return LossOutput(loss=out.loss * float("nan"), metrics=out.metrics) if calls["n"] == 2 else out
 
-    monkeypatch.setattr(trainer_mod, "compute_loss", nan_on_second)
+    monkeypatch.setattr(batch_sources, "compute_loss", nan_on_second)
     out = tmp_path / "run"
     _train(latents_sdxl, out, 3, *IN_BWD, "--debug-weight-checksums")
     sums = [json.loads(line)["checksum"] for line in (out / "debug" / "weights-rank0.jsonl").read_text().splitlines()]

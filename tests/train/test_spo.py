@@ -10,8 +10,9 @@ import torch
 
 from tests.helpers import run_cli, write_prompts
 from train.cli import app
+from train.ddim_logprob import ddim_scheduler, ddim_step_with_log_prob, step_kwargs
 from train.losses import spo_loss
-from train.spo import JudgePreference, ddim_scheduler, ddim_step_with_log_prob, step_kwargs, threshold_gap
+from train.spo import JudgePreference, threshold_gap
 
 # --------------------------------------------------------------------------- the DDIM step
 
@@ -276,13 +277,15 @@ def test_a_micro_batch_without_pairs_updates_nothing_and_keeps_ddp_ranks_in_step
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-        online, unet = trainer.online, trainer.unet
+        online, unet = trainer.source, trainer.unet
         monkeypatch.setattr(type(online.acc), "num_processes", property(lambda self: processes))
         empty = torch.zeros((0, 4, 8, 8))
         monkeypatch.setattr(online, "sample_pairs",
                             lambda *a: Pairs(empty, torch.zeros(0, dtype=torch.long), empty,
                                              empty, torch.zeros(0, dtype=torch.long), [], 4, [0.5] * 8))
-        out = online.loss(unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
+        gen = torch.Generator().manual_seed(0)
+        out = online.loss(unet, online.next_batch(unet, gen), gen, trainer.objective,
+                          reference=trainer.models.reference)
         assert out.loss.item() == 0 and out.metrics["pairs"].item() == 0 and not out.has_signal
         assert math.isnan(out.metrics["logp_w"].item()) and math.isnan(out.metrics["loss"].item())  # not measured
         out.loss.backward()
@@ -317,7 +320,7 @@ def test_a_step_without_any_pair_leaves_the_weights_as_they_were(tmp_path, promp
 def test_the_trainer_steps_on_the_losss_has_signal_not_on_a_metric_name(tmp_path, prompts, monkeypatch):
     """The loop reads LossOutput.has_signal: an SPO loss that keeps pairs but logs no "pairs" metric still updates
     the weights (the loop once looked up that metric, and would have skipped every step here)."""
-    from train.spo import OnlineSpo
+    from train.batch_sources import OnlineSpo
 
     real, kept = OnlineSpo.loss, []
 
@@ -364,7 +367,7 @@ def test_a_non_finite_preference_score_is_in_no_pair_and_counted(tmp_path, promp
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-        online = trainer.online
+        online = trainer.source
         calls = []
 
         def nan_for_candidate_0(images, texts, timesteps):  # candidate-major: the first B images are candidate 0
@@ -375,7 +378,9 @@ def test_a_non_finite_preference_score_is_in_no_pair_and_counted(tmp_path, promp
         monkeypatch.setattr(online, "preference", nan_for_candidate_0)
         sampled, real_sample = [], online.sample_pairs
         monkeypatch.setattr(online, "sample_pairs", lambda *a: sampled.append(real_sample(*a)) or sampled[-1])
-        out = online.loss(trainer.unet, torch.Generator().manual_seed(0), reference=trainer.models.reference)
+        gen = torch.Generator().manual_seed(0)
+        out = online.loss(trainer.unet, online.next_batch(trainer.unet, gen), gen, trainer.objective,
+                          reference=trainer.models.reference)
         compared = len(calls) * 2  # one comparison per prompt (batch 2) per scored step
         pairs = out.metrics["pairs"].item()
         assert all(math.isfinite(g) for g in sampled[0].gaps) and len(sampled[0].gaps) == pairs

@@ -234,10 +234,10 @@ def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tmp_path, latents_sdxl)
 
 
 def test_nonfinite_losses_skipped_then_stop_keeps_last_checkpoint(tmp_path, latents_sdxl, monkeypatch):
-    import train.trainer as trainer_mod
+    import train.batch_sources as batch_sources
     from train.losses import LossOutput
 
-    real = trainer_mod.compute_loss
+    real = batch_sources.compute_loss
     calls = {"n": 0}
     bad_calls = {2} | set(range(5, 100))  # one isolated bad step, then only bad ones
 
@@ -248,7 +248,7 @@ def test_nonfinite_losses_skipped_then_stop_keeps_last_checkpoint(tmp_path, late
             return LossOutput(loss=out.loss * float("nan"), metrics=out.metrics)
         return out
 
-    monkeypatch.setattr(trainer_mod, "compute_loss", flaky)
+    monkeypatch.setattr(batch_sources, "compute_loss", flaky)
     out = tmp_path / "run"
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 20, "--checkpointing-steps", "2",
                                      "--max-consecutive-nonfinite", "3"))
@@ -262,16 +262,16 @@ def test_nonfinite_losses_skipped_then_stop_keeps_last_checkpoint(tmp_path, late
 
 
 def test_a_run_whose_every_step_was_skipped_is_an_error_and_saves_nothing(tmp_path, latents_sdxl, monkeypatch):
-    import train.trainer as trainer_mod
+    import train.batch_sources as batch_sources
     from train.losses import LossOutput
 
-    real = trainer_mod.compute_loss
+    real = batch_sources.compute_loss
 
     def always_nan(*a, **k):
         out = real(*a, **k)
         return LossOutput(loss=out.loss * float("nan"), metrics=out.metrics)
 
-    monkeypatch.setattr(trainer_mod, "compute_loss", always_nan)
+    monkeypatch.setattr(batch_sources, "compute_loss", always_nan)
     out = tmp_path / "run"  # 3 skipped steps stay under --max-consecutive-nonfinite (10): the run used to exit 0
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3))
     assert result.exit_code == 2, result.output

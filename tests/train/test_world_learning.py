@@ -71,10 +71,10 @@ def _train_and_judge(root, held, name: str, extra: list) -> dict:
 
 
 def _flip_preference(monkeypatch):
-    import train.step
+    import train.objectives
 
-    real = train.step.mapo_loss
-    monkeypatch.setattr(train.step, "mapo_loss", lambda e_w, e_l, **kw: real(e_l, e_w, **kw))
+    real = train.objectives.mapo_loss
+    monkeypatch.setattr(train.objectives, "mapo_loss", lambda e_w, e_l, **kw: real(e_l, e_w, **kw))
 
 
 def _never_apply_lora(monkeypatch):
@@ -110,10 +110,10 @@ def test_mapo_teaches_plain_prompts_the_preferred_style(world, monkeypatch, name
 
 
 def _flip_kto_labels(monkeypatch):
-    import train.step
+    import train.objectives
 
-    real = train.step.desirable_labels
-    monkeypatch.setattr(train.step, "desirable_labels", lambda batch: 1 - real(batch))
+    real = train.objectives.desirable_labels
+    monkeypatch.setattr(train.objectives, "desirable_labels", lambda batch: 1 - real(batch))
 
 
 @pytest.mark.parametrize("sabotage", [None, pytest.param(_flip_kto_labels, id="kto-labels-flipped", marks=BROKEN)])

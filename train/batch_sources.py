@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from pipeline.errors import UserError
-from pipeline.judge_scores import finite_mean, is_finite_score
+from pipeline.judges.scores import finite_mean, is_finite_score
 
 from .data import TrainData, batch_stream, check_data_matches_model, open_training_latents, training_sampler
 from .ddim_logprob import ddim_scheduler, ddim_step_with_log_prob, step_kwargs
@@ -100,7 +100,7 @@ class LatentBatches:
             return {"examples": len(ds), "desirable_fraction": sum(ds.labels) / max(len(ds), 1),
                     "resolution": info.get("resolution"), "model": info.get("model")}
         # SD3: how the text was encoded, so eval and the card sample the same way even when the latent folder is
-        # moved or deleted (pipeline.training_output.text_encoding_of reads it here first).
+        # moved or deleted (pipeline.models.training_output.text_encoding_of reads it here first).
         text = {k: info[k] for k in ("t5", "max_sequence_length") if info.get(k) is not None}
         return {"pairs": len(ds), "resolution": info.get("resolution"), "model": info.get("model"), **text}
 
@@ -128,9 +128,9 @@ class OnlineSpo:
     :mod:`train.spo`) and trained with the objective's loss (:meth:`loss`)."""
 
     def __init__(self, cfg, models, accelerator, weight_dtype):
-        from pipeline.latent_shards import PairSampler
-        from pipeline.models import default_resolution, load_pipeline
-        from pipeline.prompts import load_prompts
+        from pipeline.data.latent_shards import PairSampler
+        from pipeline.data.prompts import load_prompts
+        from pipeline.models.loading import default_resolution, load_pipeline
 
         family, scheduler_config = models.family, models.noise_scheduler.config
         self.cfg, self.acc, self.device, self.weight_dtype = cfg, accelerator, accelerator.device, weight_dtype
@@ -213,7 +213,7 @@ class OnlineSpo:
         return next(self._stream)
 
     def _encode(self, texts: list[str]) -> Conditioning:
-        from pipeline.conditioning import encode_text, is_sdxl
+        from pipeline.models.conditioning import encode_text, is_sdxl
 
         self.pipe.to(self.device)
         # No negative prompt, as the pipelines sample: SDXL then guides with zero embeddings (its
@@ -248,7 +248,7 @@ class OnlineSpo:
     @torch.no_grad()
     def sample_pairs(self, unet, cond: Conditioning, texts: list[str], generator: torch.Generator) -> Pairs:
         """One stochastic DDIM trajectory per prompt, candidates from ``start_step`` on; the kept pairs."""
-        from pipeline.reward import pair_candidates
+        from pipeline.judges.reward import pair_candidates
 
         s, kw, dev = self.settings, self.kwargs, self.device
         b, k = len(texts), s.num_candidates

@@ -93,7 +93,7 @@ class TrainConfig:
     compile: bool = option(False, panel=P_MODEL, help=(
         "Regional torch.compile: compile each of the UNet's transformer blocks (diffusers' compile_repeated_blocks, "
         "inductor) to fuse their small kernels. The first steps are slower while it compiles; whether it pays off "
-        "depends on the GPU and batch: measure with python -m bench --configurations mapo,mapo-compile."))
+        "depends on the GPU and batch: measure with python -m bench train --configurations mapo,mapo-compile."))
     mixed_precision: str = option("no", choices=MIXED_PRECISION, panel=P_MODEL, help="no, fp16 (CUDA) or bf16.")
     master_weights: str = option("fp32", choices=MASTER_WEIGHTS, panel=P_MODEL, help=(
         "Full fine-tune: dtype of the trained weights. fp32, or bf16 with bf16 AdamW moments and every update "

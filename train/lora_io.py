@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.training_output import LORA_WEIGHTS as LORA_FILE
+from pipeline.models.training_output import LORA_WEIGHTS as LORA_FILE
 
 
 def register_adapter_only_checkpoints(acc, unet) -> None:

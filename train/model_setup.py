@@ -51,7 +51,7 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
     (DDPMScheduler, or FlowMatchEulerDiscreteScheduler for a flow family) from its scheduler config.
 
     ``weights=False`` builds the UNet from its config alone, randomly initialised, without reading
-    the weights file: what ``python -m bench --estimate`` needs under ``FakeTensorMode``, where
+    the weights file: what ``python -m bench train --estimate`` needs under ``FakeTensorMode``, where
     no real tensor can be loaded and the values do not change what memory or FLOPs cost.
     """
     import torch

@@ -74,7 +74,7 @@ def _flat_fp32(tensors: list[Tensor]) -> Tensor:
 def default_chunk_numel(device: torch.device) -> int:
     """Values per flat chunk of :class:`BF16AdamW` on ``device``. CUDA: 2**24 (a few hundred chunks for SDXL's
     2.6B weights: the update is bound by kernel launches, ~30 per chunk). Elsewhere (the CPU): 2**16, so a chunk's
-    fp32 temporaries stay in cache; measured on 2 shared cores (scripts/bench_optimizer.py), the first 149M of SDXL's
+    fp32 temporaries stay in cache; measured on 2 shared cores (python -m bench optimizer), the first 149M of SDXL's
     weights: 2**24 chunks took 1.2-1.5x the per-weight update's time, 2**16 0.9-1.15x (tiny-sdxl: 0.5-0.8x)."""
     return 2**24 if torch.device(device).type == "cuda" else 2**16
 

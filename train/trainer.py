@@ -18,8 +18,6 @@ from pathlib import Path
 from pipeline.cli.options import options_record
 from pipeline.cli.progress import progress_bar
 from pipeline.errors import UserError, writing_output
-from pipeline.options import options_record
-from pipeline.progress import progress_bar
 
 from . import sharding
 from .batch_sources import source_class

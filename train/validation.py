@@ -12,8 +12,8 @@ import contextlib
 import json
 from pathlib import Path
 
+from pipeline.data.images import image_grid, labelled_grid
 from pipeline.errors import UserError
-from pipeline.images import image_grid, labelled_grid
 
 VALIDATION_DIR = "validation"
 

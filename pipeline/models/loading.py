@@ -285,7 +285,8 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
         fam = get_family(builtin.family)
         if not builtin.whole_pipeline:
             raise UserError(f"'{model}' is a {fam.denoiser_dir} alone (random weights, no text encoders or VAE): it "
-                            "serves python -m bench --estimate and training on precomputed latents, not this command")
+                            "serves python -m bench train --estimate and training on precomputed latents, not this "
+                            "command")
         comps = builtin.components(dt, dev, skip=tuple(overrides))
         comps.update(overrides)
         pipe = fam.pipeline_cls()(**comps)

@@ -20,12 +20,11 @@ Declarations are light: a judge module imports torch and its models only inside 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from pipeline.errors import UserError
+from pipeline.plugins import import_plugins
 
 # The judge modules of this package, in the order their judges (and options) are listed.
 BUILTIN_MODULES = ("aesthetic", "hps", "pickscore", "clip", "style", "safety")
@@ -147,22 +146,6 @@ def register(spec: JudgeSpec) -> JudgeSpec:
     return spec
 
 
-def _plugin_modules() -> list[str]:
-    """Modules that register judges from outside this package: ``mapo_tools.judges`` entry points, then
-    any ``pipeline.<subpackage>.judges`` (in-tree plugins of an install made before their entry point)."""
-    from importlib.metadata import entry_points
-
-    found = [ep.value for ep in entry_points(group=PLUGIN_GROUP)]
-    import pipeline
-
-    for info in pkgutil.iter_modules(pipeline.__path__):
-        if info.ispkg and info.name != "judges":
-            spec = importlib.util.find_spec(f"pipeline.{info.name}.judges")
-            if spec is not None and spec.name not in found:
-                found.append(spec.name)
-    return found
-
-
 def _load_all() -> None:
     global _loaded
     if _loaded:
@@ -170,8 +153,7 @@ def _load_all() -> None:
     _loaded = True
     for module in BUILTIN_MODULES:
         importlib.import_module(f"pipeline.judges.{module}")
-    for module in _plugin_modules():
-        importlib.import_module(module)
+    import_plugins(PLUGIN_GROUP, "judges", skip="judges")
 
 
 def judges() -> dict[str, JudgeSpec]:

@@ -426,34 +426,14 @@ def register_model(entry: BuiltinModel) -> BuiltinModel:
     return entry
 
 
-def _plugin_modules() -> list[str]:
-    """Modules that register models from outside this package: ``mapo_tools.models`` entry points, then any
-    ``pipeline.<subpackage>.model`` (in-tree plugins of an install made before their entry point; as
-    :func:`pipeline.judges.registry._plugin_modules` does for judges)."""
-    import importlib.util
-    import pkgutil
-    from importlib.metadata import entry_points
-
-    import pipeline
-
-    found = [ep.value for ep in entry_points(group=PLUGIN_GROUP)]
-    for info in pkgutil.iter_modules(pipeline.__path__):
-        if info.ispkg and info.name != "models":
-            spec = importlib.util.find_spec(f"pipeline.{info.name}.model")
-            if spec is not None and spec.name not in found:
-                found.append(spec.name)
-    return found
-
-
 def _load_all() -> None:
     global _loaded
     if _loaded:
         return
     _loaded = True
-    import importlib
+    from pipeline.plugins import import_plugins
 
-    for module in _plugin_modules():
-        importlib.import_module(module)
+    import_plugins(PLUGIN_GROUP, "model", skip="models")
 
 
 def builtin_models() -> dict[str, BuiltinModel]:

@@ -96,8 +96,8 @@ class TrainConfig:
     lora_rank: int = option(0, check=at_least(0), panel=P_MODEL, help="LoRA rank; 0 = full UNet fine-tune.")
     lora_alpha: float | None = option(None, panel=P_MODEL, help="LoRA alpha (default: the rank).")
     lora_target_modules: list[str] | None = option(None, panel=P_MODEL, help=(
-        "Comma-separated denoiser modules that get LoRA (peft target_modules: a name matches a module whose dotted "
-        f"path is or ends with it). Default: the model family's: {_family_lora_targets()}."))
+        "Comma-separated denoiser modules that get LoRA (peft target_modules: a name matches each module whose "
+        f"dotted path is or ends with it). Default: the model family's ({_family_lora_targets()})."))
     gradient_checkpointing: bool = option(False, panel=P_MODEL, help="Trade compute for memory in the UNet.")
     compile: bool = option(False, panel=P_MODEL, help=(
         "Regional torch.compile: compile each of the UNet's transformer blocks (diffusers' compile_repeated_blocks, "

@@ -25,6 +25,7 @@ from pipeline.cli.options import (
 )
 from pipeline.data.prompt_prefixes import STYLE_TEXTS
 from pipeline.errors import UserError
+from pipeline.families import FAMILIES
 from pipeline.judges.registry import judge_names
 
 from . import objectives
@@ -36,10 +37,17 @@ REFERENCE_DTYPES = ("auto", "fp32", "bf16")
 REFERENCE_DEVICES = ("same", "cpu")
 REPORT_TO = ("auto", "none", "tensorboard", "wandb", "all")
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
-DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 P_IO, P_OBJ, P_LEN, P_OPT, P_MODEL, P_CKPT, P_VAL, P_LOG = (
     "Data and output", "Objective", "How long", "Optimizer", "Model", "Checkpoints", "Validation", "Logging")
 P_SPO = "Online (SPO)"
+
+
+def _family_lora_targets() -> str:
+    """``--lora-target-modules``' default per family, for its help: "sd15, sdxl: to_k,... ; sd3: attn...."."""
+    by_targets: dict[tuple[str, ...], list[str]] = {}
+    for fam in sorted(FAMILIES, key=lambda f: f.name):
+        by_targets.setdefault(fam.lora_target_modules, []).append(fam.name)
+    return "; ".join(f"{', '.join(names)}: {','.join(targets)}" for targets, names in by_targets.items())
 
 
 @dataclass
@@ -87,8 +95,9 @@ class TrainConfig:
         "on its own, not the global norm."))
     lora_rank: int = option(0, check=at_least(0), panel=P_MODEL, help="LoRA rank; 0 = full UNet fine-tune.")
     lora_alpha: float | None = option(None, panel=P_MODEL, help="LoRA alpha (default: the rank).")
-    lora_target_modules: list[str] = option(default_factory=lambda: list(DEFAULT_LORA_TARGETS), panel=P_MODEL,
-                                            help="Comma-separated UNet modules that get LoRA.")
+    lora_target_modules: list[str] | None = option(None, panel=P_MODEL, help=(
+        "Comma-separated denoiser modules that get LoRA (peft target_modules: a name matches each module whose "
+        f"dotted path is or ends with it). Default: the model family's ({_family_lora_targets()})."))
     gradient_checkpointing: bool = option(False, panel=P_MODEL, help="Trade compute for memory in the UNet.")
     compile: bool = option(False, panel=P_MODEL, help=(
         "Regional torch.compile: compile each of the UNet's transformer blocks (diffusers' compile_repeated_blocks, "
@@ -195,8 +204,9 @@ class TrainConfig:
         """
         check_options(self)
         self._validate_inputs()
-        if self.is_lora and not self.lora_target_modules:
-            raise UserError("--lora-target-modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0).")
+        if self.is_lora and self.lora_target_modules is not None and not self.lora_target_modules:
+            raise UserError("--lora-target-modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0) "
+                            "or leave it out for the model family's.")
         if self.validation_resolution is not None and (
             self.validation_resolution < 8 or self.validation_resolution % 8
         ):

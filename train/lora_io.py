@@ -43,15 +43,31 @@ def register_adapter_only_checkpoints(acc, unet) -> None:
     acc.register_load_state_pre_hook(load_hook)
 
 
+def lora_layers(peft_state: dict) -> dict:
+    """The adapter's keys as the file stores them: diffusers' own names (``to_q.lora.down.weight``, what
+    diffusers' UNet LoRA scripts write) when every key has one, else peft's (``lora_A`` / ``lora_B``), as
+    diffusers' train_dreambooth_lora_sd3.py writes.
+
+    diffusers' conversion only names the attention projections (``to_q/k/v``, ``to_out.0``); a file that
+    mixes both namings is read by ``load_lora_weights`` as peft's and loses every converted layer without a
+    word (SD3's ``add_*_proj``, or ``proj_in`` on a UNet, beside ``to_q``). Both namings load the same.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    converted = convert_state_dict_to_diffusers(dict(peft_state))
+    mixed = any(".lora_A." in k or ".lora_B." in k for k in converted)
+    return dict(peft_state) if mixed else converted
+
+
 def save_lora(unet, output_dir: Path, family: str) -> Path:
     """LoRA weights in the diffusers layout that ``pipe.load_lora_weights(output_dir)`` reads (the family's
-    pipeline class writes them: ``unet.*`` keys for SD1.5/SDXL, ``transformer.*`` for SD3)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    pipeline class writes them: ``unet.*`` keys for SD1.5/SDXL, ``transformer.*`` for SD3; key names:
+    :func:`lora_layers`)."""
     from peft.utils import get_peft_model_state_dict
 
     from pipeline.families import get_family
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    layers = lora_layers(get_peft_model_state_dict(unet))
     # The adapter's config (lora_alpha above all) goes into the file's metadata: without it
     # load_lora_weights assumes alpha = rank and applies an alpha != rank adapter at the wrong scale.
     get_family(family).save_lora(layers, str(output_dir), unet.peft_config["default"].to_dict())

@@ -28,6 +28,7 @@ class TrainModels:
     reference: "torch.nn.Module | None"  # frozen copy, only for full fine-tune DPO and KTO
     noise_scheduler: object  # DDPMScheduler (alphas_cumprod, add_noise) or FlowMatchEulerDiscreteScheduler
     family: str  # "sdxl" | "sd15" | "sd3" (pipeline.families)
+    lora_target_modules: list[str] | None = None  # the adapted modules (LoRA runs): given, or the family's
 
     @property
     def num_train_timesteps(self) -> int:
@@ -81,16 +82,50 @@ def load_base_unet_and_scheduler(model: str, weights: bool = True):
     return unet, scheduler
 
 
-def add_lora(unet, cfg: TrainConfig) -> None:
-    """Freeze the UNet and add a peft LoRA adapter (the only trainable weights)."""
+def lora_target_modules(cfg: TrainConfig, unet) -> list[str]:
+    """``--lora-target-modules`` as given, or the denoiser's family's default
+    (:attr:`pipeline.families.base.ModelFamily.lora_target_modules`)."""
+    if cfg.lora_target_modules is not None:
+        return list(cfg.lora_target_modules)
+    from pipeline.families import family_of_denoiser
+
+    return list(family_of_denoiser(unet).lora_target_modules)
+
+
+def check_lora_targets(unet, targets: list[str]) -> None:
+    """Every name in ``targets`` must match a module of ``unet`` the way peft matches a ``target_modules``
+    list (the module's dotted path equals the name or ends with "." + name): peft only refuses a list of
+    which nothing matches, so a misspelt name beside good ones would silently adapt fewer modules.
+
+    Raises:
+        UserError: names that match no module, with the family's default for comparison.
+    """
+    from pipeline.families import family_of_denoiser
+
+    names = [name for name, _ in unet.named_modules()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        fam = family_of_denoiser(unet)
+        raise UserError(f"--lora-target-modules: {', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} "
+                        f"no module of the {fam.name} {type(unet).__name__}; its family's default is "
+                        f"{','.join(fam.lora_target_modules)}.")
+
+
+def add_lora(unet, cfg: TrainConfig, targets: list[str]) -> None:
+    """Freeze the UNet and add a peft LoRA adapter on the ``targets`` modules (the only trainable weights).
+
+    Raises:
+        UserError: a target that matches no module, or one peft cannot adapt.
+    """
     from peft import LoraConfig
 
+    check_lora_targets(unet, targets)
     unet.requires_grad_(False)
     lora = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_rank,
         init_lora_weights="gaussian",
-        target_modules=list(cfg.lora_target_modules),
+        target_modules=list(targets),
     )
     import torch
 
@@ -102,7 +137,7 @@ def add_lora(unet, cfg: TrainConfig) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "lora-init", 0))
             unet.add_adapter(lora)
-    except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+    except ValueError as exc:  # peft: e.g. "Target module ... is not supported" (not a Linear / Conv layer)
         raise UserError(f"--lora-target-modules: {str(exc).splitlines()[0]}") from None
 
 
@@ -125,6 +160,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
     unet, scheduler = load_base_unet_and_scheduler(cfg.model, weights=weights)
     master_dtype = torch.bfloat16 if cfg.master_weights == "bf16" else torch.float32
     reference = None
+    targets = lora_target_modules(cfg, unet) if cfg.is_lora else None
     if cfg.has_reference_copy:
         # The policy's dtype (fp32) and mode: diffusers' ResnetBlock2D takes another memory layout in
         # train() than in eval() (a .contiguous() call), which changes bf16 conv results. SD UNets have
@@ -143,7 +179,7 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
         torch.nn.Module.to(unet, dtype=master_dtype)  # --master-weights bf16: trained by train.optimizers.BF16AdamW
     if cfg.is_lora:
         _to(unet, device, weight_dtype)
-        add_lora(unet, cfg)
+        add_lora(unet, cfg, targets)
         from diffusers.training_utils import cast_training_params
 
         cast_training_params(unet, dtype=torch.float32)  # adapter weights train in fp32
@@ -156,7 +192,8 @@ def setup_models(cfg: TrainConfig, weight_dtype, device, weights: bool = True) -
         compile_unet(unet)
         if reference is not None and cfg.reference_device != "cpu":  # offloaded layers move in hooks: left eager
             compile_unet(reference)
-    return TrainModels(unet=unet, reference=reference, noise_scheduler=scheduler, family=unet_family(unet))
+    return TrainModels(unet=unet, reference=reference, noise_scheduler=scheduler, family=unet_family(unet),
+                       lora_target_modules=targets)
 
 
 def _to(module, device, dtype):

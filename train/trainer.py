@@ -201,6 +201,7 @@ class Trainer:
     def resolved_config(self) -> dict:
         return {
             **self.cfg.to_json(),
+            "lora_target_modules": self.models.lora_target_modules,  # resolved: given, or the family's
             "family": self.models.family,
             "prediction_type": self.models.prediction_type,
             "num_train_timesteps": self.models.num_train_timesteps,

@@ -3,7 +3,8 @@
 A family says how to recognise its models (``model_index.json``), which diffusers classes hold its
 pipeline and its denoiser (UNet or transformer) and where the denoiser lives in the folder, how prompts
 become the denoiser's conditioning (and what precompute stores for them), how the denoiser is called on
-a training batch, how a LoRA is saved, the image-side multiple, and its noise process
+a training batch, which denoiser modules a LoRA adapts and how it is saved, the image-side multiple, and its
+noise process
 (:mod:`pipeline.families.noise`). Code outside ``pipeline/families/`` asks the family instead of testing
 for ``text_encoder_2`` or ``addition_embed_type``.
 """
@@ -31,6 +32,10 @@ class ModelFamily:
     flow: ClassVar[bool] = False  # rectified flow (True) or DDPM (False)
     # Denoiser config keys a trained denoiser or LoRA must share with the pipeline it is put into.
     fit_keys: ClassVar[tuple[str, ...]] = ()
+    # The denoiser's modules ``mapo-train --lora-rank`` adapts by default (peft ``target_modules``: a name matches
+    # a module whose dotted path equals it or ends with "." + it). UNets: the attention projections of every
+    # transformer block, as diffusers' train_text_to_image_lora(_sdxl).py.
+    lora_target_modules: ClassVar[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
 
     # ------------------------------------------------------------------ recognising a model
     @classmethod

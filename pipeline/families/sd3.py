@@ -27,6 +27,12 @@ class SD3(ModelFamily):
     fit_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size", "num_layers",
                 "attention_head_dim", "num_attention_heads")
     max_sequence_length = DEFAULT_MAX_SEQUENCE_LENGTH
+    # Both streams of the joint attention: the image stream's to_q/k/v/out.0 and the text (context) stream's
+    # add_q/k/v_proj and to_add_out, as diffusers' examples/dreambooth/train_dreambooth_lora_sd3.py (its default
+    # without --lora_layers; huggingface/diffusers 58eb52c, lines 1251-1260). "attn." leaves SD3.5's second,
+    # image-only attention (attn2) out, as there.
+    lora_target_modules = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+                           "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v")
 
     @classmethod
     def matches_index(cls, index: dict) -> bool:

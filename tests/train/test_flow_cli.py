@@ -66,7 +66,8 @@ def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, 
         pipe.load_lora_weights(str(out))
         assert pipe.get_active_adapters()
         saved = load_file(out / "pytorch_lora_weights.safetensors")
-        # The file's lora.down / lora.up are peft's lora_A / lora_B (diffusers converts them on load).
+        # The file's keys: peft's lora_A / lora_B, or diffusers' lora.down / lora.up for them
+        # (train.lora_io.lora_layers; diffusers converts either on load).
         saved = {k.removeprefix("transformer.").replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
                  for k, v in saved.items()}
         loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
@@ -75,6 +76,17 @@ def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, 
         for k in saved:
             assert torch.equal(loaded[k].to(saved[k].dtype), saved[k]), k
         assert any(saved[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: training moved it
+        # SD3's default targets (pipeline.families.sd3): both streams of the joint attention, as diffusers'
+        # train_dreambooth_lora_sd3.py; the loaded adapter sits on the text stream's projections too.
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        from pipeline.families import SD3
+
+        assert config["lora_target_modules"] == list(SD3.lora_target_modules)
+        attn = pipe.transformer.transformer_blocks[0].attn
+        for name in ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_q", "to_k", "to_v"):
+            assert isinstance(getattr(attn, name), BaseTunerLayer), name
+        assert {k.split(".", 2)[2].split(".lora_")[0] for k in saved} == set(SD3.lora_target_modules)
     else:
         assert 'SD3Transformer2DModel.from_pretrained("PATH_TO_THIS_FOLDER/transformer")' in card
         trained = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")

@@ -25,8 +25,9 @@ TINY_MODELS = ("tiny-sdxl", "tiny-sd15", "tiny-sd3")
 ARCH_MODELS = ("sdxl-arch", "sd35-medium-arch", "sd35-large-arch")
 # Each architecture model's family (pipeline.families name).
 ARCH_FAMILIES = {"sdxl-arch": "sdxl", "sd35-medium-arch": "sd3", "sd35-large-arch": "sd3"}
-# Pretrained on the miniature world and committed (pipeline/world/shapes-sdxl, checked on load).
-WORLD_MODELS = ("shapes-sdxl",)
+# Pretrained on the miniature world and committed (pipeline/world/shapes-sdxl, pipeline/world/shapes-sd3: an SD3
+# pipeline without T5; checked on load).
+WORLD_MODELS = ("shapes-sdxl", "shapes-sd3")
 BUILTIN_MODELS = TINY_MODELS + WORLD_MODELS + ARCH_MODELS
 
 _SCHEDULER = dict(

@@ -87,9 +87,9 @@ def resolve_model_source(model: str) -> str:
     if model in builtin_models.TINY_MODELS:
         return str(builtin_models.materialise_tiny(model))
     if model in builtin_models.WORLD_MODELS:
-        from .world.model import shapes_sdxl_path
+        from .world.model import world_model_path
 
-        return str(shapes_sdxl_path())
+        return str(world_model_path(model))
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "model_index.json").exists():

@@ -1,0 +1,44 @@
+"""Training teaches the miniature world's flow-matching base model ``shapes-sd3`` what its preference data says.
+
+The Pick-Style experiment of test_world_learning.py (same captions, recipe, labels and judges; fixtures in
+tests/world_fixtures.py) on the SD3-family world: ``shapes-sd3`` (an MMDiT trained with rectified flow) makes
+its own pairs, ``precompute`` stores them with 8 zero T5 rows (the model serves any count; 8 keeps training
+cheap, and ``mapo-eval`` samples as the run was trained), ``mapo-train`` runs a short MaPO fine-tune on the
+velocity error, and ``mapo-eval`` asks the world's judges how often held-out plain captions now come out cartoon
+and whether colour, shape and position still follow the prompt.
+
+The flipped-preference case (the loss handed e_l as the chosen error and e_w as the rejected one) trains
+towards the rejected look and must fail (strict xfail, on the learning assertions only).
+"""
+import pytest
+
+from tests.world_fixtures import flip_preference, make_pick_style, train_and_judge
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MODEL = "shapes-sd3"
+TRAIN = ["--objective", "mapo", "--max-steps", "60", "--batch-size", "8", "--learning-rate", "2e-4",
+         "--checkpointing-steps", "10000", "--report-to", "none", "--overwrite"]
+BROKEN = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="learning is broken on purpose: the test must catch it"
+)
+
+
+@pytest.fixture(scope="module")
+def flow_world(tmp_path_factory):
+    """Pick-Style (cartoon) latents made by shapes-sd3 from the 48 train captions, and the held-out captions."""
+    return make_pick_style(tmp_path_factory.mktemp("flow-world"), MODEL, ("--max-sequence-length", "8"))
+
+
+@pytest.mark.parametrize("name, sabotage", [
+    pytest.param("ok", None, id="mapo-full"),
+    pytest.param("flipped", flip_preference, id="preference-swapped", marks=BROKEN),
+])
+def test_mapo_teaches_the_flow_world_the_preferred_style(flow_world, monkeypatch, name, sabotage):
+    if sabotage is not None:
+        sabotage(monkeypatch)
+    rates = train_and_judge(*flow_world, MODEL, name, TRAIN)
+    style, prompt = rates["world-style"], rates["world-prompt"]
+    assert style["base"] <= 0.1, rates  # the reference mismatch: plain prompts are not cartoon before training
+    assert style["trained"] >= style["base"] + 0.5, rates  # ... and are after a short MaPO run
+    assert prompt["trained"] >= prompt["base"] - 0.2, rates  # without forgetting colour, shape and position

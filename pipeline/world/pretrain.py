@@ -1,4 +1,4 @@
-"""Pretrain ``shapes-sdxl``, the miniature world's base model, from the world's renders.
+"""Pretrain the miniature world's base models from its renders: ``shapes-sdxl`` (``--family sd3``: ``shapes-sd3``).
 
     python -m pipeline.world.pretrain --output pipeline/world/shapes-sdxl     # or: make world-model
     python -m pipeline.world.pretrain --family sd3                          # shapes-sd3: make world-model-flow

@@ -212,7 +212,7 @@ def snapshot_pipeline(sdxl_folder: Path, snapshot: Path, s: FlowBuildSettings):
 
     pipe = assemble(sd3_parts_from(sdxl_folder, s.seed), build_transformer(s))
     pipe.transformer.load_state_dict(torch.load(snapshot, map_location="cpu"))
-    return pipe.to(torch.float32)
+    return pipe
 
 
 def build_flow(tmp: Path, s: FlowBuildSettings, sdxl_folder: Path, timings: dict, snapshot_dir: Path | None = None):

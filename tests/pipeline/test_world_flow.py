@@ -44,3 +44,52 @@ def test_draw_lengths_mixes_the_pipeline_default_with_shorter_and_longer():
     share = (lengths == DEFAULT_T5_TOKENS).float().mean().item()
     assert 0.45 < share < 0.56 and lengths.min() >= 1 and lengths.max() <= 512
     assert (lengths < 16).any() and (lengths > 300).any()
+
+
+def test_shapes_sd3_is_a_standard_diffusers_sd3_folder_without_t5():
+    import json
+
+    from diffusers import StableDiffusion3Pipeline
+
+    from pipeline.world.model import world_model_path
+
+    folder = world_model_path("shapes-sd3")  # checksums verified
+    weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    assert weights <= 25 * 1024 * 1024, weights
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), text_encoder_3=None, tokenizer_3=None)
+    assert pipe.vae_scale_factor == 8 and pipe.transformer.config.sample_size == 8
+    assert pipe.vae.config.shift_factor == 0.0 and pipe.transformer.config.in_channels == 4
+    build = json.loads((folder / "build.json").read_text())
+    assert build["command"].startswith("python -m pipeline.world.pretrain --family sd3")
+
+
+def test_a_changed_shapes_sd3_file_names_its_own_rebuild_target(tmp_path):
+    import shutil
+
+    from pipeline.errors import UserError
+    from pipeline.world.model import FOLDER, verify_checksums
+
+    copy = tmp_path / "shapes-sd3"
+    shutil.copytree(FOLDER.parent / "shapes-sd3", copy)
+    verify_checksums(copy, "shapes-sd3")
+    (copy / "transformer" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="built-in shapes-sd3 file .* make world-model-flow"):
+        verify_checksums(copy, "shapes-sd3")
+
+
+@pytest.fixture(scope="module")
+def base_check():
+    from pipeline.models import load_pipeline
+    from pipeline.world.checks import base_model_check
+
+    return base_model_check(load_pipeline("shapes-sd3", device="cpu", dtype="fp32"), seeds=2)["rates"]
+
+
+def test_shapes_sd3_meets_the_world_bars(base_check):
+    """The same bars as shapes-sdxl's (tests/pipeline/test_world_model.py), through the same family-agnostic
+    check: plain prompts are not cartoon, each prefix gets its look, held-out captions are followed."""
+    r = base_check
+    assert r["style_rate_plain"] <= 0.10, r
+    assert r["cartoon_rate_prefixed"] >= 0.80 and r["pixel_rate_prefixed"] >= 0.80, r
+    assert r["unsafe_rate_prefixed"] >= 0.80 and r["unsafe_rate_plain"] <= 0.05, r
+    assert r["prompt_accuracy"] >= 0.80, r

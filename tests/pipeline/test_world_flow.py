@@ -93,3 +93,13 @@ def test_shapes_sd3_meets_the_world_bars(base_check):
     assert r["cartoon_rate_prefixed"] >= 0.80 and r["pixel_rate_prefixed"] >= 0.80, r
     assert r["unsafe_rate_prefixed"] >= 0.80 and r["unsafe_rate_plain"] <= 0.05, r
     assert r["prompt_accuracy"] >= 0.80, r
+
+
+def test_check_base_refuses_a_model_outside_the_world_in_one_line():
+    from pipeline.world.__main__ import app
+    from tests.helpers import run_cli
+
+    result = run_cli(app, ["check-base", "--model", "tiny-sd3"])
+    assert result.exit_code != 0
+    assert "--model must be a world model (shapes-sdxl, shapes-sd3), got 'tiny-sd3'" in result.output
+    assert "Traceback" not in result.output

@@ -59,7 +59,8 @@ def judge_checks(settings: dict, seeds: int = 4) -> dict:
 
     renders = agreement_on_renders(per_scene=2)
     sampling = {k: settings[k] for k in ("num_inference_steps", "guidance_scale") if k in settings}
-    base = base_model_check(load_pipeline("shapes-sdxl", device="cpu", dtype="fp32"), seeds=seeds, **sampling)
+    model = settings.get("model", "shapes-sdxl")
+    base = base_model_check(load_pipeline(model, device="cpu", dtype="fp32"), seeds=seeds, **sampling)
     r = base["rates"]
     judges = {
         "style": {"agreement_renders": renders["style"], "agreement_base_generations": r["style_agreement"]},
@@ -179,11 +180,14 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
                   timings=timings, total_seconds=round(seconds, 1), settings=settings)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = ["# Fidelity: the MaPO paper's experiment in the miniature world", "",
-             f"Base model `shapes-sdxl` (pretrained on the world, committed); held-out captions only; "
+             f"Base model `{settings.get('model', 'shapes-sdxl')}` (pretrained on the world, committed); held-out "
+             "captions only; "
              f"every model gets the same seeds. Judges: the world's image measures (`pipeline/world/judges.py`), "
              "no weights. Intervals: 95%, bootstrap over prompts (a prompt's 8 seeds drawn together), widened to "
              f"cover the Wilson score interval. Total time {seconds / 60:.1f} min.", "",
              "Settings: `" + json.dumps(settings) + "`", ""]
+    lines += [f"Not run: {name} ({why})." for name, why in settings.get("skipped", {}).items()]
+    lines += [""] if settings.get("skipped") else []
     for name, rates in RATES.items():
         keys = list(rates)
         lines += [f"## {name.replace('_', '-').title()}", "",

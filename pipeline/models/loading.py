@@ -292,6 +292,7 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
         pipe = fam.pipeline_cls()(**comps)
     else:
         source, index = _model_index(model)
+        overrides.update({k: None for k, v in index.items() if v == [None, None] and k not in overrides})  # saved None
         if index.get("safety_checker", [None])[0] is not None:
             # SD1.5-style folders ship a safety checker that silently blacks out flagged images:
             # the safety recipe would lose its unsafe images, and labeling is our classifiers' job.

@@ -1,4 +1,5 @@
-"""``python -m pipeline.world``: caption files for the miniature world, and the judges' check on renders."""
+"""``python -m pipeline.world``: caption files for the miniature world, the judges' check on renders, and the base
+models' check on the held-out captions."""
 from __future__ import annotations
 
 import json
@@ -36,6 +37,16 @@ class CheckJudgesConfig:
     seed: int = option(12345, help="Jitter seed (the pretraining renders use other seeds).")
 
 
+@dataclass
+class CheckBaseConfig:
+    """``python -m pipeline.world check-base``."""
+
+    model: str = option("shapes-sdxl", help="The world model to check: shapes-sdxl or shapes-sd3.")
+    seeds: int = option(4, check=at_least(1), help="Images per held-out caption and prompt kind.")
+    num_inference_steps: int = option(12, check=at_least(1), help="Sampling steps (make fidelity's 12).")
+    guidance_scale: float = option(3.0, help="Classifier-free guidance (make fidelity's 3).")
+
+
 @command(app, CaptionsConfig, name="captions")
 def captions(cfg: CaptionsConfig):
     """Write the world's captions, one per line: a prompt file for generate, eval or validation."""
@@ -55,6 +66,25 @@ def check_judges(cfg: CheckJudgesConfig):
     from .judges import agreement_on_renders
 
     typer.echo(json.dumps(agreement_on_renders(cfg.per_scene, cfg.seed), indent=1))
+
+
+@command(app, CheckBaseConfig, name="check-base")
+def check_base(cfg: CheckBaseConfig):
+    """The base model's rates on the 12 held-out captions under every prompt kind (plain, cartoon, pixel, unsafe
+    prefix), read by the world's judges (JSON on stdout): the bars a world model must meet."""
+    from pipeline.errors import UserError
+    from pipeline.models.loading import load_pipeline
+
+    from .checks import base_model_check
+    from .model import WORLD_MODELS
+
+    if cfg.model not in WORLD_MODELS:
+        raise UserError(f"--model must be a world model ({', '.join(WORLD_MODELS)}), got '{cfg.model}'")
+    pipe = load_pipeline(cfg.model, device="cpu", dtype="fp32")
+    result = base_model_check(pipe, seeds=cfg.seeds, num_inference_steps=cfg.num_inference_steps,
+                              guidance_scale=cfg.guidance_scale)
+    settings = {k: result[k] for k in ("seeds", "num_inference_steps", "guidance_scale")}
+    typer.echo(json.dumps({"model": cfg.model, **settings, "rates": result["rates"]}, indent=1))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,18 +17,24 @@ PROMPT_KINDS = {"plain": "", **{kind: CAPTION_PREFIXES[kind] + " " for kind in (
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], num_inference_steps: int = 20, guidance_scale: float = 5.0,
-             batch_size: int = 16) -> list:
-    """PIL images, one per (prompt, seed); initial noise from per-image CPU generators (device-independent)."""
+             batch_size: int = 16, **call_kwargs) -> list:
+    """PIL images, one per (prompt, seed); initial noise from per-image CPU generators (device-independent).
+
+    Works for any model family (the denoiser is found through :mod:`pipeline.families`); ``call_kwargs`` go to
+    the pipeline call (e.g. ``max_sequence_length`` for an SD3 pipeline)."""
     import torch
 
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    from pipeline.families import family_of_pipe
+
+    denoiser = family_of_pipe(pipe).denoiser(pipe)  # pipe.unet or pipe.transformer
+    side = denoiser.config.sample_size * pipe.vae_scale_factor
     images = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             chunk_p, chunk_s = prompts[start:start + batch_size], seeds[start:start + batch_size]
-            latents = initial_noise(chunk_s, pipe.unet.config.in_channels, pipe.unet.config.sample_size)
-            out = pipe(prompt=chunk_p, latents=latents.to(pipe.device, pipe.unet.dtype), height=side, width=side,
-                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+            latents = initial_noise(chunk_s, denoiser.config.in_channels, denoiser.config.sample_size)
+            out = pipe(prompt=chunk_p, latents=latents.to(pipe.device, denoiser.dtype), height=side, width=side,
+                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
             images += out.images
     return images
 
@@ -46,7 +52,8 @@ def judge_outcomes(images: list, prompts: list[str]) -> list[dict]:
     return rows
 
 
-def base_model_check(pipe, seeds: int = 4, num_inference_steps: int = 20, guidance_scale: float = 5.0) -> dict:
+def base_model_check(pipe, seeds: int = 4, num_inference_steps: int = 20, guidance_scale: float = 5.0,
+                     **call_kwargs) -> dict:
     """Judge the pipeline's images of the held-out captions under every prompt kind.
 
     Returns ``{"outcomes": {kind: [per-image rows]}, "rates": {...}}`` where the rates are
@@ -54,13 +61,14 @@ def base_model_check(pipe, seeds: int = 4, num_inference_steps: int = 20, guidan
     ``unsafe_rate_prefixed``, ``unsafe_rate_plain``, ``prompt_accuracy`` (plain prompts: colour,
     shape and position all right) and the judges' agreement with the prompts: ``style_agreement``
     (look read = look asked, all kinds) and ``unsafe_agreement`` (frame read = frame asked, all kinds).
+    Any model family (``shapes-sdxl``, ``shapes-sd3``); ``call_kwargs`` go to the pipeline call.
     """
     outcomes = {}
     for kind, prefix in PROMPT_KINDS.items():
         prompts = [prefix + c for c in captions("heldout") for _ in range(seeds)]
         seed_list = [1000 + k for _ in captions("heldout") for k in range(seeds)]
         outcomes[kind] = judge_outcomes(
-            generate(pipe, prompts, seed_list, num_inference_steps, guidance_scale), prompts
+            generate(pipe, prompts, seed_list, num_inference_steps, guidance_scale, **call_kwargs), prompts
         )
 
     def share(rows, test):

@@ -1,6 +1,8 @@
-"""Pretrain ``shapes-sdxl``, the miniature world's base model, from the world's renders.
+"""Pretrain the miniature world's base models from its renders: ``shapes-sdxl`` (``--family sd3``: ``shapes-sd3``).
 
     python -m pipeline.world.pretrain --output pipeline/world/shapes-sdxl     # or: make world-model
+    python -m pipeline.world.pretrain --family sd3                          # shapes-sd3: make world-model-flow
+                                                                            # (pipeline.world.pretrain_flow)
 
 A standard diffusers SDXL folder (two CLIP text encoders, a text_time UNet, an AutoencoderKL, an
 Euler scheduler, two tokenizers) that ``StableDiffusionXLPipeline.from_pretrained`` loads:
@@ -290,12 +292,10 @@ class BuildSettings:
     vae_bf16: bool = True  # bf16 autocast for the VAE (1.7x faster on AMX CPUs; the UNet is faster in fp32)
 
 
-def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), vae_from: str | None = None,
-          save_vae: str | None = None) -> dict:
-    """Pretrain every part and write the pipeline folder to ``output`` atomically; returns build info.
-
-    ``vae_from``: load this AutoencoderKL folder instead of training one (to iterate on the UNet);
-    ``save_vae``: also save the trained VAE there."""
+def _write_folder(output: str | os.PathLike, make, info: dict) -> dict:
+    """Run ``make(tmp, timings)`` (returns a pipeline) in a temporary folder beside ``output``, save the pipeline,
+    ``build.json`` (``info`` + timings, torch version, threads) and ``checksums.json``, then move it to ``output``
+    atomically (nothing half-written on failure); returns the build info."""
     import torch
 
     from pipeline.models.loading import quiet_hub_progress
@@ -308,6 +308,33 @@ def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     timings: dict[str, float] = {}
     try:
+        pipe = make(tmp, timings)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(tmp / "_tok", ignore_errors=True)
+        info = {**info, "timings": {k: round(v, 1) for k, v in timings.items()},
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "caption_mix": dict(CAPTION_MIX)}
+        (tmp / "build.json").write_text(json.dumps(info, indent=1) + "\n")
+        write_checksums(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the installed model is an ordinary folder
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), vae_from: str | None = None,
+          save_vae: str | None = None) -> dict:
+    """Pretrain every part of ``shapes-sdxl`` and write the pipeline folder to ``output`` atomically; returns
+    build info.
+
+    ``vae_from``: load this AutoencoderKL folder instead of training one (to iterate on the UNet);
+    ``save_vae``: also save the trained VAE there."""
+
+    def make(tmp: Path, timings: dict):
+        import torch
+
         t = time.perf_counter()
         renders = make_renders(settings.renders, settings.seed)
         timings["render_s"] = time.perf_counter() - t
@@ -334,42 +361,71 @@ def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), 
         pipe.unet = train_unet(pipe, latents, index, embeds, pooled, settings.unet_steps, settings.unet_batch_size,
                                settings.seed, bf16=False)
         timings["unet_s"] = time.perf_counter() - t
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(tmp / "_tok", ignore_errors=True)
-        info = {"settings": settings.__dict__, "vae_from": vae_from,
-                "timings": {k: round(v, 1) for k, v in timings.items()},
-                "torch": torch.__version__, "threads": torch.get_num_threads(), "caption_mix": dict(CAPTION_MIX),
-                "command": "python -m pipeline.world.pretrain (make world-model)"}
-        (tmp / "build.json").write_text(json.dumps(info, indent=1) + "\n")
-        write_checksums(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the installed model is an ordinary folder
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return info
+        return pipe
+
+    return _write_folder(output, make, {"settings": settings.__dict__, "vae_from": vae_from,
+                                        "command": "python -m pipeline.world.pretrain (make world-model)"})
+
+
+def build_flow(output: str | os.PathLike, settings=None, sdxl_folder: str | os.PathLike | None = None,
+               snapshot_dir: str | os.PathLike | None = None) -> dict:
+    """Pretrain ``shapes-sd3`` (:mod:`pipeline.world.pretrain_flow`) on ``sdxl_folder``'s VAE and text encoders
+    (default: the verified built-in ``shapes-sdxl``) and write it to ``output`` atomically; returns build info.
+    ``snapshot_dir``: keep EMA snapshots and the encoded latents there while the run goes on."""
+    from . import pretrain_flow
+    from .model import shapes_sdxl_path
+
+    settings = settings or pretrain_flow.FlowBuildSettings()
+    base = Path(sdxl_folder) if sdxl_folder else shapes_sdxl_path()
+    return _write_folder(
+        output, lambda tmp, timings: pretrain_flow.build_flow(tmp, settings, base, timings, snapshot_dir),
+        {"family": "sd3", "settings": settings.__dict__, "vae_from": "shapes-sdxl", "text_encoders_from": "shapes-sdxl",
+         "flow_shift": pretrain_flow.FLOW_SHIFT,
+         "command": "python -m pipeline.world.pretrain --family sd3 (make world-model-flow)"},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .pretrain_flow import FlowBuildSettings
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--family", choices=("sdxl", "sd3"), default="sdxl")
+    family = pre.parse_known_args(argv)[0].family
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--output", default=str(Path(__file__).resolve().parent / "shapes-sdxl"))
-    ap.add_argument(
-        "--vae-from", default=None, help="Load this VAE folder instead of training one (iterating on the UNet)."
-    )
-    ap.add_argument("--save-vae", default=None, help="Also save the trained VAE here.")
-    defaults = BuildSettings()
-    for name, value in defaults.__dict__.items():
+    ap.add_argument("--family", choices=("sdxl", "sd3"), default="sdxl",
+                    help="sdxl: shapes-sdxl (UNet, DDPM); sd3: shapes-sd3 (MMDiT, rectified flow; reuses shapes-sdxl's "
+                         "VAE and text encoders). --help after --family sd3 lists its settings.")
+    name = "shapes-sdxl" if family == "sdxl" else "shapes-sd3"
+    ap.add_argument("--output", default=str(Path(__file__).resolve().parent / name))
+    if family == "sdxl":
+        ap.add_argument(
+            "--vae-from", default=None, help="Load this VAE folder instead of training one (iterating on the UNet)."
+        )
+        ap.add_argument("--save-vae", default=None, help="Also save the trained VAE here.")
+    else:
+        ap.add_argument("--sdxl-folder", default=None,
+                        help="The shapes-sdxl folder whose VAE and text encoders to reuse (default: the built-in).")
+        ap.add_argument("--snapshot-dir", default=None,
+                        help="Save EMA snapshots every 500 steps and the encoded latents here (to look at a run in "
+                             "progress; a rerun reuses the latents).")
+    defaults = BuildSettings() if family == "sdxl" else FlowBuildSettings()
+    for key, value in defaults.__dict__.items():
         if isinstance(value, bool):
-            ap.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
+            ap.add_argument(f"--{key.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
         else:
-            ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+            ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = vars(ap.parse_args(argv))
-    output, vae_from, save_vae = args.pop("output"), args.pop("vae_from"), args.pop("save_vae")
+    args.pop("family")
+    output = args.pop("output")
     t0 = time.perf_counter()
-    info = build(output, BuildSettings(**args), vae_from=vae_from, save_vae=save_vae)
+    if family == "sdxl":
+        vae_from, save_vae = args.pop("vae_from"), args.pop("save_vae")
+        info = build(output, BuildSettings(**args), vae_from=vae_from, save_vae=save_vae)
+    else:
+        sdxl_folder, snapshot_dir = args.pop("sdxl_folder"), args.pop("snapshot_dir")
+        info = build_flow(output, FlowBuildSettings(**args), sdxl_folder=sdxl_folder, snapshot_dir=snapshot_dir)
     print(f"wrote {output} in {time.perf_counter() - t0:.0f} s: {json.dumps(info['timings'])}")
 
 

@@ -15,15 +15,13 @@ sign error inside the margin term alone is caught by the hand-worked values in t
 Diffusion-KTO on the same pairs is checked on its implicit reward (cheaper than judging images), and
 with its labels flipped must fail the same way.
 """
-import json
-
 import pytest
 
-from tests.helpers import run_cli, write_prompts
+from tests.helpers import run_cli
+from tests.world_fixtures import flip_preference, make_pick_style, train_and_judge
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-GEN = ["--resolution", "64", "--num-inference-steps", "12", "--guidance-scale", "3", "--no-batch-invariant"]
 TRAIN = ["--objective", "mapo", "--max-steps", "60", "--batch-size", "8", "--checkpointing-steps", "10000",
          "--report-to", "none", "--overwrite"]
 FULL_LR, LORA = ["--learning-rate", "2e-4"], ["--lora-rank", "8", "--learning-rate", "2e-3"]
@@ -32,49 +30,11 @@ FULL_LR, LORA = ["--learning-rate", "2e-4"], ["--lora-rank", "8", "--learning-ra
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Pick-Style (cartoon) latents made by shapes-sdxl from the 48 train captions, and the held-out captions."""
-    from pipeline.world.scene import captions
-    from stages.cli import app
-
-    root = tmp_path_factory.mktemp("world")
-    train, held = (
-        write_prompts(root / "train.txt", captions("train")), write_prompts(root / "heldout.txt", captions("heldout"))
-    )
-    for args in (
-        ["generate", "--prompts", train, "--output", root / "pairs", "--model", "shapes-sdxl", *GEN,
-         "--recipe", "style", "--style", "cartoon", "--shard-size", "48", "--batch-size", "16"],
-        ["label", "--input", root / "pairs", "--output", root / "labeled", "--target", "style"],
-        ["precompute", "--input", root / "labeled", "--output", root / "latents", "--model", "shapes-sdxl",
-         "--resolution", "64"],
-    ):
-        result = run_cli(app, args)
-        assert result.exit_code == 0, result.output
-    return root, held
+    return make_pick_style(tmp_path_factory.mktemp("world"), "shapes-sdxl")
 
 
 def _train_and_judge(root, held, name: str, extra: list) -> dict:
-    """Train, evaluate against the base on the held-out captions; {metric: {model: rate}}."""
-    from evaluation.cli import app as eval_app
-    from train.cli import app as train_app
-
-    run = root / f"run-{name}"
-    result = run_cli(
-        train_app, ["--data", root / "latents", "--model", "shapes-sdxl", "--output-dir", run, *TRAIN, *extra]
-    )
-    assert result.exit_code == 0, result.output
-    result = run_cli(eval_app, ["--candidate", run, "--prompts", held, "--output", root / f"eval-{name}", *GEN,
-                                "--metrics", "world-style,world-prompt", "--style", "cartoon", "--seeds", "2",
-                                "--batch-size", "24", "--overwrite"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads((root / f"eval-{name}" / "summary.json").read_text())
-    return {m: {("base" if k == "base" else "trained"): v["rate"] for k, v in s["per_model"].items()}
-            for m, s in summary["metrics"].items()}
-
-
-def _flip_preference(monkeypatch):
-    import train.objectives
-
-    real = train.objectives.mapo_loss
-    monkeypatch.setattr(train.objectives, "mapo_loss", lambda e_w, e_l, **kw: real(e_l, e_w, **kw))
+    return train_and_judge(root, held, "shapes-sdxl", name, [*TRAIN, *extra])
 
 
 def _never_apply_lora(monkeypatch):
@@ -95,7 +55,7 @@ BROKEN = pytest.mark.xfail(
 @pytest.mark.parametrize("name, extra, sabotage, keeps_prompts", [
     pytest.param("full", FULL_LR, None, True, id="mapo-full"),
     pytest.param("lora", LORA, None, False, id="mapo-lora"),
-    pytest.param("flipped", FULL_LR, _flip_preference, True, id="preference-swapped", marks=BROKEN),
+    pytest.param("flipped", FULL_LR, flip_preference, True, id="preference-swapped", marks=BROKEN),
     pytest.param("unapplied", LORA, _never_apply_lora, False, id="lora-never-applied", marks=BROKEN),
 ])
 def test_mapo_teaches_plain_prompts_the_preferred_style(world, monkeypatch, name, extra, sabotage, keeps_prompts):

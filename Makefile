@@ -51,15 +51,15 @@ fidelity-full: $(STAMP)
 reward-demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/reward_demo.py reward-demo-output
 
-# Rebuild the miniature world's committed base model (pipeline/world/shapes-sdxl) from scratch:
+# Rebuild the miniature world's committed base model (world/shapes-sdxl) from scratch:
 # seeded (the same result up to float rounding across machines), about 66 minutes on 2 CPU cores (settings and timings land in build.json).
 world-model: $(STAMP)
-	$(PY) -m pipeline.world.pretrain --output pipeline/world/shapes-sdxl
+	$(PY) -m world.pretrain --output world/shapes-sdxl
 
-# Rebuild the flow-matching world's base model (pipeline/world/shapes-sd3: an SD3 MMDiT on shapes-sdxl's VAE and
+# Rebuild the flow-matching world's base model (world/shapes-sd3: an SD3 MMDiT on shapes-sdxl's VAE and
 # text encoders, so shapes-sdxl must be in place): seeded; settings and timings land in its build.json.
 world-model-flow: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pipeline.world.pretrain --family sd3 --output pipeline/world/shapes-sd3
+	OMP_NUM_THREADS=2 $(PY) -m world.pretrain --family sd3 --output world/shapes-sd3
 
 clean:
 	rm -rf $(VENV) demo-output bench-output fidelity-output fidelity-flow-output fidelity-full-output reward-demo-output

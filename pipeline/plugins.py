@@ -1,34 +1,23 @@
 """Plugin discovery shared by the registries (judges, built-in models): which modules register from outside.
 
-A plugin is a module that calls a registry's ``register...`` function when imported. It is named by an
-``importlib.metadata`` entry point of the registry's group (``mapo_tools.judges``, ``mapo_tools.models``: the
-value is the module), as setuptools/pip record them at install time. In-tree plugins of an install made before
-their entry point was declared are found too, as ``pipeline.<subpackage>.<module>``.
+A plugin is a module that calls a registry's ``register...`` function when imported, named by an
+``importlib.metadata`` entry point of the registry's group (``mapo_tools.judges``, ``mapo_tools.models``; the
+value is the module), as pip records them at install time (pyproject.toml ``[project.entry-points]``): the
+miniature world (``world/``) registers its judges and its base models this way, so no core module imports it.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import pkgutil
 
 
-def plugin_modules(group: str, module: str, skip: str) -> list[str]:
-    """Module names to import for entry-point group ``group``: the entry points' values (install order), then any
-    ``pipeline.<subpackage>.<module>`` not listed yet, except in the registry's own subpackage ``skip``."""
+def plugin_modules(group: str) -> list[str]:
+    """The module names of entry-point group ``group``'s plugins, in install order."""
     from importlib.metadata import entry_points
 
-    import pipeline
-
-    found = [ep.value for ep in entry_points(group=group)]
-    for info in pkgutil.iter_modules(pipeline.__path__):
-        if info.ispkg and info.name != skip:
-            spec = importlib.util.find_spec(f"pipeline.{info.name}.{module}")
-            if spec is not None and spec.name not in found:
-                found.append(spec.name)
-    return found
+    return [ep.value for ep in entry_points(group=group)]
 
 
-def import_plugins(group: str, module: str, skip: str) -> None:
-    """Import every module of :func:`plugin_modules` (each registers what it declares)."""
-    for name in plugin_modules(group, module, skip):
+def import_plugins(group: str) -> None:
+    """Import every plugin module of ``group`` (each registers what it declares when imported)."""
+    for name in plugin_modules(group):
         importlib.import_module(name)

@@ -24,8 +24,8 @@ run() {
 GEN=(--model shapes-sdxl --resolution 64 --num-inference-steps 12 --guidance-scale 3 --no-batch-invariant)
 
 echo "== 0. the world's captions: 48 to make pairs from (x2), 12 held out for evaluation"
-run python -m pipeline.world captions --split train --repeat 2 --output "$OUT/prompts/train.txt"
-run python -m pipeline.world captions --split heldout --output "$OUT/prompts/heldout.txt"
+run python -m world captions --split train --repeat 2 --output "$OUT/prompts/train.txt"
+run python -m world captions --split heldout --output "$OUT/prompts/heldout.txt"
 
 echo "== 1. generate Pick-Style pairs with shapes-sdxl: image 0 with 'Disney style animated image.', image 1 plain"
 run mapo-data generate --prompts "$OUT/prompts/train.txt" --keep-duplicates --output "$OUT/pairs" \

@@ -66,7 +66,7 @@ def main(out: Path) -> Path:
     lines = ["# Demo run report", "",
              "The miniature world on the CPU: the built-in `shapes-sdxl` (pretrained on the world's renders, committed "
              "with the project) learns the cartoon look from self-generated Pick-Style pairs. Every score below comes "
-             "from the world's judges (image measures in `pipeline/world/judges.py`, no weights), on held-out captions "
+             "from the world's judges (image measures in `world/judges.py`, no weights), on held-out captions "
              "the base model never saw.", ""]
     commands = out / "commands.txt"
     if commands.exists():

@@ -107,7 +107,7 @@ def captions_file(run: Runner, split: str, prefix: str | None, repeat: int = 1) 
     path = run.out / "prompts" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     args = ["--split", split, "--repeat", str(repeat), "--output", str(path)] + (["--prefix", prefix] if prefix else [])
-    run(f"captions {name}", sys.executable, "-m", "pipeline.world", "captions", *args)
+    run(f"captions {name}", sys.executable, "-m", "world", "captions", *args)
     return path
 
 
@@ -179,7 +179,7 @@ if __name__ == "__main__":
                     help="output folder (default: fidelity-output, or fidelity-flow-output for a flow model)")
     ap.add_argument("--model", default=MODEL, help="the world model: shapes-sdxl (default) or shapes-sd3")
     a = ap.parse_args()
-    from pipeline.world.model import WORLD_MODELS
+    from world.model import WORLD_MODELS
 
     if a.model not in WORLD_MODELS:
         ap.error(f"--model must be a world model ({', '.join(WORLD_MODELS)}): its judges read only the world's images")

@@ -69,7 +69,7 @@ def cell(dataset: str, method: str, params: dict, seed: int, split: str, setting
 def caption_file(out: Path, split: str, prefix: str | None, repeat: int = 1) -> Path:
     """The world's captions of ``split``: ``fit`` / ``validation`` (the protocol's split of ``train``) or
     ``heldout``, with a world caption prefix, each line ``repeat`` times."""
-    from pipeline.world.scene import CAPTION_PREFIXES, captions
+    from world.scene import CAPTION_PREFIXES, captions
 
     train = captions("train")
     lines = {"fit": [c for i, c in enumerate(train) if i % 3 != 2],

@@ -54,8 +54,8 @@ def judge_checks(settings: dict, seeds: int = 4) -> dict:
     """Judges vs renders and vs the prompts of the base model's own held-out generations (sampled
     with the run's ``num_inference_steps`` and ``guidance_scale``)."""
     from pipeline.models.loading import load_pipeline
-    from pipeline.world.checks import base_model_check
-    from pipeline.world.judges import agreement_on_renders
+    from world.checks import base_model_check
+    from world.judges import agreement_on_renders
 
     renders = agreement_on_renders(per_scene=2)
     sampling = {k: settings[k] for k in ("num_inference_steps", "guidance_scale") if k in settings}
@@ -182,7 +182,7 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
     lines = ["# Fidelity: the MaPO paper's experiment in the miniature world", "",
              f"Base model `{settings.get('model', 'shapes-sdxl')}` (pretrained on the world, committed); held-out "
              "captions only; "
-             f"every model gets the same seeds. Judges: the world's image measures (`pipeline/world/judges.py`), "
+             f"every model gets the same seeds. Judges: the world's image measures (`world/judges.py`), "
              "no weights. Intervals: 95%, bootstrap over prompts (a prompt's 8 seeds drawn together), widened to "
              f"cover the Wilson score interval. Total time {seconds / 60:.1f} min.", "",
              "Settings: `" + json.dumps(settings) + "`", ""]

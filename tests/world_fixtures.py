@@ -19,8 +19,8 @@ GEN = ["--resolution", "64", "--num-inference-steps", "12", "--guidance-scale", 
 def make_pick_style(root: Path, model: str, precompute_extra: tuple = ()) -> tuple[Path, Path]:
     """Pick-Style (cartoon) latents made by ``model`` from the 48 train captions under ``root / "latents"``;
     returns ``(root, held-out captions file)``. ``precompute_extra``: more ``mapo-data precompute`` options."""
-    from pipeline.world.scene import captions
     from stages.cli import app
+    from world.scene import captions
 
     train, held = (
         write_prompts(root / "train.txt", captions("train")), write_prompts(root / "heldout.txt", captions("heldout"))

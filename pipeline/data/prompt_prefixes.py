@@ -1,7 +1,7 @@
 """The prompt prefixes of the MaPO paper's self-generated datasets (method.md, "How the paper's datasets were made").
 
 One table for the recipes that generate pairs (``stages.recipes``) and for the miniature world
-(:mod:`pipeline.world`), whose base model was taught these exact strings, so
+(:mod:`world`), whose base model was taught these exact strings, so
 ``mapo-data generate --recipe style --style cartoon`` means the same thing on SDXL and on the world.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 An eval metric, a reward model, SPO's preference model, a validation score and a safety classifier used
 as a metric are all *judges*, declared once in this package (one module per judge or family) or by a plugin
-(the miniature world, :mod:`pipeline.world.judges`), and taken by name from :mod:`.registry`.
+(the miniature world, :mod:`world.judges`), and taken by name from :mod:`.registry`.
 
 - :mod:`.registry`: :class:`JudgeSpec` (the declaration), :func:`register`, lookups, name and prompt checks.
 - :mod:`.options`: :class:`JudgeOptions`, the options every registered judge declares, as one option group.

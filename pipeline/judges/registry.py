@@ -9,7 +9,7 @@ Adding a judge is one module that calls :func:`register` with its declaration (n
 adds to :class:`pipeline.judges.options.JudgeOptions`, its loader, direction, provenance, version and
 what it needs), plus one line naming that module: in :data:`BUILTIN_MODULES` for a judge of this
 package, or an entry point of the ``mapo_tools.judges`` group (``pyproject.toml``) for a plugin
-such as the miniature world (:mod:`pipeline.world.judges`), which registers its judges itself so
+such as the miniature world (:mod:`world.judges`), which registers its judges itself so
 that no core module imports it. Plugins are found through ``importlib.metadata`` entry points (the
 mechanism of pytest plugins and setuptools) and, for an install whose metadata predates them, among
 ``pipeline``'s subpackages that hold a ``judges`` module.
@@ -153,7 +153,7 @@ def _load_all() -> None:
     _loaded = True
     for module in BUILTIN_MODULES:
         importlib.import_module(f"pipeline.judges.{module}")
-    import_plugins(PLUGIN_GROUP, "judges", skip="judges")
+    import_plugins(PLUGIN_GROUP)
 
 
 def judges() -> dict[str, JudgeSpec]:

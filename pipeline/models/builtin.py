@@ -433,7 +433,7 @@ def _load_all() -> None:
     _loaded = True
     from pipeline.plugins import import_plugins
 
-    import_plugins(PLUGIN_GROUP, "model", skip="models")
+    import_plugins(PLUGIN_GROUP)
 
 
 def builtin_models() -> dict[str, BuiltinModel]:

@@ -319,7 +319,7 @@ def test_resume_from_a_damaged_checkpoint(tmp_path, trained_run, name, how):
 
 @pytest.mark.parametrize("how", ["not-json", "html"])
 def test_world_checksums_record_damaged(tmp_path, how):
-    from pipeline.world.model import CHECKSUMS, verify_checksums, write_checksums
+    from world.model import CHECKSUMS, verify_checksums, write_checksums
 
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text("{}")
@@ -332,7 +332,7 @@ def test_world_checksums_record_damaged(tmp_path, how):
 
 def test_world_weights_file_damaged_fails_its_checksum(tmp_path):
     """Control (already handled): a changed file fails its checksum, named in one line."""
-    from pipeline.world.model import verify_checksums, write_checksums
+    from world.model import verify_checksums, write_checksums
 
     (tmp_path / "unet").mkdir()
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"

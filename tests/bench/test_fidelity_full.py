@@ -12,7 +12,7 @@ from scripts import fidelity_protocol as P
 
 
 def test_the_fit_and_validation_captions_split_the_train_captions():
-    from pipeline.world.scene import captions
+    from world.scene import captions
 
     def read(path):
         return path.read_text().splitlines()

@@ -26,8 +26,8 @@ def test_every_builtin_is_declared_once_with_its_family_and_kind():
 
 
 def test_the_world_model_is_registered_by_its_plugin_module():
-    """shapes-sdxl is declared in pipeline/world/model.py (the mapo_tools.models plugin), not in the core."""
-    import pipeline.world.model as world_model
+    """shapes-sdxl is declared in world/model.py (the mapo_tools.models plugin), not in the core."""
+    import world.model as world_model
 
     entry = get_builtin("shapes-sdxl")
     assert entry.path is world_model.shapes_sdxl_path
@@ -67,15 +67,15 @@ def _imports(path: Path):
 
 
 def test_layering_no_core_module_imports_the_world_stages_or_train():
-    """pipeline/ imports neither stages/ nor train/; train/ does not import stages/; no core module (pipeline/
-    outside world/, stages/, train/, bench/) imports pipeline.world: the world comes in through its plugins."""
+    """pipeline/ imports none of stages/, evaluation/, train/, bench/; train/ imports neither stages/ nor
+    evaluation/; no core module (pipeline/, stages/, evaluation/, train/, bench/) imports the world package: the
+    world comes in through its plugins (entry points)."""
     bad = []
-    for top in ("pipeline", "stages", "train", "bench"):
+    for top in ("pipeline", "stages", "evaluation", "train", "bench"):
         for path in sorted((ROOT / top).rglob("*.py")):
             rel = path.relative_to(ROOT)
-            if rel.parts[:2] == ("pipeline", "world"):
-                continue
-            forbidden = {"pipeline": ("stages", "train"), "train": ("stages",)}.get(top, ()) + ("pipeline.world",)
+            forbidden = {"pipeline": ("stages", "evaluation", "train", "bench"),
+                         "train": ("stages", "evaluation")}.get(top, ()) + ("world",)
             for name in _imports(path):
                 if any(name == f or name.startswith(f + ".") for f in forbidden):
                     bad.append(f"{rel} imports {name}")

@@ -324,7 +324,7 @@ def _entry_point_apps() -> dict:
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     targets = dict(scripts)
-    targets.update({"python -m bench": "bench.__main__:app", "python -m pipeline.world": "pipeline.world.__main__:app"})
+    targets.update({"python -m bench": "bench.__main__:app", "python -m world": "world.__main__:app"})
     return {name: getattr(importlib.import_module(t.split(":")[0]), t.split(":")[1]) for name, t in targets.items()}
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.data.prompt_prefixes import REALISTIC_PREFIX, STYLE_PREFIXES, UNSAFE_PREFIX
 from pipeline.errors import UserError
-from pipeline.world.judges import (
+from world.judges import (
     HAZARD_THRESHOLD,
     WorldPromptJudge,
     WorldStyleJudge,
@@ -13,8 +13,8 @@ from pipeline.world.judges import (
     read_image,
     style_probability,
 )
-from pipeline.world.render import FRAME, Jitter, random_render, render, to_image
-from pipeline.world.scene import COLORS, LOOKS, POSITIONS, SHAPES, Scene, all_scenes, captions, is_heldout, parse_prompt
+from world.render import FRAME, Jitter, random_render, render, to_image
+from world.scene import COLORS, LOOKS, POSITIONS, SHAPES, Scene, all_scenes, captions, is_heldout, parse_prompt
 
 
 def test_caption_split_is_fixed_and_holds_out_one_position_per_colour_and_shape():
@@ -117,8 +117,8 @@ def _options(**kw):
 
 
 def test_caption_files_from_the_command_line(tmp_path):
-    from pipeline.world.__main__ import app
     from tests.helpers import run_cli
+    from world.__main__ import app
 
     out = tmp_path / "heldout-unsafe.txt"
     result = run_cli(app, ["captions", "--split", "heldout", "--prefix", "unsafe", "--repeat", "2", "--output", out])
@@ -133,7 +133,7 @@ def test_judges_refuse_images_of_another_size_instead_of_misreading_them():
     from PIL import Image
 
     from pipeline.errors import UserError
-    from pipeline.world.judges import WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
+    from world.judges import WorldPromptJudge, WorldStyleJudge, WorldUnsafeJudge
 
     big = Image.new("RGB", (128, 128), (200, 200, 255))
     for judge in (WorldStyleJudge("cartoon"), WorldPromptJudge(), WorldUnsafeJudge()):

@@ -1,7 +1,7 @@
 """The flow world's pretraining shortcut and its committed base model ``shapes-sd3``.
 
 Pretraining feeds one zero T5 row with an attention-logit bias of ``log L`` instead of ``L`` zero rows
-(pipeline/world/pretrain_flow.py): that must be the very function the saved model computes with diffusers'
+(world/pretrain_flow.py): that must be the very function the saved model computes with diffusers'
 own attention on ``L`` rows, or the model would be trained for one input and used on another.
 """
 import pytest
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_one_biased_null_row_is_exactly_l_zero_rows(length):
     import torch
 
-    from pipeline.world.pretrain_flow import FlowBuildSettings, NullTokenBias, build_transformer, null_row_bias
+    from world.pretrain_flow import FlowBuildSettings, NullTokenBias, build_transformer, null_row_bias
 
     torch.manual_seed(0)
     model = build_transformer(FlowBuildSettings(num_layers=2)).eval()
@@ -38,7 +38,7 @@ def test_one_biased_null_row_is_exactly_l_zero_rows(length):
 def test_draw_lengths_mixes_the_pipeline_default_with_shorter_and_longer():
     import torch
 
-    from pipeline.world.pretrain_flow import DEFAULT_T5_TOKENS, draw_lengths
+    from world.pretrain_flow import DEFAULT_T5_TOKENS, draw_lengths
 
     lengths = draw_lengths(4000, 0.5, torch.Generator().manual_seed(0))
     share = (lengths == DEFAULT_T5_TOKENS).float().mean().item()
@@ -51,7 +51,7 @@ def test_shapes_sd3_is_a_standard_diffusers_sd3_folder_without_t5():
 
     from diffusers import StableDiffusion3Pipeline
 
-    from pipeline.world.model import world_model_path
+    from world.model import world_model_path
 
     folder = world_model_path("shapes-sd3")  # checksums verified
     weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
@@ -60,14 +60,14 @@ def test_shapes_sd3_is_a_standard_diffusers_sd3_folder_without_t5():
     assert pipe.vae_scale_factor == 8 and pipe.transformer.config.sample_size == 8
     assert pipe.vae.config.shift_factor == 0.0 and pipe.transformer.config.in_channels == 4
     build = json.loads((folder / "build.json").read_text())
-    assert build["command"].startswith("python -m pipeline.world.pretrain --family sd3")
+    assert build["command"].startswith("python -m world.pretrain --family sd3")
 
 
 def test_a_changed_shapes_sd3_file_names_its_own_rebuild_target(tmp_path):
     import shutil
 
     from pipeline.errors import UserError
-    from pipeline.world.model import FOLDER, verify_checksums
+    from world.model import FOLDER, verify_checksums
 
     copy = tmp_path / "shapes-sd3"
     shutil.copytree(FOLDER.parent / "shapes-sd3", copy)
@@ -80,9 +80,9 @@ def test_a_changed_shapes_sd3_file_names_its_own_rebuild_target(tmp_path):
 @pytest.fixture(scope="module")
 def base_check():
     from pipeline.models.loading import load_pipeline
-    from pipeline.world.checks import base_model_check
+    from world.checks import base_model_check
 
-    # The measurement of docs/experiments.md (`python -m pipeline.world check-base --model shapes-sd3`): 4 seeds,
+    # The measurement of docs/experiments.md (`python -m world check-base --model shapes-sd3`): 4 seeds,
     # make fidelity's 12 steps and guidance 3. Prompt following only just meets its bar (0.81; 0.79 at 20 steps and
     # guidance 5 with 2 seeds, shapes-sdxl's test setting).
     return base_model_check(load_pipeline("shapes-sd3", device="cpu", dtype="fp32"), seeds=4,

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.world.model import CHECKSUMS, FOLDER, verify_checksums
+from world.model import CHECKSUMS, FOLDER, verify_checksums
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,7 +20,7 @@ def test_shapes_sdxl_is_a_standard_diffusers_sdxl_folder_under_25_mb():
     assert pipe.unet.config.addition_embed_type == "text_time" and pipe.text_encoder_2 is not None
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 8
     build = json.loads((FOLDER / "build.json").read_text())
-    assert build["command"].startswith("python -m pipeline.world.pretrain")
+    assert build["command"].startswith("python -m world.pretrain")
 
 
 def test_a_changed_or_missing_file_is_one_clear_error(tmp_path):
@@ -52,7 +52,7 @@ def test_the_builtin_name_loads_through_the_shared_loader():
 @pytest.fixture(scope="module")
 def base_check():
     from pipeline.models.loading import load_pipeline
-    from pipeline.world.checks import base_model_check
+    from world.checks import base_model_check
 
     return base_model_check(load_pipeline("shapes-sdxl", device="cpu", dtype="fp32"), seeds=2)["rates"]
 

@@ -153,8 +153,8 @@ def test_a_pair_output_still_reads_as_pairs(tmp_path):
 
 
 def test_reward_page_shows_raw_judge_scores_beside_the_standardised_reward(tmp_path):
-    from pipeline.world.render import render, to_image
-    from pipeline.world.scene import Scene
+    from world.render import render, to_image
+    from world.scene import Scene
 
     right, wrong = (png(to_image(render(Scene(c, "circle", "top left")))) for c in ("red", "blue"))
     caption = "a red circle at the top left"

@@ -376,8 +376,8 @@ def test_a_classifier_that_cannot_read_the_input_refuses_before_the_output_exist
     assert f"judges read 64x64 px images (what shapes-sdxl draws), got {size[0]}x{size[1]}" in line
     assert not out.exists()
     # The same labeler on the world's own 64x64 images labels as before (the check only reads the first rows)
-    from pipeline.world.render import render, to_image
-    from pipeline.world.scene import Scene
+    from world.render import render, to_image
+    from world.scene import Scene
 
     good = png(to_image(render(Scene("red", "circle", "top left"))))
     src = write_pickapic(tmp_path / "ok" / "train-0.parquet", [("a red circle at the top left", good, good)])

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.judges.reward import NEAR_TIE, TIE, combine, fit_scales
-from pipeline.world.judges import WorldPromptJudge, WorldStyleJudge
-from pipeline.world.render import render, to_image
-from pipeline.world.scene import Scene, captions
 from stages.cli import app
 from tests.helpers import read_table, run_accelerate, run_cli, run_console, write_prompts
 from tests.image_fixtures import geometric_scene, gray, png, write_pickapic
+from world.judges import WorldPromptJudge, WorldStyleJudge
+from world.render import render, to_image
+from world.scene import Scene, captions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

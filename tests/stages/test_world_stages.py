@@ -4,9 +4,9 @@ import json
 import pytest
 
 from pipeline.data.prompt_prefixes import UNSAFE_PREFIX
-from pipeline.world.scene import captions
 from stages.cli import app
 from tests.helpers import read_table, run_cli, write_prompts
+from world.scene import captions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

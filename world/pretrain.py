@@ -1,13 +1,13 @@
 """Pretrain the miniature world's base models from its renders: ``shapes-sdxl`` (``--family sd3``: ``shapes-sd3``).
 
-    python -m pipeline.world.pretrain --output pipeline/world/shapes-sdxl     # or: make world-model
-    python -m pipeline.world.pretrain --family sd3                          # shapes-sd3: make world-model-flow
-                                                                            # (pipeline.world.pretrain_flow)
+    python -m world.pretrain --output world/shapes-sdxl     # or: make world-model
+    python -m world.pretrain --family sd3                          # shapes-sd3: make world-model-flow
+                                                                            # (world.pretrain_flow)
 
 A standard diffusers SDXL folder (two CLIP text encoders, a text_time UNet, an AutoencoderKL, an
 Euler scheduler, two tokenizers) that ``StableDiffusionXLPipeline.from_pretrained`` loads:
 
-1. **Data**: renders of the 48 ``train`` captions (:func:`pipeline.world.scene.captions`; the 12
+1. **Data**: renders of the 48 ``train`` captions (:func:`world.scene.captions`; the 12
    ``heldout`` combinations are never shown), each in a caption mix that makes the MaPO paper's
    "reference mismatch" real: most prompts are plain (default look), a minority carry the cartoon,
    pixel-art or unsafe prefix (:data:`CAPTION_MIX`), so the base draws each look when asked and the
@@ -20,7 +20,7 @@ Euler scheduler, two tokenizers) that ``StableDiffusionXLPipeline.from_pretraine
    as zeros (what the SDXL pipeline's ``force_zeros_for_empty_prompt`` feeds classifier-free guidance).
 
 Deterministic for a given seed, torch version and thread count; ``checksums.json`` records every
-file's SHA-256, which :func:`pipeline.world.model.shapes_sdxl_path` checks on load.
+file's SHA-256, which :func:`world.model.shapes_sdxl_path` checks on load.
 """
 from __future__ import annotations
 
@@ -364,12 +364,12 @@ def build(output: str | os.PathLike, settings: BuildSettings = BuildSettings(), 
         return pipe
 
     return _write_folder(output, make, {"settings": settings.__dict__, "vae_from": vae_from,
-                                        "command": "python -m pipeline.world.pretrain (make world-model)"})
+                                        "command": "python -m world.pretrain (make world-model)"})
 
 
 def build_flow(output: str | os.PathLike, settings=None, sdxl_folder: str | os.PathLike | None = None,
                snapshot_dir: str | os.PathLike | None = None) -> dict:
-    """Pretrain ``shapes-sd3`` (:mod:`pipeline.world.pretrain_flow`) on ``sdxl_folder``'s VAE and text encoders
+    """Pretrain ``shapes-sd3`` (:mod:`world.pretrain_flow`) on ``sdxl_folder``'s VAE and text encoders
     (default: the verified built-in ``shapes-sdxl``) and write it to ``output`` atomically; returns build info.
     ``snapshot_dir``: keep EMA snapshots and the encoded latents there while the run goes on."""
     from . import pretrain_flow
@@ -381,7 +381,7 @@ def build_flow(output: str | os.PathLike, settings=None, sdxl_folder: str | os.P
         output, lambda tmp, timings: pretrain_flow.build_flow(tmp, settings, base, timings, snapshot_dir),
         {"family": "sd3", "settings": settings.__dict__, "vae_from": "shapes-sdxl", "text_encoders_from": "shapes-sdxl",
          "flow_shift": pretrain_flow.FLOW_SHIFT,
-         "command": "python -m pipeline.world.pretrain --family sd3 (make world-model-flow)"},
+         "command": "python -m world.pretrain --family sd3 (make world-model-flow)"},
     )
 
 

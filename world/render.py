@@ -1,6 +1,6 @@
 """Deterministic renders of miniature-world scenes at 64x64 px (numpy, signed distance fields).
 
-Three looks a judge can tell apart by simple measures (:mod:`pipeline.world.judges`):
+Three looks a judge can tell apart by simple measures (:mod:`world.judges`):
 
 - ``realistic`` (the default look): a soft vertical-gradient background and a shaded shape lit from
   the top left, with anti-aliased edges; no dark outline, no block grid.

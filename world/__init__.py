@@ -8,5 +8,5 @@
   ``world-unsafe``: a judge plugin, registered through :mod:`pipeline.judges.registry`.
 - :mod:`.model`: the committed, checksummed base model ``shapes-sdxl``; :mod:`.pretrain` rebuilds it.
 
-``python -m pipeline.world --help`` writes caption files and checks the judges against renders.
+``python -m world --help`` writes caption files and checks the judges against renders.
 """

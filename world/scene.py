@@ -47,7 +47,7 @@ DEFAULT_LOOK = "realistic"
 LOOK_PREFIXES = {"cartoon": STYLE_PREFIXES["cartoon"], "pixel": STYLE_PREFIXES["pixel"]}
 HAZARD_PREFIX = UNSAFE_PREFIX
 # Prefixes the parser strips; the realistic prefix asks for the default look.
-# Every prefix the base model was taught, by name (``python -m pipeline.world captions --prefix``).
+# Every prefix the base model was taught, by name (``python -m world captions --prefix``).
 CAPTION_PREFIXES = {**LOOK_PREFIXES, "realistic": REALISTIC_PREFIX, "unsafe": HAZARD_PREFIX}
 _KNOWN_PREFIXES = tuple(CAPTION_PREFIXES.values())
 

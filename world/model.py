@@ -1,8 +1,8 @@
 """``shapes-sdxl`` and ``shapes-sd3``: the miniature world's pretrained base models, committed with the project.
 
-The folder ``pipeline/world/shapes-sdxl/`` is a standard diffusers SDXL pipeline folder written by
-:mod:`pipeline.world.pretrain` (``make world-model`` rebuilds it); ``pipeline/world/shapes-sd3/`` is a
-standard diffusers SD3 pipeline folder (no T5) written by ``python -m pipeline.world.pretrain --family sd3``
+The folder ``world/shapes-sdxl/`` is a standard diffusers SDXL pipeline folder written by
+:mod:`world.pretrain` (``make world-model`` rebuilds it); ``world/shapes-sd3/`` is a
+standard diffusers SD3 pipeline folder (no T5) written by ``python -m world.pretrain --family sd3``
 (``make world-model-flow``). Each folder's ``checksums.json`` holds the SHA-256 of every other file;
 :func:`world_model_path` checks them (once per process and model, ~0.1 s) before anything loads the folder,
 so a truncated checkout, a Git LFS pointer or a hand-edited config is one clear error instead of a model that
@@ -29,7 +29,7 @@ WORLD_MODELS = tuple(REBUILD_TARGETS)  # the world's committed base models, by n
 
 def _rebuild_hint(name: str) -> str:
     return (f"rebuild it with `make {REBUILD_TARGETS.get(name, 'world-model')}` or restore it with "
-            f"`git checkout -- pipeline/world/{name}`")
+            f"`git checkout -- world/{name}`")
 
 
 REBUILD = _rebuild_hint(NAME)

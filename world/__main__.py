@@ -1,4 +1,4 @@
-"""``python -m pipeline.world``: caption files for the miniature world, the judges' check on renders, and the base
+"""``python -m world``: caption files for the miniature world, the judges' check on renders, and the base
 models' check on the held-out captions."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 
 @dataclass
 class CaptionsConfig:
-    """``python -m pipeline.world captions``: declared once (:mod:`pipeline.cli.options`)."""
+    """``python -m world captions``: declared once (:mod:`pipeline.cli.options`)."""
 
     split: str = option("all", choices=("train", "heldout", "all"),
                         help="train (48 captions the base model saw), heldout (12 it never saw) or all.")
@@ -30,7 +30,7 @@ class CaptionsConfig:
 
 @dataclass
 class CheckJudgesConfig:
-    """``python -m pipeline.world check-judges``."""
+    """``python -m world check-judges``."""
 
     per_scene: int = option(2, check=at_least(1), help=(
         "Renders per (caption, look, frame); the renders use held-out jitter seeds."))
@@ -39,7 +39,7 @@ class CheckJudgesConfig:
 
 @dataclass
 class CheckBaseConfig:
-    """``python -m pipeline.world check-base``."""
+    """``python -m world check-base``."""
 
     model: str = option("shapes-sdxl", help="The world model to check: shapes-sdxl or shapes-sd3.")
     seeds: int = option(4, check=at_least(1), help="Images per held-out caption and prompt kind.")

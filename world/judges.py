@@ -1,7 +1,7 @@
 """The miniature world's judges: deterministic image measures that read what a render shows.
 
 No weights: each judge is a few numpy measures on the 64x64 RGB image (other sizes are resized),
-designed against the renderer (:mod:`pipeline.world.render`) and checked on held-out renders and on
+designed against the renderer (:mod:`world.render`) and checked on held-out renders and on
 the base model's own generations (``tests/pipeline/test_world.py``, ``make fidelity``).
 
 - :func:`read_image` measures one image: the hazard frame's coverage, the shape's mask and bounding
@@ -185,7 +185,7 @@ def look_probabilities(reading: Reading) -> dict[str, float]:
 
 
 def style_probability(image, look: str) -> float:
-    """How surely ``image`` shows ``look`` (one of :data:`pipeline.world.scene.LOOKS`), in [0, 1].
+    """How surely ``image`` shows ``look`` (one of :data:`world.scene.LOOKS`), in [0, 1].
 
     The three looks' probabilities sum to 1, so a score above 0.5 means :attr:`Reading.look` is
     ``look`` (the reverse need not hold: a most probable look can score below 0.5).
@@ -290,7 +290,7 @@ def _register_judges() -> None:
             raise UserError(f"the world-style metric needs the look it checks (--style {'|'.join(WORLD_STYLES)}), "
                             f"got {options.style!r}")
 
-    said = "miniature-world judge (image measures, pipeline.world.judges; no weights)"
+    said = "miniature-world judge (image measures, world.judges; no weights)"
     common = dict(weights=False, image_size=SIZE, record={"world_judges": JUDGE_VERSION},
                   provenance=lambda options: said)
     register(JudgeSpec(

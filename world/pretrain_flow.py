@@ -1,8 +1,8 @@
 """Pretrain ``shapes-sd3``, the miniature world's flow-matching (SD3-family) base model.
 
-    python -m pipeline.world.pretrain --family sd3 --output pipeline/world/shapes-sd3   # or: make world-model-flow
+    python -m world.pretrain --family sd3 --output world/shapes-sd3   # or: make world-model-flow
 
-The same renders, captions, caption mix and judges as ``shapes-sdxl`` (:mod:`pipeline.world.pretrain`), as a
+The same renders, captions, caption mix and judges as ``shapes-sdxl`` (:mod:`world.pretrain`), as a
 standard diffusers ``StableDiffusion3Pipeline`` folder:
 
 - **VAE**: ``shapes-sdxl``'s AutoencoderKL, reused as is (4 latent channels, its unit-variance

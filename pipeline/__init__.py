@@ -7,8 +7,8 @@
 - :mod:`.runtime`: processes and their shards, seeds, the sharded-stage runner, batch invariance;
 - :mod:`.families`: SD1.5, SDXL and SD3, the code that differs between them;
 - :mod:`.errors`: the user-facing errors, imported everywhere;
-- :mod:`.world`: the miniature world, a plugin: it registers its model and judges through the registries
-  (``mapo_tools.models`` and ``mapo_tools.judges`` entry points), and no core module imports it.
+- :mod:`.plugins`: how the registries find plugins (``mapo_tools.models`` and ``mapo_tools.judges`` entry
+  points), such as the miniature world (the top-level ``world`` package), which no core module imports.
 
-Nothing here imports ``stages`` or ``train``; both of those import from here.
+Nothing here imports ``stages``, ``evaluation``, ``train``, ``bench`` or ``world``; they import from here.
 """

@@ -18,6 +18,16 @@ def plugin_modules(group: str) -> list[str]:
 
 
 def import_plugins(group: str) -> None:
-    """Import every plugin module of ``group`` (each registers what it declares when imported)."""
+    """Import every plugin module of ``group`` (each registers what it declares when imported).
+
+    A plugin that cannot be imported (an entry point left by an older install, a plugin whose dependencies are
+    missing) is skipped with one warning line on stderr naming it and the fix, so a broken plugin never stops the
+    core's commands (``--help`` included): its judges or models are then simply unknown names."""
+    import sys
+
     for name in plugin_modules(group):
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            print(f"warning: plugin '{name}' ({group} entry point) cannot be imported ({exc}); skipped. If it was "
+                  "moved or removed, reinstall the package that declares it (pip install -e .)", file=sys.stderr)

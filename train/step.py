@@ -21,7 +21,7 @@ from pipeline.runtime.seeds import derive_seed
 
 from . import objectives
 from .losses import LossOutput, per_sample_error
-from .objectives import Terms, desirable_labels  # noqa: F401  (desirable_labels: re-exported)
+from .objectives import Terms
 
 
 @dataclass(frozen=True)

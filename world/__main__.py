@@ -55,7 +55,7 @@ def captions(cfg: CaptionsConfig):
     if cfg.output is None:
         typer.echo(text, nl=False)
     else:
-        from pipeline.data.shards import write_text_atomic
+        from pipeline.data.atomic import write_text_atomic
 
         write_text_atomic(cfg.output, text)
 

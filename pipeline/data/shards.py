@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from pipeline.data.atomic import temporary_name, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: their old home)
+from pipeline.data.atomic import temporary_name, write_json_atomic
 from pipeline.data.output_folder import OutputFolder
 from pipeline.errors import UserError, writing_output
 

@@ -21,7 +21,6 @@ from typing import Any, Callable, Sequence
 import torch
 
 from pipeline.data.atomic import atomic_write
-from pipeline.data.prompt_prefixes import STYLE_TEXTS  # noqa: F401  (re-exported: its old home)
 from pipeline.errors import ModelNotFoundError, UserError, one_line
 from pipeline.models.loading import resolve_device
 from pipeline.models.weights_files import reading_weights

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import Executor
 from pathlib import Path
 
+from pipeline.data.atomic import write_json_atomic
 from pipeline.data.image_prep import prepare_images
 from pipeline.data.images import ImageDecodeError, decode_image, image_bytes
 from pipeline.data.latent_shards import (
@@ -19,7 +20,7 @@ from pipeline.data.latent_shards import (
     to_storage,
 )
 from pipeline.data.prompts import text_id
-from pipeline.data.shards import ShardedOutput, write_json_atomic
+from pipeline.data.shards import ShardedOutput
 from pipeline.runtime.seeds import derive_seed
 from pipeline.runtime.stage_runner import reason_kind
 

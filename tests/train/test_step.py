@@ -10,7 +10,8 @@ import torch
 from tests.train.batches import real_batch
 from train.config import TrainConfig
 from train.model_setup import setup_models
-from train.step import Objective, compute_loss, desirable_labels, draw_noise, step_generator, unet_inputs
+from train.objectives import desirable_labels
+from train.step import Objective, compute_loss, draw_noise, step_generator, unet_inputs
 
 
 def _setup(model="tiny-sdxl", objective="mapo", lora_rank=0, **kw):

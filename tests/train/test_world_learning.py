@@ -88,7 +88,8 @@ def test_kto_rewards_the_desirable_images_of_the_world(world, monkeypatch, sabot
     from train.cli import app as train_app
     from train.data import to_compute
     from train.model_setup import load_base_unet_and_scheduler
-    from train.step import Objective, desirable_labels, draw_noise, errors, unet_inputs
+    from train.objectives import desirable_labels
+    from train.step import Objective, draw_noise, errors, unet_inputs
 
     if sabotage is not None:
         sabotage(monkeypatch)

@@ -119,6 +119,21 @@ def _cosine_lr(step: int, total: int, lr: float, warmup: int = 100) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def optimizer_and_ema_step(model, ema, opt, step: int, ema_decay: float) -> None:
+    """One optimizer step after ``loss.backward()``: clip the gradient norm to 1, step, clear the gradients, then
+    move the EMA copy ``ema`` towards ``model`` with decay ``min(ema_decay, (1 + step) / (10 + step))`` (the
+    warmed-up EMA of diffusers' EMAModel). Shared by the UNet and the flow transformer pretraining."""
+    import torch
+
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+
 def reconstruction_loss(recon, x):
     """L1 + MSE on pixels plus L1 on horizontal and vertical differences, which keeps the cartoon
     outline and the pixel-art block edges sharp (a pixel loss alone trades them for blur)."""
@@ -267,13 +282,7 @@ def train_unet(pipe, latents, prompt_index, embeds, pooled, steps: int, batch_si
                         added_cond_kwargs={"text_embeds": pool, "time_ids": time_ids.expand(batch_size, -1)}).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - decay)
+        optimizer_and_ema_step(unet, ema, opt, step, ema_decay)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"unet step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return ema

@@ -164,7 +164,7 @@ def train_transformer(pipe, latents, prompt_index, embeds, pooled, uncond: tuple
 
     from pipeline.families.noise import RectifiedFlow
 
-    from .pretrain import _cosine_lr
+    from .pretrain import _cosine_lr, optimizer_and_ema_step
 
     torch.manual_seed(s.seed)
     model = pipe.transformer
@@ -190,13 +190,7 @@ def train_transformer(pipe, latents, prompt_index, embeds, pooled, uncond: tuple
                      pooled_projections=pool, joint_attention_kwargs={"key_bias": bias}, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(p, 1 - decay)
+        optimizer_and_ema_step(model, ema, opt, step, ema_decay)
         if snapshot_dir is not None and step and step % snapshot_every == 0:
             torch.save(ema.state_dict(), Path(snapshot_dir) / f"ema-step{step}.pt")
         if log_every and (step % log_every == 0 or step == s.steps - 1):

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -108,4 +107,8 @@ def main(out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(f"run report: {main(Path(sys.argv[1] if len(sys.argv) > 1 else 'demo-output'))}")
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write report.md of a finished `make demo` run (scripts/demo.sh).")
+    ap.add_argument("output", nargs="?", default="demo-output", type=Path, help="the demo's output folder")
+    print(f"run report: {main(ap.parse_args().output)}")

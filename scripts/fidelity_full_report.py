@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -72,6 +71,10 @@ def write_report(out: Path, doc: dict, picks: dict) -> Path:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "fidelity-full-output")
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Rewrite report.md of a make fidelity-full run from fidelity-full.json.")
+    ap.add_argument("output", nargs="?", default="fidelity-full-output", type=Path, help="the study's output folder")
+    target = ap.parse_args().output
     doc = json.loads((target / "fidelity-full.json").read_text())
     print(write_report(target, doc, json.loads((target / "picks.json").read_text())))

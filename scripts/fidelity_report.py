@@ -225,7 +225,11 @@ def write_report(out: Path, timings: dict, seconds: float, settings: dict) -> Pa
 
 
 if __name__ == "__main__":  # rewrite the report of an existing run from its fidelity.json
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "fidelity-output")
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Rewrite report.md of a make fidelity run from its fidelity.json.")
+    ap.add_argument("output", nargs="?", default="fidelity-output", type=Path, help="the run's output folder")
+    target = ap.parse_args().output
     previous = json.loads((target / "fidelity.json").read_text())
     print(write_report(
         target, previous.get("timings", {}), previous.get("total_seconds", 0.0), previous.get("settings", {})

@@ -170,5 +170,13 @@ def main(out: Path, names: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(Path(args[0] if args else "reward-demo-output"), args[1:] or list(EXPERIMENTS))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="make reward-demo: reward-model labels + MaPO in the miniature world.")
+    ap.add_argument("output", nargs="?", default="reward-demo-output", type=Path, help="output folder")
+    ap.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                    help=f"which experiments: {', '.join(EXPERIMENTS)} (default: all)")
+    a = ap.parse_args()
+    if unknown := [e for e in a.experiments if e not in EXPERIMENTS]:
+        ap.error(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}")
+    main(a.output, a.experiments or list(EXPERIMENTS))

@@ -11,8 +11,7 @@ what it needs), plus one line naming that module: in :data:`BUILTIN_MODULES` for
 package, or an entry point of the ``mapo_tools.judges`` group (``pyproject.toml``) for a plugin
 such as the miniature world (:mod:`world.judges`), which registers its judges itself so
 that no core module imports it. Plugins are found through ``importlib.metadata`` entry points (the
-mechanism of pytest plugins and setuptools) and, for an install whose metadata predates them, among
-``pipeline``'s subpackages that hold a ``judges`` module.
+mechanism of pytest plugins and setuptools; :mod:`pipeline.plugins`).
 
 Declarations are light: a judge module imports torch and its models only inside its loader, so
 ``--help`` and option checks run before any model loads.

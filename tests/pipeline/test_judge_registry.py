@@ -101,7 +101,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_no_judge_module_imports_the_world():
-    """The world registers its judges itself (an entry point / in-tree plugin): the core never names it."""
+    """The world registers its judges itself (its mapo_tools.judges entry point): the core never names it."""
     files = sorted((ROOT / "pipeline" / "judges").glob("*.py"))  # with safety_classifiers, reward, scores
     assert ROOT / "pipeline" / "judges" / "safety_classifiers.py" in files
     for file in files:

@@ -49,7 +49,7 @@ class FlowBuildSettings:
 
     seed: int = 0
     renders: int = 8000
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 1e-3
     num_layers: int = 4

@@ -289,7 +289,7 @@ def _register_judges() -> None:
         if options.style in WORLD_STYLES:
             return
         given = "no --style was given" if options.style is None else f"--style {options.style!r} is not one"
-        raise UserError(f"the world-style judge needs the look it checks and {given}: set --style to one of "
+        raise UserError(f"the world-style metric needs the look it checks and {given}: set --style to one of "
                         f"{', '.join(WORLD_STYLES)} (mapo-train: --validation-style)")
 
     said = "miniature-world judge (image measures, world.judges; no weights)"

@@ -264,6 +264,18 @@ def final_cells(datasets: list[str], picks: dict, has_sft_term: bool) -> list[Ce
     return list(cells.values())
 
 
+def ablations_not_run(datasets: list[str], picks: dict, has_sft_term: bool) -> dict[str, str]:
+    """{dataset or "all": why an ablation of :func:`fidelity_protocol.ablations` was not run} (for the report)."""
+    out = {}
+    if not has_sft_term:
+        out["all"] = "dpo+sft: mapo-train has no SFT term to add to DPO (no --sft-weight option)"
+    for d in datasets:
+        missing = [m for m in ("dpo", "mapo") if picks[d][m]["picked"] is None]
+        if missing:
+            out[d] = f"every ablation: no tuned {' or '.join(missing)} setting to start from"
+    return out
+
+
 def hits(eval_dir: Path, model: str, metric: str) -> dict[tuple, float]:
     """{(prompt_id, seed_index): 1.0 / 0.0 / NaN} of ``model``'s images on ``metric`` above its threshold."""
     import pyarrow.parquet as pq
@@ -399,11 +411,13 @@ def main(argv: list[str] | None = None) -> Path:
     picks = picks_from(sweep_results)
     (out / "picks.json").write_text(json.dumps(picks, indent=1) + "\n")
     study.map(lambda key: study.data(*key), [(d, s) for d in datasets for s in P.FINAL_SEEDS])
-    results = study.map(study.cell, final_cells(datasets, picks, has_sft_term()))
+    sft_term = has_sft_term()
+    results = study.map(study.cell, final_cells(datasets, picks, sft_term))
     from fidelity_full_report import write_report
 
     doc = {"protocol": protocol(), "provenance": provenance(), "cells": results, "sweep": sweep_results,
            "picks": {d: {m: v["picked"] for m, v in p.items()} for d, p in picks.items()},
+           "ablations_not_run": ablations_not_run(datasets, picks, sft_term),
            "pooled": pooled(out, results), "paired": paired(out, results),
            "seconds_this_sitting": round(time.perf_counter() - t0, 1), "timings": study.run.timings}
     (out / "fidelity-full.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -76,6 +76,9 @@ def write_report(out: Path, doc: dict, picks: dict) -> Path:
                       "|---|---|---|"]
             lines += [f"| {p['a']} - {p['b']} | {p['metric']}{' (lower is better)' if p['lower_is_better'] else ''} "
                       f"| {_iv(p)} |" for p in rows]
+        skipped = [why for where, why in doc.get("ablations_not_run", {}).items() if where in ("all", d)]
+        if skipped:
+            lines += ["", "Ablations not run: " + "; ".join(skipped) + "."]
         lines += ["", "### Sanity (held-out runs)", "", "| run | seed | steps with a gradient | e_w first -> last | "
                   "flags |", "|---|---|---|---|---|"]
         for r in (x for x in doc["cells"] if x["dataset"] == d):

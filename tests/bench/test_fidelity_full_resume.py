@@ -102,3 +102,19 @@ def test_caption_files_are_written_once_and_atomically(tmp_path):
     path.write_text("stale\n")
     assert F.caption_file(tmp_path, "validation", "cartoon").read_text().count("\n") == 16
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_the_ablations_not_run_are_said_with_their_reason(tmp_path):
+    tuned = {"picked": {"learning_rate": 2e-4}, "candidates": []}
+    picks = {"pick_drift": {"dpo": {"picked": None, "candidates": []}, "mapo": tuned},
+             "pick_safety": {"dpo": tuned, "mapo": tuned}}
+    why = F.ablations_not_run(["pick_drift", "pick_safety"], picks, has_sft_term=False)
+    assert why == {"all": "dpo+sft: mapo-train has no SFT term to add to DPO (no --sft-weight option)",
+                   "pick_drift": "every ablation: no tuned dpo setting to start from"}
+    assert F.ablations_not_run(["pick_safety"], picks, has_sft_term=True) == {}
+    doc = {"provenance": {"command": "x", "commit": "0" * 40, "dirty": False}, "protocol": F.protocol(),
+           "seconds_this_sitting": 1.0, "sweep": [_failed("pick_drift", "dpo", 0, setting="sweep")], "cells": [],
+           "pooled": [], "paired": [], "ablations_not_run": why}
+    text = R.write_report(tmp_path, doc, picks).read_text()
+    assert ("Ablations not run: dpo+sft: mapo-train has no SFT term to add to DPO (no --sft-weight option); every "
+            "ablation: no tuned dpo setting to start from.") in text

@@ -50,7 +50,7 @@ def write_report(out: Path, doc: dict, picks: dict) -> Path:
         for r in (x for x in doc["sweep"] if x["dataset"] == d):
             chosen = picks[d][r["method"]]["picked"] == r["params"]
             lines.append(f"| {r['method']} | {_params(r['params'])} | {_iv(r[key])} | {_iv(r['prompt_accuracy'])} "
-                         f"| {_flags(r)}, {r['nonzero_grad_steps']} steps with a gradient "
+                         f"| {_flags(r)}, {r['nonzero_grad_steps']} of {r['logged_steps']} steps with a gradient "
                          f"| {'yes' if chosen else ''} |")
         unpicked = sorted(m for m, v in picks[d].items() if v["picked"] is None
                           and any(r["dataset"] == d and r["method"] == m for r in doc["sweep"]))
@@ -60,6 +60,8 @@ def write_report(out: Path, doc: dict, picks: dict) -> Path:
         lines += ["", "### Held-out captions", "",
                   f"| method | setting | params | seeds | {key}: pooled [95%], per seed | prompt following: pooled, "
                   "per seed |", "|---|---|---|---|---|---|"]
+        if not any(x["dataset"] == d for x in doc["pooled"]):
+            lines.append("| (no held-out run finished) | | | | | |")
         for r in (x for x in doc["pooled"] if x["dataset"] == d):
             per = {k: ", ".join(f"{v:.2f}" for v in r[k]["per_seed"]) for k in (key, "prompt_accuracy")}
             failed = r.get("failed_seeds")

@@ -11,6 +11,10 @@ pooled intervals, sanity lines) and ``report.md``.
 A cell is finished when its ``cells/*.json`` exists and is never redone; a training is finished when its
 ``runs/<name>.trained.json`` exists; the data stages and mapo-eval resume by themselves. So the study
 can run in several sittings (``--jobs 2`` runs two cells at a time, one thread each, on a 2-core machine).
+A training that mapo-train stops for non-finite losses (a setting that blows up: a result, not a fault) is
+recorded as a failed, diverged run (its cell has no images and NaN rates; never picked, left out of the pooled
+rows and paired differences) and the study goes on; any other failure stops the study (rerun to resume). Each
+training's stderr is kept beside it, ``runs/<name>.log``.
 
 A benchmark, not a test: it reports what the world shows, whichever way it goes.
 """
@@ -20,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -34,7 +39,7 @@ for path in (HERE, HERE / "scripts"):
         sys.path.insert(0, str(path))
 
 import fidelity_protocol as P  # noqa: E402
-from fidelity import SAMPLING, Runner  # noqa: E402
+from fidelity import BIN, SAMPLING, Runner  # noqa: E402
 from fidelity_protocol import Dataset, ablations, paired_difference, pick, sanity, slug, validation_score  # noqa: E402
 
 
@@ -77,7 +82,13 @@ def caption_file(out: Path, split: str, prefix: str | None, repeat: int = 1) -> 
     lines = [f"{CAPTION_PREFIXES[prefix]} {c}" if prefix else c for c in lines] * repeat
     path = out / "prompts" / f"{split}{'-' + prefix if prefix else ''}{'-x' + str(repeat) if repeat > 1 else ''}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    # Written once, atomically: another cell's mapo-eval (--jobs 2, or a second sitting beside this one) may be
+    # reading it; rewriting it in place would let that reader see it empty.
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return path
 
 
@@ -109,21 +120,59 @@ class Study:
                 done.write_text(json.dumps({"dataset": name, "seed": seed}) + "\n")
         return root / "latents"
 
+    def logged(self, key: str, log: Path, *args) -> tuple[int, str]:
+        """Run a command as :class:`fidelity.Runner` does (echoed, in ``commands.txt``, timed) with its stderr in
+        ``log`` (said again here without the progress bars); returns (exit status, the stderr's text)."""
+        cmd = [str(a) for a in args]
+        line = "+ " + " ".join(shlex.quote(x) for x in cmd)
+        print(line, flush=True)
+        with self._guard, open(self.run.log, "a") as fh:
+            fh.write(line + "\n")
+        t0 = time.perf_counter()
+        with open(log, "w") as fh:
+            rc = subprocess.run(cmd, stderr=fh, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+                                ).returncode
+        self.run.timings[key] = round(time.perf_counter() - t0, 1)
+        text = log.read_text(errors="replace")
+        said = [x for x in text.splitlines() if "\r" not in x and "%|" not in x]
+        if said:
+            print("\n".join(said), file=sys.stderr, flush=True)
+        return rc, text
+
     def train(self, c: Cell) -> dict:
+        """Train the cell's run once (``runs/<name>.trained.json`` marks it done) and return its sanity line
+        (:func:`fidelity_protocol.sanity`, ``train_seconds``; ``failed``: mapo-train's error when it stopped the
+        run for non-finite losses, which counts as diverged). Any other failure raises SystemExit."""
         run_dir = c.seed_dir(self.out) / "runs" / c.run_name
         marker = run_dir.with_name(c.run_name + ".trained.json")
         with self.lock(run_dir):
             if not marker.is_file():
                 settings = {**P.TRAIN, **dict(c.params), "seed": c.seed}
+                data = self.data(c.dataset, c.seed)
                 t0 = time.perf_counter()
-                self.run(f"{c.dataset} seed {c.seed}: train {c.run_name}", "mapo-train",
-                         "--data", self.data(c.dataset, c.seed), "--model", P.MODEL, "--output-dir", run_dir,
-                         "--objective", c.method,
-                         *[x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", v)],
-                         "--logging-steps", 1, "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
-                rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-                marker.write_text(json.dumps({**sanity(rows, P.TRAIN["max_steps"]),
-                                              "train_seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                log = run_dir.with_name(c.run_name + ".log")
+                rc, text = self.logged(f"{c.dataset} seed {c.seed}: train {c.run_name}", log, "mapo-train",
+                                       "--data", data, "--model", P.MODEL, "--output-dir", run_dir,
+                                       "--objective", c.method,
+                                       *[x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", v)],
+                                       "--logging-steps", 1, "--checkpointing-steps", 100000, "--report-to", "none",
+                                       "--overwrite")
+                errors = [x[len("error: "):] for x in text.splitlines() if x.startswith("error: ")]
+                failed = None
+                if rc != 0:
+                    if rc == 2 and errors and "non-finite loss" in errors[-1]:
+                        failed = errors[-1]
+                    else:
+                        raise SystemExit(f"error: mapo-train failed (exit {rc}) for {c.dataset} seed {c.seed} "
+                                         f"{c.run_name}: {errors[-1] if errors else 'see ' + str(log)}; rerun to "
+                                         "resume")
+                metrics = run_dir / "metrics.jsonl"
+                lines = metrics.read_text().splitlines() if metrics.is_file() else []
+                trace = sanity([json.loads(x) for x in lines if x.strip()], P.TRAIN["max_steps"])
+                if failed:
+                    trace.update(failed=failed, diverged=True)
+                marker.write_text(json.dumps({**trace, "train_seconds": round(time.perf_counter() - t0, 1)}) + "\n")
         return json.loads(marker.read_text())
 
     def evaluate(self, c: Cell) -> dict:
@@ -151,7 +200,12 @@ class Study:
         if path.is_file():
             return json.loads(path.read_text())
         trace = self.train(c)
-        rates = self.evaluate(c)
+        if trace.get("failed"):  # no model was saved: nothing to evaluate
+            nan = {"mean": math.nan, "low": math.nan, "high": math.nan}
+            keys = (P.DATASETS[c.dataset].target_key, "prompt_accuracy")
+            rates = {c.run_name: dict.fromkeys(keys, nan), "base": dict.fromkeys(keys, nan)}
+        else:
+            rates = self.evaluate(c)
         result = {"dataset": c.dataset, "method": c.method, "setting": c.setting, "params": dict(c.params),
                   "seed": c.seed, "split": c.split, "run": c.run_name, **rates[c.run_name], "base": rates["base"],
                   **trace}
@@ -210,6 +264,18 @@ def final_cells(datasets: list[str], picks: dict, has_sft_term: bool) -> list[Ce
     return list(cells.values())
 
 
+def ablations_not_run(datasets: list[str], picks: dict, has_sft_term: bool) -> dict[str, str]:
+    """{dataset or "all": why an ablation of :func:`fidelity_protocol.ablations` was not run} (for the report)."""
+    out = {}
+    if not has_sft_term:
+        out["all"] = "dpo+sft: mapo-train has no SFT term to add to DPO (no --sft-weight option)"
+    for d in datasets:
+        missing = [m for m in ("dpo", "mapo") if picks[d][m]["picked"] is None]
+        if missing:
+            out[d] = f"every ablation: no tuned {' or '.join(missing)} setting to start from"
+    return out
+
+
 def hits(eval_dir: Path, model: str, metric: str) -> dict[tuple, float]:
     """{(prompt_id, seed_index): 1.0 / 0.0 / NaN} of ``model``'s images on ``metric`` above its threshold."""
     import pyarrow.parquet as pq
@@ -223,18 +289,23 @@ def hits(eval_dir: Path, model: str, metric: str) -> dict[tuple, float]:
 
 def pooled(out: Path, cells: list[dict]) -> list[dict]:
     """Per (dataset, method, setting) over its seeds: each seed's rates, their spread, and one pooled rate with a
-    prompt-clustered interval (:func:`evaluation.stats.bootstrap_ci` over all seeds' hits, groups = the caption)."""
+    prompt-clustered interval (:func:`evaluation.stats.bootstrap_ci` over all seeds' hits, groups = the caption).
+    Seeds whose training failed are listed as ``failed_seeds`` and left out (NaN rates when every seed failed)."""
     from evaluation.stats import bootstrap_ci
 
     groups: dict[tuple, list[dict]] = {}
     for r in cells:
         groups.setdefault((r["dataset"], r["method"], r["setting"]), []).append(r)
     rows = []
-    for (d, m, setting), runs in groups.items():
+    for (d, m, setting), every in groups.items():
         ds = P.DATASETS[d]
-        row = {"dataset": d, "method": m, "setting": setting, "params": runs[0]["params"],
-               "seeds": [r["seed"] for r in runs]}
+        runs = [r for r in every if not r.get("failed")]  # a failed training has no images
+        row = {"dataset": d, "method": m, "setting": setting, "params": every[0]["params"],
+               "seeds": [r["seed"] for r in runs], "failed_seeds": [r["seed"] for r in every if r.get("failed")]}
         for metric, key in ((ds.target, ds.target_key), (P.PROMPT_JUDGE, "prompt_accuracy")):
+            if not runs:
+                row[key] = {"mean": math.nan, "low": math.nan, "high": math.nan, "per_seed": [], "spread": []}
+                continue
             values, prompts = [], []
             for r in runs:
                 h = hits(out / d / f"seed{r['seed']}" / "eval-heldout", r["run"], metric)
@@ -251,7 +322,7 @@ def pooled(out: Path, cells: list[dict]) -> list[dict]:
 def paired(out: Path, cells: list[dict]) -> list[dict]:
     """MaPO - SFT / DPO / KTO (tuned settings) on the same held-out captions, evaluation seeds and data seeds."""
     rows = []
-    tuned = [r for r in cells if r["setting"] == "tuned"]
+    tuned = [r for r in cells if r["setting"] == "tuned" and not r.get("failed")]  # a failed run has no images
     for d in sorted({r["dataset"] for r in tuned}):
         ds = P.DATASETS[d]
         for a, b in P.PAIRED:
@@ -322,7 +393,10 @@ def main(argv: list[str] | None = None) -> Path:
     saved = out / "protocol.json"
     if saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(protocol())):
         sys.exit(f"error: {out} was made with another protocol (protocol.json); use another output folder")
-    saved.write_text(json.dumps(protocol(), indent=1) + "\n")
+    if not saved.is_file():
+        tmp = saved.with_name(f".protocol.json.{os.getpid()}")
+        tmp.write_text(json.dumps(protocol(), indent=1) + "\n")
+        os.replace(tmp, saved)
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     study = Study(out, args.jobs)
     sweep = sweep_cells(datasets)
@@ -337,11 +411,13 @@ def main(argv: list[str] | None = None) -> Path:
     picks = picks_from(sweep_results)
     (out / "picks.json").write_text(json.dumps(picks, indent=1) + "\n")
     study.map(lambda key: study.data(*key), [(d, s) for d in datasets for s in P.FINAL_SEEDS])
-    results = study.map(study.cell, final_cells(datasets, picks, has_sft_term()))
+    sft_term = has_sft_term()
+    results = study.map(study.cell, final_cells(datasets, picks, sft_term))
     from fidelity_full_report import write_report
 
     doc = {"protocol": protocol(), "provenance": provenance(), "cells": results, "sweep": sweep_results,
            "picks": {d: {m: v["picked"] for m, v in p.items()} for d, p in picks.items()},
+           "ablations_not_run": ablations_not_run(datasets, picks, sft_term),
            "pooled": pooled(out, results), "paired": paired(out, results),
            "seconds_this_sitting": round(time.perf_counter() - t0, 1), "timings": study.run.timings}
     (out / "fidelity-full.json").write_text(json.dumps(doc, indent=1) + "\n")

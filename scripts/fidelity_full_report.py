@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -19,7 +20,12 @@ def _params(p: dict) -> str:
 
 
 def _flags(r: dict) -> str:
-    return ", ".join(f for f in ("diverged", "stalled") if r.get(f)) or "ok"
+    flags = ", ".join(f for f in ("diverged", "stalled") if r.get(f)) or "ok"
+    return f"{flags}; training failed: {r['failed']}" if r.get("failed") else flags
+
+
+def _finite(x: dict) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x["mean"], x["low"], x["high"]))
 
 
 def write_report(out: Path, doc: dict, picks: dict) -> Path:
@@ -34,30 +40,47 @@ def write_report(out: Path, doc: dict, picks: dict) -> Path:
     for d in sorted({r["dataset"] for r in doc["sweep"]}):
         target = next(r for r in doc["sweep"] if r["dataset"] == d)
         key = "style_rate" if "style_rate" in target else "unsafe_rate"
-        lines += [f"## {d}", "", "### Sweep (validation captions)", "",
-                  f"| method | setting | {key} | prompt following | sanity | picked |", "|---|---|---|---|---|---|"]
+        spec = proto["datasets"].get(d, {})
+        aim = "lower is better" if spec.get("lower_is_better") else "higher is better"
+        prefix = f"with the `{spec['eval_prefix']}` caption prefix" if spec.get("eval_prefix") else "as written"
+        lines += [f"## {d}", "", f"Target: `{spec.get('target', key)}` rate ({key}, {aim}), measured on captions "
+                  f"{prefix}; prompt following: `world-prompt`.", "", "### Sweep (validation captions)", "",
+                  f"| method | setting | {key} ({aim}) | prompt following | sanity | picked |",
+                  "|---|---|---|---|---|---|"]
         for r in (x for x in doc["sweep"] if x["dataset"] == d):
             chosen = picks[d][r["method"]]["picked"] == r["params"]
             lines.append(f"| {r['method']} | {_params(r['params'])} | {_iv(r[key])} | {_iv(r['prompt_accuracy'])} "
-                         f"| {_flags(r)}, {r['nonzero_grad_steps']} steps with a gradient "
+                         f"| {_flags(r)}, {r['nonzero_grad_steps']} of {r['logged_steps']} steps with a gradient "
                          f"| {'yes' if chosen else ''} |")
+        unpicked = sorted(m for m, v in picks[d].items() if v["picked"] is None
+                          and any(r["dataset"] == d and r["method"] == m for r in doc["sweep"]))
+        if unpicked:
+            lines += ["", f"No setting picked for {', '.join(unpicked)}: every run was flagged (diverged, stalled or "
+                      "failed) or scored NaN, so there is no tuned row."]
         lines += ["", "### Held-out captions", "",
                   f"| method | setting | params | seeds | {key}: pooled [95%], per seed | prompt following: pooled, "
                   "per seed |", "|---|---|---|---|---|---|"]
+        if not any(x["dataset"] == d for x in doc["pooled"]):
+            lines.append("| (no held-out run finished) | | | | | |")
         for r in (x for x in doc["pooled"] if x["dataset"] == d):
             per = {k: ", ".join(f"{v:.2f}" for v in r[k]["per_seed"]) for k in (key, "prompt_accuracy")}
-            lines.append(f"| {r['method']} | {r['setting']} | {_params(r['params'])} | {len(r['seeds'])} "
+            failed = r.get("failed_seeds")
+            seeds = f"{len(r['seeds'])}{f' (failed: seed {failed})' if failed else ''}"
+            lines.append(f"| {r['method']} | {r['setting']} | {_params(r['params'])} | {seeds} "
                          f"| {_iv(r[key])}; {per[key]} | {_iv(r['prompt_accuracy'])}; {per['prompt_accuracy']} |")
-        base = [r["base"] for r in doc["cells"] if r["dataset"] == d]
-        if base:
-            lines.append(f"| base | - | - | - | {_iv(base[0][key])} (data seed 0's eval) "
-                         f"| {_iv(base[0]['prompt_accuracy'])} |")
+        base = [(r["seed"], r["base"]) for r in doc["cells"] if r["dataset"] == d and _finite(r["base"][key])]
+        if base:  # the base model's images do not depend on the data seed: any seed's eval folder has the same
+            lines.append(f"| base | - | - | - | {_iv(base[0][1][key])} (data seed {base[0][0]}'s eval) "
+                         f"| {_iv(base[0][1]['prompt_accuracy'])} |")
         rows = [p for p in doc["paired"] if p["dataset"] == d]
         if rows:
             lines += ["", "### Paired differences (tuned, all seeds)", "", "| a - b | metric | mean [95%] |",
                       "|---|---|---|"]
             lines += [f"| {p['a']} - {p['b']} | {p['metric']}{' (lower is better)' if p['lower_is_better'] else ''} "
                       f"| {_iv(p)} |" for p in rows]
+        skipped = [why for where, why in doc.get("ablations_not_run", {}).items() if where in ("all", d)]
+        if skipped:
+            lines += ["", "Ablations not run: " + "; ".join(skipped) + "."]
         lines += ["", "### Sanity (held-out runs)", "", "| run | seed | steps with a gradient | e_w first -> last | "
                   "flags |", "|---|---|---|---|---|"]
         for r in (x for x in doc["cells"] if x["dataset"] == d):

@@ -86,6 +86,18 @@ class LatentBatches:
             self._stream = batch_stream(self.data, self.device)
         return next(self._stream)
 
+    def _say_no_pair(self, compared: int, non_finite: int) -> None:
+        """One line (main process) for a micro-batch that kept no pair, as the trainer reports a skipped
+        non-finite step: why its loss is logged as nan and that it adds no update, with running counts."""
+        self.no_pair_in_a_row += 1
+        self.no_pair_total += 1
+        why = (f"none of its {compared} comparisons had two candidates whose preference gap passed "
+               f"--spo-threshold {self.settings.threshold:g}")
+        if non_finite:
+            why += f"; {non_finite} candidates had no finite preference score"
+        self.acc.print(f"spo: no pair formed in this micro-batch ({why}): its loss is not measured (logged as nan) "
+                       f"and it adds no update ({self.no_pair_in_a_row} in a row, {self.no_pair_total} in total)")
+
     def loss(self, unet, batch: dict, generator, objective, *, reference=None, lora_base=None,
              reduce_mean=None) -> LossOutput:
         """:func:`train.step.compute_loss`: noise and timesteps from ``generator``, the denoiser's errors on the
@@ -161,6 +173,7 @@ class OnlineSpo:
         self.kwargs = step_kwargs(self.scheduler)
         self.preference = self._load_preference()
         self._stream = None
+        self.no_pair_in_a_row = self.no_pair_total = 0  # micro-batches without a kept pair (this sitting)
 
     def _load_preference(self):
         from pipeline.judges.loading import load_judges
@@ -354,6 +367,18 @@ class OnlineSpo:
             pairs = self.sample_pairs(self.acc.unwrap_model(unet), cond, texts, generator)
         return {"index": indices, "texts": texts, "cond": cond, "pairs": pairs}
 
+    def _say_no_pair(self, compared: int, non_finite: int) -> None:
+        """One line (main process) for a micro-batch that kept no pair, as the trainer reports a skipped
+        non-finite step: why its loss is logged as nan and that it adds no update, with running counts."""
+        self.no_pair_in_a_row += 1
+        self.no_pair_total += 1
+        why = (f"none of its {compared} comparisons had two candidates whose preference gap passed "
+               f"--spo-threshold {self.settings.threshold:g}")
+        if non_finite:
+            why += f"; {non_finite} candidates had no finite preference score"
+        self.acc.print(f"spo: no pair formed in this micro-batch ({why}): its loss is not measured (logged as nan) "
+                       f"and it adds no update ({self.no_pair_in_a_row} in a row, {self.no_pair_total} in total)")
+
     def loss(self, unet, batch: dict, generator, objective, *, reference=None, lora_base=None,
              reduce_mean=None) -> LossOutput:
         """The objective's loss over the batch's kept pairs, with the sampling's metrics ("pairs", "pair_rate",
@@ -368,11 +393,13 @@ class OnlineSpo:
                  "preference": float("nan") if preference is None else preference,  # NaN: not measured
                  "non_finite_rewards": float(non_finite)}  # candidates left out of every pair
         if n == 0:
+            self._say_no_pair(pairs.compared, non_finite)
             # The same keys as a step with pairs (ranks and micro-batches reduce them together); NaN: not measured.
             nan = {k: torch.tensor(float("nan")) for k in NO_PAIR_KEYS}
             metrics = {"loss": torch.tensor(float("nan")), **nan, **{k: torch.tensor(v) for k, v in extra.items()}}
             return LossOutput(loss=self._no_pair_loss(unet, cond, objective, reference, lora_base), metrics=metrics,
                               has_signal=False)
+        self.no_pair_in_a_row = 0
         out = self.pair_loss(unet, pairs, cond, objective, reference=reference, lora_base=lora_base)
         return LossOutput(loss=out.loss, metrics={**out.metrics, **{k: torch.tensor(v) for k, v in extra.items()}})
 

@@ -50,6 +50,20 @@ def _family_lora_targets() -> str:
     return "; ".join(f"{', '.join(names)}: {','.join(targets)}" for targets, names in by_targets.items())
 
 
+def _data_help() -> str:
+    """``--data``'s help: what each objective reads from the latent folder, from the objectives' ``reads``
+    (:mod:`train.objectives`), e.g. "mapo, dpo, sft: its preference pairs; kto: ...; spo reads --prompts instead"."""
+    what = {"pairs": "its preference pairs",
+            "examples": "its pairs read as examples (chosen = desirable, rejected = undesirable) or its unpaired "
+                        "labelled examples"}
+    by_reads: dict[str, list[str]] = {}
+    for spec in objectives.specs():
+        by_reads.setdefault(spec.reads, []).append(spec.name)
+    parts = [f"{', '.join(names)}: {what[reads]}" for reads, names in by_reads.items() if reads in what]
+    parts += [f"{', '.join(names)} reads --prompts instead" for reads, names in by_reads.items() if reads == "prompts"]
+    return "Latent folder written by `mapo-data precompute` (" + "; ".join(parts) + ")."
+
+
 @dataclass
 class TrainConfig:
     """``mapo-train``: every option, declared once (:mod:`pipeline.cli.options`). Defaults are the paper's
@@ -57,8 +71,7 @@ class TrainConfig:
     MaPO, 5000 for Diffusion-DPO; Diffusion-KTO's beta 1000 and lambdas 1 from its public code,
     jacklishufan/diffusion-kto); names follow the diffusers training scripts."""
 
-    data: str | None = option(None, panel=P_IO, help=(
-        "Latent folder written by `mapo-data precompute` (mapo, dpo, sft; spo reads --prompts instead)."))
+    data: str | None = option(None, panel=P_IO, help=_data_help())
     model: str | None = model_option(None, help=(
         "Base model the latents were made with: hub id, local diffusers folder, tiny-sdxl, tiny-sd15, shapes-sdxl "
         "(default: the model the latents record)."))

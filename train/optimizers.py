@@ -303,11 +303,6 @@ class OptimizerInBackward(torch.optim.Optimizer):
         self._sq_norm = None
         return norm
 
-    def remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
     def state_dict(self) -> dict:
         groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         return {"param_groups": groups, "inner": self.inner.state_dict()}

@@ -286,9 +286,11 @@ def _register_judges() -> None:
     from pipeline.judges.registry import JudgeSpec, register
 
     def needs_look(options) -> None:
-        if options.style not in WORLD_STYLES:
-            raise UserError(f"the world-style metric needs the look it checks (--style {'|'.join(WORLD_STYLES)}), "
-                            f"got {options.style!r}")
+        if options.style in WORLD_STYLES:
+            return
+        given = "no --style was given" if options.style is None else f"--style {options.style!r} is not one"
+        raise UserError(f"the world-style metric needs the look it checks and {given}: set --style to one of "
+                        f"{', '.join(WORLD_STYLES)} (mapo-train: --validation-style)")
 
     said = "miniature-world judge (image measures, world.judges; no weights)"
     common = dict(weights=False, image_size=SIZE, record={"world_judges": JUDGE_VERSION},

@@ -48,10 +48,3 @@ def finite_mean(values: Iterable) -> tuple[float | None, int]:
     """``(mean of the finite values, or None when there is none; how many were dropped)`` (``math.fsum``)."""
     kept, dropped = finite_values(values)
     return (math.fsum(kept) / len(kept) if kept else None), dropped
-
-
-def describe_dropped(dropped: int, total: int, what: str = "score") -> str:
-    """``"2 of 48 scores non-finite (dropped)"``, or ``""`` when nothing was dropped (for summaries)."""
-    if not dropped:
-        return ""
-    return f"{dropped} of {total} {what}{'s' if total != 1 else ''} non-finite (dropped)"

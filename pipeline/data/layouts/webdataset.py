@@ -38,11 +38,6 @@ def schema():
                       ("label_0", pa.float64()), ("label_1", pa.float64()), ("key", pa.string())])
 
 
-def is_tar(path: Path) -> bool:
-    """Whether ``path`` names a tar shard (``.tar``, ``.tar.gz``, ``.tgz``)."""
-    return path.name.endswith(SUFFIXES)
-
-
 def split_name(name: str) -> tuple[str, str]:
     """``"dir/000123.jpg_0.jpg"`` -> ``("dir/000123", "jpg_0.jpg")`` (webdataset's ``base_plus_ext``)."""
     folder, _, base = name.rpartition("/")

@@ -86,18 +86,6 @@ class LatentBatches:
             self._stream = batch_stream(self.data, self.device)
         return next(self._stream)
 
-    def _say_no_pair(self, compared: int, non_finite: int) -> None:
-        """One line (main process) for a micro-batch that kept no pair, as the trainer reports a skipped
-        non-finite step: why its loss is logged as nan and that it adds no update, with running counts."""
-        self.no_pair_in_a_row += 1
-        self.no_pair_total += 1
-        why = (f"none of its {compared} comparisons had two candidates whose preference gap passed "
-               f"--spo-threshold {self.settings.threshold:g}")
-        if non_finite:
-            why += f"; {non_finite} candidates had no finite preference score"
-        self.acc.print(f"spo: no pair formed in this micro-batch ({why}): its loss is not measured (logged as nan) "
-                       f"and it adds no update ({self.no_pair_in_a_row} in a row, {self.no_pair_total} in total)")
-
     def loss(self, unet, batch: dict, generator, objective, *, reference=None, lora_base=None,
              reduce_mean=None) -> LossOutput:
         """:func:`train.step.compute_loss`: noise and timesteps from ``generator``, the denoiser's errors on the

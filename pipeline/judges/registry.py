@@ -19,6 +19,7 @@ Declarations are light: a judge module imports torch and its models only inside 
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -124,6 +125,7 @@ class JudgeSpec:
 
 
 _JUDGES: dict[str, JudgeSpec] = {}
+_FROM: dict[str, str] = {}  # judge name -> the module that registered it (orders built-ins first)
 _loaded = False
 options_made = False  # set once pipeline.judges.options has made JudgeOptions from the declared options
 
@@ -142,7 +144,15 @@ def register(spec: JudgeSpec) -> JudgeSpec:
         raise ValueError(f"judge '{spec.name}' declares options after JudgeOptions was made: register it from a "
                          f"module the registry loads (BUILTIN_MODULES or a '{PLUGIN_GROUP}' entry point)")
     _JUDGES[spec.name] = spec
+    _FROM.setdefault(spec.name, sys._getframe(1).f_globals.get("__name__", ""))
     return spec
+
+
+def _rank(name: str) -> int:
+    """Built-ins in BUILTIN_MODULES order, then everything else: the order does not depend on which module a
+    process happened to import first (a plugin imported directly registers before the built-ins load)."""
+    module = _FROM.get(name, "").rpartition(".")[2] if _FROM.get(name, "").startswith("pipeline.judges.") else ""
+    return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
 
 
 def _load_all() -> None:
@@ -158,7 +168,8 @@ def _load_all() -> None:
 def judges() -> dict[str, JudgeSpec]:
     """Every registered judge by name, built-ins first, then plugins, each in registration order."""
     _load_all()
-    return dict(_JUDGES)
+    order = {name: i for i, name in enumerate(_JUDGES)}
+    return {name: _JUDGES[name] for name in sorted(_JUDGES, key=lambda n: (_rank(n), order[n]))}
 
 
 def judge_names() -> tuple[str, ...]:

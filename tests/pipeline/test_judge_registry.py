@@ -106,3 +106,14 @@ def test_no_judge_module_imports_the_world():
     assert ROOT / "pipeline" / "judges" / "safety_classifiers.py" in files
     for file in files:
         assert not [m for m in _imports(file) if "world" in m], file
+
+
+def test_built_ins_come_first_whichever_module_a_process_imports_first():
+    """A plugin imported directly (a test, a script) registers before the built-ins load; the order users see
+    (help texts, error lines) must not depend on that."""
+    import subprocess
+    import sys
+
+    code = ("import world.judges; from pipeline.judges.registry import judge_names; print(','.join(judge_names()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out.split(",")[:6] == ["aesthetic", "hps", "pickscore", "clip", "style", "safety"], out

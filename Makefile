@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The suite on every core (pytest-xdist), each worker with one torch thread (tests/conftest.py); a module's tests stay
-# on one worker, so its module-scoped fixtures are built once. TEST_WORKERS=0 runs it in this process, serially.
+# on one worker, so its module-scoped fixtures are built once; the heaviest modules are handed out first
+# (tests/conftest.py's HEAVY_MODULES). TEST_WORKERS=0 runs it in this process, serially.
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -31,3 +31,42 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Summed seconds (setup + call) of the slowest modules on a 2-core machine (CI run of `make test`, pytest
+# --durations), heaviest first. Under `--dist loadscope` each module is one unit of work that a worker pulls when
+# it runs low; a heavy module pulled last keeps its worker busy while the other has nothing left (a tail of a
+# minute or more), so they are handed out first and the many quick modules fill the end. xdist's own order (its
+# --loadscope-reorder, on by default: most tests first) would put these few-test modules last; it is turned off in
+# pytest_configure below so that this order is the one the workers pull. Rough figures suffice: only the order
+# counts. A module not listed weighs nothing and keeps its collection order after these.
+HEAVY_MODULES = {
+    "tests/train/test_fsdp.py": 250,
+    "tests/train/test_world_learning.py": 125,
+    "tests/stages/test_generate.py": 120,
+    "tests/train/test_world_learning_flow.py": 85,
+    "tests/bench/test_estimate.py": 75,
+    "tests/pipeline/test_world_flow.py": 70,
+    "tests/stages/test_label.py": 60,
+    "tests/stages/test_precompute.py": 55,
+    "tests/bench/test_bench.py": 50,
+    "tests/train/test_checkpoint.py": 50,
+    "tests/stages/test_reward_label.py": 30,
+    "tests/train/test_bf16_weights.py": 25,
+    "tests/pipeline/test_world_model.py": 20,
+    "tests/train/test_trainer.py": 20,
+}
+
+
+def pytest_configure(config):
+    """Keep the collection order (heaviest modules first, see HEAVY_MODULES) when xdist hands out modules."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Heaviest modules first (HEAVY_MODULES); tests keep their order within a module, other modules theirs."""
+    def weight(item):
+        return HEAVY_MODULES.get(item.nodeid.split("::", 1)[0], 0)
+
+    items.sort(key=lambda item: -weight(item))  # stable: modules stay contiguous, tests in their order

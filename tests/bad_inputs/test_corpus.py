@@ -6,182 +6,40 @@ behind: the row's ``leaves`` path does not exist afterwards, or, when it existed
 output folder holding another configuration, a finished run), it is unchanged (every file's
 size and mtime).
 Rows with a ``fix`` then repair the input (or add ``--overwrite``) and rerun: the rerun must
-succeed, so nothing the failed run left blocks it. A second, smaller table holds inputs whose
-documented outcome is a counted reject (exit 0, the reason in the summary or in ``rejects/``).
+succeed, so nothing the failed run left blocks it. Inputs whose documented outcome is a counted
+reject (exit 0, the reason in the summary or in ``rejects/``) are in test_counted_rejects.py.
 
-The shared outputs (one tiny generate run, its labels, tiny-sdxl latents of them, a one-step
-LoRA run, one eval folder) are built once per module, lazily, and never modified: a row that
-needs to change one works on a copy.
+The shared outputs and the command builders are in tests/bad_inputs/corpus.py.
 """
 from __future__ import annotations
 
 import json
 import shutil
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from tests.helpers import read_table, run_cli, write_prompts
-from tests.image_fixtures import geometric_scene, gray, png, write_pickapic
-from tests.layout_fixtures import PAIRS, write_hpdv3, write_votes, write_wds
+from tests.bad_inputs.corpus import (
+    PRE_FAST,
+    PROMPTS,
+    Ctx,
+    drop,
+    evl,
+    gen,
+    lab,
+    mixed_layouts,
+    pickapic_file,
+    pre,
+    string_votes,
+    train_args,
+    trn,
+)
+from tests.helpers import run_cli, write_prompts
+from tests.layout_fixtures import write_hpdv3
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-PROMPTS = ["a red circle at the top left", "a blue square in the middle"]
-GEN_FAST = ["--model", "tiny-sdxl", "--num-inference-steps", "1", "--resolution", "64", "--batch-size", "2",
-            "--device", "cpu"]
-PRE_FAST = ["--model", "tiny-sdxl", "--resolution", "64", "--device", "cpu"]
-EVAL_FAST = ["--num-inference-steps", "1", "--resolution", "64", "--batch-size", "2", "--device", "cpu",
-             "--metrics", "world-unsafe"]
-
-
-def _apps():
-    from evaluation.cli import app as eval_app
-    from stages.cli import app as data_app
-    from train.cli import app as train_app
-
-    return {"data": data_app, "train": train_app, "eval": eval_app}
-
-
-def _ok(result, what: str):
-    assert result.exit_code == 0, f"{what}: {result.output}"
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared outputs, built on first use (a -k selection builds only what it needs)
-# ---------------------------------------------------------------------------------------------
-
-
-class Shared:
-    def __init__(self, root: Path):
-        self.root = root
-        self.apps = _apps()
-
-    def data(self, args):
-        return run_cli(self.apps["data"], args)
-
-    @cached_property
-    def prompts(self) -> Path:
-        return write_prompts(self.root / "prompts.txt", PROMPTS)
-
-    @cached_property
-    def pairs(self) -> Path:
-        """A finished `generate --recipe style` output: 2 pairs."""
-        out = self.root / "pairs"
-        _ok(self.data(["generate", "--prompts", self.prompts, "--output", out, *GEN_FAST]), "generate")
-        return out
-
-    @cached_property
-    def labeled(self) -> Path:
-        out = self.root / "labeled"
-        _ok(self.data(["label", "--input", self.pairs, "--output", out, "--target", "style"]), "label")
-        return out
-
-    @cached_property
-    def latents(self) -> Path:
-        out = self.root / "latents"
-        _ok(self.data(["precompute", "--input", self.labeled, "--output", out, *PRE_FAST]), "precompute")
-        return out
-
-    @cached_property
-    def run(self) -> Path:
-        """A finished one-step LoRA run on the latents (its last step leaves checkpoint-1)."""
-        out = self.root / "run"
-        _ok(run_cli(self.apps["train"], train_args(self.latents, out, "--lora-rank", "2")), "mapo-train")
-        return out
-
-    @cached_property
-    def evaluated(self) -> Path:
-        out = self.root / "eval"
-        _ok(run_cli(self.apps["eval"], ["--prompts", self.prompts, "--output", out, "--model", "tiny-sdxl",
-                                        "--limit", "1", *EVAL_FAST]), "mapo-eval")
-        return out
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return Shared(tmp_path_factory.mktemp("corpus-shared"))
-
-
-@dataclass
-class Ctx:
-    """What a row's builders see: the shared outputs and this test's own folder."""
-
-    s: Shared
-    tmp: Path
-
-    @property
-    def out(self) -> Path:
-        """The output path every row writes to unless it says otherwise."""
-        return self.tmp / "out"
-
-    def copy(self, src: Path, name: str = "out") -> Path:
-        return Path(shutil.copytree(src, self.tmp / name))
-
-    def file(self, name: str, text: str) -> Path:
-        path = self.tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        return path
-
-    def yaml(self, text: str) -> Path:
-        return self.file("config.yaml", text)
-
-
-def train_args(data, out, *extra, steps: int = 1):
-    return ["--data", data, "--model", "tiny-sdxl", "--output-dir", out, "--max-steps", str(steps), "--batch-size", "2",
-            "--learning-rate", "1e-3", "--report-to", "none", *extra]
-
-
-# Builders for each command (later options win: click keeps the last value of a repeated option).
-def gen(c: Ctx, *extra, prompts=None) -> list:
-    return ["generate", "--prompts", prompts or c.s.prompts, "--output", c.out, *GEN_FAST, *extra]
-
-
-def lab(c: Ctx, *extra, src=None) -> list:
-    return ["label", "--input", src or c.s.pairs, "--output", c.out, "--target", "style", *extra]
-
-
-def pre(c: Ctx, *extra, src=None) -> list:
-    return ["precompute", "--input", src or c.s.labeled, "--output", c.out, *PRE_FAST, *extra]
-
-
-def trn(c: Ctx, *extra, data=None) -> list:
-    return train_args(data or c.s.latents, c.out, *extra)
-
-
-def evl(c: Ctx, *extra, prompts=None, model: str | None = "tiny-sdxl") -> list:
-    return ["--prompts", prompts or c.s.prompts, "--output", c.out, *(["--model", model] if model else []),
-            "--limit", "1", *EVAL_FAST, *extra]
-
-
-def drop(args: list, *names: str) -> list:
-    """``args`` without the options ``names`` (each with its value)."""
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in names:
-            skip = True
-        else:
-            out.append(a)
-    return out
-
-
-def pickapic_file(c: Ctx, name="in/pairs.parquet", labels=((1.0, 0.0), (0.0, 1.0)), drop_column=None) -> Path:
-    """A Pick-a-Pic-layout Parquet file of two pairs (labels optional, one column optionally left out)."""
-    import pyarrow.parquet as pq
-
-    scene, flat = png(geometric_scene(64)), png(gray(64))
-    path = write_pickapic(c.tmp / name, [("a scene", scene, flat), ("a flat card", flat, scene)],
-                          labels=list(labels) if labels is not None else None)
-    if drop_column:
-        pq.write_table(pq.read_table(path).drop_columns([drop_column]), path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,9 +214,9 @@ CASES = [
     Case("precompute-json-cut-short", "input layout", "data",
          lambda c: pre(c, src=c.file("in/records.json", '[{"prompt": "a", "path1": "x.png", "path2": "y.png"}, {"pro')),
          "not valid JSON at byte"),
-    Case("precompute-votes-not-a-number", "input layout", "data", lambda c: pre(c, src=_string_votes(c)),
+    Case("precompute-votes-not-a-number", "input layout", "data", lambda c: pre(c, src=string_votes(c)),
          "column votes_image1 is string, not a number"),
-    Case("precompute-ambiguous-layout", "input layout", "data", lambda c: pre(c, src=_mixed_layouts(c)),
+    Case("precompute-ambiguous-layout", "input layout", "data", lambda c: pre(c, src=mixed_layouts(c)),
          "is ambiguous", fix=lambda c, args: [*args, "--input-format", "votes"]),
     Case("precompute-forced-format-mismatch", "input layout", "data",
          lambda c: pre(c, "--input-format", "webdataset", src=write_hpdv3(c.tmp / "in")), "reads .tar shards"),
@@ -515,124 +373,3 @@ def _snapshot(path: Path):
         return {".": (st.st_size, st.st_mtime_ns)}
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
             for p in sorted(path.rglob("*"))}
-
-
-# ---------------------------------------------------------------------------------------------
-# Counted rejects: the run succeeds, the bad rows are counted with their reason
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Counted:
-    id: str
-    args: Callable[[Ctx], list]
-    says: tuple  # phrases of the command's summary line
-    reasons: list | Callable[[Ctx], list]  # the rejects/ table's reasons, in order (or made from the test's Ctx)
-
-
-def _string_votes(c: Ctx) -> Path:
-    """A vote-count Parquet whose votes_image1 holds text."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = write_votes(c.tmp / "in" / "votes.parquet")
-    pq.write_table(pq.read_table(path).set_column(3, "votes_image1", pa.array(["7", "3", "7"])), path)
-    return path
-
-
-def _mixed_layouts(c: Ctx) -> Path:
-    """A folder of both an HPDv3 JSON and a vote-count Parquet."""
-    write_hpdv3(c.tmp / "in", name="records.json")
-    return write_votes(c.tmp / "in" / "votes.parquet").parent
-
-
-def _pickapic_rows(c: Ctx, rows, labels, name="in/pairs.parquet") -> Path:
-    return write_pickapic(c.tmp / name, rows, labels=labels)
-
-
-def _scene():
-    return png(geometric_scene(64))
-
-
-def _flat():
-    return png(gray(64))
-
-
-COUNTED = [
-    Counted("precompute-ties", lambda c: pre(c, src=_pickapic_rows(
-        c, [("tie one", _scene(), _flat()), ("tie two", _flat(), _scene())], [(0.5, 0.5), (1.0, 1.0)])),
-        ("0 pairs in 1 shard ", "2 ties dropped", "0 rejected"), reasons=[]),
-    Counted("precompute-missing-label-and-empty-caption", lambda c: pre(c, src=_pickapic_rows(
-        c, [("kept", _scene(), _flat()), ("no label", _scene(), _flat()), ("  ", _scene(), _flat())],
-        [(1.0, 0.0), (None, 0.0), (1.0, 0.0)])), ("1 pair in 1 shard ", "2 rejected"),
-        reasons=["missing label", "empty caption"]),
-    Counted("precompute-corrupt-image", lambda c: pre(c, src=_pickapic_rows(
-        c, [("kept", _scene(), _flat()), ("cut short", _scene()[:40], _flat())], [(1.0, 0.0), (1.0, 0.0)])),
-        ("1 pair in 1 shard ", "1 rejected"),
-        reasons=["jpg_0: undecodable image (UnidentifiedImageError)"]),
-    Counted("label-corrupt-image", lambda c: ["label", "--input", _pickapic_rows(
-        c, [("kept", _scene(), _flat()), ("cut short", _scene()[:40], _flat())], [(1.0, 0.0), (1.0, 0.0)]),
-        "--output", c.out, "--target", "safety", "--labeler", "construction"], ("1 kept, 1 rejected",),
-        reasons=["corrupt image"]),
-]
-
-
-COUNTED += [
-    Counted("precompute-identical-images", lambda c: pre(c, src=_pickapic_rows(
-        c, [("kept", _scene(), _flat()), ("same twice", _scene(), _scene())], [(1.0, 0.0), (0.0, 1.0)])),
-        ("1 pair in 1 shard ", "1 rejected"), reasons=["identical images"]),
-    Counted("precompute-hpdv3-image-not-extracted",
-            lambda c: pre(c, src=write_hpdv3(c.tmp / "in", skip_image=1)), ("2 pairs in 1 shard ", "1 rejected"),
-            reasons=lambda c: [f"jpg_1: image file not readable (FileNotFoundError: {(c.tmp / 'in').resolve()}"
-                               "/images/1-b.png)"]),
-    Counted("precompute-tar-member-absent",
-            lambda c: pre(c, src=write_wds(c.tmp / "in" / "00000.tar", drop=(0, "jpg_0.jpg"))),
-            ("2 pairs in 1 shard ", "1 rejected"),
-            reasons=lambda c: [f"jpg_0: image file not readable (NotADirectoryError: {(c.tmp / 'in').resolve()}"
-                               "/00000.tar/000000.jpg_0)"]),
-    Counted("precompute-tar-label-not-a-number",
-            lambda c: pre(c, src=write_wds(c.tmp / "in" / "00000.tar", labels=[("1", "0"), ("one", "0"), ("0", "1")])),
-            ("2 pairs in 1 shard ", "1 rejected"), reasons=["missing label"]),
-    Counted("precompute-votes-tie-and-null", lambda c: pre(c, src=_votes_tie_and_null(c)),
-            ("1 pair in 1 shard ", "1 tie dropped", "1 rejected"), reasons=["missing label"]),
-    Counted("label-hpdv3-image-not-extracted", lambda c: ["label", "--input", write_hpdv3(c.tmp / "in", skip_image=2),
-                                                          "--output", c.out, "--target", "safety", "--labeler",
-                                                          "construction"],
-            ("2 kept, 1 rejected",), reasons=["corrupt image"]),
-]
-
-
-def _votes_tie_and_null(c: Ctx) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = write_votes(c.tmp / "in" / "votes.parquet", PAIRS, votes=[(9, 1), (4, 4), (2, 1)])
-    table = pq.read_table(path)
-    pq.write_table(table.set_column(3, "votes_image1", pa.array([9, 4, None], pa.int64())), path)
-    return path
-
-
-@pytest.mark.parametrize("case", COUNTED, ids=[c.id for c in COUNTED])
-def test_counted_reject(case: Counted, shared, tmp_path):
-    ctx = Ctx(shared, tmp_path)
-    result = run_cli(shared.apps["data"], case.args(ctx))
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output and "error:" not in result.output, result.output
-    assert all(words in result.output for words in case.says), result.output
-    rejects = read_table(ctx.out, "rejects").to_pylist()
-    assert [r["reason"] for r in rejects] == (case.reasons(ctx) if callable(case.reasons) else case.reasons)
-    assert json.loads((ctx.out / "manifest.json").read_text())["status"] == "complete"
-
-
-def test_train_on_latents_without_a_pair(shared, tmp_path):
-    """All-tie pairs give a valid, empty precompute output; training on it is one line, not a crash."""
-    ctx = Ctx(shared, tmp_path)
-    src = _pickapic_rows(ctx, [("tie", _scene(), _flat())], [(0.5, 0.5)])
-    _ok(run_cli(shared.apps["data"], pre(ctx, src=src)), "precompute")
-    out = tmp_path / "run"
-    result = run_cli(shared.apps["train"], train_args(ctx.out, out))
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "holds no pairs" in lines[0], result.output
-    assert "rejects" in lines[0] and "mapo-data inspect" in lines[0], result.output
-    assert not out.exists()

@@ -23,6 +23,28 @@ def test_builtin_is_a_diffusers_folder_loaded_back():
     assert type(sd15).__name__ == "StableDiffusionPipeline" and not hasattr(sd15, "text_encoder_2")
 
 
+def test_a_folders_tokenizers_are_read_once_per_process_and_again_once_changed(tmp_path):
+    import os
+    import shutil
+
+    folder = shutil.copytree(resolve_model_source("tiny-sd15"), tmp_path / "model")
+    first = load_pipeline(str(folder), dtype="fp32", device="cpu", skip=("unet",))
+    again = load_pipeline(str(folder), dtype="fp32", device="cpu", skip=("unet",))
+    assert again.tokenizer is first.tokenizer  # reused: no second read of the vocabulary
+    assert again.text_encoder is not first.text_encoder and again.vae is not first.vae  # the models load anew
+    other = load_pipeline(str(shutil.copytree(folder, tmp_path / "copy")), dtype="fp32", device="cpu",
+                          skip=("unet",))
+    assert other.tokenizer is not first.tokenizer  # another folder
+    vocab = folder / "tokenizer" / "tokenizer.json"
+    stat = vocab.stat()
+    os.utime(vocab, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten in place
+    changed = load_pipeline(str(folder), dtype="fp32", device="cpu", skip=("unet",))
+    assert changed.tokenizer is not first.tokenizer
+    ids = [tok("a red circle at the top left").input_ids for tok in (first.tokenizer, other.tokenizer,
+                                                                      changed.tokenizer)]
+    assert ids[0] == ids[1] == ids[2]
+
+
 def test_real_clip_tokenization(tmp_path):
     tok = build_clip_tokenizer(tmp_path)
     ids = tok("a photo of a cat").input_ids

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import io
-import os
 
 import pytest
 
 from stages.cli import app
-from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, run_console, write_prompts
+from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, write_prompts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -166,14 +165,16 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     src = write_prompts(tmp_path / "p.txt", prompts)
     args = ["generate", "--model", "tiny-sdxl", "--prompts", src, *FAST, "--shard-size", "2", "--batch-size", "1"]
     ref = tmp_path / "ref"
-    assert run_console("mapo-data", [*args, "--output", ref]).returncode == 0
+    # The reference and the rerun in-process (one process start each saved; the same one torch thread as the
+    # killed CLI, which inherits OMP_NUM_THREADS=1): only the killed run must be a real process.
+    assert run_cli(app, [*args, "--output", ref]).exit_code == 0
 
     out = tmp_path / "killed"
     done = kill_after_shards("mapo-data", [*args, "--output", out], out, shards=2)
     assert 2 <= done < 6, f"kill landed too late to test resume ({done} shards)"
-    rerun = run_console("mapo-data", [*args, "--output", out])
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"({done} already done)" in rerun.stdout
+    rerun = run_cli(app, [*args, "--output", out])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"({done} already done)" in rerun.output
     assert read_table(out).equals(read_table(ref))
     assert not [p for p in (out / "data").iterdir() if p.name.startswith(".")]  # no temporaries left
 
@@ -183,8 +184,7 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
     src = write_prompts(tmp_path / "p.txt", prompts)
     args = ["generate", "--model", "tiny-sdxl", "--prompts", str(src), *FAST, "--shard-size", "2"]
     single = tmp_path / "single"
-    one_thread = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    assert run_console("mapo-data", [*args, "--output", single], env=one_thread).returncode == 0
+    assert run_cli(app, [*args, "--output", single]).exit_code == 0  # in-process, one torch thread like each worker
     multi = tmp_path / "multi"
     proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,7 +11,7 @@ import pytest
 
 from stages.cli import app
 from stages.recipes import DEFAULT_UNSAFE_PREFIX
-from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, run_console, write_prompts
+from tests.helpers import kill_after_shards, read_table, run_accelerate, run_cli, write_prompts
 from tests.image_fixtures import geometric_scene, gray, png, schematic_torso, write_pickapic
 
 FAST = ["--num-inference-steps", "2", "--resolution", "64"]
@@ -325,15 +325,17 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
         write_pickapic(src / f"train-{k:02d}.parquet", [(f"pair {k}", images[k % 3], images[(k + 1) % 3])])
     args = ["label", "--input", src, "--target", "safety", "--batch-size", "1"]
     ref = tmp_path / "ref"
-    assert run_console("mapo-data", [*args, "--output", ref]).returncode == 0
+    # The reference and the rerun in-process (one process start each saved): only the killed run must be a real
+    # process.
+    assert run_cli(app, [*args, "--output", ref]).exit_code == 0
 
     out = tmp_path / "killed"
     done = kill_after_shards("mapo-data", [*args, "--output", out], out, shards=2)
     assert 2 <= done < 24, f"kill landed too late to test resume ({done} shards)"
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
-    rerun = run_console("mapo-data", [*args, "--output", out])
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"({done} already done)" in rerun.stdout
+    rerun = run_cli(app, [*args, "--output", out])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"({done} already done)" in rerun.output
     for sub in ("data", "rejects"):
         assert read_table(out, sub).equals(read_table(ref, sub))
         assert not [p for p in (out / sub).iterdir() if p.name.startswith(".")]  # no temporaries left
@@ -344,7 +346,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
 def test_two_processes_under_accelerate_equal_one(pairs, tmp_path):
     args = ["label", "--input", pairs["style"], "--target", "style"]
     single = tmp_path / "single"
-    assert run_console("mapo-data", [*args, "--output", single]).returncode == 0
+    assert run_cli(app, [*args, "--output", single]).exit_code == 0  # in-process: one process start saved
     multi = tmp_path / "multi"
     proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]

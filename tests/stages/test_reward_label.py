@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.judges.reward import NEAR_TIE, TIE, combine, fit_scales
 from stages.cli import app
-from tests.helpers import read_table, run_accelerate, run_cli, run_console, write_prompts
+from tests.helpers import read_table, run_accelerate, run_cli, write_prompts
 from tests.image_fixtures import geometric_scene, gray, png, write_pickapic
 from world.judges import WorldPromptJudge, WorldStyleJudge
 from world.render import render, to_image
@@ -118,8 +118,7 @@ def test_all_pairs_rule_gap_filter_and_ties_counted(candidates, tmp_path):
 def test_two_processes_under_accelerate_equal_one(candidates, tmp_path):
     args = ["label", "--input", candidates, *REWARD, "--batch-size", "3"]
     single = tmp_path / "single"
-    one = run_console("mapo-data", [*args, "--output", single])
-    assert one.returncode == 0, one.stderr[-2000:]
+    _ok(run_cli(app, [*args, "--output", single]))  # in-process: one process start saved
     multi = tmp_path / "multi"
     proc = run_accelerate("mapo-data", [*args, "--output", multi])
     assert proc.returncode == 0, proc.stderr[-3000:]

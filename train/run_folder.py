@@ -90,6 +90,12 @@ def _comparable(value):
     return sorted(value) if isinstance(value, list) else value  # module lists: the order does not matter
 
 
+def recorded_config(out: Path) -> dict:
+    """The run's recorded ``training_config.json`` (``{}`` when it has none yet)."""
+    path = Path(out) / TRAINING_CONFIG
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def check_resume_config(out: Path, mine: dict) -> dict:
     """Refuse to resume with other settings than the run's (max_steps and num_epochs may differ).
 
@@ -99,10 +105,9 @@ def check_resume_config(out: Path, mine: dict) -> dict:
     Raises:
         UserError: "Cannot resume ...: the run was made with different <key> <saved> (now <value>), ...".
     """
-    path = Path(out) / TRAINING_CONFIG
-    if not path.exists():
+    saved = recorded_config(out)
+    if not saved:
         return {}
-    saved = json.loads(path.read_text())
     keys = [k for k in MUST_MATCH_ON_RESUME if k in saved]
     # A key one side lacks (an spo run resumed as mapo has no "spo" settings) differs as well.
     differ = differing_keys({k: _comparable(saved[k]) for k in keys}, {k: _comparable(mine.get(k)) for k in keys}, keys)

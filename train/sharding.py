@@ -25,6 +25,8 @@ import os
 from pipeline.errors import UserError
 from pipeline.runtime.distributed import launched_processes, requested_engine
 
+from .run_folder import recorded_config
+
 DOCS = "docs/many-gpus.md"
 FSDP2_LAUNCH = "accelerate launch --use_fsdp --fsdp_version 2 ..."
 
@@ -143,15 +145,16 @@ def engine_record(accelerator) -> dict:
     return {"engine": engine, "num_processes": accelerator.num_processes}
 
 
-def check_resume_engine(out, saved: dict, accelerator) -> None:
+def check_resume_engine(out, accelerator) -> None:
     """Refuse to resume a run whose checkpoints another engine wrote: FSDP2's are sharded
     (torch.distributed.checkpoint folders), DDP's and one process's whole (``model.safetensors``), and neither loads
-    the other's. ``saved``: the run's recorded training_config.json (without ``distributed``: written before
-    engines were recorded, so by DDP or one process).
+    the other's. Reads the run's recorded training_config.json (one without ``distributed`` was written before
+    engines were recorded, so by DDP or one process); called before any model loads.
 
     Raises:
         UserError: the engines differ.
     """
+    saved = recorded_config(out)
     before = (saved.get("distributed") or {}).get("engine", "ddp")
     if saved and (before == "fsdp2") != accelerator.is_fsdp2:
         now = engine_record(accelerator)["engine"]

@@ -35,15 +35,7 @@ from .data import micro_batches_this_step, optimizer_steps_per_epoch
 from .lora_io import register_adapter_only_checkpoints, save_lora
 from .model_card import write_model_card
 from .model_setup import build_lr_scheduler, build_optimizer, setup_models, trainable_parameters
-from .run_folder import (
-    DEBUG_DIR,
-    METRICS_FILE,
-    MetricsLog,
-    check_resume_config,
-    claim_run_folder,
-    recorded_config,
-    write_run_config,
-)
+from .run_folder import DEBUG_DIR, METRICS_FILE, MetricsLog, check_resume_config, claim_run_folder, write_run_config
 from .step import Objective, step_generator
 from .tracking import flat_config, peak_memory_gb, trackers
 from .validation import Validator, load_scorers
@@ -110,7 +102,7 @@ class Trainer:
         if sharded:
             sharding.enable_fsdp2(acc)
         if resume is not None:  # a launch that cannot load the checkpoints fails before any model loads
-            sharding.check_resume_engine(self.out, recorded_config(self.out), acc)
+            sharding.check_resume_engine(self.out, acc)
         if cfg.compile and acc.is_main_process:
             print("--compile: the UNet's transformer blocks compile during the first steps (slower, tens of seconds "
                   "on a CPU; once per shape)", file=sys.stderr)

@@ -59,12 +59,29 @@ def run_sweep(out: Path, values: list[float]) -> Path:
             "--overwrite")
         rates = dataset_rates(sweep, dataset, ("base", *candidates))
         trace = training_trace(out, dataset, tuple(candidates))
+        for name in ("mapo", *names):
+            trace[name].update(margin_share(out / dataset / "runs" / name / "metrics.jsonl"))
         result["datasets"][dataset] = {"rates": rates, "trace": trace}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     (sweep / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
     report = sweep / "report.md"
     report.write_text(_report(result))
     return report
+
+
+def margin_share(metrics: Path) -> dict:
+    """MaPO's margin term (``beta * -logsigmoid(...)``, the trainer's ``margin_term``) in a run's metrics.jsonl:
+    ``{"margin_term_first10": mean of the first 10 logged steps, "margin_share_first10": its mean share of the
+    loss there, "margin_share_from150": the mean share from step 150 on}`` (shares in [0, 1])."""
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "margin_term" in r and r.get("loss")]
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {"margin_term_first10": mean([r["margin_term"] for r in rows[:10]]),
+            "margin_share_first10": mean([r["margin_term"] / r["loss"] for r in rows[:10]]),
+            "margin_share_from150": mean([r["margin_term"] / r["loss"] for r in rows if r["step"] >= 150])}
 
 
 def _report(result: dict) -> str:
@@ -77,12 +94,17 @@ def _report(result: dict) -> str:
     for dataset, d in result["datasets"].items():
         keys = list(RATES[dataset])
         lines += [f"## {dataset}", "", "| model | " + " | ".join(keys) + " | e_w first -> last | e_l first -> last "
-                  "| steps with gradient |", "|---" * (len(keys) + 4) + "|"]
+                  "| steps with gradient | margin term, first 10 steps (share of loss) | margin share from step 150 |",
+                  "|---" * (len(keys) + 6) + "|"]
         for model, rates in d["rates"].items():
             t = d["trace"].get(model, {})
             errs = [f"{t[k][0]:.3f} -> {t[k][1]:.3f}" if k in t else "" for k in ("e_w", "e_l")]
             grad = "{}/{}".format(*t["steps_with_gradient"]) if "steps_with_gradient" in t else ""
-            cells = [iv(rates[k]) for k in keys] + [*errs, grad]
+            margin = ("", "")
+            if "margin_term_first10" in t:
+                margin = (f"{t['margin_term_first10']:.3f} ({t['margin_share_first10']:.0%})",
+                          f"{t['margin_share_from150']:.1%}")
+            cells = [iv(rates[k]) for k in keys] + [*errs, grad, *margin]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -274,9 +274,12 @@ def _tokenizer_key(source: str, name: str) -> tuple | None:
     every file in it with size and mtime (a file rewritten in place gives another key); None for a hub id or a
     folder without that tokenizer (never reused)."""
     folder = Path(source) / name
-    if not folder.is_dir():
+    try:
+        if not folder.is_dir():
+            return None
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    except OSError:  # unreadable, or a file gone between listing and stat: load it as usual, never reuse
         return None
-    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
     return (str(folder.resolve()), tuple(files))
 
 
@@ -319,6 +322,8 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
             # the safety recipe would lose its unsafe images, and labeling is our classifiers' job.
             overrides.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         keys = {name: _tokenizer_key(source, name) for name in TOKENIZERS if name in index and name not in overrides}
+        # and the class model_index.json names for it (a folder whose index now names another tokenizer class)
+        keys = {name: key and (*key, str(index[name])) for name, key in keys.items()}
         overrides.update({name: _TOKENIZERS[key] for name, key in keys.items() if key in _TOKENIZERS})
         pipe = _call_loader("Model", model, DiffusionPipeline.from_pretrained, source, torch_dtype=dt, **overrides)
         for name, key in keys.items():

@@ -221,6 +221,24 @@ def test_engines_that_cannot_be_honoured_are_refused_in_one_line(tmp_path, laten
     assert not out.exists()
 
 
+def test_a_resume_with_another_engine_is_refused_before_any_model_loads(tmp_path, latents_sdxl, monkeypatch):
+    """A run FSDP2 wrote, resumed by one process: refused from the recorded config, before setup_models (which
+    takes minutes on SDXL) would run."""
+    import train.trainer
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "training_config.json").write_text(json.dumps({"distributed": {"engine": "fsdp2", "num_processes": 2}}))
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models were loaded before the engine check")
+
+    monkeypatch.setattr(train.trainer, "setup_models", no_models)
+    result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 4, "--resume-from-checkpoint", "latest"))
+    assert result.exit_code != 0
+    assert "written by fsdp2 and this launch runs single" in result.output, result.output
+
+
 def test_one_process_records_the_single_engine(tmp_path, latents_sdxl):
     out = tmp_path / "run"
     result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 1))

@@ -357,15 +357,23 @@ class OnlineSpo:
 
     def _say_no_pair(self, compared: int, non_finite: int) -> None:
         """One line (main process) for a micro-batch that kept no pair, as the trainer reports a skipped
-        non-finite step: why its loss is logged as nan and that it adds no update, with running counts."""
+        non-finite step: why its loss is logged as nan and that it adds no update, with running counts. Said for
+        the 1st, 2nd, 4th, 8th, ... such micro-batch of the sitting, so a long run with a strict threshold is not
+        flooded (metrics.jsonl's ``pairs`` has every step)."""
         self.no_pair_in_a_row += 1
         self.no_pair_total += 1
-        why = (f"none of its {compared} comparisons had two candidates whose preference gap passed "
-               f"--spo-threshold {self.settings.threshold:g}")
+        if self.no_pair_total & (self.no_pair_total - 1):  # not a power of two
+            return
+        if compared:
+            why = (f"none of its {compared} comparisons had two candidates whose preference gap passed "
+                   f"--spo-threshold {self.settings.threshold:g}")
+        else:
+            why = "it had no two candidates with a preference score to compare"
         if non_finite:
             why += f"; {non_finite} candidates had no finite preference score"
         self.acc.print(f"spo: no pair formed in this micro-batch ({why}): its loss is not measured (logged as nan) "
-                       f"and it adds no update ({self.no_pair_in_a_row} in a row, {self.no_pair_total} in total)")
+                       f"and it adds no update ({self.no_pair_in_a_row} in a row, {self.no_pair_total} in total; "
+                       "said at the 1st, 2nd, 4th, 8th, ...)")
 
     def loss(self, unet, batch: dict, generator, objective, *, reference=None, lora_base=None,
              reduce_mean=None) -> LossOutput:

@@ -45,7 +45,7 @@ def run_sweep(out: Path, values: list[float]) -> Path:
     for dataset, spec in F.DATASETS.items():
         root = out / dataset
         for a, name in zip(values, names):
-            if not (root / "runs" / name / "metrics.jsonl").exists():
+            if not (root / "runs" / name / "README.md").exists():  # the model card: written last, a run finished
                 run(f"{dataset}: train {name}", "mapo-train", "--data", root / "latents", "--model", model,
                     "--output-dir", root / "runs" / name, "--objective", "mapo", "--mapo-a", a,
                     *[x for k, v in F.TRAIN.items() for x in (f"--{k.replace('_', '-')}", v)],

@@ -245,7 +245,8 @@ class OptimizerInBackward(torch.optim.Optimizer):
         self._flush_queued = False
         self._sq_norm: Tensor | None = None
         self.grad_observers: list[Callable[[Tensor], None]] = []  # called with each weight once its gradient is ready
-        self._handles = [p.register_post_accumulate_grad_hook(self._gradient_ready) for p in params]
+        for p in params:  # the hooks live as long as the weights (nothing removes them)
+            p.register_post_accumulate_grad_hook(self._gradient_ready)
 
     def _gradient_ready(self, p: Tensor) -> None:
         for observe in self.grad_observers:  # e.g. bench --estimate tagging the gradient's bytes

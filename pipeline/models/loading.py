@@ -329,7 +329,7 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
         for name, key in keys.items():
             if key is not None and getattr(pipe, name, None) is not None:
                 _TOKENIZERS.setdefault(key, getattr(pipe, name))
-    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+    for name in TOKENIZERS:
         tok = getattr(pipe, name, None)
         if tok is not None:
             check_tokenizer(tok, f"'{model}' ({name})")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.cli.options import (
     PANEL_IO,
     PANEL_RUN,
+    PANEL_SAMPLING,
     at_least,
     batch_invariant_option,
     between,
@@ -42,6 +43,7 @@ from pipeline.models.loading import (
     DEFAULT_MODEL,
     check_model_available,
     check_resolution,
+    check_t5_options,
     compile_unet,
     default_resolution,
     dtype_name,
@@ -76,6 +78,9 @@ class GenerateConfig:
     num_inference_steps: int = num_inference_steps_option(30)
     guidance_scale: float = guidance_scale_option(5.0)
     resolution: int | None = resolution_option()  # None: pipeline.models.loading.default_resolution(model)
+    max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_SAMPLING, help=(
+        "SD3: T5 tokens per prompt, as StableDiffusion3Pipeline's max_sequence_length; default: the pipeline's "
+        "own (256). Fewer tokens sample faster."))
     seed: int = seed_option("Global seed; each image's seed derives from (seed, prompt id, image index).")
     shard_size: int = option(100, help="Pairs per Parquet shard.", check=at_least(1), panel=PANEL_IO)
     batch_size: int = option(4, help="Prompts per pipeline call (each gives its pair or --images-per-prompt images).",
@@ -145,6 +150,8 @@ def _identity(cfg: GenerateConfig, prompt_fp: str, dtype: str) -> dict:
     }
     if not cfg.batch_invariant:
         ident["batch_size"] = cfg.batch_size
+    if cfg.max_sequence_length is not None:  # absent at the default: older outputs resume
+        ident["max_sequence_length"] = cfg.max_sequence_length
     if cfg.compile:  # compiled kernels round differently (a few 8-bit levels); absent when off: older outputs resume
         ident["compile"] = True
     return ident
@@ -262,6 +269,7 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
         check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
         check_resolution(cfg.model, cfg.resolution)
+        check_t5_options(cfg.model, ["--max-sequence-length"] if cfg.max_sequence_length is not None else [])
     work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
     prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
                     "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}
@@ -315,7 +323,7 @@ class _GenerateShards:
             requests = [req for _, req in pairs]
             seeds = [derive_seed(cfg.seed, p.id, req.seed_index) for p, req in pairs]
             t0 = time.perf_counter()
-            images = generate_images(self.pipe, requests, seeds, cfg)
+            images = generate_images(self.pipe, requests, seeds, cfg, cfg.max_sequence_length)
             self.pipeline_seconds += time.perf_counter() - t0
             blobs = pool.submit(lambda ims: [encode_image(im, cfg.image_format, cfg.quality) for im in ims], images)
             batches.append((batch, requests, seeds, blobs))

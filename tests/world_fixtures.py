@@ -16,9 +16,10 @@ from tests.helpers import run_cli, write_prompts
 GEN = ["--resolution", "64", "--num-inference-steps", "12", "--guidance-scale", "3", "--no-batch-invariant"]
 
 
-def make_pick_style(root: Path, model: str, precompute_extra: tuple = ()) -> tuple[Path, Path]:
+def make_pick_style(root: Path, model: str, extra: tuple = ()) -> tuple[Path, Path]:
     """Pick-Style (cartoon) latents made by ``model`` from the 48 train captions under ``root / "latents"``;
-    returns ``(root, held-out captions file)``. ``precompute_extra``: more ``mapo-data precompute`` options."""
+    returns ``(root, held-out captions file)``. ``extra``: options of both ``mapo-data generate`` and
+    ``precompute`` (e.g. SD3's ``--max-sequence-length``)."""
     from stages.cli import app
     from world.scene import captions
 
@@ -27,10 +28,10 @@ def make_pick_style(root: Path, model: str, precompute_extra: tuple = ()) -> tup
     )
     for args in (
         ["generate", "--prompts", train, "--output", root / "pairs", "--model", model, *GEN,
-         "--recipe", "style", "--style", "cartoon", "--shard-size", "48", "--batch-size", "16"],
+         "--recipe", "style", "--style", "cartoon", "--shard-size", "48", "--batch-size", "16", *extra],
         ["label", "--input", root / "pairs", "--output", root / "labeled", "--target", "style"],
         ["precompute", "--input", root / "labeled", "--output", root / "latents", "--model", model,
-         "--resolution", "64", *precompute_extra],
+         "--resolution", "64", *extra],
     ):
         result = run_cli(app, args)
         assert result.exit_code == 0, result.output

@@ -24,6 +24,7 @@ class SD3(ModelFamily):
     pooled = True
     size_multiple = 16
     flow = True
+    has_t5 = True
     fit_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size", "num_layers",
                 "attention_head_dim", "num_attention_heads")
     max_sequence_length = DEFAULT_MAX_SEQUENCE_LENGTH

@@ -211,6 +211,22 @@ def check_resolution(model: str, resolution: int | None, flag: str = "--resoluti
                         f"multiples of {fam.size_multiple}")
 
 
+def check_t5_options(model: str, given: list[str]) -> None:
+    """Refuse T5 options (``given``: the flags set, e.g. ``["--max-sequence-length"]``) for a model whose family
+    has no T5 encoder (SD1.5, SDXL): they would be recorded in an output's identity while changing nothing.
+
+    Raises:
+        UserError: a flag in ``given`` and ``model`` is not of a family with T5 (``ModelFamily.has_t5``).
+    """
+    if not given:
+        return
+    fam = model_family_of(model)
+    if not fam.has_t5:
+        flags = " and ".join(given)
+        raise UserError(f"{flags} only apply to models with a T5 text encoder (SD3); '{model}' is {fam.name}, "
+                        f"which has none: leave {flags} out.")
+
+
 def unet_config(model: str) -> dict | None:
     """The denoiser config (``unet/config.json``, or ``transformer/config.json`` for a transformer family)
     of ``model``, read without loading weights; None for the in-memory architecture models (``sdxl-arch``).

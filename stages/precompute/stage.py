@@ -10,10 +10,10 @@ from pipeline.cli.options import options_record
 from pipeline.data.latent_shards import STAGE, check_model
 from pipeline.data.layouts import open_pairs
 from pipeline.data.shards import SPLIT, ShardedOutput, check_output_apart, read_manifest
-from pipeline.errors import UserError
 from pipeline.models.loading import (
     check_model_available,
     check_resolution,
+    check_t5_options,
     default_resolution,
     dtype_name,
     load_pipeline,
@@ -71,7 +71,8 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
     if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
         check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
         check_resolution(cfg.model, cfg.resolution)
-        _check_t5_options(cfg)
+        t5_given = {"--no-t5": not cfg.t5, "--max-sequence-length": cfg.max_sequence_length is not None}
+        check_t5_options(cfg.model, [flag for flag, on in t5_given.items() if on])
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,
@@ -85,21 +86,6 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
                             t.get("rejects", 0),
                             t.get("captions_encoded", 0), t.get("latent_bytes", 0), time.perf_counter() - t_start,
                             run.loop_seconds, shape.name, t.get("desirable", 0))
-
-
-def _check_t5_options(cfg: PrecomputeConfig) -> None:
-    """Refuse ``--no-t5`` / ``--max-sequence-length`` for a model whose family has no T5 encoder (SD1.5,
-    SDXL): they would be recorded in the output's identity while changing nothing in its latents.
-
-    Raises:
-        UserError: either option given for a model that is not SD3.
-    """
-    given = [flag for flag, on in (("--no-t5", not cfg.t5),
-                                   ("--max-sequence-length", cfg.max_sequence_length is not None)) if on]
-    fam = model_family_of(cfg.model) if given else None
-    if fam is not None and fam.name != "sd3":
-        raise UserError(f"{' and '.join(given)} only apply to SD3 models (their T5 text encoder); "
-                        f"'{cfg.model}' is {fam.name}, which has no T5: leave {' and '.join(given)} out.")
 
 
 def _warn_if_nothing_kept(summed: dict | None, root: Path, shape: InputShape) -> None:

@@ -20,13 +20,34 @@ def sd3_data(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("sd3")
     prompts = write_prompts(root / "prompts.txt", PROMPTS)
     for args in (["generate", "--prompts", prompts, "--output", root / "pairs", "--model", "tiny-sd3",
-                  "--resolution", "64", "--num-inference-steps", "2", "--device", "cpu"],
+                  "--resolution", "64", "--num-inference-steps", "2", "--device", "cpu", "--max-sequence-length", "16"],
                  ["label", "--input", root / "pairs", "--output", root / "lab", "--target", "style"],
                  ["precompute", "--input", root / "lab", "--output", root / "lat", "--model", "tiny-sd3",
                   "--resolution", "64", "--device", "cpu", "--max-sequence-length", "16"]):
         result = run_cli(data_app, args)
         assert result.exit_code == 0, result.output
     return root
+
+
+def test_generate_samples_with_the_t5_token_count_it_is_given(sd3_data, tmp_path):
+    """``generate --max-sequence-length`` is the pipeline's max_sequence_length: it changes the images (T5's
+    padding rows take part in the joint attention; same prompt, seed and batch otherwise) and is recorded in the
+    output's identity (a rerun at another count is refused)."""
+    from pipeline.data.images import decode_image
+    from tests.helpers import read_table
+
+    assert json.loads((sd3_data / "pairs" / "manifest.json").read_text())["identity"]["max_sequence_length"] == 16
+    prompts = write_prompts(tmp_path / "one.txt", PROMPTS[:1])
+    common = ["generate", "--prompts", prompts, "--model", "tiny-sd3", "--resolution", "64",
+              "--num-inference-steps", "2", "--device", "cpu"]
+    images = {}
+    for name, extra in (("default", []), ("short", ["--max-sequence-length", "4"])):
+        result = run_cli(data_app, [*common, "--output", tmp_path / name, *extra])
+        assert result.exit_code == 0, result.output
+        images[name] = decode_image(read_table(tmp_path / name).to_pylist()[0]["jpg_0"]).tobytes()
+    assert images["default"] != images["short"]
+    result = run_cli(data_app, [*common, "--output", tmp_path / "default", "--max-sequence-length", "4"])
+    assert result.exit_code == 2 and "max_sequence_length" in result.output, result.output
 
 
 def test_precompute_stores_sd3_conditioning(sd3_data):

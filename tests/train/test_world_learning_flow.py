@@ -2,10 +2,10 @@
 
 The Pick-Style experiment of test_world_learning.py (same captions, recipe, labels and judges; fixtures in
 tests/world_fixtures.py) on the SD3-family world: ``shapes-sd3`` (an MMDiT trained with rectified flow) makes
-its own pairs, ``precompute`` stores them with 8 zero T5 rows (the model serves any count; 8 keeps training
-cheap, and ``mapo-eval`` samples as the run was trained), ``mapo-train`` runs a short MaPO fine-tune on the
-velocity error, and ``mapo-eval`` asks the world's judges how often held-out plain captions now come out cartoon
-and whether colour, shape and position still follow the prompt.
+its own pairs and ``precompute`` stores them, both with 8 zero T5 rows (the model serves any count; 8 keeps
+generating and training cheap, and ``mapo-eval`` samples as the run was trained), ``mapo-train`` runs a short MaPO
+fine-tune on the velocity error, and ``mapo-eval`` asks the world's judges how often held-out plain captions now
+come out cartoon and whether colour, shape and position still follow the prompt.
 
 The flipped-preference case (the loss handed e_l as the chosen error and e_w as the rejected one) trains
 towards the rejected look and must fail (strict xfail, on the learning assertions only). Unlike shapes-sdxl's,

@@ -1,4 +1,5 @@
-"""FSDP2 on 2 CPU processes (gloo), launched as users launch it: `accelerate launch --use_fsdp --fsdp_version 2`.
+"""FSDP2 and DDP on 2 CPU processes (gloo), launched as users launch them: `accelerate launch --use_fsdp
+--fsdp_version 2` and `accelerate launch --multi_gpu`.
 
 accelerate would run plain DDP here (it enables FSDP on accelerators only); train/sharding.py switches its state
 to FSDP2, so these runs take accelerate's FSDP2 code paths: sharded weights, gradients, optimizer state and
@@ -65,7 +66,34 @@ def straight(tmp_path_factory, latents_sdxl):
     return out, proc.stdout
 
 
-def test_fsdp2_shards_records_its_engine_and_trains_like_ddp(straight, latents_sdxl, tmp_path):
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory, latents_sdxl):
+    """The same run under DDP (`accelerate launch --multi_gpu`); (output folder, stdout)."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    proc = _launch(DDP, train_args(latents_sdxl, out, "tiny-sdxl", STEPS, *ARGS))
+    return out, proc.stdout
+
+
+def test_ddp_splits_the_data_and_keeps_identical_weights(ddp):
+    """Two processes under DDP: each rank sees its own half of every step's pairs (disjoint; with 8 pairs and
+    8 pairs per step, every pair once a step) and both hold the same weights after every step."""
+    out, stdout = ddp
+    assert "engine ddp on 2 processes" in stdout
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["distributed"] == {"engine": "ddp", "num_processes": 2}
+    assert config["world_size"] == 2 and config["pairs_per_step"] == 8  # 2 processes x 2 micro-batches x 2 pairs
+    ranks = [[json.loads(line) for line in (out / "debug" / f"weights-rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert [row["step"] for row in ranks[0]] == [row["step"] for row in ranks[1]] == list(range(1, STEPS + 1))
+    for r0, r1 in zip(*ranks):
+        assert r0["checksum"] == r1["checksum"]  # identical weights after every step
+        assert len(r0["indices"]) == len(r1["indices"]) == 4 and not set(r0["indices"]) & set(r1["indices"])
+        assert len(set(r0["indices"]) | set(r1["indices"])) == 8  # the step's epoch covers every pair once
+    assert len({row["checksum"] for row in ranks[0]}) == STEPS  # and they change
+    assert (out / "unet").exists()
+
+
+def test_fsdp2_shards_records_its_engine_and_trains_like_ddp(straight, ddp):
     from diffusers import UNet2DConditionModel
 
     out, stdout = straight
@@ -83,12 +111,7 @@ def test_fsdp2_shards_records_its_engine_and_trains_like_ddp(straight, latents_s
     assert [r["checksum"] for r in ranks[0]] == [r["checksum"] for r in ranks[1]]
     assert len({r["checksum"] for r in ranks[0]}) == STEPS  # and they change
 
-    ddp = tmp_path / "ddp"
-    proc = _launch(DDP, train_args(latents_sdxl, ddp, "tiny-sdxl", STEPS, *ARGS))
-    assert "engine ddp on 2 processes" in proc.stdout
-    assert json.loads((ddp / "training_config.json").read_text())["distributed"] == {"engine": "ddp",
-                                                                                    "num_processes": 2}
-    a, b = _unet(out), _unet(ddp)
+    a, b = _unet(out), _unet(ddp[0])
     assert a.keys() == b.keys()
     from train.model_setup import load_base_unet_and_scheduler
 

@@ -41,16 +41,16 @@ def one_torch_thread():
 # pytest_configure below so that this order is the one the workers pull. Rough figures suffice: only the order
 # counts. A module not listed weighs nothing and keeps its collection order after these.
 HEAVY_MODULES = {
-    "tests/train/test_fsdp.py": 250,
-    "tests/train/test_world_learning.py": 125,
+    "tests/train/test_fsdp.py": 280,
+    "tests/train/test_world_learning.py": 110,
     "tests/stages/test_generate.py": 120,
-    "tests/train/test_world_learning_flow.py": 85,
+    "tests/train/test_world_learning_flow.py": 55,
     "tests/bench/test_estimate.py": 75,
     "tests/pipeline/test_world_flow.py": 70,
     "tests/stages/test_label.py": 60,
     "tests/stages/test_precompute.py": 55,
     "tests/bench/test_bench.py": 50,
-    "tests/train/test_checkpoint.py": 50,
+    "tests/train/test_checkpoint.py": 25,
     "tests/stages/test_reward_label.py": 30,
     "tests/train/test_bf16_weights.py": 25,
     "tests/pipeline/test_world_model.py": 20,

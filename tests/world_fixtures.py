@@ -40,19 +40,20 @@ def make_pick_style(root: Path, model: str, extra: tuple = ()) -> tuple[Path, Pa
 
 def train_and_judge(root: Path, held: Path, model: str, name: str, train: list, eval_seeds: int = 2) -> dict:
     """Train (``mapo-train`` with ``train`` options) on ``root / "latents"``, evaluate against the base on the
-    held-out captions; ``{metric: {"base" | "trained": rate}}``."""
+    held-out captions; ``{metric: {"base" | "trained": rate}}``. Every run of a world is evaluated into one
+    ``mapo-eval`` folder, ``root / "eval"``, as a user compares runs: the base's images are made once."""
     from evaluation.cli import app as eval_app
     from train.cli import app as train_app
 
     run = root / f"run-{name}"
     result = run_cli(train_app, ["--data", root / "latents", "--model", model, "--output-dir", run, *train])
     assert result.exit_code == 0, result.output
-    result = run_cli(eval_app, ["--candidate", run, "--prompts", held, "--output", root / f"eval-{name}", *GEN,
+    result = run_cli(eval_app, ["--candidate", run, "--prompts", held, "--output", root / "eval", *GEN,
                                 "--metrics", "world-style,world-prompt", "--style", "cartoon", "--seeds",
-                                str(eval_seeds), "--batch-size", "24", "--overwrite"])
+                                str(eval_seeds), "--batch-size", "24"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((root / f"eval-{name}" / "summary.json").read_text())
-    return {m: {("base" if k == "base" else "trained"): v["rate"] for k, v in s["per_model"].items()}
+    summary = json.loads((root / "eval" / "summary.json").read_text())
+    return {m: {"base": s["per_model"]["base"]["rate"], "trained": s["per_model"][run.name]["rate"]}
             for m, s in summary["metrics"].items()}
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import BIN, run_cli
+from tests.helpers import ACCELERATE_LAUNCH, BIN, run_cli
 from tests.train.conftest import train_args
 from train.cli import app
 
@@ -41,7 +41,7 @@ def _env():
 
 
 def _launch_cmd(engine: tuple, args) -> list[str]:
-    return [str(BIN / "accelerate"), "launch", *engine, "--num_processes", "2", "--num_machines", "1",
+    return [*ACCELERATE_LAUNCH, *engine, "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
             str(BIN / "mapo-train"), *map(str, args)]
 

@@ -83,6 +83,9 @@ class TrainConfig:
         "kto: weight of the desirable examples' loss (Diffusion-KTO's lambda_D)."))
     kto_lambda_undesirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
         "kto: weight of the undesirable examples' loss (Diffusion-KTO's lambda_U)."))
+    sft_weight: float = option(0.0, check=at_least(0), panel=P_OBJ, help=(
+        "dpo: add this weight times the chosen images' denoising error (an SFT term, as TRL's rpo_alpha) to the "
+        "loss; 0: none."))
     mapo_a: float = option(0.5, check=positive, hidden=True, panel=P_OBJ, help=(
         "MaPO's s(e) constant; fixed upstream, exposed for ablations only."))
     max_steps: int | None = option(None, check=positive, panel=P_LEN, help=(
@@ -217,6 +220,10 @@ class TrainConfig:
         """
         check_options(self)
         self._validate_inputs()
+        if self.sft_weight and not self.spec.takes_sft_term:
+            takers = ", ".join(sp.name for sp in objectives.specs() if sp.takes_sft_term)
+            raise UserError(f"--sft-weight applies to --objective {takers} (a pair objective without an SFT term of "
+                            f"its own), not --objective {self.objective}; leave it out.")
         if self.is_lora and self.lora_target_modules is not None and not self.lora_target_modules:
             raise UserError("--lora-target-modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0) "
                             "or leave it out for the model family's.")

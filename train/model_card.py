@@ -97,11 +97,13 @@ def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, 
     No absolute path of the machine that trained it: local paths (base model, data) are written relative to
     ``output_dir``, a built-in model through mapo-tools' resolver, a hub id as it is."""
     lora = config["lora_rank"] > 0
-    keys = ("objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "learning_rate", "lr_scheduler",
+    keys = ("objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "sft_weight", "learning_rate",
+            "lr_scheduler",
             "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "world_size", "total_steps",
             "max_grad_norm", "mixed_precision", "lora_rank", "lora_alpha", "lora_target_modules",
             "gradient_checkpointing", "use_8bit_adam", "seed")
-    hp = "\n".join(f"| {k} | {config.get(k)} |" for k in keys if k in config)
+    shown = [k for k in keys if k in config and not (k == "sft_weight" and not config[k])]  # only when added
+    hp = "\n".join(f"| {k} | {config.get(k)} |" for k in shown)
     metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final_metrics.items())) or "| (none) | |"
     from pipeline.families import get_family
 

@@ -61,6 +61,8 @@ class ObjectiveSpec:
             the run's :class:`train.step.Objective` (beta and the other hyperparameters).
         uses_rejected: the rejected image of a pair is run through the model (SFT: chosen only).
         warning: ``warning(beta, learning_rate) -> str | None``, said once at start-up (KTO's saturation).
+        takes_sft_term: ``--sft-weight`` may add an SFT term on the chosen images (:func:`with_sft_term`): a
+            pair objective without one of its own (DPO; MaPO's loss and SFT already are one).
     """
 
     name: str
@@ -72,6 +74,7 @@ class ObjectiveSpec:
     loss: Callable[[Terms, object], LossOutput]
     uses_rejected: bool = True
     warning: Callable[[float, float], str | None] | None = None
+    takes_sft_term: bool = False
 
     def __post_init__(self):
         if self.reads not in READS:
@@ -124,6 +127,27 @@ def beta_help() -> str:
     """``--beta``'s help: the default of every objective that has one."""
     defaults = ", ".join(f"{s.default_beta:g} for {s.name}" for s in specs() if s.default_beta is not None)
     return f"Preference strength: default {defaults}."
+
+
+def with_sft_term(out: LossOutput, terms: Terms, weight: float) -> LossOutput:
+    """``out`` with an SFT term on the chosen images added: ``loss + weight * mean(e_w)``, where ``e_w`` ``[B]`` is
+    the first half of ``terms.e`` (the chosen images' denoising errors); logged as ``sft_term`` (= mean(e_w)).
+
+    The pair-objective counterpart of TRL's ``DPOTrainer(rpo_alpha=...)`` (Pang et al. 2024, arXiv 2404.19733:
+    DPO plus the chosen responses' NLL), with the denoising error standing in for the NLL as in SFT
+    (:func:`train.losses.sft_loss`). :meth:`train.step.Objective.loss` calls it for a non-zero weight only.
+
+    Raises:
+        ValueError: ``terms.e`` does not hold chosen then rejected errors (an odd number of entries), or ``out``
+            already logs an ``sft_term`` (MaPO's loss has one of its own).
+    """
+    if terms.e.shape[0] % 2:
+        raise ValueError(f"an SFT term needs [chosen..., rejected...] errors, got {terms.e.shape[0]} entries")
+    if "sft_term" in out.metrics:
+        raise ValueError("the objective's loss has an SFT term of its own (metric sft_term)")
+    e_w = terms.e.chunk(2)[0].mean()
+    return LossOutput(loss=out.loss + weight * e_w, metrics={**out.metrics, "sft_term": e_w.detach().float()},
+                      has_signal=out.has_signal)
 
 
 def desirable_labels(batch: dict) -> Tensor:
@@ -181,7 +205,8 @@ register(ObjectiveSpec(
     "mapo", "reference-free", "MaPO (margin-aware preference optimization, arXiv 2406.06424)",
     default_beta=0.1, needs_reference=False, reads="pairs", loss=_mapo))
 register(ObjectiveSpec(
-    "dpo", "Diffusion-DPO", "Diffusion-DPO", default_beta=5000.0, needs_reference=True, reads="pairs", loss=_dpo))
+    "dpo", "Diffusion-DPO", "Diffusion-DPO", default_beta=5000.0, needs_reference=True, reads="pairs", loss=_dpo,
+    takes_sft_term=True))
 register(ObjectiveSpec(
     "sft", "chosen images only", "SFT on the chosen images", default_beta=None, needs_reference=False,
     reads="pairs", loss=_sft, uses_rejected=False))

@@ -28,7 +28,8 @@ DEBUG_DIR = "debug"
 # What a fresh (non-resumed) run may replace with --overwrite: only files this trainer writes.
 OWNED = ("checkpoints", "unet", LORA_WEIGHTS, METRICS_FILE, TRAINING_CONFIG, "README.md", VALIDATION_DIR, "logs",
          DEBUG_DIR)
-MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "lora_rank",
+MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "sft_weight",
+                        "lora_rank",
                         "lora_alpha", "lora_target_modules", "batch_size",
                         "gradient_accumulation_steps", "seed", "data_fingerprint",
                         "spo",  # spo: its sampler, pairing and preference-model settings (train/spo.py)

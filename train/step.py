@@ -37,6 +37,7 @@ class Objective:
     kto_lambda_desirable: float = 1.0
     kto_lambda_undesirable: float = 1.0
     spo_clip: float = 0.1
+    sft_weight: float = 0.0  # an SFT term on the chosen images added to the loss (objectives that take one: dpo)
 
     @property
     def spec(self) -> objectives.ObjectiveSpec:
@@ -57,8 +58,11 @@ class Objective:
         return self.spec.reads == "examples"
 
     def loss(self, terms: Terms) -> LossOutput:
-        """The declared loss (:attr:`train.objectives.ObjectiveSpec.loss`) of ``terms`` under this run's values."""
-        return self.spec.loss(terms, self)
+        """The declared loss (:attr:`train.objectives.ObjectiveSpec.loss`) of ``terms`` under this run's values,
+        plus ``sft_weight`` times the chosen images' mean error when it is set (:func:`train.objectives.with_sft_term`).
+        """
+        out = self.spec.loss(terms, self)
+        return objectives.with_sft_term(out, terms, self.sft_weight) if self.sft_weight else out
 
 
 def step_generator(seed: int, step: int, rank: int, micro_step: int) -> torch.Generator:

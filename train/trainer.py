@@ -120,7 +120,7 @@ class Trainer:
         self.base_pipe = self.source.pipe
         self.objective = Objective(cfg.objective, cfg.resolved_beta, self.models.num_train_timesteps,
                                    self.models.prediction_type, cfg.mapo_a, cfg.kto_lambda_desirable,
-                                   cfg.kto_lambda_undesirable, cfg.spo_clip)
+                                   cfg.kto_lambda_undesirable, cfg.spo_clip, cfg.sft_weight)
         # The last step of an epoch takes the micro-batches left (train.data.micro_batches_this_step).
         steps_per_epoch = optimizer_steps_per_epoch(self.source.steps_per_epoch, cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.num_epochs * steps_per_epoch

@@ -92,11 +92,55 @@ def caption_file(out: Path, split: str, prefix: str | None, repeat: int = 1) -> 
     return path
 
 
+class Sittings:
+    """The study's sittings, in ``sittings.json`` (a list): per sitting its start (UTC), commit, ``--jobs``, wall
+    seconds and CPU seconds, user + system, of the commands it ran to their end (``getrusage(RUSAGE_CHILDREN)``:
+    every mapo-data / mapo-train / mapo-eval process). :meth:`update` rewrites this sitting's entry after each
+    finished step, so a sitting that is killed keeps what it measured up to its last finished cell; a command
+    killed midway is not counted (its cell is redone, and counted, in a later sitting)."""
+
+    FILE = "sittings.json"
+
+    def __init__(self, out: Path, jobs: int, commit: str):
+        self.path, self.t0, self._lock = out / self.FILE, time.perf_counter(), threading.Lock()
+        self.index = len(self.read(out))
+        self.entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit, "jobs": jobs}
+        self.update()
+
+    @classmethod
+    def read(cls, out: Path) -> list[dict]:
+        path = out / cls.FILE
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def update(self) -> None:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with self._lock:
+            rows = self.read(self.path.parent)[: self.index]
+            rows.append({**self.entry, "wall_seconds": round(time.perf_counter() - self.t0, 1),
+                         "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1)})
+            tmp = self.path.with_name(f".{self.FILE}.{os.getpid()}")
+            tmp.write_text(json.dumps(rows, indent=1) + "\n")
+            os.replace(tmp, self.path)
+
+    @classmethod
+    def total(cls, out: Path) -> dict:
+        """``{"sittings", "cpu_seconds", "wall_seconds"}`` summed over every sitting so far."""
+        rows = cls.read(out)
+        return {"sittings": len(rows), "cpu_seconds": round(sum(r["cpu_seconds"] for r in rows), 1),
+                "wall_seconds": round(sum(r["wall_seconds"] for r in rows), 1)}
+
+
 class Study:
-    def __init__(self, out: Path, jobs: int):
-        self.out, self.jobs, self.run = out, jobs, Runner(out)
+    def __init__(self, out: Path, jobs: int, sittings: Sittings | None = None):
+        self.out, self.jobs, self.run, self.sittings = out, jobs, Runner(out), sittings
         self._locks: dict[Path, threading.Lock] = {}
         self._guard = threading.Lock()
+
+    def _finished_step(self) -> None:
+        if self.sittings is not None:
+            self.sittings.update()
 
     def lock(self, path: Path) -> threading.Lock:
         with self._guard:
@@ -118,6 +162,7 @@ class Study:
                 self.run(f"{tag}: precompute", "mapo-data", "precompute", "--input", root / "labeled", "--output",
                          root / "latents", "--model", P.MODEL, "--resolution", SAMPLING[1])
                 done.write_text(json.dumps({"dataset": name, "seed": seed}) + "\n")
+                self._finished_step()
         return root / "latents"
 
     def logged(self, key: str, log: Path, *args) -> tuple[int, str]:
@@ -211,6 +256,7 @@ class Study:
                   **trace}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
+        self._finished_step()
         return result
 
     def map(self, fn, items: list) -> list:
@@ -398,13 +444,14 @@ def main(argv: list[str] | None = None) -> Path:
         tmp.write_text(json.dumps(protocol(), indent=1) + "\n")
         os.replace(tmp, saved)
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
-    study = Study(out, args.jobs)
     sweep = sweep_cells(datasets)
     if args.plan:
         done = sum(c.result_file(out).is_file() for c in sweep)
         print(f"sweep: {len(sweep)} cells ({done} finished); then per dataset the picked setting x "
               f"{len(P.FINAL_SEEDS)} seeds x {len(P.SWEEP)} methods, {len(P.SHARED)} shared cells and the ablations")
         return out
+    prov = provenance()
+    study = Study(out, args.jobs, Sittings(out, args.jobs, prov["commit"]))
     t0 = time.perf_counter()
     study.map(lambda key: study.data(*key), [(d, s) for d in datasets for s in P.SWEEP_SEEDS])
     sweep_results = study.map(study.cell, sweep)
@@ -415,11 +462,13 @@ def main(argv: list[str] | None = None) -> Path:
     results = study.map(study.cell, final_cells(datasets, picks, sft_term))
     from fidelity_full_report import write_report
 
-    doc = {"protocol": protocol(), "provenance": provenance(), "cells": results, "sweep": sweep_results,
+    study.sittings.update()
+    doc = {"protocol": protocol(), "provenance": prov, "cells": results, "sweep": sweep_results,
            "picks": {d: {m: v["picked"] for m, v in p.items()} for d, p in picks.items()},
            "ablations_not_run": ablations_not_run(datasets, picks, sft_term),
            "pooled": pooled(out, results), "paired": paired(out, results),
-           "seconds_this_sitting": round(time.perf_counter() - t0, 1), "timings": study.run.timings}
+           "seconds_this_sitting": round(time.perf_counter() - t0, 1), "timings": study.run.timings,
+           "cpu": Sittings.total(out), "sittings": Sittings.read(out)}
     (out / "fidelity-full.json").write_text(json.dumps(doc, indent=1) + "\n")
     report = write_report(out, doc, picks)
     print(f"fidelity-full: {report}")

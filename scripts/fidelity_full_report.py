@@ -28,6 +28,19 @@ def _finite(x: dict) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x["mean"], x["low"], x["high"]))
 
 
+def _cpu_line(doc: dict) -> list[str]:
+    """The study's total CPU time over its sittings (``Sittings`` in scripts/fidelity_full.py), and their commits."""
+    cpu, rows = doc.get("cpu"), doc.get("sittings") or []
+    if not cpu or not rows:
+        return ["CPU time: not recorded (a study begun before sittings.json was kept)."]
+    commits = sorted({r["commit"][:12] for r in rows if r.get("commit")})
+    return [f"Total CPU time {cpu['cpu_seconds'] / 3600:.1f} h (user + system of every command run to its end) in "
+            f"{cpu['sittings']} sitting(s), {cpu['wall_seconds'] / 3600:.1f} h of wall time at "
+            f"{', '.join(str(j) for j in sorted({r['jobs'] for r in rows}))} cell(s) at a time; commit(s) "
+            f"{', '.join(f'`{c}`' for c in commits)}" + (" (one per sitting in sittings.json: a cell was made by the "
+            "commit of the sitting that finished it)" if len(commits) > 1 else "") + "."]
+
+
 def write_report(out: Path, doc: dict, picks: dict) -> Path:
     """Write ``out/report.md``: provenance, the rule, per dataset the sweep (validation), the held-out rows with
     their seeds, the paired differences, the ablations and every run's sanity line. Returns its path."""
@@ -35,7 +48,7 @@ def write_report(out: Path, doc: dict, picks: dict) -> Path:
     lines = ["# Fidelity, full protocol: tuned baselines, several seeds, paired differences", "",
              f"Made by `{prov['command']}` on commit `{prov['commit'][:12]}`"
              f"{' (with uncommitted changes)' if prov['dirty'] else ''}; base model `{proto['model']}`; "
-             f"{doc['seconds_this_sitting'] / 60:.1f} min in the last sitting.", "",
+             f"{doc['seconds_this_sitting'] / 60:.1f} min in the last sitting.", "", *_cpu_line(doc), "",
              f"Rule, fixed before the runs: {proto['rule']}.", ""]
     for d in sorted({r["dataset"] for r in doc["sweep"]}):
         target = next(r for r in doc["sweep"] if r["dataset"] == d)

@@ -118,3 +118,27 @@ def test_the_ablations_not_run_are_said_with_their_reason(tmp_path):
     text = R.write_report(tmp_path, doc, picks).read_text()
     assert ("Ablations not run: dpo+sft: mapo-train has no SFT term to add to DPO (no --sft-weight option); every "
             "ablation: no tuned dpo setting to start from.") in text
+
+
+def test_sittings_add_up_the_cpu_time_of_every_sitting_and_keep_a_killed_ones(tmp_path, monkeypatch):
+    """Each sitting's CPU time (RUSAGE_CHILDREN, user + system) is rewritten after every finished step, so a sitting
+    killed after its last cell keeps it; the report sums every sitting's and names their commits."""
+    import resource
+    from types import SimpleNamespace
+
+    used = iter([(1.0, 0.5), (3000.0, 600.0), (0.0, 0.0), (1800.0, 0.0)])  # (user, system) at each update
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(**dict(zip(("ru_utime", "ru_stime"),
+                                                                                        next(used)))))
+    first = F.Sittings(tmp_path, 2, "a" * 40)
+    first.update()  # after its last finished cell; then killed: no more updates
+    second = F.Sittings(tmp_path, 1, "b" * 40)
+    second.update()
+    rows = F.Sittings.read(tmp_path)
+    assert [(r["commit"][0], r["jobs"], r["cpu_seconds"]) for r in rows] == [("a", 2, 3600.0), ("b", 1, 1800.0)]
+    total = F.Sittings.total(tmp_path)
+    assert total["sittings"] == 2 and total["cpu_seconds"] == 5400.0
+    line = R._cpu_line({"cpu": total, "sittings": rows})[0]
+    assert line.startswith("Total CPU time 1.5 h") and "in 2 sitting(s)" in line and "at 1, 2 cell(s)" in line
+    assert "commit(s) `aaaaaaaaaaaa`, `bbbbbbbbbbbb` (one per sitting" in line
+    assert R._cpu_line({})[0].startswith("CPU time: not recorded")
+    assert [p.name for p in tmp_path.iterdir()] == ["sittings.json"]  # no temporary file left

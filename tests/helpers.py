@@ -41,14 +41,14 @@ def write_prompts(path: Path, prompts: list[str]) -> Path:
     return path
 
 
-# `accelerate launch` as a module: the same launch_command_parser and launch_command that the `accelerate` console
-# script's `launch` subcommand runs, without that script importing every other subcommand first (`estimate` pulls in
+# accelerate's `accelerate-launch` console script: the same launch_command_parser and launch_command as
+# `accelerate launch`, without the `accelerate` script importing every other subcommand first (`estimate` pulls in
 # transformers, timm and torchvision: ~4.5 s of each launch on this machine).
-ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
+ACCELERATE_LAUNCH = [str(BIN / "accelerate-launch")]
 
 
 def run_accelerate(script: str, args: list, num_processes: int = 2, env: dict | None = None, timeout: int = 300):
-    """Run a console script under ``accelerate launch`` with several CPU processes.
+    """Run a console script under ``accelerate-launch`` (= ``accelerate launch``) with several CPU processes.
 
     ``accelerate launch --cpu --num_processes N`` silently starts ONE process (the simple
     launcher); several CPU processes need the distributed launcher plus ACCELERATE_USE_CPU.

@@ -223,7 +223,8 @@ def check_t5_options(model: str, given: list[str]) -> None:
     fam = model_family_of(model)
     if not fam.has_t5:
         flags = " and ".join(given)
-        raise UserError(f"{flags} only apply to models with a T5 text encoder (SD3); '{model}' is {fam.name}, "
+        verb = "applies" if len(given) == 1 else "apply"
+        raise UserError(f"{flags} {verb} only to models with a T5 text encoder (SD3); '{model}' is {fam.name}, "
                         f"which has none: leave {flags} out.")
 
 

@@ -212,7 +212,7 @@ def test_two_processes_under_accelerate_equal_one(tmp_path):
          "--images-per-prompt must be at least 2, got 1"),
         ("candidates of a style pair", ["--recipe", "style", "--images-per-prompt", "4"],
          "--images-per-prompt 4 needs --recipe seeds"),
-        ("t5 length on sdxl", ["--max-sequence-length", "8"], "--max-sequence-length only apply to models with a T5"),
+        ("t5 length on sdxl", ["--max-sequence-length", "8"], "--max-sequence-length applies only to models with a T5"),
         ("zero t5 length", ["--model", "tiny-sd3", "--max-sequence-length", "0"], "--max-sequence-length must be"),
     ],
 )

@@ -273,7 +273,7 @@ def test_rerun_skips_and_other_config_refused(tmp_path):
         ("bad storage", ["--storage-dtype", "fp8"], "Unknown --storage-dtype 'fp8'"),
         ("bad resolution", ["--resolution", "65"], "multiple of 8"),
         ("unknown model", ["--model", "no-such-org/no-such-model"], "was not found"),
-        ("no-t5 on sdxl", ["--no-t5", "--max-sequence-length", "8"], "--no-t5 and --max-sequence-length only apply"),
+        ("no-t5 on sdxl", ["--no-t5", "--max-sequence-length", "8"], "--no-t5 and --max-sequence-length apply only"),
         ("t5 length on sd15", ["--model", "tiny-sd15", "--max-sequence-length", "8"], "'tiny-sd15' is sd15"),
         ("unpaired label 2", ["--input", "{tmp}/unpaired-2"], "column label holds 2 (row 1)"),
         ("unpaired null label", ["--input", "{tmp}/unpaired-null"], "column label holds None (row 0)"),

@@ -98,9 +98,8 @@ def write_model_card(output_dir: str | Path, config: dict, final_metrics: dict, 
     ``output_dir``, a built-in model through mapo-tools' resolver, a hub id as it is."""
     lora = config["lora_rank"] > 0
     keys = ("objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "sft_weight", "learning_rate",
-            "lr_scheduler",
-            "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "world_size", "total_steps",
-            "max_grad_norm", "mixed_precision", "lora_rank", "lora_alpha", "lora_target_modules",
+            "lr_scheduler", "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "world_size",
+            "total_steps", "max_grad_norm", "mixed_precision", "lora_rank", "lora_alpha", "lora_target_modules",
             "gradient_checkpointing", "use_8bit_adam", "seed")
     shown = [k for k in keys if k in config and not (k == "sft_weight" and not config[k])]  # only when added
     hp = "\n".join(f"| {k} | {config.get(k)} |" for k in shown)

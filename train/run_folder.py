@@ -29,8 +29,7 @@ DEBUG_DIR = "debug"
 OWNED = ("checkpoints", "unet", LORA_WEIGHTS, METRICS_FILE, TRAINING_CONFIG, "README.md", VALIDATION_DIR, "logs",
          DEBUG_DIR)
 MUST_MATCH_ON_RESUME = ("model", "objective", "beta", "kto_lambda_desirable", "kto_lambda_undesirable", "sft_weight",
-                        "lora_rank",
-                        "lora_alpha", "lora_target_modules", "batch_size",
+                        "lora_rank", "lora_alpha", "lora_target_modules", "batch_size",
                         "gradient_accumulation_steps", "seed", "data_fingerprint",
                         "spo",  # spo: its sampler, pairing and preference-model settings (train/spo.py)
                         # the optimizer state's layout: in backward or not; fp32 or bf16 weights

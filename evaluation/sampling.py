@@ -36,10 +36,13 @@ class ModelSwitch:
 
     def use(self, cand: TrainingOutput | None) -> None:
         """Put ``cand``'s weights in (None: the base model as loaded); a candidate trained without T5 samples
-        without it (``text_encoder_3=None``: zeros where T5 goes, as its latents had)."""
+        without it (the family's optional T5 set to None, SD3's ``text_encoder_3``: zeros where T5 goes, as its
+        latents had)."""
         pipe = self.pipe
-        if cand is not None and cand.t5 is False:
-            self.t5, pipe.text_encoder_3 = pipe.text_encoder_3, None
+        if cand is not None and cand.t5 is False and self.family.optional_t5:
+            encoder = self.family.optional_t5[0]
+            self.t5 = getattr(pipe, encoder)
+            setattr(pipe, encoder, None)
         if cand is not None and cand.kind == "unet":
             self.family.set_denoiser(pipe, load_unet(cand, self.base_unet.dtype).to(pipe.device).eval())
         elif cand is not None:
@@ -50,8 +53,9 @@ class ModelSwitch:
     def restore(self, cand: TrainingOutput | None) -> None:
         if cand is None:
             return
-        if cand.t5 is False:
-            self.pipe.register_modules(text_encoder_3=self.t5)  # back in the pipeline and its config
+        if cand.t5 is False and self.family.optional_t5:
+            # back in the pipeline and its config
+            self.pipe.register_modules(**{self.family.optional_t5[0]: self.t5})
             self.t5 = None
         if cand.kind == "unet":
             self.family.set_denoiser(self.pipe, self.base_unet)

@@ -112,7 +112,7 @@ def check_data_matches_model(ds: LatentDataset, model: str, unet_family: str, un
 
     family = get_family(unet_family)
     # Latents made without T5 (precompute --no-t5) are trained and sampled without it.
-    no_t5 = ("text_encoder_3", "tokenizer_3") if ds.info.get("t5") is False else ()
+    no_t5 = (family.optional_t5 or ()) if ds.info.get("t5") is False else ()
     pipe = load_pipeline(model, vae=ds.info.get("vae"), device="cpu", dtype="fp32",
                          skip=(family.denoiser_dir, *no_t5))
     check_model(ds, vae=pipe.vae, text_encoders=family.encoder_modules(pipe))

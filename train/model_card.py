@@ -51,8 +51,8 @@ def _load_snippet(model: str, family: str, lora: bool, output_dir: str | Path, t
     fam = get_family(family)
     pipe_cls, den_cls, den = fam.pipeline_class, fam.denoiser_class, fam.denoiser_dir
     source, extra_import, note = _pretrained_source(model, output_dir)
-    if t5 is False:
-        source += ", text_encoder_3=None, tokenizer_3=None"
+    if t5 is False and fam.optional_t5:
+        source += "".join(f", {component}=None" for component in fam.optional_t5)
         note = note or "  # no T5: trained on latents made without it (zeros where T5 goes)"
     if lora:
         return (f"from diffusers import {pipe_cls}\n{extra_import}\npipe = {pipe_cls}.from_pretrained({source}){note}\n"

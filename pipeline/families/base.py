@@ -30,9 +30,11 @@ class ModelFamily:
     time_ids: ClassVar[bool] = False  # "add_time_ids" [B, 6] (SDXL's micro-conditioning)
     size_multiple: ClassVar[int] = 8  # image sides: the VAE's /8, times the transformer's patch size
     flow: ClassVar[bool] = False  # rectified flow (True) or DDPM (False)
-    # A T5 text encoder whose token count is a choice (``--max-sequence-length``) and which can be left out
-    # (``--no-t5``, zeros in its place), as SD3's pipeline allows.
-    has_t5: ClassVar[bool] = False
+    # A T5 text encoder: its default token count when the count is a choice (``--max-sequence-length``; None: no
+    # such encoder), and the (encoder, tokenizer) components when it can be left out (``--no-t5``: zeros in its
+    # place, as StableDiffusion3Pipeline with text_encoder_3=None; None: it cannot).
+    max_sequence_length: ClassVar[int | None] = None
+    optional_t5: ClassVar[tuple[str, str] | None] = None
     # Denoiser config keys a trained denoiser or LoRA must share with the pipeline it is put into.
     fit_keys: ClassVar[tuple[str, ...]] = ()
     # The denoiser's modules ``mapo-train --lora-rank`` adapts by default (peft ``target_modules``: a name matches

@@ -211,21 +211,33 @@ def check_resolution(model: str, resolution: int | None, flag: str = "--resoluti
                         f"multiples of {fam.size_multiple}")
 
 
+T5_FLAGS = ("--max-sequence-length", "--no-t5")
+
+
 def check_t5_options(model: str, given: list[str]) -> None:
-    """Refuse T5 options (``given``: the flags set, e.g. ``["--max-sequence-length"]``) for a model whose family
-    has no T5 encoder (SD1.5, SDXL): they would be recorded in an output's identity while changing nothing.
+    """Refuse T5 options (``given``: the flags of :data:`T5_FLAGS` set) that ``model``'s family cannot honour:
+    ``--max-sequence-length`` without a T5 encoder (SD1.5, SDXL; ``ModelFamily.max_sequence_length`` None),
+    ``--no-t5`` where T5 cannot be left out (``ModelFamily.optional_t5`` None). Honoured or not, they would be
+    recorded in an output's identity, so one that changes nothing is refused.
 
     Raises:
-        UserError: a flag in ``given`` and ``model`` is not of a family with T5 (``ModelFamily.has_t5``).
+        UserError: a flag in ``given`` the family of ``model`` does not take.
     """
     if not given:
         return
+    from pipeline.families import FAMILIES
+
     fam = model_family_of(model)
-    if not fam.has_t5:
-        flags = " and ".join(given)
-        verb = "applies" if len(given) == 1 else "apply"
-        raise UserError(f"{flags} {verb} only to models with a T5 text encoder (SD3); '{model}' is {fam.name}, "
-                        f"which has none: leave {flags} out.")
+    takes = {"--max-sequence-length": lambda f: f.max_sequence_length is not None,
+             "--no-t5": lambda f: f.optional_t5 is not None}
+    refused = [flag for flag in given if not takes[flag](fam)]
+    if refused:
+        flags = " and ".join(refused)
+        verb = "applies" if len(refused) == 1 else "apply"
+        able = ", ".join(f.name for f in FAMILIES if all(takes[flag](f) for flag in refused))
+        why = "which has none" if fam.max_sequence_length is None else "whose T5 cannot be left out"
+        raise UserError(f"{flags} {verb} only to models with a T5 text encoder ({able}); '{model}' is {fam.name}, "
+                        f"{why}: leave {flags} out.")
 
 
 def unet_config(model: str) -> dict | None:

@@ -54,9 +54,14 @@ class TrainingOutput:
         return {"max_sequence_length": self.max_sequence_length} if self.max_sequence_length else {}
 
     def skipped_components(self) -> tuple[str, ...]:
-        """Pipeline components to leave out (``text_encoder_3``/``tokenizer_3`` for a model trained on
-        ``precompute --no-t5`` latents: StableDiffusion3Pipeline then puts zeros where T5 goes, as in training)."""
-        return ("text_encoder_3", "tokenizer_3") if self.t5 is False else ()
+        """Pipeline components to leave out: the family's optional T5 (SD3: ``text_encoder_3``/``tokenizer_3``) for
+        a model trained on ``precompute --no-t5`` latents (the pipeline then puts zeros where T5 goes, as in
+        training); else none."""
+        if self.t5 is not False or not self.family:
+            return ()
+        from pipeline.families import get_family
+
+        return get_family(self.family).optional_t5 or ()
 
     def fingerprint(self) -> str:
         """Size and mtime of the weights: a retrained folder is not mistaken for the old one."""
@@ -104,7 +109,10 @@ def text_encoding_of(config: dict) -> tuple[bool | None, int | None]:
     """``(t5, max_sequence_length)`` an SD3 run's training text was encoded with: from its ``data_info`` when
     recorded there, else from the manifest of its latent folder (``data``) when that folder is still there;
     ``(None, None)`` when neither says (or the model has no T5)."""
-    if config.get("family") != "sd3":
+    from pipeline.families import BY_NAME
+
+    fam = BY_NAME.get(config.get("family"))
+    if fam is None or fam.max_sequence_length is None:
         return None, None
     info = config.get("data_info") or {}
     if "t5" not in info and "max_sequence_length" not in info and config.get("data"):

@@ -295,6 +295,6 @@ def describe_encoders(pipe, cfg: PrecomputeConfig, dtype, vae_dtype, shape: Inpu
         "shift_factor": getattr(pipe.vae.config, "shift_factor", None),
         "components": describe_models(pipe.vae, encoders),
         **({"max_sequence_length": text_shape[0] - pipe.tokenizer.model_max_length, "t5": cfg.t5}
-           if family.has_t5 else {}),
+           if family.max_sequence_length is not None else {}),
     }
 

@@ -119,7 +119,7 @@ class _PrecomputeShards:
         if not (todo or (proc.is_main and self.previous is None)):
             return
         fam = model_family_of(cfg.model)
-        skip = (fam.denoiser_dir,) + (() if cfg.t5 or not fam.has_t5 else ("text_encoder_3", "tokenizer_3"))
+        skip = (fam.denoiser_dir,) + (() if cfg.t5 or fam.optional_t5 is None else fam.optional_t5)
         self.pipe = pipe = load_pipeline(cfg.model, vae=cfg.vae, dtype=self.dtype, device=self.device, skip=skip)
         if pipe.vae.dtype != self.vae_dtype:
             cast_quietly(pipe.vae, self.vae_dtype)

@@ -134,3 +134,27 @@ def test_rectified_flow_sigma_sampling_is_logit_normal_through_the_shift():
     uniform = RectifiedFlow(sched, FlowSampling(weighting_scheme="none")).draw((20000, 1, 1, 1),
                                                                                torch.Generator().manual_seed(0))[1]
     assert uniform.median().item() == pytest.approx(0.75, abs=0.02) and uniform.min() < 0.05
+
+
+def test_t5_options_follow_what_the_family_declares(monkeypatch):
+    """``--max-sequence-length`` needs a T5 whose token count is a choice, ``--no-t5`` one that can be left out:
+    SD3 takes both; SDXL neither; a family whose T5 is required (as Flux's ``text_encoder_2``) takes only the
+    first, refused for the second by its own declaration, not by a family name."""
+    from pipeline.errors import UserError
+    from pipeline.models import loading
+
+    loading.check_t5_options("tiny-sd3", ["--max-sequence-length", "--no-t5"])
+    with pytest.raises(UserError, match="--max-sequence-length and --no-t5 apply only to models with a T5 text "
+                                        "encoder \\(sd3\\); 'tiny-sdxl' is sdxl, which has none"):
+        loading.check_t5_options("tiny-sdxl", ["--max-sequence-length", "--no-t5"])
+
+    class RequiredT5(SD3):
+        name, optional_t5, max_sequence_length = "required-t5", None, 512
+
+    monkeypatch.setattr(loading, "model_family_of", lambda model: RequiredT5)
+    loading.check_t5_options("some-model", ["--max-sequence-length"])
+    with pytest.raises(UserError, match="--no-t5 applies only to models with a T5 text encoder \\(sd3\\); "
+                                        "'some-model' is required-t5, whose T5 cannot be left out"):
+        loading.check_t5_options("some-model", ["--max-sequence-length", "--no-t5"])
+    assert RequiredT5.optional_t5 is None and SD3.optional_t5 == ("text_encoder_3", "tokenizer_3")
+    assert SDXL.max_sequence_length is None and SDXL.optional_t5 is None

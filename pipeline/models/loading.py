@@ -211,14 +211,11 @@ def check_resolution(model: str, resolution: int | None, flag: str = "--resoluti
                         f"multiples of {fam.size_multiple}")
 
 
-T5_FLAGS = ("--max-sequence-length", "--no-t5")
-
-
 def check_t5_options(model: str, given: list[str]) -> None:
-    """Refuse T5 options (``given``: the flags of :data:`T5_FLAGS` set) that ``model``'s family cannot honour:
-    ``--max-sequence-length`` without a T5 encoder (SD1.5, SDXL; ``ModelFamily.max_sequence_length`` None),
-    ``--no-t5`` where T5 cannot be left out (``ModelFamily.optional_t5`` None). Honoured or not, they would be
-    recorded in an output's identity, so one that changes nothing is refused.
+    """Refuse the T5 options in ``given`` (``--max-sequence-length``, ``--no-t5``) that ``model``'s family cannot
+    honour: ``--max-sequence-length`` without a T5 encoder (SD1.5, SDXL; ``ModelFamily.max_sequence_length``
+    None), ``--no-t5`` where T5 cannot be left out (``ModelFamily.optional_t5`` None). Either would be recorded in
+    an output's identity while changing nothing, so it is refused.
 
     Raises:
         UserError: a flag in ``given`` the family of ``model`` does not take.

@@ -42,6 +42,8 @@ import fidelity_protocol as P  # noqa: E402
 from fidelity import BIN, SAMPLING, Runner  # noqa: E402
 from fidelity_protocol import Dataset, ablations, paired_difference, pick, sanity, slug, validation_score  # noqa: E402
 
+from pipeline.data.atomic import write_text_atomic  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -84,7 +86,8 @@ def caption_file(out: Path, split: str, prefix: str | None, repeat: int = 1) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"
     # Written once, atomically: another cell's mapo-eval (--jobs 2, or a second sitting beside this one) may be
-    # reading it; rewriting it in place would let that reader see it empty.
+    # reading it; rewriting it in place would let that reader see it empty. Not pipeline.data.atomic's
+    # write_text_atomic: its temporary name is per process, and two of this process's threads may write it at once.
     if not path.is_file() or path.read_text() != text:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         tmp.write_text(text)
@@ -120,9 +123,7 @@ class Sittings:
             rows = self.read(self.path.parent)[: self.index]
             rows.append({**self.entry, "wall_seconds": round(time.perf_counter() - self.t0, 1),
                          "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 1)})
-            tmp = self.path.with_name(f".{self.FILE}.{os.getpid()}")
-            tmp.write_text(json.dumps(rows, indent=1) + "\n")
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(rows, indent=1) + "\n")  # one writer at a time: the lock
 
     @classmethod
     def total(cls, out: Path) -> dict:
@@ -440,9 +441,7 @@ def main(argv: list[str] | None = None) -> Path:
     if saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(protocol())):
         sys.exit(f"error: {out} was made with another protocol (protocol.json); use another output folder")
     if not saved.is_file():
-        tmp = saved.with_name(f".protocol.json.{os.getpid()}")
-        tmp.write_text(json.dumps(protocol(), indent=1) + "\n")
-        os.replace(tmp, saved)
+        write_text_atomic(saved, json.dumps(protocol(), indent=1) + "\n")
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     sweep = sweep_cells(datasets)
     if args.plan:

@@ -18,7 +18,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .losses import LossOutput, dpo_loss, kto_loss, kto_saturation_warning, mapo_loss, sft_loss, spo_loss
+from .losses import (
+    LossOutput,
+    dpo_learning_rate_warning,
+    dpo_loss,
+    kto_loss,
+    kto_saturation_warning,
+    mapo_loss,
+    sft_loss,
+    spo_loss,
+)
 
 READS = ("pairs", "examples", "prompts")
 
@@ -60,7 +69,8 @@ class ObjectiveSpec:
         loss: ``loss(terms, objective) -> LossOutput``: :class:`Terms` from the batch source's forward and
             the run's :class:`train.step.Objective` (beta and the other hyperparameters).
         uses_rejected: the rejected image of a pair is run through the model (SFT: chosen only).
-        warning: ``warning(beta, learning_rate) -> str | None``, said once at start-up (KTO's saturation).
+        warning: ``warning(beta, learning_rate) -> str | None``, said once at start-up (KTO's saturation,
+            DPO's learning rate).
         takes_sft_term: ``--sft-weight`` may add an SFT term on the chosen images (:func:`with_sft_term`): a
             pair objective without one of its own (DPO; MaPO's loss and SFT already are one).
     """
@@ -206,7 +216,7 @@ register(ObjectiveSpec(
     default_beta=0.1, needs_reference=False, reads="pairs", loss=_mapo))
 register(ObjectiveSpec(
     "dpo", "Diffusion-DPO", "Diffusion-DPO", default_beta=5000.0, needs_reference=True, reads="pairs", loss=_dpo,
-    takes_sft_term=True))
+    takes_sft_term=True, warning=dpo_learning_rate_warning))
 register(ObjectiveSpec(
     "sft", "chosen images only", "SFT on the chosen images", default_beta=None, needs_reference=False,
     reads="pairs", loss=_sft, uses_rejected=False))

@@ -107,7 +107,7 @@ class Trainer:
             print("--compile: the UNet's transformer blocks compile during the first steps (slower, tens of seconds "
                   "on a CPU; once per shape)", file=sys.stderr)
         if cfg.spec.warning is not None and acc.is_main_process:  # before the models load: said at once
-            warning = cfg.spec.warning(cfg.resolved_beta, cfg.learning_rate)  # kto: beta x lr saturation
+            warning = cfg.spec.warning(cfg.resolved_beta, cfg.learning_rate)  # kto: beta x lr saturation; dpo: its lr
             if warning:
                 print(warning, file=sys.stderr)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)

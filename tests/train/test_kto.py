@@ -65,7 +65,8 @@ def test_unpaired_precompute_then_kto_trains_and_pair_objectives_refuse(tmp_path
         refused = run_cli(
             train_app, train_args(lat, tmp_path / f"no-{objective}", "tiny-sd15", 1, "--objective", objective)
         )
-        lines = [ln for ln in refused.output.splitlines() if ln.strip()]
+        # One error line; dpo at this test's lr 1e-3 also says its start-up learning-rate warning first.
+        lines = [ln for ln in refused.output.splitlines() if ln.strip() and not ln.startswith("warning: ")]
         assert refused.exit_code == 2 and len(lines) == 1, refused.output
         assert lines[0].startswith("error: ") and "holds unpaired examples; use --objective kto" in lines[0]
 
@@ -99,30 +100,6 @@ def test_kto_saturation_warning_above_100x_the_public_recipes_beta_times_lr(beta
     if warned:
         assert message.startswith("warning: ") and "\n" not in message and "lower --beta" in message
         assert f"to {1e-2 / lr:g} or less" in message and "--learning-rate" in message
-
-
-@pytest.mark.parametrize("args, warned", [
-    (["--objective", "kto", "--learning-rate", "2e-4"], True),
-    (["--objective", "kto", "--learning-rate", "2e-4", "--beta", "50"], False),
-    (["--objective", "mapo", "--learning-rate", "2e-4", "--beta", "1000"], False),  # KTO's sigmoid only
-])
-def test_mapo_train_warns_of_kto_saturation_before_loading_models(tmp_path, latents_sd15, monkeypatch, args, warned):
-    """The warning comes at start-up (before the slow model loading, here stopped right there), once, and does not
-    stop the run."""
-    import train.trainer
-    from pipeline.errors import UserError
-    from train.cli import app as train_app
-
-    def stop(*a, **k):
-        raise UserError("stopped where the models would load")
-
-    monkeypatch.setattr(train.trainer, "setup_models", stop)
-    result = run_cli(train_app, [*train_args(latents_sd15, tmp_path / "run", "tiny-sd15", 1), *args])
-    assert result.exit_code == 2 and "stopped where the models would load" in result.stderr, result.output
-    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
-    assert (
-        len(warnings) == int(warned) and all("saturates" in w and "lower --beta" in w for w in warnings)
-    ), result.stderr
 
 
 @pytest.mark.parametrize("accumulation", [4, 6])

@@ -116,6 +116,21 @@ def test_dpo_loss_rejects_bad_beta():
 # --------------------------------------------------------------------------- sft_loss
 
 
+@pytest.mark.parametrize("lr, warned", [
+    (2.048e-5, False),  # the public recipe: 1e-8 x batch 2048
+    (1e-5, False),  # mapo-train's default learning rate
+    (1e-4, False),  # exactly at the threshold
+    (2e-4, True),  # make fidelity-full: every DPO run at 2e-4 lost prompt following
+])
+def test_dpo_learning_rate_warning_above_5x_the_public_recipe(lr, warned):
+    from train.losses import dpo_learning_rate_warning
+
+    message = dpo_learning_rate_warning(5000.0, lr)
+    assert (message is not None) == warned
+    if warned:
+        assert message.startswith("warning: ") and "\n" not in message and "to 0.0001 or less" in message
+
+
 def test_sft_loss_by_hand():
     # mean(0.1, 0.2, 0.6) = 0.3
     out = sft_loss(t64(0.1, 0.2, 0.6))

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from pipeline.families.noise import noise_process
+from tests.helpers import run_cli
 from tests.train.batches import real_batch
+from tests.train.conftest import train_args
 from train import objectives
 from train.config import TrainConfig
 from train.losses import LossOutput
@@ -140,3 +142,28 @@ def test_the_model_card_and_the_data_check_read_the_declarations(tmp_path):
     assert objectives.get("kto").title in card
     source = (TRAIN / "data.py").read_text()
     assert '"kto"' not in source and "reads" in source
+
+
+@pytest.mark.parametrize("args, warned", [
+    (["--objective", "kto", "--learning-rate", "2e-4"], "saturates"),
+    (["--objective", "kto", "--learning-rate", "2e-4", "--beta", "50"], None),
+    (["--objective", "mapo", "--learning-rate", "2e-4", "--beta", "1000"], None),  # KTO's sigmoid only
+    (["--objective", "dpo", "--learning-rate", "2e-4"], "lost prompt following"),
+    (["--objective", "dpo", "--learning-rate", "2e-5"], None),
+])
+def test_mapo_train_says_an_objectives_warning_before_loading_models(tmp_path, latents_sd15, monkeypatch, args,
+                                                                    warned):
+    """An objective's declared warning (KTO: beta x lr; DPO: lr) comes at start-up (before the slow model loading,
+    here stopped right there), once, and does not stop the run."""
+    import train.trainer
+    from pipeline.errors import UserError
+    from train.cli import app as train_app
+
+    def stop(*a, **k):
+        raise UserError("stopped where the models would load")
+
+    monkeypatch.setattr(train.trainer, "setup_models", stop)
+    result = run_cli(train_app, [*train_args(latents_sd15, tmp_path / "run", "tiny-sd15", 1), *args])
+    assert result.exit_code == 2 and "stopped where the models would load" in result.stderr, result.output
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == (warned is not None) and all(warned in w for w in warnings), result.stderr

@@ -44,19 +44,35 @@ def resolution_note(cands: list[TrainingOutput], resolution: int, given: bool) -
             f"({why})")
 
 
-def text_encoding_note(cands: list[TrainingOutput]) -> str | None:
-    """One line when the candidates' text was encoded differently (SD3: T5 on or off, T5 tokens): each is
-    sampled as it was trained (the base model with the pipeline's defaults), so their images differ in
-    conditioning as well as weights; None when they agree."""
+def text_encoding_note(cands: list[TrainingOutput], base_max_sequence_length: int | None = None) -> str | None:
+    """One line when models are sampled with text encoded differently (SD3: T5 on or off, T5 tokens), so their
+    images differ in conditioning as well as weights; None when they agree.
+
+    Candidates are sampled as they were trained. When they disagree the line names each; when they agree on a T5
+    token count that the base does not sample with (``base_max_sequence_length``, else the family's default, 256
+    for SD3), it names both counts and the option that aligns them (in the flow world the base alone follows
+    prompts at 0.77 with 8 rows against 0.85 with 256: docs/experiments.md)."""
+    from pipeline.families import get_family
+
     seen = {c.name: c.text_encoding() for c in cands if c.text_encoding()}
-    if len({tuple(sorted(v.items())) for v in seen.values()}) < 2:
+    if not seen:
         return None
 
     def words(enc: dict) -> str:
         return "no T5" if enc.get("t5") is False else f"T5 {enc.get('max_sequence_length', 'default')} tokens"
 
-    which = ", ".join(f"{name} {words(enc)}" for name, enc in seen.items())
-    return f"candidates were trained on text encoded differently ({which}); each is sampled as it was trained"
+    if len({tuple(sorted(v.items())) for v in seen.values()}) > 1:
+        which = ", ".join(f"{name} {words(enc)}" for name, enc in seen.items())
+        return f"candidates were trained on text encoded differently ({which}); each is sampled as it was trained"
+    trained = next(iter(seen.values())).get("max_sequence_length")
+    families = {c.family for c in cands if c.name in seen and c.family}
+    default = get_family(families.pop()).max_sequence_length if len(families) == 1 else None
+    base = base_max_sequence_length or default
+    if trained is None or base is None or base == trained:
+        return None
+    given = "--base-max-sequence-length" if base_max_sequence_length else "the pipeline's default"
+    return (f"the candidates sample with the {trained} T5 tokens they were trained on, the base with {base} ({given}); "
+            f"pass --base-max-sequence-length {trained} to sample the base alike")
 
 
 def model_path(path: str, out: Path) -> str:

@@ -24,7 +24,7 @@ from pipeline.data.prompts import load_prompts
 from pipeline.errors import UserError
 from pipeline.families import get_family
 from pipeline.judges.registry import check_prompts
-from pipeline.models.loading import check_model_available, check_resolution
+from pipeline.models.loading import check_model_available, check_resolution, check_t5_options
 from pipeline.models.training_output import TrainingOutput, read_training_output
 
 from .candidates import (
@@ -101,18 +101,18 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     if not given:
         cfg.resolution = eval_resolution(cands, base_model)
     note = resolution_note(cands, cfg.resolution, given)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
     prompt_set = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.limit)
     check_prompts(cfg.metrics, [p.text for p in prompt_set.prompts], cfg.resolution)
     models: list[tuple[str, TrainingOutput | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
-    model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None}}
+    if cfg.base_max_sequence_length is not None:  # a model without T5: refused, as generate and precompute do
+        check_t5_options(base_model, ["--base-max-sequence-length"])
+    base_text = {"max_sequence_length": cfg.base_max_sequence_length} if cfg.base_max_sequence_length else {}
+    model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None,
+                         **({"text_encoding": base_text} if base_text else {})}}
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,
                                 "fingerprint": c.fingerprint(),
                                 **({"text_encoding": c.text_encoding()} if c.text_encoding() else {})} for c in cands})
-    text_note = text_encoding_note(cands)
-    if text_note:
-        print(f"note: {text_note}", file=sys.stderr)
+    text_note = text_encoding_note(cands, cfg.base_max_sequence_length)
     generation = cfg.generation(base_model)
     state = {**_prepare_output(cfg, generation, model_info), **record}
     out = Path(cfg.output)
@@ -139,6 +139,9 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
         if c.base_model and c.base_model != base_model:
             print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model "
                   f"'{base_model}'", file=sys.stderr)
+    for line in (note, text_note):  # after every check: a refused run says its one error line alone
+        if line:
+            print(f"note: {line}", file=sys.stderr)
 
     if state.get("overwrite"):
         _output_folder(out).clear()  # what mapo-eval wrote; anything else in the folder is left alone

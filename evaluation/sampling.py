@@ -68,6 +68,14 @@ def _write_png(image, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
+def sampling_kwargs(cfg: EvalConfig, cand: TrainingOutput | None) -> dict:
+    """Pipeline-call settings of one model: a candidate's as it was trained (its T5 token count), the base's
+    ``--base-max-sequence-length`` when given, else none (the pipeline's defaults)."""
+    if cand is not None:
+        return cand.sampling_kwargs()
+    return {"max_sequence_length": cfg.base_max_sequence_length} if cfg.base_max_sequence_length else {}
+
+
 def generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, TrainingOutput | None]],
                       prompt_set: PromptSet, out: Path) -> int:
     """Generate every image of ``models`` x prompts x ``cfg.seeds`` not yet in ``out`` (one base pipeline loaded
@@ -100,7 +108,7 @@ def generate_missing(cfg: EvalConfig, base_model: str, models: list[tuple[str, T
                 keys = todo[b : b + cfg.batch_size]
                 requests = [ImageRequest(text[k.prompt_id], cfg.negative_prompt, k.seed_index) for k in keys]
                 seeds = [derive_seed(cfg.seed, k.prompt_id, k.seed_index) for k in keys]
-                images = generate_images(pipe, requests, seeds, cfg, **(cand.sampling_kwargs() if cand else {}))
+                images = generate_images(pipe, requests, seeds, cfg, **sampling_kwargs(cfg, cand))
                 for key, image in zip(keys, images):
                     _write_png(image, out / key.relpath())
                 bar.update(len(keys))

@@ -41,10 +41,12 @@ def make_pick_style(root: Path, model: str, extra: tuple = ()) -> tuple[Path, Pa
     return root, held
 
 
-def train_and_judge(root: Path, held: Path, model: str, name: str, train: list, eval_seeds: int = 2) -> dict:
+def train_and_judge(root: Path, held: Path, model: str, name: str, train: list, eval_seeds: int = 2,
+                    eval_extra: tuple = ()) -> dict:
     """Train (``mapo-train`` with ``train`` options) on ``root / "latents"``, evaluate against the base on the
     held-out captions; ``{metric: {"base" | "trained": rate}}``. Every run of a world is evaluated into one
-    ``mapo-eval`` folder, ``root / "eval"``, as a user compares runs: the base's images are made once."""
+    ``mapo-eval`` folder, ``root / "eval"``, as a user compares runs: the base's images are made once.
+    ``eval_extra``: more ``mapo-eval`` options (e.g. SD3's ``--base-max-sequence-length``)."""
     from evaluation.cli import app as eval_app
     from train.cli import app as train_app
 
@@ -54,7 +56,7 @@ def train_and_judge(root: Path, held: Path, model: str, name: str, train: list, 
         pytest.fail(result.output)
     result = run_cli(eval_app, ["--candidate", run, "--prompts", held, "--output", root / "eval", *GEN,
                                 "--metrics", "world-style,world-prompt", "--style", "cartoon", "--seeds",
-                                str(eval_seeds), "--batch-size", "24"])
+                                str(eval_seeds), "--batch-size", "24", *eval_extra])
     if result.exit_code:
         pytest.fail(result.output)
     summary = json.loads((root / "eval" / "summary.json").read_text())

@@ -213,9 +213,10 @@ def check_resolution(model: str, resolution: int | None, flag: str = "--resoluti
 
 def check_t5_options(model: str, given: list[str]) -> None:
     """Refuse the T5 options in ``given`` (``--max-sequence-length``, ``--no-t5``) that ``model``'s family cannot
-    honour: ``--max-sequence-length`` without a T5 encoder (SD1.5, SDXL; ``ModelFamily.max_sequence_length``
-    None), ``--no-t5`` where T5 cannot be left out (``ModelFamily.optional_t5`` None). Either would be recorded in
-    an output's identity while changing nothing, so it is refused.
+    honour: ``--max-sequence-length`` (mapo-eval: ``--base-max-sequence-length``) without a T5 encoder (SD1.5,
+    SDXL; ``ModelFamily.max_sequence_length`` None), ``--no-t5`` where T5 cannot be left out
+    (``ModelFamily.optional_t5`` None). Either would be recorded in an output's identity while changing nothing,
+    so it is refused.
 
     Raises:
         UserError: a flag in ``given`` the family of ``model`` does not take.
@@ -227,6 +228,7 @@ def check_t5_options(model: str, given: list[str]) -> None:
     fam = model_family_of(model)
     takes = {"--max-sequence-length": lambda f: f.max_sequence_length is not None,
              "--no-t5": lambda f: f.optional_t5 is not None}
+    takes["--base-max-sequence-length"] = takes["--max-sequence-length"]  # mapo-eval's, for its base model
     refused = [flag for flag in given if not takes[flag](fam)]
     if refused:
         flags = " and ".join(refused)

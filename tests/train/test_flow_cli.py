@@ -258,3 +258,46 @@ def test_eval_and_loading_sample_as_each_candidate_was_trained(sd3_data, tmp_pat
                                 tmp_path / "eval", "--metrics", "world-style", "--style", "cartoon",
                                 "--num-inference-steps", "2", "--seeds", "1", "--device", "cpu", "--batch-size", "4"])
     assert "sampled with other text encoding (the pipeline defaults, now {'t5': False" in _one_line_error(result)
+
+
+def test_eval_samples_the_base_at_the_candidates_t5_tokens_when_asked(sd3_data, tmp_path, monkeypatch):
+    """The base samples with the pipeline's 256 T5 tokens unless --base-max-sequence-length says otherwise; when it
+    differs from the count the candidates were trained on, a note names the option. The base's count is part of
+    the folder's identity; a model without T5 refuses the option in one line."""
+    import stages.generate
+
+    result = run_cli(train_app, train_args(sd3_data / "lat", tmp_path / "t5-16", "tiny-sd3", 1))
+    assert result.exit_code == 0, result.output
+    calls = []  # T5 tokens of every eval generation call
+
+    def spy(pipe, requests, seeds, cfg, max_sequence_length=None):
+        calls.append(max_sequence_length)
+        return real(pipe, requests, seeds, cfg, max_sequence_length=max_sequence_length)
+
+    real = stages.generate.generate_images
+    monkeypatch.setattr(stages.generate, "generate_images", spy)
+
+    def evaluate(out, *extra, candidate=tmp_path / "t5-16"):
+        return run_cli(eval_app, ["--candidate", candidate, "--prompts", sd3_data / "prompts.txt", "--output", out,
+                                  "--metrics", "world-style", "--style", "cartoon", "--num-inference-steps", "2",
+                                  "--seeds", "1", "--device", "cpu", "--batch-size", "4", *extra])
+
+    result = evaluate(tmp_path / "default")
+    assert result.exit_code == 0 and calls == [None, 16], result.output
+    note = json.loads((tmp_path / "default" / "summary.json").read_text())["settings"]["text_encoding_note"]
+    assert "the base with 256 (the pipeline's default)" in note and "--base-max-sequence-length 16" in note
+    calls.clear()
+    result = evaluate(tmp_path / "aligned", "--base-max-sequence-length", "16")
+    assert result.exit_code == 0 and calls == [16, 16] and "note: " not in result.output, result.output
+    summary = json.loads((tmp_path / "aligned" / "summary.json").read_text())
+    assert summary["models"]["base"]["text_encoding"] == {"max_sequence_length": 16}
+    assert "text_encoding_note" not in summary["settings"]
+    # The default folder's base images were made at 256 tokens: not reused for 16.
+    line = _one_line_error(evaluate(tmp_path / "default", "--base-max-sequence-length", "16"))
+    assert "holds images of 'base' sampled with other text encoding" in line
+    # SDXL has no T5: refused before anything is written.
+    line = _one_line_error(run_cli(eval_app, ["--model", "tiny-sdxl", "--prompts", sd3_data / "prompts.txt",
+                                              "--output", tmp_path / "sdxl", "--metrics", "world-style", "--style",
+                                              "cartoon", "--base-max-sequence-length", "16"]))
+    assert "--base-max-sequence-length applies only to models with a T5 text encoder (sd3)" in line, line
+    assert not (tmp_path / "sdxl").exists()

@@ -24,7 +24,12 @@ from pipeline.data.prompts import load_prompts
 from pipeline.errors import UserError
 from pipeline.families import get_family
 from pipeline.judges.registry import check_prompts
-from pipeline.models.loading import check_model_available, check_resolution, check_t5_options
+from pipeline.models.loading import (
+    check_model_available,
+    check_resolution,
+    check_t5_options,
+    t5_length_to_record,
+)
 from pipeline.models.training_output import TrainingOutput, read_training_output
 
 from .candidates import (
@@ -106,7 +111,8 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     models: list[tuple[str, TrainingOutput | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
     if cfg.base_max_sequence_length is not None:  # a model without T5: refused, as generate and precompute do
         check_t5_options(base_model, ["--base-max-sequence-length"])
-    base_text = {"max_sequence_length": cfg.base_max_sequence_length} if cfg.base_max_sequence_length else {}
+    base_tokens = t5_length_to_record(base_model, cfg.base_max_sequence_length)  # None at the default, given or not
+    base_text = {"max_sequence_length": base_tokens} if base_tokens else {}
     model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None,
                          **({"text_encoding": base_text} if base_text else {})}}
     model_info.update({c.name: {"path": c.path, "kind": c.kind, "objective": c.objective, "trained_from": c.base_model,

@@ -50,6 +50,7 @@ from pipeline.models.loading import (
     load_pipeline,
     resolve_device,
     resolve_dtype,
+    t5_length_to_record,
 )
 from pipeline.runtime.distributed import accelerator_device, current_process
 from pipeline.runtime.seeds import derive_seed, initial_noise
@@ -150,8 +151,9 @@ def _identity(cfg: GenerateConfig, prompt_fp: str, dtype: str) -> dict:
     }
     if not cfg.batch_invariant:
         ident["batch_size"] = cfg.batch_size
-    if cfg.max_sequence_length is not None:  # absent at the default: older outputs resume
-        ident["max_sequence_length"] = cfg.max_sequence_length
+    t5_tokens = t5_length_to_record(cfg.model, cfg.max_sequence_length)
+    if t5_tokens is not None:  # absent at the default, given or not: older outputs resume
+        ident["max_sequence_length"] = t5_tokens
     if cfg.compile:  # compiled kernels round differently (a few 8-bit levels); absent when off: older outputs resume
         ident["compile"] = True
     return ident

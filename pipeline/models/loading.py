@@ -211,6 +211,19 @@ def check_resolution(model: str, resolution: int | None, flag: str = "--resoluti
                         f"multiples of {fam.size_multiple}")
 
 
+def t5_length_to_record(model: str, max_sequence_length: int | None) -> int | None:
+    """``max_sequence_length`` (T5 tokens per prompt) as an output's identity records it: None when not given or
+    when it is ``model``'s family default (``ModelFamily.max_sequence_length``, SD3's 256, the pipeline's own), since
+    the images and latents are the same either way and a run that leaves the flag out must match; else the count.
+
+    Raises:
+        ModelNotFoundError: ``model`` cannot be found (only looked up when a count is given).
+    """
+    if max_sequence_length is None or max_sequence_length == model_family_of(model).max_sequence_length:
+        return None
+    return max_sequence_length
+
+
 def check_t5_options(model: str, given: list[str]) -> None:
     """Refuse the T5 options in ``given`` (``--max-sequence-length``, ``--no-t5``) that ``model``'s family cannot
     honour: ``--max-sequence-length`` (mapo-eval: ``--base-max-sequence-length``) without a T5 encoder (SD1.5,

@@ -20,6 +20,7 @@ from pipeline.models.loading import (
     model_family_of,
     resolve_device,
     resolve_dtype,
+    t5_length_to_record,
 )
 from pipeline.runtime.distributed import accelerator_device, current_process
 from pipeline.runtime.stage_runner import ShardedStage, run_sharded
@@ -34,8 +35,9 @@ def _identity(cfg: PrecomputeConfig, input_fp: str, dtype: str, vae_dtype: str, 
     ident = {"input_fingerprint": input_fp, "model": cfg.model, "vae": cfg.vae, "dtype": dtype, "vae_dtype": vae_dtype,
              "resolution": cfg.resolution, "crop": cfg.crop, "flip": cfg.flip, "latent_stats": cfg.latent_stats,
              "storage_dtype": cfg.storage_dtype}
-    if cfg.max_sequence_length is not None or not cfg.t5:  # only then: older outputs keep their fingerprint
-        ident.update(max_sequence_length=cfg.max_sequence_length, t5=cfg.t5)
+    t5_tokens = t5_length_to_record(cfg.model, cfg.max_sequence_length)  # None at the default, given or not
+    if t5_tokens is not None or not cfg.t5:  # only then: older outputs keep their fingerprint
+        ident.update(max_sequence_length=t5_tokens, t5=cfg.t5)
     if cfg.crop == "random":
         ident["seed"] = cfg.seed
     if split != SPLIT:  # only then: outputs made before splits were chosen keep their fingerprint

@@ -32,7 +32,7 @@ def sd3_data(tmp_path_factory, one_torch_thread):
 def test_generate_samples_with_the_t5_token_count_it_is_given(sd3_data, tmp_path):
     """``generate --max-sequence-length`` is the pipeline's max_sequence_length: it changes the images (T5's
     padding rows take part in the joint attention; same prompt, seed and batch otherwise) and is recorded in the
-    output's identity (a rerun at another count is refused)."""
+    output's identity (a rerun at another count is refused; the default count given explicitly is the default)."""
     from pipeline.data.images import decode_image
     from tests.helpers import read_table
 
@@ -48,6 +48,11 @@ def test_generate_samples_with_the_t5_token_count_it_is_given(sd3_data, tmp_path
     assert images["default"] != images["short"]
     result = run_cli(data_app, [*common, "--output", tmp_path / "default", "--max-sequence-length", "4"])
     assert result.exit_code == 2 and "max_sequence_length" in result.output, result.output
+    identity = json.loads((tmp_path / "default" / "manifest.json").read_text())["identity"]
+    result = run_cli(data_app, [*common, "--output", tmp_path / "default", "--max-sequence-length", "256"])
+    assert result.exit_code == 0, result.output  # SD3's default, as if left out: the finished output is accepted
+    assert json.loads((tmp_path / "default" / "manifest.json").read_text())["identity"] == identity
+    assert "max_sequence_length" not in identity
 
 
 def test_precompute_stores_sd3_conditioning(sd3_data):
@@ -60,6 +65,22 @@ def test_precompute_stores_sd3_conditioning(sd3_data):
     item = open_latents(sd3_data / "lat")[0]
     assert item["latents"].shape == (2, 16, 8, 8) and item["pooled_prompt_embeds"].shape == (64,)
     assert "add_time_ids" not in item
+
+
+def test_precompute_records_the_t5_count_only_when_it_is_not_the_default(sd3_data, tmp_path):
+    """SD3's default 256 given explicitly is the default (a finished output made without the flag is accepted,
+    its fingerprint unchanged); another count is another output."""
+    from pipeline.models.loading import t5_length_to_record
+
+    assert [t5_length_to_record("tiny-sd3", n) for n in (None, 256, 16)] == [None, None, 16]
+    common = ["precompute", "--input", sd3_data / "lab", "--output", tmp_path / "lat", "--model", "tiny-sd3",
+              "--resolution", "64", "--device", "cpu"]
+    assert run_cli(data_app, common).exit_code == 0
+    identity = json.loads((tmp_path / "lat" / "manifest.json").read_text())["identity"]
+    result = run_cli(data_app, [*common, "--max-sequence-length", "256"])
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+    assert json.loads((tmp_path / "lat" / "manifest.json").read_text())["identity"] == identity
+    assert run_cli(data_app, [*common, "--max-sequence-length", "8"]).exit_code == 2
 
 
 @pytest.mark.parametrize("objective", ["mapo", "dpo", "sft", "kto"])
@@ -292,9 +313,12 @@ def test_eval_samples_the_base_at_the_candidates_t5_tokens_when_asked(sd3_data, 
     summary = json.loads((tmp_path / "aligned" / "summary.json").read_text())
     assert summary["models"]["base"]["text_encoding"] == {"max_sequence_length": 16}
     assert "text_encoding_note" not in summary["settings"]
-    # The default folder's base images were made at 256 tokens: not reused for 16.
+    # The default folder's base images were made at 256 tokens: not reused for 16, reused for 256 given explicitly.
     line = _one_line_error(evaluate(tmp_path / "default", "--base-max-sequence-length", "16"))
     assert "holds images of 'base' sampled with other text encoding" in line
+    calls.clear()
+    result = evaluate(tmp_path / "default", "--base-max-sequence-length", "256")
+    assert result.exit_code == 0 and calls == [], result.output
     # SDXL has no T5: refused before anything is written.
     line = _one_line_error(run_cli(eval_app, ["--model", "tiny-sdxl", "--prompts", sd3_data / "prompts.txt",
                                               "--output", tmp_path / "sdxl", "--metrics", "world-style", "--style",

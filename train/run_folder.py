@@ -11,6 +11,7 @@ contract of :mod:`pipeline.data.output_folder`, applied to a run):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -96,6 +97,17 @@ def recorded_config(out: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _defaults_before_recorded(saved: dict) -> dict:
+    """``{key: default}`` for the :data:`MUST_MATCH_ON_RESUME` options a run's config lacks because it was made
+    before the option existed (e.g. ``sft_weight``): such a run trained as the option's default does, since a new
+    option's default keeps the old behaviour, so a resume that sets it otherwise is refused like any other change."""
+    from .config import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    return {k: fields[k].default for k in MUST_MATCH_ON_RESUME
+            if k not in saved and k in fields and fields[k].default is not dataclasses.MISSING}
+
+
 def check_resume_config(out: Path, mine: dict) -> dict:
     """Refuse to resume with other settings than the run's (max_steps and num_epochs may differ).
 
@@ -108,14 +120,15 @@ def check_resume_config(out: Path, mine: dict) -> dict:
     saved = recorded_config(out)
     if not saved:
         return {}
-    keys = [k for k in MUST_MATCH_ON_RESUME if k in saved]
+    made = {**_defaults_before_recorded(saved), **saved}
+    keys = [k for k in MUST_MATCH_ON_RESUME if k in made]
     # A key one side lacks (an spo run resumed as mapo has no "spo" settings) differs as well.
-    differ = differing_keys({k: _comparable(saved[k]) for k in keys}, {k: _comparable(mine.get(k)) for k in keys}, keys)
+    differ = differing_keys({k: _comparable(made[k]) for k in keys}, {k: _comparable(mine.get(k)) for k in keys}, keys)
     if saved.get("world_size") not in (None, mine["world_size"]):
         differ.append("world_size (number of processes)")
     if differ:
         # The values too (saved vs now), as generate and mapo-eval's refusals name them.
-        values = [f"{k} {saved.get(k)!r} (now {mine.get(k)!r})" if k in keys else k for k in differ]
+        values = [f"{k} {made.get(k)!r} (now {mine.get(k)!r})" if k in keys else k for k in differ]
         raise UserError(f"Cannot resume '{out}': the run was made with different {', '.join(values)}; "
                         "use the original settings, a new --output-dir, or --overwrite to start over.")
     return saved

@@ -71,3 +71,18 @@ def test_a_run_logs_and_records_the_term_and_resumes_only_with_its_weight(tmp_pa
     args[args.index("0.5")] = "1.0"
     result = run_cli(app, [*args, "--resume-from-checkpoint", str(out / "checkpoints" / "checkpoint-1")])
     assert result.exit_code == 2 and "sft_weight 0.5 (now 1.0)" in result.output, result.output
+
+
+def test_a_run_made_before_the_option_existed_resumes_only_at_its_default(tmp_path):
+    """A config without ``sft_weight`` (a run made before --sft-weight) trained without the term: resuming it with
+    a weight is refused like any other change of objective, resuming at the default is not."""
+    from pipeline.errors import UserError
+    from train.config import TrainConfig
+    from train.run_folder import check_resume_config
+
+    defaults = TrainConfig(data="lat", output_dir="run").to_json()
+    old = {**{k: v for k, v in defaults.items() if k != "sft_weight"}, "objective": "dpo", "world_size": 1}
+    (tmp_path / "training_config.json").write_text(json.dumps(old))
+    assert check_resume_config(tmp_path, {**old, "sft_weight": 0.0}) == old
+    with pytest.raises(UserError, match=r"different sft_weight 0\.0 \(now 0\.5\)"):
+        check_resume_config(tmp_path, {**old, "sft_weight": 0.5})

@@ -270,7 +270,7 @@ def kto_saturation_warning(beta: float, learning_rate: float, threshold: float =
 
 
 # Diffusion-DPO's public recipe (SalesforceAIResearch/DiffusionDPO) trains at lr 1e-8 scaled by its batch of 2048:
-# 2.048e-5. In `make fidelity-full`'s validation sweep (docs/fidelity-full.md) all 8 DPO runs at lr 2e-4 (beta 5000
+# 2.048e-5. In `make fidelity-full`'s validation sweep (docs/experiments.md) all 8 DPO runs at lr 2e-4 (beta 5000
 # and 500, four datasets) lost prompt following (0.04-0.55) and 7 of them more than doubled the chosen error; all 16
 # runs at 2e-5 and 2e-6 kept it at 0.95-1.00: warn above 1e-4, 5x the public recipe's learning rate.
 DPO_LR_WARN = 1e-4
@@ -279,17 +279,17 @@ DPO_LR_WARN = 1e-4
 def dpo_learning_rate_warning(beta: float, learning_rate: float, threshold: float = DPO_LR_WARN) -> str | None:
     """A one-line start-up warning when Diffusion-DPO's ``learning_rate`` exceeds ``threshold``, else None.
 
-    DPO's loss saturates within a few steps at a large learning rate (beta x the error difference grows past the
-    sigmoid's range), after which Adam's momentum keeps moving the weights with a zero gradient and prompt
-    following collapses (issue 29). ``beta`` is named in the message only: at lr 2e-4 both 5000 and 500 broke.
+    At a large learning rate DPO's updates wreck what the model drew (issue 29): of that sweep's 8 runs at lr 2e-4,
+    7 more than doubled the chosen error and 2 saturated the loss (a zero gradient for over half the steps) while
+    prompt following collapsed. ``beta`` is named in the message only: at lr 2e-4 both 5000 and 500 broke.
     ``threshold``: :data:`DPO_LR_WARN` (where it comes from is said there). A warning, not an error: one world's
-    evidence and one public recipe.
+    evidence (full fine-tunes; LoRA, whose learning rates are usually higher, was not swept) and one public recipe.
     """
     if not learning_rate > threshold * (1 + 1e-9):
         return None
     return (f"warning: --objective dpo with --learning-rate {learning_rate:g} (beta {beta:g}), above {threshold:g}: "
             f"Diffusion-DPO lost prompt following in every run at lr 2e-4 of make fidelity-full's sweep "
-            f"(docs/fidelity-full.md); lower --learning-rate to {threshold:g} or less. The public recipe trains at "
+            f"(docs/objectives.md); lower --learning-rate to {threshold:g} or less. The public recipe trains at "
             f"about 2e-5 (lr 1e-8 x batch 2048).")
 
 

@@ -100,12 +100,16 @@ def recorded_config(out: Path) -> dict:
 def _defaults_before_recorded(saved: dict) -> dict:
     """``{key: default}`` for the :data:`MUST_MATCH_ON_RESUME` options a run's config lacks because it was made
     before the option existed (e.g. ``sft_weight``): such a run trained as the option's default does, since a new
-    option's default keeps the old behaviour, so a resume that sets it otherwise is refused like any other change."""
+    option's default keeps the old behaviour, so a resume that sets it otherwise is refused like any other change.
+
+    Left out: options without a plain default (a factory) and those whose default is None, which the config records
+    resolved (``beta`` per objective, ``lora_alpha`` from the rank, ``lora_target_modules`` the family's): None is
+    not how such a run trained, so filling it in would refuse an unchanged resume."""
     from .config import TrainConfig
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     return {k: fields[k].default for k in MUST_MATCH_ON_RESUME
-            if k not in saved and k in fields and fields[k].default is not dataclasses.MISSING}
+            if k not in saved and k in fields and fields[k].default not in (dataclasses.MISSING, None)}
 
 
 def check_resume_config(out: Path, mine: dict) -> dict:

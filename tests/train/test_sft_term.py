@@ -86,3 +86,17 @@ def test_a_run_made_before_the_option_existed_resumes_only_at_its_default(tmp_pa
     assert check_resume_config(tmp_path, {**old, "sft_weight": 0.0}) == old
     with pytest.raises(UserError, match=r"different sft_weight 0\.0 \(now 0\.5\)"):
         check_resume_config(tmp_path, {**old, "sft_weight": 0.5})
+
+
+def test_an_option_recorded_resolved_is_not_filled_with_its_none_default(tmp_path):
+    """beta, lora_alpha and lora_target_modules default to None and are recorded resolved (per objective, from the
+    rank, the family's modules): a config lacking one is not refused on an unchanged resume for "None (now ...)"."""
+    from train.config import TrainConfig
+    from train.run_folder import check_resume_config
+
+    mine = {**TrainConfig(data="lat", output_dir="run", objective="dpo", lora_rank=4).to_json(), "world_size": 1,
+            "lora_target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+    assert mine["beta"] == 5000.0 and mine["lora_alpha"] == 4
+    old = {k: v for k, v in mine.items() if k not in ("beta", "lora_alpha", "lora_target_modules", "sft_weight")}
+    (tmp_path / "training_config.json").write_text(json.dumps(old))
+    assert check_resume_config(tmp_path, mine) == old

@@ -51,7 +51,8 @@ def text_encoding_note(cands: list[TrainingOutput], base_max_sequence_length: in
     Candidates are sampled as they were trained. When they disagree the line names each; when they agree on a T5
     token count that the base does not sample with (``base_max_sequence_length``, else the family's default, 256
     for SD3), it names both counts and the option that aligns them (in the flow world the base alone follows
-    prompts at 0.77 with 8 rows against 0.85 with 256: docs/experiments.md)."""
+    prompts at 0.77 with 8 rows against 0.85 with 256: docs/experiments.md); for candidates trained without T5 it
+    says the base keeps T5 (the option aligns the row count only)."""
     from pipeline.families import get_family
 
     seen = {c.name: c.text_encoding() for c in cands if c.text_encoding()}
@@ -71,6 +72,9 @@ def text_encoding_note(cands: list[TrainingOutput], base_max_sequence_length: in
     if trained is None or base is None or base == trained:
         return None
     given = "--base-max-sequence-length" if base_max_sequence_length else "the pipeline's default"
+    if next(iter(seen.values())).get("t5") is False:  # the base keeps its T5: the option aligns the row count only
+        return (f"the candidates sample without T5 in the {trained} rows they were trained on, the base with T5 in "
+                f"{base} ({given}); pass --base-max-sequence-length {trained} for the same row count")
     return (f"the candidates sample with the {trained} T5 tokens they were trained on, the base with {base} ({given}); "
             f"pass --base-max-sequence-length {trained} to sample the base alike")
 

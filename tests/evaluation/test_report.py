@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.candidates import model_path, resolution_note
+from evaluation.candidates import model_path, resolution_note, text_encoding_note
 from evaluation.report import CI_NOTE, NON_FINITE_NOTE, summarise
 from pipeline.models.training_output import TrainingOutput
 
@@ -84,6 +84,21 @@ def test_resolution_note_names_each_candidate_and_the_resolution_used():
     assert resolution_note([_cand("a", 64), _cand("b", 64)], 64, given=False) is None  # they agree: quiet
     assert resolution_note([_cand("a", 64), _cand("b", None)], 64, given=False) is None
     assert resolution_note([_cand("a", 64)], 128, given=True) is None
+
+
+def test_text_encoding_note_names_the_t5_count_and_never_claims_t5_for_candidates_without_it():
+    def sd3(name, t5, rows):
+        return TrainingOutput(name, f"/x/{name}", "lora", "tiny-sd3", "mapo", "sd3", 64, t5=t5,
+                              max_sequence_length=rows)
+
+    note = text_encoding_note([sd3("a", True, 16)])
+    assert "16 T5 tokens" in note and "the base with 256 (the pipeline's default)" in note
+    assert "--base-max-sequence-length 16" in note
+    assert text_encoding_note([sd3("a", True, 16)], 16) is None  # aligned: quiet
+    assert text_encoding_note([sd3("a", True, 16), sd3("b", True, 8)]).startswith("candidates were trained on text")
+    note = text_encoding_note([sd3("a", False, 16)])  # zeros where T5 goes; the base samples with T5
+    assert "without T5 in the 16 rows" in note and "the base with T5 in 256" in note and "T5 tokens" not in note
+    assert text_encoding_note([]) is None
 
 
 def test_report_paths_are_relative_to_the_output_or_the_hub_id(tmp_path):

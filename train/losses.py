@@ -270,7 +270,7 @@ def kto_saturation_warning(beta: float, learning_rate: float, threshold: float =
 
 
 # Diffusion-DPO's public recipe (SalesforceAIResearch/DiffusionDPO) trains at lr 1e-8 scaled by its batch of 2048:
-# 2.048e-5. In `make fidelity-full`'s validation sweep (docs/experiments.md) all 8 DPO runs at lr 2e-4 (beta 5000
+# 2.048e-5. In `make fidelity-full`'s validation sweep (docs/fidelity-full.md) all 8 DPO runs at lr 2e-4 (beta 5000
 # and 500, four datasets) lost prompt following (0.04-0.55) and 7 of them more than doubled the chosen error; all 16
 # runs at 2e-5 and 2e-6 kept it at 0.95-1.00: warn above 1e-4, 5x the public recipe's learning rate.
 DPO_LR_WARN = 1e-4

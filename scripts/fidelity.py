@@ -138,7 +138,8 @@ def run_dataset(run: Runner, name: str, spec: dict, model: str = MODEL, flow: bo
     eval_prompts = captions_file(run, split, prefix)
     run(f"{name}: eval", "mapo-eval", *[x for o in objectives for x in ("--candidate", root / "runs" / o)],
         "--prompts", eval_prompts, "--output", root / "eval", "--metrics", ",".join(spec["metrics"]),
-        *spec["eval_extra"], *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12, "--overwrite")
+        *spec["eval_extra"], *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12, "--overwrite",
+        *(["--base-max-sequence-length", FLOW_T5_TOKENS] if flow else []))  # the base at the runs' T5 rows
 
 
 def main(out: Path, model: str = MODEL) -> Path:

@@ -51,7 +51,7 @@ def text_encoding_note(cands: list[TrainingOutput], base_max_sequence_length: in
     Candidates are sampled as they were trained. When they disagree the line names each; when they agree on a T5
     token count that the base does not sample with (``base_max_sequence_length``, else the family's default, 256
     for SD3), it names both counts and the option that aligns them (in the flow world the base alone follows
-    prompts at 0.77 with 8 rows against 0.85 with 256: docs/experiments.md); for candidates trained without T5 it
+    prompts at 0.88 with 8 rows against 0.90 with 256: docs/flow-matching.md); for candidates trained without T5 it
     says the base keeps T5 (the option aligns the row count only)."""
     from pipeline.families import get_family
 

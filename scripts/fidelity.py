@@ -136,10 +136,18 @@ def run_dataset(run: Runner, name: str, spec: dict, model: str = MODEL, flow: bo
             "--checkpointing-steps", 100000, "--report-to", "none", "--overwrite")
     split, prefix = spec["eval_prompts"]
     eval_prompts = captions_file(run, split, prefix)
-    run(f"{name}: eval", "mapo-eval", *[x for o in objectives for x in ("--candidate", root / "runs" / o)],
-        "--prompts", eval_prompts, "--output", root / "eval", "--metrics", ",".join(spec["metrics"]),
-        *spec["eval_extra"], *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12, "--overwrite",
-        *(["--base-max-sequence-length", FLOW_T5_TOKENS] if flow else []))  # the base at the runs' T5 rows
+    candidates = [root / "runs" / o for o in objectives]
+    run(f"{name}: eval", *eval_command(candidates, eval_prompts, root / "eval", spec, flow))
+
+
+def eval_command(candidates: list[Path], prompts: Path, output: Path, spec: dict, flow: bool) -> list:
+    """The `mapo-eval` command line that scores ``candidates`` (run folders) against the base on ``prompts`` into
+    ``output`` with dataset ``spec``'s metrics, the shared sampling settings and paired seeds; on a flow model the
+    base samples at the runs' :data:`FLOW_T5_TOKENS` T5 rows, so every row has the same text conditioning."""
+    return ["mapo-eval", *[x for c in candidates for x in ("--candidate", c)],
+            "--prompts", prompts, "--output", output, "--metrics", ",".join(spec["metrics"]),
+            *spec["eval_extra"], *SAMPLING, "--seeds", EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12,
+            "--overwrite", *(["--base-max-sequence-length", FLOW_T5_TOKENS] if flow else [])]
 
 
 def main(out: Path, model: str = MODEL) -> Path:

@@ -53,10 +53,8 @@ def run_sweep(out: Path, values: list[float]) -> Path:
         split, prefix = spec["eval_prompts"]
         prompts = F.captions_file(run, split, prefix)
         candidates = ["mapo", "sft", *names]
-        run(f"{dataset}: eval", "mapo-eval", *[x for c in candidates for x in ("--candidate", root / "runs" / c)],
-            "--prompts", prompts, "--output", sweep / dataset / "eval", "--metrics", ",".join(spec["metrics"]),
-            *spec["eval_extra"], *F.SAMPLING, "--seeds", F.EVAL_SEEDS, "--batch-size", 24, "--grid-prompts", 12,
-            "--overwrite")
+        run(f"{dataset}: eval", *F.eval_command([root / "runs" / c for c in candidates], prompts,
+                                                sweep / dataset / "eval", spec, flow=True))
         rates = dataset_rates(sweep, dataset, ("base", *candidates))
         trace = training_trace(out, dataset, tuple(candidates))
         for name in ("mapo", *names):

@@ -36,12 +36,16 @@ def family_from_index(index: dict, what: str = "the model") -> type[ModelFamily]
 
 
 def family_of_pipe(pipe) -> type[ModelFamily]:
-    """The family of a loaded pipeline (components may be None: skipped at load time)."""
-    if hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3"):
-        return SD3
-    if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None:
-        return SDXL
-    return SD15
+    """The family of a loaded pipeline (components may be None: skipped at load time), the first of
+    :data:`FAMILIES` whose ``matches_pipe`` says yes.
+
+    Raises:
+        ValueError: no family recognises it (a pipeline is only loaded after :func:`family_from_index`
+            recognised its folder, so this means a pipeline built some other way)."""
+    for fam in FAMILIES:
+        if fam.matches_pipe(pipe):
+            return fam
+    raise ValueError(f"no model family recognises a {type(pipe).__name__} pipeline")
 
 
 def family_of_denoiser(model) -> type[ModelFamily]:

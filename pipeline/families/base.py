@@ -53,6 +53,13 @@ class ModelFamily:
         """Whether a denoiser's config (dict-like) is this family's."""
         return False
 
+    @classmethod
+    def matches_pipe(cls, pipe) -> bool:
+        """Whether a loaded pipeline is this family's, asked in :data:`pipeline.families.FAMILIES` order (so a
+        family may rely on the ones before it having said no). Its components may be None (skipped at load
+        time), so a family looks at which components the pipeline class has, not at the modules."""
+        return False
+
     # ------------------------------------------------------------------ classes
     @classmethod
     def pipeline_cls(cls):

@@ -18,3 +18,7 @@ class SD15(ModelFamily):
     @classmethod
     def matches_denoiser(cls, config) -> bool:
         return "cross_attention_dim" in config and config.get("addition_embed_type") != "text_time"
+
+    @classmethod
+    def matches_pipe(cls, pipe) -> bool:
+        return hasattr(pipe, "unet")  # asked last: a UNet pipeline that is not SDXL's

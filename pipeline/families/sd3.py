@@ -46,6 +46,10 @@ class SD3(ModelFamily):
         return all(key in config for key in ("pooled_projection_dim", "joint_attention_dim", "caption_projection_dim"))
 
     @classmethod
+    def matches_pipe(cls, pipe) -> bool:
+        return hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3")
+
+    @classmethod
     def joint_attention_dim(cls, pipe) -> int:
         """The transformer's text width D, read from its config when the transformer is not loaded."""
         if getattr(pipe, "transformer", None) is not None:

@@ -25,6 +25,10 @@ class SDXL(ModelFamily):
         return config.get("addition_embed_type") == "text_time"
 
     @classmethod
+    def matches_pipe(cls, pipe) -> bool:
+        return getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
+
+    @classmethod
     def encode_prompt(cls, pipe, prompts, negative_prompts, guidance: bool, device, max_sequence_length=None):
         return pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
                                   do_classifier_free_guidance=guidance, negative_prompt=negative_prompts)

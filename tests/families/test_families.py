@@ -158,3 +158,16 @@ def test_t5_options_follow_what_the_family_declares(monkeypatch):
         loading.check_t5_options("some-model", ["--max-sequence-length", "--no-t5"])
     assert RequiredT5.optional_t5 is None and SD3.optional_t5 == ("text_encoder_3", "tokenizer_3")
     assert SDXL.max_sequence_length is None and SDXL.optional_t5 is None
+
+
+def test_family_of_pipe_asks_each_family_in_registry_order():
+    """family_of_pipe asks each registered family (FAMILIES order), so a new family answers for its own
+    pipelines in its module; components skipped at load (None) still tell the family; a pipeline no family
+    knows is refused, not taken for SD1.5."""
+    from types import SimpleNamespace
+
+    assert family_of_pipe(SimpleNamespace(transformer=None, text_encoder_2=None, text_encoder_3=None)) is SD3
+    assert family_of_pipe(SimpleNamespace(unet=None, text_encoder_2=None, tokenizer_2=object())) is SDXL
+    assert family_of_pipe(SimpleNamespace(unet=None, text_encoder=None, text_encoder_2=None)) is SD15
+    with pytest.raises(ValueError, match="no model family recognises a SimpleNamespace pipeline"):
+        family_of_pipe(SimpleNamespace(transformer=None, text_encoder_2=None))  # e.g. Flux: not registered

@@ -214,7 +214,8 @@ class OnlineSpo:
         return next(self._stream)
 
     def _encode(self, texts: list[str]) -> Conditioning:
-        from pipeline.models.conditioning import encode_text, is_sdxl
+        from pipeline.families import family_of_pipe
+        from pipeline.models.conditioning import encode_text
 
         self.pipe.to(self.device)
         # No negative prompt, as the pipelines sample: SDXL then guides with zero embeddings (its
@@ -225,7 +226,7 @@ class OnlineSpo:
             return None if t is None else t.clone().float()
 
         ids = None
-        if is_sdxl(self.pipe):
+        if family_of_pipe(self.pipe).time_ids:
             r = self.settings.resolution  # (original h, w, crop top, left, target h, w): SDXL's micro-conditioning
             ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32, device=self.device)
         return Conditioning(plain(emb.prompt_embeds), plain(emb.negative_prompt_embeds), plain(emb.pooled),

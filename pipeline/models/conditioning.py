@@ -36,12 +36,6 @@ class TextEmbeddings:
         return kw
 
 
-def is_sdxl(pipe) -> bool:
-    from pipeline.families import SDXL, family_of_pipe
-
-    return family_of_pipe(pipe) is SDXL
-
-
 @contextlib.contextmanager
 def quiet_truncation_warnings():
     """Silence diffusers' "The following part of your input was truncated ..." and transformers'

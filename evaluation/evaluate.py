@@ -26,6 +26,7 @@ from pipeline.families import get_family
 from pipeline.judges.registry import check_prompts
 from pipeline.models.loading import (
     check_model_available,
+    check_negative_prompt,
     check_resolution,
     check_t5_options,
     t5_length_to_record,
@@ -141,6 +142,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
                             f"'{base_model}' is an {family} pipeline; pass its base model or leave --model out")
     check_unets_fit(cands, base_model)
     check_resolution(base_model, cfg.resolution)
+    check_negative_prompt(base_model, ["--negative-prompt"] if cfg.negative_prompt is not None else [])
     for c in cands:
         if c.base_model and c.base_model != base_model:
             print(f"warning: candidate {c.name} was trained from '{c.base_model}', compared here with --model "

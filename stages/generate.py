@@ -42,6 +42,7 @@ from pipeline.data.shards import ShardedOutput, shard_ranges
 from pipeline.models.loading import (
     DEFAULT_MODEL,
     check_model_available,
+    check_negative_prompt,
     check_resolution,
     check_t5_options,
     compile_unet,
@@ -195,7 +196,9 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig, max_sequence_len
     from pipeline.families import family_of_pipe
     from pipeline.models.conditioning import concat_embeddings, encode_text
 
-    guidance = cfg.guidance_scale > 1.0
+    family = family_of_pipe(pipe)
+    # Classifier-free guidance on negative prompts; a guidance-distilled family takes guidance_scale as an input.
+    guidance = cfg.guidance_scale > 1.0 and family.cfg_negative_prompt
     # Each prompt is encoded alone (cheap next to the denoising steps): the embeddings do not
     # depend on batch composition, and "no negative prompt" keeps the pipeline's own meaning.
     emb = concat_embeddings([
@@ -204,12 +207,12 @@ def generate_images(pipe, requests, seeds, cfg: GenerateConfig, max_sequence_len
         for r in requests
     ])
     # Initial noise from per-image CPU generators: the same noise on any device and batch size.
-    denoiser = family_of_pipe(pipe).denoiser(pipe)
-    latents = initial_noise(seeds, denoiser.config.in_channels, cfg.resolution // pipe.vae_scale_factor)
+    denoiser = family.denoiser(pipe)
+    latents = initial_noise(seeds, family.latent_channels(denoiser.config), cfg.resolution // pipe.vae_scale_factor)
     with torch.inference_mode():
         out = pipe(
             **emb.pipeline_kwargs(),
-            latents=latents.to(pipe.device, denoiser.dtype),
+            latents=family.pipeline_latents(pipe, latents).to(pipe.device, denoiser.dtype),
             num_inference_steps=cfg.num_inference_steps,
             guidance_scale=cfg.guidance_scale,
             height=cfg.resolution,
@@ -272,6 +275,10 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
         check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
         check_resolution(cfg.model, cfg.resolution)
         check_t5_options(cfg.model, ["--max-sequence-length"] if cfg.max_sequence_length is not None else [])
+        check_negative_prompt(cfg.model, [flag for flag, value in (("--negative-prompt", cfg.recipe.negative_prompt),
+                                                                   ("--rejected-negative-prompt",
+                                                                    cfg.recipe.rejected_negative_prompt))
+                                          if value is not None])
     work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
     prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
                     "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}

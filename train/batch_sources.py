@@ -52,7 +52,10 @@ class LatentBatches:
         self.cfg, self.device, self.noise_scheduler = cfg, accelerator.device, models.noise_scheduler
         # The model check first: latents of another model family are the real error, not their count.
         self.dataset = open_training_latents(cfg)
-        self.pipe = check_data_matches_model(self.dataset, cfg.model, models.family, models.unet.config.in_channels)
+        from pipeline.families import get_family
+
+        channels = get_family(models.family).latent_channels(models.unet.config)  # Flux: in_channels / 4
+        self.pipe = check_data_matches_model(self.dataset, cfg.model, models.family, channels)
         self.data = TrainData(self.dataset, training_sampler(cfg, self.dataset, accelerator.process_index,
                                                              accelerator.num_processes))
         self.sampler = self.data.sampler

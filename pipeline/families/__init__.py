@@ -1,6 +1,6 @@
-"""Model families behind one seam: SD1.5, SDXL (UNet, DDPM) and SD3/SD3.5 (transformer, rectified flow).
+"""Model families behind one seam: SD1.5, SDXL (UNet, DDPM), SD3/SD3.5 and Flux.1 (transformer, rectified flow).
 
-One module per family (:mod:`.sd15`, :mod:`.sdxl`, :mod:`.sd3`), the protocol in :mod:`.base`, the noise
+One module per family (:mod:`.sd15`, :mod:`.sdxl`, :mod:`.sd3`, :mod:`.flux`), the protocol in :mod:`.base`, the noise
 processes in :mod:`.noise`. This registry recognises a model's family from its ``model_index.json``, a
 loaded pipeline, or its denoiser's config. Adding a family = one module and one entry in ``FAMILIES``.
 """
@@ -9,17 +9,19 @@ from __future__ import annotations
 from pipeline.errors import UserError
 
 from .base import ModelFamily
+from .flux import Flux
 from .sd3 import SD3
 from .sd15 import SD15
 from .sdxl import SDXL
 
-# Most specific first: SD15 matches any UNet pipeline without a second text encoder.
-FAMILIES: tuple[type[ModelFamily], ...] = (SD3, SDXL, SD15)
+# Most specific first: SD15 matches any UNet pipeline without a second text encoder; Flux any transformer pipeline
+# with a second but no third text encoder (so before SDXL, which also has a text_encoder_2).
+FAMILIES: tuple[type[ModelFamily], ...] = (SD3, Flux, SDXL, SD15)
 BY_NAME = {f.name: f for f in FAMILIES}
 
 
 def get_family(name: str) -> type[ModelFamily]:
-    """The family called ``name`` ("sd15", "sdxl", "sd3"); UserError for an unknown name."""
+    """The family called ``name`` ("sd15", "sdxl", "sd3", "flux"); UserError for an unknown name."""
     try:
         return BY_NAME[name]
     except KeyError:
@@ -62,5 +64,5 @@ def family_of_denoiser(model) -> type[ModelFamily]:
     raise ValueError(f"no model family recognises a denoiser with config keys {sorted(config)[:8]} ...")
 
 
-__all__ = ["FAMILIES", "SD15", "SD3", "SDXL", "ModelFamily", "family_from_index", "family_of_denoiser",
+__all__ = ["FAMILIES", "Flux", "SD15", "SD3", "SDXL", "ModelFamily", "family_from_index", "family_of_denoiser",
            "family_of_pipe", "get_family"]

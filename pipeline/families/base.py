@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class ModelFamily:
     """One model family. Subclasses set the class attributes and override what differs."""
 
-    name: ClassVar[str]  # "sd15" | "sdxl" | "sd3": written in manifests and training configs
+    name: ClassVar[str]  # "sd15" | "sdxl" | "sd3" | "flux": written in manifests and training configs
     pipeline_class: ClassVar[str]  # the diffusers text-to-image pipeline class
     denoiser_dir: ClassVar[str] = "unet"  # the denoiser's subfolder in a diffusers pipeline folder
     denoiser_class: ClassVar[str] = "UNet2DConditionModel"
@@ -30,6 +30,13 @@ class ModelFamily:
     time_ids: ClassVar[bool] = False  # "add_time_ids" [B, 6] (SDXL's micro-conditioning)
     size_multiple: ClassVar[int] = 8  # image sides: the VAE's /8, times the transformer's patch size
     flow: ClassVar[bool] = False  # rectified flow (True) or DDPM (False)
+    # Whether ``guidance_scale > 1`` means classifier-free guidance against a negative prompt (its embeddings made
+    # and passed to the pipeline), True; False: the denoiser takes the guidance as an input (Flux.1-dev, guidance-
+    # distilled), no negative prompt is used, and one given is refused.
+    cfg_negative_prompt: ClassVar[bool] = True
+    # The denoiser's keyword inputs that are not batched (no batch dimension, whatever their first dimension):
+    # batch-invariant sampling (pipeline.runtime.batch_invariance) passes them whole to each one-sample call.
+    unbatched_inputs: ClassVar[tuple[str, ...]] = ()
     # A T5 text encoder: its default token count when the count is a choice (``--max-sequence-length``; None: no
     # such encoder), and the (encoder, tokenizer) components when it can be left out (``--no-t5``: zeros in its
     # place, as StableDiffusion3Pipeline with text_encoder_3=None; None: it cannot).
@@ -59,6 +66,28 @@ class ModelFamily:
         family may rely on the ones before it having said no). Its components may be None (skipped at load
         time), so a family looks at which components the pipeline class has, not at the modules."""
         return False
+
+    # ------------------------------------------------------------------ latents
+    @classmethod
+    def latent_channels(cls, config) -> int:
+        """Channels C of the VAE latents ``[N, C, h, w]`` the denoiser (config, dict-like) works on; the denoiser's
+        ``in_channels`` unless it packs latents into wider tokens (Flux: in_channels / 4)."""
+        return int(config["in_channels"])
+
+    @classmethod
+    def default_sample_size(cls, config) -> int:
+        """The latent side the family's pipeline defaults to (pixels / the VAE's scale factor), from the denoiser
+        config (dict-like): its ``sample_size``, as the UNet and SD3 pipelines read it.
+
+        Raises:
+            KeyError: the config has no ``sample_size``."""
+        return int(config["sample_size"])
+
+    @classmethod
+    def pipeline_latents(cls, pipe, latents: "torch.Tensor") -> "torch.Tensor":
+        """``latents`` ``[N, C, h, w]`` (e.g. initial noise) in the layout the pipeline's ``latents=`` argument
+        takes: unchanged, unless the pipeline packs them (Flux)."""
+        return latents
 
     # ------------------------------------------------------------------ classes
     @classmethod

@@ -2,7 +2,8 @@
 
 Each :class:`BuiltinModel` knows its name, family, kind and how to produce it:
 
-- ``tiny``: a tiny random SDXL / SD1.5 / SD3 pipeline, built offline once into the cache (:func:`materialise_tiny`);
+- ``tiny``: a tiny random SDXL / SD1.5 / SD3 / Flux pipeline, built offline once into the cache
+  (:func:`materialise_tiny`);
 - ``folder``: a committed diffusers folder, registered by a plugin: the miniature world's pretrained
   ``shapes-sdxl`` (``mapo_tools.models`` entry point, :data:`PLUGIN_GROUP`; no core module imports the world);
 - ``arch``: a full-size architecture with random weights, built in memory on demand (``sdxl-arch``,
@@ -158,6 +159,47 @@ def _tiny_sd3(tok_dir: Path):
         tokenizer_2=build_clip_tokenizer(tok_dir / "2", pad_token="!"),
         text_encoder_3=t5,
         tokenizer_3=build_t5_tokenizer(),
+    )
+
+
+# scheduler/scheduler_config.json of black-forest-labs/FLUX.1-dev: FlowMatchEulerDiscreteScheduler with dynamic
+# shifting (mu from the image token count, between base_shift at 256 tokens and max_shift at 4096).
+FLUX_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                          max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def _tiny_flux(tok_dir: Path):
+    """tiny-flux: Flux.1-dev's architecture at toy widths. A FluxTransformer2DModel (one double and one single
+    block, 4 heads of 8, rotary axes 2 + 2 + 4 = 8, in_channels 64 = 16 latent channels packed 2x2,
+    ``guidance_embeds=True`` as dev), a CLIP-L stand-in (CLIPTextModel, 32 wide: its pooled output is the
+    transformer's pooled_projection_dim 32), a tiny T5 (d_model = joint_attention_dim 32) with the offline-trained
+    tokenizer, a 16-channel VAE with Flux's shift_factor and scaling_factor, and Flux.1-dev's scheduler config
+    (:data:`FLUX_DEV_SCHEDULER`)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from pipeline.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
+
+    joint = 32
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=joint, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    t5 = T5EncoderModel(T5Config(vocab_size=1200, d_model=joint, d_kv=8, d_ff=32, num_layers=1, num_heads=4,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                 decoder_start_token_id=0))
+    # FLUX.1-dev's vae/config.json: scaling_factor 0.3611, shift_factor 0.1159, no quant convs.
+    vae = AutoencoderKL(**{**_vae_config((8, 16, 16, 16), 1, 8, 64, 0.3611, latent_channels=16),
+                           "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False})
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
+        vae=vae,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**_text_config(32))),
+        tokenizer=build_clip_tokenizer(tok_dir / "1"),
+        text_encoder_2=t5,
+        tokenizer_2=build_t5_tokenizer(),
     )
 
 
@@ -370,7 +412,8 @@ class BuiltinModel:
       weights; the denoiser under ``"unet"`` or ``"transformer"`` as its family names it.
     - ``whole_pipeline`` (kind ``arch``): the components make the family's whole pipeline (text encoders, VAE),
       so generation runs; False for a denoiser alone (training on precomputed latents, ``bench --estimate``).
-    - ``resolution``: the image side it was made for when it has no folder to read it from (px).
+    - ``resolution``: the image side it was made for when its folder does not say (px): an ``arch`` model, or a
+      family whose denoiser config has no ``sample_size`` (Flux).
     - ``example_prompt``: a prompt it understands (the model card's snippet).
     """
 
@@ -458,6 +501,8 @@ for _entry in (
     BuiltinModel("tiny-sdxl", family="sdxl", kind="tiny", build=_tiny_sdxl),
     BuiltinModel("tiny-sd15", family="sd15", kind="tiny", build=_tiny_sd15),
     BuiltinModel("tiny-sd3", family="sd3", kind="tiny", build=_tiny_sd3),
+    # resolution: FluxPipeline defaults to 1024 px whatever the model (no sample_size in Flux's config).
+    BuiltinModel("tiny-flux", family="flux", kind="tiny", build=_tiny_flux, resolution=64),
     BuiltinModel("sdxl-arch", family="sdxl", kind="arch", components=sdxl_arch_components, resolution=1024),
     *(BuiltinModel(name, family="sd3", kind="arch", resolution=1024, whole_pipeline=False,
                    components=functools.partial(sd35_arch_components, name))

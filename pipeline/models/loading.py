@@ -252,6 +252,24 @@ def check_t5_options(model: str, given: list[str]) -> None:
                         f"{why}: leave {flags} out.")
 
 
+def check_negative_prompt(model: str, given: list[str]) -> None:
+    """Refuse negative-prompt options (``given``: the flags set, e.g. ``--negative-prompt``) for a model whose
+    family takes no negative prompt (``ModelFamily.cfg_negative_prompt`` False: Flux.1-dev, guidance-distilled,
+    whose ``guidance_scale`` is the transformer's guidance input): it would be recorded while changing nothing.
+
+    Raises:
+        UserError: a flag in ``given`` and a family without negative prompts.
+    """
+    if not given:
+        return
+    fam = model_family_of(model)
+    if not fam.cfg_negative_prompt:
+        flags = " and ".join(given)
+        raise UserError(f"{flags}: '{model}' is a {fam.name} model, guidance-distilled (guidance_scale is an input of "
+                        f"its transformer, no classifier-free guidance pass), which takes no negative prompt: "
+                        f"leave {flags} out.")
+
+
 def unet_config(model: str) -> dict | None:
     """The denoiser config (``unet/config.json``, or ``transformer/config.json`` for a transformer family)
     of ``model``, read without loading weights; None for the in-memory architecture models (``sdxl-arch``).
@@ -268,8 +286,9 @@ def unet_config(model: str) -> dict | None:
 
 
 def default_resolution(model: str) -> int:
-    """The image side a model was made for, as the diffusers pipelines default it: the UNet's
-    ``sample_size`` times the VAE's scale factor ``2 ** (len(block_out_channels) - 1)`` (1024 for SDXL,
+    """The image side a model was made for, as the diffusers pipelines default it: the denoiser's
+    ``sample_size`` (its family's :meth:`~pipeline.families.base.ModelFamily.default_sample_size`) times the
+    VAE's scale factor ``2 ** (len(block_out_channels) - 1)`` (1024 for SDXL,
     512 for SD1.5, 64 for the built-in tiny and world models).
 
     Raises:
@@ -282,7 +301,7 @@ def default_resolution(model: str) -> int:
         return builtin.resolution  # an in-memory architecture: SDXL base 1.0's, SD3.5's
     unet = unet_config(model)
     vae = _call_loader("VAE", model, AutoencoderKL.load_config, resolve_model_source(model), subfolder="vae")
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    return model_family_of(model).default_sample_size(unet) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def check_model_available(model: str, vae: str | None = None) -> str:

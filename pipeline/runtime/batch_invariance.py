@@ -20,9 +20,11 @@ def _split(value, batch: int, i: int):
     return value
 
 
-def per_sample_forward(module) -> None:
+def per_sample_forward(module, unbatched: tuple[str, ...] = ()) -> None:
     """Make ``module``'s forward run each batch element separately (first arg = batch tensor, or the
-    ``hidden_states`` keyword: diffusers' transformers are called with keywords)."""
+    ``hidden_states`` keyword: diffusers' transformers are called with keywords). Keyword arguments named in
+    ``unbatched`` are passed whole even when their first dimension equals the batch size (Flux's position ids
+    ``txt_ids`` [L, 3] and ``img_ids`` [S, 3]: the ModelFamily's ``unbatched_inputs``)."""
     import torch
 
     original = module.forward
@@ -35,7 +37,7 @@ def per_sample_forward(module) -> None:
         outs = [
             original(
                 *(_split(a, batch, i) for a in args),
-                **{k: _split(v, batch, i) for k, v in kwargs.items()},
+                **{k: v if k in unbatched else _split(v, batch, i) for k, v in kwargs.items()},
             )
             for i in range(batch)
         ]
@@ -50,6 +52,7 @@ def per_sample_forward(module) -> None:
 def make_batch_invariant(pipe) -> None:
     from pipeline.families import family_of_pipe
 
-    per_sample_forward(family_of_pipe(pipe).denoiser(pipe))
+    family = family_of_pipe(pipe)
+    per_sample_forward(family.denoiser(pipe), family.unbatched_inputs)
     if getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_slicing()

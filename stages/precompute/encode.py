@@ -294,7 +294,7 @@ def describe_encoders(pipe, cfg: PrecomputeConfig, dtype, vae_dtype, shape: Inpu
         "scaling_factor": pipe.vae.config.scaling_factor,
         "shift_factor": getattr(pipe.vae.config, "shift_factor", None),
         "components": describe_models(pipe.vae, encoders),
-        **({"max_sequence_length": text_shape[0] - pipe.tokenizer.model_max_length, "t5": cfg.t5}
+        **({"max_sequence_length": cfg.max_sequence_length or family.max_sequence_length, "t5": cfg.t5}
            if family.max_sequence_length is not None else {}),
     }
 

@@ -25,8 +25,9 @@ def test_family_read_from_model_index(model, family):
 def test_unknown_pipeline_class_is_one_line():
     from pipeline.errors import UserError
 
-    with pytest.raises(UserError, match="FluxPipeline pipeline, which mapo-tools does not support"):
-        family_from_index({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]})
+    with pytest.raises(UserError, match="PixArtAlphaPipeline pipeline, which mapo-tools does not support"):
+        family_from_index({"_class_name": "PixArtAlphaPipeline",
+                           "transformer": ["diffusers", "PixArtTransformer2DModel"]})
     with pytest.raises(UserError, match="unknown model family 'sd4'"):
         get_family("sd4")
 
@@ -169,5 +170,6 @@ def test_family_of_pipe_asks_each_family_in_registry_order():
     assert family_of_pipe(SimpleNamespace(transformer=None, text_encoder_2=None, text_encoder_3=None)) is SD3
     assert family_of_pipe(SimpleNamespace(unet=None, text_encoder_2=None, tokenizer_2=object())) is SDXL
     assert family_of_pipe(SimpleNamespace(unet=None, text_encoder=None, text_encoder_2=None)) is SD15
+    assert family_of_pipe(SimpleNamespace(transformer=None, text_encoder_2=None)).name == "flux"
     with pytest.raises(ValueError, match="no model family recognises a SimpleNamespace pipeline"):
-        family_of_pipe(SimpleNamespace(transformer=None, text_encoder_2=None))  # e.g. Flux: not registered
+        family_of_pipe(SimpleNamespace(transformer=None, text_encoder=None))  # e.g. PixArt: not registered

@@ -1,0 +1,189 @@
+"""Flux.1 end to end through the real CLIs on the built-in tiny-flux: generate -> label -> precompute -> mapo-train
+(every objective; MaPO full and LoRA) -> mapo-eval; the outputs load with plain diffusers; bad input is one line.
+Tiny sizes and one or two steps: the family's plumbing, not its learning, is under test."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluation.cli import app as eval_app
+from stages.cli import app as data_app
+from tests.helpers import run_cli, write_prompts
+from tests.train.conftest import train_args
+from train.cli import app as train_app
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+T5_TOKENS = "8"  # --max-sequence-length everywhere: Flux's default 512 is slow for nothing on a CPU
+
+
+@pytest.fixture(scope="module")
+def flux_data(tmp_path_factory, one_torch_thread):
+    root = tmp_path_factory.mktemp("flux")
+    prompts = write_prompts(root / "prompts.txt", PROMPTS)
+    for args in (["generate", "--prompts", prompts, "--output", root / "pairs", "--model", "tiny-flux",
+                  "--resolution", "64", "--num-inference-steps", "2", "--device", "cpu",
+                  "--max-sequence-length", T5_TOKENS, "--guidance-scale", "3.5"],
+                 ["label", "--input", root / "pairs", "--output", root / "lab", "--target", "style"],
+                 ["precompute", "--input", root / "lab", "--output", root / "lat", "--model", "tiny-flux",
+                  "--resolution", "64", "--device", "cpu", "--max-sequence-length", T5_TOKENS]):
+        result = run_cli(data_app, args)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture(scope="module")
+def flux_runs(flux_data, tmp_path_factory):
+    """MaPO runs on the latents: a full fine-tune and a LoRA, two steps each."""
+    root = tmp_path_factory.mktemp("flux-runs")
+    for name, extra in (("full", []), ("lora", ["--lora-rank", "2"])):
+        result = run_cli(train_app, train_args(flux_data / "lat", root / name, "tiny-flux", 2, *extra))
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_generate_records_flux_sampling(flux_data):
+    """generate passes FluxPipeline its distilled guidance (no negative prompt embeddings) and packed initial
+    noise: one image pair per prompt, at the T5 token count given."""
+    from tests.helpers import read_table
+
+    manifest = json.loads((flux_data / "pairs" / "manifest.json").read_text())
+    assert manifest["identity"]["max_sequence_length"] == int(T5_TOKENS)
+    rows = read_table(flux_data / "pairs").to_pylist()
+    assert len(rows) == len(PROMPTS) and rows[0]["guidance_scale"] == 3.5
+
+
+def test_precompute_stores_flux_conditioning(flux_data):
+    """Unpacked 16-channel latents (shift and scale applied), T5's [L, D] prompt_embeds and CLIP-L's pooled."""
+    from pipeline.data.latent_shards import open_latents
+
+    info = json.loads((flux_data / "lat" / "manifest.json").read_text())["latents"]
+    assert info["family"] == "flux" and info["latent_shape"] == [16, 8, 8] and info["shift_factor"] == 0.1159
+    assert info["prompt_embeds_shape"] == [int(T5_TOKENS), 32] and info["pooled_dim"] == 32
+    assert info["max_sequence_length"] == int(T5_TOKENS) and info["t5"] is True and len(info["text_encoders"]) == 2
+    item = open_latents(flux_data / "lat")[0]
+    assert item["latents"].shape == (2, 16, 8, 8) and item["pooled_prompt_embeds"].shape == (32,)
+    assert item["prompt_embeds"].shape == (int(T5_TOKENS), 32) and "add_time_ids" not in item
+
+
+@pytest.mark.parametrize("objective", ["dpo", "sft", "kto"])
+def test_other_objectives_train_flux(flux_data, tmp_path, objective):
+    result = run_cli(train_app, train_args(flux_data / "lat", tmp_path / "run", "tiny-flux", 1,
+                                           "--objective", objective, "--lora-rank", "2"))
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "training_config.json").read_text())
+    assert config["family"] == "flux" and config["objective"] == objective and config["prediction_type"] == "flow"
+
+
+def test_full_fine_tune_loads_with_plain_diffusers(flux_runs):
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from safetensors.torch import load_file
+
+    from pipeline.models.loading import resolve_model_source
+
+    out = flux_runs / "full"
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["family"] == "flux" and config["objective"] == "mapo" and config["prediction_type"] == "flow"
+    card = (out / "README.md").read_text()
+    assert 'FluxTransformer2DModel.from_pretrained("PATH_TO_THIS_FOLDER/transformer")' in card
+    assert "FluxPipeline.from_pretrained(" in card and "max_sequence_length=8)" in card
+    base = FluxTransformer2DModel.from_pretrained(resolve_model_source("tiny-flux"), subfolder="transformer")
+    trained = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+    loaded = FluxTransformer2DModel.from_pretrained(out / "transformer")
+    state = loaded.state_dict()
+    assert state.keys() == trained.keys() == base.state_dict().keys()
+    assert all(torch.equal(state[k], trained[k].to(state[k].dtype)) for k in trained)
+    assert any(not torch.equal(state[k], v) for k, v in base.state_dict().items())  # training changed it
+    pipe = FluxPipeline.from_pretrained(resolve_model_source("tiny-flux"), transformer=loaded)
+    image = pipe("a red circle", num_inference_steps=1, height=64, width=64, max_sequence_length=8).images[0]
+    assert image.size == (64, 64)
+
+
+def test_lora_loads_with_plain_diffusers(flux_runs):
+    import torch
+    from diffusers import FluxPipeline
+    from peft import get_peft_model_state_dict
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors.torch import load_file
+
+    from pipeline.families import Flux
+    from pipeline.models.loading import resolve_model_source
+
+    out = flux_runs / "lora"
+    config = json.loads((out / "training_config.json").read_text())
+    card = (out / "README.md").read_text()
+    assert "FluxPipeline" in card and "load_lora_weights" in card
+    assert config["lora_target_modules"] == list(Flux.lora_target_modules)
+    pipe = FluxPipeline.from_pretrained(resolve_model_source("tiny-flux"))
+    pipe.load_lora_weights(str(out))
+    assert pipe.get_active_adapters()
+    saved = load_file(out / "pytorch_lora_weights.safetensors")
+    saved = {k.removeprefix("transformer.").replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
+             for k, v in saved.items()}
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
+    lora_b = [k for k in saved if ".lora_B." in k]
+    assert lora_b and set(loaded) == set(saved)  # every trained layer, and nothing else, is in the pipeline
+    for k in saved:
+        assert torch.equal(loaded[k].to(saved[k].dtype), saved[k]), k
+    assert any(saved[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: training moved it
+    block = pipe.transformer.transformer_blocks[0]
+    for module in (block.attn.add_q_proj, block.attn.to_add_out, block.attn.to_q, block.ff.net[2],
+                   block.ff_context.net[2], pipe.transformer.single_transformer_blocks[0].attn.to_k):
+        assert isinstance(module, BaseTunerLayer)
+
+
+def test_eval_flux_candidates(flux_data, flux_runs, tmp_path):
+    import math
+
+    result = run_cli(eval_app, ["--candidate", flux_runs / "full", "--candidate", flux_runs / "lora", "--prompts",
+                                flux_data / "prompts.txt", "--output", tmp_path / "eval", "--metrics", "world-style",
+                                "--style", "cartoon", "--num-inference-steps", "2", "--seeds", "1", "--device",
+                                "cpu", "--batch-size", "4", "--base-max-sequence-length", T5_TOKENS])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert {n: m["kind"] for n, m in summary["models"].items()} == {"base": "base", "full": "unet", "lora": "lora"}
+    per_model = summary["metrics"]["world-style"]["per_model"]
+    for name in ("base", "full", "lora"):
+        assert per_model[name]["n"] == len(PROMPTS) and math.isfinite(per_model[name]["estimate"]), per_model[name]
+
+
+def _one_line_error(result):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_bad_input_is_one_line(flux_data, tmp_path):
+    # SPO: its sampler is DDPM's
+    line = _one_line_error(run_cli(train_app, ["--model", "tiny-flux", "--objective", "spo", "--prompts",
+                                               flux_data / "prompts.txt", "--output-dir", tmp_path / "a",
+                                               "--max-steps", "1", "--report-to", "none"]))
+    assert "flow-matching (flux)" in line and not (tmp_path / "a").exists()
+    # --no-t5: Flux's T5 is required (its declaration, optional_t5 None)
+    line = _one_line_error(run_cli(data_app, ["precompute", "--input", flux_data / "lab", "--output", tmp_path / "b",
+                                              "--model", "tiny-flux", "--resolution", "64", "--no-t5"]))
+    assert "'tiny-flux' is flux, whose T5 cannot be left out" in line and not (tmp_path / "b").exists()
+    # a side that is not a multiple of 16
+    line = _one_line_error(run_cli(data_app, ["generate", "--prompts", flux_data / "prompts.txt", "--output",
+                                              tmp_path / "c", "--model", "tiny-flux", "--resolution", "72"]))
+    assert "multiples of 16" in line and not (tmp_path / "c").exists()
+    # a negative prompt: Flux.1-dev is guidance-distilled
+    line = _one_line_error(run_cli(data_app, ["generate", "--prompts", flux_data / "prompts.txt", "--output",
+                                              tmp_path / "d", "--model", "tiny-flux", "--negative-prompt", "blurry"]))
+    assert "--negative-prompt" in line and "takes no negative prompt" in line and not (tmp_path / "d").exists()
+
+
+def test_sd3_lora_is_refused_as_a_flux_candidate(flux_data, tmp_path):
+    """A LoRA trained on tiny-sd3 given to mapo-eval with --model tiny-flux: one line, nothing written."""
+    result = run_cli(data_app, ["precompute", "--input", flux_data / "lab", "--output", tmp_path / "lat", "--model",
+                                "tiny-sd3", "--resolution", "64", "--device", "cpu", "--max-sequence-length", "8"])
+    assert result.exit_code == 0, result.output
+    result = run_cli(train_app, train_args(tmp_path / "lat", tmp_path / "sd3-lora", "tiny-sd3", 1, "--lora-rank", "2"))
+    assert result.exit_code == 0, result.output
+    line = _one_line_error(run_cli(eval_app, ["--candidate", tmp_path / "sd3-lora", "--model", "tiny-flux",
+                                              "--prompts", flux_data / "prompts.txt", "--output", tmp_path / "e",
+                                              "--metrics", "world-style", "--style", "cartoon"]))
+    assert "is an sd3 transformer" in line and "'tiny-flux' is an flux pipeline" in line, line
+    assert not (tmp_path / "e").exists()

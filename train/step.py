@@ -186,7 +186,7 @@ def compute_loss(unet, batch: dict, noise_scheduler, objective: Objective, gener
         family = family_of_denoiser(unet)
     except ValueError:  # not a diffusers denoiser (a test double): the UNet call
         family = None
-    process = noise_process(noise_scheduler)
+    process = (family or ModelFamily).noise_process(noise_scheduler)  # the family's sigma sampling (Flux: uniform)
     noise, timesteps = draw_noise(batch["latents"], process, generator, per_example=objective.per_example_noise)
     x_t, t, target, cond = unet_inputs(batch, noise, timesteps, process, objective, family)
     ref = None

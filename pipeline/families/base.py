@@ -34,6 +34,9 @@ class ModelFamily:
     # and passed to the pipeline), True; False: the denoiser takes the guidance as an input (Flux.1-dev, guidance-
     # distilled), no negative prompt is used, and one given is refused.
     cfg_negative_prompt: ClassVar[bool] = True
+    # Rectified flow: how training draws sigma (diffusers' compute_density_for_timestep_sampling weighting_scheme);
+    # None: FlowSampling's default, logit-normal as diffusers' SD3 training script.
+    flow_weighting_scheme: ClassVar[str | None] = None
     # The denoiser's keyword inputs that are not batched (no batch dimension, whatever their first dimension):
     # batch-invariant sampling (pipeline.runtime.batch_invariance) passes them whole to each one-sample call.
     unbatched_inputs: ClassVar[tuple[str, ...]] = ()
@@ -88,6 +91,15 @@ class ModelFamily:
         """``latents`` ``[N, C, h, w]`` (e.g. initial noise) in the layout the pipeline's ``latents=`` argument
         takes: unchanged, unless the pipeline packs them (Flux)."""
         return latents
+
+    @classmethod
+    def noise_process(cls, scheduler):
+        """The training noise process over ``scheduler`` (:func:`pipeline.families.noise.noise_process`), with this
+        family's sigma sampling when it is a flow model."""
+        from .noise import FlowSampling, noise_process
+
+        scheme = cls.flow_weighting_scheme
+        return noise_process(scheduler, FlowSampling(weighting_scheme=scheme) if scheme else None)
 
     # ------------------------------------------------------------------ classes
     @classmethod

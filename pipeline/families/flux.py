@@ -16,8 +16,9 @@ builds the image ids (``_prepare_latent_image_ids``) and the zero text ids, pass
 pipeline's loop divides by 1000), and unpacks the prediction. The noise process is the rectified flow of
 :mod:`.noise` over the model's scheduler: Flux.1-dev's scheduler config sets ``use_dynamic_shifting``, so its
 training sigmas are unshifted (``FlowMatchEulerDiscreteScheduler`` only applies the static ``shift`` without
-dynamic shifting) and sigma is drawn logit-normal over them, as diffusers' Flux training script does; the
-resolution-dependent shift ``mu`` (``calculate_shift``) is applied at sampling only, by the pipeline.
+dynamic shifting) and sigma is drawn uniformly over them (``weighting_scheme`` "none"), as diffusers' Flux training
+script does by default; the resolution-dependent shift ``mu`` (``calculate_shift``) is applied at sampling only, by
+the pipeline, as there.
 Image sides are multiples of 16 (VAE /8 times the 2x2 packing).
 """
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Flux(ModelFamily):
     size_multiple = 16
     flow = True
     cfg_negative_prompt = False
+    # diffusers' train_dreambooth_(lora_)flux.py --weighting_scheme default: "none", uniform u (SD3's script: logit-
+    # normal), then the scheduler's sigma at floor(u T).
+    flow_weighting_scheme = "none"
     unbatched_inputs = ("txt_ids", "img_ids")  # [L, 3] and [S, 3] position ids, shared by the batch
     fit_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size", "num_layers",
                 "num_single_layers", "attention_head_dim", "num_attention_heads", "guidance_embeds")

@@ -115,15 +115,44 @@ def FluxPipeline_pack(x):  # noqa: N802 - named after what it calls
     return FluxPipeline._pack_latents(x, *x.shape)
 
 
-def test_flux_noise_process_is_unshifted_rectified_flow(pipe):
+def test_flux_noise_process_is_unshifted_uniform_rectified_flow(pipe):
     """Flux.1-dev's scheduler shifts dynamically at sampling only: its training sigmas are unshifted
-    (sigma_i = 1 - i / T), drawn logit-normal as diffusers' Flux training script draws them (median 0.5)."""
-    proc = noise_process(pipe.scheduler)
-    assert isinstance(proc, RectifiedFlow)
+    (sigma_i = 1 - i / T), drawn uniformly as diffusers' Flux training script draws them by default
+    (weighting_scheme "none"); SD3 keeps logit-normal. The trainer's step asks the family."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from pipeline.families import SD3
+
+    proc = Flux.noise_process(pipe.scheduler)
+    assert isinstance(proc, RectifiedFlow) and proc.sampling.weighting_scheme == "none"
     u = 1 - torch.tensor([0.0, 500.0, 999.0]) / 1000
     torch.testing.assert_close(proc.sigmas[[0, 500, 999]], u)
     many = proc.draw((20000, 1, 1, 1), torch.Generator().manual_seed(0))[1]
     assert many.median().item() == pytest.approx(0.5, abs=0.02)
+    assert (many < 0.1).float().mean().item() == pytest.approx(0.1, abs=0.01)  # logit-normal: 0.014
+    sd3 = SD3.noise_process(FlowMatchEulerDiscreteScheduler(shift=3.0))
+    assert sd3.sampling.weighting_scheme == "logit_normal"
+
+
+def test_training_step_draws_with_the_family_sampling(pipe, monkeypatch):
+    """train.step.compute_loss on a Flux transformer draws its sigmas with Flux's process."""
+    import train.step
+    from train.step import Objective
+
+    seen = []
+    real = train.step.draw_noise
+
+    def spy(latents, process, generator, per_example=False):
+        seen.append(process.sampling.weighting_scheme)
+        return real(latents, process, generator, per_example=per_example)
+
+    monkeypatch.setattr(train.step, "draw_noise", spy)
+    batch = {"latents": torch.randn(1, 2, 16, 4, 4), "prompt_embeds": torch.randn(1, 8, 32),
+             "pooled_prompt_embeds": torch.randn(1, 32)}
+    with torch.no_grad():
+        out = train.step.compute_loss(pipe.transformer, batch, pipe.scheduler, Objective("sft", None, 1000, "flow"),
+                                      torch.Generator().manual_seed(0))
+    assert seen == ["none"] and torch.isfinite(out.loss)
 
 
 def test_batch_invariant_sampling_keeps_flux_ids_whole(pipe):

@@ -323,5 +323,5 @@ def test_eval_samples_the_base_at_the_candidates_t5_tokens_when_asked(sd3_data, 
     line = _one_line_error(run_cli(eval_app, ["--model", "tiny-sdxl", "--prompts", sd3_data / "prompts.txt",
                                               "--output", tmp_path / "sdxl", "--metrics", "world-style", "--style",
                                               "cartoon", "--base-max-sequence-length", "16"]))
-    assert "--base-max-sequence-length applies only to models with a T5 text encoder (sd3)" in line, line
+    assert "--base-max-sequence-length applies only to models with a T5 text encoder (sd3, flux)" in line, line
     assert not (tmp_path / "sdxl").exists()

@@ -170,3 +170,22 @@ def test_batch_invariant_sampling_keeps_flux_ids_whole(pipe):
         whole = Flux.predict(transformer, x, torch.full((n,), 500.0), cond)
         one = Flux.predict(pipe.transformer, x[:1], torch.full((1,), 500.0), {k: v[:1] for k, v in cond.items()})
     torch.testing.assert_close(whole[:1], one)
+
+
+def test_generate_samples_as_flux_pipeline_does(pipe):
+    """stages.generate.generate_images on Flux (its per-seed initial noise packed 2x2, the distilled guidance as
+    guidance_scale, no negative embeddings) gives FluxPipeline's own images for the same seeds."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from stages.generate import generate_images
+    from stages.recipes import ImageRequest
+
+    cfg = SimpleNamespace(guidance_scale=3.5, num_inference_steps=2, resolution=64)
+    requests = [ImageRequest("a red circle", None, 0), ImageRequest("a blue square", None, 1)]
+    for request, seed in zip(requests, [11, 12]):  # one at a time: a batch of 2 changes kernels' last bits
+        image = generate_images(pipe, [request], [seed], cfg, max_sequence_length=8)[0]
+        theirs = pipe(request.prompt, num_inference_steps=2, guidance_scale=3.5, height=64, width=64,
+                      max_sequence_length=8, generator=torch.Generator().manual_seed(seed)).images[0]
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(theirs))

@@ -22,6 +22,9 @@ It is built in memory on demand instead of being written to disk (about 14 GB in
 ``sd35-medium-arch`` and ``sd35-large-arch`` are the SD3.5 transformers (about 2.5B and 8.1B parameters) at
 their published configs, with random weights, for the same use on the flow family
 (:func:`sd35_arch_components`).
+
+The module is a little over 500 lines: each built-in's builder sits beside the registry entry that names it, so a
+new family adds its tiny model here (as tiny-sd3 and tiny-flux did) rather than in a module of its own.
 """
 from __future__ import annotations
 

@@ -70,5 +70,10 @@ def save_lora(unet, output_dir: Path, family: str) -> Path:
     layers = lora_layers(get_peft_model_state_dict(unet))
     # The adapter's config (lora_alpha above all) goes into the file's metadata: without it
     # load_lora_weights assumes alpha = rank and applies an alpha != rank adapter at the wrong scale.
-    get_family(family).save_lora(layers, str(output_dir), unet.peft_config["default"].to_dict())
+    metadata = unet.peft_config["default"].to_dict()
+    if isinstance(metadata.get("target_modules"), (set, list, tuple)):
+        # peft keeps them as a set, whose order changes with Python's string hashing from run to run: sorted, the
+        # same run writes the same file bytes (the adapter loads the same either way)
+        metadata["target_modules"] = sorted(metadata["target_modules"])
+    get_family(family).save_lora(layers, str(output_dir), metadata)
     return Path(output_dir) / LORA_FILE

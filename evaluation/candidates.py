@@ -121,10 +121,16 @@ def resolve_base(cfg: EvalConfig, cands: list[TrainingOutput]) -> str:
     """The base model: ``--model``, else the model the candidates were trained from, else the default model.
 
     Raises:
-        UserError: no ``--model`` and candidates trained from different models.
+        UserError: candidates of different model families (no one base can sample them all), or no ``--model``
+            and candidates trained from different models.
     """
     from pipeline.models.loading import DEFAULT_MODEL
 
+    families = {c.name: c.family for c in cands if c.family}
+    if len(set(families.values())) > 1:
+        which = ", ".join(f"{name} {family}" for name, family in families.items())
+        raise UserError(f"candidates are of different model families ({which}); one mapo-eval compares candidates "
+                        "of one family with their base: evaluate each family in its own run")
     trained_on = {c.base_model for c in cands if c.base_model}
     if cfg.model is None:
         if len(trained_on) > 1:

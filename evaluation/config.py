@@ -10,6 +10,7 @@ from pipeline.cli.options import (
     PANEL_SAMPLING,
     at_least,
     batch_invariant_option,
+    builtin_models_help,
     check_options,
     dtype_option,
     guidance_scale_option,
@@ -45,10 +46,10 @@ class EvalConfig:
     output: str = option(panel=PANEL_IO, help=(
         "Output folder (images, scores.parquet, summary.json, plots, report.html); resumable."))
     candidates: list[str] = option(name="candidate", default_factory=list, separator=None, panel=PANEL_IO, help=(
-        "A mapo-train output folder (full UNet or LoRA); repeat to compare several."))
+        "A mapo-train output folder (full fine-tune: unet/, SD3: transformer/; or LoRA); repeat to compare several."))
     # None: the candidates' base model (training_config.json "model")
     model: str | None = model_option(None, help=(
-        "Base model: hub id, local diffusers folder, or built-in (tiny-sdxl, tiny-sd15, tiny-sd3, shapes-sdxl); "
+        f"Base model: hub id, local diffusers folder, or built-in ({builtin_models_help()}); "
         "default: the candidates' training model."))
     metrics: list[str] = option(default_factory=lambda: list(DEFAULT_METRICS), panel=PANEL_IO, help=(
         "Comma-separated: aesthetic, hps, pickscore, clip, style, safety; on the miniature world world-style, "
@@ -65,9 +66,9 @@ class EvalConfig:
         "resolution the candidates were trained at, else the base model's own "
         "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     base_max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_SAMPLING, help=(
-        "T5 token rows the base model samples with (models with a T5 encoder, SD3); default the pipeline's (256). "
-        "Candidates always sample with the count they were trained on: pass theirs to give the base the same text "
-        "conditioning."))
+        "T5 token rows the base model samples with (models with a T5 encoder, SD3; at most 512); default the "
+        "pipeline's (256). Candidates always sample with the count they were trained on: pass theirs to give the "
+        "base the same text conditioning."))
     seeds: int = option(1, check=at_least(1), panel=PANEL_SAMPLING, help=(
         "Images (seeds) per prompt; every model gets the same seeds."))
     seed: int = seed_option("Global seed; image k of a prompt uses derive_seed(seed, prompt id, k).")

@@ -28,6 +28,7 @@ from pipeline.models.loading import (
     check_model_available,
     check_negative_prompt,
     check_resolution,
+    check_t5_length,
     check_t5_options,
     t5_length_to_record,
 )
@@ -112,6 +113,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     models: list[tuple[str, TrainingOutput | None]] = [(BASE, None)] + [(c.name, c) for c in cands]
     if cfg.base_max_sequence_length is not None:  # a model without T5: refused, as generate and precompute do
         check_t5_options(base_model, ["--base-max-sequence-length"])
+        check_t5_length(base_model, cfg.base_max_sequence_length, "--base-max-sequence-length")
     base_tokens = t5_length_to_record(base_model, cfg.base_max_sequence_length)  # None at the default, given or not
     base_text = {"max_sequence_length": base_tokens} if base_tokens else {}
     model_info = {BASE: {"path": base_model, "kind": "base", "fingerprint": None,
@@ -134,7 +136,7 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     missing = {m: ks for m, ks in missing_scores(cfg, keys, rows).items() if ks}
     # Load the judges before generating: missing weights fail before any image is made.
     judges = load_judges(list(missing), cfg.judges, cfg.device) if missing else {}
-    family = check_model_available(base_model, cfg.vae)  # a model typo fails before the output folder exists
+    family = check_model_available(base_model, cfg.vae, whole_pipeline=True)  # before the output folder exists
     for c in cands:
         if c.family and c.family != family:
             kind = "UNet" if get_family(c.family).denoiser_dir == "unet" else "transformer"

@@ -44,6 +44,7 @@ from pipeline.models.loading import (
     check_model_available,
     check_negative_prompt,
     check_resolution,
+    check_t5_length,
     check_t5_options,
     compile_unet,
     default_resolution,
@@ -81,8 +82,8 @@ class GenerateConfig:
     guidance_scale: float = guidance_scale_option(5.0)
     resolution: int | None = resolution_option()  # None: pipeline.models.loading.default_resolution(model)
     max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_SAMPLING, help=(
-        "SD3: T5 tokens per prompt, as StableDiffusion3Pipeline's max_sequence_length; default: the pipeline's "
-        "own (256). Fewer tokens sample faster."))
+        "SD3: T5 tokens per prompt, as StableDiffusion3Pipeline's max_sequence_length (at most 512); default: the "
+        "pipeline's own (256). Fewer tokens sample faster."))
     seed: int = seed_option("Global seed; each image's seed derives from (seed, prompt id, image index).")
     shard_size: int = option(100, help="Pairs per Parquet shard.", check=at_least(1), panel=PANEL_IO)
     batch_size: int = option(4, help="Prompts per pipeline call (each gives its pair or --images-per-prompt images).",
@@ -272,13 +273,14 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
     out = ShardedOutput(cfg.output, STAGE, identity, len(ranges), config)
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
-        check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+        check_model_available(cfg.model, cfg.vae, whole_pipeline=True)  # before the output folder exists
         check_resolution(cfg.model, cfg.resolution)
         check_t5_options(cfg.model, ["--max-sequence-length"] if cfg.max_sequence_length is not None else [])
         check_negative_prompt(cfg.model, [flag for flag, value in (("--negative-prompt", cfg.recipe.negative_prompt),
                                                                    ("--rejected-negative-prompt",
                                                                     cfg.recipe.rejected_negative_prompt))
                                           if value is not None])
+        check_t5_length(cfg.model, cfg.max_sequence_length)
     work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
     prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
                     "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}

@@ -13,6 +13,7 @@ from pipeline.cli.options import (
     RESOLUTION_HELP,
     at_least,
     between,
+    builtin_models_help,
     check_options,
     guidance_scale_option,
     model_option,
@@ -73,10 +74,10 @@ class TrainConfig:
 
     data: str | None = option(None, panel=P_IO, help=_data_help())
     model: str | None = model_option(None, help=(
-        "Base model the latents were made with: hub id, local diffusers folder, tiny-sdxl, tiny-sd15, shapes-sdxl "
+        f"Base model the latents were made with: hub id, local diffusers folder, or built-in ({builtin_models_help()}) "
         "(default: the model the latents record)."))
     output_dir: str = option("runs/mapo", panel=P_IO, help=(
-        "Where checkpoints, logs, the trained UNet / LoRA and the model card go."))
+        "Where checkpoints, logs, the trained denoiser (unet/, SD3: transformer/) or LoRA and the model card go."))
     objective: str = option("mapo", choices=OBJECTIVES, panel=P_OBJ, help=objectives.objective_help())
     beta: float | None = option(None, check=positive, panel=P_OBJ, help=objectives.beta_help())
     kto_lambda_desirable: float = option(1.0, check=positive, panel=P_OBJ, help=(
@@ -109,12 +110,14 @@ class TrainConfig:
         "free those gradients (torchtune's optimizer-in-backward): all gradients are never in memory at once. One "
         "process, --gradient-accumulation-steps 1, no fp16; --max-grad-norm then clips each weight tensor's gradient "
         "on its own, not the global norm."))
-    lora_rank: int = option(0, check=at_least(0), panel=P_MODEL, help="LoRA rank; 0 = full UNet fine-tune.")
+    lora_rank: int = option(0, check=at_least(0), panel=P_MODEL, help=(
+        "LoRA rank; 0 = full fine-tune of the denoiser (UNet, SD3: transformer)."))
     lora_alpha: float | None = option(None, panel=P_MODEL, help="LoRA alpha (default: the rank).")
     lora_target_modules: list[str] | None = option(None, panel=P_MODEL, help=(
         "Comma-separated denoiser modules that get LoRA (peft target_modules: a name matches each module whose "
         f"dotted path is or ends with it). Default: the model family's ({_family_lora_targets()})."))
-    gradient_checkpointing: bool = option(False, panel=P_MODEL, help="Trade compute for memory in the UNet.")
+    gradient_checkpointing: bool = option(False, panel=P_MODEL, help=(
+        "Trade compute for memory in the denoiser (UNet, SD3: transformer)."))
     compile: bool = option(False, panel=P_MODEL, help=(
         "Regional torch.compile: compile each of the UNet's transformer blocks (diffusers' compile_repeated_blocks, "
         "inductor) to fuse their small kernels. The first steps are slower while it compiles; whether it pays off "
@@ -153,7 +156,7 @@ class TrainConfig:
     )
     validation_guidance_scale: float = option(5.0, panel=P_VAL, help="Guidance scale for validation images.")
     validation_resolution: int | None = option(None, panel=P_VAL, help=(
-        "Validation image side (default: the data's resolution)."))
+        "Validation image side in pixels (a multiple of 8; 16 for SD3); default: the data's resolution."))
     validation_metrics: list[str] = option(default_factory=list, panel=P_VAL, help=(
         f"Comma-separated judges of the validation images, logged as val/<metric>: {', '.join(judge_names())} "
         "(default: none)."))

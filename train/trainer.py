@@ -65,6 +65,8 @@ class Trainer:
             from pipeline.data.latent_shards import latents_model
 
             cfg.model = latents_model(cfg.data)
+        from pipeline.models.loading import check_resolution  # SD3's 16 px multiple: refused before any folder
+        check_resolution(cfg.model, cfg.validation_resolution, "--validation-resolution")
         self.out = Path(cfg.output_dir)
         self.accelerator = None
         self._signal = None

@@ -470,12 +470,19 @@ def iter_commands(app) -> Iterator[tuple[str, Any]]:
 
 # -- option groups shared by several commands (declared once, used by generate, label, precompute,
 # eval and the trainer's validation) ------------------------------------------------------------
-MODEL_HELP = ("Hub id, local diffusers folder, or built-in: tiny-sdxl, tiny-sd15, tiny-sd3, shapes-sdxl (the miniature "
-              "world), sdxl-arch.")
 PANEL_IO, PANEL_MODEL, PANEL_SAMPLING, PANEL_RUN = "Input and output", "Model", "Sampling", "Run"
 
 
-def model_option(default: str | None, help: str = MODEL_HELP) -> Any:
+def builtin_models_help() -> str:
+    """The built-ins ``--model`` loads as a whole pipeline, from the registry (plugins' included), comma-separated:
+    a --help that names them cannot fall behind a new built-in."""
+    from pipeline.models.builtin import builtin_names
+
+    return ", ".join(builtin_names(whole_pipeline=True))
+
+
+def model_option(default: str | None, help: str | None = None) -> Any:
+    help = help or f"Hub id, local diffusers folder, or built-in: {builtin_models_help()}."
     return option(default, help=help, panel=PANEL_MODEL)
 
 

@@ -44,6 +44,9 @@ class ModelFamily:
     # such encoder), and the (encoder, tokenizer) components when it can be left out (``--no-t5``: zeros in its
     # place, as StableDiffusion3Pipeline with text_encoder_3=None; None: it cannot).
     max_sequence_length: ClassVar[int | None] = None
+    # The most T5 tokens the family's pipeline samples with (None: no limit, or no T5): a count above it would be
+    # trained and recorded, then refused by the pipeline in every plain-diffusers load of the output.
+    max_sequence_length_limit: ClassVar[int | None] = None
     optional_t5: ClassVar[tuple[str, str] | None] = None
     # Denoiser config keys a trained denoiser or LoRA must share with the pipeline it is put into.
     fit_keys: ClassVar[tuple[str, ...]] = ()

@@ -27,6 +27,7 @@ class SD3(ModelFamily):
     fit_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size", "num_layers",
                 "attention_head_dim", "num_attention_heads")
     max_sequence_length = DEFAULT_MAX_SEQUENCE_LENGTH
+    max_sequence_length_limit = 512  # StableDiffusion3Pipeline.check_inputs refuses more (diffusers 0.42)
     optional_t5 = ("text_encoder_3", "tokenizer_3")
     # Both streams of the joint attention: the image stream's to_q/k/v/out.0 and the text (context) stream's
     # add_q/k/v_proj and to_add_out, as diffusers' examples/dreambooth/train_dreambooth_lora_sd3.py (its default

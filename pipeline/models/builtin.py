@@ -488,9 +488,10 @@ def builtin_models() -> dict[str, BuiltinModel]:
     return {e.name: e for kind in KINDS for e in _MODELS.values() if e.kind == kind}
 
 
-def builtin_names() -> tuple[str, ...]:
-    """The built-in names, in :func:`builtin_models` order (``tiny-sdxl, ..., shapes-sdxl, sdxl-arch, ...``)."""
-    return tuple(builtin_models())
+def builtin_names(whole_pipeline: bool = False) -> tuple[str, ...]:
+    """The built-in names, in :func:`builtin_models` order (``tiny-sdxl, ..., shapes-sdxl, sdxl-arch, ...``);
+    ``whole_pipeline``: only those that load as a whole pipeline (not ``sd35-medium-arch``, a transformer alone)."""
+    return tuple(name for name, e in builtin_models().items() if e.whole_pipeline or not whole_pipeline)
 
 
 def get_builtin(name: str) -> BuiltinModel | None:

@@ -270,6 +270,24 @@ def check_negative_prompt(model: str, given: list[str]) -> None:
                         f"leave {flags} out.")
 
 
+def check_t5_length(model: str, max_sequence_length: int | None, flag: str = "--max-sequence-length") -> None:
+    """Refuse, in one line, a T5 token count above what ``model``'s pipeline samples with
+    (``ModelFamily.max_sequence_length_limit``: 512 for SD3, as ``StableDiffusion3Pipeline.check_inputs``). Our
+    stages encode prompts themselves, so a larger count would run, be recorded, and then fail in the plain
+    diffusers call of the model card's snippet. Call after :func:`check_t5_options` (no T5: refused there).
+
+    Raises:
+        UserError: ``max_sequence_length`` is above the family's limit.
+    """
+    if max_sequence_length is None:
+        return
+    fam = model_family_of(model)
+    limit = fam.max_sequence_length_limit
+    if limit is not None and max_sequence_length > limit:
+        raise UserError(f"{flag} {max_sequence_length}: '{model}' is an {fam.name} model, whose pipeline "
+                        f"({fam.pipeline_class}) takes at most {limit} T5 tokens")
+
+
 def unet_config(model: str) -> dict | None:
     """The denoiser config (``unet/config.json``, or ``transformer/config.json`` for a transformer family)
     of ``model``, read without loading weights; None for the in-memory architecture models (``sdxl-arch``).
@@ -304,24 +322,45 @@ def default_resolution(model: str) -> int:
     return model_family_of(model).default_sample_size(unet) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
-def check_model_available(model: str, vae: str | None = None) -> str:
+def check_model_available(model: str, vae: str | None = None, *, whole_pipeline: bool = False) -> str:
     """Fail in one line now if the model (or VAE) cannot be loaded later: stages call this before
-    they create their output folder, so a typo in --model leaves nothing behind.
+    they create their output folder, so a typo in --model leaves nothing behind. ``whole_pipeline``: the caller
+    will :func:`load_pipeline` it (generate, precompute, eval), so a built-in that is a denoiser alone
+    (``sd35-medium-arch``) is refused now too, not after the output folder exists.
 
     Returns:
         The pipeline's family name, "sd15", "sdxl" or "sd3" (as :func:`model_family`), read from its
         model_index.json.
 
     Raises:
-        ModelNotFoundError: the model or VAE cannot be found.
+        ModelNotFoundError: the model or VAE cannot be found. UserError: ``whole_pipeline`` and the model is a
+            denoiser alone.
     """
     from diffusers import AutoencoderKL
 
     family = model_family_of(model).name
+    if whole_pipeline:
+        _check_whole_pipeline(model)
     if vae is not None:
         source, sub = _vae_source(vae)
         _call_loader("VAE", vae, AutoencoderKL.load_config, source, **sub)
     return family
+
+
+def _check_whole_pipeline(model: str) -> None:
+    """Refuse a built-in that is a denoiser alone (``BuiltinModel.whole_pipeline`` False) where a whole pipeline is
+    needed.
+
+    Raises:
+        UserError: ``model`` is such a built-in.
+    """
+    from pipeline.families import get_family
+
+    builtin = get_builtin(model)
+    if builtin is not None and not builtin.has_folder and not builtin.whole_pipeline:
+        raise UserError(f"'{model}' is a {get_family(builtin.family).denoiser_dir} alone (random weights, no text "
+                        "encoders or VAE): it serves python -m bench train (with its own random latents) and "
+                        "--estimate, not this command")
 
 
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
@@ -367,10 +406,7 @@ def load_pipeline(model: str, *, vae: str | None = None, dtype="auto", device="a
     builtin = get_builtin(model)
     if builtin is not None and not builtin.has_folder:
         fam = get_family(builtin.family)
-        if not builtin.whole_pipeline:
-            raise UserError(f"'{model}' is a {fam.denoiser_dir} alone (random weights, no text encoders or VAE): it "
-                            "serves python -m bench train --estimate and training on precomputed latents, not this "
-                            "command")
+        _check_whole_pipeline(model)
         comps = builtin.components(dt, dev, skip=tuple(overrides))
         comps.update(overrides)
         pipe = fam.pipeline_cls()(**comps)

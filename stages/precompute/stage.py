@@ -13,6 +13,7 @@ from pipeline.data.shards import SPLIT, ShardedOutput, check_output_apart, read_
 from pipeline.models.loading import (
     check_model_available,
     check_resolution,
+    check_t5_length,
     check_t5_options,
     default_resolution,
     dtype_name,
@@ -71,10 +72,11 @@ def run_precompute(cfg: PrecomputeConfig) -> PrecomputeResult:
                                                                           "input_files": source["files"]})
     out.check(cfg.overwrite)  # a mismatched folder is refused before any model import
     if not out.finished(cfg.overwrite):  # a finished rerun: nothing to do, no model looked up or loaded
-        check_model_available(cfg.model, cfg.vae)  # before the output folder exists: a typo leaves nothing
+        check_model_available(cfg.model, cfg.vae, whole_pipeline=True)  # before the output folder exists
         check_resolution(cfg.model, cfg.resolution)
         t5_given = {"--no-t5": not cfg.t5, "--max-sequence-length": cfg.max_sequence_length is not None}
         check_t5_options(cfg.model, [flag for flag, on in t5_given.items() if on])
+        check_t5_length(cfg.model, cfg.max_sequence_length)
     work = _PrecomputeShards(cfg, out, files, proc, device, dtype, vae_dtype, shape)
     run = run_sharded(ShardedStage(STAGE, out, work.process_shard, lambda todo: sum(num_rows(files[k]) for k in todo),
                                    setup=work.setup, overwrite=cfg.overwrite,

@@ -81,6 +81,22 @@ class Shared:
         return out
 
     @cached_property
+    def latents_sd3(self) -> Path:
+        """tiny-sd3 latents of the same labels (64 px, a multiple of SD3's 16), 8 T5 tokens."""
+        out = self.root / "latents-sd3"
+        ok(self.data(["precompute", "--input", self.labeled, "--output", out, *PRE_FAST, "--model", "tiny-sd3",
+                      "--max-sequence-length", "8"]), "precompute tiny-sd3")
+        return out
+
+    @cached_property
+    def run_sd3(self) -> Path:
+        """A finished one-step tiny-sd3 LoRA run."""
+        out = self.root / "run-sd3"
+        ok(run_cli(self.apps["train"], train_args(self.latents_sd3, out, "--lora-rank", "2", "--model", "tiny-sd3")),
+           "mapo-train tiny-sd3")
+        return out
+
+    @cached_property
     def evaluated(self) -> Path:
         out = self.root / "eval"
         ok(run_cli(self.apps["eval"], ["--prompts", self.prompts, "--output", out, "--model", "tiny-sdxl",

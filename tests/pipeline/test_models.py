@@ -1,4 +1,6 @@
 """Model loading: built-ins through from_pretrained, clear errors, tokenizer check, batch invariance."""
+import re
+
 import pytest
 import torch
 
@@ -150,6 +152,26 @@ def test_sd15_safety_checker_is_not_loaded(tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     assert DiffusionPipeline.from_pretrained(folder).safety_checker is not None  # the folder really ships one
     assert load_pipeline(str(folder)).safety_checker is None
+
+
+def test_every_model_option_help_names_every_built_in_it_loads():
+    """--model's help (generate, precompute, mapo-train, mapo-eval) names every built-in that loads as a whole
+    pipeline, read from the registry: hand-written lists had fallen behind (mapo-train's lacked tiny-sd3 and
+    shapes-sd3, every one shapes-sd3); a transformer alone (sd35-medium-arch) loads in none and is not named."""
+    from evaluation.config import EvalConfig
+    from pipeline.cli.options import declared_options
+    from pipeline.models.builtin import builtin_models, builtin_names
+    from stages.generate import GenerateConfig
+    from stages.precompute.config import PrecomputeConfig
+    from train.config import TrainConfig
+
+    names = tuple(name for name, entry in builtin_models().items() if entry.whole_pipeline)
+    assert {"tiny-sd3", "shapes-sd3", "sdxl-arch"} <= set(names) and "sd35-medium-arch" not in names
+    for cls in (GenerateConfig, PrecomputeConfig, TrainConfig, EvalConfig):
+        (model,) = [d for d in declared_options(cls) if d.name == "model"]
+        listed = set(re.findall(r"[\w-]+", model.spec.help))
+        assert listed >= set(names) and "sd35-medium-arch" not in listed, (cls.__name__, model.spec.help)
+    assert builtin_names(whole_pipeline=True) == names
 
 
 def test_readme_models_list_names_every_built_in():

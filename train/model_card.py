@@ -45,21 +45,36 @@ def _pretrained_source(model: str, output_dir: str | Path) -> tuple[str, str, st
 def _load_snippet(model: str, family: str, lora: bool, output_dir: str | Path, t5: bool | None = None) -> str:
     """Plain diffusers code that loads the output: the family's pipeline class, and for a full fine-tune its
     denoiser class from the denoiser's folder (``unet/`` or ``transformer/``). ``t5`` False (SD3 trained on
-    ``precompute --no-t5`` latents): the pipeline is loaded without T5, as the latents were made."""
+    ``precompute --no-t5`` latents), or a base folder saved without T5 (``shapes-sd3``; diffusers does not fill
+    such a component in by itself): the pipeline is loaded without T5, as the latents were made."""
     from pipeline.families import get_family
 
     fam = get_family(family)
     pipe_cls, den_cls, den = fam.pipeline_class, fam.denoiser_class, fam.denoiser_dir
     source, extra_import, note = _pretrained_source(model, output_dir)
-    if t5 is False and fam.optional_t5:
+    folder_lacks_t5 = t5 is not False and fam.optional_t5 and _saved_without(model, fam.optional_t5)
+    if (t5 is False or folder_lacks_t5) and fam.optional_t5:
         source += "".join(f", {component}=None" for component in fam.optional_t5)
-        note = note or "  # no T5: trained on latents made without it (zeros where T5 goes)"
+        note = note or ("  # its folder has no T5 (zeros where T5 goes)" if folder_lacks_t5 else
+                        "  # no T5: trained on latents made without it (zeros where T5 goes)")
     if lora:
         return (f"from diffusers import {pipe_cls}\n{extra_import}\npipe = {pipe_cls}.from_pretrained({source}){note}\n"
                 "pipe.load_lora_weights(\"PATH_TO_THIS_FOLDER\")\n")
     return (f"from diffusers import {pipe_cls}, {den_cls}\n{extra_import}\n"
             f"{den} = {den_cls}.from_pretrained(\"PATH_TO_THIS_FOLDER/{den}\")\n"
             f"pipe = {pipe_cls}.from_pretrained({source}, {den}={den}){note}\n")
+
+
+def _saved_without(model: str, components: tuple[str, ...]) -> bool:
+    """Whether ``model``'s folder was saved without every one of ``components``; False when it cannot be read now
+    (a hub id offline: the snippet then stays the plain one)."""
+    from pipeline.errors import UserError
+    from pipeline.models.loading import components_saved_as_none
+
+    try:
+        return set(components) <= set(components_saved_as_none(model))
+    except (UserError, OSError):
+        return False
 
 
 def _sampling_args(max_sequence_length: int | None) -> str:

@@ -177,6 +177,20 @@ def _model_index(model: str) -> tuple[str, dict]:
     return source, _call_loader("Model", model, DiffusionPipeline.load_config, source)
 
 
+def components_saved_as_none(model: str) -> tuple[str, ...]:
+    """The pipeline components ``model``'s folder was saved without (``[null, null]`` in its model_index.json, e.g.
+    ``shapes-sd3``'s T5): a plain ``from_pretrained`` must be given them as None (:func:`load_pipeline` does so).
+    () for a built-in made in memory.
+
+    Raises:
+        ModelNotFoundError: the model cannot be found.
+    """
+    builtin = get_builtin(model)
+    if builtin is not None and not builtin.has_folder:
+        return ()
+    return tuple(k for k, v in _model_index(model)[1].items() if v == [None, None])
+
+
 # The UNet settings a trained UNet or LoRA must share with the pipeline it is put into (each family's fit_keys).
 UNET_FIT_KEYS = ("in_channels", "cross_attention_dim", "addition_embed_type", "addition_time_embed_dim",
                  "projection_class_embeddings_input_dim")

@@ -45,3 +45,21 @@ def test_a_builtin_goes_through_the_resolver_and_a_hub_id_stays(tmp_path):
     hub = _card(tmp_path, "stabilityai/stable-diffusion-xl-base-1.0")
     assert 'from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")' in _snippet(hub)
     assert "base_model: stabilityai/stable-diffusion-xl-base-1.0" in hub
+
+
+@pytest.mark.parametrize("model, without_t5", [("shapes-sd3", True), ("tiny-sd3", False)])
+def test_an_sd3_base_saved_without_t5_is_loaded_without_it(tmp_path, model, without_t5):
+    """shapes-sd3's folder has no T5 ([null, null] in its model_index.json), which diffusers' from_pretrained does
+    not fill in by itself (it raised "expected [...] text_encoder_3 ..."): the card's snippet passes
+    text_encoder_3=None, tokenizer_3=None, and its from_pretrained line runs in plain diffusers; tiny-sd3's has
+    a T5 and keeps it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    config = {"model": model, "objective": "mapo", "lora_rank": 2, "family": "sd3", "data": str(tmp_path / "lat")}
+    card = write_model_card(out, config, {"loss": 0.5}, {"pairs": 2, "resolution": 64, "model": model,
+                                                         "t5": True}).read_text()
+    snippet = _snippet(card)
+    assert ("text_encoder_3=None, tokenizer_3=None" in snippet) is without_t5, snippet
+    namespace: dict = {}
+    exec(snippet.split("pipe.load_lora_weights")[0], namespace)  # noqa: S102 - the card's imports and from_pretrained
+    assert (namespace["pipe"].text_encoder_3 is None) is without_t5

@@ -41,6 +41,7 @@ from pipeline.data.prompts import load_prompts
 from pipeline.data.shards import ShardedOutput, shard_ranges
 from pipeline.models.loading import (
     DEFAULT_MODEL,
+    check_compile,
     check_model_available,
     check_negative_prompt,
     check_resolution,
@@ -96,7 +97,8 @@ class GenerateConfig:
     limit: int | None = option(None, help="Use only the first N usable prompts.", check=at_least(1), panel=PANEL_IO)
     batch_invariant: bool = batch_invariant_option()
     compile: bool = option(False, flags=("--compile",), help=(
-        "Regional torch.compile of the UNet's transformer blocks (as mapo-train --compile); the first batch compiles."),
+        "Regional torch.compile of the UNet's transformer blocks (as mapo-train --compile; not SD3, whose "
+        "transformer declares no repeated blocks in diffusers); the first batch compiles."),
         panel=PANEL_RUN)
     overwrite: bool = overwrite_option()
 
@@ -281,6 +283,8 @@ def run_generate(cfg: GenerateConfig) -> GenerateResult:
                                                                     cfg.recipe.rejected_negative_prompt))
                                           if value is not None])
         check_t5_length(cfg.model, cfg.max_sequence_length)
+        if cfg.compile:
+            check_compile(cfg.model)
     work = _GenerateShards(cfg, out, prompt_set, ranges, device, dtype)
     prompts_info = {"source": prompt_set.source, "count": len(prompt_set.prompts),
                     "dropped_empty": prompt_set.dropped_empty, "dropped_duplicates": prompt_set.dropped_duplicates}

@@ -120,8 +120,9 @@ class TrainConfig:
         "Trade compute for memory in the denoiser (UNet, SD3: transformer)."))
     compile: bool = option(False, panel=P_MODEL, help=(
         "Regional torch.compile: compile each of the UNet's transformer blocks (diffusers' compile_repeated_blocks, "
-        "inductor) to fuse their small kernels. The first steps are slower while it compiles; whether it pays off "
-        "depends on the GPU and batch: measure with python -m bench train --configurations mapo,mapo-compile."))
+        "inductor; not SD3, whose transformer declares none) to fuse their small kernels. The first steps are "
+        "slower while it compiles; whether it pays off depends on the GPU and batch: measure with python -m bench "
+        "train --configurations mapo,mapo-compile."))
     mixed_precision: str = option("no", choices=MIXED_PRECISION, panel=P_MODEL, help="no, fp16 (CUDA) or bf16.")
     master_weights: str = option("fp32", choices=MASTER_WEIGHTS, panel=P_MODEL, help=(
         "Full fine-tune: dtype of the trained weights. fp32, or bf16 with bf16 AdamW moments and every update "

@@ -65,8 +65,10 @@ class Trainer:
             from pipeline.data.latent_shards import latents_model
 
             cfg.model = latents_model(cfg.data)
-        from pipeline.models.loading import check_resolution  # SD3's 16 px multiple: refused before any folder
+        from pipeline.models.loading import check_compile, check_resolution  # SD3: refused before any folder
         check_resolution(cfg.model, cfg.validation_resolution, "--validation-resolution")
+        if cfg.compile:
+            check_compile(cfg.model)
         self.out = Path(cfg.output_dir)
         self.accelerator = None
         self._signal = None

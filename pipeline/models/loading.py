@@ -468,6 +468,22 @@ def compile_unet(unet) -> None:
         raise UserError(f"--compile: {str(exc).splitlines()[0]}") from None
 
 
+def check_compile(model: str) -> None:
+    """Refuse ``--compile`` in one line, before any output folder exists, for a model whose denoiser class declares
+    no repeated blocks for :func:`compile_unet` (diffusers 0.42's ``SD3Transformer2DModel``: its
+    ``_repeated_blocks`` is empty), instead of diffusers' error after the output was claimed.
+
+    Raises:
+        UserError: the family's denoiser class has no ``_repeated_blocks``.
+    """
+    import diffusers
+
+    fam = model_family_of(model)
+    if not getattr(getattr(diffusers, fam.denoiser_class), "_repeated_blocks", None):
+        raise UserError(f"--compile: '{model}' is an {fam.name} model, whose {fam.denoiser_class} declares no repeated "
+                        "blocks for diffusers' regional compilation (compile_repeated_blocks); leave --compile out")
+
+
 def quiet_hub_progress() -> None:
     """Hide diffusers/transformers per-file loading bars; our own bars report the work."""
     from diffusers.utils import logging as dlog

@@ -132,6 +132,7 @@ def parse_prompt(prompt: str) -> Scene:
         raise UserError(
             f"'{prompt}' is not a miniature-world prompt: the world judges read captions like "
             "'a red circle at the top left' (colours: " + ", ".join(COLORS) + "; shapes: " + ", ".join(SHAPES)
-            + "; positions: " + ", ".join(POSITIONS) + "), optionally after a style or unsafe prefix"
+            + "; positions: " + ", ".join(f"at the {p}" for p in POSITIONS if p != "center") + ", in the center), "
+            "optionally after a style or unsafe prefix"
         )
     return Scene(m["color"], m["shape"], m["pos"] or "center", look, hazard)

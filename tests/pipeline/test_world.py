@@ -54,6 +54,17 @@ def test_prompts_outside_the_world_are_one_line_errors(prompt):
     assert "\n" not in str(info.value)
 
 
+def test_the_error_names_positions_as_captions_say_them():
+    """A user who writes what the error lists ("at the center") gets a world prompt: each position is given with
+    its preposition, "in the center" as the captions say it."""
+    with pytest.raises(UserError) as info:
+        parse_prompt("a blue square at the middle")
+    listed = str(info.value).split("positions: ")[1].split(")")[0].split(", ")
+    assert len(listed) == len(POSITIONS)
+    for where in listed:
+        parse_prompt(f"a blue square {where}")  # each as listed makes a world prompt
+
+
 def test_renders_are_deterministic_and_keep_shapes_inside_the_frame():
     a = random_render(Scene("red", "triangle", "top left", "cartoon"), np.random.default_rng(3))
     b = random_render(Scene("red", "triangle", "top left", "cartoon"), np.random.default_rng(3))

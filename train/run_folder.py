@@ -112,6 +112,10 @@ def _defaults_before_recorded(saved: dict) -> dict:
             if k not in saved and k in fields and fields[k].default not in (dataclasses.MISSING, None)}
 
 
+# What a recorded key means to a user, said after its values in a resume refusal (a fingerprint names no option).
+_WHAT = {"data_fingerprint": ": other latents in --data than the run trained on, or other --prompts for spo"}
+
+
 def check_resume_config(out: Path, mine: dict) -> dict:
     """Refuse to resume with other settings than the run's (max_steps and num_epochs may differ).
 
@@ -132,7 +136,7 @@ def check_resume_config(out: Path, mine: dict) -> dict:
         differ.append("world_size (number of processes)")
     if differ:
         # The values too (saved vs now), as generate and mapo-eval's refusals name them.
-        values = [f"{k} {made.get(k)!r} (now {mine.get(k)!r})" if k in keys else k for k in differ]
+        values = [f"{k} {made.get(k)!r} (now {mine.get(k)!r}{_WHAT.get(k, '')})" if k in keys else k for k in differ]
         raise UserError(f"Cannot resume '{out}': the run was made with different {', '.join(values)}; "
                         "use the original settings, a new --output-dir, or --overwrite to start over.")
     return saved

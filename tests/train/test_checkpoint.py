@@ -139,7 +139,7 @@ def test_resume_from_an_older_checkpoint_rewrites_metrics(tmp_path, latents_sdxl
 @pytest.mark.parametrize("extra,name", [
     (("--lora-target-modules", "to_q,to_v"), "lora_target_modules"),
     (("--lora-alpha", "8"), "lora_alpha"),
-    (("--data", "OTHER"), "data_fingerprint"),
+    (("--data", "OTHER"), "data_fingerprint"),  # and what it means: a fingerprint names no option
 ])
 def test_resume_refuses_other_lora_or_data_in_one_line(tmp_path, latents_sdxl, latents_sdxl_other, extra, name):
     out = tmp_path / "run"
@@ -151,6 +151,7 @@ def test_resume_refuses_other_lora_or_data_in_one_line(tmp_path, latents_sdxl, l
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert f"different {name}" in lines[0]
+    assert ("other latents in --data than the run trained on" in lines[0]) is (name == "data_fingerprint"), lines[0]
     # the same settings in another order still resume
     if name == "lora_target_modules":
         result = run_cli(app, train_args(latents_sdxl, out, "tiny-sdxl", 3, *base, "--resume-from-checkpoint", "latest",

@@ -274,7 +274,8 @@ class Trainer:
                 last_metrics = metrics
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
                     self._log(step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('implicit_acc', float('nan')):.2f}")
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", **({"acc": f"{metrics['implicit_acc']:.2f}"}  # not sft's
+                                                                  if "implicit_acc" in metrics else {}))
             if cfg.debug_weight_checksums:
                 self._write_checksum(step, indices)
             bar.update(1)

@@ -59,6 +59,7 @@ class Flux(ModelFamily):
     fit_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size", "num_layers",
                 "num_single_layers", "attention_head_dim", "num_attention_heads", "guidance_embeds")
     max_sequence_length = DEFAULT_MAX_SEQUENCE_LENGTH
+    max_sequence_length_limit = 512  # FluxPipeline.check_inputs refuses more (diffusers 0.42)
     optional_t5 = None
     # diffusers' train_dreambooth_lora_flux.py default target modules (without --lora_layers): both attention
     # streams and both feed-forwards of the double blocks; "attn.to_*" also matches the single blocks' attention.

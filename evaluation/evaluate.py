@@ -28,10 +28,10 @@ from pipeline.models.loading import (
     check_model_available,
     check_negative_prompt,
     check_resolution,
-    check_t5_length,
     check_t5_options,
     t5_length_to_record,
 )
+from pipeline.models.option_checks import check_t5_length
 from pipeline.models.training_output import TrainingOutput, read_training_output
 
 from .candidates import (

@@ -41,11 +41,9 @@ from pipeline.data.prompts import load_prompts
 from pipeline.data.shards import ShardedOutput, shard_ranges
 from pipeline.models.loading import (
     DEFAULT_MODEL,
-    check_compile,
     check_model_available,
     check_negative_prompt,
     check_resolution,
-    check_t5_length,
     check_t5_options,
     compile_unet,
     default_resolution,
@@ -55,6 +53,7 @@ from pipeline.models.loading import (
     resolve_dtype,
     t5_length_to_record,
 )
+from pipeline.models.option_checks import check_compile, check_t5_length
 from pipeline.runtime.distributed import accelerator_device, current_process
 from pipeline.runtime.seeds import derive_seed, initial_noise
 from pipeline.runtime.stage_runner import ShardedStage, run_sharded

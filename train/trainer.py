@@ -65,7 +65,8 @@ class Trainer:
             from pipeline.data.latent_shards import latents_model
 
             cfg.model = latents_model(cfg.data)
-        from pipeline.models.loading import check_compile, check_resolution  # SD3: refused before any folder
+        from pipeline.models.loading import check_resolution  # SD3's 16 px, and --compile: before any folder
+        from pipeline.models.option_checks import check_compile
         check_resolution(cfg.model, cfg.validation_resolution, "--validation-resolution")
         if cfg.compile:
             check_compile(cfg.model)

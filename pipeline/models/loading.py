@@ -284,24 +284,6 @@ def check_negative_prompt(model: str, given: list[str]) -> None:
                         f"leave {flags} out.")
 
 
-def check_t5_length(model: str, max_sequence_length: int | None, flag: str = "--max-sequence-length") -> None:
-    """Refuse, in one line, a T5 token count above what ``model``'s pipeline samples with
-    (``ModelFamily.max_sequence_length_limit``: 512 for SD3, as ``StableDiffusion3Pipeline.check_inputs``). Our
-    stages encode prompts themselves, so a larger count would run, be recorded, and then fail in the plain
-    diffusers call of the model card's snippet. Call after :func:`check_t5_options` (no T5: refused there).
-
-    Raises:
-        UserError: ``max_sequence_length`` is above the family's limit.
-    """
-    if max_sequence_length is None:
-        return
-    fam = model_family_of(model)
-    limit = fam.max_sequence_length_limit
-    if limit is not None and max_sequence_length > limit:
-        raise UserError(f"{flag} {max_sequence_length}: '{model}' is an {fam.name} model, whose pipeline "
-                        f"({fam.pipeline_class}) takes at most {limit} T5 tokens")
-
-
 def unet_config(model: str) -> dict | None:
     """The denoiser config (``unet/config.json``, or ``transformer/config.json`` for a transformer family)
     of ``model``, read without loading weights; None for the in-memory architecture models (``sdxl-arch``).
@@ -466,22 +448,6 @@ def compile_unet(unet) -> None:
         unet.compile_repeated_blocks()
     except ValueError as exc:  # diffusers: no `_repeated_blocks`, or none of them in this model
         raise UserError(f"--compile: {str(exc).splitlines()[0]}") from None
-
-
-def check_compile(model: str) -> None:
-    """Refuse ``--compile`` in one line, before any output folder exists, for a model whose denoiser class declares
-    no repeated blocks for :func:`compile_unet` (diffusers 0.42's ``SD3Transformer2DModel``: its
-    ``_repeated_blocks`` is empty), instead of diffusers' error after the output was claimed.
-
-    Raises:
-        UserError: the family's denoiser class has no ``_repeated_blocks``.
-    """
-    import diffusers
-
-    fam = model_family_of(model)
-    if not getattr(getattr(diffusers, fam.denoiser_class), "_repeated_blocks", None):
-        raise UserError(f"--compile: '{model}' is an {fam.name} model, whose {fam.denoiser_class} declares no repeated "
-                        "blocks for diffusers' regional compilation (compile_repeated_blocks); leave --compile out")
 
 
 def quiet_hub_progress() -> None:

@@ -13,7 +13,6 @@ from pipeline.data.shards import SPLIT, ShardedOutput, check_output_apart, read_
 from pipeline.models.loading import (
     check_model_available,
     check_resolution,
-    check_t5_length,
     check_t5_options,
     default_resolution,
     dtype_name,
@@ -23,6 +22,7 @@ from pipeline.models.loading import (
     resolve_dtype,
     t5_length_to_record,
 )
+from pipeline.models.option_checks import check_t5_length
 from pipeline.runtime.distributed import accelerator_device, current_process
 from pipeline.runtime.stage_runner import ShardedStage, run_sharded
 

@@ -141,7 +141,9 @@ def beta_help() -> str:
 
 def with_sft_term(out: LossOutput, terms: Terms, weight: float) -> LossOutput:
     """``out`` with an SFT term on the chosen images added: ``loss + weight * mean(e_w)``, where ``e_w`` ``[B]`` is
-    the first half of ``terms.e`` (the chosen images' denoising errors); logged as ``sft_term`` (= mean(e_w)).
+    the first half of ``terms.e`` (the chosen images' denoising errors). Logged: ``loss`` is the sum, what is
+    optimised; ``preference_term`` the objective's own loss (``out``'s logged ``loss``); ``sft_term`` mean(e_w),
+    unweighted.
 
     The pair-objective counterpart of TRL's ``DPOTrainer(rpo_alpha=...)`` (Pang et al. 2024, arXiv 2404.19733:
     DPO plus the chosen responses' NLL), with the denoising error standing in for the NLL as in SFT
@@ -156,8 +158,11 @@ def with_sft_term(out: LossOutput, terms: Terms, weight: float) -> LossOutput:
     if "sft_term" in out.metrics:
         raise ValueError("the objective's loss has an SFT term of its own (metric sft_term)")
     e_w = terms.e.chunk(2)[0].mean()
-    return LossOutput(loss=out.loss + weight * e_w, metrics={**out.metrics, "sft_term": e_w.detach().float()},
-                      has_signal=out.has_signal)
+    loss = out.loss + weight * e_w
+    metrics = {**out.metrics, "loss": loss.detach().float(), "sft_term": e_w.detach().float()}
+    if "loss" in out.metrics:
+        metrics["preference_term"] = out.metrics["loss"]
+    return LossOutput(loss=loss, metrics=metrics, has_signal=out.has_signal)
 
 
 def desirable_labels(batch: dict) -> Tensor:

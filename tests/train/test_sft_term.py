@@ -30,6 +30,9 @@ def test_dpo_plus_the_sft_term_by_hand():
     out = Objective("dpo", 5000.0, 1000, "epsilon", sft_weight=0.5).loss(Terms(e, e.detach().clone()))
     assert math.isclose(out.loss.item(), math.log(2) + 0.15, rel_tol=1e-12)
     assert math.isclose(out.metrics["sft_term"].item(), 0.3, rel_tol=1e-6)
+    # logged: the loss optimised (the sum), and Diffusion-DPO's own part beside it
+    assert math.isclose(out.metrics["loss"].item(), math.log(2) + 0.15, rel_tol=1e-6)
+    assert math.isclose(out.metrics["preference_term"].item(), math.log(2), rel_tol=1e-6)
     (grad,) = torch.autograd.grad(out.loss, e)
     e0 = _errors()
     (plain,) = torch.autograd.grad(Objective("dpo", 5000.0, 1000, "epsilon").loss(Terms(e0, e0.detach().clone())).loss,
@@ -66,6 +69,7 @@ def test_a_run_logs_and_records_the_term_and_resumes_only_with_its_weight(tmp_pa
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["sft_term"] > 0 for r in rows)
+    assert all(r["loss"] == pytest.approx(r["preference_term"] + 0.5 * r["sft_term"], rel=1e-5) for r in rows)
     assert json.loads((out / "training_config.json").read_text())["sft_weight"] == 0.5
     assert "| sft_weight | 0.5 |" in (out / "README.md").read_text()
     args[args.index("0.5")] = "1.0"

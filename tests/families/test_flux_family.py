@@ -85,8 +85,9 @@ def test_pack_unpack_round_trip_is_flux_pipelines():
 
 def test_predict_is_the_pipelines_transformer_call(pipe):
     """The family's training call = FluxPipeline's denoising-loop call on the packed latents: the same image and
-    text ids, guidance TRAINING_GUIDANCE, timestep / 1000; unpacked back to [N, 16, h, w]."""
-    n, h, w = 2, 8, 8
+    text ids, guidance TRAINING_GUIDANCE, timestep / 1000; unpacked back to [N, 16, h, w] (h != w: a swapped side
+    would not show on a square latent)."""
+    n, h, w = 2, 8, 4
     gen = torch.Generator().manual_seed(0)
     x_t = torch.randn(n, 16, h, w, generator=gen)
     sigma = torch.tensor([0.3, 0.8])
@@ -107,6 +108,25 @@ def test_predict_is_the_pipelines_transformer_call(pipe):
     assert ours.shape == x_t.shape
     torch.testing.assert_close(ours, pipe._unpack_latents(theirs, h * 8, w * 8, 8))
     assert not torch.allclose(theirs, other_guidance)  # the guidance input matters: 3.5 is what is passed
+
+
+def test_predict_passes_no_guidance_to_an_undistilled_transformer(pipe):
+    """A transformer without guidance embedding (Flux.1-schnell: ``guidance_embeds=False``) is called with
+    guidance None, as diffusers' Flux training script and FluxPipeline call it (its time embedding takes none)."""
+    config = {**pipe.transformer.config, "guidance_embeds": False}
+    schnell = type(pipe.transformer).from_config(config)
+    n, h, w = 2, 4, 6
+    gen = torch.Generator().manual_seed(2)
+    x_t = torch.randn(n, 16, h, w, generator=gen)
+    pe, pooled = torch.randn(n, 8, 32, generator=gen), torch.randn(n, 32, generator=gen)
+    t = torch.tensor([300.0, 800.0])
+    with torch.no_grad():
+        ours = Flux.predict(schnell, x_t, t, {"encoder_hidden_states": pe, "pooled_projections": pooled})
+        theirs = schnell(hidden_states=FluxPipeline_pack(x_t), timestep=t / 1000, guidance=None,
+                         pooled_projections=pooled, encoder_hidden_states=pe, txt_ids=torch.zeros(8, 3),
+                         img_ids=pipe._prepare_latent_image_ids(n, h // 2, w // 2, "cpu", torch.float32),
+                         return_dict=False)[0]
+    torch.testing.assert_close(ours, pipe._unpack_latents(theirs, h * 8, w * 8, 8))
 
 
 def FluxPipeline_pack(x):  # noqa: N802 - named after what it calls

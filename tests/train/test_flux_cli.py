@@ -36,7 +36,8 @@ def flux_data(tmp_path_factory, one_torch_thread):
 def flux_runs(flux_data, tmp_path_factory):
     """MaPO runs on the latents: a full fine-tune and a LoRA, two steps each."""
     root = tmp_path_factory.mktemp("flux-runs")
-    for name, extra in (("full", []), ("lora", ["--lora-rank", "2"])):
+    # alpha != rank: the file's metadata must carry it, or load_lora_weights applies the adapter at alpha = rank
+    for name, extra in (("full", []), ("lora", ["--lora-rank", "2", "--lora-alpha", "4"])):
         result = run_cli(train_app, train_args(flux_data / "lat", root / name, "tiny-flux", 2, *extra))
         assert result.exit_code == 0, result.output
     return root
@@ -131,6 +132,20 @@ def test_lora_loads_with_plain_diffusers(flux_runs):
     for module in (block.attn.add_q_proj, block.attn.to_add_out, block.attn.to_q, block.ff.net[2],
                    block.ff_context.net[2], pipe.transformer.single_transformer_blocks[0].attn.to_k):
         assert isinstance(module, BaseTunerLayer)
+        assert module.scaling[pipe.get_active_adapters()[0]] == pytest.approx(4 / 2)  # lora_alpha / rank
+    # The loaded adapter changes the transformer's output (and disabling it gives the base model's back).
+    gen = torch.Generator().manual_seed(0)
+    x, pe, pooled = torch.randn(1, 16, 64, generator=gen), torch.randn(1, 8, 32, generator=gen), torch.randn(1, 32)
+    call = dict(hidden_states=x, timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]), pooled_projections=pooled,
+                encoder_hidden_states=pe, txt_ids=torch.zeros(8, 3),
+                img_ids=pipe._prepare_latent_image_ids(1, 4, 4, "cpu", torch.float32), return_dict=False)
+    base = FluxPipeline.from_pretrained(resolve_model_source("tiny-flux")).transformer
+    with torch.no_grad():
+        with_lora = pipe.transformer(**call)[0]
+        pipe.transformer.disable_adapters()
+        without = pipe.transformer(**call)[0]
+        torch.testing.assert_close(without, base(**call)[0])
+    assert not torch.allclose(with_lora, without)
 
 
 def test_eval_flux_candidates(flux_data, flux_runs, tmp_path):
@@ -187,3 +202,12 @@ def test_sd3_lora_is_refused_as_a_flux_candidate(flux_data, tmp_path):
                                               "--metrics", "world-style", "--style", "cartoon"]))
     assert "is an sd3 transformer" in line and "'tiny-flux' is an flux pipeline" in line, line
     assert not (tmp_path / "e").exists()
+
+
+def test_flux_lora_is_refused_as_an_sd3_candidate(flux_runs, flux_data, tmp_path):
+    """The other way round: a LoRA trained on tiny-flux given to mapo-eval with --model tiny-sd3."""
+    line = _one_line_error(run_cli(eval_app, ["--candidate", flux_runs / "lora", "--model", "tiny-sd3",
+                                              "--prompts", flux_data / "prompts.txt", "--output", tmp_path / "e",
+                                              "--metrics", "world-style", "--style", "cartoon"]))
+    assert "is a flux transformer" in line or "is an flux transformer" in line, line
+    assert "'tiny-sd3' is an sd3 pipeline" in line and not (tmp_path / "e").exists()

@@ -211,3 +211,27 @@ def test_flux_lora_is_refused_as_an_sd3_candidate(flux_runs, flux_data, tmp_path
                                               "--metrics", "world-style", "--style", "cartoon"]))
     assert "is a flux transformer" in line or "is an flux transformer" in line, line
     assert "'tiny-sd3' is an sd3 pipeline" in line and not (tmp_path / "e").exists()
+
+
+def test_validation_samples_flux_with_the_trained_transformer(flux_data, tmp_path, monkeypatch):
+    """Validation during training calls FluxPipeline with the T5 token count the latents were encoded with and no
+    negative prompt, the trained transformer swapped in."""
+    from diffusers import FluxPipeline
+
+    calls = []
+    real = FluxPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append((kwargs, type(self.transformer).__name__))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxPipeline, "__call__", spy)
+    result = run_cli(train_app, train_args(flux_data / "lat", tmp_path / "run", "tiny-flux", 1, "--lora-rank", "2",
+                                           "--validation-steps", "1", "--validation-prompts", "a red circle",
+                                           "--validation-seeds", "0", "--validation-inference-steps", "2",
+                                           "--validation-guidance-scale", "3.5"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "validation" / "step-000001.png").is_file()
+    assert calls and all(kw["max_sequence_length"] == int(T5_TOKENS) and kw["guidance_scale"] == 3.5
+                         and kw.get("negative_prompt") is None and name == "FluxTransformer2DModel"
+                         for kw, name in calls), calls

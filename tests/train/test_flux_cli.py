@@ -190,6 +190,16 @@ def test_bad_input_is_one_line(flux_data, tmp_path):
     assert "--negative-prompt" in line and "takes no negative prompt" in line and not (tmp_path / "d").exists()
 
 
+def test_validation_resolution_not_a_multiple_of_16_is_refused(flux_data, tmp_path):
+    """--validation-resolution 72 (a multiple of 8, which the option's own check takes) on Flux: refused in one line
+    before the run folder is made, instead of FluxPipeline resizing the validation images to 64 px with a warning
+    (SD3's pipeline raises at the first validation, after training steps)."""
+    line = _one_line_error(run_cli(train_app, train_args(flux_data / "lat", tmp_path / "run", "tiny-flux", 1,
+                                                         "--validation-prompts", "a red circle",
+                                                         "--validation-resolution", "72")))
+    assert "--validation-resolution 72" in line and "multiples of 16" in line and not (tmp_path / "run").exists()
+
+
 def test_sd3_lora_is_refused_as_a_flux_candidate(flux_data, tmp_path):
     """A LoRA trained on tiny-sd3 given to mapo-eval with --model tiny-flux: one line, nothing written."""
     result = run_cli(data_app, ["precompute", "--input", flux_data / "lab", "--output", tmp_path / "lat", "--model",

@@ -62,12 +62,12 @@ class EvalConfig:
     guidance_scale: float = guidance_scale_option(5.0)
     # None: the candidates' training resolution, else the base model's own
     resolution: int | None = resolution_option(help=(
-        "Image side in pixels (a multiple of the model family's: 8 for SD1.5/SDXL, 16 for SD3); default: the "
+        "Image side in pixels (a multiple of the model family's: 8 for SD1.5/SDXL, 16 for SD3 and Flux); default: the "
         "resolution the candidates were trained at, else the base model's own "
         "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     base_max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_SAMPLING, help=(
-        "T5 token rows the base model samples with (models with a T5 encoder, SD3; at most 512); default the "
-        "pipeline's (256). Candidates always sample with the count they were trained on: pass theirs to give the "
+        "T5 token rows the base model samples with (models with a T5 encoder, SD3 and Flux; at most 512); default "
+        "the pipeline's (SD3 256, Flux 512). Candidates always sample with the count they were trained on: pass theirs to give the "
         "base the same text conditioning."))
     seeds: int = option(1, check=at_least(1), panel=PANEL_SAMPLING, help=(
         "Images (seeds) per prompt; every model gets the same seeds."))

@@ -82,8 +82,8 @@ class GenerateConfig:
     guidance_scale: float = guidance_scale_option(5.0)
     resolution: int | None = resolution_option()  # None: pipeline.models.loading.default_resolution(model)
     max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_SAMPLING, help=(
-        "SD3: T5 tokens per prompt, as StableDiffusion3Pipeline's max_sequence_length (at most 512); default: the "
-        "pipeline's own (256). Fewer tokens sample faster."))
+        "SD3, Flux: T5 tokens per prompt, as the pipeline's max_sequence_length (at most 512); default: the "
+        "pipeline's own (SD3 256, Flux 512). Fewer tokens sample faster."))
     seed: int = seed_option("Global seed; each image's seed derives from (seed, prompt id, image index).")
     shard_size: int = option(100, help="Pairs per Parquet shard.", check=at_least(1), panel=PANEL_IO)
     batch_size: int = option(4, help="Prompts per pipeline call (each gives its pair or --images-per-prompt images).",
@@ -191,7 +191,7 @@ def _pair_schema(images: int = 2):
 def generate_images(pipe, requests, seeds, cfg: GenerateConfig, max_sequence_length: int | None = None):
     """Run the pipeline once over a flat list of image requests; returns PIL images.
 
-    ``max_sequence_length``: T5 tokens per prompt (SD3; None: the pipeline's 256), e.g. what a trained
+    ``max_sequence_length``: T5 tokens per prompt (SD3, Flux; None: the pipeline's 256, Flux's 512), e.g. what a trained
     candidate's latents were encoded with."""
     import torch
 

@@ -60,8 +60,8 @@ class PrecomputeConfig:
     storage_dtype: str = option("fp16", choices=STORAGE_DTYPES, panel=PANEL_PREP,
                                 help="fp16 or bf16 for stored latents and embeddings.")
     max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_MODEL, help=(
-        "SD3: T5 tokens stored per caption, at most 512 (the pipeline's limit); default: the pipeline's own "
-        "(256). Each token costs joint_attention_dim x 2 bytes (8 KiB for SD3.5)."))
+        "SD3, Flux: T5 tokens stored per caption, at most 512 (the pipeline's limit); default: the pipeline's own "
+        "(SD3 256, Flux 512). Each token costs joint_attention_dim x 2 bytes (8 KiB for SD3.5 and Flux.1)."))
     t5: bool = option(True, flags=("--t5/--no-t5",), panel=PANEL_MODEL, help=(
         "SD3: run the T5 text encoder (default), or store zeros in its place as StableDiffusion3Pipeline "
         "does with text_encoder_3=None (saves T5's ~9 GB of memory; train and sample the same way)."))

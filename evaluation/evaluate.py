@@ -22,7 +22,7 @@ from pipeline.data.atomic import write_json_atomic
 from pipeline.data.output_folder import OutputFolder
 from pipeline.data.prompts import load_prompts
 from pipeline.errors import UserError
-from pipeline.families import get_family
+from pipeline.families import a_family, get_family
 from pipeline.judges.registry import check_prompts
 from pipeline.models.loading import (
     check_model_available,
@@ -140,8 +140,9 @@ def run_evaluate(cfg: EvalConfig) -> EvalResult:
     for c in cands:
         if c.family and c.family != family:
             kind = "UNet" if get_family(c.family).denoiser_dir == "unet" else "transformer"
-            raise UserError(f"candidate {c.name} is an {c.family} {kind} (trained from '{c.base_model}') but --model "
-                            f"'{base_model}' is an {family} pipeline; pass its base model or leave --model out")
+            raise UserError(f"candidate {c.name} is {a_family(c.family)} {kind} (trained from '{c.base_model}') but "
+                            f"--model '{base_model}' is {a_family(family)} pipeline; pass its base model or leave "
+                            "--model out")
     check_unets_fit(cands, base_model)
     check_resolution(base_model, cfg.resolution)
     check_negative_prompt(base_model, ["--negative-prompt"] if cfg.negative_prompt is not None else [])

@@ -102,7 +102,9 @@ def check_data_matches_model(ds: LatentDataset, model: str, unet_family: str, un
     with the ones recorded at precompute time. The caller reuses the pipeline for validation images.
     """
     if ds.family != unet_family:
-        raise UserError(f"'{ds.root}' holds {ds.family} latents but '{model}' is an {unet_family} model; "
+        from pipeline.families import a_family
+
+        raise UserError(f"'{ds.root}' holds {ds.family} latents but '{model}' is {a_family(unet_family)} model; "
                         f"rerun `mapo-data precompute --model {model}` into a new --output.")
     channels = ds.info["latent_shape"][0]
     if channels != unet_in_channels:

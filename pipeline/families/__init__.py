@@ -28,6 +28,12 @@ def get_family(name: str) -> type[ModelFamily]:
         raise UserError(f"unknown model family '{name}'; known: {', '.join(BY_NAME)}") from None
 
 
+def a_family(name: str) -> str:
+    """A family name with its indefinite article as the name is read: "an sd3", "an sdxl", "an sd15" (ess-dee),
+    "a flux"; for error messages that name a family."""
+    return f"{'an' if name[:1].lower() in 'aeiosx' else 'a'} {name}"
+
+
 def family_from_index(index: dict, what: str = "the model") -> type[ModelFamily]:
     """The family of a pipeline from its ``model_index.json`` (a dict); UserError when none matches."""
     for fam in FAMILIES:
@@ -64,5 +70,5 @@ def family_of_denoiser(model) -> type[ModelFamily]:
     raise ValueError(f"no model family recognises a denoiser with config keys {sorted(config)[:8]} ...")
 
 
-__all__ = ["FAMILIES", "Flux", "SD15", "SD3", "SDXL", "ModelFamily", "family_from_index", "family_of_denoiser",
-           "family_of_pipe", "get_family"]
+__all__ = ["FAMILIES", "Flux", "SD15", "SD3", "SDXL", "ModelFamily", "a_family", "family_from_index",
+           "family_of_denoiser", "family_of_pipe", "get_family"]

@@ -219,9 +219,11 @@ def check_resolution(model: str, resolution: int | None, flag: str = "--resoluti
     """
     if resolution is None:
         return
+    from pipeline.families import a_family
+
     fam = model_family_of(model)
     if resolution % fam.size_multiple:
-        raise UserError(f"{flag} {resolution}: '{model}' is an {fam.name} model, whose image sides must be "
+        raise UserError(f"{flag} {resolution}: '{model}' is {a_family(fam.name)} model, whose image sides must be "
                         f"multiples of {fam.size_multiple}")
 
 

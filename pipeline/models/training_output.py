@@ -191,8 +191,11 @@ def load_trained_pipeline(path: str, *, model: str | None = None, device: str = 
 
         family = model_family_of(model).name
         if family != output.family:
-            raise UserError(f"{path} was trained on an {output.family} model ('{output.base_model}'); '{model}' is an "
-                            f"{family} model, which its weights do not fit: pass an {output.family} model")
+            from pipeline.families import a_family
+
+            raise UserError(f"{path} was trained on {a_family(output.family)} model ('{output.base_model}'); '{model}' "
+                            f"is {a_family(family)} model, which its weights do not fit: pass "
+                            f"{a_family(output.family)} model")
     dev = resolve_device(device)
     pipe = load_pipeline(base, dtype=resolve_dtype(dtype, dev), device=dev, skip=output.skipped_components())
     if output.kind == "unet":

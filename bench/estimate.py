@@ -59,7 +59,9 @@ def _fake_items(unet_config: dict, batch_size: int, resolution: int):
 
     UNet families: latents [2, C, R/8, R/8], prompt_embeds [77, cross_attention_dim], SDXL's pooled and time ids.
     SD3: latents [2, 16, R/8, R/8], prompt_embeds [77 + 256, joint_attention_dim] (CLIP pair and T5 at the
-    pipeline's default ``max_sequence_length``: pipeline.families.sd3), pooled [pooled_projection_dim]."""
+    pipeline's default ``max_sequence_length``: pipeline.families.sd3), pooled [pooled_projection_dim]. Flux:
+    latents [2, 16, R/8, R/8] (the family's ``latent_channels``, in_channels / 4), prompt_embeds [512, D] (T5 only;
+    ``ModelFamily.prompt_tokens``)."""
     import torch
 
     from pipeline.families import family_of_denoiser
@@ -67,9 +69,9 @@ def _fake_items(unet_config: dict, batch_size: int, resolution: int):
     from .data import PairItems, time_ids
 
     fam = family_of_denoiser(dict(unet_config))
-    c, h = int(unet_config["in_channels"]), resolution // 8
+    c, h = fam.latent_channels(unet_config), resolution // 8
     if fam.flow:
-        tokens, width = 77 + fam.max_sequence_length, int(unet_config["joint_attention_dim"])
+        tokens, width = fam.prompt_tokens(), int(unet_config["joint_attention_dim"])
         pooled = int(unet_config["pooled_projection_dim"])
     else:
         tokens, width = 77, int(unet_config["cross_attention_dim"])

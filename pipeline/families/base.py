@@ -141,6 +141,13 @@ class ModelFamily:
         return [pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size], None
 
     @classmethod
+    def prompt_tokens(cls, max_sequence_length: int | None = None) -> int:
+        """Rows L of the stored ``prompt_embeds`` ``[L, D]`` without a pipeline at hand (``bench train --estimate``):
+        CLIP's 77 tokens here (SD1.5, SDXL); a T5 family's own count (``max_sequence_length``, default the
+        family's) as its :meth:`text_shapes` gives it."""
+        return 77
+
+    @classmethod
     def encoder_modules(cls, pipe) -> list:
         """The pipeline's loaded text encoders, in order (None-free)."""
         return [m for m in (getattr(pipe, n, None) for n in cls.text_encoders) if m is not None]

@@ -126,6 +126,10 @@ class Flux(ModelFamily):
         max_len = int(max_sequence_length or cls.max_sequence_length)
         return [max_len, int(pipe.text_encoder_2.config.d_model)], int(pipe.text_encoder.config.hidden_size)
 
+    @classmethod
+    def prompt_tokens(cls, max_sequence_length=None) -> int:
+        return int(max_sequence_length or cls.max_sequence_length)  # T5's rows only (CLIP-L gives the pooled)
+
     # ------------------------------------------------------------------ the denoiser on a training batch
     @classmethod
     def conditioning(cls, batch: dict, k: int) -> dict:

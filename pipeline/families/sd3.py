@@ -101,6 +101,10 @@ class SD3(ModelFamily):
         return [pipe.tokenizer.model_max_length + max_len, cls.joint_attention_dim(pipe)], pooled
 
     @classmethod
+    def prompt_tokens(cls, max_sequence_length=None) -> int:
+        return 77 + int(max_sequence_length or cls.max_sequence_length)  # CLIP's 77 rows, then T5's
+
+    @classmethod
     def conditioning(cls, batch: dict, k: int) -> dict:
         return {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1),
                 "pooled_projections": batch["pooled_prompt_embeds"].repeat(k, 1)}

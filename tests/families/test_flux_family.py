@@ -209,3 +209,19 @@ def test_generate_samples_as_flux_pipeline_does(pipe):
         theirs = pipe(request.prompt, num_inference_steps=2, guidance_scale=3.5, height=64, width=64,
                       max_sequence_length=8, generator=torch.Generator().manual_seed(seed)).images[0]
         np.testing.assert_array_equal(np.asarray(image), np.asarray(theirs))
+
+
+
+def test_bench_estimate_items_are_flux_shaped(pipe):
+    """``bench train --estimate``'s stand-in batch for a Flux transformer is what precompute stores for Flux:
+    latents [2, 16, h, w] (not the transformer's 64 packed channels, which failed in its first linear) and T5's
+    [512, D] prompt_embeds (no CLIP rows, unlike SD3's 77 + 256)."""
+    from bench.estimate import _fake_items
+    from pipeline.families import SD3
+
+    item = _fake_items(dict(pipe.transformer.config), 1, 64)[0]
+    assert tuple(item["latents"].shape) == (2, 16, 8, 8)
+    assert tuple(item["prompt_embeds"].shape) == (Flux.max_sequence_length, 32)
+    assert tuple(item["pooled_prompt_embeds"].shape) == (32,) and "add_time_ids" not in item
+    assert Flux.prompt_tokens() == 512 and Flux.prompt_tokens(8) == 8
+    assert SD3.prompt_tokens() == 77 + 256 and SD3.prompt_tokens(8) == 77 + 8

@@ -67,10 +67,12 @@ def test_precompute_stores_flux_conditioning(flux_data):
     assert item["prompt_embeds"].shape == (int(T5_TOKENS), 32) and "add_time_ids" not in item
 
 
-@pytest.mark.parametrize("objective", ["dpo", "sft", "kto"])
-def test_other_objectives_train_flux(flux_data, tmp_path, objective):
+@pytest.mark.parametrize("objective, lora", [("dpo", ["--lora-rank", "2"]), ("sft", ["--lora-rank", "2"]),
+                                             ("kto", ["--lora-rank", "2"]), ("dpo", [])])
+def test_other_objectives_train_flux(flux_data, tmp_path, objective, lora):
+    """LoRA (the reference: the adapter switched off) and, for DPO, a full fine-tune (a frozen reference copy)."""
     result = run_cli(train_app, train_args(flux_data / "lat", tmp_path / "run", "tiny-flux", 1,
-                                           "--objective", objective, "--lora-rank", "2"))
+                                           "--objective", objective, *lora))
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "training_config.json").read_text())
     assert config["family"] == "flux" and config["objective"] == objective and config["prediction_type"] == "flow"

@@ -67,8 +67,8 @@ class EvalConfig:
         "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     base_max_sequence_length: int | None = option(None, check=at_least(1), panel=PANEL_SAMPLING, help=(
         "T5 token rows the base model samples with (models with a T5 encoder, SD3 and Flux; at most 512); default "
-        "the pipeline's (SD3 256, Flux 512). Candidates always sample with the count they were trained on: pass theirs to give the "
-        "base the same text conditioning."))
+        "the pipeline's (SD3 256, Flux 512). Candidates always sample with the count they were trained on: pass "
+        "theirs to give the base the same text conditioning."))
     seeds: int = option(1, check=at_least(1), panel=PANEL_SAMPLING, help=(
         "Images (seeds) per prompt; every model gets the same seeds."))
     seed: int = seed_option("Global seed; image k of a prompt uses derive_seed(seed, prompt id, k).")

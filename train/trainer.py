@@ -96,10 +96,6 @@ class Trainer:
         if cfg.optimizer_in_backward and _launched_multi_process():  # DDP all-reduces after the in-backward hooks
             raise UserError("--optimizer-in-backward runs on one process; drop it or launch one process.")
         source_class(cfg.spec).check(cfg)  # e.g. spo on a flow model: refused before the run folder is claimed
-        if cfg.validation_resolution is not None:  # the family's multiple (SD3, Flux: 16), not only the option's 8
-            from pipeline.models.loading import check_resolution
-
-            check_resolution(cfg.model, cfg.validation_resolution, "--validation-resolution")
         resume = resolve_resume(self.out, cfg.resume_from_checkpoint)
         claim_run_folder(self.out, self.cfg, resume)
         self.scorers = None

@@ -37,7 +37,10 @@ def check_compile(model: str) -> None:
     """
     import diffusers
 
+    from pipeline.families import a_family
+
     fam = model_family_of(model)
     if not getattr(getattr(diffusers, fam.denoiser_class), "_repeated_blocks", None):
-        raise UserError(f"--compile: '{model}' is an {fam.name} model, whose {fam.denoiser_class} declares no repeated "
-                        "blocks for diffusers' regional compilation (compile_repeated_blocks); leave --compile out")
+        raise UserError(f"--compile: '{model}' is {a_family(fam.name)} model, whose {fam.denoiser_class} declares no "
+                        "repeated blocks for diffusers' regional compilation (compile_repeated_blocks); leave "
+                        "--compile out")

@@ -20,10 +20,12 @@ def check_t5_length(model: str, max_sequence_length: int | None, flag: str = "--
     """
     if max_sequence_length is None:
         return
+    from pipeline.families import a_family
+
     fam = model_family_of(model)
     limit = fam.max_sequence_length_limit
     if limit is not None and max_sequence_length > limit:
-        raise UserError(f"{flag} {max_sequence_length}: '{model}' is an {fam.name} model, whose pipeline "
+        raise UserError(f"{flag} {max_sequence_length}: '{model}' is {a_family(fam.name)} model, whose pipeline "
                         f"({fam.pipeline_class}) takes at most {limit} T5 tokens")
 
 

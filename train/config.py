@@ -157,7 +157,7 @@ class TrainConfig:
     )
     validation_guidance_scale: float = option(5.0, panel=P_VAL, help="Guidance scale for validation images.")
     validation_resolution: int | None = option(None, panel=P_VAL, help=(
-        "Validation image side in pixels (a multiple of 8; 16 for SD3); default: the data's resolution."))
+        "Validation image side in pixels (a multiple of 8; 16 for SD3 and Flux); default: the data's resolution."))
     validation_metrics: list[str] = option(default_factory=list, panel=P_VAL, help=(
         f"Comma-separated judges of the validation images, logged as val/<metric>: {', '.join(judge_names())} "
         "(default: none)."))

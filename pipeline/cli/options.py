@@ -511,8 +511,8 @@ def guidance_scale_option(default: float, panel: str = PANEL_SAMPLING, prefix: s
     return option(default, help=f"{prefix}Classifier-free guidance scale.", panel=panel)
 
 
-RESOLUTION_HELP = ("Image side in pixels (multiple of 8; 16 for SD3); default: the model's own, as diffusers defaults "
-                   "it (1024 for SDXL, 512 for SD1.5, 64 for the built-in models).")
+RESOLUTION_HELP = ("Image side in pixels (multiple of 8; 16 for SD3 and Flux); default: the model's own, as diffusers "
+                   "defaults it (1024 for SDXL, 512 for SD1.5, 64 for the built-in models).")
 
 
 def resolution_option(default: int | None = None, help: str = RESOLUTION_HELP, panel: str = PANEL_SAMPLING) -> Any:

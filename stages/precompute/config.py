@@ -46,9 +46,8 @@ class PrecomputeConfig:
         "VAE precision (SDXL's own VAE overflows in fp16; fp16 is fine with an fp16-fix --vae)."))
     device: str = device_option()
     resolution: int | None = option(None, check=multiple_of_8, panel=PANEL_PREP, help=(
-        "Training resolution (a multiple of 8; 16 for SD3): short side resized to it, then a square crop; default: the "
-        "model's own "
-        "(1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
+        "Training resolution (a multiple of 8; 16 for SD3 and Flux): short side resized to it, then a square crop; "
+        "default: the model's own (1024 for SDXL, 512 for SD1.5, 64 for the built-in models)."))
     crop: str = option(
         "center", choices=CROPS, panel=PANEL_PREP, help="center, or random (seeded per pair from --seed)."
     )

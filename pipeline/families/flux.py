@@ -70,7 +70,11 @@ class Flux(ModelFamily):
     # ------------------------------------------------------------------ recognising a model
     @classmethod
     def matches_index(cls, index: dict) -> bool:
-        return (index.get("transformer") or [None, None])[1] == cls.denoiser_class
+        # The text-to-image pipeline only: FLUX.1 Fill, Depth, Canny and Kontext share the transformer class but
+        # widen its input (in_channels 384, 128, ...) with conditioning channels, so in_channels / 4 is not their
+        # latent count; they are refused as pipelines mapo-tools does not support.
+        return (index.get("_class_name") == cls.pipeline_class
+                and (index.get("transformer") or [None, None])[1] == cls.denoiser_class)
 
     @classmethod
     def matches_denoiser(cls, config) -> bool:

@@ -25,6 +25,11 @@ def test_family_read_from_model_index(model, family):
 def test_unknown_pipeline_class_is_one_line():
     from pipeline.errors import UserError
 
+    flux_transformer = ["diffusers", "FluxTransformer2DModel"]
+    assert family_from_index({"_class_name": "FluxPipeline", "transformer": flux_transformer}).name == "flux"
+    # FLUX.1 Fill's transformer takes 384 input channels (latents + mask + masked image): not FluxPipeline's 64
+    with pytest.raises(UserError, match="FluxFillPipeline pipeline, which mapo-tools does not support"):
+        family_from_index({"_class_name": "FluxFillPipeline", "transformer": flux_transformer})
     with pytest.raises(UserError, match="PixArtAlphaPipeline pipeline, which mapo-tools does not support"):
         family_from_index({"_class_name": "PixArtAlphaPipeline",
                            "transformer": ["diffusers", "PixArtTransformer2DModel"]})

@@ -78,6 +78,10 @@ PRESETS = {
                                gradient_checkpointing=True),
     "sd35-large-arch": Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3,
                               gradient_checkpointing=True),
+    # FLUX.1-dev at FluxPipeline's default 1024 px (128x128x16 latents, 4096 image tokens); gradient checkpointing as
+    # diffusers' train_dreambooth_(lora_)flux.py offer it.
+    "flux-dev-arch": Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3,
+                            gradient_checkpointing=True),
 }
 DEFAULT_PRESET = Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3, gradient_checkpointing=True)
 
@@ -91,7 +95,8 @@ class BenchConfig:
     """``python -m bench train``'s options (each declared once: pipeline.cli.options)."""
 
     model: str = option("tiny-sdxl", help="tiny-sdxl (CPU, CI-sized), sdxl-arch, sd35-medium-arch, "
-                                          "sd35-large-arch (GPU or --estimate: 1024 px, bf16), or any model id/folder.")
+                                          "sd35-large-arch, flux-dev-arch (GPU or --estimate: 1024 px, bf16), or any "
+                                          "model id/folder.")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N.")
     resolution: int | None = option(None, help="Image size in px (default: the model preset's).")
     batch_size: int | None = option(None, help="Pairs per step (default: the model preset's).")

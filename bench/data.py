@@ -64,37 +64,49 @@ def load_encoders(model: str, device, dtype):
     return pipe
 
 
+def denoiser_only(model: str) -> bool:
+    """Whether ``model`` is a built-in denoiser alone (``sd35-*-arch``, ``flux-dev-arch``: no encoders to run)."""
+    from pipeline.models.builtin import get_builtin
+
+    entry = get_builtin(model)
+    return entry is not None and entry.kind == "arch" and not entry.whole_pipeline
+
+
 def random_precomputed(model: str, pairs: int, resolution: int, seed: int) -> dict:
-    """Seeded random tensors shaped as SD3 precompute stores them, for the transformer-only built-ins
-    (``sd35-*-arch``, which have no VAE or text encoders to run): latents [pairs, 2, 16, R/8, R/8], prompt_embeds
-    [pairs, 77 + 256, 4096] (CLIP pair + T5 at the pipeline's default 256 tokens), pooled [pairs, 2048]; fp16.
-    A step's cost does not depend on the values."""
+    """Seeded random tensors shaped as precompute stores them, for the built-in denoisers alone
+    (:func:`denoiser_only`: no VAE or text encoders to run), with the shapes the denoiser's family declares (as
+    ``bench.estimate._fake_items``): latents [pairs, 2, C, R/8, R/8] (C: the family's ``latent_channels``),
+    prompt_embeds [pairs, L, joint_attention_dim] (L: the family's ``prompt_tokens``), pooled
+    [pairs, pooled_projection_dim]; fp16. sd35-*-arch: C 16, L 77 + 256, pooled 2048; flux-dev-arch: C 16 (unpacked),
+    L 512, pooled 768. The denoiser's config is read from the model built on the meta device (no memory). A step's
+    cost does not depend on the values."""
     import torch
 
-    from pipeline.families import SD3
-    from pipeline.models.builtin import SD35_TRANSFORMER_CONFIGS
+    from pipeline.families import get_family
+    from pipeline.models.builtin import get_builtin
 
-    cfg = SD35_TRANSFORMER_CONFIGS[model]
+    entry = get_builtin(model)
+    fam = get_family(entry.family)
+    cfg = dict(entry.components(torch.float32, "meta")[fam.denoiser_dir].config)
     g = torch.Generator().manual_seed(seed)
     h = resolution // 8
 
     def rand(*shape):
         return torch.randn(shape, generator=g).to(torch.float16)
 
-    return {"latents": rand(pairs, 2, cfg["in_channels"], h, h),
-            "prompt_embeds": rand(pairs, 77 + SD3.max_sequence_length, cfg["joint_attention_dim"]),
-            "pooled_prompt_embeds": rand(pairs, cfg["pooled_projection_dim"]), "resolution": resolution}
+    return {"latents": rand(pairs, 2, fam.latent_channels(cfg), h, h),
+            "prompt_embeds": rand(pairs, fam.prompt_tokens(), int(cfg["joint_attention_dim"])),
+            "pooled_prompt_embeds": rand(pairs, int(cfg["pooled_projection_dim"])), "resolution": resolution}
 
 
 def make_precomputed(model: str, device, dtype, pairs: int, resolution: int, seed: int, batch: int = 2) -> dict:
     """Run the real encoders once over the benchmark's pairs; CPU tensors in precompute's storage dtype
-    (:func:`random_precomputed` for the transformer-only ``sd35-*-arch`` built-ins)."""
+    (:func:`random_precomputed` for the built-in denoisers alone, ``sd35-*-arch`` and ``flux-dev-arch``)."""
     import torch
 
-    from pipeline.models.builtin import SD35_TRANSFORMER_CONFIGS
     from pipeline.models.conditioning import encode_text
 
-    if model in SD35_TRANSFORMER_CONFIGS:
+    if denoiser_only(model):
         return random_precomputed(model, pairs, resolution, seed)
     pipe = load_encoders(model, device, dtype)
     pix = pixel_pairs(pairs, resolution, seed)

@@ -7,7 +7,7 @@ Each :class:`BuiltinModel` knows its name, family, kind and how to produce it:
 - ``folder``: a committed diffusers folder, registered by a plugin: the miniature world's pretrained
   ``shapes-sdxl`` (``mapo_tools.models`` entry point, :data:`PLUGIN_GROUP`; no core module imports the world);
 - ``arch``: a full-size architecture with random weights, built in memory on demand (``sdxl-arch``,
-  ``sd35-medium-arch``, ``sd35-large-arch``).
+  ``sd35-medium-arch``, ``sd35-large-arch``, ``flux-dev-arch``).
 
 Callers ask the registry (:func:`get_builtin`, :func:`builtin_names`) instead of branching on names.
 
@@ -21,7 +21,8 @@ parameters): the honest way to measure real-size speed and memory with no weight
 It is built in memory on demand instead of being written to disk (about 14 GB in fp32).
 ``sd35-medium-arch`` and ``sd35-large-arch`` are the SD3.5 transformers (about 2.5B and 8.1B parameters) at
 their published configs, with random weights, for the same use on the flow family
-(:func:`sd35_arch_components`).
+(:func:`sd35_arch_components`); ``flux-dev-arch`` is FLUX.1-dev's transformer (about 11.9B) likewise
+(:func:`flux_dev_arch_components`).
 
 The module is a little over 500 lines: each built-in's builder sits beside the registry entry that names it, so a
 new family adds its tiny model here (as tiny-sd3 and tiny-flux did) rather than in a module of its own.
@@ -393,6 +394,36 @@ def sd35_arch_components(model: str, dtype, device, skip: tuple[str, ...] = ()):
     return comps
 
 
+# ``transformer/config.json`` of black-forest-labs/FLUX.1-dev (gated; its values are FluxTransformer2DModel's class
+# defaults, which diffusers took from Flux.1, plus ``guidance_embeds``: dev is guidance-distilled): 19 double-stream
+# and 38 single-stream blocks, 24 heads of 128, rotary axes 16 + 56 + 56 = 128; about 11.9B parameters.
+FLUX_DEV_TRANSFORMER_CONFIG = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+
+
+def flux_dev_arch_components(dtype, device, skip: tuple[str, ...] = ()):
+    """FLUX.1-dev's transformer (:data:`FLUX_DEV_TRANSFORMER_CONFIG`) with random weights, built on ``device`` in
+    ``dtype``, and its scheduler (:data:`FLUX_DEV_SCHEDULER`): ``{"transformer", "scheduler"}``.
+
+    As :func:`sd35_arch_components`, the text encoders (CLIP-L, T5-XXL) and the VAE are not built: a training step on
+    precomputed latents and embeddings never runs them. ``skip`` containing "transformer" leaves it out (None).
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    comps = {"transformer": None}
+    if "transformer" not in skip:
+        with torch.device(device):
+            comps["transformer"] = torch.nn.Module.to(FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER_CONFIG),
+                                                      dtype=dtype)
+    comps["scheduler"] = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
+    return comps
+
+
 # ---------------------------------------------------------------------------------------------
 # The registry
 # ---------------------------------------------------------------------------------------------
@@ -511,5 +542,7 @@ for _entry in (
     *(BuiltinModel(name, family="sd3", kind="arch", resolution=1024, whole_pipeline=False,
                    components=functools.partial(sd35_arch_components, name))
       for name in SD35_TRANSFORMER_CONFIGS),
+    BuiltinModel("flux-dev-arch", family="flux", kind="arch", resolution=1024, whole_pipeline=False,
+                 components=flux_dev_arch_components),
 ):
     register_model(_entry)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_builtin_is_declared_once_with_its_family_and_kind():
     assert builtin_names() == ("tiny-sdxl", "tiny-sd15", "tiny-sd3", "tiny-flux", "shapes-sdxl", "shapes-sd3",
-                               "sdxl-arch", "sd35-medium-arch", "sd35-large-arch")
+                               "sdxl-arch", "sd35-medium-arch", "sd35-large-arch", "flux-dev-arch")
     got = {name: (e.family, e.kind, e.has_folder) for name, e in builtin_models().items()}
     assert got["tiny-sd15"] == ("sd15", "tiny", True)
     assert got["tiny-sd3"] == ("sd3", "tiny", True) and got["tiny-flux"] == ("flux", "tiny", True)

@@ -48,6 +48,8 @@ class ModelFamily:
     # trained and recorded, then refused by the pipeline in every plain-diffusers load of the output.
     max_sequence_length_limit: ClassVar[int | None] = None
     optional_t5: ClassVar[tuple[str, str] | None] = None
+    # Config keys that only this family's denoiser has (recognises a config without ``_class_name``; empty: none).
+    denoiser_keys: ClassVar[tuple[str, ...]] = ()
     # Denoiser config keys a trained denoiser or LoRA must share with the pipeline it is put into.
     fit_keys: ClassVar[tuple[str, ...]] = ()
     # The denoiser's modules ``mapo-train --lora-rank`` adapts by default (peft ``target_modules``: a name matches
@@ -63,8 +65,11 @@ class ModelFamily:
 
     @classmethod
     def matches_denoiser(cls, config) -> bool:
-        """Whether a denoiser's config (dict-like) is this family's."""
-        return False
+        """Whether a denoiser's config (dict-like) is this family's: its ``_class_name`` is
+        :attr:`denoiser_class`, or (a config without the class name) it has every key of :attr:`denoiser_keys`."""
+        if config.get("_class_name") == cls.denoiser_class:
+            return True
+        return bool(cls.denoiser_keys) and all(key in config for key in cls.denoiser_keys)
 
     @classmethod
     def matches_pipe(cls, pipe) -> bool:

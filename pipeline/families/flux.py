@@ -56,6 +56,7 @@ class Flux(ModelFamily):
     # normal), then the scheduler's sigma at floor(u T).
     flow_weighting_scheme = "none"
     unbatched_inputs = ("txt_ids", "img_ids")  # [L, 3] and [S, 3] position ids, shared by the batch
+    denoiser_keys = ("guidance_embeds", "axes_dims_rope", "num_single_layers")
     fit_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size", "num_layers",
                 "num_single_layers", "attention_head_dim", "num_attention_heads", "guidance_embeds")
     max_sequence_length = DEFAULT_MAX_SEQUENCE_LENGTH
@@ -75,12 +76,6 @@ class Flux(ModelFamily):
         # latent count; they are refused as pipelines mapo-tools does not support.
         return (index.get("_class_name") == cls.pipeline_class
                 and (index.get("transformer") or [None, None])[1] == cls.denoiser_class)
-
-    @classmethod
-    def matches_denoiser(cls, config) -> bool:
-        if config.get("_class_name") == cls.denoiser_class:
-            return True
-        return all(key in config for key in ("guidance_embeds", "axes_dims_rope", "num_single_layers"))
 
     @classmethod
     def matches_pipe(cls, pipe) -> bool:

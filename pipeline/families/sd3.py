@@ -24,6 +24,7 @@ class SD3(ModelFamily):
     pooled = True
     size_multiple = 16
     flow = True
+    denoiser_keys = ("pooled_projection_dim", "joint_attention_dim", "caption_projection_dim")
     fit_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "patch_size", "num_layers",
                 "attention_head_dim", "num_attention_heads")
     max_sequence_length = DEFAULT_MAX_SEQUENCE_LENGTH
@@ -39,12 +40,6 @@ class SD3(ModelFamily):
     @classmethod
     def matches_index(cls, index: dict) -> bool:
         return (index.get("transformer") or [None, None])[1] == cls.denoiser_class
-
-    @classmethod
-    def matches_denoiser(cls, config) -> bool:
-        if config.get("_class_name") == cls.denoiser_class:
-            return True
-        return all(key in config for key in ("pooled_projection_dim", "joint_attention_dim", "caption_projection_dim"))
 
     @classmethod
     def matches_pipe(cls, pipe) -> bool:

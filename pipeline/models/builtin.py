@@ -126,6 +126,24 @@ def _tiny_vae(scaling_factor: float):
     return AutoencoderKL(**_vae_config((8, 16, 16, 16), 1, 8, 64, scaling_factor))
 
 
+def _tiny_t5(d_model: int, d_kv: int, d_ff: int, num_layers: int):
+    """A tiny T5 text encoder (``T5EncoderModel``) over the offline tokenizer's 1200-token vocabulary
+    (:func:`pipeline.models.tokenizer.build_t5_tokenizer`): SD3's third and Flux's second text encoder."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=1200, d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=num_layers,
+                                   num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                   decoder_start_token_id=0))
+
+
+def _tiny_flow_vae(scaling_factor: float, shift_factor: float):
+    """A tiny 16-channel VAE with a flow model's ``shift_factor`` and no quant convs (SD3, Flux)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**{**_vae_config((8, 16, 16, 16), 1, 8, 64, scaling_factor, latent_channels=16),
+                            "shift_factor": shift_factor, "use_quant_conv": False, "use_post_quant_conv": False})
+
+
 def _tiny_sd3(tok_dir: Path):
     """tiny-sd3: SD3's architecture at toy widths. An MMDiT (SD3Transformer2DModel, patch 2, 16 latent
     channels), CLIP-L and CLIP-G stand-ins (CLIPTextModelWithProjection, 32 wide, pooled 32 + 32 = the
@@ -133,12 +151,11 @@ def _tiny_sd3(tok_dir: Path):
     an offline-trained tokenizer, a 16-channel VAE with SD3's shift_factor and scaling_factor, and SD3's
     FlowMatchEulerDiscreteScheduler (shift 3.0)."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from pipeline.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
@@ -148,11 +165,8 @@ def _tiny_sd3(tok_dir: Path):
         num_attention_heads=4, joint_attention_dim=joint, caption_projection_dim=32, pooled_projection_dim=64,
         pos_embed_max_size=32,
     )
-    t5 = T5EncoderModel(T5Config(vocab_size=1200, d_model=joint, d_kv=16, d_ff=64, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-                                 decoder_start_token_id=0))
-    vae = AutoencoderKL(**{**_vae_config((8, 16, 16, 16), 1, 8, 64, 1.5305, latent_channels=16),
-                           "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False})
+    t5 = _tiny_t5(joint, d_kv=16, d_ff=64, num_layers=2)
+    vae = _tiny_flow_vae(1.5305, 0.0609)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
@@ -179,8 +193,8 @@ def _tiny_flux(tok_dir: Path):
     transformer's pooled_projection_dim 32), a tiny T5 (d_model = joint_attention_dim 32) with the offline-trained
     tokenizer, a 16-channel VAE with Flux's shift_factor and scaling_factor, and Flux.1-dev's scheduler config
     (:data:`FLUX_DEV_SCHEDULER`)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from pipeline.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
@@ -190,12 +204,8 @@ def _tiny_flux(tok_dir: Path):
         num_attention_heads=4, joint_attention_dim=joint, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=(2, 2, 4),
     )
-    t5 = T5EncoderModel(T5Config(vocab_size=1200, d_model=joint, d_kv=8, d_ff=32, num_layers=1, num_heads=4,
-                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-                                 decoder_start_token_id=0))
-    # FLUX.1-dev's vae/config.json: scaling_factor 0.3611, shift_factor 0.1159, no quant convs.
-    vae = AutoencoderKL(**{**_vae_config((8, 16, 16, 16), 1, 8, 64, 0.3611, latent_channels=16),
-                           "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False})
+    t5 = _tiny_t5(joint, d_kv=8, d_ff=32, num_layers=1)
+    vae = _tiny_flow_vae(0.3611, 0.1159)  # FLUX.1-dev's vae/config.json: scaling_factor, shift_factor
     return FluxPipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),

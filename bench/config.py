@@ -72,6 +72,7 @@ PRESETS = {
     "tiny-sdxl": Preset(resolution=64, batch_size=2, dtype="fp32", steps=15, warmup=3, gradient_checkpointing=False),
     "tiny-sd15": Preset(resolution=64, batch_size=2, dtype="fp32", steps=15, warmup=3, gradient_checkpointing=False),
     "tiny-sd3": Preset(resolution=64, batch_size=2, dtype="fp32", steps=15, warmup=3, gradient_checkpointing=False),
+    "tiny-flux": Preset(resolution=64, batch_size=2, dtype="fp32", steps=15, warmup=3, gradient_checkpointing=False),
     "sdxl-arch": Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3, gradient_checkpointing=True),
     # SD3.5 at its default 1024 px (128x128x16 latents); gradient checkpointing as diffusers' SD3 trainers offer it.
     "sd35-medium-arch": Preset(resolution=1024, batch_size=1, dtype="bf16", steps=10, warmup=3,

@@ -13,15 +13,14 @@ from pathlib import Path
 
 from pipeline.cli.options import at_least, device_option, option
 
-from .config import CONFIGURATIONS
+from .config import CONFIGURATIONS, PRESETS
 
 
 @dataclass
 class ProfileBenchConfig:
     """``python -m bench profile``'s options (declared once: pipeline.cli.options)."""
 
-    model: str = option("tiny-sdxl", help="A bench model preset (tiny-sdxl, tiny-sd15, tiny-sd3, sdxl-arch, "
-                                          "sd35-medium-arch, sd35-large-arch) or any model id/folder.")
+    model: str = option("tiny-sdxl", help=f"A bench model preset ({', '.join(PRESETS)}) or any model id/folder.")
     device: str = device_option()
     configuration: str = option("mapo", choices=tuple(CONFIGURATIONS), help="The configuration to profile.")
     steps: int = option(5, check=at_least(1), help="Profiled steps.")

@@ -77,9 +77,12 @@ def _saved_without(model: str, components: tuple[str, ...]) -> bool:
         return False
 
 
-def _sampling_args(max_sequence_length: int | None) -> str:
-    """The pipeline-call arguments that sample as the model was trained (SD3: its latents' T5 token count)."""
-    return f", max_sequence_length={max_sequence_length}" if max_sequence_length else ""
+def _sampling_args(max_sequence_length: int | None, resolution=None) -> str:
+    """The pipeline-call arguments that sample as the model was trained: its data's resolution (``height`` and
+    ``width``, pixels; the pipelines otherwise sample at the base model's default, e.g. 1024 for SDXL) and, for a
+    T5 family, its latents' T5 token count."""
+    size = f", height={int(resolution)}, width={int(resolution)}" if resolution else ""
+    return size + (f", max_sequence_length={max_sequence_length}" if max_sequence_length else "")
 
 
 def _example_prompt(model: str) -> str:
@@ -146,7 +149,7 @@ Trained with `mapo-train` (mapo-tools) using {objectives.get(config['objective']
 
 ```python
 {_load_snippet(config['model'], config.get('family', 'sdxl'), lora, output_dir, t5)}\
-image = pipe("{_example_prompt(config['model'])}"{_sampling_args(max_len)}).images[0]
+image = pipe("{_example_prompt(config['model'])}"{_sampling_args(max_len, data_info.get("resolution"))}).images[0]
 ```
 
 ## Hyperparameters

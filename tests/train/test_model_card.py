@@ -42,6 +42,9 @@ def test_a_builtin_goes_through_the_resolver_and_a_hub_id_stays(tmp_path):
     exec(_snippet(card).split("pipe =")[0], namespace)  # noqa: S102 - the card's own imports
     assert 'from_pretrained(resolve_model_source("tiny-sdxl"))' in _snippet(card)
     assert os.path.isdir(namespace["resolve_model_source"]("tiny-sdxl"))
+    # sampled at the resolution it was trained at, not the pipeline's default
+    assert '.images[0]' in _snippet(card) and 'pipe("' in _snippet(card)
+    assert ", height=64, width=64)" in _snippet(card)
     hub = _card(tmp_path, "stabilityai/stable-diffusion-xl-base-1.0")
     assert 'from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")' in _snippet(hub)
     assert "base_model: stabilityai/stable-diffusion-xl-base-1.0" in hub

@@ -137,6 +137,9 @@ class ShardedOutput:
             return
         old = {**manifest.get("identity", {}), "stage": manifest.get("stage"), "num_shards": manifest.get("num_shards")}
         new = {**self.identity, "stage": self.stage, "num_shards": self.num_shards}
+        if old["stage"] and old["stage"] != self.stage:  # another stage's output: its keys would all differ
+            raise UserError(f"{self.root} holds a mapo-data {old['stage']} output, not a {self.stage} one. Use a new "
+                            "--output, or pass --overwrite to replace it.")
         # Partial: the caller's known keys, and this class's own (the split is in the identity only when it is not
         # the default: a folder of another split must differ in "split", present or not).
         keys = sorted(set(new) | {"split", "stage", "num_shards"}) if partial else None

@@ -32,6 +32,9 @@ def test_write_finalize_and_refuse_other_config(tmp_path):
     ShardedOutput(tmp_path / "o", "demo", {"seed": 1}, 2).prepare()
     with pytest.raises(UserError, match="differs in: seed"):
         ShardedOutput(tmp_path / "o", "demo", {"seed": 2}, 2).prepare()
+    # Another stage's output is named as such, not as a list of every key that differs.
+    with pytest.raises(UserError, match=r"holds a mapo-data demo output, not a generate one\. Use a new --output"):
+        ShardedOutput(tmp_path / "o", "generate", {"seed": 1, "model": "m"}, 2).check()
     other = ShardedOutput(tmp_path / "o", "demo", {"seed": 2}, 2)
     other.prepare(overwrite=True)
     assert other.pending([0, 1]) == [0, 1] and not (tmp_path / "o" / "rejects").exists()

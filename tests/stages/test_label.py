@@ -275,7 +275,7 @@ def test_a_mismatched_output_is_refused_before_the_labeler_loads(pairs, tmp_path
     cases = [
         ((pairs["style"], out, "--target", "style", "--batch-size", "5"), "differs in: batch_size)"),
         ((pairs["safety"], out, "--target", "safety"), "differs in: input_fingerprint, target)"),
-        ((pairs["style"], pairs["safety"], "--target", "style"), ", stage, "),  # a generate output
+        ((pairs["style"], pairs["safety"], "--target", "style"), "holds a mapo-data generate output, not a label one"),
         ((pairs["style"], foreign, "--target", "style"), "is not a mapo-data output"),
     ]
     for args, message in cases:

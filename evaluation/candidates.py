@@ -48,7 +48,8 @@ def text_encoding_note(cands: list[TrainingOutput], base_max_sequence_length: in
     """One line when models are sampled with text encoded differently (SD3: T5 on or off, T5 tokens), so their
     images differ in conditioning as well as weights; None when they agree.
 
-    Candidates are sampled as they were trained. When they disagree the line names each; when they agree on a T5
+    Candidates are sampled as they were trained. When they disagree the line names each and the base's T5 count;
+    when they agree on a T5
     token count that the base does not sample with (``base_max_sequence_length``, else the family's default, 256
     for SD3), it names both counts and the option that aligns them (in the flow world the base alone follows
     prompts at 0.88 with 8 rows against 0.90 with 256: docs/flow-matching.md); for candidates trained without T5 it
@@ -62,16 +63,18 @@ def text_encoding_note(cands: list[TrainingOutput], base_max_sequence_length: in
     def words(enc: dict) -> str:
         return "no T5" if enc.get("t5") is False else f"T5 {enc.get('max_sequence_length', 'default')} tokens"
 
-    if len({tuple(sorted(v.items())) for v in seen.values()}) > 1:
-        which = ", ".join(f"{name} {words(enc)}" for name, enc in seen.items())
-        return f"candidates were trained on text encoded differently ({which}); each is sampled as it was trained"
-    trained = next(iter(seen.values())).get("max_sequence_length")
     families = {c.family for c in cands if c.name in seen and c.family}
     default = get_family(families.pop()).max_sequence_length if len(families) == 1 else None
     base = base_max_sequence_length or default
+    given = "--base-max-sequence-length" if base_max_sequence_length else "the pipeline's default"
+    if len({tuple(sorted(v.items())) for v in seen.values()}) > 1:
+        which = ", ".join(f"{name} {words(enc)}" for name, enc in seen.items())
+        base_words = f", the base with T5 {base} tokens ({given})" if base else ""
+        return (f"candidates were trained on text encoded differently ({which}); each is sampled as it was "
+                f"trained{base_words}")
+    trained = next(iter(seen.values())).get("max_sequence_length")
     if trained is None or base is None or base == trained:
         return None
-    given = "--base-max-sequence-length" if base_max_sequence_length else "the pipeline's default"
     if next(iter(seen.values())).get("t5") is False:  # the base keeps its T5: the option aligns the row count only
         return (f"the candidates sample without T5 in the {trained} rows they were trained on, the base with T5 in "
                 f"{base} ({given}); pass --base-max-sequence-length {trained} for the same row count")

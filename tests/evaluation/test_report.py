@@ -95,7 +95,11 @@ def test_text_encoding_note_names_the_t5_count_and_never_claims_t5_for_candidate
     assert "16 T5 tokens" in note and "the base with 256 (the pipeline's default)" in note
     assert "--base-max-sequence-length 16" in note
     assert text_encoding_note([sd3("a", True, 16)], 16) is None  # aligned: quiet
-    assert text_encoding_note([sd3("a", True, 16), sd3("b", True, 8)]).startswith("candidates were trained on text")
+    note = text_encoding_note([sd3("a", True, 16), sd3("b", True, 8)])
+    assert note.startswith("candidates were trained on text") and "a T5 16 tokens, b T5 8 tokens" in note
+    assert note.endswith("the base with T5 256 tokens (the pipeline's default)")  # the base named too
+    assert text_encoding_note([sd3("a", True, 16), sd3("b", True, 8)], 8).endswith(
+        "the base with T5 8 tokens (--base-max-sequence-length)")
     note = text_encoding_note([sd3("a", False, 16)])  # zeros where T5 goes; the base samples with T5
     assert "without T5 in the 16 rows" in note and "the base with T5 in 256" in note and "T5 tokens" not in note
     assert text_encoding_note([]) is None

@@ -27,6 +27,9 @@ class ModelFamily:
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
     # Batch keys of the precomputed text conditioning besides "prompt_embeds" (pipeline.data.latent_shards)
     pooled: ClassVar[bool] = False  # "pooled_prompt_embeds" [B, P]
+    # The denoiser's keyword for the pooled embedding, when it takes it as its own argument (transformers:
+    # "pooled_projections"; SDXL's UNet takes it inside added_cond_kwargs, its own conditioning)
+    pooled_kwarg: ClassVar[str | None] = None
     time_ids: ClassVar[bool] = False  # "add_time_ids" [B, 6] (SDXL's micro-conditioning)
     size_multiple: ClassVar[int] = 8  # image sides: the VAE's /8, times the transformer's patch size
     flow: ClassVar[bool] = False  # rectified flow (True) or DDPM (False)
@@ -160,8 +163,12 @@ class ModelFamily:
     # ------------------------------------------------------------------ the denoiser on a training batch
     @classmethod
     def conditioning(cls, batch: dict, k: int) -> dict:
-        """The denoiser's keyword arguments for ``k`` stacked copies of ``batch``'s conditioning."""
-        return {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1)}
+        """The denoiser's keyword arguments for ``k`` stacked copies of ``batch``'s conditioning: the prompt
+        embeddings, and the pooled ones under :attr:`pooled_kwarg` when the family declares one."""
+        cond = {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1)}
+        if cls.pooled_kwarg:
+            cond[cls.pooled_kwarg] = batch["pooled_prompt_embeds"].repeat(k, 1)
+        return cond
 
     @classmethod
     def predict(cls, model, x_t: "torch.Tensor", timestep: "torch.Tensor", cond: dict) -> "torch.Tensor":

@@ -49,6 +49,7 @@ class Flux(ModelFamily):
     text_encoders = ("text_encoder", "text_encoder_2")
     tokenizers = ("tokenizer", "tokenizer_2")
     pooled = True
+    pooled_kwarg = "pooled_projections"
     size_multiple = 16
     flow = True
     cfg_negative_prompt = False
@@ -130,11 +131,6 @@ class Flux(ModelFamily):
         return int(max_sequence_length or cls.max_sequence_length)  # T5's rows only (CLIP-L gives the pooled)
 
     # ------------------------------------------------------------------ the denoiser on a training batch
-    @classmethod
-    def conditioning(cls, batch: dict, k: int) -> dict:
-        return {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1),
-                "pooled_projections": batch["pooled_prompt_embeds"].repeat(k, 1)}
-
     @classmethod
     def predict(cls, model, x_t, timestep, cond: dict):
         """The velocity ``[N, C, h, w]`` for ``x_t`` ``[N, C, h, w]`` at ``timestep`` ``[N]`` (sigma * 1000, as the

@@ -22,6 +22,7 @@ class SD3(ModelFamily):
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
     pooled = True
+    pooled_kwarg = "pooled_projections"
     size_multiple = 16
     flow = True
     denoiser_keys = ("pooled_projection_dim", "joint_attention_dim", "caption_projection_dim")
@@ -98,11 +99,6 @@ class SD3(ModelFamily):
     @classmethod
     def prompt_tokens(cls, max_sequence_length=None) -> int:
         return 77 + int(max_sequence_length or cls.max_sequence_length)  # CLIP's 77 rows, then T5's
-
-    @classmethod
-    def conditioning(cls, batch: dict, k: int) -> dict:
-        return {"encoder_hidden_states": batch["prompt_embeds"].repeat(k, 1, 1),
-                "pooled_projections": batch["pooled_prompt_embeds"].repeat(k, 1)}
 
     @classmethod
     def predict(cls, model, x_t, timestep, cond: dict):

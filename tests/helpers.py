@@ -79,3 +79,25 @@ def kill_after_shards(script: str, args: list, out: Path, shards: int, timeout: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return len(list((Path(out) / "data").glob("train-*.parquet")))
+
+
+def assert_lora_file_loaded(pipe, run_dir: Path, prefix: str = "transformer.") -> dict:
+    """Check that ``pipe.load_lora_weights(run_dir)`` put exactly the trained LoRA file's weights in ``pipe``'s
+    denoiser (every layer, nothing else, equal values) and that training moved lora_B (it starts at zero).
+    Returns the file's weights under peft's names (``lora_A`` / ``lora_B``; the file may use diffusers'
+    ``lora.down`` / ``lora.up``: train.lora_io.lora_layers, and diffusers converts either on load)."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    pipe.load_lora_weights(str(run_dir))
+    assert pipe.get_active_adapters()
+    saved = {k.removeprefix(prefix).replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
+             for k, v in load_file(Path(run_dir) / "pytorch_lora_weights.safetensors").items()}
+    loaded = get_peft_model_state_dict(getattr(pipe, prefix.rstrip(".")), adapter_name=pipe.get_active_adapters()[0])
+    lora_b = [k for k in saved if ".lora_B." in k]
+    assert lora_b and set(loaded) == set(saved)  # every trained layer, and nothing else, is in the pipeline
+    for k in saved:
+        assert torch.equal(loaded[k].to(saved[k].dtype), saved[k]), k
+    assert any(saved[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: training moved it
+    return saved

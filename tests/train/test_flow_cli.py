@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.cli import app as eval_app
 from stages.cli import app as data_app
-from tests.helpers import run_cli, write_prompts
+from tests.helpers import assert_lora_file_loaded, run_cli, write_prompts
 from tests.train.conftest import train_args
 from train.cli import app as train_app
 
@@ -101,23 +101,9 @@ def test_train_sd3_and_load_with_plain_diffusers(sd3_data, tmp_path, objective, 
     card = (out / "README.md").read_text()
     base = SD3Transformer2DModel.from_pretrained(resolve_model_source("tiny-sd3"), subfolder="transformer")
     if lora:
-        from peft import get_peft_model_state_dict
-
         assert "StableDiffusion3Pipeline" in card and "load_lora_weights" in card
         pipe = StableDiffusion3Pipeline.from_pretrained(resolve_model_source("tiny-sd3"))
-        pipe.load_lora_weights(str(out))
-        assert pipe.get_active_adapters()
-        saved = load_file(out / "pytorch_lora_weights.safetensors")
-        # The file's keys: peft's lora_A / lora_B, or diffusers' lora.down / lora.up for them
-        # (train.lora_io.lora_layers; diffusers converts either on load).
-        saved = {k.removeprefix("transformer.").replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
-                 for k, v in saved.items()}
-        loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
-        lora_b = [k for k in saved if ".lora_B." in k]
-        assert lora_b and set(loaded) == set(saved)  # every trained layer, and nothing else, is in the pipeline
-        for k in saved:
-            assert torch.equal(loaded[k].to(saved[k].dtype), saved[k]), k
-        assert any(saved[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: training moved it
+        saved = assert_lora_file_loaded(pipe, out)
         # SD3's default targets (pipeline.families.sd3): both streams of the joint attention, as diffusers'
         # train_dreambooth_lora_sd3.py; the loaded adapter sits on the text stream's projections too.
         from peft.tuners.tuners_utils import BaseTunerLayer

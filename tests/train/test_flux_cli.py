@@ -9,7 +9,7 @@ import pytest
 
 from evaluation.cli import app as eval_app
 from stages.cli import app as data_app
-from tests.helpers import run_cli, write_prompts
+from tests.helpers import assert_lora_file_loaded, run_cli, write_prompts
 from tests.train.conftest import train_args
 from train.cli import app as train_app
 
@@ -106,9 +106,7 @@ def test_full_fine_tune_loads_with_plain_diffusers(flux_runs):
 def test_lora_loads_with_plain_diffusers(flux_runs):
     import torch
     from diffusers import FluxPipeline
-    from peft import get_peft_model_state_dict
     from peft.tuners.tuners_utils import BaseTunerLayer
-    from safetensors.torch import load_file
 
     from pipeline.families import Flux
     from pipeline.models.loading import resolve_model_source
@@ -119,17 +117,7 @@ def test_lora_loads_with_plain_diffusers(flux_runs):
     assert "FluxPipeline" in card and "load_lora_weights" in card
     assert config["lora_target_modules"] == list(Flux.lora_target_modules)
     pipe = FluxPipeline.from_pretrained(resolve_model_source("tiny-flux"))
-    pipe.load_lora_weights(str(out))
-    assert pipe.get_active_adapters()
-    saved = load_file(out / "pytorch_lora_weights.safetensors")
-    saved = {k.removeprefix("transformer.").replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
-             for k, v in saved.items()}
-    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
-    lora_b = [k for k in saved if ".lora_B." in k]
-    assert lora_b and set(loaded) == set(saved)  # every trained layer, and nothing else, is in the pipeline
-    for k in saved:
-        assert torch.equal(loaded[k].to(saved[k].dtype), saved[k]), k
-    assert any(saved[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: training moved it
+    assert_lora_file_loaded(pipe, out)
     block = pipe.transformer.transformer_blocks[0]
     for module in (block.attn.add_q_proj, block.attn.to_add_out, block.attn.to_q, block.ff.net[2],
                    block.ff_context.net[2], pipe.transformer.single_transformer_blocks[0].attn.to_k):
